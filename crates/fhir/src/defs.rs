@@ -1,0 +1,214 @@
+//! The R4 definitions Hutong uses, generated from the official bundles (see
+//! `tools/gen-fhir-defs.py`) and embedded at compile time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::path::{self, Expr};
+
+const R4_JSON: &str = include_str!("../defs/r4.json");
+
+/// A search parameter's type, as R4 defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::Number => "number",
+            ParamType::Date => "date",
+            ParamType::String => "string",
+            ParamType::Token => "token",
+            ParamType::Reference => "reference",
+            ParamType::Composite => "composite",
+            ParamType::Quantity => "quantity",
+            ParamType::Uri => "uri",
+            ParamType::Special => "special",
+        }
+    }
+}
+
+/// One component of a composite search parameter.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub code: String,
+    pub kind: ParamType,
+    pub expr: Expr,
+}
+
+/// A search parameter as it applies to one resource type.
+#[derive(Debug, Clone)]
+pub struct SearchParamDef {
+    pub code: String,
+    pub kind: ParamType,
+    /// The FHIRPath expression as written in the specification.
+    pub expression: String,
+    pub expr: Option<Expr>,
+    pub targets: Vec<String>,
+    pub components: Vec<Component>,
+}
+
+#[derive(Deserialize)]
+struct RawComponent {
+    code: String,
+    #[serde(rename = "type")]
+    kind: ParamType,
+    expr: String,
+}
+
+#[derive(Deserialize)]
+struct RawParam {
+    code: String,
+    base: Vec<String>,
+    #[serde(rename = "type")]
+    kind: ParamType,
+    expr: String,
+    #[serde(default)]
+    target: Vec<String>,
+    #[serde(default)]
+    component: Vec<RawComponent>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    resource_types: Vec<String>,
+    search_parameters: Vec<RawParam>,
+    patient_compartment: BTreeMap<String, Vec<String>>,
+}
+
+/// All definitions, loaded once.
+#[derive(Debug)]
+pub struct Definitions {
+    types: Vec<String>,
+    type_set: HashSet<String>,
+    /// resource type → code → definition; includes the `Resource`/`DomainResource` ones.
+    params: HashMap<String, BTreeMap<String, SearchParamDef>>,
+    compartment: BTreeMap<String, Vec<String>>,
+}
+
+static DEFS: OnceLock<Definitions> = OnceLock::new();
+
+impl Definitions {
+    /// The embedded R4 definitions.
+    pub fn get() -> &'static Definitions {
+        DEFS.get_or_init(|| Definitions::load(R4_JSON).expect("embedded R4 definitions parse"))
+    }
+
+    fn load(json: &str) -> Result<Definitions, String> {
+        let raw: Raw = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let type_set: HashSet<String> = raw.resource_types.iter().cloned().collect();
+        let mut common: Vec<&RawParam> = Vec::new();
+        let mut params: HashMap<String, BTreeMap<String, SearchParamDef>> = HashMap::new();
+        let build = |p: &RawParam| -> Result<SearchParamDef, String> {
+            let expr = if p.expr.is_empty() {
+                None
+            } else {
+                Some(path::parse(&p.expr).map_err(|e| format!("{}: {e}", p.code))?)
+            };
+            let components = p
+                .component
+                .iter()
+                .map(|c| {
+                    Ok(Component {
+                        code: c.code.clone(),
+                        kind: c.kind,
+                        expr: path::parse(&c.expr).map_err(|e| format!("{}: {e}", c.code))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(SearchParamDef {
+                code: p.code.clone(),
+                kind: p.kind,
+                expression: p.expr.clone(),
+                expr,
+                targets: p.target.clone(),
+                components,
+            })
+        };
+        for p in &raw.search_parameters {
+            for base in &p.base {
+                if base == "Resource" || base == "DomainResource" {
+                    common.push(p);
+                } else {
+                    params.entry(base.clone()).or_default().insert(p.code.clone(), build(p)?);
+                }
+            }
+        }
+        for t in &raw.resource_types {
+            let m = params.entry(t.clone()).or_default();
+            for p in &common {
+                m.entry(p.code.clone()).or_insert(build(p)?);
+            }
+        }
+        Ok(Definitions {
+            types: raw.resource_types,
+            type_set,
+            params,
+            compartment: raw.patient_compartment,
+        })
+    }
+
+    pub fn resource_types(&self) -> &[String] {
+        &self.types
+    }
+
+    pub fn is_resource_type(&self, t: &str) -> bool {
+        self.type_set.contains(t)
+    }
+
+    /// The search parameters of a resource type, by code (includes `_id`, `_lastUpdated`,
+    /// `_tag`, `_profile`, `_security`, `_source`).
+    pub fn params(&self, rtype: &str) -> Option<&BTreeMap<String, SearchParamDef>> {
+        self.params.get(rtype)
+    }
+
+    pub fn param(&self, rtype: &str, code: &str) -> Option<&SearchParamDef> {
+        self.params.get(rtype)?.get(code)
+    }
+
+    /// The parameters through which a resource of `rtype` belongs to a Patient's compartment
+    /// (`None` when the type is not in the compartment).
+    pub fn compartment_params(&self, rtype: &str) -> Option<&[String]> {
+        self.compartment.get(rtype).map(Vec::as_slice)
+    }
+
+    /// The types that are members of the Patient compartment.
+    pub fn compartment_types(&self) -> impl Iterator<Item = &str> {
+        self.compartment.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_every_r4_parameter_expression() {
+        let d = Definitions::get();
+        assert!(d.resource_types().len() >= 145);
+        assert!(d.is_resource_type("Observation"));
+        assert!(!d.is_resource_type("Foo"));
+        let code = d.param("Observation", "code").unwrap();
+        assert_eq!(code.kind, ParamType::Token);
+        assert_eq!(d.param("Observation", "_lastUpdated").unwrap().kind, ParamType::Date);
+        let cvq = d.param("Observation", "code-value-quantity").unwrap();
+        assert_eq!(cvq.components.len(), 2);
+        assert_eq!(d.compartment_params("Observation").unwrap(), ["subject", "performer"]);
+        let subject = d.param("Observation", "subject").unwrap();
+        assert!(subject.targets.iter().any(|t| t == "Patient"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Extraction of search-index values from a resource, driven by the R4 search-parameter
+//! definitions. The store persists these rows; search compares against them.
+
+use serde_json::Value;
+
+use crate::date::{self, Range};
+use crate::defs::{Definitions, ParamType, SearchParamDef};
+use crate::id::Reference;
+use crate::normalize_string;
+use crate::path::{eval, eval_in, Item};
+
+/// One indexed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    /// Normalised (case- and accent-folded) string; `raw` keeps the original for `:exact`.
+    String { norm: String, raw: String },
+    /// A code with its system (empty when absent) and display text (normalised).
+    Token { system: String, code: String, text: String },
+    Date(Range),
+    /// A literal reference (`rtype` empty for an absolute URL or canonical that is not a
+    /// `Type/id` reference; `id` then holds the URL).
+    Reference { rtype: String, id: String },
+    /// A number or quantity: the closed interval `[lo, hi]` (a point has lo == hi), with the
+    /// unit system and code for quantities (empty for plain numbers).
+    Quantity { lo: f64, hi: f64, system: String, code: String },
+    Uri(String),
+    /// A composite: the first component as a token key `system|code`, and the second
+    /// component's value.
+    Composite { key: String, second: Box<IndexValue> },
+}
+
+/// An index row: which parameter, which value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The parameter code; `code:identifier` / `code:of-type` for the derived token rows that
+    /// serve those modifiers.
+    pub param: String,
+    pub value: IndexValue,
+}
+
+/// Parameters whose values live in the resource table itself, not the index.
+const NOT_INDEXED: [&str; 4] = ["_id", "_lastUpdated", "_text", "_content"];
+
+/// Extracts every search-index entry for `resource` (of type `rtype`).
+pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
+    let defs = Definitions::get();
+    let mut out = Vec::new();
+    let Some(params) = defs.params(rtype) else { return out };
+    let root = [Item::node(resource)];
+    for (code, p) in params {
+        if NOT_INDEXED.contains(&code.as_str()) {
+            continue;
+        }
+        let Some(expr) = &p.expr else { continue };
+        let items = eval(expr, &root);
+        if items.is_empty() {
+            continue;
+        }
+        if p.kind == ParamType::Composite {
+            composite(p, &items, &root, &mut out);
+            continue;
+        }
+        for it in &items {
+            values(p.kind, code, it, &mut out);
+        }
+    }
+    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|e| seen.insert(format!("{}\u{1}{:?}", e.param, e.value)));
+    out
+}
+
+/// The Patient whose compartment owns `resource`: the Patient itself, or the first Patient
+/// referenced through the compartment's parameters (in the order the CompartmentDefinition
+/// lists them). This is the storage shard key.
+pub fn compartment_owner(rtype: &str, id: &str, entries: &[Entry]) -> Option<String> {
+    if rtype == "Patient" {
+        return Some(id.to_string());
+    }
+    let params = Definitions::get().compartment_params(rtype)?;
+    params.iter().find_map(|p| {
+        entries.iter().find_map(|e| match &e.value {
+            IndexValue::Reference { rtype, id } if &e.param == p && rtype == "Patient" => {
+                Some(id.clone())
+            }
+            _ => None,
+        })
+    })
+}
+
+fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
+    let mut push = |param: &str, value: IndexValue| {
+        out.push(Entry { param: param.to_string(), value });
+    };
+    match kind {
+        ParamType::String => {
+            let mut s = Vec::new();
+            match it {
+                Item::Node { v, .. } => collect_strings(v, &mut s, 0),
+                Item::Str(x) => s.push(x.clone()),
+                _ => {}
+            }
+            for raw in s {
+                push(code, IndexValue::String { norm: normalize_string(&raw), raw });
+            }
+        }
+        ParamType::Token => {
+            let of_type = format!("{code}:of-type");
+            match it {
+                Item::Bool(b) => push(code, tok("", &b.to_string(), "")),
+                Item::Str(s) => push(code, tok("", s, "")),
+                Item::Node { v, .. } => match v {
+                    Value::String(s) => push(code, tok("", s, "")),
+                    Value::Bool(b) => push(code, tok("", &b.to_string(), "")),
+                    Value::Number(n) => push(code, tok("", &n.to_string(), "")),
+                    Value::Object(o) => {
+                        if let Some(codings) = o.get("coding").and_then(Value::as_array) {
+                            for c in codings {
+                                push(code, coding(c));
+                            }
+                            if let Some(t) = o.get("text").and_then(Value::as_str) {
+                                push(code, tok("", "", t));
+                            }
+                        } else if let Some(value) = o.get("value").and_then(Value::as_str) {
+                            let sys = o.get("system").and_then(Value::as_str).unwrap_or("");
+                            push(code, tok(sys, value, ""));
+                            let types = o.get("type").and_then(|t| t.get("coding"));
+                            for t in types.and_then(Value::as_array).into_iter().flatten() {
+                                let ts = t.get("system").and_then(Value::as_str).unwrap_or("");
+                                if let Some(tc) = t.get("code").and_then(Value::as_str) {
+                                    push(&of_type, tok(ts, &format!("{tc}|{value}"), ""));
+                                }
+                            }
+                        } else if o.contains_key("code") || o.contains_key("system") {
+                            push(code, coding(v));
+                        }
+                    }
+                    _ => {}
+                },
+                Item::Resolved(_) => {}
+            }
+        }
+        ParamType::Date => {
+            if let Item::Node { v, .. } = it {
+                if let Some(r) = date_range(v) {
+                    push(code, IndexValue::Date(r));
+                }
+            }
+        }
+        ParamType::Reference => {
+            if let Item::Node { v, .. } = it {
+                let r = v.get("reference").and_then(Value::as_str).or(v.as_str());
+                if let Some(r) = r {
+                    match Reference::parse(r) {
+                        Some(p) => push(code, IndexValue::Reference { rtype: p.rtype, id: p.id }),
+                        None if !r.starts_with('#') => push(
+                            code,
+                            IndexValue::Reference { rtype: String::new(), id: r.to_string() },
+                        ),
+                        None => {}
+                    }
+                }
+                if let Some(ident) = v.get("identifier") {
+                    let sys = ident.get("system").and_then(Value::as_str).unwrap_or("");
+                    if let Some(val) = ident.get("value").and_then(Value::as_str) {
+                        push(&format!("{code}:identifier"), tok(sys, val, ""));
+                    }
+                }
+            }
+        }
+        ParamType::Number | ParamType::Quantity => {
+            if let Item::Node { v, .. } = it {
+                if let Some(q) = quantity(v) {
+                    push(code, q);
+                }
+            }
+        }
+        ParamType::Uri => {
+            if let Item::Node { v: Value::String(s), .. } = it {
+                push(code, IndexValue::Uri(s.clone()));
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out: &mut Vec<Entry>) {
+    let [first, second] = p.components.as_slice() else { return };
+    if first.kind != ParamType::Token {
+        return;
+    }
+    for it in items {
+        let focus = [it.clone()];
+        let mut keys = Vec::new();
+        for f in eval_in(&first.expr, &focus, root) {
+            values(ParamType::Token, "", &f, &mut keys);
+        }
+        let mut seconds = Vec::new();
+        for s in eval_in(&second.expr, &focus, root) {
+            values(second.kind, "", &s, &mut seconds);
+        }
+        for k in &keys {
+            let IndexValue::Token { system, code, .. } = &k.value else { continue };
+            if code.is_empty() {
+                continue;
+            }
+            for s in &seconds {
+                out.push(Entry {
+                    param: p.code.clone(),
+                    value: IndexValue::Composite {
+                        key: format!("{system}|{code}"),
+                        second: Box::new(s.value.clone()),
+                    },
+                });
+            }
+        }
+    }
+}
+
+fn tok(system: &str, code: &str, text: &str) -> IndexValue {
+    IndexValue::Token {
+        system: system.to_string(),
+        code: code.to_string(),
+        text: normalize_string(text),
+    }
+}
+
+fn coding(c: &Value) -> IndexValue {
+    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+    tok(s("system"), s("code"), s("display"))
+}
+
+const STRING_PARTS: [&str; 12] = [
+    "text", "family", "given", "prefix", "suffix", "line", "city", "district", "state",
+    "postalCode", "country", "value",
+];
+
+fn collect_strings(v: &Value, out: &mut Vec<String>, depth: usize) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) if depth < 3 => a.iter().for_each(|x| collect_strings(x, out, depth + 1)),
+        Value::Object(o) if depth < 3 => {
+            for k in STRING_PARTS {
+                if let Some(x) = o.get(k) {
+                    collect_strings(x, out, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn date_range(v: &Value) -> Option<Range> {
+    match v {
+        Value::String(s) => date::parse(s),
+        Value::Object(o) => {
+            if o.contains_key("start") || o.contains_key("end") {
+                let lo = o.get("start").and_then(Value::as_str).and_then(date::parse);
+                let hi = o.get("end").and_then(Value::as_str).and_then(date::parse);
+                return Some(Range {
+                    lo: lo.map_or(i64::MIN, |r| r.lo),
+                    hi: hi.map_or(i64::MAX, |r| r.hi),
+                });
+            }
+            // Timing: its events, or the bounds of its repeat.
+            let events: Vec<Range> = o
+                .get("event")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().and_then(date::parse))
+                .collect();
+            if !events.is_empty() {
+                return Some(Range {
+                    lo: events.iter().map(|r| r.lo).min()?,
+                    hi: events.iter().map(|r| r.hi).max()?,
+                });
+            }
+            o.get("repeat").and_then(|r| r.get("boundsPeriod")).and_then(date_range)
+        }
+        _ => None,
+    }
+}
+
+fn quantity(v: &Value) -> Option<IndexValue> {
+    let s = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    match v {
+        Value::Number(n) => {
+            let x = n.as_f64()?;
+            Some(IndexValue::Quantity { lo: x, hi: x, system: String::new(), code: String::new() })
+        }
+        Value::Object(o) => {
+            if let Some(x) = o.get("value").and_then(Value::as_f64) {
+                let (system, code) = if o.contains_key("currency") {
+                    ("urn:iso:std:iso:4217".to_string(), s(v, "currency"))
+                } else {
+                    let c = s(v, "code");
+                    (s(v, "system"), if c.is_empty() { s(v, "unit") } else { c })
+                };
+                return Some(IndexValue::Quantity { lo: x, hi: x, system, code });
+            }
+            // Range: low/high bounds (either may be open).
+            let low = o.get("low").and_then(|l| l.get("value")).and_then(Value::as_f64);
+            let high = o.get("high").and_then(|h| h.get("value")).and_then(Value::as_f64);
+            if low.is_none() && high.is_none() {
+                return None;
+            }
+            let unit = o.get("low").or(o.get("high")).cloned().unwrap_or(Value::Null);
+            let c = s(&unit, "code");
+            Some(IndexValue::Quantity {
+                lo: low.unwrap_or(f64::MIN),
+                hi: high.unwrap_or(f64::MAX),
+                system: s(&unit, "system"),
+                code: if c.is_empty() { s(&unit, "unit") } else { c },
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn find<'a>(es: &'a [Entry], p: &str) -> Vec<&'a IndexValue> {
+        es.iter().filter(|e| e.param == p).map(|e| &e.value).collect()
+    }
+
+    #[test]
+    fn extracts_observation_values() {
+        let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "performer": [{"reference": "Practitioner/d1"}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4",
+                "display": "Hemoglobin A1c"}], "text": "HbA1c"},
+            "effectiveDateTime": "2024-03-01T08:00:00+08:00",
+            "valueQuantity": {"value": 7.2, "unit": "%", "system": "http://unitsofmeasure.org",
+                "code": "%"},
+            "meta": {"tag": [{"system": "urn:t", "code": "x"}], "source": "urn:org:1"}});
+        let es = extract("Observation", &obs);
+        assert!(find(&es, "code").contains(&&tok("http://loinc.org", "4548-4", "Hemoglobin A1c")));
+        assert!(find(&es, "code").contains(&&tok("", "", "HbA1c")));
+        assert_eq!(
+            find(&es, "subject"),
+            [&IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() }]
+        );
+        assert_eq!(find(&es, "patient").len(), 1);
+        assert_eq!(find(&es, "value-quantity").len(), 1);
+        assert_eq!(find(&es, "_tag").len(), 1);
+        assert_eq!(find(&es, "_source"), [&IndexValue::Uri("urn:org:1".into())]);
+        assert_eq!(find(&es, "code-value-quantity").len(), 1);
+        assert!(find(&es, "_id").is_empty());
+        assert_eq!(compartment_owner("Observation", "o1", &es).as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn extracts_patient_values() {
+        let p = json!({"resourceType": "Patient", "id": "p1",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.1", "value": "440106199001011234",
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                    "code": "NI"}]}}],
+            "name": [{"family": "张", "given": ["伟"], "text": "张伟"}],
+            "birthDate": "1990-01-01", "gender": "male",
+            "address": [{"city": "广州市", "district": "天河区"}]});
+        let es = extract("Patient", &p);
+        assert_eq!(find(&es, "family").len(), 1);
+        assert_eq!(find(&es, "name").len(), 3);
+        assert_eq!(find(&es, "identifier:of-type").len(), 1);
+        assert_eq!(find(&es, "deceased"), [&tok("", "false", "")]);
+        assert!(matches!(find(&es, "birthdate")[0], IndexValue::Date(_)));
+        assert_eq!(compartment_owner("Patient", "p1", &es).as_deref(), Some("p1"));
+    }
+}
