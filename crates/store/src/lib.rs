@@ -1,1 +1,358 @@
+//! Versioned FHIR resource storage and search.
+//!
+//! Layout:
+//! - [`Store`]: the handle the rest of Hutong uses: `read`, `vread`, `history`, `search`,
+//!   `everything`, and `write` (one database transaction, in which [`Tx`] creates, updates,
+//!   deletes and searches).
+//! - `sql`: the two backends (embedded SQLite, PostgreSQL) behind one small connection trait.
+//! - `schema`: tables for both dialects and the catalog of interned ids.
+//! - `search`: FHIR search parameters → conditions → SQL; includes, sorting, paging.
+//! - `pool`: connection pools.
+//!
+//! Architecture invariants:
+//! - A `write` is one database transaction: every resource, version and index row of it
+//!   commits together or not at all.
+//! - Index rows exist only for current, non-deleted versions, so a search never sees a
+//!   superseded or deleted resource.
+//! - Every clinical row carries `shard` (the owning Patient's hash) first in its key.
 
+mod pool;
+pub mod schema;
+pub mod search;
+pub mod sql;
+mod write;
+#[doc(hidden)]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use pool::{Pool, Pooled};
+use schema::Catalog;
+pub use search::{Include, Page, Query, SearchError, Total};
+use sql::{Conn, Dialect, PgConn, SqliteConn, Val};
+pub use write::Tx;
+
+/// Errors from the store. `Conflict`, `VersionMismatch`, `Gone`, `Invalid` and `Search` are
+/// the caller's fault (4xx); the rest are the platform's (5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("version conflict: expected version {expected}, current is {current}")]
+    VersionMismatch { expected: i64, current: i64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error("database schema: {0}")]
+    Schema(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when a concurrent writer got there first (unique violation, serialization
+    /// failure, deadlock): the caller may retry the whole transaction.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                let c = c.code();
+                c == "23505" || c == "40001" || c == "40P01"
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DatabaseBusy
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rtype: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The resource JSON exactly as served (with `id` and `meta`); empty when deleted.
+    pub body: Vec<u8>,
+}
+
+impl Stored {
+    pub fn json(&self) -> Result<Value, StoreError> {
+        serde_json::from_slice(&self.body).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// An embedded SQLite database in this directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://…` or `postgresql://…` selects PostgreSQL; anything else is a directory.
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::Sqlite(PathBuf::from(s))
+        }
+    }
+}
+
+/// Which versions a history request covers.
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    Instance { rtype: String, id: String },
+    Type(String),
+    System,
+}
+
+pub(crate) struct Inner {
+    writer: Pool,
+    readers: Pool,
+    catalog: RwLock<Catalog>,
+    dialect: Dialect,
+}
+
+/// The store handle; cheap to clone, shared across threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+    PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;
+    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824;";
+
+fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
+    let c = rusqlite::Connection::open(path)?;
+    c.execute_batch(SQLITE_PRAGMAS)?;
+    c.set_prepared_statement_cache_capacity(256);
+    Ok(Box::new(SqliteConn(c)))
+}
+
+fn open_pg(url: &str) -> Result<Box<dyn Conn>, StoreError> {
+    let client = postgres::Client::connect(url, postgres::NoTls)?;
+    Ok(Box::new(PgConn::new(client)))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `loc`.
+    pub fn open(loc: &Location) -> Result<Store, StoreError> {
+        let (writer, readers, dialect) = match loc {
+            Location::Sqlite(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let file = dir.join("hutong.db");
+                let f1 = file.clone();
+                let writer = Pool::new(1, Box::new(move || open_sqlite(&f1)));
+                let readers = Pool::new(8, Box::new(move || open_sqlite(&file)));
+                (writer, readers, Dialect::Sqlite)
+            }
+            Location::Postgres(url) => {
+                let u1 = url.clone();
+                let u2 = url.clone();
+                // Writers run concurrently on PostgreSQL; readers get their own connections
+                // so a long import never starves reads.
+                let writer = Pool::new(4, Box::new(move || open_pg(&u1)));
+                let readers = Pool::new(8, Box::new(move || open_pg(&u2)));
+                (writer, readers, Dialect::Postgres)
+            }
+        };
+        let catalog = {
+            let mut c = writer.get()?;
+            schema::create(c.conn())?;
+            Catalog::load(c.conn())?
+        };
+        tracing::info!(backend = ?dialect, "Store opened.");
+        Ok(Store { inner: Arc::new(Inner { writer, readers, catalog: RwLock::new(catalog), dialect }) })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    fn reader(&self) -> Result<Pooled<'_>, StoreError> {
+        self.inner.readers.get()
+    }
+
+    pub(crate) fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.inner.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in one database transaction; commits when it returns `Ok`, rolls back
+    /// otherwise. Retries the whole closure when a concurrent writer won a race.
+    pub fn write<R>(
+        &self,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.write_once(&mut f) {
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::debug!(attempt, error = %e, "Retrying a transaction after a conflict.");
+                    std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn write_once<R>(
+        &self,
+        f: &mut impl FnMut(&mut Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut pooled = self.inner.writer.get()?;
+        let conn = pooled.conn();
+        conn.batch(match self.inner.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        })?;
+        let mut added = HashMap::new();
+        let result = {
+            let cat = self.catalog();
+            let mut tx = Tx::new(conn, &cat, &mut added);
+            f(&mut tx)
+        };
+        match result {
+            Ok(r) => match conn.batch("COMMIT") {
+                Ok(()) => {
+                    if !added.is_empty() {
+                        self.inner.catalog.write().unwrap_or_else(|e| e.into_inner()).publish(added);
+                    }
+                    Ok(r)
+                }
+                Err(e) => {
+                    let _ = conn.batch("ROLLBACK");
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                if conn.batch("ROLLBACK").is_err() {
+                    pooled.discard();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The current version of a resource (a deleted one comes back with `deleted` set).
+    pub fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        write::read_current(c.conn(), &cat, rtype, id)
+    }
+
+    /// A specific version.
+    pub fn vread(&self, rtype: &str, id: &str, version: i64) -> Result<Option<Stored>, StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        write::read_version(c.conn(), &cat, rtype, id, version)
+    }
+
+    /// Versions, newest first.
+    pub fn history(
+        &self,
+        scope: &HistoryScope,
+        since: Option<i64>,
+        count: usize,
+        offset: usize,
+    ) -> Result<(Vec<Stored>, Option<u64>), StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        write::history(c.conn(), &cat, scope, since, count, offset)
+    }
+
+    /// Runs a search.
+    pub fn search(&self, q: &Query) -> Result<Page, StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        search::run(c.conn(), &cat, q)
+    }
+
+    /// Parses search parameters for `rtype` into a query (see [`Query::parse`]).
+    pub fn parse_query(
+        &self,
+        rtype: &str,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> Result<Query, SearchError> {
+        Query::parse(rtype, params, strict)
+    }
+
+    /// Every resource in a Patient's compartment (and the Patient), oldest first.
+    pub fn everything(&self, req: &search::Everything) -> Result<Page, StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        search::everything(c.conn(), &cat, req)
+    }
+
+    /// Rows of a bookkeeping table (`import_done`, `jobs`), read or written outside FHIR.
+    pub fn exec_admin(&self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let mut c = self.inner.writer.get()?;
+        c.conn().exec(sql, params)
+    }
+
+    pub fn query_admin(&self, sql: &str, params: &[Val]) -> Result<Vec<sql::Row>, StoreError> {
+        let mut c = self.reader()?;
+        c.conn().query(sql, params)
+    }
+
+    /// Bytes the database occupies (SQLite file + WAL, or the PostgreSQL database size).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let mut c = self.reader()?;
+        let conn = c.conn();
+        match self.inner.dialect {
+            Dialect::Sqlite => {
+                let r = conn.query(
+                    "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                    &[],
+                )?;
+                Ok(r[0][0].int() as u64)
+            }
+            Dialect::Postgres => {
+                let r = conn.query("SELECT pg_database_size(current_database())::bigint", &[])?;
+                Ok(r[0][0].int() as u64)
+            }
+        }
+    }
+
+    /// Checkpoints the SQLite WAL into the main file (no-op on PostgreSQL).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.inner.dialect == Dialect::Sqlite {
+            let mut c = self.inner.writer.get()?;
+            c.conn().batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The 64-bit shard key of a Patient's compartment (FNV-1a of the Patient id). 0 means
+/// "no patient": reference data such as Organization.
+pub fn shard_of(patient_id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in patient_id.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    match h as i64 {
+        0 => 1,
+        v => v,
+    }
+}

@@ -1,0 +1,1102 @@
+//! FHIR search: request parameters → a [`Query`] of conditions → SQL over the index tables.
+//!
+//! Every condition compiles to a sub-select of `(shard, rid)` pairs; the first one drives the
+//! query (so an index does the selective work) and the rest filter it. Chains join through
+//! `ix_ref` to the target's conditions; `_has` runs the other way.
+
+use std::collections::HashSet;
+
+use hutong_fhir::date::{self, now_ms};
+use hutong_fhir::{Definitions, ParamType, Reference};
+
+use crate::schema::Catalog;
+use crate::sql::{Conn, Dialect, Val};
+use crate::write::stored_from;
+use crate::{Stored, StoreError};
+
+/// Why a search request was refused (always the client's fault: 400).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SearchError {
+    #[error("Unknown search parameter '{param}' for {rtype}")]
+    UnknownParam { rtype: String, param: String },
+    #[error("Invalid value '{value}' for search parameter '{param}': {why}")]
+    InvalidValue { param: String, value: String, why: String },
+    #[error("Modifier ':{modifier}' is not supported on search parameter '{param}'")]
+    Modifier { param: String, modifier: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Whether to count all matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Accurate,
+}
+
+/// An `_include` or `_revinclude`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    pub source: String,
+    /// The reference parameter, or `*` for all of them.
+    pub param: String,
+    pub target: Option<String>,
+    pub iterate: bool,
+    pub reverse: bool,
+}
+
+/// A parsed search.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub rtype: String,
+    conds: Vec<Cond>,
+    sort: Vec<(String, bool)>,
+    pub count: usize,
+    pub offset: usize,
+    pub total: Total,
+    pub includes: Vec<Include>,
+    /// `_summary=count`: only the total.
+    pub count_only: bool,
+    /// Parameters that were not understood and ignored (lenient handling).
+    pub ignored: Vec<String>,
+    /// The parameters that took effect, for `self`/`next` links.
+    pub canonical: Vec<(String, String)>,
+}
+
+/// A page of results.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub matches: Vec<Stored>,
+    pub included: Vec<Stored>,
+    pub total: Option<u64>,
+    pub has_more: bool,
+}
+
+/// Parameters of `Patient/{id}/$everything`.
+#[derive(Debug, Clone, Default)]
+pub struct Everything {
+    pub patient: String,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub since: Option<i64>,
+    pub types: Vec<String>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Cond {
+    Param {
+        rtype: String,
+        code: String,
+        kind: ParamType,
+        modifier: Option<String>,
+        values: Vec<String>,
+    },
+    Chain {
+        rtype: String,
+        code: String,
+        target: String,
+        inner: Box<Cond>,
+    },
+    Has {
+        rtype: String,
+        source: String,
+        param: String,
+        inner: Box<Cond>,
+    },
+    AnyOf(Vec<Cond>),
+    Id(Vec<String>),
+    LastUpdated(Vec<String>),
+    Compartment {
+        rtype: String,
+        patient: String,
+    },
+}
+
+/// Parameters that shape the result, not the match.
+const RESULT_PARAMS: [&str; 12] = [
+    "_count", "_offset", "_sort", "_total", "_include", "_revinclude", "_summary", "_elements",
+    "_format", "_pretty", "_contained", "_containedType",
+];
+
+pub const DEFAULT_COUNT: usize = 20;
+pub const MAX_COUNT: usize = 1000;
+
+fn split_values(v: &str) -> Vec<String> {
+    // Commas separate alternatives; `\,` is a literal comma.
+    let mut out = vec![String::new()];
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|n| matches!(n, ',' | '$' | '|' | '\\')) => {
+                out.last_mut().unwrap().push(chars.next().unwrap());
+            }
+            ',' => out.push(String::new()),
+            _ => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+fn invalid(param: &str, value: &str, why: &str) -> SearchError {
+    SearchError::InvalidValue { param: param.into(), value: value.into(), why: why.into() }
+}
+
+impl Query {
+    /// A query that matches everything of `rtype`, first page.
+    pub fn all(rtype: &str) -> Query {
+        Query {
+            rtype: rtype.to_string(),
+            conds: Vec::new(),
+            sort: Vec::new(),
+            count: DEFAULT_COUNT,
+            offset: 0,
+            total: Total::Accurate,
+            includes: Vec::new(),
+            count_only: false,
+            ignored: Vec::new(),
+            canonical: Vec::new(),
+        }
+    }
+
+    /// Parses request parameters. With `strict`, an unknown parameter is an error; otherwise
+    /// it is ignored and listed in `ignored`.
+    pub fn parse(rtype: &str, params: &[(String, String)], strict: bool) -> Result<Query, SearchError> {
+        let defs = Definitions::get();
+        if !defs.is_resource_type(rtype) {
+            return Err(SearchError::Unsupported(format!("Unknown resource type {rtype}")));
+        }
+        let mut q = Query::all(rtype);
+        for (k, v) in params {
+            let name = k.split(':').next().unwrap_or(k);
+            match name {
+                "_count" => {
+                    q.count = v.parse::<usize>().map_err(|_| invalid(k, v, "not a number"))?.min(MAX_COUNT)
+                }
+                "_offset" => q.offset = v.parse().map_err(|_| invalid(k, v, "not a number"))?,
+                "_total" => {
+                    q.total = match v.as_str() {
+                        "none" => Total::None,
+                        "accurate" | "estimate" => Total::Accurate,
+                        _ => return Err(invalid(k, v, "expected none, estimate or accurate")),
+                    }
+                }
+                "_summary" if v == "count" => q.count_only = true,
+                "_sort" => {
+                    for s in v.split(',').filter(|s| !s.is_empty()) {
+                        let (desc, code) = match s.strip_prefix('-') {
+                            Some(c) => (true, c),
+                            None => (false, s),
+                        };
+                        if defs.param(rtype, code).is_none() {
+                            return Err(SearchError::UnknownParam { rtype: rtype.into(), param: code.into() });
+                        }
+                        q.sort.push((code.to_string(), desc));
+                    }
+                }
+                "_include" | "_revinclude" => {
+                    let iterate = k.ends_with(":iterate") || k.ends_with(":recurse");
+                    let parts: Vec<&str> = v.split(':').collect();
+                    if parts.len() < 2 || parts.len() > 3 || !defs.is_resource_type(parts[0]) {
+                        return Err(invalid(k, v, "expected SourceType:param[:TargetType]"));
+                    }
+                    if parts[1] != "*" {
+                        match defs.param(parts[0], parts[1]) {
+                            Some(p) if p.kind == ParamType::Reference => {}
+                            _ => return Err(invalid(k, v, "not a reference parameter of that type")),
+                        }
+                    }
+                    q.includes.push(Include {
+                        source: parts[0].into(),
+                        param: parts[1].into(),
+                        target: parts.get(2).map(|s| s.to_string()),
+                        iterate,
+                        reverse: name == "_revinclude",
+                    });
+                }
+                n if RESULT_PARAMS.contains(&n) => {}
+                _ => match parse_cond(rtype, k, v) {
+                    Ok(c) => q.conds.push(c),
+                    Err(SearchError::UnknownParam { .. }) if !strict => {
+                        q.ignored.push(k.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+            if !matches!(name, "_offset") {
+                q.canonical.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(q)
+    }
+
+    /// Restricts the query to one Patient's compartment.
+    pub fn in_compartment(mut self, patient: &str) -> Result<Query, SearchError> {
+        if self.rtype != "Patient" && Definitions::get().compartment_params(&self.rtype).is_none() {
+            return Err(SearchError::Unsupported(format!(
+                "{} is not in the Patient compartment",
+                self.rtype
+            )));
+        }
+        self.conds.push(Cond::Compartment { rtype: self.rtype.clone(), patient: patient.into() });
+        Ok(self)
+    }
+
+    /// Adds an exact token condition (used by conditional references: `identifier=sys|val`).
+    pub fn is_empty(&self) -> bool {
+        self.conds.is_empty()
+    }
+}
+
+fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> {
+    let defs = Definitions::get();
+    let unknown = || SearchError::UnknownParam { rtype: rtype.into(), param: key.into() };
+    if let Some(rest) = key.strip_prefix("_has:") {
+        let mut it = rest.splitn(3, ':');
+        let (source, param, inner_key) = match (it.next(), it.next(), it.next()) {
+            (Some(s), Some(p), Some(i)) => (s, p, i),
+            _ => return Err(invalid(key, value, "expected _has:Type:param:searchparam")),
+        };
+        if !defs.is_resource_type(source) {
+            return Err(unknown());
+        }
+        match defs.param(source, param) {
+            Some(p) if p.kind == ParamType::Reference => {}
+            _ => return Err(unknown()),
+        }
+        let inner = parse_cond(source, inner_key, value)?;
+        return Ok(Cond::Has {
+            rtype: rtype.into(),
+            source: source.into(),
+            param: param.into(),
+            inner: Box::new(inner),
+        });
+    }
+    // Chains: `subject:Patient.name=x`, `subject.name=x`.
+    if let Some((head, rest)) = key.split_once('.') {
+        let (code, type_mod) = match head.split_once(':') {
+            Some((c, t)) => (c, Some(t)),
+            None => (head, None),
+        };
+        let p = defs.param(rtype, code).ok_or_else(unknown)?;
+        if p.kind != ParamType::Reference {
+            return Err(invalid(key, value, "chaining needs a reference parameter"));
+        }
+        let targets: Vec<&String> = match type_mod {
+            Some(t) if p.targets.iter().any(|x| x == t) => p.targets.iter().filter(|x| *x == t).collect(),
+            Some(_) => return Err(invalid(key, value, "that type is not a target of the parameter")),
+            None => p.targets.iter().collect(),
+        };
+        let inner_code = rest.split(['.', ':']).next().unwrap_or(rest);
+        let mut alts = Vec::new();
+        for t in targets {
+            if defs.param(t, inner_code).is_some() || inner_code.starts_with("_has") {
+                alts.push(Cond::Chain {
+                    rtype: rtype.into(),
+                    code: code.into(),
+                    target: t.clone(),
+                    inner: Box::new(parse_cond(t, rest, value)?),
+                });
+            }
+        }
+        return match alts.len() {
+            0 => Err(unknown()),
+            1 => Ok(alts.pop().unwrap()),
+            _ => Ok(Cond::AnyOf(alts)),
+        };
+    }
+    let (code, modifier) = match key.split_once(':') {
+        Some((c, m)) => (c, Some(m.to_string())),
+        None => (key, None),
+    };
+    let p = defs.param(rtype, code).ok_or_else(unknown)?;
+    let values = split_values(value);
+    if values.iter().any(String::is_empty) && modifier.as_deref() != Some("missing") {
+        return Err(invalid(key, value, "empty value"));
+    }
+    match code {
+        "_id" => return Ok(Cond::Id(values)),
+        "_lastUpdated" => {
+            for v in &values {
+                parse_prefixed_date(key, v)?;
+            }
+            return Ok(Cond::LastUpdated(values));
+        }
+        _ => {}
+    }
+    if let Some(m) = &modifier {
+        let ok = match m.as_str() {
+            "missing" => {
+                if value != "true" && value != "false" {
+                    return Err(invalid(key, value, "expected true or false"));
+                }
+                true
+            }
+            "exact" | "contains" => p.kind == ParamType::String,
+            "not" | "text" | "of-type" => p.kind == ParamType::Token,
+            "identifier" => p.kind == ParamType::Reference,
+            "below" | "above" => p.kind == ParamType::Uri,
+            t => p.kind == ParamType::Reference && p.targets.iter().any(|x| x == t),
+        };
+        if !ok {
+            return Err(SearchError::Modifier { param: code.into(), modifier: m.clone() });
+        }
+    }
+    if p.kind == ParamType::Special || (p.kind == ParamType::Composite && p.components.len() != 2) {
+        return Err(SearchError::Unsupported(format!("Search parameter '{code}' is not supported")));
+    }
+    // Validate values now so a bad one is a 400, not an empty result.
+    if modifier.as_deref() != Some("missing") {
+        for v in &values {
+            match p.kind {
+                ParamType::Date => {
+                    parse_prefixed_date(key, v)?;
+                }
+                ParamType::Number | ParamType::Quantity => {
+                    parse_prefixed_number(key, v.split('|').next().unwrap_or(v))?;
+                }
+                ParamType::Composite => {
+                    if !v.contains('$') {
+                        return Err(invalid(key, v, "a composite value has two parts joined by '$'"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Cond::Param { rtype: rtype.into(), code: code.into(), kind: p.kind, modifier, values })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+fn split_prefix(v: &str) -> (Prefix, &str) {
+    let p = match v.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
+        _ => return (Prefix::Eq, v),
+    };
+    (p, &v[2..])
+}
+
+fn parse_prefixed_date(key: &str, v: &str) -> Result<(Prefix, date::Range), SearchError> {
+    let (p, rest) = split_prefix(v);
+    let r = date::parse(rest).ok_or_else(|| invalid(key, v, "not a FHIR date/dateTime"))?;
+    Ok((p, r))
+}
+
+/// A number with its implicit precision range: `5.4` means [5.35, 5.45).
+fn parse_prefixed_number(key: &str, v: &str) -> Result<(Prefix, f64, f64, f64), SearchError> {
+    let (p, rest) = split_prefix(v);
+    let x: f64 = rest.parse().map_err(|_| invalid(key, v, "not a number"))?;
+    if !x.is_finite() {
+        return Err(invalid(key, v, "not a finite number"));
+    }
+    let mantissa = rest.split(['e', 'E']).next().unwrap_or(rest);
+    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+    let exp: i32 = rest.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
+    let half = 0.5 * 10f64.powi(exp - decimals);
+    Ok((p, x, x - half, x + half))
+}
+
+/// SQL under construction.
+struct Sql<'a> {
+    params: Vec<Val>,
+    cat: &'a Catalog,
+    dialect: Dialect,
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+impl Sql<'_> {
+    fn p(&mut self, v: impl Into<Val>) -> &'static str {
+        self.params.push(v.into());
+        "?"
+    }
+
+    fn pid(&self, rtype: &str, code: &str) -> i64 {
+        // An unknown pair matches nothing (-1 is never assigned).
+        self.cat.param_id(rtype, code).unwrap_or(-1)
+    }
+
+    fn type_id(&self, rtype: &str) -> i64 {
+        self.cat.type_id(rtype).unwrap_or(-1)
+    }
+
+    /// A sub-select of the `(shard, rid)` pairs that satisfy `c`.
+    fn sub_typed(&mut self, c: &Cond) -> String {
+        match c {
+            Cond::AnyOf(alts) => {
+                let parts: Vec<String> = alts.iter().map(|a| self.sub_typed(a)).collect();
+                parts.join(" UNION ")
+            }
+            Cond::Id(_) | Cond::LastUpdated(_) => unreachable!("compiled by sub_for"),
+            Cond::Compartment { rtype, patient } => {
+                let defs = Definitions::get();
+                let pt = self.type_id("Patient");
+                if rtype == "Patient" {
+                    let a = self.p(pt);
+                    let b = self.p(patient.as_str());
+                    return format!("SELECT shard, rid FROM res_route WHERE rtype = {a} AND id = {b}");
+                }
+                let pids: Vec<String> = defs
+                    .compartment_params(rtype)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|p| self.pid(rtype, p).to_string())
+                    .collect();
+                let a = self.p(patient.as_str());
+                let b = self.p(pt);
+                format!(
+                    "SELECT shard, rid FROM ix_ref WHERE tid = {a} AND ttype = {b} AND pid IN ({})",
+                    pids.join(",")
+                )
+            }
+            Cond::Chain { rtype, code, target, inner } => {
+                let pid = self.pid(rtype, code);
+                let tt = self.type_id(target);
+                let inner_sql = self.sub_for(target, inner);
+                format!(
+                    "SELECT f.shard, f.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
+                     AND t.id = f.tid WHERE f.pid = {pid} AND f.ttype = {tt} \
+                     AND (t.shard, t.rid) IN ({inner_sql})"
+                )
+            }
+            Cond::Has { rtype, source, param, inner } => {
+                let pid = self.pid(source, param);
+                let tt = self.type_id(rtype);
+                let inner_sql = self.sub_for(source, inner);
+                format!(
+                    "SELECT t.shard, t.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
+                     AND t.id = f.tid WHERE f.pid = {pid} AND f.ttype = {tt} \
+                     AND (f.shard, f.rid) IN ({inner_sql})"
+                )
+            }
+            Cond::Param { rtype, code, kind, modifier, values } => {
+                self.param(rtype, code, *kind, modifier.as_deref(), values)
+            }
+        }
+    }
+
+    /// Like `sub`, for conditions that need the resource type (ids, `_lastUpdated`).
+    fn sub_for(&mut self, rtype: &str, c: &Cond) -> String {
+        match c {
+            Cond::Id(ids) => {
+                let t = self.type_id(rtype);
+                let marks: Vec<&str> = ids.iter().map(|i| self.p(i.as_str())).collect();
+                format!("SELECT shard, rid FROM res_route WHERE rtype = {t} AND id IN ({})", marks.join(","))
+            }
+            Cond::LastUpdated(vals) => {
+                let t = self.type_id(rtype);
+                let preds: Vec<String> = vals
+                    .iter()
+                    .filter_map(|v| parse_prefixed_date("_lastUpdated", v).ok())
+                    .map(|(p, r)| self.date_pred(p, r, "lastmod", "lastmod + 1"))
+                    .collect();
+                format!(
+                    "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND ({})",
+                    preds.join(" OR ")
+                )
+            }
+            other => self.sub_typed(other),
+        }
+    }
+
+    fn date_pred(&mut self, p: Prefix, r: date::Range, lo: &str, hi: &str) -> String {
+        let (slo, shi) = (r.lo, r.hi);
+        match p {
+            Prefix::Eq => format!("({lo} >= {} AND {hi} <= {})", self.p(slo), self.p(shi)),
+            Prefix::Ne => format!("NOT ({lo} >= {} AND {hi} <= {})", self.p(slo), self.p(shi)),
+            Prefix::Gt => format!("{hi} > {}", self.p(shi)),
+            Prefix::Lt => format!("{lo} < {}", self.p(slo)),
+            Prefix::Ge => format!(
+                "({hi} > {} OR ({lo} >= {} AND {hi} <= {}))",
+                self.p(shi),
+                self.p(slo),
+                self.p(shi)
+            ),
+            Prefix::Le => format!(
+                "({lo} < {} OR ({lo} >= {} AND {hi} <= {}))",
+                self.p(slo),
+                self.p(slo),
+                self.p(shi)
+            ),
+            Prefix::Sa => format!("{lo} >= {}", self.p(shi)),
+            Prefix::Eb => format!("{hi} <= {}", self.p(slo)),
+            Prefix::Ap => {
+                // Approximately: within 10% of the distance from now, at least a day.
+                let gap = ((now_ms() - slo).abs() / 10).max(86_400_000);
+                format!("({lo} < {} AND {hi} > {})", self.p(shi + gap), self.p(slo - gap))
+            }
+        }
+    }
+
+    fn num_pred(&mut self, p: Prefix, x: f64, slo: f64, shi: f64) -> String {
+        match p {
+            Prefix::Eq => format!("(lo >= {} AND hi < {})", self.p(slo), self.p(shi)),
+            Prefix::Ne => format!("NOT (lo >= {} AND hi < {})", self.p(slo), self.p(shi)),
+            Prefix::Gt => format!("hi > {}", self.p(x)),
+            Prefix::Lt => format!("lo < {}", self.p(x)),
+            Prefix::Ge => format!("hi >= {}", self.p(x)),
+            Prefix::Le => format!("lo <= {}", self.p(x)),
+            Prefix::Sa => format!("lo > {}", self.p(x)),
+            Prefix::Eb => format!("hi < {}", self.p(x)),
+            Prefix::Ap => {
+                let m = (x * 0.1).abs();
+                format!("(lo >= {} AND hi <= {})", self.p(x - m), self.p(x + m))
+            }
+        }
+    }
+
+    fn string_pred(&mut self, modifier: Option<&str>, v: &str) -> String {
+        let n = hutong_fhir::normalize_string(v);
+        match modifier {
+            Some("exact") => format!("raw = {}", self.p(v)),
+            Some("contains") => {
+                format!("norm LIKE {} ESCAPE '\\'", self.p(format!("%{}%", like_escape(&n))))
+            }
+            _ => match self.dialect {
+                // SQLite's LIKE cannot use a binary index: a range can.
+                Dialect::Sqlite => {
+                    let hi = format!("{n}\u{10FFFF}");
+                    format!("(norm >= {} AND norm < {})", self.p(n), self.p(hi))
+                }
+                Dialect::Postgres => {
+                    format!("norm LIKE {} ESCAPE '\\'", self.p(format!("{}%", like_escape(&n))))
+                }
+            },
+        }
+    }
+
+    fn token_pred(&mut self, v: &str) -> String {
+        match v.split_once('|') {
+            None => format!("code = {}", self.p(v)),
+            Some((sys, code)) => {
+                let sid = self.cat.system_id(sys).unwrap_or(-1);
+                if code.is_empty() {
+                    format!("sid = {}", self.p(sid))
+                } else {
+                    format!("(code = {} AND sid = {})", self.p(code), self.p(sid))
+                }
+            }
+        }
+    }
+
+    fn param(
+        &mut self,
+        rtype: &str,
+        code: &str,
+        kind: ParamType,
+        modifier: Option<&str>,
+        values: &[String],
+    ) -> String {
+        let pid = self.pid(rtype, code);
+        let table = match kind {
+            ParamType::String => "ix_str",
+            ParamType::Token | ParamType::Uri => "ix_tok",
+            ParamType::Date => "ix_date",
+            ParamType::Reference => "ix_ref",
+            ParamType::Number | ParamType::Quantity => "ix_num",
+            ParamType::Composite => "ix_comp",
+            ParamType::Special => "ix_num",
+        };
+        if modifier == Some("missing") {
+            let t = self.type_id(rtype);
+            return if values.first().map(String::as_str) == Some("true") {
+                format!(
+                    "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
+                     NOT IN (SELECT shard, rid FROM {table} WHERE pid = {pid})"
+                )
+            } else {
+                format!("SELECT shard, rid FROM {table} WHERE pid = {pid}")
+            };
+        }
+        let mut preds = Vec::new();
+        let mut table = table;
+        let mut pid = pid;
+        for v in values {
+            let pred = match kind {
+                ParamType::String => self.string_pred(modifier, v),
+                ParamType::Token => match modifier {
+                    Some("text") => {
+                        table = "ix_str";
+                        pid = self.pid(rtype, &format!("{code}:text"));
+                        self.string_pred(Some("contains"), v)
+                    }
+                    Some("of-type") => {
+                        pid = self.pid(rtype, &format!("{code}:of-type"));
+                        let parts: Vec<&str> = v.splitn(3, '|').collect();
+                        if parts.len() != 3 {
+                            "1 = 0".to_string()
+                        } else {
+                            self.token_pred(&format!("{}|{}|{}", parts[0], parts[1], parts[2]))
+                        }
+                    }
+                    _ => self.token_pred(v),
+                },
+                ParamType::Uri => match modifier {
+                    Some("below") => {
+                        format!("code LIKE {} ESCAPE '\\'", self.p(format!("{}%", like_escape(v))))
+                    }
+                    Some("above") => {
+                        let mut prefixes = Vec::new();
+                        let mut acc = String::new();
+                        for (i, seg) in v.split('/').enumerate() {
+                            if i > 0 {
+                                acc.push('/');
+                            }
+                            acc.push_str(seg);
+                            prefixes.push(acc.clone());
+                        }
+                        let marks: Vec<&str> = prefixes.into_iter().map(|p| self.p(p)).collect();
+                        format!("code IN ({})", marks.join(","))
+                    }
+                    _ => format!("code = {}", self.p(v.as_str())),
+                },
+                ParamType::Date => match parse_prefixed_date(code, v) {
+                    Ok((p, r)) => self.date_pred(p, r, "lo", "hi"),
+                    Err(_) => "1 = 0".into(),
+                },
+                ParamType::Number | ParamType::Quantity => {
+                    let mut parts = v.splitn(3, '|');
+                    let num = parts.next().unwrap_or("");
+                    let Ok((p, x, lo, hi)) = parse_prefixed_number(code, num) else {
+                        preds.push("1 = 0".into());
+                        continue;
+                    };
+                    let mut pred = self.num_pred(p, x, lo, hi);
+                    let (sys, unit) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    if !unit.is_empty() {
+                        pred = format!("({pred} AND code = {})", self.p(unit));
+                    }
+                    if !sys.is_empty() {
+                        let sid = self.cat.system_id(sys).unwrap_or(-1);
+                        pred = format!("({pred} AND sid = {})", self.p(sid));
+                    }
+                    pred
+                }
+                ParamType::Reference => {
+                    if modifier == Some("identifier") {
+                        table = "ix_tok";
+                        pid = self.pid(rtype, &format!("{code}:identifier"));
+                        self.token_pred(v)
+                    } else {
+                        self.ref_pred(modifier, v)
+                    }
+                }
+                ParamType::Composite => self.composite_pred(rtype, code, v),
+                ParamType::Special => "1 = 0".into(),
+            };
+            preds.push(pred);
+        }
+        let body = format!("SELECT shard, rid FROM {table} WHERE pid = {pid} AND ({})", preds.join(" OR "));
+        if modifier == Some("not") {
+            let t = self.type_id(rtype);
+            return format!(
+                "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
+                 NOT IN ({body})"
+            );
+        }
+        body
+    }
+
+    fn ref_pred(&mut self, type_mod: Option<&str>, v: &str) -> String {
+        if let Some(r) = Reference::parse(v) {
+            let tt = self.type_id(&r.rtype);
+            return format!("(tid = {} AND ttype = {})", self.p(r.id), self.p(tt));
+        }
+        if hutong_fhir::is_valid_id(v) {
+            return match type_mod {
+                Some(t) => {
+                    let tt = self.type_id(t);
+                    format!("(tid = {} AND ttype = {})", self.p(v), self.p(tt))
+                }
+                None => format!("tid = {}", self.p(v)),
+            };
+        }
+        format!("(tid = {} AND ttype = 0)", self.p(v))
+    }
+
+    fn composite_pred(&mut self, rtype: &str, code: &str, v: &str) -> String {
+        let Some(def) = Definitions::get().param(rtype, code) else { return "1 = 0".into() };
+        let Some((first, second)) = v.split_once('$') else { return "1 = 0".into() };
+        let key = match first.split_once('|') {
+            Some((sys, c)) if !sys.is_empty() => format!("k = {}", self.p(format!("{sys}|{c}"))),
+            Some((_, c)) => format!("k = {}", self.p(format!("|{c}"))),
+            None => format!("k LIKE {} ESCAPE '\\'", self.p(format!("%|{}", like_escape(first)))),
+        };
+        let second_pred = match def.components.get(1).map(|c| c.kind) {
+            Some(ParamType::Quantity) | Some(ParamType::Number) => {
+                let mut parts = second.splitn(3, '|');
+                let num = parts.next().unwrap_or("");
+                match parse_prefixed_number(code, num) {
+                    Ok((p, x, lo, hi)) => {
+                        let mut pred = self.num_pred(p, x, lo, hi);
+                        if let Some(unit) = parts.nth(1).filter(|u| !u.is_empty()) {
+                            pred = format!("({pred} AND v = {})", self.p(unit));
+                        }
+                        pred
+                    }
+                    Err(_) => "1 = 0".into(),
+                }
+            }
+            Some(ParamType::Date) => match parse_prefixed_date(code, second) {
+                Ok((p, r)) => self.date_pred(p, r, "lo", "hi"),
+                Err(_) => "1 = 0".into(),
+            },
+            Some(ParamType::Token) => match second.split_once('|') {
+                Some((s, c)) if !s.is_empty() => format!("v = {}", self.p(format!("{s}|{c}"))),
+                _ => {
+                    let c = second.rsplit('|').next().unwrap_or(second);
+                    format!("v LIKE {} ESCAPE '\\'", self.p(format!("%|{}", like_escape(c))))
+                }
+            },
+            _ => format!("v = {}", self.p(hutong_fhir::normalize_string(second))),
+        };
+        format!("({key} AND {second_pred})")
+    }
+}
+
+const SELECT_RES: &str = "r.shard, r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.body, rr.id";
+
+fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreError> {
+    rows.into_iter()
+        .map(|mut r| {
+            let blob = std::mem::replace(&mut r[6], Val::Null).into_blob();
+            stored_from(cat, r[2].int(), r[7].text().to_string(), r[3].int(), r[4].int(), r[5].int(), blob)
+        })
+        .collect()
+}
+
+/// Runs a query: the page of matches, the total, and the included resources.
+pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page, StoreError> {
+    let mut b = Sql { params: Vec::new(), cat, dialect: conn.dialect() };
+    let t = b.type_id(&q.rtype);
+    let mut subs: Vec<String> = q.conds.iter().map(|c| b.sub_for(&q.rtype, c)).collect();
+    let (from, mut wheres) = if subs.is_empty() {
+        ("res r".to_string(), vec![format!("r.rtype = {t}")])
+    } else {
+        let driver = subs.remove(0);
+        (
+            format!("(SELECT DISTINCT shard, rid FROM ({driver}) AS d0) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid"),
+            vec![format!("r.rtype = {t}")],
+        )
+    };
+    wheres.push("r.deleted = 0".into());
+    for s in subs {
+        wheres.push(format!("(r.shard, r.rid) IN ({s})"));
+    }
+    let base = format!(
+        "FROM {from} JOIN res_route rr ON rr.rid = r.rid WHERE {}",
+        wheres.join(" AND ")
+    );
+    let mut page = Page::default();
+    if q.total == Total::Accurate || q.count_only {
+        let rows = conn.query(&format!("SELECT COUNT(*) {base}"), &b.params)?;
+        page.total = Some(rows[0][0].int() as u64);
+    }
+    if q.count_only || q.count == 0 {
+        return Ok(page);
+    }
+    // Sort keys as computed columns, ordered NULLs-last on both backends.
+    let defs = Definitions::get();
+    let mut cols = Vec::new();
+    let mut order = Vec::new();
+    let mut sort_params = Vec::new();
+    for (i, (code, desc)) in q.sort.iter().enumerate() {
+        let dir = if *desc { "DESC" } else { "ASC" };
+        let agg = if *desc { "MAX" } else { "MIN" };
+        let expr = match code.as_str() {
+            "_lastUpdated" => "r.lastmod".to_string(),
+            "_id" => "rr.id".to_string(),
+            _ => {
+                let Some(p) = defs.param(&q.rtype, code) else { continue };
+                let pid = cat.param_id(&q.rtype, code).unwrap_or(-1);
+                let (table, col) = match p.kind {
+                    ParamType::Date => ("ix_date", if *desc { "hi" } else { "lo" }),
+                    ParamType::String => ("ix_str", "norm"),
+                    ParamType::Token | ParamType::Uri => ("ix_tok", "code"),
+                    ParamType::Number | ParamType::Quantity => ("ix_num", "lo"),
+                    ParamType::Reference => ("ix_ref", "tid"),
+                    _ => continue,
+                };
+                sort_params.push(Val::Int(pid));
+                format!(
+                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = r.shard AND x.rid = r.rid AND x.pid = ?)"
+                )
+            }
+        };
+        cols.push(format!("{expr} AS s{i}"));
+        order.push(format!("(q.s{i} IS NULL), q.s{i} {dir}"));
+    }
+    order.push("q.rid".into());
+    let extra = if cols.is_empty() { String::new() } else { format!(", {}", cols.join(", ")) };
+    let sql = format!(
+        "SELECT shard, rid, rtype, version, lastmod, deleted, body, id FROM \
+         (SELECT {SELECT_RES}{extra} {base}) q ORDER BY {} LIMIT ? OFFSET ?",
+        order.join(", ")
+    );
+    let mut params = sort_params;
+    params.extend(b.params);
+    params.push(Val::Int(q.count as i64 + 1));
+    params.push(Val::Int(q.offset as i64));
+    let rows = conn.query(&sql, &params)?;
+    let rows_len = rows.len();
+    let mut matches = to_stored(cat, rows)?;
+    if rows_len > q.count {
+        matches.truncate(q.count);
+        page.has_more = true;
+    }
+    page.included = includes(conn, cat, &matches, &q.includes)?;
+    page.matches = matches;
+    Ok(page)
+}
+
+fn fetch_by_ids(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    keys: &[(i64, String)],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(200) {
+        let mut params = Vec::new();
+        let mut marks = Vec::new();
+        for (t, id) in chunk {
+            params.push(Val::Int(*t));
+            params.push(Val::Text(id.clone()));
+            marks.push("(rr.rtype = ? AND rr.id = ?)");
+        }
+        let sql = format!(
+            "SELECT {SELECT_RES} FROM res_route rr JOIN res r ON r.shard = rr.shard AND r.rid = rr.rid \
+             WHERE r.deleted = 0 AND ({})",
+            marks.join(" OR ")
+        );
+        out.extend(to_stored(cat, conn.query(&sql, &params)?)?);
+    }
+    Ok(out)
+}
+
+fn includes(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    matches: &[Stored],
+    incs: &[Include],
+) -> Result<Vec<Stored>, StoreError> {
+    if incs.is_empty() || matches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let defs = Definitions::get();
+    let mut seen: HashSet<(String, String)> =
+        matches.iter().map(|s| (s.rtype.clone(), s.id.clone())).collect();
+    let mut out: Vec<Stored> = Vec::new();
+    let mut frontier: Vec<Stored> = matches.to_vec();
+    // Non-iterating includes apply to the matches only; iterating ones repeat on what they add.
+    for round in 0..4 {
+        let mut found: Vec<Stored> = Vec::new();
+        for inc in incs.iter().filter(|i| round == 0 || i.iterate) {
+            let params: Vec<String> = if inc.param == "*" {
+                defs.params(&inc.source)
+                    .map(|m| m.values().filter(|p| p.kind == ParamType::Reference).map(|p| p.code.clone()).collect())
+                    .unwrap_or_default()
+            } else {
+                vec![inc.param.clone()]
+            };
+            let pids: Vec<String> = params
+                .iter()
+                .map(|p| cat.param_id(&inc.source, p).unwrap_or(-1).to_string())
+                .collect();
+            if inc.reverse {
+                // Resources of `source` that point at anything in the frontier.
+                let mut targets = Vec::new();
+                for s in &frontier {
+                    if inc.target.as_deref().is_none_or(|t| t == s.rtype) {
+                        targets.push((cat.type_id(&s.rtype).unwrap_or(-1), s.id.clone()));
+                    }
+                }
+                for chunk in targets.chunks(200) {
+                    let mut ps = Vec::new();
+                    let mut marks = Vec::new();
+                    for (t, id) in chunk {
+                        ps.push(Val::Text(id.clone()));
+                        ps.push(Val::Int(*t));
+                        marks.push("(f.tid = ? AND f.ttype = ?)");
+                    }
+                    let sql = format!(
+                        "SELECT {SELECT_RES} FROM (SELECT DISTINCT f.shard, f.rid FROM ix_ref f \
+                         WHERE f.pid IN ({}) AND ({})) m JOIN res r ON r.shard = m.shard \
+                         AND r.rid = m.rid JOIN res_route rr ON rr.rid = r.rid WHERE r.deleted = 0",
+                        pids.join(","),
+                        marks.join(" OR ")
+                    );
+                    found.extend(to_stored(cat, conn.query(&sql, &ps)?)?);
+                }
+            } else {
+                // What the frontier's `source` resources point at.
+                let mut keys = Vec::new();
+                for s in frontier.iter().filter(|s| s.rtype == inc.source) {
+                    let rows = conn.query(
+                        &format!(
+                            "SELECT f.ttype, f.tid FROM ix_ref f JOIN res_route rr ON rr.shard = f.shard \
+                             AND rr.rid = f.rid WHERE rr.rtype = ? AND rr.id = ? AND f.pid IN ({})",
+                            pids.join(",")
+                        ),
+                        &[Val::Int(cat.type_id(&s.rtype).unwrap_or(-1)), Val::Text(s.id.clone())],
+                    )?;
+                    for r in rows {
+                        let t = r[0].int();
+                        let tname = cat.type_name(t).unwrap_or("");
+                        if t == 0 || inc.target.as_deref().is_some_and(|x| x != tname) {
+                            continue;
+                        }
+                        keys.push((t, r[1].text().to_string()));
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                found.extend(fetch_by_ids(conn, cat, &keys)?);
+            }
+        }
+        let mut next = Vec::new();
+        for f in found {
+            if seen.insert((f.rtype.clone(), f.id.clone())) {
+                next.push(f.clone());
+                out.push(f);
+            }
+        }
+        if next.is_empty() || !incs.iter().any(|i| i.iterate) {
+            break;
+        }
+        frontier = next;
+    }
+    Ok(out)
+}
+
+/// `Patient/{id}/$everything`: the Patient and every resource in its compartment.
+pub(crate) fn everything(conn: &mut dyn Conn, cat: &Catalog, e: &Everything) -> Result<Page, StoreError> {
+    let defs = Definitions::get();
+    let pt = cat.type_id("Patient").unwrap_or(-1);
+    let mut pids = Vec::new();
+    let mut date_pids = Vec::new();
+    for t in defs.compartment_types() {
+        if !e.types.is_empty() && !e.types.iter().any(|x| x == t) {
+            continue;
+        }
+        for p in defs.compartment_params(t).unwrap_or(&[]) {
+            pids.push(cat.param_id(t, p).unwrap_or(-1).to_string());
+        }
+        if let Some(d) = cat.param_id(t, "date") {
+            date_pids.push(d.to_string());
+        }
+    }
+    let mut params = vec![Val::Int(pt), Val::Text(e.patient.clone())];
+    let mut driver = "SELECT shard, rid FROM res_route WHERE rtype = ? AND id = ?".to_string();
+    if !pids.is_empty() {
+        driver.push_str(&format!(
+            " UNION SELECT shard, rid FROM ix_ref WHERE tid = ? AND ttype = ? AND pid IN ({})",
+            pids.join(",")
+        ));
+        params.push(Val::Text(e.patient.clone()));
+        params.push(Val::Int(pt));
+    }
+    let mut wheres = vec!["r.deleted = 0".to_string()];
+    if let Some(s) = e.since {
+        wheres.push("r.lastmod >= ?".into());
+        params.push(Val::Int(s));
+    }
+    if !e.types.is_empty() {
+        let ids: Vec<String> = e.types.iter().map(|t| cat.type_id(t).unwrap_or(-1).to_string()).collect();
+        wheres.push(format!("r.rtype IN ({})", ids.join(",")));
+    }
+    if (e.start.is_some() || e.end.is_some()) && !date_pids.is_empty() {
+        // Resources with a clinical date outside [start, end) are left out; undated ones stay.
+        let dp = date_pids.join(",");
+        wheres.push(format!(
+            "(NOT EXISTS (SELECT 1 FROM ix_date d WHERE d.shard = r.shard AND d.rid = r.rid AND d.pid IN ({dp})) \
+             OR EXISTS (SELECT 1 FROM ix_date d WHERE d.shard = r.shard AND d.rid = r.rid \
+             AND d.pid IN ({dp}) AND d.hi > ? AND d.lo < ?))"
+        ));
+        params.push(Val::Int(e.start.unwrap_or(i64::MIN)));
+        params.push(Val::Int(e.end.unwrap_or(i64::MAX)));
+    }
+    let base = format!(
+        "FROM ({driver}) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid \
+         JOIN res_route rr ON rr.rid = r.rid WHERE {}",
+        wheres.join(" AND ")
+    );
+    let total = conn.query(&format!("SELECT COUNT(*) {base}"), &params)?[0][0].int() as u64;
+    params.push(Val::Int(e.count as i64 + 1));
+    params.push(Val::Int(e.offset as i64));
+    let rows = conn.query(
+        &format!("SELECT {SELECT_RES} {base} ORDER BY r.rid LIMIT ? OFFSET ?"),
+        &params,
+    )?;
+    let n = rows.len();
+    let mut matches = to_stored(cat, rows)?;
+    let has_more = n > e.count;
+    matches.truncate(e.count);
+    Ok(Page { matches, included: Vec::new(), total: Some(total), has_more })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn q(rtype: &str, params: &[(&str, &str)]) -> Result<Query, SearchError> {
+        let p: Vec<(String, String)> = params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Query::parse(rtype, &p, true)
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        assert!(q("Observation", &[("code", "http://loinc.org|4548-4,1234")]).is_ok());
+        assert!(q("Observation", &[("subject:Patient.identifier", "a|b")]).is_ok());
+        assert!(q("Patient", &[("_has:Observation:patient:code", "1234")]).is_ok());
+        assert!(q("Observation", &[("date", "ge2020-01-01"), ("date", "lt2021")]).is_ok());
+        assert!(q("Observation", &[("value-quantity", "gt5.4|http://unitsofmeasure.org|mg")]).is_ok());
+        assert!(matches!(q("Observation", &[("foo", "1")]), Err(SearchError::UnknownParam { .. })));
+        assert!(matches!(q("Observation", &[("date", "2020-13-01")]), Err(SearchError::InvalidValue { .. })));
+        assert!(matches!(q("Observation", &[("code:exact", "x")]), Err(SearchError::Modifier { .. })));
+        assert!(matches!(q("Observation", &[("_count", "x")]), Err(SearchError::InvalidValue { .. })));
+        let lenient = Query::parse("Observation", &[("foo".into(), "1".into())], false).unwrap();
+        assert_eq!(lenient.ignored, ["foo"]);
+    }
+
+    #[test]
+    fn number_precision_ranges() {
+        let (_, x, lo, hi) = parse_prefixed_number("p", "5.4").unwrap();
+        assert_eq!(x, 5.4);
+        assert!((lo - 5.35).abs() < 1e-9 && (hi - 5.45).abs() < 1e-9);
+        let (_, _, lo, hi) = parse_prefixed_number("p", "100").unwrap();
+        assert_eq!((lo, hi), (99.5, 100.5));
+        assert_eq!(split_values("a\\,b,c"), ["a,b", "c"]);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(k in "[a-z_:.A-Z-]{1,30}", v in "\\PC{0,30}") {
+            let _ = Query::parse("Observation", &[(k, v)], true);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The thin SQL layer both backends share: values, a connection trait, and the two
+//! implementations. Statements are written once with `?` placeholders; the PostgreSQL side
+//! numbers them. Bulk row inserts are the one place the backends differ in shape: SQLite
+//! re-executes a cached prepared statement (cheap in-process), PostgreSQL sends one `UNNEST`
+//! of column arrays (one round trip for any number of rows).
+
+use std::collections::HashMap;
+
+use crate::StoreError;
+
+/// A SQL value. Integers are 64-bit on both backends (PostgreSQL columns are BIGINT).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Null,
+}
+
+impl Val {
+    pub fn int(&self) -> i64 {
+        match self {
+            Val::Int(i) => *i,
+            Val::Real(f) => *f as i64,
+            _ => 0,
+        }
+    }
+    pub fn text(&self) -> &str {
+        match self {
+            Val::Text(s) => s,
+            _ => "",
+        }
+    }
+    pub fn into_blob(self) -> Vec<u8> {
+        match self {
+            Val::Blob(b) => b,
+            Val::Text(s) => s.into_bytes(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<f64> for Val {
+    fn from(v: f64) -> Val {
+        Val::Real(v)
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<Vec<u8>> for Val {
+    fn from(v: Vec<u8>) -> Val {
+        Val::Blob(v)
+    }
+}
+
+pub type Row = Vec<Val>;
+
+/// Which SQL dialect a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A database connection as the store uses it.
+pub trait Conn: Send {
+    fn dialect(&self) -> Dialect;
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+    /// Inserts many rows into `table` (columns in order). Every row has the same shape, and
+    /// no value is NULL.
+    fn insert_rows(&mut self, table: &str, columns: &[&str], rows: &[Row])
+        -> Result<(), StoreError>;
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+pub struct SqliteConn(pub rusqlite::Connection);
+
+fn to_sqlite(v: &Val) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        Val::Int(i) => V::Integer(*i),
+        Val::Real(f) => V::Real(*f),
+        Val::Text(s) => V::Text(s.clone()),
+        Val::Blob(b) => V::Blob(b.clone()),
+        Val::Null => V::Null,
+    }
+}
+
+fn from_sqlite(v: rusqlite::types::ValueRef) -> Val {
+    use rusqlite::types::ValueRef as V;
+    match v {
+        V::Null => Val::Null,
+        V::Integer(i) => Val::Int(i),
+        V::Real(f) => Val::Real(f),
+        V::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+        V::Blob(b) => Val::Blob(b.to_vec()),
+    }
+}
+
+impl Conn for SqliteConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let mut st = self.0.prepare_cached(sql)?;
+        let n = st.execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+        Ok(n as u64)
+    }
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let mut st = self.0.prepare_cached(sql)?;
+        let n = st.column_count();
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut row = Vec::with_capacity(n);
+            for i in 0..n {
+                row.push(from_sqlite(r.get_ref(i)?));
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+    fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let marks = vec!["?"; columns.len()].join(",");
+        let sql = format!(
+            "INSERT OR IGNORE INTO {table} ({}) VALUES ({marks})",
+            columns.join(",")
+        );
+        let mut st = self.0.prepare_cached(&sql)?;
+        for r in rows {
+            st.execute(rusqlite::params_from_iter(r.iter().map(to_sqlite)))?;
+        }
+        Ok(())
+    }
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+pub struct PgConn {
+    pub client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    pub fn new(client: postgres::Client) -> PgConn {
+        PgConn { client, statements: HashMap::new() }
+    }
+
+    fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let st = self.client.prepare(&number_placeholders(sql))?;
+        if self.statements.len() > 512 {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+}
+
+/// Rewrites `?` placeholders as `$1, $2, …` (outside string literals).
+pub fn number_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    let mut in_str = false;
+    for c in sql.chars() {
+        match c {
+            '\'' => {
+                in_str = !in_str;
+                out.push(c);
+            }
+            '?' if !in_str => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+type PgParam = Box<dyn postgres::types::ToSql + Sync + Send>;
+
+fn to_pg(v: &Val) -> PgParam {
+    match v {
+        Val::Int(i) => Box::new(*i),
+        Val::Real(f) => Box::new(*f),
+        Val::Text(s) => Box::new(s.clone()),
+        Val::Blob(b) => Box::new(b.clone()),
+        Val::Null => Box::new(Option::<i64>::None),
+    }
+}
+
+fn from_pg(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {
+    use postgres::types::Type;
+    let t = row.columns()[i].type_();
+    Ok(if *t == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i)?.map_or(Val::Null, Val::Int)
+    } else if *t == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i)?.map_or(Val::Null, |v| Val::Int(v as i64))
+    } else if *t == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i)?.map_or(Val::Null, |v| Val::Int(v as i64))
+    } else if *t == Type::FLOAT8 {
+        row.try_get::<_, Option<f64>>(i)?.map_or(Val::Null, Val::Real)
+    } else if *t == Type::BYTEA {
+        row.try_get::<_, Option<Vec<u8>>>(i)?.map_or(Val::Null, Val::Blob)
+    } else if *t == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i)?.map_or(Val::Null, |b| Val::Int(b as i64))
+    } else {
+        row.try_get::<_, Option<String>>(i)?.map_or(Val::Null, Val::Text)
+    })
+}
+
+impl Conn for PgConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let st = self.prepare(sql)?;
+        let ps: Vec<PgParam> = params.iter().map(to_pg).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            ps.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        Ok(self.client.execute(&st, &refs)?)
+    }
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let st = self.prepare(sql)?;
+        let ps: Vec<PgParam> = params.iter().map(to_pg).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            ps.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        let rows = self.client.query(&st, &refs)?;
+        rows.iter()
+            .map(|r| (0..r.len()).map(|i| from_pg(r, i)).collect::<Result<Row, _>>())
+            .collect()
+    }
+    fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+    ) -> Result<(), StoreError> {
+        let Some(first) = rows.first() else { return Ok(()) };
+        // One array parameter per column; the element type follows the first row.
+        let mut arrays: Vec<PgParam> = Vec::with_capacity(columns.len());
+        let mut casts = Vec::with_capacity(columns.len());
+        for (c, proto) in first.iter().enumerate() {
+            match proto {
+                Val::Int(_) => {
+                    arrays.push(Box::new(rows.iter().map(|r| r[c].int()).collect::<Vec<i64>>()));
+                    casts.push("bigint[]");
+                }
+                Val::Real(_) => {
+                    let v: Vec<f64> =
+                        rows.iter().map(|r| if let Val::Real(f) = r[c] { f } else { 0.0 }).collect();
+                    arrays.push(Box::new(v));
+                    casts.push("float8[]");
+                }
+                Val::Blob(_) => {
+                    let v: Vec<Vec<u8>> = rows.iter().map(|r| r[c].clone().into_blob()).collect();
+                    arrays.push(Box::new(v));
+                    casts.push("bytea[]");
+                }
+                Val::Text(_) | Val::Null => {
+                    let v: Vec<String> = rows.iter().map(|r| r[c].text().to_string()).collect();
+                    arrays.push(Box::new(v));
+                    casts.push("text[]");
+                }
+            }
+        }
+        let unnest: Vec<String> =
+            casts.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}) ON CONFLICT DO NOTHING",
+            columns.join(","),
+            unnest.join(",")
+        );
+        let st = match self.statements.get(&sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare(&sql)?;
+                self.statements.insert(sql, s.clone());
+                s
+            }
+        };
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            arrays.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        self.client.execute(&st, &refs)?;
+        Ok(())
+    }
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute(sql)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_placeholders_outside_literals() {
+        assert_eq!(
+            number_placeholders("SELECT ? WHERE a = '?' AND b IN (?, ?)"),
+            "SELECT $1 WHERE a = '?' AND b IN ($2, $3)"
+        );
+    }
+}
