@@ -1,1 +1,253 @@
-fn main(){}
+//! `hutong`: the server and the command line.
+//!
+//! Configuration comes from flags, `HUTONG_*` environment variables, and a TOML file
+//! (`--config`, default `./hutong.toml` when present), in that order of precedence.
+
+mod bench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hutong_server::{Application, Settings};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(
+    name = "hutong",
+    version,
+    about = "Hutong (互通): regional health-record interoperability platform"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "HUTONG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded store (SQLite).
+    #[arg(long, global = true, env = "HUTONG_DATA_DIR")]
+    data_dir: Option<String>,
+    /// PostgreSQL URL (`postgres://…`); overrides the data directory.
+    #[arg(long, global = true, env = "HUTONG_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the FHIR API (base `/fhir`).
+    Serve(ServeArgs),
+    /// Load NDJSON files, bundles, or directories of them (resumable).
+    Import {
+        paths: Vec<PathBuf>,
+        /// The submitting institution recorded as meta.source.
+        #[arg(long, env = "HUTONG_SOURCE")]
+        source: Option<String>,
+    },
+    /// Write every current resource as NDJSON files (one per type).
+    Export {
+        #[arg(long, default_value = "export")]
+        out: PathBuf,
+        /// Only these types (comma-separated).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only resources changed since this instant.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Run the benchmarks and write docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HUTONG_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "HUTONG_BODY_LIMIT")]
+    body_limit: Option<usize>,
+    /// Public base URL of the FHIR API (default: from the Host header).
+    #[arg(long, env = "HUTONG_BASE_URL")]
+    base_url: Option<String>,
+    /// Source recorded when a request names none (X-Hutong-Source).
+    #[arg(long, env = "HUTONG_DEFAULT_SOURCE")]
+    default_source: Option<String>,
+}
+
+/// The configuration file's shape; every key optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    listen: Option<SocketAddr>,
+    body_limit: Option<usize>,
+    base_url: Option<String>,
+    default_source: Option<String>,
+}
+
+const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
+
+fn file_config(c: &Common) -> anyhow::Result<FileConfig> {
+    let path = match &c.config {
+        Some(p) => p.clone(),
+        None if std::path::Path::new("hutong.toml").exists() => PathBuf::from("hutong.toml"),
+        None => return Ok(FileConfig::default()),
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn database(c: &Common, f: &FileConfig) -> String {
+    c.database_url
+        .clone()
+        .or_else(|| c.data_dir.clone())
+        .or_else(|| f.database_url.clone())
+        .or_else(|| f.data_dir.clone())
+        .unwrap_or_else(|| "hutong-data".into())
+}
+
+fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
+    Settings {
+        database: database(c, f),
+        listen: s
+            .and_then(|s| s.listen)
+            .or(f.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address")),
+        body_limit: s
+            .and_then(|s| s.body_limit)
+            .or(f.body_limit)
+            .unwrap_or(64 * 1024 * 1024),
+        default_source: s
+            .and_then(|s| s.default_source.clone())
+            .or_else(|| f.default_source.clone())
+            .unwrap_or_else(|| DEFAULT_SOURCE.into()),
+        base_url: s
+            .and_then(|s| s.base_url.clone())
+            .or_else(|| f.base_url.clone()),
+        export_dir: None,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUTONG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let fc = file_config(&cli.common)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Serve(args) => rt.block_on(async {
+            let s = settings(&cli.common, &fc, Some(&args));
+            let app = Application::build(s.clone()).await?;
+            tracing::info!(port = app.port(), database = %redact(&s.database), "Hutong is serving FHIR at http://{}/fhir", s.listen);
+            app.run_until(hutong_server::shutdown_signal()).await?;
+            Ok(())
+        }),
+        Cmd::Import { paths, source } => {
+            let s = settings(&cli.common, &fc, None);
+            let source = source.or(fc.default_source.clone()).unwrap_or_else(|| DEFAULT_SOURCE.into());
+            import(&s, &paths, &source)
+        }
+        Cmd::Export { out, types, since } => {
+            let s = settings(&cli.common, &fc, None);
+            let since = since
+                .map(|v| hutong_fhir::date::parse(&v).map(|r| r.lo).with_context(|| format!("invalid --since '{v}'")))
+                .transpose()?;
+            let engine = engine(&s)?;
+            let t0 = Instant::now();
+            let written = hutong_server::bulk::export(&engine, &out, &types, since)?;
+            let total: u64 = written.iter().map(|(_, n)| n).sum();
+            for (t, n) in &written {
+                println!("{t:>28}  {n}");
+            }
+            println!("Exported {total} resources to {} in {:.1}s", out.display(), t0.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
+    }
+}
+
+/// Hides a password in a database URL before it is logged.
+fn redact(db: &str) -> String {
+    match (db.find("://"), db.rfind('@')) {
+        (Some(s), Some(at)) if db[s + 3..at].contains(':') => {
+            let user_end = db[s + 3..at].find(':').map_or(at, |i| s + 3 + i);
+            format!("{}:***{}", &db[..user_end], &db[at..])
+        }
+        _ => db.to_string(),
+    }
+}
+
+fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
+    let store = hutong_store::Store::open(&s.location())
+        .with_context(|| format!("opening {}", redact(&s.database)))?;
+    let export_dir = std::env::temp_dir().join("hutong-exports");
+    Ok(hutong_server::Engine::new(
+        store,
+        hutong_server::EngineConfig {
+            default_source: s.default_source.clone(),
+            export_dir,
+        },
+    ))
+}
+
+fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
+    if paths.is_empty() {
+        anyhow::bail!("nothing to import: give NDJSON files, bundles or directories");
+    }
+    let files = hutong_server::bulk::collect_files(paths)?;
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let engine = engine(s)?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {msg} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    let t0 = Instant::now();
+    let progress = |bytes: u64, n: u64| {
+        bar.set_position(bytes);
+        let rate = n as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{n} resources, {rate:.0}/s"));
+    };
+    let report = hutong_server::bulk::import(&engine, &files, source, &progress)?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "Loaded {} resources from {} files in {:.1}s ({:.0}/s); {} chunks were already loaded; {} rejected.",
+        report.loaded,
+        report.files,
+        secs,
+        report.loaded as f64 / secs.max(1e-3),
+        report.skipped_chunks,
+        report.rejected.len()
+    );
+    for (f, line, why) in report.rejected.iter().take(50) {
+        println!("  rejected {f}:{line}: {why}");
+    }
+    if report.rejected.len() > 50 {
+        println!("  … and {} more", report.rejected.len() - 50);
+    }
+    Ok(())
+}

@@ -35,7 +35,15 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {
@@ -91,7 +99,10 @@ pub fn parse(s: &str) -> Option<Range> {
             },
             (Some(m), None) => {
                 let lo = days_from_civil(y, m, 1) * DAY;
-                Range { lo, hi: lo + days_in_month(y, m) as i64 * DAY }
+                Range {
+                    lo,
+                    hi: lo + days_in_month(y, m) as i64 * DAY,
+                }
             }
             (Some(m), Some(d)) => {
                 let lo = days_from_civil(y, m, d) * DAY;
@@ -120,8 +131,16 @@ pub fn parse(s: &str) -> Option<Range> {
         (time, 0)
     };
     let mut cp = clock.split(':');
-    let hh = cp.next().filter(|p| p.len() == 2).and_then(num).filter(|h| *h < 24)?;
-    let mi = cp.next().filter(|p| p.len() == 2).and_then(num).filter(|m| *m < 60)?;
+    let hh = cp
+        .next()
+        .filter(|p| p.len() == 2)
+        .and_then(num)
+        .filter(|h| *h < 24)?;
+    let mi = cp
+        .next()
+        .filter(|p| p.len() == 2)
+        .and_then(num)
+        .filter(|m| *m < 60)?;
     let (sec, frac_ms, width) = match cp.next() {
         None => (0, 0, 60_000),
         Some(sp) => {
@@ -129,7 +148,10 @@ pub fn parse(s: &str) -> Option<Range> {
                 Some((w, f)) => (w, Some(f)),
                 None => (sp, None),
             };
-            let sec = Some(whole).filter(|p| p.len() == 2).and_then(num).filter(|s| *s < 60)?;
+            let sec = Some(whole)
+                .filter(|p| p.len() == 2)
+                .and_then(num)
+                .filter(|s| *s < 60)?;
             match frac {
                 None => (sec, 0, 1000),
                 Some(f) => {
@@ -155,15 +177,21 @@ pub fn format_instant(ms: i64) -> String {
     let days = ms.div_euclid(DAY);
     let rem = ms.rem_euclid(DAY);
     let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, f) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, f) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{f:03}Z")
 }
 
 /// Formats as an HTTP date (`Last-Modified`).
 pub fn format_http(ms: i64) -> String {
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let days = ms.div_euclid(DAY);
     let rem = ms.rem_euclid(DAY) / 1000;
     let (y, m, d) = civil_from_days(days);
@@ -179,7 +207,9 @@ pub fn format_http(ms: i64) -> String {
 
 /// The current time in milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -201,8 +231,19 @@ mod tests {
         assert_eq!(t.hi - t.lo, 1000);
         let f = parse("2024-02-29T10:30:00.5Z").unwrap();
         assert_eq!(format_instant(f.lo), "2024-02-29T10:30:00.500Z");
-        assert_eq!(parse("2024-02-29T10:30").unwrap().hi - parse("2024-02-29T10:30").unwrap().lo, 60_000);
-        for bad in ["2023-02-29", "24", "2024-13", "2024-01-01T25:00:00Z", "2024-1-1", "x", ""] {
+        assert_eq!(
+            parse("2024-02-29T10:30").unwrap().hi - parse("2024-02-29T10:30").unwrap().lo,
+            60_000
+        );
+        for bad in [
+            "2023-02-29",
+            "24",
+            "2024-13",
+            "2024-01-01T25:00:00Z",
+            "2024-1-1",
+            "x",
+            "",
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
         assert_eq!(format_http(0), "Thu, 01 Jan 1970 00:00:00 GMT");

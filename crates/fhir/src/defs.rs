@@ -144,7 +144,10 @@ impl Definitions {
                 if base == "Resource" || base == "DomainResource" {
                     common.push(p);
                 } else {
-                    params.entry(base.clone()).or_default().insert(p.code.clone(), build(p)?);
+                    params
+                        .entry(base.clone())
+                        .or_default()
+                        .insert(p.code.clone(), build(p)?);
                 }
             }
         }
@@ -204,10 +207,16 @@ mod tests {
         assert!(!d.is_resource_type("Foo"));
         let code = d.param("Observation", "code").unwrap();
         assert_eq!(code.kind, ParamType::Token);
-        assert_eq!(d.param("Observation", "_lastUpdated").unwrap().kind, ParamType::Date);
+        assert_eq!(
+            d.param("Observation", "_lastUpdated").unwrap().kind,
+            ParamType::Date
+        );
         let cvq = d.param("Observation", "code-value-quantity").unwrap();
         assert_eq!(cvq.components.len(), 2);
-        assert_eq!(d.compartment_params("Observation").unwrap(), ["subject", "performer"]);
+        assert_eq!(
+            d.compartment_params("Observation").unwrap(),
+            ["subject", "performer"]
+        );
         let subject = d.param("Observation", "subject").unwrap();
         assert!(subject.targets.iter().any(|t| t == "Patient"));
     }

@@ -4,7 +4,8 @@
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// A parsed literal reference (`Type/id`, `Type/id/_history/v`, or an absolute URL ending in
@@ -38,7 +39,11 @@ impl Reference {
         if !type_ok || !is_valid_id(i) {
             return None;
         }
-        Some(Reference { rtype: t.to_string(), id: i.to_string(), version: v })
+        Some(Reference {
+            rtype: t.to_string(),
+            id: i.to_string(),
+            version: v,
+        })
     }
 }
 

@@ -13,20 +13,38 @@ use crate::path::{eval, eval_in, Item};
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexValue {
     /// Normalised (case- and accent-folded) string; `raw` keeps the original for `:exact`.
-    String { norm: String, raw: String },
+    String {
+        norm: String,
+        raw: String,
+    },
     /// A code with its system (empty when absent) and display text (normalised).
-    Token { system: String, code: String, text: String },
+    Token {
+        system: String,
+        code: String,
+        text: String,
+    },
     Date(Range),
     /// A literal reference (`rtype` empty for an absolute URL or canonical that is not a
     /// `Type/id` reference; `id` then holds the URL).
-    Reference { rtype: String, id: String },
+    Reference {
+        rtype: String,
+        id: String,
+    },
     /// A number or quantity: the closed interval `[lo, hi]` (a point has lo == hi), with the
     /// unit system and code for quantities (empty for plain numbers).
-    Quantity { lo: f64, hi: f64, system: String, code: String },
+    Quantity {
+        lo: f64,
+        hi: f64,
+        system: String,
+        code: String,
+    },
     Uri(String),
     /// A composite: the first component as a token key `system|code`, and the second
     /// component's value.
-    Composite { key: String, second: Box<IndexValue> },
+    Composite {
+        key: String,
+        second: Box<IndexValue>,
+    },
 }
 
 /// An index row: which parameter, which value.
@@ -45,7 +63,9 @@ const NOT_INDEXED: [&str; 4] = ["_id", "_lastUpdated", "_text", "_content"];
 pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
     let defs = Definitions::get();
     let mut out = Vec::new();
-    let Some(params) = defs.params(rtype) else { return out };
+    let Some(params) = defs.params(rtype) else {
+        return out;
+    };
     let root = [Item::node(resource)];
     for (code, p) in params {
         if NOT_INDEXED.contains(&code.as_str()) {
@@ -90,7 +110,10 @@ pub fn compartment_owner(rtype: &str, id: &str, entries: &[Entry]) -> Option<Str
 
 fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
     let mut push = |param: &str, value: IndexValue| {
-        out.push(Entry { param: param.to_string(), value });
+        out.push(Entry {
+            param: param.to_string(),
+            value,
+        });
     };
     match kind {
         ParamType::String => {
@@ -101,7 +124,13 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                 _ => {}
             }
             for raw in s {
-                push(code, IndexValue::String { norm: normalize_string(&raw), raw });
+                push(
+                    code,
+                    IndexValue::String {
+                        norm: normalize_string(&raw),
+                        raw,
+                    },
+                );
             }
         }
         ParamType::Token => {
@@ -152,10 +181,19 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                 let r = v.get("reference").and_then(Value::as_str).or(v.as_str());
                 if let Some(r) = r {
                     match Reference::parse(r) {
-                        Some(p) => push(code, IndexValue::Reference { rtype: p.rtype, id: p.id }),
+                        Some(p) => push(
+                            code,
+                            IndexValue::Reference {
+                                rtype: p.rtype,
+                                id: p.id,
+                            },
+                        ),
                         None if !r.starts_with('#') => push(
                             code,
-                            IndexValue::Reference { rtype: String::new(), id: r.to_string() },
+                            IndexValue::Reference {
+                                rtype: String::new(),
+                                id: r.to_string(),
+                            },
                         ),
                         None => {}
                     }
@@ -176,7 +214,11 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
             }
         }
         ParamType::Uri => {
-            if let Item::Node { v: Value::String(s), .. } = it {
+            if let Item::Node {
+                v: Value::String(s),
+                ..
+            } = it
+            {
                 push(code, IndexValue::Uri(s.clone()));
             }
         }
@@ -185,7 +227,9 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
 }
 
 fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out: &mut Vec<Entry>) {
-    let [first, second] = p.components.as_slice() else { return };
+    let [first, second] = p.components.as_slice() else {
+        return;
+    };
     if first.kind != ParamType::Token {
         return;
     }
@@ -200,7 +244,9 @@ fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out:
             values(second.kind, "", &s, &mut seconds);
         }
         for k in &keys {
-            let IndexValue::Token { system, code, .. } = &k.value else { continue };
+            let IndexValue::Token { system, code, .. } = &k.value else {
+                continue;
+            };
             if code.is_empty() {
                 continue;
             }
@@ -231,8 +277,18 @@ fn coding(c: &Value) -> IndexValue {
 }
 
 const STRING_PARTS: [&str; 12] = [
-    "text", "family", "given", "prefix", "suffix", "line", "city", "district", "state",
-    "postalCode", "country", "value",
+    "text",
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+    "value",
 ];
 
 fn collect_strings(v: &Value, out: &mut Vec<String>, depth: usize) {
@@ -276,7 +332,9 @@ fn date_range(v: &Value) -> Option<Range> {
                     hi: events.iter().map(|r| r.hi).max()?,
                 });
             }
-            o.get("repeat").and_then(|r| r.get("boundsPeriod")).and_then(date_range)
+            o.get("repeat")
+                .and_then(|r| r.get("boundsPeriod"))
+                .and_then(date_range)
         }
         _ => None,
     }
@@ -287,7 +345,12 @@ fn quantity(v: &Value) -> Option<IndexValue> {
     match v {
         Value::Number(n) => {
             let x = n.as_f64()?;
-            Some(IndexValue::Quantity { lo: x, hi: x, system: String::new(), code: String::new() })
+            Some(IndexValue::Quantity {
+                lo: x,
+                hi: x,
+                system: String::new(),
+                code: String::new(),
+            })
         }
         Value::Object(o) => {
             if let Some(x) = o.get("value").and_then(Value::as_f64) {
@@ -297,15 +360,30 @@ fn quantity(v: &Value) -> Option<IndexValue> {
                     let c = s(v, "code");
                     (s(v, "system"), if c.is_empty() { s(v, "unit") } else { c })
                 };
-                return Some(IndexValue::Quantity { lo: x, hi: x, system, code });
+                return Some(IndexValue::Quantity {
+                    lo: x,
+                    hi: x,
+                    system,
+                    code,
+                });
             }
             // Range: low/high bounds (either may be open).
-            let low = o.get("low").and_then(|l| l.get("value")).and_then(Value::as_f64);
-            let high = o.get("high").and_then(|h| h.get("value")).and_then(Value::as_f64);
+            let low = o
+                .get("low")
+                .and_then(|l| l.get("value"))
+                .and_then(Value::as_f64);
+            let high = o
+                .get("high")
+                .and_then(|h| h.get("value"))
+                .and_then(Value::as_f64);
             if low.is_none() && high.is_none() {
                 return None;
             }
-            let unit = o.get("low").or(o.get("high")).cloned().unwrap_or(Value::Null);
+            let unit = o
+                .get("low")
+                .or(o.get("high"))
+                .cloned()
+                .unwrap_or(Value::Null);
             let c = s(&unit, "code");
             Some(IndexValue::Quantity {
                 lo: low.unwrap_or(f64::MIN),
@@ -324,7 +402,10 @@ mod tests {
     use serde_json::json;
 
     fn find<'a>(es: &'a [Entry], p: &str) -> Vec<&'a IndexValue> {
-        es.iter().filter(|e| e.param == p).map(|e| &e.value).collect()
+        es.iter()
+            .filter(|e| e.param == p)
+            .map(|e| &e.value)
+            .collect()
     }
 
     #[test]
@@ -343,7 +424,10 @@ mod tests {
         assert!(find(&es, "code").contains(&&tok("", "", "HbA1c")));
         assert_eq!(
             find(&es, "subject"),
-            [&IndexValue::Reference { rtype: "Patient".into(), id: "p1".into() }]
+            [&IndexValue::Reference {
+                rtype: "Patient".into(),
+                id: "p1".into()
+            }]
         );
         assert_eq!(find(&es, "patient").len(), 1);
         assert_eq!(find(&es, "value-quantity").len(), 1);
@@ -351,7 +435,10 @@ mod tests {
         assert_eq!(find(&es, "_source"), [&IndexValue::Uri("urn:org:1".into())]);
         assert_eq!(find(&es, "code-value-quantity").len(), 1);
         assert!(find(&es, "_id").is_empty());
-        assert_eq!(compartment_owner("Observation", "o1", &es).as_deref(), Some("p1"));
+        assert_eq!(
+            compartment_owner("Observation", "o1", &es).as_deref(),
+            Some("p1")
+        );
     }
 
     #[test]
@@ -369,6 +456,9 @@ mod tests {
         assert_eq!(find(&es, "identifier:of-type").len(), 1);
         assert_eq!(find(&es, "deceased"), [&tok("", "false", "")]);
         assert!(matches!(find(&es, "birthdate")[0], IndexValue::Date(_)));
-        assert_eq!(compartment_owner("Patient", "p1", &es).as_deref(), Some("p1"));
+        assert_eq!(
+            compartment_owner("Patient", "p1", &es).as_deref(),
+            Some("p1")
+        );
     }
 }

@@ -81,7 +81,12 @@ impl Outcome {
         diagnostics: impl Into<String>,
         expression: Option<String>,
     ) -> Outcome {
-        self.issues.push(Issue { severity, code, diagnostics: diagnostics.into(), expression });
+        self.issues.push(Issue {
+            severity,
+            code,
+            diagnostics: diagnostics.into(),
+            expression,
+        });
         self
     }
 

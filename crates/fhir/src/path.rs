@@ -87,9 +87,10 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 while j < b.len() && b[j].is_ascii_digit() {
                     j += 1;
                 }
-                let n = s[i..j]
-                    .parse()
-                    .map_err(|_| ParseError { at: i, msg: "bad number".into() })?;
+                let n = s[i..j].parse().map_err(|_| ParseError {
+                    at: i,
+                    msg: "bad number".into(),
+                })?;
                 i = j - 1;
                 Tok::Num(n)
             }
@@ -104,7 +105,10 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                     j += 1;
                 }
                 if j >= b.len() {
-                    return Err(ParseError { at: i, msg: "unterminated string".into() });
+                    return Err(ParseError {
+                        at: i,
+                        msg: "unterminated string".into(),
+                    });
                 }
                 let lit = s[i + 1..j].to_string();
                 i = j;
@@ -122,7 +126,10 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                 Tok::Ident(id)
             }
             _ => {
-                return Err(ParseError { at: i, msg: format!("unexpected '{}'", c as char) });
+                return Err(ParseError {
+                    at: i,
+                    msg: format!("unexpected '{}'", c as char),
+                });
             }
         };
         out.push((start, tok));
@@ -145,7 +152,10 @@ impl Parser {
         self.toks.get(self.pos).map_or(self.len, |t| t.0)
     }
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError { at: self.at(), msg: msg.into() })
+        Err(ParseError {
+            at: self.at(),
+            msg: msg.into(),
+        })
     }
     fn eat(&mut self, t: &Tok) -> bool {
         if self.peek() == Some(t) {
@@ -306,7 +316,11 @@ impl Parser {
 /// Parses an expression.
 pub fn parse(s: &str) -> Result<Expr, ParseError> {
     let toks = lex(s)?;
-    let mut p = Parser { toks, pos: 0, len: s.len() };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        len: s.len(),
+    };
     let e = p.or()?;
     if p.pos != p.toks.len() {
         return p.err("unexpected trailing input");
@@ -319,7 +333,10 @@ pub fn parse(s: &str) -> Result<Expr, ParseError> {
 pub enum Item<'a> {
     /// A JSON node; `choice` is the type suffix when it was reached through a choice element
     /// (`valueQuantity` reached as `value` has choice `Quantity`).
-    Node { v: &'a Value, choice: Option<&'a str> },
+    Node {
+        v: &'a Value,
+        choice: Option<&'a str>,
+    },
     Bool(bool),
     Str(String),
     /// The type a reference resolves to (the result of `resolve()`; we only need its type).
@@ -364,7 +381,13 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
         Expr::Child(on, name) => {
             let mut out = Vec::new();
             for it in eval(on, focus) {
-                let Item::Node { v: Value::Object(o), .. } = it else { continue };
+                let Item::Node {
+                    v: Value::Object(o),
+                    ..
+                } = it
+                else {
+                    continue;
+                };
                 let rt = o.get("resourceType").and_then(Value::as_str);
                 let is_base = matches!(name.as_str(), "Resource" | "DomainResource");
                 if rt == Some(name.as_str()) || (is_base && rt.is_some()) {
@@ -390,9 +413,7 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
                 Func::OfType(t) => input.into_iter().filter(|i| is_type(i, t)).collect(),
                 Func::Where(cond) => input
                     .into_iter()
-                    .filter(|i| {
-                        truthy(&eval(cond, std::slice::from_ref(i))).unwrap_or(false)
-                    })
+                    .filter(|i| truthy(&eval(cond, std::slice::from_ref(i))).unwrap_or(false))
                     .collect(),
                 Func::Exists => vec![Item::Bool(!input.is_empty())],
                 Func::First => input.into_iter().take(1).collect(),
@@ -401,7 +422,11 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
                     Some(b) => vec![Item::Bool(!b)],
                     None => vec![],
                 },
-                Func::Resolve => input.iter().filter_map(resolve_type).map(Item::Resolved).collect(),
+                Func::Resolve => input
+                    .iter()
+                    .filter_map(resolve_type)
+                    .map(Item::Resolved)
+                    .collect(),
             }
         }
         Expr::Union(a, b) => {
@@ -439,7 +464,10 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
                 _ => vec![Item::Bool(false)],
             }
         }
-        Expr::As(on, t) => eval(on, focus).into_iter().filter(|i| is_type(i, t)).collect(),
+        Expr::As(on, t) => eval(on, focus)
+            .into_iter()
+            .filter(|i| is_type(i, t))
+            .collect(),
     }
 }
 
@@ -505,7 +533,11 @@ mod tests {
     fn every_r4_expression_parses() {
         // Definitions::get() parses all expressions and panics on a failure.
         let d = Definitions::get();
-        let n: usize = d.resource_types().iter().map(|t| d.params(t).unwrap().len()).sum();
+        let n: usize = d
+            .resource_types()
+            .iter()
+            .map(|t| d.params(t).unwrap().len())
+            .sum();
         assert!(n > 1500);
     }
 
@@ -518,19 +550,31 @@ mod tests {
         assert_eq!(strings("Observation.code", &obs).len(), 1);
         assert_eq!(strings("Observation.value.ofType(Quantity)", &obs).len(), 1);
         assert!(strings("Observation.value.ofType(CodeableConcept)", &obs).is_empty());
-        assert_eq!(strings("Observation.subject.where(resolve() is Patient)", &obs).len(), 1);
+        assert_eq!(
+            strings("Observation.subject.where(resolve() is Patient)", &obs).len(),
+            1
+        );
         assert!(strings("Observation.subject.where(resolve() is Group)", &obs).is_empty());
         assert!(strings("Encounter.subject | Encounter.patient", &obs).is_empty());
         let p = json!({"resourceType": "Patient", "deceasedBoolean": false,
             "telecom": [{"system": "phone", "value": "138"}, {"system": "email", "value": "a@b"}]});
         assert_eq!(
-            strings("Patient.deceased.exists() and Patient.deceased != false", &p),
+            strings(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                &p
+            ),
             ["false"]
         );
-        assert_eq!(strings("Patient.telecom.where(system='phone')", &p).len(), 1);
+        assert_eq!(
+            strings("Patient.telecom.where(system='phone')", &p).len(),
+            1
+        );
         let dead = json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"});
         assert_eq!(
-            strings("Patient.deceased.exists() and Patient.deceased != false", &dead),
+            strings(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                &dead
+            ),
             ["true"]
         );
     }

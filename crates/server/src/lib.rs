@@ -1,1 +1,123 @@
+//! Hutong's FHIR server.
+//!
+//! Layout:
+//! - [`engine`]: every FHIR interaction as a function of a request (no HTTP types), used by
+//!   the HTTP front, bundles and the CLI alike.
+//! - [`bundle`]: transaction and batch Bundles.
+//! - [`operations`]: `$everything` and Bulk Data `$export`.
+//! - [`capability`]: the CapabilityStatement, generated from what is implemented.
+//! - [`http`]: the axum router.
+//! - [`error`]: `ApiError`, the status + OperationOutcome every failure becomes.
+//! - [`Application`]: settings → a bound server with graceful shutdown.
 
+pub mod bulk;
+pub mod bundle;
+pub mod capability;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod operations;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hutong_store::{Location, Store};
+
+pub use engine::{Engine, EngineConfig};
+
+/// Server settings (see the CLI for how they are read from flags, file and environment).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A data directory (embedded SQLite) or a `postgres://` URL.
+    pub database: String,
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub default_source: String,
+    pub base_url: Option<String>,
+    pub export_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn location(&self) -> Location {
+        Location::parse(&self.database)
+    }
+}
+
+/// A built server: the store opened and the listener bound.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    pub engine: Engine,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let loc = settings.location();
+        let store = tokio::task::spawn_blocking(move || Store::open(&loc)).await??;
+        Application::with_store(settings, store).await
+    }
+
+    pub async fn with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        let export_dir = settings
+            .export_dir
+            .clone()
+            .unwrap_or_else(|| match settings.location() {
+                Location::Sqlite(dir) => dir.join("exports"),
+                Location::Postgres(_) => PathBuf::from("hutong-exports"),
+            });
+        let engine = Engine::new(
+            store,
+            EngineConfig {
+                default_source: settings.default_source.clone(),
+                export_dir,
+            },
+        );
+        let state = Arc::new(http::AppState {
+            engine: engine.clone(),
+            body_limit: settings.body_limit,
+            base_url: settings.base_url.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        Ok(Application {
+            listener,
+            router: http::app(state),
+            engine,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves; requests in flight finish first.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("Shutdown requested; finishing requests in flight.");
+}

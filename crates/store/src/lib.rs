@@ -20,9 +20,9 @@ mod pool;
 pub mod schema;
 pub mod search;
 pub mod sql;
-mod write;
 #[doc(hidden)]
 pub mod testing;
+mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,18 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+}
+
+/// An error type a write transaction can fail with: anything a `StoreError` converts into,
+/// and which says whether running the transaction again may succeed.
+pub trait TxError: From<StoreError> {
+    fn retryable(&self) -> bool;
+}
+
+impl TxError for StoreError {
+    fn retryable(&self) -> bool {
+        self.is_retryable()
     }
 }
 
@@ -180,7 +192,14 @@ impl Store {
             Catalog::load(c.conn())?
         };
         tracing::info!(backend = ?dialect, "Store opened.");
-        Ok(Store { inner: Arc::new(Inner { writer, readers, catalog: RwLock::new(catalog), dialect }) })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer,
+                readers,
+                catalog: RwLock::new(catalog),
+                dialect,
+            }),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -197,16 +216,16 @@ impl Store {
 
     /// Runs `f` in one database transaction; commits when it returns `Ok`, rolls back
     /// otherwise. Retries the whole closure when a concurrent writer won a race.
-    pub fn write<R>(
+    pub fn write<R, E: TxError>(
         &self,
-        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.write_once(&mut f) {
-                Err(e) if e.is_retryable() && attempt < 5 => {
-                    tracing::debug!(attempt, error = %e, "Retrying a transaction after a conflict.");
+                Err(e) if e.retryable() && attempt < 5 => {
+                    tracing::debug!(attempt, "Retrying a transaction after a conflict.");
                     std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
                 }
                 r => return r,
@@ -214,10 +233,10 @@ impl Store {
         }
     }
 
-    fn write_once<R>(
+    fn write_once<R, E: TxError>(
         &self,
-        f: &mut impl FnMut(&mut Tx<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+        f: &mut impl FnMut(&mut Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut pooled = self.inner.writer.get()?;
         let conn = pooled.conn();
         conn.batch(match self.inner.dialect {
@@ -234,13 +253,17 @@ impl Store {
             Ok(r) => match conn.batch("COMMIT") {
                 Ok(()) => {
                     if !added.is_empty() {
-                        self.inner.catalog.write().unwrap_or_else(|e| e.into_inner()).publish(added);
+                        self.inner
+                            .catalog
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .publish(added);
                     }
                     Ok(r)
                 }
                 Err(e) => {
                     let _ = conn.batch("ROLLBACK");
-                    Err(e)
+                    Err(e.into())
                 }
             },
             Err(e) => {
@@ -301,6 +324,51 @@ impl Store {
         let mut c = self.reader()?;
         let cat = self.catalog();
         search::everything(c.conn(), &cat, req)
+    }
+
+    /// Current, non-deleted resources of `rtype` in storage order after `after` (a cursor
+    /// returned by the previous call), for bulk export. `patients_only` keeps resources that
+    /// belong to some Patient's compartment.
+    pub fn scan(
+        &self,
+        rtype: &str,
+        since: Option<i64>,
+        patients_only: bool,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<Stored>, i64), StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        let Some(t) = cat.type_id(rtype) else {
+            return Ok((Vec::new(), after));
+        };
+        let shard_filter = if patients_only {
+            " AND r.shard <> 0"
+        } else {
+            ""
+        };
+        let rows = c.conn().query(
+            &format!(
+                "SELECT r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.body, rr.id FROM res r                  JOIN res_route rr ON rr.rid = r.rid WHERE r.rtype = ? AND r.deleted = 0                  AND r.lastmod >= ? AND r.rid > ?{shard_filter} ORDER BY r.rid LIMIT ?"
+            ),
+            &[Val::Int(t), Val::Int(since.unwrap_or(i64::MIN)), Val::Int(after), Val::Int(limit as i64)],
+        )?;
+        let mut last = after;
+        let mut out = Vec::with_capacity(rows.len());
+        for mut r in rows {
+            last = r[0].int();
+            let blob = std::mem::replace(&mut r[5], Val::Null).into_blob();
+            out.push(write::stored_from(
+                &cat,
+                t,
+                r[6].text().to_string(),
+                r[2].int(),
+                r[3].int(),
+                r[4].int(),
+                blob,
+            )?);
+        }
+        Ok((out, last))
     }
 
     /// Rows of a bookkeeping table (`import_done`, `jobs`), read or written outside FHIR.

@@ -22,20 +22,31 @@ pub struct Pooled<'a> {
 
 impl Pool {
     pub fn new(max: usize, factory: Factory) -> Pool {
-        Pool { idle: Mutex::new((Vec::new(), 0)), cv: Condvar::new(), max, factory }
+        Pool {
+            idle: Mutex::new((Vec::new(), 0)),
+            cv: Condvar::new(),
+            max,
+            factory,
+        }
     }
 
     pub fn get(&self) -> Result<Pooled<'_>, StoreError> {
         let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(c) = g.0.pop() {
-                return Ok(Pooled { pool: self, conn: Some(c) });
+                return Ok(Pooled {
+                    pool: self,
+                    conn: Some(c),
+                });
             }
             if g.1 < self.max {
                 g.1 += 1;
                 drop(g);
                 return match (self.factory)() {
-                    Ok(c) => Ok(Pooled { pool: self, conn: Some(c) }),
+                    Ok(c) => Ok(Pooled {
+                        pool: self,
+                        conn: Some(c),
+                    }),
                     Err(e) => {
                         self.idle.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
                         self.cv.notify_one();
@@ -50,7 +61,9 @@ impl Pool {
 
 impl Pooled<'_> {
     pub fn conn(&mut self) -> &mut dyn Conn {
-        self.conn.as_deref_mut().expect("pooled connection present until drop")
+        self.conn
+            .as_deref_mut()
+            .expect("pooled connection present until drop")
     }
 
     /// Drops the connection instead of returning it (it is in an unknown state).
@@ -65,7 +78,12 @@ impl Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).0.push(c);
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(c);
             self.pool.cv.notify_one();
         }
     }

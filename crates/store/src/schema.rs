@@ -197,7 +197,8 @@ impl Catalog {
         if !wanted.is_empty() {
             conn.batch("BEGIN")?;
             let r = (|| {
-                let sql = insert_ignore(conn.dialect(), "catalog (kind, name, cid) VALUES (?, ?, ?)");
+                let sql =
+                    insert_ignore(conn.dialect(), "catalog (kind, name, cid) VALUES (?, ?, ?)");
                 let mut last = next_cid(conn)? - 1;
                 for (kind, name) in &wanted {
                     let next = match conn.dialect() {
@@ -205,7 +206,10 @@ impl Catalog {
                         Dialect::Postgres => next_cid(conn)?,
                     };
                     last = next;
-                    conn.exec(&sql, &[Val::Int(*kind), Val::Text(name.clone()), Val::Int(next)])?;
+                    conn.exec(
+                        &sql,
+                        &[Val::Int(*kind), Val::Text(name.clone()), Val::Int(next)],
+                    )?;
                 }
                 Ok::<_, StoreError>(())
             })();
@@ -280,21 +284,27 @@ impl Catalog {
         }
         let sql = insert_ignore(conn.dialect(), "catalog (kind, name, cid) VALUES (?, ?, ?)");
         // Another writer (PostgreSQL) may have added it since we loaded: look first.
-        let found =
-            conn.query("SELECT cid FROM catalog WHERE kind = ? AND name = ?", &[
-                Val::Int(KIND_SYSTEM),
-                Val::Text(s.to_string()),
-            ])?;
+        let found = conn.query(
+            "SELECT cid FROM catalog WHERE kind = ? AND name = ?",
+            &[Val::Int(KIND_SYSTEM), Val::Text(s.to_string())],
+        )?;
         let id = if let Some(r) = found.first() {
             r[0].int()
         } else {
             let next = next_cid(conn)?;
-            conn.exec(&sql, &[Val::Int(KIND_SYSTEM), Val::Text(s.to_string()), Val::Int(next)])?;
+            conn.exec(
+                &sql,
+                &[
+                    Val::Int(KIND_SYSTEM),
+                    Val::Text(s.to_string()),
+                    Val::Int(next),
+                ],
+            )?;
             // A concurrent writer may have won the insert: its id is the one that counts.
-            conn.query("SELECT cid FROM catalog WHERE kind = ? AND name = ?", &[
-                Val::Int(KIND_SYSTEM),
-                Val::Text(s.to_string()),
-            ])?
+            conn.query(
+                "SELECT cid FROM catalog WHERE kind = ? AND name = ?",
+                &[Val::Int(KIND_SYSTEM), Val::Text(s.to_string())],
+            )?
             .first()
             .map_or(next, |r| r[0].int())
         };

@@ -12,7 +12,7 @@ use hutong_fhir::{Definitions, ParamType, Reference};
 use crate::schema::Catalog;
 use crate::sql::{Conn, Dialect, Val};
 use crate::write::stored_from;
-use crate::{Stored, StoreError};
+use crate::{StoreError, Stored};
 
 /// Why a search request was refused (always the client's fault: 400).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -20,7 +20,11 @@ pub enum SearchError {
     #[error("Unknown search parameter '{param}' for {rtype}")]
     UnknownParam { rtype: String, param: String },
     #[error("Invalid value '{value}' for search parameter '{param}': {why}")]
-    InvalidValue { param: String, value: String, why: String },
+    InvalidValue {
+        param: String,
+        value: String,
+        why: String,
+    },
     #[error("Modifier ':{modifier}' is not supported on search parameter '{param}'")]
     Modifier { param: String, modifier: String },
     #[error("{0}")]
@@ -116,8 +120,18 @@ enum Cond {
 
 /// Parameters that shape the result, not the match.
 const RESULT_PARAMS: [&str; 12] = [
-    "_count", "_offset", "_sort", "_total", "_include", "_revinclude", "_summary", "_elements",
-    "_format", "_pretty", "_contained", "_containedType",
+    "_count",
+    "_offset",
+    "_sort",
+    "_total",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_elements",
+    "_format",
+    "_pretty",
+    "_contained",
+    "_containedType",
 ];
 
 pub const DEFAULT_COUNT: usize = 20;
@@ -129,7 +143,10 @@ fn split_values(v: &str) -> Vec<String> {
     let mut chars = v.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\\' if chars.peek().is_some_and(|n| matches!(n, ',' | '$' | '|' | '\\')) => {
+            '\\' if chars
+                .peek()
+                .is_some_and(|n| matches!(n, ',' | '$' | '|' | '\\')) =>
+            {
                 out.last_mut().unwrap().push(chars.next().unwrap());
             }
             ',' => out.push(String::new()),
@@ -140,7 +157,11 @@ fn split_values(v: &str) -> Vec<String> {
 }
 
 fn invalid(param: &str, value: &str, why: &str) -> SearchError {
-    SearchError::InvalidValue { param: param.into(), value: value.into(), why: why.into() }
+    SearchError::InvalidValue {
+        param: param.into(),
+        value: value.into(),
+        why: why.into(),
+    }
 }
 
 impl Query {
@@ -162,17 +183,26 @@ impl Query {
 
     /// Parses request parameters. With `strict`, an unknown parameter is an error; otherwise
     /// it is ignored and listed in `ignored`.
-    pub fn parse(rtype: &str, params: &[(String, String)], strict: bool) -> Result<Query, SearchError> {
+    pub fn parse(
+        rtype: &str,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> Result<Query, SearchError> {
         let defs = Definitions::get();
         if !defs.is_resource_type(rtype) {
-            return Err(SearchError::Unsupported(format!("Unknown resource type {rtype}")));
+            return Err(SearchError::Unsupported(format!(
+                "Unknown resource type {rtype}"
+            )));
         }
         let mut q = Query::all(rtype);
         for (k, v) in params {
             let name = k.split(':').next().unwrap_or(k);
             match name {
                 "_count" => {
-                    q.count = v.parse::<usize>().map_err(|_| invalid(k, v, "not a number"))?.min(MAX_COUNT)
+                    q.count = v
+                        .parse::<usize>()
+                        .map_err(|_| invalid(k, v, "not a number"))?
+                        .min(MAX_COUNT)
                 }
                 "_offset" => q.offset = v.parse().map_err(|_| invalid(k, v, "not a number"))?,
                 "_total" => {
@@ -190,7 +220,10 @@ impl Query {
                             None => (false, s),
                         };
                         if defs.param(rtype, code).is_none() {
-                            return Err(SearchError::UnknownParam { rtype: rtype.into(), param: code.into() });
+                            return Err(SearchError::UnknownParam {
+                                rtype: rtype.into(),
+                                param: code.into(),
+                            });
                         }
                         q.sort.push((code.to_string(), desc));
                     }
@@ -204,7 +237,9 @@ impl Query {
                     if parts[1] != "*" {
                         match defs.param(parts[0], parts[1]) {
                             Some(p) if p.kind == ParamType::Reference => {}
-                            _ => return Err(invalid(k, v, "not a reference parameter of that type")),
+                            _ => {
+                                return Err(invalid(k, v, "not a reference parameter of that type"))
+                            }
                         }
                     }
                     q.includes.push(Include {
@@ -240,11 +275,25 @@ impl Query {
                 self.rtype
             )));
         }
-        self.conds.push(Cond::Compartment { rtype: self.rtype.clone(), patient: patient.into() });
+        self.conds.push(Cond::Compartment {
+            rtype: self.rtype.clone(),
+            patient: patient.into(),
+        });
         Ok(self)
     }
 
-    /// Adds an exact token condition (used by conditional references: `identifier=sys|val`).
+    /// The same conditions, asking only whether there are zero, one or several matches
+    /// (conditional create, update, delete and references).
+    pub fn probe(mut self) -> Query {
+        self.count = 2;
+        self.offset = 0;
+        self.total = Total::None;
+        self.includes.clear();
+        self.sort.clear();
+        self
+    }
+
+    /// True when the query has no matching conditions.
     pub fn is_empty(&self) -> bool {
         self.conds.is_empty()
     }
@@ -252,7 +301,10 @@ impl Query {
 
 fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> {
     let defs = Definitions::get();
-    let unknown = || SearchError::UnknownParam { rtype: rtype.into(), param: key.into() };
+    let unknown = || SearchError::UnknownParam {
+        rtype: rtype.into(),
+        param: key.into(),
+    };
     if let Some(rest) = key.strip_prefix("_has:") {
         let mut it = rest.splitn(3, ':');
         let (source, param, inner_key) = match (it.next(), it.next(), it.next()) {
@@ -285,8 +337,16 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
             return Err(invalid(key, value, "chaining needs a reference parameter"));
         }
         let targets: Vec<&String> = match type_mod {
-            Some(t) if p.targets.iter().any(|x| x == t) => p.targets.iter().filter(|x| *x == t).collect(),
-            Some(_) => return Err(invalid(key, value, "that type is not a target of the parameter")),
+            Some(t) if p.targets.iter().any(|x| x == t) => {
+                p.targets.iter().filter(|x| *x == t).collect()
+            }
+            Some(_) => {
+                return Err(invalid(
+                    key,
+                    value,
+                    "that type is not a target of the parameter",
+                ))
+            }
             None => p.targets.iter().collect(),
         };
         let inner_code = rest.split(['.', ':']).next().unwrap_or(rest);
@@ -341,11 +401,16 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
             t => p.kind == ParamType::Reference && p.targets.iter().any(|x| x == t),
         };
         if !ok {
-            return Err(SearchError::Modifier { param: code.into(), modifier: m.clone() });
+            return Err(SearchError::Modifier {
+                param: code.into(),
+                modifier: m.clone(),
+            });
         }
     }
     if p.kind == ParamType::Special || (p.kind == ParamType::Composite && p.components.len() != 2) {
-        return Err(SearchError::Unsupported(format!("Search parameter '{code}' is not supported")));
+        return Err(SearchError::Unsupported(format!(
+            "Search parameter '{code}' is not supported"
+        )));
     }
     // Validate values now so a bad one is a 400, not an empty result.
     if modifier.as_deref() != Some("missing") {
@@ -359,14 +424,24 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
                 }
                 ParamType::Composite => {
                     if !v.contains('$') {
-                        return Err(invalid(key, v, "a composite value has two parts joined by '$'"));
+                        return Err(invalid(
+                            key,
+                            v,
+                            "a composite value has two parts joined by '$'",
+                        ));
                     }
                 }
                 _ => {}
             }
         }
     }
-    Ok(Cond::Param { rtype: rtype.into(), code: code.into(), kind: p.kind, modifier, values })
+    Ok(Cond::Param {
+        rtype: rtype.into(),
+        code: code.into(),
+        kind: p.kind,
+        modifier,
+        values,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -413,7 +488,10 @@ fn parse_prefixed_number(key: &str, v: &str) -> Result<(Prefix, f64, f64, f64), 
     }
     let mantissa = rest.split(['e', 'E']).next().unwrap_or(rest);
     let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
-    let exp: i32 = rest.split_once(['e', 'E']).and_then(|(_, e)| e.parse().ok()).unwrap_or(0);
+    let exp: i32 = rest
+        .split_once(['e', 'E'])
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
     let half = 0.5 * 10f64.powi(exp - decimals);
     Ok((p, x, x - half, x + half))
 }
@@ -426,7 +504,9 @@ struct Sql<'a> {
 }
 
 fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 impl Sql<'_> {
@@ -458,7 +538,9 @@ impl Sql<'_> {
                 if rtype == "Patient" {
                     let a = self.p(pt);
                     let b = self.p(patient.as_str());
-                    return format!("SELECT shard, rid FROM res_route WHERE rtype = {a} AND id = {b}");
+                    return format!(
+                        "SELECT shard, rid FROM res_route WHERE rtype = {a} AND id = {b}"
+                    );
                 }
                 let pids: Vec<String> = defs
                     .compartment_params(rtype)
@@ -473,7 +555,12 @@ impl Sql<'_> {
                     pids.join(",")
                 )
             }
-            Cond::Chain { rtype, code, target, inner } => {
+            Cond::Chain {
+                rtype,
+                code,
+                target,
+                inner,
+            } => {
                 let pid = self.pid(rtype, code);
                 let tt = self.type_id(target);
                 let inner_sql = self.sub_for(target, inner);
@@ -483,7 +570,12 @@ impl Sql<'_> {
                      AND (t.shard, t.rid) IN ({inner_sql})"
                 )
             }
-            Cond::Has { rtype, source, param, inner } => {
+            Cond::Has {
+                rtype,
+                source,
+                param,
+                inner,
+            } => {
                 let pid = self.pid(source, param);
                 let tt = self.type_id(rtype);
                 let inner_sql = self.sub_for(source, inner);
@@ -493,9 +585,13 @@ impl Sql<'_> {
                      AND (f.shard, f.rid) IN ({inner_sql})"
                 )
             }
-            Cond::Param { rtype, code, kind, modifier, values } => {
-                self.param(rtype, code, *kind, modifier.as_deref(), values)
-            }
+            Cond::Param {
+                rtype,
+                code,
+                kind,
+                modifier,
+                values,
+            } => self.param(rtype, code, *kind, modifier.as_deref(), values),
         }
     }
 
@@ -505,7 +601,10 @@ impl Sql<'_> {
             Cond::Id(ids) => {
                 let t = self.type_id(rtype);
                 let marks: Vec<&str> = ids.iter().map(|i| self.p(i.as_str())).collect();
-                format!("SELECT shard, rid FROM res_route WHERE rtype = {t} AND id IN ({})", marks.join(","))
+                format!(
+                    "SELECT shard, rid FROM res_route WHERE rtype = {t} AND id IN ({})",
+                    marks.join(",")
+                )
             }
             Cond::LastUpdated(vals) => {
                 let t = self.type_id(rtype);
@@ -547,7 +646,11 @@ impl Sql<'_> {
             Prefix::Ap => {
                 // Approximately: within 10% of the distance from now, at least a day.
                 let gap = ((now_ms() - slo).abs() / 10).max(86_400_000);
-                format!("({lo} < {} AND {hi} > {})", self.p(shi + gap), self.p(slo - gap))
+                format!(
+                    "({lo} < {} AND {hi} > {})",
+                    self.p(shi + gap),
+                    self.p(slo - gap)
+                )
             }
         }
     }
@@ -574,7 +677,10 @@ impl Sql<'_> {
         match modifier {
             Some("exact") => format!("raw = {}", self.p(v)),
             Some("contains") => {
-                format!("norm LIKE {} ESCAPE '\\'", self.p(format!("%{}%", like_escape(&n))))
+                format!(
+                    "norm LIKE {} ESCAPE '\\'",
+                    self.p(format!("%{}%", like_escape(&n)))
+                )
             }
             _ => match self.dialect {
                 // SQLite's LIKE cannot use a binary index: a range can.
@@ -583,7 +689,10 @@ impl Sql<'_> {
                     format!("(norm >= {} AND norm < {})", self.p(n), self.p(hi))
                 }
                 Dialect::Postgres => {
-                    format!("norm LIKE {} ESCAPE '\\'", self.p(format!("{}%", like_escape(&n))))
+                    format!(
+                        "norm LIKE {} ESCAPE '\\'",
+                        self.p(format!("{}%", like_escape(&n)))
+                    )
                 }
             },
         }
@@ -657,7 +766,10 @@ impl Sql<'_> {
                 },
                 ParamType::Uri => match modifier {
                     Some("below") => {
-                        format!("code LIKE {} ESCAPE '\\'", self.p(format!("{}%", like_escape(v))))
+                        format!(
+                            "code LIKE {} ESCAPE '\\'",
+                            self.p(format!("{}%", like_escape(v)))
+                        )
                     }
                     Some("above") => {
                         let mut prefixes = Vec::new();
@@ -710,7 +822,10 @@ impl Sql<'_> {
             };
             preds.push(pred);
         }
-        let body = format!("SELECT shard, rid FROM {table} WHERE pid = {pid} AND ({})", preds.join(" OR "));
+        let body = format!(
+            "SELECT shard, rid FROM {table} WHERE pid = {pid} AND ({})",
+            preds.join(" OR ")
+        );
         if modifier == Some("not") {
             let t = self.type_id(rtype);
             return format!(
@@ -739,12 +854,19 @@ impl Sql<'_> {
     }
 
     fn composite_pred(&mut self, rtype: &str, code: &str, v: &str) -> String {
-        let Some(def) = Definitions::get().param(rtype, code) else { return "1 = 0".into() };
-        let Some((first, second)) = v.split_once('$') else { return "1 = 0".into() };
+        let Some(def) = Definitions::get().param(rtype, code) else {
+            return "1 = 0".into();
+        };
+        let Some((first, second)) = v.split_once('$') else {
+            return "1 = 0".into();
+        };
         let key = match first.split_once('|') {
             Some((sys, c)) if !sys.is_empty() => format!("k = {}", self.p(format!("{sys}|{c}"))),
             Some((_, c)) => format!("k = {}", self.p(format!("|{c}"))),
-            None => format!("k LIKE {} ESCAPE '\\'", self.p(format!("%|{}", like_escape(first)))),
+            None => format!(
+                "k LIKE {} ESCAPE '\\'",
+                self.p(format!("%|{}", like_escape(first)))
+            ),
         };
         let second_pred = match def.components.get(1).map(|c| c.kind) {
             Some(ParamType::Quantity) | Some(ParamType::Number) => {
@@ -769,7 +891,10 @@ impl Sql<'_> {
                 Some((s, c)) if !s.is_empty() => format!("v = {}", self.p(format!("{s}|{c}"))),
                 _ => {
                     let c = second.rsplit('|').next().unwrap_or(second);
-                    format!("v LIKE {} ESCAPE '\\'", self.p(format!("%|{}", like_escape(c))))
+                    format!(
+                        "v LIKE {} ESCAPE '\\'",
+                        self.p(format!("%|{}", like_escape(c)))
+                    )
                 }
             },
             _ => format!("v = {}", self.p(hutong_fhir::normalize_string(second))),
@@ -784,14 +909,26 @@ fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreErr
     rows.into_iter()
         .map(|mut r| {
             let blob = std::mem::replace(&mut r[6], Val::Null).into_blob();
-            stored_from(cat, r[2].int(), r[7].text().to_string(), r[3].int(), r[4].int(), r[5].int(), blob)
+            stored_from(
+                cat,
+                r[2].int(),
+                r[7].text().to_string(),
+                r[3].int(),
+                r[4].int(),
+                r[5].int(),
+                blob,
+            )
         })
         .collect()
 }
 
 /// Runs a query: the page of matches, the total, and the included resources.
 pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page, StoreError> {
-    let mut b = Sql { params: Vec::new(), cat, dialect: conn.dialect() };
+    let mut b = Sql {
+        params: Vec::new(),
+        cat,
+        dialect: conn.dialect(),
+    };
     let t = b.type_id(&q.rtype);
     let mut subs: Vec<String> = q.conds.iter().map(|c| b.sub_for(&q.rtype, c)).collect();
     let (from, mut wheres) = if subs.is_empty() {
@@ -831,7 +968,9 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
             "_lastUpdated" => "r.lastmod".to_string(),
             "_id" => "rr.id".to_string(),
             _ => {
-                let Some(p) = defs.param(&q.rtype, code) else { continue };
+                let Some(p) = defs.param(&q.rtype, code) else {
+                    continue;
+                };
                 let pid = cat.param_id(&q.rtype, code).unwrap_or(-1);
                 let (table, col) = match p.kind {
                     ParamType::Date => ("ix_date", if *desc { "hi" } else { "lo" }),
@@ -851,7 +990,11 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
         order.push(format!("(q.s{i} IS NULL), q.s{i} {dir}"));
     }
     order.push("q.rid".into());
-    let extra = if cols.is_empty() { String::new() } else { format!(", {}", cols.join(", ")) };
+    let extra = if cols.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", cols.join(", "))
+    };
     let sql = format!(
         "SELECT shard, rid, rtype, version, lastmod, deleted, body, id FROM \
          (SELECT {SELECT_RES}{extra} {base}) q ORDER BY {} LIMIT ? OFFSET ?",
@@ -907,8 +1050,10 @@ fn includes(
         return Ok(Vec::new());
     }
     let defs = Definitions::get();
-    let mut seen: HashSet<(String, String)> =
-        matches.iter().map(|s| (s.rtype.clone(), s.id.clone())).collect();
+    let mut seen: HashSet<(String, String)> = matches
+        .iter()
+        .map(|s| (s.rtype.clone(), s.id.clone()))
+        .collect();
     let mut out: Vec<Stored> = Vec::new();
     let mut frontier: Vec<Stored> = matches.to_vec();
     // Non-iterating includes apply to the matches only; iterating ones repeat on what they add.
@@ -917,7 +1062,12 @@ fn includes(
         for inc in incs.iter().filter(|i| round == 0 || i.iterate) {
             let params: Vec<String> = if inc.param == "*" {
                 defs.params(&inc.source)
-                    .map(|m| m.values().filter(|p| p.kind == ParamType::Reference).map(|p| p.code.clone()).collect())
+                    .map(|m| {
+                        m.values()
+                            .filter(|p| p.kind == ParamType::Reference)
+                            .map(|p| p.code.clone())
+                            .collect()
+                    })
                     .unwrap_or_default()
             } else {
                 vec![inc.param.clone()]
@@ -993,7 +1143,11 @@ fn includes(
 }
 
 /// `Patient/{id}/$everything`: the Patient and every resource in its compartment.
-pub(crate) fn everything(conn: &mut dyn Conn, cat: &Catalog, e: &Everything) -> Result<Page, StoreError> {
+pub(crate) fn everything(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    e: &Everything,
+) -> Result<Page, StoreError> {
     let defs = Definitions::get();
     let pt = cat.type_id("Patient").unwrap_or(-1);
     let mut pids = Vec::new();
@@ -1025,7 +1179,11 @@ pub(crate) fn everything(conn: &mut dyn Conn, cat: &Catalog, e: &Everything) -> 
         params.push(Val::Int(s));
     }
     if !e.types.is_empty() {
-        let ids: Vec<String> = e.types.iter().map(|t| cat.type_id(t).unwrap_or(-1).to_string()).collect();
+        let ids: Vec<String> = e
+            .types
+            .iter()
+            .map(|t| cat.type_id(t).unwrap_or(-1).to_string())
+            .collect();
         wheres.push(format!("r.rtype IN ({})", ids.join(",")));
     }
     if (e.start.is_some() || e.end.is_some()) && !date_pids.is_empty() {
@@ -1055,7 +1213,12 @@ pub(crate) fn everything(conn: &mut dyn Conn, cat: &Catalog, e: &Everything) -> 
     let mut matches = to_stored(cat, rows)?;
     let has_more = n > e.count;
     matches.truncate(e.count);
-    Ok(Page { matches, included: Vec::new(), total: Some(total), has_more })
+    Ok(Page {
+        matches,
+        included: Vec::new(),
+        total: Some(total),
+        has_more,
+    })
 }
 
 #[cfg(test)]
@@ -1064,7 +1227,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn q(rtype: &str, params: &[(&str, &str)]) -> Result<Query, SearchError> {
-        let p: Vec<(String, String)> = params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let p: Vec<(String, String)> = params
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         Query::parse(rtype, &p, true)
     }
 
@@ -1073,12 +1239,32 @@ mod tests {
         assert!(q("Observation", &[("code", "http://loinc.org|4548-4,1234")]).is_ok());
         assert!(q("Observation", &[("subject:Patient.identifier", "a|b")]).is_ok());
         assert!(q("Patient", &[("_has:Observation:patient:code", "1234")]).is_ok());
-        assert!(q("Observation", &[("date", "ge2020-01-01"), ("date", "lt2021")]).is_ok());
-        assert!(q("Observation", &[("value-quantity", "gt5.4|http://unitsofmeasure.org|mg")]).is_ok());
-        assert!(matches!(q("Observation", &[("foo", "1")]), Err(SearchError::UnknownParam { .. })));
-        assert!(matches!(q("Observation", &[("date", "2020-13-01")]), Err(SearchError::InvalidValue { .. })));
-        assert!(matches!(q("Observation", &[("code:exact", "x")]), Err(SearchError::Modifier { .. })));
-        assert!(matches!(q("Observation", &[("_count", "x")]), Err(SearchError::InvalidValue { .. })));
+        assert!(q(
+            "Observation",
+            &[("date", "ge2020-01-01"), ("date", "lt2021")]
+        )
+        .is_ok());
+        assert!(q(
+            "Observation",
+            &[("value-quantity", "gt5.4|http://unitsofmeasure.org|mg")]
+        )
+        .is_ok());
+        assert!(matches!(
+            q("Observation", &[("foo", "1")]),
+            Err(SearchError::UnknownParam { .. })
+        ));
+        assert!(matches!(
+            q("Observation", &[("date", "2020-13-01")]),
+            Err(SearchError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            q("Observation", &[("code:exact", "x")]),
+            Err(SearchError::Modifier { .. })
+        ));
+        assert!(matches!(
+            q("Observation", &[("_count", "x")]),
+            Err(SearchError::InvalidValue { .. })
+        ));
         let lenient = Query::parse("Observation", &[("foo".into(), "1".into())], false).unwrap();
         assert_eq!(lenient.ignored, ["foo"]);
     }

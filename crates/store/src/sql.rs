@@ -83,8 +83,12 @@ pub trait Conn: Send {
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
     /// Inserts many rows into `table` (columns in order). Every row has the same shape, and
     /// no value is NULL.
-    fn insert_rows(&mut self, table: &str, columns: &[&str], rows: &[Row])
-        -> Result<(), StoreError>;
+    fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+    ) -> Result<(), StoreError>;
     fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
 }
 
@@ -173,7 +177,10 @@ pub struct PgConn {
 
 impl PgConn {
     pub fn new(client: postgres::Client) -> PgConn {
-        PgConn { client, statements: HashMap::new() }
+        PgConn {
+            client,
+            statements: HashMap::new(),
+        }
     }
 
     fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
@@ -227,19 +234,26 @@ fn from_pg(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {
     use postgres::types::Type;
     let t = row.columns()[i].type_();
     Ok(if *t == Type::INT8 {
-        row.try_get::<_, Option<i64>>(i)?.map_or(Val::Null, Val::Int)
+        row.try_get::<_, Option<i64>>(i)?
+            .map_or(Val::Null, Val::Int)
     } else if *t == Type::INT4 {
-        row.try_get::<_, Option<i32>>(i)?.map_or(Val::Null, |v| Val::Int(v as i64))
+        row.try_get::<_, Option<i32>>(i)?
+            .map_or(Val::Null, |v| Val::Int(v as i64))
     } else if *t == Type::INT2 {
-        row.try_get::<_, Option<i16>>(i)?.map_or(Val::Null, |v| Val::Int(v as i64))
+        row.try_get::<_, Option<i16>>(i)?
+            .map_or(Val::Null, |v| Val::Int(v as i64))
     } else if *t == Type::FLOAT8 {
-        row.try_get::<_, Option<f64>>(i)?.map_or(Val::Null, Val::Real)
+        row.try_get::<_, Option<f64>>(i)?
+            .map_or(Val::Null, Val::Real)
     } else if *t == Type::BYTEA {
-        row.try_get::<_, Option<Vec<u8>>>(i)?.map_or(Val::Null, Val::Blob)
+        row.try_get::<_, Option<Vec<u8>>>(i)?
+            .map_or(Val::Null, Val::Blob)
     } else if *t == Type::BOOL {
-        row.try_get::<_, Option<bool>>(i)?.map_or(Val::Null, |b| Val::Int(b as i64))
+        row.try_get::<_, Option<bool>>(i)?
+            .map_or(Val::Null, |b| Val::Int(b as i64))
     } else {
-        row.try_get::<_, Option<String>>(i)?.map_or(Val::Null, Val::Text)
+        row.try_get::<_, Option<String>>(i)?
+            .map_or(Val::Null, Val::Text)
     })
 }
 
@@ -250,18 +264,26 @@ impl Conn for PgConn {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let st = self.prepare(sql)?;
         let ps: Vec<PgParam> = params.iter().map(to_pg).collect();
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            ps.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = ps
+            .iter()
+            .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
+            .collect();
         Ok(self.client.execute(&st, &refs)?)
     }
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let st = self.prepare(sql)?;
         let ps: Vec<PgParam> = params.iter().map(to_pg).collect();
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            ps.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = ps
+            .iter()
+            .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
+            .collect();
         let rows = self.client.query(&st, &refs)?;
         rows.iter()
-            .map(|r| (0..r.len()).map(|i| from_pg(r, i)).collect::<Result<Row, _>>())
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| from_pg(r, i))
+                    .collect::<Result<Row, _>>()
+            })
             .collect()
     }
     fn insert_rows(
@@ -270,19 +292,25 @@ impl Conn for PgConn {
         columns: &[&str],
         rows: &[Row],
     ) -> Result<(), StoreError> {
-        let Some(first) = rows.first() else { return Ok(()) };
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
         // One array parameter per column; the element type follows the first row.
         let mut arrays: Vec<PgParam> = Vec::with_capacity(columns.len());
         let mut casts = Vec::with_capacity(columns.len());
         for (c, proto) in first.iter().enumerate() {
             match proto {
                 Val::Int(_) => {
-                    arrays.push(Box::new(rows.iter().map(|r| r[c].int()).collect::<Vec<i64>>()));
+                    arrays.push(Box::new(
+                        rows.iter().map(|r| r[c].int()).collect::<Vec<i64>>(),
+                    ));
                     casts.push("bigint[]");
                 }
                 Val::Real(_) => {
-                    let v: Vec<f64> =
-                        rows.iter().map(|r| if let Val::Real(f) = r[c] { f } else { 0.0 }).collect();
+                    let v: Vec<f64> = rows
+                        .iter()
+                        .map(|r| if let Val::Real(f) = r[c] { f } else { 0.0 })
+                        .collect();
                     arrays.push(Box::new(v));
                     casts.push("float8[]");
                 }
@@ -298,8 +326,11 @@ impl Conn for PgConn {
                 }
             }
         }
-        let unnest: Vec<String> =
-            casts.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
+        let unnest: Vec<String> = casts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}", i + 1))
+            .collect();
         let sql = format!(
             "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}) ON CONFLICT DO NOTHING",
             columns.join(","),
@@ -313,8 +344,10 @@ impl Conn for PgConn {
                 s
             }
         };
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-            arrays.iter().map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
+            .collect();
         self.client.execute(&st, &refs)?;
         Ok(())
     }

@@ -50,7 +50,12 @@ pub fn sqlite() -> TestStore {
     let dir = TempDir::new("store");
     let location = Location::Sqlite(dir.0.clone());
     let store = Store::open(&location).expect("open sqlite store");
-    TestStore { store, location, _dir: Some(dir), pg_drop: None }
+    TestStore {
+        store,
+        location,
+        _dir: Some(dir),
+        pg_drop: None,
+    }
 }
 
 /// The PostgreSQL server URL for tests (without a database name).
@@ -71,8 +76,14 @@ pub fn postgres() -> Option<TestStore> {
     };
     let n = N.fetch_add(1, Ordering::SeqCst);
     let db = format!("hutong_test_{}_{n}", std::process::id());
-    c.batch_execute(&format!("CREATE DATABASE {db}")).expect("create test database");
+    c.batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create test database");
     let location = Location::Postgres(format!("{server}/{db}"));
     let store = Store::open(&location).expect("open postgres store");
-    Some(TestStore { store, location, _dir: None, pg_drop: Some((admin, db)) })
+    Some(TestStore {
+        store,
+        location,
+        _dir: None,
+        pg_drop: Some((admin, db)),
+    })
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::schema::Catalog;
 use crate::search::{self, Page, Query};
 use crate::sql::{Conn, Row, Val};
-use crate::{shard_of, HistoryScope, Stored, StoreError};
+use crate::{shard_of, HistoryScope, StoreError, Stored};
 
 /// zstd level for stored bodies: level 3 compresses FHIR JSON about 4–6× at a few hundred
 /// MB/s, far cheaper than the index work of a write.
@@ -47,7 +47,12 @@ impl<'a> Tx<'a> {
         cat: &'a Catalog,
         added: &'a mut HashMap<String, i64>,
     ) -> Tx<'a> {
-        Tx { conn, cat, added, now: now_ms() }
+        Tx {
+            conn,
+            cat,
+            added,
+            now: now_ms(),
+        }
     }
 
     fn type_id(&self, rtype: &str) -> Result<i64, StoreError> {
@@ -72,15 +77,34 @@ impl<'a> Tx<'a> {
     }
 
     /// Creates a resource with a new server-assigned id (or `id`, which must be unused).
-    pub fn create(&mut self, rtype: &str, id: Option<&str>, res: Value) -> Result<Stored, StoreError> {
+    pub fn create(
+        &mut self,
+        rtype: &str,
+        id: Option<&str>,
+        res: Value,
+    ) -> Result<Stored, StoreError> {
         let id = match id {
-            Some(i) => i.to_string(),
+            Some(i) => {
+                if self.current(rtype, i)?.is_some() {
+                    return Err(StoreError::Conflict(format!("{rtype}/{i} already exists")));
+                }
+                i.to_string()
+            }
+            // A fresh v4 UUID cannot collide: skip the lookup on the bulk path.
             None => uuid::Uuid::new_v4().to_string(),
         };
-        if self.current(rtype, &id)?.is_some() {
-            return Err(StoreError::Conflict(format!("{rtype}/{id} already exists")));
-        }
         self.put(rtype, &id, None, Some(res))
+    }
+
+    /// Creates a resource under an id the caller has just generated (a v4 UUID), without
+    /// checking whether it exists: the bulk path of transaction bundles.
+    pub fn insert_fresh(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        res: Value,
+    ) -> Result<Stored, StoreError> {
+        self.put(rtype, id, None, Some(res))
     }
 
     /// Updates (or creates, with the client's id) a resource. `if_match` is the version the
@@ -121,13 +145,23 @@ impl<'a> Tx<'a> {
 
     /// Searches inside the transaction (sees its own writes).
     pub fn search(&mut self, q: &Query) -> Result<Page, StoreError> {
-        search::run(self.conn, self.cat, q)
+        if self.added.is_empty() {
+            return search::run(self.conn, self.cat, q);
+        }
+        // Code systems first seen in this transaction are not in the shared catalog yet.
+        let mut cat = self.cat.clone();
+        cat.publish(self.added.clone());
+        search::run(self.conn, &cat, q)
     }
 
     /// Marks a bookkeeping key as done in the same transaction (used by resumable imports).
     pub fn mark_done(&mut self, file: &str, chunk: i64) -> Result<(), StoreError> {
-        let sql = crate::schema::insert_ignore(self.conn.dialect(), "import_done (file, chunk) VALUES (?, ?)");
-        self.conn.exec(&sql, &[Val::Text(file.to_string()), Val::Int(chunk)])?;
+        let sql = crate::schema::insert_ignore(
+            self.conn.dialect(),
+            "import_done (file, chunk) VALUES (?, ?)",
+        );
+        self.conn
+            .exec(&sql, &[Val::Text(file.to_string()), Val::Int(chunk)])?;
         Ok(())
     }
 
@@ -143,9 +177,9 @@ impl<'a> Tx<'a> {
         let now = self.now;
         let (body, entries) = match res {
             Some(mut r) => {
-                let obj = r
-                    .as_object_mut()
-                    .ok_or_else(|| StoreError::Invalid("a resource must be a JSON object".into()))?;
+                let obj = r.as_object_mut().ok_or_else(|| {
+                    StoreError::Invalid("a resource must be a JSON object".into())
+                })?;
                 obj.insert("id".into(), Value::String(id.to_string()));
                 let meta = obj.entry("meta").or_insert_with(|| json!({}));
                 if !meta.is_object() {
@@ -154,7 +188,8 @@ impl<'a> Tx<'a> {
                 meta["versionId"] = Value::String(version.to_string());
                 meta["lastUpdated"] = Value::String(format_instant(now));
                 let entries = extract(rtype, &r);
-                let body = serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let body =
+                    serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
                 (body, entries)
             }
             None => (Vec::new(), Vec::new()),
@@ -171,7 +206,11 @@ impl<'a> Tx<'a> {
             (None, Some(c)) if deleted => c.shard,
             (None, _) => 0,
         };
-        let compressed = if deleted { Vec::new() } else { compress(&body)? };
+        let compressed = if deleted {
+            Vec::new()
+        } else {
+            compress(&body)?
+        };
         let rid = match &cur {
             Some(c) => {
                 self.conn.exec(
@@ -249,7 +288,9 @@ impl<'a> Tx<'a> {
         let mut rows: [Vec<Row>; 6] = Default::default();
         let (s, r) = (Val::Int(shard), Val::Int(rid));
         for e in entries {
-            let Some(pid) = self.cat.param_id(rtype, &e.param) else { continue };
+            let Some(pid) = self.cat.param_id(rtype, &e.param) else {
+                continue;
+            };
             let p = Val::Int(pid);
             match &e.value {
                 IndexValue::String { norm, raw } => rows[0].push(vec![
@@ -262,7 +303,13 @@ impl<'a> Tx<'a> {
                 IndexValue::Token { system, code, text } => {
                     if !code.is_empty() {
                         let sid = self.cat.intern_system(self.conn, system, self.added)?;
-                        rows[1].push(vec![s.clone(), r.clone(), p, Val::Int(sid), Val::Text(code.clone())]);
+                        rows[1].push(vec![
+                            s.clone(),
+                            r.clone(),
+                            p,
+                            Val::Int(sid),
+                            Val::Text(code.clone()),
+                        ]);
                     }
                     if !text.is_empty() {
                         if let Some(tp) = self.cat.param_id(rtype, &format!("{}:text", e.param)) {
@@ -276,17 +323,40 @@ impl<'a> Tx<'a> {
                         }
                     }
                 }
-                IndexValue::Uri(u) => {
-                    rows[1].push(vec![s.clone(), r.clone(), p, Val::Int(0), Val::Text(u.clone())])
-                }
-                IndexValue::Date(d) => {
-                    rows[2].push(vec![s.clone(), r.clone(), p, Val::Int(d.lo), Val::Int(d.hi)])
-                }
+                IndexValue::Uri(u) => rows[1].push(vec![
+                    s.clone(),
+                    r.clone(),
+                    p,
+                    Val::Int(0),
+                    Val::Text(u.clone()),
+                ]),
+                IndexValue::Date(d) => rows[2].push(vec![
+                    s.clone(),
+                    r.clone(),
+                    p,
+                    Val::Int(d.lo),
+                    Val::Int(d.hi),
+                ]),
                 IndexValue::Reference { rtype: tt, id } => {
-                    let ttype = if tt.is_empty() { 0 } else { self.cat.type_id(tt).unwrap_or(0) };
-                    rows[3].push(vec![s.clone(), r.clone(), p, Val::Int(ttype), Val::Text(id.clone())])
+                    let ttype = if tt.is_empty() {
+                        0
+                    } else {
+                        self.cat.type_id(tt).unwrap_or(0)
+                    };
+                    rows[3].push(vec![
+                        s.clone(),
+                        r.clone(),
+                        p,
+                        Val::Int(ttype),
+                        Val::Text(id.clone()),
+                    ])
                 }
-                IndexValue::Quantity { lo, hi, system, code } => {
+                IndexValue::Quantity {
+                    lo,
+                    hi,
+                    system,
+                    code,
+                } => {
                     let sid = self.cat.intern_system(self.conn, system, self.added)?;
                     rows[4].push(vec![
                         s.clone(),
@@ -302,7 +372,9 @@ impl<'a> Tx<'a> {
                     let (lo, hi, v) = match second.as_ref() {
                         IndexValue::Quantity { lo, hi, code, .. } => (*lo, *hi, code.clone()),
                         IndexValue::Date(d) => (d.lo as f64, d.hi as f64, String::new()),
-                        IndexValue::Token { system, code, .. } => (0.0, 0.0, format!("{system}|{code}")),
+                        IndexValue::Token { system, code, .. } => {
+                            (0.0, 0.0, format!("{system}|{code}"))
+                        }
                         IndexValue::String { norm, .. } => (0.0, 0.0, norm.clone()),
                         IndexValue::Uri(u) => (0.0, 0.0, u.clone()),
                         _ => continue,
@@ -371,15 +443,27 @@ pub(crate) fn read_current(
     rtype: &str,
     id: &str,
 ) -> Result<Option<Stored>, StoreError> {
-    let Some(t) = cat.type_id(rtype) else { return Ok(None) };
+    let Some(t) = cat.type_id(rtype) else {
+        return Ok(None);
+    };
     let rows = conn.query(
         "SELECT s.version, s.lastmod, s.deleted, s.body FROM res_route r \
          JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?",
         &[Val::Int(t), Val::Text(id.to_string())],
     )?;
-    let Some(mut r) = rows.into_iter().next() else { return Ok(None) };
+    let Some(mut r) = rows.into_iter().next() else {
+        return Ok(None);
+    };
     let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
-    Ok(Some(stored_from(cat, t, id.to_string(), r[0].int(), r[1].int(), r[2].int(), blob)?))
+    Ok(Some(stored_from(
+        cat,
+        t,
+        id.to_string(),
+        r[0].int(),
+        r[1].int(),
+        r[2].int(),
+        blob,
+    )?))
 }
 
 pub(crate) fn read_version(
@@ -389,7 +473,9 @@ pub(crate) fn read_version(
     id: &str,
     version: i64,
 ) -> Result<Option<Stored>, StoreError> {
-    let Some(t) = cat.type_id(rtype) else { return Ok(None) };
+    let Some(t) = cat.type_id(rtype) else {
+        return Ok(None);
+    };
     let rows = conn.query(
         "SELECT s.version, s.lastmod, s.deleted, s.body FROM res_route r \
          JOIN res s ON s.shard = r.shard AND s.rid = r.rid \
@@ -406,9 +492,19 @@ pub(crate) fn read_version(
             Val::Int(version),
         ],
     )?;
-    let Some(mut r) = rows.into_iter().next() else { return Ok(None) };
+    let Some(mut r) = rows.into_iter().next() else {
+        return Ok(None);
+    };
     let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
-    Ok(Some(stored_from(cat, t, id.to_string(), r[0].int(), r[1].int(), r[2].int(), blob)?))
+    Ok(Some(stored_from(
+        cat,
+        t,
+        id.to_string(),
+        r[0].int(),
+        r[1].int(),
+        r[2].int(),
+        blob,
+    )?))
 }
 
 pub(crate) fn history(
@@ -422,11 +518,18 @@ pub(crate) fn history(
     let since = since.unwrap_or(i64::MIN);
     let (filter, mut params): (&str, Vec<Val>) = match scope {
         HistoryScope::Instance { rtype, id } => {
-            let Some(t) = cat.type_id(rtype) else { return Ok((Vec::new(), Some(0))) };
-            ("r.rtype = ? AND r.id = ?", vec![Val::Int(t), Val::Text(id.clone())])
+            let Some(t) = cat.type_id(rtype) else {
+                return Ok((Vec::new(), Some(0)));
+            };
+            (
+                "r.rtype = ? AND r.id = ?",
+                vec![Val::Int(t), Val::Text(id.clone())],
+            )
         }
         HistoryScope::Type(rtype) => {
-            let Some(t) = cat.type_id(rtype) else { return Ok((Vec::new(), Some(0))) };
+            let Some(t) = cat.type_id(rtype) else {
+                return Ok((Vec::new(), Some(0)));
+            };
             ("r.rtype = ?", vec![Val::Int(t)])
         }
         HistoryScope::System => ("1 = 1", vec![]),

@@ -26,7 +26,10 @@ fn put(s: &Store, rtype: &str, id: &str, v: Value) {
 }
 
 fn search(s: &Store, rtype: &str, params: &[(&str, &str)]) -> Vec<String> {
-    let p: Vec<(String, String)> = params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let p: Vec<(String, String)> = params
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     let q = Query::parse(rtype, &p, true).unwrap();
     let page = s.search(&q).unwrap();
     let mut ids: Vec<String> = page.matches.iter().map(|m| m.id.clone()).collect();
@@ -37,32 +40,58 @@ fn search(s: &Store, rtype: &str, params: &[(&str, &str)]) -> Vec<String> {
 }
 
 fn seed(s: &Store) {
-    put(s, "Organization", "org1", json!({"resourceType": "Organization", "name": "广州市第一人民医院"}));
-    put(s, "Patient", "p1", json!({"resourceType": "Patient",
+    put(
+        s,
+        "Organization",
+        "org1",
+        json!({"resourceType": "Organization", "name": "广州市第一人民医院"}),
+    );
+    put(
+        s,
+        "Patient",
+        "p1",
+        json!({"resourceType": "Patient",
         "identifier": [{"system": "urn:id", "value": "440106199001011234"}],
         "name": [{"family": "张", "given": ["伟"]}], "gender": "male", "birthDate": "1990-01-01",
-        "managingOrganization": {"reference": "Organization/org1"}}));
-    put(s, "Patient", "p2", json!({"resourceType": "Patient",
+        "managingOrganization": {"reference": "Organization/org1"}}),
+    );
+    put(
+        s,
+        "Patient",
+        "p2",
+        json!({"resourceType": "Patient",
         "identifier": [{"system": "urn:id", "value": "440106198502024321"}],
-        "name": [{"family": "Zoë", "given": ["Li"]}], "gender": "female", "birthDate": "1985-02-02"}));
+        "name": [{"family": "Zoë", "given": ["Li"]}], "gender": "female", "birthDate": "1985-02-02"}),
+    );
     for (id, pat, code, val, date) in [
         ("o1", "p1", "4548-4", 7.2, "2024-01-05T08:00:00Z"),
         ("o2", "p1", "4548-4", 6.8, "2024-03-05T08:00:00Z"),
         ("o3", "p2", "2345-7", 5.4, "2024-02-01"),
     ] {
-        put(s, "Observation", id, json!({"resourceType": "Observation", "status": "final",
+        put(
+            s,
+            "Observation",
+            id,
+            json!({"resourceType": "Observation", "status": "final",
             "subject": {"reference": format!("Patient/{pat}")},
             "performer": [{"reference": "Organization/org1"}],
             "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": "Lab test"},
             "effectiveDateTime": date,
-            "valueQuantity": {"value": val, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}));
+            "valueQuantity": {"value": val, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}),
+        );
     }
 }
 
 fn crud_versions_and_history(t: &TestStore) {
     let s = &t.store;
     let created = s
-        .write(|tx| tx.create("Patient", None, json!({"resourceType": "Patient", "gender": "male"})))
+        .write(|tx| {
+            tx.create(
+                "Patient",
+                None,
+                json!({"resourceType": "Patient", "gender": "male"}),
+            )
+        })
         .unwrap();
     assert_eq!(created.version, 1);
     let id = created.id.clone();
@@ -71,24 +100,62 @@ fn crud_versions_and_history(t: &TestStore) {
     assert_eq!(v["meta"]["versionId"], "1");
     assert_eq!(v["id"], id.as_str());
     let (u, was_created) = s
-        .write(|tx| tx.update("Patient", &id, json!({"resourceType": "Patient", "gender": "female"}), Some(1)))
+        .write(|tx| {
+            tx.update(
+                "Patient",
+                &id,
+                json!({"resourceType": "Patient", "gender": "female"}),
+                Some(1),
+            )
+        })
         .unwrap();
     assert!(!was_created);
     assert_eq!(u.version, 2);
-    assert_eq!(s.vread("Patient", &id, 1).unwrap().unwrap().json().unwrap()["gender"], "male");
-    assert_eq!(s.vread("Patient", &id, 2).unwrap().unwrap().json().unwrap()["gender"], "female");
-    let d = s.write(|tx| tx.delete("Patient", &id, None)).unwrap().unwrap();
+    assert_eq!(
+        s.vread("Patient", &id, 1).unwrap().unwrap().json().unwrap()["gender"],
+        "male"
+    );
+    assert_eq!(
+        s.vread("Patient", &id, 2).unwrap().unwrap().json().unwrap()["gender"],
+        "female"
+    );
+    let d = s
+        .write(|tx| tx.delete("Patient", &id, None))
+        .unwrap()
+        .unwrap();
     assert_eq!(d.version, 3);
     assert!(s.read("Patient", &id).unwrap().unwrap().deleted);
-    assert!(s.write(|tx| tx.delete("Patient", &id, None)).unwrap().is_none());
+    assert!(s
+        .write(|tx| tx.delete("Patient", &id, None))
+        .unwrap()
+        .is_none());
     let (h, total) = s
-        .history(&HistoryScope::Instance { rtype: "Patient".into(), id: id.clone() }, None, 10, 0)
+        .history(
+            &HistoryScope::Instance {
+                rtype: "Patient".into(),
+                id: id.clone(),
+            },
+            None,
+            10,
+            0,
+        )
         .unwrap();
     assert_eq!(total, Some(3));
     assert_eq!(h.iter().map(|x| x.version).collect::<Vec<_>>(), [3, 2, 1]);
     assert!(h[0].deleted);
-    assert_eq!(s.history(&HistoryScope::Type("Patient".into()), None, 10, 0).unwrap().1, Some(3));
-    assert_eq!(s.history(&HistoryScope::System, None, 2, 0).unwrap().0.len(), 2);
+    assert_eq!(
+        s.history(&HistoryScope::Type("Patient".into()), None, 10, 0)
+            .unwrap()
+            .1,
+        Some(3)
+    );
+    assert_eq!(
+        s.history(&HistoryScope::System, None, 2, 0)
+            .unwrap()
+            .0
+            .len(),
+        2
+    );
     // A deleted resource does not match searches; re-creating it continues the versions.
     assert!(search(s, "Patient", &[("gender", "female")]).is_empty());
     let (r, was_created) = s
@@ -104,50 +171,147 @@ fn version_conflicts(t: &TestStore) {
     let e = s
         .write(|tx| tx.update("Patient", "vc", json!({"resourceType": "Patient"}), Some(7)))
         .unwrap_err();
-    assert!(matches!(e, StoreError::VersionMismatch { expected: 7, current: 1 }));
-    let e = s.write(|tx| tx.create("Patient", Some("vc"), json!({"resourceType": "Patient"}))).unwrap_err();
+    assert!(matches!(
+        e,
+        StoreError::VersionMismatch {
+            expected: 7,
+            current: 1
+        }
+    ));
+    let e = s
+        .write(|tx| tx.create("Patient", Some("vc"), json!({"resourceType": "Patient"})))
+        .unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)));
 }
 
 fn search_kinds(t: &TestStore) {
     let s = &t.store;
     seed(s);
-    assert_eq!(search(s, "Observation", &[("code", "4548-4")]), ["o1", "o2"]);
-    assert_eq!(search(s, "Observation", &[("code", "http://loinc.org|2345-7")]), ["o3"]);
-    assert_eq!(search(s, "Observation", &[("code", "http://other|2345-7")]), Vec::<String>::new());
-    assert_eq!(search(s, "Observation", &[("code", "4548-4,2345-7")]).len(), 3);
+    assert_eq!(
+        search(s, "Observation", &[("code", "4548-4")]),
+        ["o1", "o2"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("code", "http://loinc.org|2345-7")]),
+        ["o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("code", "http://other|2345-7")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(s, "Observation", &[("code", "4548-4,2345-7")]).len(),
+        3
+    );
     assert_eq!(search(s, "Observation", &[("code:not", "4548-4")]), ["o3"]);
     assert_eq!(search(s, "Observation", &[("code:text", "lab")]).len(), 3);
     assert_eq!(search(s, "Patient", &[("name", "zo")]), ["p2"]);
     assert_eq!(search(s, "Patient", &[("family", "张")]), ["p1"]);
     assert_eq!(search(s, "Patient", &[("family:exact", "Zoë")]), ["p2"]);
-    assert_eq!(search(s, "Patient", &[("family:exact", "zoë")]), Vec::<String>::new());
+    assert_eq!(
+        search(s, "Patient", &[("family:exact", "zoë")]),
+        Vec::<String>::new()
+    );
     assert_eq!(search(s, "Patient", &[("name:contains", "i")]), ["p2"]);
-    assert_eq!(search(s, "Patient", &[("identifier", "urn:id|440106199001011234")]), ["p1"]);
+    assert_eq!(
+        search(s, "Patient", &[("identifier", "urn:id|440106199001011234")]),
+        ["p1"]
+    );
     assert_eq!(search(s, "Patient", &[("birthdate", "1990")]), ["p1"]);
-    assert_eq!(search(s, "Patient", &[("birthdate", "lt1990-01-01")]), ["p2"]);
-    assert_eq!(search(s, "Patient", &[("birthdate", "ge1990-01-01")]), ["p1"]);
-    assert_eq!(search(s, "Patient", &[("birthdate", "ne1990-01-01")]), ["p2"]);
-    assert_eq!(search(s, "Observation", &[("date", "ge2024-02-01"), ("date", "lt2024-03")]), ["o3"]);
-    assert_eq!(search(s, "Observation", &[("date", "sa2024-01-31")]), ["o2", "o3"]);
-    assert_eq!(search(s, "Observation", &[("date", "eb2024-01-31")]), ["o1"]);
-    assert_eq!(search(s, "Observation", &[("value-quantity", "gt7")]), ["o1"]);
-    assert_eq!(search(s, "Observation", &[("value-quantity", "5.4")]), ["o3"]);
-    assert_eq!(search(s, "Observation", &[("value-quantity", "le6.8|http://unitsofmeasure.org|%")]), ["o2", "o3"]);
-    assert_eq!(search(s, "Observation", &[("value-quantity", "ap7")]), ["o1", "o2"]);
-    assert_eq!(search(s, "Observation", &[("subject", "Patient/p1")]), ["o1", "o2"]);
+    assert_eq!(
+        search(s, "Patient", &[("birthdate", "lt1990-01-01")]),
+        ["p2"]
+    );
+    assert_eq!(
+        search(s, "Patient", &[("birthdate", "ge1990-01-01")]),
+        ["p1"]
+    );
+    assert_eq!(
+        search(s, "Patient", &[("birthdate", "ne1990-01-01")]),
+        ["p2"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("date", "ge2024-02-01"), ("date", "lt2024-03")]
+        ),
+        ["o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("date", "sa2024-01-31")]),
+        ["o2", "o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("date", "eb2024-01-31")]),
+        ["o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("value-quantity", "gt7")]),
+        ["o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("value-quantity", "5.4")]),
+        ["o3"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("value-quantity", "le6.8|http://unitsofmeasure.org|%")]
+        ),
+        ["o2", "o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("value-quantity", "ap7")]),
+        ["o1", "o2"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("subject", "Patient/p1")]),
+        ["o1", "o2"]
+    );
     assert_eq!(search(s, "Observation", &[("subject", "p2")]), ["o3"]);
     assert_eq!(search(s, "Observation", &[("patient", "p2")]), ["o3"]);
-    assert_eq!(search(s, "Observation", &[("code-value-quantity", "http://loinc.org|4548-4$gt7")]), ["o1"]);
-    assert_eq!(search(s, "Observation", &[("code-value-quantity", "4548-4$lt7")]), ["o2"]);
-    assert_eq!(search(s, "Patient", &[("gender:missing", "false")]).len(), 2);
-    assert_eq!(search(s, "Patient", &[("deceased:missing", "true")]), Vec::<String>::new());
-    assert_eq!(search(s, "Patient", &[("address:missing", "true")]).len(), 2);
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("code-value-quantity", "http://loinc.org|4548-4$gt7")]
+        ),
+        ["o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("code-value-quantity", "4548-4$lt7")]),
+        ["o2"]
+    );
+    assert_eq!(
+        search(s, "Patient", &[("gender:missing", "false")]).len(),
+        2
+    );
+    assert_eq!(
+        search(s, "Patient", &[("deceased:missing", "true")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(s, "Patient", &[("address:missing", "true")]).len(),
+        2
+    );
     assert_eq!(search(s, "Patient", &[("_id", "p1,p9")]), ["p1"]);
-    assert_eq!(search(s, "Patient", &[("_lastUpdated", "gt2000-01-01")]).len(), 2);
-    assert_eq!(search(s, "Patient", &[("_lastUpdated", "lt2000-01-01")]).len(), 0);
+    assert_eq!(
+        search(s, "Patient", &[("_lastUpdated", "gt2000-01-01")]).len(),
+        2
+    );
+    assert_eq!(
+        search(s, "Patient", &[("_lastUpdated", "lt2000-01-01")]).len(),
+        0
+    );
     // Updating moves the index: the old value no longer matches.
-    put(s, "Patient", "p1", json!({"resourceType": "Patient", "gender": "other"}));
+    put(
+        s,
+        "Patient",
+        "p1",
+        json!({"resourceType": "Patient", "gender": "other"}),
+    );
     assert!(search(s, "Patient", &[("family", "张")]).is_empty());
     assert_eq!(search(s, "Patient", &[("gender", "other")]), ["p1"]);
 }
@@ -156,27 +320,49 @@ fn chains_has_includes(t: &TestStore) {
     let s = &t.store;
     seed(s);
     assert_eq!(
-        search(s, "Observation", &[("subject:Patient.identifier", "urn:id|440106198502024321")]),
+        search(
+            s,
+            "Observation",
+            &[("subject:Patient.identifier", "urn:id|440106198502024321")]
+        ),
         ["o3"]
     );
-    assert_eq!(search(s, "Observation", &[("subject.name", "张")]), ["o1", "o2"]);
+    assert_eq!(
+        search(s, "Observation", &[("subject.name", "张")]),
+        ["o1", "o2"]
+    );
     assert_eq!(
         search(s, "Observation", &[("patient.organization.name", "广州")]),
         ["o1", "o2"]
     );
-    assert_eq!(search(s, "Patient", &[("_has:Observation:patient:code", "2345-7")]), ["p2"]);
+    assert_eq!(
+        search(s, "Patient", &[("_has:Observation:patient:code", "2345-7")]),
+        ["p2"]
+    );
     let q = Query::parse(
         "Observation",
-        &[("code".into(), "4548-4".into()), ("_include".into(), "Observation:subject".into())],
+        &[
+            ("code".into(), "4548-4".into()),
+            ("_include".into(), "Observation:subject".into()),
+        ],
         true,
     )
     .unwrap();
     let page = s.search(&q).unwrap();
     assert_eq!(page.matches.len(), 2);
-    assert_eq!(page.included.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["p1"]);
+    assert_eq!(
+        page.included
+            .iter()
+            .map(|x| x.id.as_str())
+            .collect::<Vec<_>>(),
+        ["p1"]
+    );
     let q = Query::parse(
         "Patient",
-        &[("_id".into(), "p1".into()), ("_revinclude".into(), "Observation:subject".into())],
+        &[
+            ("_id".into(), "p1".into()),
+            ("_revinclude".into(), "Observation:subject".into()),
+        ],
         true,
     )
     .unwrap();
@@ -191,7 +377,13 @@ fn chains_has_includes(t: &TestStore) {
         true,
     )
     .unwrap();
-    let mut inc: Vec<String> = s.search(&q).unwrap().included.iter().map(|x| x.id.clone()).collect();
+    let mut inc: Vec<String> = s
+        .search(&q)
+        .unwrap()
+        .included
+        .iter()
+        .map(|x| x.id.clone())
+        .collect();
     inc.sort();
     assert_eq!(inc, ["org1", "p1"]);
 }
@@ -199,18 +391,40 @@ fn chains_has_includes(t: &TestStore) {
 fn sorting_and_paging(t: &TestStore) {
     let s = &t.store;
     seed(s);
-    assert_eq!(search(s, "Observation", &[("_sort", "date")]), ["o1", "o3", "o2"]);
-    assert_eq!(search(s, "Observation", &[("_sort", "-date")]), ["o2", "o3", "o1"]);
-    assert_eq!(search(s, "Observation", &[("_sort", "subject,-date")]), ["o2", "o1", "o3"]);
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "date")]),
+        ["o1", "o3", "o2"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "-date")]),
+        ["o2", "o3", "o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "subject,-date")]),
+        ["o2", "o1", "o3"]
+    );
     let params = |off: &str| {
-        vec![("_count".to_string(), "2".to_string()), ("_offset".to_string(), off.to_string()), ("_sort".to_string(), "_id".to_string())]
+        vec![
+            ("_count".to_string(), "2".to_string()),
+            ("_offset".to_string(), off.to_string()),
+            ("_sort".to_string(), "_id".to_string()),
+        ]
     };
-    let p1 = s.search(&Query::parse("Observation", &params("0"), true).unwrap()).unwrap();
+    let p1 = s
+        .search(&Query::parse("Observation", &params("0"), true).unwrap())
+        .unwrap();
     assert_eq!(p1.total, Some(3));
     assert!(p1.has_more);
-    let p2 = s.search(&Query::parse("Observation", &params("2"), true).unwrap()).unwrap();
+    let p2 = s
+        .search(&Query::parse("Observation", &params("2"), true).unwrap())
+        .unwrap();
     assert!(!p2.has_more);
-    let ids: Vec<&str> = p1.matches.iter().chain(&p2.matches).map(|m| m.id.as_str()).collect();
+    let ids: Vec<&str> = p1
+        .matches
+        .iter()
+        .chain(&p2.matches)
+        .map(|m| m.id.as_str())
+        .collect();
     assert_eq!(ids, ["o1", "o2", "o3"]);
     let c = s
         .search(&Query::parse("Observation", &[("_summary".into(), "count".into())], true).unwrap())
@@ -223,9 +437,17 @@ fn compartment_and_everything(t: &TestStore) {
     seed(s);
     let q = Query::all("Observation").in_compartment("p1").unwrap();
     assert_eq!(s.search(&q).unwrap().matches.len(), 2);
-    let e = hutong_store::search::Everything { patient: "p1".into(), count: 100, ..Default::default() };
+    let e = hutong_store::search::Everything {
+        patient: "p1".into(),
+        count: 100,
+        ..Default::default()
+    };
     let page = s.everything(&e).unwrap();
-    let mut ids: Vec<String> = page.matches.iter().map(|m| format!("{}/{}", m.rtype, m.id)).collect();
+    let mut ids: Vec<String> = page
+        .matches
+        .iter()
+        .map(|m| format!("{}/{}", m.rtype, m.id))
+        .collect();
     ids.sort();
     assert_eq!(ids, ["Observation/o1", "Observation/o2", "Patient/p1"]);
     let e = hutong_store::search::Everything {
@@ -234,7 +456,13 @@ fn compartment_and_everything(t: &TestStore) {
         start: hutong_fhir::date::parse("2024-02").map(|r| r.lo),
         ..Default::default()
     };
-    let ids: Vec<String> = s.everything(&e).unwrap().matches.iter().map(|m| m.id.clone()).collect();
+    let ids: Vec<String> = s
+        .everything(&e)
+        .unwrap()
+        .matches
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
     assert_eq!(ids, ["p1", "o2"]);
 }
 

@@ -1,0 +1,360 @@
+//! Bulk loading (`hutong import`) and dumping (`hutong export`) of files.
+//!
+//! Import is resumable: every chunk of a file (1,000 NDJSON lines, or one bundle) commits in
+//! one transaction together with a row in `import_done`, so a re-run after a crash or Ctrl-C
+//! skips exactly what was committed and loads nothing twice.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use hutong_fhir::date::now_ms;
+use hutong_fhir::Definitions;
+use hutong_store::sql::Val;
+use serde_json::Value;
+
+use crate::engine::{check_resource, stamp, Body, Engine, Req};
+use crate::error::ApiError;
+
+pub const CHUNK: usize = 1000;
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub files: usize,
+    pub loaded: u64,
+    /// Chunks already loaded by an earlier run.
+    pub skipped_chunks: u64,
+    /// (file, line or entry, reason)
+    pub rejected: Vec<(String, usize, String)>,
+}
+
+/// Progress callback: bytes read so far, resources loaded so far.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// The files an import covers: the paths themselves, and `.ndjson`/`.json` files found
+/// under directories, in name order.
+pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for e in entries {
+                if e.is_dir() {
+                    out.extend(collect_files(&[e])?);
+                } else if matches!(
+                    e.extension().and_then(|x| x.to_str()),
+                    Some("ndjson" | "json")
+                ) {
+                    out.push(e);
+                }
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", p.display()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn file_key(p: &Path) -> std::io::Result<String> {
+    let abs = std::fs::canonicalize(p)?;
+    let len = std::fs::metadata(p)?.len();
+    Ok(format!("{}#{len}", abs.display()))
+}
+
+fn done_chunks(engine: &Engine, key: &str) -> Result<HashSet<i64>, ApiError> {
+    Ok(engine
+        .store
+        .query_admin(
+            "SELECT chunk FROM import_done WHERE file = ?",
+            &[Val::Text(key.into())],
+        )?
+        .into_iter()
+        .map(|r| r[0].int())
+        .collect())
+}
+
+/// Imports files (see the module docs).
+pub fn import(
+    engine: &Engine,
+    files: &[PathBuf],
+    source: &str,
+    progress: Progress,
+) -> std::io::Result<ImportReport> {
+    let mut report = ImportReport::default();
+    let mut bytes_done = 0u64;
+    for f in files {
+        report.files += 1;
+        let key = file_key(f)?;
+        let done = done_chunks(engine, &key)
+            .map_err(|e| std::io::Error::other(e.message().to_string()))?;
+        let name = f.display().to_string();
+        let is_ndjson = f.extension().and_then(|x| x.to_str()) == Some("ndjson");
+        if is_ndjson {
+            let reader = BufReader::new(std::fs::File::open(f)?);
+            let mut chunk: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
+            let mut chunk_no = 0i64;
+            let mut chunk_bytes = 0u64;
+            for (i, line) in reader.lines().enumerate() {
+                let line = line?;
+                chunk_bytes += line.len() as u64 + 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                chunk.push((i + 1, line));
+                if chunk.len() == CHUNK {
+                    load_lines(
+                        engine,
+                        &name,
+                        &key,
+                        chunk_no,
+                        &chunk,
+                        &done,
+                        source,
+                        &mut report,
+                    );
+                    bytes_done += chunk_bytes;
+                    progress(bytes_done, report.loaded);
+                    chunk.clear();
+                    chunk_bytes = 0;
+                    chunk_no += 1;
+                }
+            }
+            if !chunk.is_empty() {
+                load_lines(
+                    engine,
+                    &name,
+                    &key,
+                    chunk_no,
+                    &chunk,
+                    &done,
+                    source,
+                    &mut report,
+                );
+            }
+            bytes_done += chunk_bytes;
+        } else {
+            let bytes = std::fs::read(f)?;
+            bytes_done += bytes.len() as u64;
+            if done.contains(&0) {
+                report.skipped_chunks += 1;
+            } else {
+                load_json_file(engine, &name, &key, &bytes, source, &mut report);
+            }
+        }
+        progress(bytes_done, report.loaded);
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_lines(
+    engine: &Engine,
+    name: &str,
+    key: &str,
+    chunk_no: i64,
+    lines: &[(usize, String)],
+    done: &HashSet<i64>,
+    source: &str,
+    report: &mut ImportReport,
+) {
+    if done.contains(&chunk_no) {
+        report.skipped_chunks += 1;
+        return;
+    }
+    let now = now_ms();
+    let mut good: Vec<(usize, String, Value)> = Vec::with_capacity(lines.len());
+    for (n, line) in lines {
+        match prepare(line.as_bytes(), source, now) {
+            Ok((t, v)) => good.push((*n, t, v)),
+            Err(e) => report
+                .rejected
+                .push((name.to_string(), *n, e.message().to_string())),
+        }
+    }
+    let resources: Vec<(usize, String, Value)> = good;
+    write_resources(engine, name, key, chunk_no, resources, report);
+}
+
+fn prepare(bytes: &[u8], source: &str, now: i64) -> Result<(String, Value), ApiError> {
+    let mut v = crate::engine::parse_json(bytes)?;
+    let t = v
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !Definitions::get().is_resource_type(&t) {
+        return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));
+    }
+    check_resource(&v, &t, None)?;
+    stamp(&mut v, source, now);
+    Ok((t, v))
+}
+
+fn write_resources(
+    engine: &Engine,
+    name: &str,
+    key: &str,
+    chunk_no: i64,
+    resources: Vec<(usize, String, Value)>,
+    report: &mut ImportReport,
+) {
+    let n = resources.len() as u64;
+    let r = engine.store.write(|tx| {
+        for (_, t, v) in &resources {
+            match v.get("id").and_then(Value::as_str) {
+                Some(id) => {
+                    tx.update(t, id, v.clone(), None)?;
+                }
+                None => {
+                    tx.create(t, None, v.clone())?;
+                }
+            }
+        }
+        tx.mark_done(key, chunk_no)?;
+        Ok::<_, ApiError>(())
+    });
+    match r {
+        Ok(()) => report.loaded += n,
+        Err(e) => {
+            let first = resources.first().map_or(0, |r| r.0);
+            report.rejected.push((
+                name.to_string(),
+                first,
+                format!("chunk {chunk_no} not loaded: {}", e.message()),
+            ));
+        }
+    }
+}
+
+fn load_json_file(
+    engine: &Engine,
+    name: &str,
+    key: &str,
+    bytes: &[u8],
+    source: &str,
+    report: &mut ImportReport,
+) {
+    let v = match crate::engine::parse_json(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return report
+                .rejected
+                .push((name.to_string(), 0, e.message().to_string()))
+        }
+    };
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    if v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        && matches!(kind, "transaction" | "batch")
+    {
+        let n = v.get("entry").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+        let req = Req {
+            method: "POST".into(),
+            body: bytes.to_vec(),
+            base: String::new(),
+            source: source.to_string(),
+            import_key: Some((key.to_string(), 0)),
+            ..Default::default()
+        };
+        match crate::bundle::process(engine, &req) {
+            Ok(_) if kind == "transaction" => report.loaded += n,
+            Ok(resp) => {
+                // A batch: count the entries that succeeded, and mark the file done.
+                if let Body::Raw(b) = resp.body {
+                    let out: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                    for (i, e) in out["entry"].as_array().into_iter().flatten().enumerate() {
+                        let st = e["response"]["status"].as_str().unwrap_or("");
+                        if st.starts_with('2') {
+                            report.loaded += 1;
+                        } else {
+                            let why = e["response"]["outcome"]["issue"][0]["diagnostics"]
+                                .as_str()
+                                .unwrap_or(st);
+                            report.rejected.push((name.to_string(), i, why.to_string()));
+                        }
+                    }
+                }
+                let _ = engine.store.write(|tx| tx.mark_done(key, 0));
+            }
+            Err(e) => report
+                .rejected
+                .push((name.to_string(), 0, e.message().to_string())),
+        }
+        return;
+    }
+    // A collection or searchset bundle, or a single resource: load the resources as they are.
+    let now = now_ms();
+    let items: Vec<Value> = if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        v["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource").cloned())
+            .collect()
+    } else {
+        vec![v]
+    };
+    let mut good = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match prepare(&serde_json::to_vec(item).unwrap_or_default(), source, now) {
+            Ok((t, v)) => good.push((i, t, v)),
+            Err(e) => report
+                .rejected
+                .push((name.to_string(), i, e.message().to_string())),
+        }
+    }
+    write_resources(engine, name, key, 0, good, report);
+}
+
+/// Writes every current resource (of `types`, or all) as `Type.ndjson` files under `out`.
+/// Returns (type, count) per file written.
+pub fn export(
+    engine: &Engine,
+    out: &Path,
+    types: &[String],
+    since: Option<i64>,
+) -> std::io::Result<Vec<(String, u64)>> {
+    std::fs::create_dir_all(out)?;
+    let all = Definitions::get().resource_types().to_vec();
+    let types = if types.is_empty() { &all } else { types };
+    let mut written = Vec::new();
+    for t in types {
+        let mut after = 0;
+        let mut count = 0;
+        let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
+        loop {
+            let (batch, last) = engine
+                .store
+                .scan(t, since, false, after, 1000)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if batch.is_empty() {
+                break;
+            }
+            let f = match &mut file {
+                Some(f) => f,
+                None => file.insert(std::io::BufWriter::new(std::fs::File::create(
+                    out.join(format!("{t}.ndjson")),
+                )?)),
+            };
+            for s in &batch {
+                f.write_all(&s.body)?;
+                f.write_all(b"\n")?;
+                count += 1;
+            }
+            after = last;
+        }
+        if let Some(mut f) = file {
+            f.flush()?;
+            written.push((t.clone(), count));
+        }
+    }
+    Ok(written)
+}

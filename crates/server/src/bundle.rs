@@ -1,0 +1,541 @@
+//! `transaction` and `batch` Bundles.
+//!
+//! A transaction runs in one store transaction: entries are processed in the order the
+//! specification prescribes (DELETE, POST, PUT/PATCH, GET), `urn:uuid:` fullUrls and
+//! conditional references (`Patient?identifier=…`) are resolved first, and any failure rolls
+//! everything back. A batch runs each entry on its own, through the same engine as a plain
+//! request.
+
+use std::collections::HashMap;
+
+use hutong_fhir::date::{format_instant, now_ms};
+use hutong_fhir::{Definitions, IssueCode};
+use serde_json::{json, Value};
+
+use crate::engine::{
+    check_resource, conditional_match, parse_json, parse_query_string, prefer_return, stamp, Body,
+    BundleWriter, Engine, Req, Resp, Return,
+};
+use crate::error::ApiError;
+
+struct Entry {
+    index: usize,
+    method: String,
+    /// The request URL relative to the base, split at `?`.
+    path: String,
+    query: Vec<(String, String)>,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    if_none_exist: Option<String>,
+    if_match: Option<String>,
+}
+
+fn entry_error(i: usize, e: ApiError) -> ApiError {
+    let mut e = e;
+    for issue in &mut e.outcome.issues {
+        issue.diagnostics = format!("Bundle entry {i}: {}", issue.diagnostics);
+        if issue.expression.is_none() {
+            issue.expression = Some(format!("Bundle.entry[{i}]"));
+        }
+    }
+    e
+}
+
+fn relative(url: &str, base: &str) -> String {
+    let u = url.strip_prefix(base).unwrap_or(url);
+    u.trim_start_matches('/').to_string()
+}
+
+fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
+    let entries = match bundle.get("entry") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::bad_request("Bundle.entry must be an array")
+                .with_expression("Bundle.entry"))
+        }
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let req = e.get("request").ok_or_else(|| {
+                entry_error(i, ApiError::new(400, IssueCode::Required, "has no request"))
+            })?;
+            let method = req
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            if !matches!(
+                method.as_str(),
+                "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE"
+            ) {
+                return Err(entry_error(
+                    i,
+                    ApiError::bad_request(format!("has an invalid request.method '{method}'")),
+                ));
+            }
+            let url = req.get("url").and_then(Value::as_str).ok_or_else(|| {
+                entry_error(
+                    i,
+                    ApiError::new(400, IssueCode::Required, "has no request.url"),
+                )
+            })?;
+            let url = relative(url, base);
+            let (path, qs) = url.split_once('?').unwrap_or((&url, ""));
+            let resource = e.get("resource").cloned();
+            if matches!(method.as_str(), "POST" | "PUT") && resource.is_none() {
+                return Err(entry_error(
+                    i,
+                    ApiError::new(
+                        400,
+                        IssueCode::Required,
+                        format!("{method} needs a resource"),
+                    ),
+                ));
+            }
+            Ok(Entry {
+                index: i,
+                method,
+                path: path.trim_end_matches('/').to_string(),
+                query: parse_query_string(qs),
+                full_url: e.get("fullUrl").and_then(Value::as_str).map(String::from),
+                resource,
+                if_none_exist: req
+                    .get("ifNoneExist")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                if_match: req.get("ifMatch").and_then(Value::as_str).map(String::from),
+            })
+        })
+        .collect()
+}
+
+/// Handles `POST /` with a Bundle.
+pub fn process(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+    let bundle = parse_json(&req.body)?;
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ApiError::bad_request(
+            "POST to the base accepts a Bundle of type transaction or batch",
+        )
+        .with_expression("resourceType"));
+    }
+    let entries = parse_entries(&bundle, &req.base)?;
+    match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => transaction(engine, req, entries),
+        Some("batch") => Ok(batch(engine, req, entries)),
+        other => Err(ApiError::bad_request(format!(
+            "Bundle.type must be transaction or batch, not {}",
+            other.unwrap_or("(absent)")
+        ))
+        .with_expression("Bundle.type")),
+    }
+}
+
+fn batch(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Resp {
+    let mut w = BundleWriter::new("batch-response", None, &[]);
+    for e in entries {
+        let mut sub = Req {
+            method: if e.method == "HEAD" {
+                "GET".into()
+            } else {
+                e.method.clone()
+            },
+            segments: e
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            query: e.query.clone(),
+            headers: req.headers.clone(),
+            body: e
+                .resource
+                .as_ref()
+                .map(|r| serde_json::to_vec(r).unwrap_or_default())
+                .unwrap_or_default(),
+            base: req.base.clone(),
+            source: req.source.clone(),
+            import_key: None,
+        };
+        sub.headers.remove("if-match");
+        sub.headers.remove("if-none-exist");
+        if let Some(m) = &e.if_match {
+            sub.headers.insert("if-match".into(), m.clone());
+        }
+        if let Some(c) = &e.if_none_exist {
+            sub.headers.insert("if-none-exist".into(), c.clone());
+        }
+        let r = if sub.segments.is_empty() && sub.method == "POST" {
+            Resp::error(&ApiError::bad_request(
+                "A batch entry cannot itself be a bundle",
+            ))
+        } else {
+            engine.handle(&sub)
+        };
+        let (fields, body) = entry_response(&r);
+        w.entry(fields, body.as_deref());
+    }
+    Resp {
+        status: 200,
+        headers: Vec::new(),
+        body: Body::Raw(w.finish()),
+    }
+}
+
+fn status_text(s: u16) -> String {
+    let t = match s {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        422 => "Unprocessable Entity",
+        _ => "",
+    };
+    format!("{s} {t}").trim().to_string()
+}
+
+fn entry_response(r: &Resp) -> (Value, Option<Vec<u8>>) {
+    let mut response = json!({"status": status_text(r.status)});
+    for (k, v) in &r.headers {
+        match k.as_str() {
+            "Location" => response["location"] = json!(v),
+            "ETag" => response["etag"] = json!(v),
+            _ => {}
+        }
+    }
+    let body = match &r.body {
+        Body::Empty => None,
+        Body::Json(v) => Some(serde_json::to_vec(v).unwrap_or_default()),
+        Body::Raw(b) => Some(b.clone()),
+    };
+    if r.status >= 400 {
+        response["outcome"] = body
+            .as_ref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        return (json!({"response": response}), None);
+    }
+    (json!({"response": response}), body)
+}
+
+/// Rewrites every `reference` that names a bundle-local fullUrl, and resolves conditional
+/// references against the store.
+fn rewrite_refs(
+    v: &mut Value,
+    ids: &HashMap<String, String>,
+    tx: &mut hutong_store::Tx<'_>,
+    cache: &mut HashMap<String, String>,
+) -> Result<(), ApiError> {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == "reference" {
+                    if let Value::String(r) = x {
+                        if let Some(to) = ids.get(r.as_str()) {
+                            *r = to.clone();
+                        } else if let Some((t, q)) = r.split_once('?') {
+                            if !Definitions::get().is_resource_type(t) {
+                                return Err(ApiError::bad_request(format!(
+                                    "Conditional reference '{r}' names an unknown type"
+                                )));
+                            }
+                            let to = match cache.get(r.as_str()) {
+                                Some(to) => to.clone(),
+                                None => {
+                                    let found = conditional_match(tx, t, &parse_query_string(q))?
+                                        .ok_or_else(|| {
+                                        ApiError::new(
+                                            404,
+                                            IssueCode::NotFound,
+                                            format!("Conditional reference '{r}' matches nothing"),
+                                        )
+                                    })?;
+                                    let to = format!("{t}/{}", found.id);
+                                    cache.insert(r.clone(), to.clone());
+                                    to
+                                }
+                            };
+                            *r = to;
+                        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                            return Err(ApiError::bad_request(format!(
+                                "Reference '{r}' names no entry of this bundle"
+                            )));
+                        }
+                    }
+                } else {
+                    rewrite_refs(x, ids, tx, cache)?;
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                rewrite_refs(x, ids, tx, cache)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn order(method: &str) -> u8 {
+    match method {
+        "DELETE" => 0,
+        "POST" => 1,
+        "PUT" | "PATCH" => 2,
+        _ => 3,
+    }
+}
+
+fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, ApiError> {
+    let now = now_ms();
+    let representation = prefer_return(req) == Return::Representation
+        && req
+            .header("prefer")
+            .is_some_and(|p| p.contains("return=representation"));
+    // Validate every resource before touching the store.
+    let mut prepared: Vec<Entry> = Vec::with_capacity(entries.len());
+    for mut e in entries {
+        let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+        match (e.method.as_str(), seg.as_slice()) {
+            ("POST", [t]) | ("PUT", [t]) => {
+                let r = e.resource.as_mut().expect("checked in parse_entries");
+                check_resource(r, t, None).map_err(|x| entry_error(e.index, x))?;
+                if !Definitions::get().is_resource_type(t) {
+                    return Err(entry_error(
+                        e.index,
+                        ApiError::not_found(format!("Unknown resource type '{t}'")),
+                    ));
+                }
+                stamp(r, &req.source, now);
+            }
+            ("PUT", [t, id]) => {
+                let r = e.resource.as_mut().expect("checked in parse_entries");
+                check_resource(r, t, Some(id)).map_err(|x| entry_error(e.index, x))?;
+                stamp(r, &req.source, now);
+            }
+            ("DELETE", [_]) | ("DELETE", [_, _]) | ("GET", _) | ("HEAD", _) | ("PATCH", [_, _]) => {
+            }
+            (m, _) => {
+                return Err(entry_error(
+                    e.index,
+                    ApiError::bad_request(format!(
+                        "{m} {} is not a valid transaction entry",
+                        e.path
+                    )),
+                ))
+            }
+        }
+        prepared.push(e);
+    }
+    let mut sequence: Vec<usize> = (0..prepared.len()).collect();
+    sequence.sort_by_key(|&i| (order(&prepared[i].method), i));
+
+    let results = engine.store.write(|tx| {
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut cache: HashMap<String, String> = HashMap::new();
+        let mut results: Vec<Option<(Value, Option<Vec<u8>>)>> = vec![None; prepared.len()];
+        let mut post_ids: Vec<Option<String>> = vec![None; prepared.len()];
+        // Pass 1: decide the id of every POST and PUT, so references can point at them.
+        for &i in &sequence {
+            let e = &prepared[i];
+            let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+            match (e.method.as_str(), seg.as_slice()) {
+                ("POST", [t]) => {
+                    let existing = match &e.if_none_exist {
+                        Some(c) => conditional_match(tx, t, &parse_query_string(c)).map_err(|x| entry_error(i, x))?,
+                        None => None,
+                    };
+                    let id = match existing {
+                        Some(s) => {
+                            results[i] = Some((
+                                json!({"response": {"status": "200 OK",
+                                    "location": format!("{}/{}/_history/{}", t, s.id, s.version),
+                                    "etag": format!("W/\"{}\"", s.version),
+                                    "lastModified": format_instant(s.last_updated)}}),
+                                None,
+                            ));
+                            s.id
+                        }
+                        None => {
+                            let id = uuid::Uuid::new_v4().to_string();
+                            post_ids[i] = Some(id.clone());
+                            id
+                        }
+                    };
+                    if let Some(f) = &e.full_url {
+                        ids.insert(f.clone(), format!("{t}/{id}"));
+                    }
+                }
+                ("PUT", [t, id]) => {
+                    if let Some(f) = &e.full_url {
+                        ids.insert(f.clone(), format!("{t}/{id}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Pass 2: execute in the prescribed order.
+        for &i in &sequence {
+            let e = &prepared[i];
+            let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+            let if_match = e.if_match.as_deref().map(crate::engine::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
+            let stored = match (e.method.as_str(), seg.as_slice()) {
+                ("DELETE", [t, id]) => {
+                    let d = tx.delete(t, id, if_match).map_err(|x| entry_error(i, x.into()))?;
+                    results[i] = Some((json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
+                    None
+                }
+                ("DELETE", [t]) => {
+                    if let Some(found) = conditional_match(tx, t, &e.query).map_err(|x| entry_error(i, x))? {
+                        tx.delete(t, &found.id, None).map_err(|x| entry_error(i, x.into()))?;
+                    }
+                    results[i] = Some((json!({"response": {"status": "200 OK"}}), None));
+                    None
+                }
+                ("POST", [t]) => match &post_ids[i] {
+                    None => None, // ifNoneExist matched: nothing to write
+                    Some(id) => {
+                        let mut r = e.resource.clone().expect("checked");
+                        rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
+                        let s = tx.insert_fresh(t, id, r).map_err(|x| entry_error(i, x.into()))?;
+                        Some((s, "201 Created"))
+                    }
+                },
+                ("PUT", [t, id]) => {
+                    let mut r = e.resource.clone().expect("checked");
+                    rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
+                    let (s, created) = tx.update(t, id, r, if_match).map_err(|x| entry_error(i, x.into()))?;
+                    Some((s, if created { "201 Created" } else { "200 OK" }))
+                }
+                ("PUT", [t]) => {
+                    let mut r = e.resource.clone().expect("checked");
+                    rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
+                    let found = conditional_match(tx, t, &e.query).map_err(|x| entry_error(i, x))?;
+                    let (s, created) = match found {
+                        Some(f) => tx.update(t, &f.id, r, if_match).map_err(|x| entry_error(i, x.into()))?,
+                        None => (tx.create(t, None, r).map_err(|x| entry_error(i, x.into()))?, true),
+                    };
+                    if let Some(f) = &e.full_url {
+                        ids.insert(f.clone(), format!("{t}/{}", s.id));
+                    }
+                    Some((s, if created { "201 Created" } else { "200 OK" }))
+                }
+                ("PATCH", [t, id]) => {
+                    let cur = tx.read(t, id).map_err(|x| entry_error(i, x.into()))?.filter(|s| !s.deleted).ok_or_else(|| {
+                        entry_error(i, ApiError::not_found(format!("{t}/{id} is not known")))
+                    })?;
+                    let patch_doc = match &e.resource {
+                        Some(Value::Object(b)) if b.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
+                            let data = b.get("data").and_then(Value::as_str).unwrap_or("");
+                            let raw = base64_decode(data).ok_or_else(|| entry_error(i, ApiError::bad_request("Binary.data is not base64")))?;
+                            parse_json(&raw).map_err(|x| entry_error(i, x))?
+                        }
+                        Some(v) => v.clone(),
+                        None => return Err(entry_error(i, ApiError::bad_request("PATCH needs a JSON Patch"))),
+                    };
+                    let patch: json_patch::Patch = serde_json::from_value(patch_doc)
+                        .map_err(|x| entry_error(i, ApiError::bad_request(format!("Invalid JSON Patch: {x}"))))?;
+                    let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
+                    json_patch::patch(&mut doc, &patch)
+                        .map_err(|x| entry_error(i, ApiError::new(422, IssueCode::Processing, format!("The patch cannot be applied: {x}"))))?;
+                    stamp(&mut doc, &req.source, now);
+                    let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;
+                    Some((s, "200 OK"))
+                }
+                ("GET", _) | ("HEAD", _) => {
+                    let r = get_in_tx(tx, req, &seg, &e.query).map_err(|x| entry_error(i, x))?;
+                    results[i] = Some(r);
+                    None
+                }
+                _ => None,
+            };
+            if let Some((s, status)) = stored {
+                let body = if representation { Some(s.body.clone()) } else { None };
+                results[i] = Some((
+                    json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id),
+                        "response": {"status": status,
+                        "location": format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
+                        "etag": format!("W/\"{}\"", s.version),
+                        "lastModified": format_instant(s.last_updated)}}),
+                    body,
+                ));
+            }
+        }
+        if let Some((file, chunk)) = &req.import_key {
+            tx.mark_done(file, *chunk)?;
+        }
+        Ok::<_, ApiError>(results)
+    })?;
+    let mut w = BundleWriter::new("transaction-response", None, &[]);
+    for r in results {
+        let (fields, body) = r.unwrap_or((json!({"response": {"status": "200 OK"}}), None));
+        w.entry(fields, body.as_deref());
+    }
+    tracing::info!(source = %req.source, entries = sequence.len(), "Transaction committed.");
+    Ok(Resp {
+        status: 200,
+        headers: Vec::new(),
+        body: Body::Raw(w.finish()),
+    })
+}
+
+/// A GET entry of a transaction: read or search, seeing the transaction's own writes.
+fn get_in_tx(
+    tx: &mut hutong_store::Tx<'_>,
+    req: &Req,
+    seg: &[&str],
+    query: &[(String, String)],
+) -> Result<(Value, Option<Vec<u8>>), ApiError> {
+    match seg {
+        [t, id] => {
+            let s = tx
+                .read(t, id)?
+                .filter(|s| !s.deleted)
+                .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+            Ok((
+                json!({"response": {"status": "200 OK", "etag": format!("W/\"{}\"", s.version)}}),
+                Some(s.body),
+            ))
+        }
+        [t] => {
+            if !Definitions::get().is_resource_type(t) {
+                return Err(ApiError::not_found(format!("Unknown resource type '{t}'")));
+            }
+            let q = hutong_store::Query::parse(t, query, false)?;
+            let page = tx.search(&q)?;
+            let mut w = BundleWriter::new("searchset", page.total, &[]);
+            for s in &page.matches {
+                w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&s.body));
+            }
+            Ok((json!({"response": {"status": "200 OK"}}), Some(w.finish())))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "GET {} is not supported inside a transaction",
+            seg.join("/")
+        ))),
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        let v = T.iter().position(|x| *x == c)? as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,88 @@
+//! The CapabilityStatement: generated from the definitions and the interactions the engine
+//! implements, so it states exactly what the server does.
+
+use std::sync::OnceLock;
+
+use hutong_fhir::{Definitions, ParamType};
+use serde_json::{json, Value};
+
+static CACHED: OnceLock<Value> = OnceLock::new();
+
+/// Parameters the engine cannot evaluate (no expression, or a special type).
+fn supported(kind: ParamType, expression: &str, components: usize) -> bool {
+    !expression.is_empty()
+        && kind != ParamType::Special
+        && (kind != ParamType::Composite || components == 2)
+}
+
+pub fn statement(base: &str) -> Value {
+    let mut v = CACHED.get_or_init(build).clone();
+    v["implementation"] =
+        json!({"description": "Hutong regional health-record platform", "url": base});
+    v
+}
+
+fn build() -> Value {
+    let defs = Definitions::get();
+    let interactions = [
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    ];
+    let resources: Vec<Value> = defs
+        .resource_types()
+        .iter()
+        .map(|t| {
+            let params: Vec<Value> = defs
+                .params(t)
+                .into_iter()
+                .flatten()
+                .filter(|(_, p)| supported(p.kind, &p.expression, p.components.len()) || p.code == "_id" || p.code == "_lastUpdated")
+                .map(|(code, p)| json!({"name": code, "type": p.kind.as_str()}))
+                .collect();
+            let mut r = json!({
+                "type": t,
+                "interaction": interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
+                "searchParam": params,
+            });
+            let mut ops = vec![json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/type-export"})];
+            if t == "Patient" {
+                ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+                ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+            }
+            r["operation"] = json!(ops);
+            r
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "software": {"name": "Hutong", "version": env!("CARGO_PKG_VERSION")},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
+        }]
+    })
+}

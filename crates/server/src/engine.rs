@@ -1,0 +1,1017 @@
+//! The FHIR REST engine: every interaction as a function from a request to a response,
+//! independent of HTTP so that bundles, the CLI and tests drive the same code.
+
+use std::collections::HashMap;
+
+use hutong_fhir::date::{format_http, format_instant, now_ms};
+use hutong_fhir::{is_valid_id, Definitions, IssueCode, Outcome};
+use hutong_store::search::Everything;
+use hutong_store::{HistoryScope, Page, Query, Store, Stored, Tx};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+
+/// The platform extension on `meta` that records when the source collected the data (采集时间).
+pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
+
+/// A request as the engine sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Req {
+    pub method: String,
+    /// Path segments below the FHIR base.
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// The FHIR base URL, for `fullUrl`, `Location` and links.
+    pub base: String,
+    /// The submitting institution (source URI).
+    pub source: String,
+    /// For resumable imports: a (file, chunk) key recorded in the same transaction.
+    pub import_key: Option<(String, i64)>,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// A response body: JSON we built, or stored bytes sent as they are.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Empty,
+    Json(Value),
+    Raw(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Resp {
+    pub fn json(status: u16, v: Value) -> Resp {
+        Resp {
+            status,
+            headers: Vec::new(),
+            body: Body::Json(v),
+        }
+    }
+    pub fn error(e: &ApiError) -> Resp {
+        Resp::json(e.status, e.outcome.to_json())
+    }
+    fn header(mut self, k: &str, v: impl Into<String>) -> Resp {
+        self.headers.push((k.to_string(), v.into()));
+        self
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Source recorded when a request names none.
+    pub default_source: String,
+    /// Where `$export` writes its NDJSON files.
+    pub export_dir: std::path::PathBuf,
+}
+
+/// The engine: a store plus settings. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Store,
+    pub config: EngineConfig,
+}
+
+/// Parses a JSON body, reporting the line and column of a syntax error.
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            400,
+            IssueCode::Structure,
+            "The request body is empty; a FHIR JSON resource was expected.",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            IssueCode::Structure,
+            format!(
+                "Malformed JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn check_type(rtype: &str) -> Result<(), ApiError> {
+    if Definitions::get().is_resource_type(rtype) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "Unknown resource type '{rtype}'"
+        )))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "Invalid id '{id}': ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.'"
+        )))
+    }
+}
+
+/// Checks the envelope of a resource submitted for `rtype` (and, for updates, `id`).
+pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), ApiError> {
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::new(
+            400,
+            IssueCode::Structure,
+            "A resource must be a JSON object",
+        ));
+    };
+    match obj.get("resourceType").and_then(Value::as_str) {
+        None => {
+            return Err(
+                ApiError::new(400, IssueCode::Required, "The resource has no resourceType")
+                    .with_expression("resourceType"),
+            )
+        }
+        Some(t) if t != rtype => {
+            return Err(ApiError::bad_request(format!(
+                "The resource is a {t} but the request is for {rtype}"
+            ))
+            .with_expression("resourceType"))
+        }
+        Some(_) => {}
+    }
+    match (obj.get("id"), id) {
+        (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
+            Err(ApiError::bad_request(format!(
+                "The resource id '{body_id}' does not match the id in the URL '{url_id}'"
+            ))
+            .with_expression("id"))
+        }
+        (None, Some(_)) => {
+            Err(ApiError::bad_request("An update must carry the resource id").with_expression("id"))
+        }
+        (Some(Value::String(i)), _) => check_id(i).map_err(|e| e.with_expression("id")),
+        (Some(_), _) => Err(ApiError::bad_request("id must be a string").with_expression("id")),
+        (None, None) => Ok(()),
+    }?;
+    if let Some(m) = obj.get("meta") {
+        if !m.is_object() {
+            return Err(ApiError::bad_request("meta must be an object").with_expression("meta"));
+        }
+    }
+    Ok(())
+}
+
+/// Stamps provenance: the submitting institution and the collection time.
+pub fn stamp(v: &mut Value, source: &str, now: i64) {
+    let Some(obj) = v.as_object_mut() else { return };
+    let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    meta.insert("source".into(), Value::String(source.to_string()));
+    let exts = meta.entry("extension").or_insert_with(|| json!([]));
+    if !exts.is_array() {
+        *exts = json!([]);
+    }
+    let arr = exts.as_array_mut().expect("array ensured above");
+    // The source's own collection time wins; otherwise it is the time we received it.
+    if !arr.iter().any(|e| e["url"] == COLLECTED_URL) {
+        arr.push(json!({"url": COLLECTED_URL, "valueInstant": format_instant(now)}));
+    }
+}
+
+/// The `Prefer: return=` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    Outcome,
+}
+
+pub fn prefer_return(req: &Req) -> Return {
+    let p = req.header("prefer").unwrap_or("");
+    if p.contains("return=minimal") {
+        Return::Minimal
+    } else if p.contains("return=OperationOutcome") {
+        Return::Outcome
+    } else {
+        Return::Representation
+    }
+}
+
+fn etag(v: i64) -> String {
+    format!("W/\"{v}\"")
+}
+
+/// Parses `If-Match: W/"3"` (or `3`).
+pub fn parse_etag(s: &str) -> Result<i64, ApiError> {
+    let t = s.trim().trim_start_matches("W/").trim_matches('"');
+    t.parse()
+        .map_err(|_| ApiError::bad_request(format!("Invalid ETag '{s}'")))
+}
+
+/// Parses a query string (`a=1&b=2`) with percent-decoding.
+pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:|/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn resource_headers(resp: Resp, s: &Stored) -> Resp {
+    resp.header("ETag", etag(s.version))
+        .header("Last-Modified", format_http(s.last_updated))
+}
+
+/// A created/updated resource answered as `Prefer` asks.
+fn write_response(req: &Req, status: u16, s: &Stored) -> Resp {
+    let loc = format!("{}/{}/{}/_history/{}", req.base, s.rtype, s.id, s.version);
+    let r = match prefer_return(req) {
+        Return::Minimal => Resp {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        },
+        Return::Representation => Resp {
+            status,
+            headers: Vec::new(),
+            body: Body::Raw(s.body.clone()),
+        },
+        Return::Outcome => Resp::json(
+            status,
+            Outcome::info(format!(
+                "{} {}/{} version {}",
+                if status == 201 { "Created" } else { "Updated" },
+                s.rtype,
+                s.id,
+                s.version
+            ))
+            .to_json(),
+        ),
+    };
+    resource_headers(r.header("Location", loc), s)
+}
+
+/// `_elements` / `_summary=true|text|data` applied to one resource.
+fn shape(body: &[u8], elements: Option<&[String]>, summary: Option<&str>) -> Vec<u8> {
+    if elements.is_none() && !matches!(summary, Some("true") | Some("data") | Some("text")) {
+        return body.to_vec();
+    }
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    let mandatory = ["resourceType", "id", "meta"];
+    let keep = |k: &str| -> bool {
+        if mandatory.contains(&k) {
+            return true;
+        }
+        if let Some(els) = elements {
+            return els.iter().any(|e| e == k);
+        }
+        match summary {
+            Some("text") => k == "text",
+            Some("data") => k != "text",
+            // Without the element definitions at hand, `true` keeps the common summary
+            // elements: identifiers, status, codes, subject, dates and names.
+            _ => !matches!(
+                k,
+                "text"
+                    | "contained"
+                    | "extension"
+                    | "modifierExtension"
+                    | "note"
+                    | "component"
+                    | "photo"
+            ),
+        }
+    };
+    let mut out: Map<String, Value> = o.into_iter().filter(|(k, _)| keep(k)).collect();
+    let tag = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"});
+    if let Some(Value::Object(meta)) = out.get_mut("meta") {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Some(a) = tags.as_array_mut() {
+            a.push(tag);
+        }
+    }
+    serde_json::to_vec(&Value::Object(out)).unwrap_or_else(|_| body.to_vec())
+}
+
+/// Writes a Bundle as JSON text with stored resource bytes embedded as they are (no
+/// re-parsing of what the store returns).
+pub struct BundleWriter {
+    out: Vec<u8>,
+    first: bool,
+}
+
+impl BundleWriter {
+    pub fn new(kind: &str, total: Option<u64>, links: &[(&str, String)]) -> BundleWriter {
+        let mut head = json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "meta": {"lastUpdated": format_instant(now_ms())}, "type": kind});
+        if let Some(t) = total {
+            head["total"] = json!(t);
+        }
+        if !links.is_empty() {
+            head["link"] = links
+                .iter()
+                .map(|(r, u)| json!({"relation": r, "url": u}))
+                .collect();
+        }
+        let mut out = serde_json::to_vec(&head).expect("bundle head serialises");
+        out.pop(); // the closing brace: entries follow
+        out.extend_from_slice(b",\"entry\":[");
+        BundleWriter { out, first: true }
+    }
+
+    /// Adds an entry: its JSON fields other than `resource`, then the resource bytes.
+    pub fn entry(&mut self, fields: Value, resource: Option<&[u8]>) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        let mut e = serde_json::to_vec(&fields).expect("entry serialises");
+        if let Some(r) = resource.filter(|r| !r.is_empty()) {
+            e.pop();
+            if e.len() > 1 {
+                e.push(b',');
+            }
+            e.extend_from_slice(b"\"resource\":");
+            e.extend_from_slice(r);
+            e.push(b'}');
+        }
+        self.out.extend_from_slice(&e);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.extend_from_slice(b"]}");
+        self.out
+    }
+}
+
+impl Engine {
+    pub fn new(store: Store, config: EngineConfig) -> Engine {
+        Engine { store, config }
+    }
+
+    /// Handles one request (blocking: call from a blocking thread).
+    pub fn handle(&self, req: &Req) -> Resp {
+        match self.dispatch(req) {
+            Ok(r) => r,
+            Err(e) => Resp::error(&e),
+        }
+    }
+
+    fn dispatch(&self, req: &Req) -> Result<Resp, ApiError> {
+        let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+        let m = req.method.as_str();
+        match (m, seg.as_slice()) {
+            ("GET", ["metadata"]) => Ok(Resp::json(200, crate::capability::statement(&req.base))),
+            ("POST", []) => crate::bundle::process(self, req),
+            ("GET", ["_history"]) => self.history(req, HistoryScope::System),
+            ("GET", []) | ("GET", ["_search"]) | ("POST", ["_search"]) => Err(ApiError::new(
+                400,
+                IssueCode::NotSupported,
+                "System-level search needs a resource type; use /{type}?…",
+            )),
+            (_, [op, ..]) if op.starts_with('$') => crate::operations::dispatch(self, req),
+            ("GET", [t]) => {
+                check_type(t)?;
+                self.search(req, t, &req.query, None)
+            }
+            ("POST", [t, "_search"]) => {
+                check_type(t)?;
+                let mut params = req.query.clone();
+                params.extend(parse_query_string(
+                    std::str::from_utf8(&req.body).unwrap_or(""),
+                ));
+                self.search(req, t, &params, None)
+            }
+            ("GET", [t, "_history"]) => {
+                check_type(t)?;
+                self.history(req, HistoryScope::Type(t.to_string()))
+            }
+            (_, [t, op, ..]) | (_, [t, _, op]) if op.starts_with('$') => {
+                check_type(t)?;
+                crate::operations::dispatch(self, req)
+            }
+            ("POST", [t]) => {
+                check_type(t)?;
+                self.create(req, t)
+            }
+            ("PUT", [t]) => {
+                check_type(t)?;
+                self.conditional_update(req, t)
+            }
+            ("DELETE", [t]) => {
+                check_type(t)?;
+                self.conditional_delete(req, t)
+            }
+            ("GET", [t, id]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.read(t, id)
+            }
+            ("PUT", [t, id]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.update(req, t, id)
+            }
+            ("PATCH", [t, id]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.patch(req, t, id)
+            }
+            ("DELETE", [t, id]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.delete(req, t, id)
+            }
+            ("GET", [t, id, "_history"]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.history(
+                    req,
+                    HistoryScope::Instance {
+                        rtype: t.to_string(),
+                        id: id.to_string(),
+                    },
+                )
+            }
+            ("GET", [t, id, "_history", v]) => {
+                check_type(t)?;
+                check_id(id)?;
+                self.vread(t, id, v)
+            }
+            ("GET", ["Patient", id, ct]) => {
+                check_id(id)?;
+                check_type(ct)?;
+                self.search(req, ct, &req.query, Some(id))
+            }
+            (m, _) if !matches!(m, "GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+                Err(ApiError::new(
+                    405,
+                    IssueCode::NotSupported,
+                    format!("Method {m} is not supported"),
+                ))
+            }
+            _ => Err(ApiError::not_found(format!(
+                "No FHIR interaction at {} /{}",
+                m,
+                req.segments.join("/")
+            ))),
+        }
+    }
+
+    pub fn read(&self, t: &str, id: &str) -> Result<Resp, ApiError> {
+        let s = self
+            .store
+            .read(t, id)?
+            .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+        if s.deleted {
+            return Err(ApiError::new(
+                410,
+                IssueCode::Deleted,
+                format!("{t}/{id} was deleted (version {})", s.version),
+            ));
+        }
+        Ok(resource_headers(
+            Resp {
+                status: 200,
+                headers: Vec::new(),
+                body: Body::Raw(s.body.clone()),
+            },
+            &s,
+        ))
+    }
+
+    fn vread(&self, t: &str, id: &str, v: &str) -> Result<Resp, ApiError> {
+        let version: i64 = v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("Invalid version '{v}'")))?;
+        let s = self
+            .store
+            .vread(t, id, version)?
+            .ok_or_else(|| ApiError::not_found(format!("{t}/{id} has no version {v}")))?;
+        if s.deleted {
+            return Err(ApiError::new(
+                410,
+                IssueCode::Deleted,
+                format!("Version {v} of {t}/{id} is a deletion"),
+            ));
+        }
+        Ok(resource_headers(
+            Resp {
+                status: 200,
+                headers: Vec::new(),
+                body: Body::Raw(s.body.clone()),
+            },
+            &s,
+        ))
+    }
+
+    fn body_resource(&self, req: &Req, t: &str, id: Option<&str>) -> Result<Value, ApiError> {
+        let mut v = parse_json(&req.body)?;
+        check_resource(&v, t, id)?;
+        stamp(&mut v, &req.source, now_ms());
+        Ok(v)
+    }
+
+    fn create(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+        let mut v = self.body_resource(req, t, None)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("id");
+        }
+        let cond = req.header("if-none-exist").map(parse_query_string);
+        let (s, created) = self.store.write(|tx| {
+            if let Some(c) = &cond {
+                if let Some(found) = conditional_match(tx, t, c)? {
+                    return Ok::<_, ApiError>((found, false));
+                }
+            }
+            Ok((tx.create(t, None, v.clone())?, true))
+        })?;
+        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+    }
+
+    fn update(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+        let v = self.body_resource(req, t, Some(id))?;
+        let if_match = req.header("if-match").map(parse_etag).transpose()?;
+        let (s, created) = self
+            .store
+            .write(|tx| Ok::<_, ApiError>(tx.update(t, id, v.clone(), if_match)?))?;
+        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+    }
+
+    fn conditional_update(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+        if req.query.is_empty() {
+            return Err(ApiError::bad_request(
+                "A conditional update needs search parameters",
+            ));
+        }
+        let v = parse_json(&req.body)?;
+        check_resource(&v, t, None)?;
+        let mut v = v;
+        stamp(&mut v, &req.source, now_ms());
+        let (s, created) = self.store.write(|tx| {
+            let q = Query::parse(t, &req.query, true)?;
+            let page = tx.search(&q.probe())?;
+            match page.matches.as_slice() {
+                [] => {
+                    let id = v.get("id").and_then(Value::as_str).map(String::from);
+                    Ok::<_, ApiError>((tx.create(t, id.as_deref(), v.clone())?, true))
+                }
+                [one] => {
+                    if let Some(body_id) = v.get("id").and_then(Value::as_str) {
+                        if body_id != one.id {
+                            return Err(ApiError::bad_request(
+                                "The resource id does not match the resource the criteria found",
+                            ));
+                        }
+                    }
+                    let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
+                    Ok((s, false))
+                }
+                _ => Err(ApiError::new(
+                    412,
+                    IssueCode::MultipleMatches,
+                    "The criteria match more than one resource",
+                )),
+            }
+        })?;
+        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+    }
+
+    fn patch(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+        let patch_doc = parse_json(&req.body)?;
+        let patch: json_patch::Patch = serde_json::from_value(patch_doc)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON Patch: {e}")))?;
+        let if_match = req.header("if-match").map(parse_etag).transpose()?;
+        let source = req.source.clone();
+        let (s, _) = self.store.write(|tx| {
+            let cur = tx
+                .read(t, id)?
+                .filter(|s| !s.deleted)
+                .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+            let mut doc = cur.json()?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                ApiError::new(
+                    422,
+                    IssueCode::Processing,
+                    format!("The patch cannot be applied: {e}"),
+                )
+            })?;
+            check_resource(&doc, t, Some(id))?;
+            stamp(&mut doc, &source, now_ms());
+            Ok::<_, ApiError>(tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?)
+        })?;
+        Ok(write_response(req, 200, &s))
+    }
+
+    fn delete(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+        let if_match = req.header("if-match").map(parse_etag).transpose()?;
+        let r = self
+            .store
+            .write(|tx| Ok::<_, ApiError>(tx.delete(t, id, if_match)?))?;
+        Ok(match r {
+            Some(s) => Resp::json(
+                200,
+                Outcome::info(format!("Deleted {t}/{id} (version {})", s.version)).to_json(),
+            )
+            .header("ETag", etag(s.version)),
+            None => Resp {
+                status: 204,
+                headers: Vec::new(),
+                body: Body::Empty,
+            },
+        })
+    }
+
+    fn conditional_delete(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+        if req.query.is_empty() {
+            return Err(ApiError::bad_request(
+                "A conditional delete needs search parameters",
+            ));
+        }
+        let deleted = self.store.write(|tx| {
+            let q = Query::parse(t, &req.query, true)?;
+            let page = tx.search(&q.probe())?;
+            match page.matches.as_slice() {
+                [] => Ok::<_, ApiError>(None),
+                [one] => Ok(tx.delete(t, &one.id.clone(), None)?),
+                _ => Err(ApiError::new(
+                    412,
+                    IssueCode::MultipleMatches,
+                    "The criteria match more than one resource",
+                )),
+            }
+        })?;
+        Ok(match deleted {
+            Some(s) => Resp::json(
+                200,
+                Outcome::info(format!("Deleted {t}/{}", s.id)).to_json(),
+            ),
+            None => Resp {
+                status: 204,
+                headers: Vec::new(),
+                body: Body::Empty,
+            },
+        })
+    }
+
+    pub fn search(
+        &self,
+        req: &Req,
+        t: &str,
+        params: &[(String, String)],
+        compartment: Option<&str>,
+    ) -> Result<Resp, ApiError> {
+        let strict = req
+            .header("prefer")
+            .is_some_and(|p| p.contains("handling=strict"));
+        let mut q = Query::parse(t, params, strict)?;
+        if let Some(p) = compartment {
+            q = q.in_compartment(p)?;
+        }
+        let page = self.store.search(&q)?;
+        let path = match compartment {
+            Some(p) => format!("{}/Patient/{p}/{t}", req.base),
+            None => format!("{}/{t}", req.base),
+        };
+        Ok(self.searchset(
+            req,
+            &path,
+            &q.canonical,
+            q.count,
+            q.offset,
+            &page,
+            &q.ignored,
+        ))
+    }
+
+    fn searchset(
+        &self,
+        req: &Req,
+        path: &str,
+        canonical: &[(String, String)],
+        count: usize,
+        offset: usize,
+        page: &Page,
+        ignored: &[String],
+    ) -> Resp {
+        let qs = |off: usize| {
+            let mut parts: Vec<String> = canonical
+                .iter()
+                .filter(|(k, _)| k != "_count")
+                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+                .collect();
+            parts.push(format!("_count={count}"));
+            if off > 0 {
+                parts.push(format!("_offset={off}"));
+            }
+            format!("{path}?{}", parts.join("&"))
+        };
+        let mut links = vec![("self", qs(offset))];
+        if page.has_more {
+            links.push(("next", qs(offset + count)));
+        }
+        if offset > 0 {
+            links.push(("previous", qs(offset.saturating_sub(count))));
+        }
+        let elements: Option<Vec<String>> = canonical
+            .iter()
+            .find(|(k, _)| k == "_elements")
+            .map(|(_, v)| v.split(',').map(|s| s.trim().to_string()).collect());
+        let summary = canonical
+            .iter()
+            .find(|(k, _)| k == "_summary")
+            .map(|(_, v)| v.as_str());
+        let mut w = BundleWriter::new("searchset", page.total, &links);
+        for s in &page.matches {
+            let body = shape(&s.body, elements.as_deref(), summary);
+            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&body));
+        }
+        for s in &page.included {
+            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(&s.body));
+        }
+        if !ignored.is_empty() {
+            let oo = Outcome::default().with(
+                "warning",
+                IssueCode::NotSupported,
+                format!(
+                    "Unknown search parameters were ignored: {}",
+                    ignored.join(", ")
+                ),
+                None,
+            );
+            let bytes = serde_json::to_vec(&oo.to_json()).unwrap_or_default();
+            w.entry(json!({"search": {"mode": "outcome"}}), Some(&bytes));
+        }
+        Resp {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Raw(w.finish()),
+        }
+    }
+
+    fn history(&self, req: &Req, scope: HistoryScope) -> Result<Resp, ApiError> {
+        let mut count = 20usize;
+        let mut offset = 0usize;
+        let mut since = None;
+        for (k, v) in &req.query {
+            match k.as_str() {
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| ApiError::bad_request("_count must be a number"))?
+                        .min(1000)
+                }
+                "_offset" => {
+                    offset = v
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("_offset must be a number"))?
+                }
+                "_since" => {
+                    since = Some(
+                        hutong_fhir::date::parse(v)
+                            .ok_or_else(|| ApiError::bad_request(format!("Invalid _since '{v}'")))?
+                            .lo,
+                    )
+                }
+                _ => {}
+            }
+        }
+        if let HistoryScope::Instance { rtype, id } = &scope {
+            if self.store.read(rtype, id)?.is_none() {
+                return Err(ApiError::not_found(format!("{rtype}/{id} is not known")));
+            }
+        }
+        let (versions, total) = self.store.history(&scope, since, count + 1, offset)?;
+        let has_more = versions.len() > count;
+        let path = match &scope {
+            HistoryScope::Instance { rtype, id } => format!("{}/{rtype}/{id}/_history", req.base),
+            HistoryScope::Type(t) => format!("{}/{t}/_history", req.base),
+            HistoryScope::System => format!("{}/_history", req.base),
+        };
+        let mut links = vec![("self", format!("{path}?_count={count}&_offset={offset}"))];
+        if has_more {
+            links.push((
+                "next",
+                format!("{path}?_count={count}&_offset={}", offset + count),
+            ));
+        }
+        let mut w = BundleWriter::new("history", total, &links);
+        for s in versions.iter().take(count) {
+            let method = if s.deleted {
+                "DELETE"
+            } else if s.version == 1 {
+                "POST"
+            } else {
+                "PUT"
+            };
+            let url = if s.version == 1 && !s.deleted {
+                s.rtype.clone()
+            } else {
+                format!("{}/{}", s.rtype, s.id)
+            };
+            let status = if s.deleted {
+                "204"
+            } else if s.version == 1 {
+                "201"
+            } else {
+                "200"
+            };
+            w.entry(
+                json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id),
+                    "request": {"method": method, "url": url},
+                    "response": {"status": status, "etag": etag(s.version), "lastModified": format_instant(s.last_updated)}}),
+                if s.deleted { None } else { Some(&s.body) },
+            );
+        }
+        Ok(Resp {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Raw(w.finish()),
+        })
+    }
+
+    /// `Patient/{id}/$everything`.
+    pub fn everything(&self, req: &Req, id: &str) -> Result<Resp, ApiError> {
+        check_id(id)?;
+        let p = self.store.read("Patient", id)?;
+        if p.as_ref().is_none_or(|p| p.deleted) {
+            return Err(ApiError::not_found(format!("Patient/{id} is not known")));
+        }
+        let mut e = Everything {
+            patient: id.to_string(),
+            count: 1000,
+            ..Default::default()
+        };
+        let date = |k: &str, v: &str| {
+            hutong_fhir::date::parse(v)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid {k} '{v}'")))
+        };
+        for (k, v) in &req.query {
+            match k.as_str() {
+                "start" => e.start = Some(date(k, v)?.lo),
+                "end" => e.end = Some(date(k, v)?.hi),
+                "_since" => e.since = Some(date(k, v)?.lo),
+                "_type" => {
+                    for t in v.split(',') {
+                        check_type(t)?;
+                        e.types.push(t.to_string());
+                    }
+                }
+                "_count" => {
+                    e.count = v
+                        .parse::<usize>()
+                        .map_err(|_| ApiError::bad_request("_count must be a number"))?
+                        .clamp(1, 5000)
+                }
+                "_offset" => {
+                    e.offset = v
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("_offset must be a number"))?
+                }
+                _ => {}
+            }
+        }
+        let page = self.store.everything(&e)?;
+        let canonical: Vec<(String, String)> = req
+            .query
+            .iter()
+            .filter(|(k, _)| k != "_offset")
+            .cloned()
+            .collect();
+        Ok(self.searchset(
+            req,
+            &format!("{}/Patient/{id}/$everything", req.base),
+            &canonical,
+            e.count,
+            e.offset,
+            &page,
+            &[],
+        ))
+    }
+}
+
+/// The single resource matching conditional criteria (`If-None-Exist`, `ifNoneExist`),
+/// `None` when nothing matches; more than one match is a 412.
+pub fn conditional_match(
+    tx: &mut Tx<'_>,
+    t: &str,
+    criteria: &[(String, String)],
+) -> Result<Option<Stored>, ApiError> {
+    let q = Query::parse(t, criteria, true)?;
+    if q.is_empty() {
+        return Err(ApiError::bad_request(
+            "Conditional criteria must contain a search parameter",
+        ));
+    }
+    let page = tx.search(&q.probe())?;
+    match page.matches.len() {
+        0 => Ok(None),
+        1 => Ok(page.matches.into_iter().next()),
+        _ => Err(ApiError::new(
+            412,
+            IssueCode::MultipleMatches,
+            format!(
+                "The criteria {} match more than one {t}",
+                criteria
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn malformed_json_reports_position() {
+        let e = parse_json(b"{\n  \"a\": 1,\n  oops }").unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message().contains("line 3, column 3"), "{}", e.message());
+    }
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            parse_query_string("a=1&code=http%3A%2F%2Floinc.org%7C4548-4&n=%E5%BC%A0+%E4%BC%9F"),
+            vec![
+                ("a".into(), "1".into()),
+                ("code".into(), "http://loinc.org|4548-4".into()),
+                ("n".into(), "张 伟".into())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    proptest! {
+        #[test]
+        fn json_parser_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_json(&b);
+        }
+
+        #[test]
+        fn percent_roundtrip(s in "\\PC{0,40}") {
+            prop_assert_eq!(percent_decode(&percent_encode(&s)), s);
+        }
+    }
+}

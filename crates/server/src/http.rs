@@ -1,0 +1,168 @@
+//! The axum front: turns HTTP into engine requests and engine responses into HTTP, with the
+//! FHIR error shape for everything that can go wrong before the engine (size, media type).
+
+use std::sync::Arc;
+
+use axum::body::to_bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use hutong_fhir::IssueCode;
+
+use crate::engine::{parse_query_string, percent_decode, Body, Engine, Req, Resp};
+use crate::error::ApiError;
+
+/// Shared state of the HTTP front.
+pub struct AppState {
+    pub engine: Engine,
+    pub body_limit: usize,
+    /// Fixed public base URL; derived from `Host` when absent.
+    pub base_url: Option<String>,
+}
+
+/// The router: FHIR under `/fhir`, a health check at `/healthz`.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/fhir", any(fhir))
+        .route("/fhir/", any(fhir))
+        .route("/fhir/{*rest}", any(fhir))
+        .with_state(state)
+}
+
+const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+fn to_response(r: Resp) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut content_type = FHIR_JSON.to_string();
+    let mut headers = HeaderMap::new();
+    for (k, v) in r.headers {
+        if k.eq_ignore_ascii_case("content-type") {
+            content_type = v;
+            continue;
+        }
+        if let (Ok(name), Ok(val)) = (
+            axum::http::HeaderName::try_from(k),
+            HeaderValue::try_from(v),
+        ) {
+            headers.insert(name, val);
+        }
+    }
+    let body = match r.body {
+        Body::Empty => return (status, headers).into_response(),
+        Body::Json(v) => serde_json::to_vec(&v).unwrap_or_default(),
+        Body::Raw(b) => b,
+    };
+    if let Ok(ct) = HeaderValue::try_from(content_type) {
+        headers.insert(axum::http::header::CONTENT_TYPE, ct);
+    }
+    (status, headers, body).into_response()
+}
+
+fn media_ok(method: &str, ct: Option<&str>, path_is_search: bool) -> bool {
+    let Some(ct) = ct else { return true };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match method {
+        "PATCH" => matches!(mime.as_str(), "application/json-patch+json"),
+        "POST" if path_is_search => mime == "application/x-www-form-urlencoded",
+        "POST" | "PUT" => matches!(
+            mime.as_str(),
+            "application/fhir+json" | "application/json" | "application/json+fhir"
+        ),
+        _ => true,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.uri().path()))]
+async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+    let segments: Vec<String> = path
+        .trim_start_matches("/fhir")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let mut headers = std::collections::HashMap::new();
+    for (k, v) in &parts.headers {
+        if let Ok(s) = v.to_str() {
+            headers.insert(k.as_str().to_ascii_lowercase(), s.to_string());
+        }
+    }
+    let is_search = segments.last().is_some_and(|s| s == "_search");
+    if !media_ok(
+        &method,
+        headers.get("content-type").map(String::as_str),
+        is_search,
+    ) {
+        return to_response(Resp::error(&ApiError::new(
+            415,
+            IssueCode::NotSupported,
+            format!(
+                "Unsupported media type '{}': send application/fhir+json (PATCH: application/json-patch+json)",
+                headers.get("content-type").map(String::as_str).unwrap_or("")
+            ),
+        )));
+    }
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        if len > st.body_limit {
+            return too_large(st.body_limit);
+        }
+    }
+    let bytes = match to_bytes(body, st.body_limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(st.body_limit),
+    };
+    let base = st.base_url.clone().unwrap_or_else(|| {
+        let host = headers
+            .get("host")
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}/fhir")
+    });
+    let source = headers
+        .get("x-hutong-source")
+        .cloned()
+        .unwrap_or_else(|| st.engine.config.default_source.clone());
+    let ereq = Req {
+        method,
+        segments,
+        query: parse_query_string(parts.uri.query().unwrap_or("")),
+        headers,
+        body: bytes.to_vec(),
+        base,
+        source,
+        import_key: None,
+    };
+    let engine = st.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.handle(&ereq)).await {
+        Ok(r) => to_response(r),
+        Err(e) => {
+            tracing::error!(error = %e, "Request handler panicked.");
+            to_response(Resp::error(&ApiError::new(
+                500,
+                IssueCode::Exception,
+                "Internal error; the request was not applied.",
+            )))
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    to_response(Resp::error(&ApiError::new(
+        413,
+        IssueCode::TooLong,
+        format!("The request body exceeds the limit of {limit} bytes"),
+    )))
+}

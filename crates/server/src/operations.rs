@@ -1,0 +1,273 @@
+//! Operations: `Patient/{id}/$everything` and FHIR Bulk Data `$export` (system, type and
+//! patient level; asynchronous kick-off, status polling, NDJSON files).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use hutong_fhir::date::{format_instant, now_ms};
+use hutong_fhir::{Definitions, IssueCode};
+use hutong_store::sql::Val;
+use serde_json::{json, Value};
+
+use crate::engine::{Body, Engine, Req, Resp};
+use crate::error::ApiError;
+
+pub fn dispatch(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+    let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    match (req.method.as_str(), seg.as_slice()) {
+        ("GET", ["Patient", id, "$everything"]) => engine.everything(req, id),
+        ("GET", ["$export"]) => kick_off(engine, req, ExportLevel::System),
+        ("GET", ["Patient", "$export"]) => kick_off(engine, req, ExportLevel::Patient),
+        ("GET", [t, "$export"]) => kick_off(engine, req, ExportLevel::Type(t.to_string())),
+        ("GET", ["$export-status", job]) => status(engine, req, job),
+        ("DELETE", ["$export-status", job]) => cancel(engine, job),
+        ("GET", ["$export-file", job, name]) => file(engine, job, name),
+        _ => Err(ApiError::new(
+            400,
+            IssueCode::NotSupported,
+            format!("Operation {} is not supported here", req.segments.join("/")),
+        )),
+    }
+}
+
+enum ExportLevel {
+    System,
+    Patient,
+    Type(String),
+}
+
+fn export_dir(engine: &Engine) -> PathBuf {
+    engine.config.export_dir.clone()
+}
+
+fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiError> {
+    if !req
+        .header("prefer")
+        .is_some_and(|p| p.contains("respond-async"))
+    {
+        return Err(ApiError::bad_request(
+            "$export is asynchronous: send 'Prefer: respond-async'",
+        ));
+    }
+    let defs = Definitions::get();
+    let mut types: Vec<String> = match &level {
+        ExportLevel::System => defs.resource_types().to_vec(),
+        ExportLevel::Patient => {
+            let mut t: Vec<String> = defs.compartment_types().map(String::from).collect();
+            t.push("Patient".into());
+            t.sort();
+            t.dedup();
+            t
+        }
+        ExportLevel::Type(t) => {
+            if !defs.is_resource_type(t) {
+                return Err(ApiError::not_found(format!("Unknown resource type '{t}'")));
+            }
+            vec![t.clone()]
+        }
+    };
+    let mut since = None;
+    for (k, v) in &req.query {
+        match k.as_str() {
+            "_type" => {
+                let wanted: Vec<&str> = v.split(',').collect();
+                for w in &wanted {
+                    if !defs.is_resource_type(w) {
+                        return Err(ApiError::bad_request(format!(
+                            "_type names an unknown type '{w}'"
+                        )));
+                    }
+                }
+                types.retain(|t| wanted.contains(&t.as_str()));
+            }
+            "_since" => {
+                since = Some(
+                    hutong_fhir::date::parse(v)
+                        .ok_or_else(|| ApiError::bad_request(format!("Invalid _since '{v}'")))?
+                        .lo,
+                )
+            }
+            "_outputFormat" => {
+                if !matches!(
+                    v.as_str(),
+                    "application/fhir+ndjson" | "application/ndjson" | "ndjson"
+                ) {
+                    return Err(ApiError::bad_request(format!(
+                        "Unsupported _outputFormat '{v}'"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    let job = uuid::Uuid::new_v4().to_string();
+    let request_url = format!("{}/{}", req.base, req.segments.join("/"));
+    let now = now_ms();
+    engine.store.exec_admin(
+        "INSERT INTO jobs (id, kind, state, request, result, created, updated) VALUES (?, 'export', 'running', ?, '', ?, ?)",
+        &[Val::Text(job.clone()), Val::Text(request_url.clone()), Val::Int(now), Val::Int(now)],
+    )?;
+    let patients_only = matches!(level, ExportLevel::Patient);
+    let e = engine.clone();
+    let j = job.clone();
+    let base = req.base.clone();
+    std::thread::spawn(move || {
+        let result = run_export(
+            &e,
+            &j,
+            &types,
+            since,
+            patients_only,
+            &base,
+            &request_url,
+            now,
+        );
+        let (state, text) = match result {
+            Ok(manifest) => ("done", manifest.to_string()),
+            Err(err) => {
+                tracing::error!(job = %j, error = %err, "Export failed.");
+                ("failed", err)
+            }
+        };
+        let _ = e.store.exec_admin(
+            "UPDATE jobs SET state = ?, result = ?, updated = ? WHERE id = ? AND state = 'running'",
+            &[
+                Val::Text(state.into()),
+                Val::Text(text),
+                Val::Int(now_ms()),
+                Val::Text(j.clone()),
+            ],
+        );
+    });
+    Ok(Resp {
+        status: 202,
+        headers: vec![(
+            "Content-Location".into(),
+            format!("{}/$export-status/{job}", req.base),
+        )],
+        body: Body::Json(hutong_fhir::Outcome::info(format!("Export {job} started")).to_json()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_export(
+    engine: &Engine,
+    job: &str,
+    types: &[String],
+    since: Option<i64>,
+    patients_only: bool,
+    base: &str,
+    request_url: &str,
+    started: i64,
+) -> Result<Value, String> {
+    let dir = export_dir(engine).join(job);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut output = Vec::new();
+    for t in types {
+        let mut after = 0;
+        let mut count = 0u64;
+        let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
+        loop {
+            let (batch, last) = engine
+                .store
+                .scan(t, since, patients_only, after, 1000)
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                break;
+            }
+            let f = match &mut file {
+                Some(f) => f,
+                None => {
+                    let f = std::fs::File::create(dir.join(format!("{t}.ndjson")))
+                        .map_err(|e| e.to_string())?;
+                    file.insert(std::io::BufWriter::new(f))
+                }
+            };
+            for s in &batch {
+                f.write_all(&s.body)
+                    .and_then(|_| f.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+                count += 1;
+            }
+            after = last;
+        }
+        if let Some(mut f) = file {
+            f.flush().map_err(|e| e.to_string())?;
+            output.push(json!({"type": t, "url": format!("{base}/$export-file/{job}/{t}.ndjson"), "count": count}));
+        }
+    }
+    Ok(json!({
+        "transactionTime": format_instant(started),
+        "request": request_url,
+        "requiresAccessToken": false,
+        "output": output,
+        "error": []
+    }))
+}
+
+fn job_row(engine: &Engine, job: &str) -> Result<(String, String), ApiError> {
+    let rows = engine.store.query_admin(
+        "SELECT state, result FROM jobs WHERE id = ? AND kind = 'export'",
+        &[Val::Text(job.into())],
+    )?;
+    let r = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("No export job {job}")))?;
+    Ok((r[0].text().to_string(), r[1].text().to_string()))
+}
+
+fn status(engine: &Engine, _req: &Req, job: &str) -> Result<Resp, ApiError> {
+    let (state, result) = job_row(engine, job)?;
+    match state.as_str() {
+        "running" => Ok(Resp {
+            status: 202,
+            headers: vec![
+                ("X-Progress".into(), "in progress".into()),
+                ("Retry-After".into(), "1".into()),
+            ],
+            body: Body::Empty,
+        }),
+        "done" => Ok(Resp::json(
+            200,
+            serde_json::from_str(&result).unwrap_or(Value::Null),
+        )),
+        "cancelled" => Err(ApiError::not_found(format!("Export {job} was cancelled"))),
+        _ => Err(ApiError::new(
+            500,
+            IssueCode::Exception,
+            format!("Export {job} failed: {result}"),
+        )),
+    }
+}
+
+fn cancel(engine: &Engine, job: &str) -> Result<Resp, ApiError> {
+    job_row(engine, job)?;
+    engine.store.exec_admin(
+        "UPDATE jobs SET state = 'cancelled' WHERE id = ?",
+        &[Val::Text(job.into())],
+    )?;
+    let _ = std::fs::remove_dir_all(export_dir(engine).join(job));
+    Ok(Resp {
+        status: 202,
+        headers: Vec::new(),
+        body: Body::Empty,
+    })
+}
+
+fn file(engine: &Engine, job: &str, name: &str) -> Result<Resp, ApiError> {
+    let (state, _) = job_row(engine, job)?;
+    let t = name.strip_suffix(".ndjson").unwrap_or("");
+    if state != "done" || !Definitions::get().is_resource_type(t) {
+        return Err(ApiError::not_found(format!(
+            "No file {name} in export {job}"
+        )));
+    }
+    let bytes = std::fs::read(export_dir(engine).join(job).join(name))
+        .map_err(|_| ApiError::not_found(format!("No file {name} in export {job}")))?;
+    Ok(Resp {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/fhir+ndjson".into())],
+        body: Body::Raw(bytes),
+    })
+}

@@ -1,0 +1,8 @@
+//! The HTTP integration suite: one test binary, a real server on a free port per test.
+
+mod helpers;
+
+mod bundles;
+mod crud;
+mod errors;
+mod search;
