@@ -4,6 +4,7 @@
 //! (`--config`, default `./hutong.toml` when present), in that order of precedence.
 
 mod bench;
+mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

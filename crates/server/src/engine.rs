@@ -728,7 +728,7 @@ impl Engine {
             Some(p) => format!("{}/Patient/{p}/{t}", req.base),
             None => format!("{}/{t}", req.base),
         };
-        Ok(self.searchset(
+        Ok(Self::searchset(
             req,
             &path,
             &q.canonical,
@@ -740,7 +740,6 @@ impl Engine {
     }
 
     fn searchset(
-        &self,
         req: &Req,
         path: &str,
         canonical: &[(String, String)],
@@ -933,7 +932,7 @@ impl Engine {
             .filter(|(k, _)| k != "_offset")
             .cloned()
             .collect();
-        Ok(self.searchset(
+        Ok(Self::searchset(
             req,
             &format!("{}/Patient/{id}/$everything", req.base),
             &canonical,

@@ -87,15 +87,15 @@ fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiE
                         .lo,
                 )
             }
-            "_outputFormat" => {
+            "_outputFormat"
                 if !matches!(
                     v.as_str(),
                     "application/fhir+ndjson" | "application/ndjson" | "ndjson"
-                ) {
-                    return Err(ApiError::bad_request(format!(
-                        "Unsupported _outputFormat '{v}'"
-                    )));
-                }
+                ) =>
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Unsupported _outputFormat '{v}'"
+                )));
             }
             _ => {}
         }

@@ -20,6 +20,10 @@ mod pool;
 pub mod schema;
 pub mod search;
 pub mod sql;
+/// The PostgreSQL client, re-exported for tools that administer databases.
+pub mod pg {
+    pub use postgres::{Client, NoTls};
+}
 #[doc(hidden)]
 pub mod testing;
 mod write;

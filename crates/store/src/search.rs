@@ -422,14 +422,12 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
                 ParamType::Number | ParamType::Quantity => {
                     parse_prefixed_number(key, v.split('|').next().unwrap_or(v))?;
                 }
-                ParamType::Composite => {
-                    if !v.contains('$') {
-                        return Err(invalid(
-                            key,
-                            v,
-                            "a composite value has two parts joined by '$'",
-                        ));
-                    }
+                ParamType::Composite if !v.contains('$') => {
+                    return Err(invalid(
+                        key,
+                        v,
+                        "a composite value has two parts joined by '$'",
+                    ));
                 }
                 _ => {}
             }

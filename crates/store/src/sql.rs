@@ -171,23 +171,39 @@ impl Conn for SqliteConn {
 // PostgreSQL
 
 pub struct PgConn {
-    pub client: postgres::Client,
+    client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The synchronous client closes its connection by blocking on an internal runtime,
+        // which panics when the last Store handle is dropped on an async worker thread (at
+        // server shutdown). Closing on a plain thread is always safe.
+        self.statements.clear();
+        if let Some(client) = self.client.take() {
+            std::thread::spawn(move || drop(client));
+        }
+    }
 }
 
 impl PgConn {
     pub fn new(client: postgres::Client) -> PgConn {
         PgConn {
-            client,
+            client: Some(client),
             statements: HashMap::new(),
         }
+    }
+
+    fn c(&mut self) -> &mut postgres::Client {
+        self.client.as_mut().expect("client present until drop")
     }
 
     fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let st = self.client.prepare(&number_placeholders(sql))?;
+        let st = self.c().prepare(&number_placeholders(sql))?;
         if self.statements.len() > 512 {
             self.statements.clear();
         }
@@ -268,7 +284,7 @@ impl Conn for PgConn {
             .iter()
             .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        Ok(self.client.execute(&st, &refs)?)
+        Ok(self.c().execute(&st, &refs)?)
     }
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let st = self.prepare(sql)?;
@@ -277,7 +293,7 @@ impl Conn for PgConn {
             .iter()
             .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let rows = self.client.query(&st, &refs)?;
+        let rows = self.c().query(&st, &refs)?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -339,7 +355,7 @@ impl Conn for PgConn {
         let st = match self.statements.get(&sql) {
             Some(s) => s.clone(),
             None => {
-                let s = self.client.prepare(&sql)?;
+                let s = self.c().prepare(&sql)?;
                 self.statements.insert(sql, s.clone());
                 s
             }
@@ -348,11 +364,11 @@ impl Conn for PgConn {
             .iter()
             .map(|b| b.as_ref() as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        self.client.execute(&st, &refs)?;
+        self.c().execute(&st, &refs)?;
         Ok(())
     }
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.client.batch_execute(sql)?)
+        Ok(self.c().batch_execute(sql)?)
     }
 }
 
