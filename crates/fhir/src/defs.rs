@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::path::{self, Expr};
 
+
 const R4_JSON: &str = include_str!("../defs/r4.json");
 
 /// A search parameter's type, as R4 defines it.
@@ -59,6 +60,65 @@ pub struct SearchParamDef {
     pub expr: Option<Expr>,
     pub targets: Vec<String>,
     pub components: Vec<Component>,
+    /// Set when this parameter's values are those of another parameter of the same type, so
+    /// they are stored once (see [`Derived`]).
+    pub derived: Option<Derived>,
+}
+
+/// How a parameter is served from another one's index rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derived {
+    /// Same expression as `base`.
+    Same { base: String },
+    /// `base.where(resolve() is target)`: the base's references of that type.
+    Restrict { base: String, target: String },
+    /// `base | more`: the base's rows plus rows of its own for the values the base lacks.
+    Union { base: String },
+}
+
+/// Finds the parameters whose values another parameter of the type already indexes.
+fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
+    let snapshot: Vec<(String, ParamType, Option<Expr>)> =
+        m.values().map(|p| (p.code.clone(), p.kind, p.expr.clone())).collect();
+    let find = |kind: ParamType, e: &Expr, not: &str| -> Option<String> {
+        snapshot
+            .iter()
+            .find(|(c, k, x)| c != not && *k == kind && x.as_ref() == Some(e) && !c.starts_with('_'))
+            .map(|(c, _, _)| c.clone())
+    };
+    let mut found = Vec::new();
+    for (code, kind, expr) in &snapshot {
+        let Some(e) = expr else { continue };
+        if code.starts_with('_') || *kind == ParamType::Composite {
+            continue;
+        }
+        let d = if let Some(base) = find(*kind, e, code).filter(|b| b < code) {
+            Some(Derived::Same { base })
+        } else if let Some((inner, target)) = path::as_resolve_filter(e) {
+            find(*kind, inner, code).map(|base| Derived::Restrict { base, target: target.to_string() })
+        } else if let Expr::Union(a, _) = e {
+            find(*kind, a, code).map(|base| Derived::Union { base })
+        } else {
+            None
+        };
+        if let Some(d) = d {
+            found.push((code.clone(), d));
+        }
+    }
+    // A parameter that others derive from must itself be stored.
+    let bases: HashSet<String> = found
+        .iter()
+        .map(|(_, d)| match d {
+            Derived::Same { base } | Derived::Restrict { base, .. } | Derived::Union { base } => base.clone(),
+        })
+        .collect();
+    for (code, d) in found {
+        if !bases.contains(&code) {
+            if let Some(p) = m.get_mut(&code) {
+                p.derived = Some(d);
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -113,11 +173,14 @@ impl Definitions {
         let type_set: HashSet<String> = raw.resource_types.iter().cloned().collect();
         let mut common: Vec<&RawParam> = Vec::new();
         let mut params: HashMap<String, BTreeMap<String, SearchParamDef>> = HashMap::new();
-        let build = |p: &RawParam| -> Result<SearchParamDef, String> {
+        let build = |p: &RawParam, rtype: &str| -> Result<SearchParamDef, String> {
             let expr = if p.expr.is_empty() {
                 None
             } else {
-                Some(path::parse(&p.expr).map_err(|e| format!("{}: {e}", p.code))?)
+                let full = path::parse(&p.expr).map_err(|e| format!("{}: {e}", p.code))?;
+                // Shared parameters (clinical-patient, …) list a branch per base type:
+                // keep only this type's branches, so extraction evaluates what applies.
+                path::specialize(&full, rtype)
             };
             let components = p
                 .component
@@ -137,6 +200,7 @@ impl Definitions {
                 expr,
                 targets: p.target.clone(),
                 components,
+                derived: None,
             })
         };
         for p in &raw.search_parameters {
@@ -147,15 +211,16 @@ impl Definitions {
                     params
                         .entry(base.clone())
                         .or_default()
-                        .insert(p.code.clone(), build(p)?);
+                        .insert(p.code.clone(), build(p, base)?);
                 }
             }
         }
         for t in &raw.resource_types {
             let m = params.entry(t.clone()).or_default();
             for p in &common {
-                m.entry(p.code.clone()).or_insert(build(p)?);
+                m.entry(p.code.clone()).or_insert(build(p, t)?);
             }
+            derive(m);
         }
         Ok(Definitions {
             types: raw.resource_types,
@@ -219,5 +284,16 @@ mod tests {
         );
         let subject = d.param("Observation", "subject").unwrap();
         assert!(subject.targets.iter().any(|t| t == "Patient"));
+        assert_eq!(
+            d.param("Observation", "patient").unwrap().derived,
+            Some(Derived::Restrict { base: "subject".into(), target: "Patient".into() })
+        );
+        assert_eq!(
+            d.param("Observation", "combo-code").unwrap().derived,
+            Some(Derived::Union { base: "code".into() })
+        );
+        assert!(d.param("Observation", "code").unwrap().derived.is_none());
+        // The shared clinical-patient expression is cut down to this type's branch.
+        assert_eq!(d.param("Condition", "patient").unwrap().expr, Some(path::parse("Condition.subject.where(resolve() is Patient)").unwrap()));
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::date::{self, Range};
-use crate::defs::{Definitions, ParamType, SearchParamDef};
+use crate::defs::{Definitions, Derived, ParamType, SearchParamDef};
 use crate::id::Reference;
 use crate::normalize_string;
 use crate::path::{eval, eval_in, Item};
@@ -72,6 +72,9 @@ pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
             continue;
         }
         let Some(expr) = &p.expr else { continue };
+        if matches!(p.derived, Some(Derived::Same { .. }) | Some(Derived::Restrict { .. })) {
+            continue;
+        }
         let items = eval(expr, &root);
         if items.is_empty() {
             continue;
@@ -84,10 +87,21 @@ pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
             values(p.kind, code, it, &mut out);
         }
     }
-    out.dedup();
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|e| seen.insert(format!("{}\u{1}{:?}", e.param, e.value)));
-    out
+    // Entries per resource are few (tens): a quadratic dedup beats hashing formatted keys.
+    let mut unique: Vec<Entry> = Vec::with_capacity(out.len());
+    for e in out {
+        if unique.contains(&e) {
+            continue;
+        }
+        // A `base | more` parameter keeps only the values its base does not already have.
+        if let Some(Some(Derived::Union { base })) = params.get(&e.param).map(|p| &p.derived) {
+            if unique.iter().any(|u| &u.param == base && u.value == e.value) {
+                continue;
+            }
+        }
+        unique.push(e);
+    }
+    unique
 }
 
 /// The Patient whose compartment owns `resource`: the Patient itself, or the first Patient
@@ -97,10 +111,16 @@ pub fn compartment_owner(rtype: &str, id: &str, entries: &[Entry]) -> Option<Str
     if rtype == "Patient" {
         return Some(id.to_string());
     }
-    let params = Definitions::get().compartment_params(rtype)?;
+    let defs = Definitions::get();
+    let params = defs.compartment_params(rtype)?;
     params.iter().find_map(|p| {
+        // A derived parameter's values are stored under its base.
+        let stored = match defs.param(rtype, p).and_then(|d| d.derived.as_ref()) {
+            Some(Derived::Same { base }) | Some(Derived::Restrict { base, .. }) => base.as_str(),
+            _ => p.as_str(),
+        };
         entries.iter().find_map(|e| match &e.value {
-            IndexValue::Reference { rtype, id } if &e.param == p && rtype == "Patient" => {
+            IndexValue::Reference { rtype, id } if e.param == stored && rtype == "Patient" => {
                 Some(id.clone())
             }
             _ => None,
@@ -429,7 +449,9 @@ mod tests {
                 id: "p1".into()
             }]
         );
-        assert_eq!(find(&es, "patient").len(), 1);
+        // `patient` is served from `subject`'s rows, `combo-code` from `code`'s.
+        assert!(find(&es, "patient").is_empty());
+        assert!(find(&es, "combo-code").is_empty());
         assert_eq!(find(&es, "value-quantity").len(), 1);
         assert_eq!(find(&es, "_tag").len(), 1);
         assert_eq!(find(&es, "_source"), [&IndexValue::Uri("urn:org:1".into())]);

@@ -18,7 +18,7 @@ pub mod index;
 pub mod outcome;
 pub mod path;
 
-pub use defs::{Definitions, ParamType, SearchParamDef};
+pub use defs::{Definitions, Derived, ParamType, SearchParamDef};
 pub use id::{is_valid_id, Reference};
 pub use outcome::{IssueCode, Outcome};
 

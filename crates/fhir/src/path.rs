@@ -328,6 +328,44 @@ pub fn parse(s: &str) -> Result<Expr, ParseError> {
     Ok(e)
 }
 
+/// The branches of `e` that apply to resources of `rtype`: union members rooted at another
+/// resource type are dropped (`None` when nothing is left).
+pub fn specialize(e: &Expr, rtype: &str) -> Option<Expr> {
+    match e {
+        Expr::Union(a, b) => match (specialize(a, rtype), specialize(b, rtype)) {
+            (Some(a), Some(b)) => Some(Expr::Union(Box::new(a), Box::new(b))),
+            (a, b) => a.or(b),
+        },
+        other => match root_type(other) {
+            Some(t) if t != rtype && t != "Resource" && t != "DomainResource" => None,
+            _ => Some(other.clone()),
+        },
+    }
+}
+
+/// The type name a path starts from (`Observation` in `Observation.code.where(…)`).
+fn root_type(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Child(on, name) if **on == Expr::This => {
+            name.starts_with(|c: char| c.is_ascii_uppercase()).then_some(name.as_str())
+        }
+        Expr::Child(on, _) | Expr::Call(on, _) | Expr::As(on, _) | Expr::Is(on, _) => root_type(on),
+        _ => None,
+    }
+}
+
+/// Recognises `X.where(resolve() is T)`, returning `X` and `T`.
+pub fn as_resolve_filter(e: &Expr) -> Option<(&Expr, &str)> {
+    if let Expr::Call(inner, Func::Where(cond)) = e {
+        if let Expr::Is(r, t) = cond.as_ref() {
+            if matches!(r.as_ref(), Expr::Call(this, Func::Resolve) if **this == Expr::This) {
+                return Some((inner, t));
+            }
+        }
+    }
+    None
+}
+
 /// A value produced by evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item<'a> {

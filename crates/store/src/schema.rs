@@ -263,6 +263,26 @@ impl Catalog {
         self.params.get(&(t.to_string(), code.to_string())).copied()
     }
 
+    /// The stored parameter ids that serve search parameter `code` (which may carry a
+    /// `:identifier`/`:text`/`:of-type` suffix) and, for a `X.where(resolve() is T)`
+    /// parameter, the target type id its references must have. Parameters derived from
+    /// another one (`fhir::Derived`) are served from that one's rows.
+    pub fn pids(&self, rtype: &str, code: &str) -> (Vec<i64>, Option<i64>) {
+        let (name, suffix) = match code.split_once(':') {
+            Some((n, s)) => (n, format!(":{s}")),
+            None => (code, String::new()),
+        };
+        let id = |c: &str| self.param_id(rtype, &format!("{c}{suffix}")).unwrap_or(-1);
+        match Definitions::get().param(rtype, name).and_then(|p| p.derived.as_ref()) {
+            None => (vec![id(name)], None),
+            Some(hutong_fhir::Derived::Same { base }) => (vec![id(base)], None),
+            Some(hutong_fhir::Derived::Restrict { base, target }) => {
+                (vec![id(base)], Some(self.type_id(target).unwrap_or(-1)))
+            }
+            Some(hutong_fhir::Derived::Union { base }) => (vec![id(name), id(base)], None),
+        }
+    }
+
     pub fn system_id(&self, s: &str) -> Option<i64> {
         self.systems.get(s).copied()
     }

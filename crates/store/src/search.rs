@@ -513,9 +513,16 @@ impl Sql<'_> {
         "?"
     }
 
-    fn pid(&self, rtype: &str, code: &str) -> i64 {
-        // An unknown pair matches nothing (-1 is never assigned).
-        self.cat.param_id(rtype, code).unwrap_or(-1)
+    /// The stored parameter ids serving `code`, as a SQL list (an unknown pair is -1, which
+    /// matches nothing).
+    fn pid(&self, rtype: &str, code: &str) -> String {
+        let (ids, _) = self.cat.pids(rtype, code);
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    /// The reference type a derived `X.where(resolve() is T)` parameter is limited to.
+    fn only_type(&self, rtype: &str, code: &str) -> Option<i64> {
+        self.cat.pids(rtype, code).1
     }
 
     fn type_id(&self, rtype: &str) -> i64 {
@@ -544,7 +551,7 @@ impl Sql<'_> {
                     .compartment_params(rtype)
                     .unwrap_or(&[])
                     .iter()
-                    .map(|p| self.pid(rtype, p).to_string())
+                    .map(|p| self.pid(rtype, p))
                     .collect();
                 let a = self.p(patient.as_str());
                 let b = self.p(pt);
@@ -561,10 +568,13 @@ impl Sql<'_> {
             } => {
                 let pid = self.pid(rtype, code);
                 let tt = self.type_id(target);
+                if self.only_type(rtype, code).is_some_and(|o| o != tt) {
+                    return "SELECT shard, rid FROM res WHERE 1 = 0".into();
+                }
                 let inner_sql = self.sub_for(target, inner);
                 format!(
                     "SELECT f.shard, f.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
-                     AND t.id = f.tid WHERE f.pid = {pid} AND f.ttype = {tt} \
+                     AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
                      AND (t.shard, t.rid) IN ({inner_sql})"
                 )
             }
@@ -576,10 +586,13 @@ impl Sql<'_> {
             } => {
                 let pid = self.pid(source, param);
                 let tt = self.type_id(rtype);
+                if self.only_type(source, param).is_some_and(|o| o != tt) {
+                    return "SELECT shard, rid FROM res WHERE 1 = 0".into();
+                }
                 let inner_sql = self.sub_for(source, inner);
                 format!(
                     "SELECT t.shard, t.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
-                     AND t.id = f.tid WHERE f.pid = {pid} AND f.ttype = {tt} \
+                     AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
                      AND (f.shard, f.rid) IN ({inner_sql})"
                 )
             }
@@ -728,15 +741,19 @@ impl Sql<'_> {
             ParamType::Composite => "ix_comp",
             ParamType::Special => "ix_num",
         };
+        let restrict = match self.only_type(rtype, code) {
+            Some(t) if kind == ParamType::Reference => format!(" AND ttype = {t}"),
+            _ => String::new(),
+        };
         if modifier == Some("missing") {
             let t = self.type_id(rtype);
             return if values.first().map(String::as_str) == Some("true") {
                 format!(
                     "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
-                     NOT IN (SELECT shard, rid FROM {table} WHERE pid = {pid})"
+                     NOT IN (SELECT shard, rid FROM {table} WHERE pid IN ({pid}){restrict})"
                 )
             } else {
-                format!("SELECT shard, rid FROM {table} WHERE pid = {pid}")
+                format!("SELECT shard, rid FROM {table} WHERE pid IN ({pid}){restrict}")
             };
         }
         let mut preds = Vec::new();
@@ -812,7 +829,8 @@ impl Sql<'_> {
                         pid = self.pid(rtype, &format!("{code}:identifier"));
                         self.token_pred(v)
                     } else {
-                        self.ref_pred(modifier, v)
+                        let p = self.ref_pred(modifier, v);
+                        format!("({p}{restrict})")
                     }
                 }
                 ParamType::Composite => self.composite_pred(rtype, code, v),
@@ -821,7 +839,7 @@ impl Sql<'_> {
             preds.push(pred);
         }
         let body = format!(
-            "SELECT shard, rid FROM {table} WHERE pid = {pid} AND ({})",
+            "SELECT shard, rid FROM {table} WHERE pid IN ({pid}) AND ({})",
             preds.join(" OR ")
         );
         if modifier == Some("not") {
@@ -958,7 +976,7 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     let defs = Definitions::get();
     let mut cols = Vec::new();
     let mut order = Vec::new();
-    let mut sort_params = Vec::new();
+    let sort_params: Vec<Val> = Vec::new();
     for (i, (code, desc)) in q.sort.iter().enumerate() {
         let dir = if *desc { "DESC" } else { "ASC" };
         let agg = if *desc { "MAX" } else { "MIN" };
@@ -969,7 +987,7 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
                 let Some(p) = defs.param(&q.rtype, code) else {
                     continue;
                 };
-                let pid = cat.param_id(&q.rtype, code).unwrap_or(-1);
+                let pids: Vec<String> = cat.pids(&q.rtype, code).0.iter().map(i64::to_string).collect();
                 let (table, col) = match p.kind {
                     ParamType::Date => ("ix_date", if *desc { "hi" } else { "lo" }),
                     ParamType::String => ("ix_str", "norm"),
@@ -978,9 +996,9 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
                     ParamType::Reference => ("ix_ref", "tid"),
                     _ => continue,
                 };
-                sort_params.push(Val::Int(pid));
                 format!(
-                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = r.shard AND x.rid = r.rid AND x.pid = ?)"
+                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = r.shard AND x.rid = r.rid AND x.pid IN ({}))",
+                    pids.join(",")
                 )
             }
         };
@@ -1072,8 +1090,13 @@ fn includes(
             };
             let pids: Vec<String> = params
                 .iter()
-                .map(|p| cat.param_id(&inc.source, p).unwrap_or(-1).to_string())
+                .flat_map(|p| cat.pids(&inc.source, p).0)
+                .map(|p| p.to_string())
                 .collect();
+            // `Observation:patient` is `subject` limited to Patient targets.
+            let only = if inc.param == "*" { None } else { cat.pids(&inc.source, &inc.param).1 };
+            let target = inc.target.clone().or_else(|| only.and_then(|t| cat.type_name(t)).map(String::from));
+            let inc = &Include { target, ..inc.clone() };
             if inc.reverse {
                 // Resources of `source` that point at anything in the frontier.
                 let mut targets = Vec::new();
@@ -1155,10 +1178,10 @@ pub(crate) fn everything(
             continue;
         }
         for p in defs.compartment_params(t).unwrap_or(&[]) {
-            pids.push(cat.param_id(t, p).unwrap_or(-1).to_string());
+            pids.extend(cat.pids(t, p).0.iter().map(i64::to_string));
         }
-        if let Some(d) = cat.param_id(t, "date") {
-            date_pids.push(d.to_string());
+        if defs.param(t, "date").is_some() {
+            date_pids.extend(cat.pids(t, "date").0.iter().map(i64::to_string));
         }
     }
     let mut params = vec![Val::Int(pt), Val::Text(e.patient.clone())];

@@ -15,15 +15,42 @@ use crate::{shard_of, HistoryScope, StoreError, Stored};
 /// MB/s, far cheaper than the index work of a write.
 const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    // A zstd context costs more to set up than compressing a 1 KB resource: keep one per thread.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 pub(crate) fn compress(json: &[u8]) -> Result<Vec<u8>, StoreError> {
-    Ok(zstd::bulk::compress(json, ZSTD_LEVEL)?)
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        Ok(c.as_mut().expect("set above").compress(json)?)
+    })
 }
 
 pub(crate) fn decompress(blob: &[u8]) -> Result<Vec<u8>, StoreError> {
     if blob.is_empty() {
         return Ok(Vec::new());
     }
-    zstd::stream::decode_all(blob).map_err(|e| StoreError::Corrupt(e.to_string()))
+    let size = match zstd::zstd_safe::get_frame_content_size(blob) {
+        Ok(Some(n)) => n as usize,
+        _ => return zstd::stream::decode_all(blob).map_err(|e| StoreError::Corrupt(e.to_string())),
+    };
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("set above")
+            .decompress(blob, size)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    })
 }
 
 /// A write transaction. Everything done through it commits together.
