@@ -30,7 +30,8 @@ pub struct BenchArgs {
     /// Where to write the report.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
-    /// Working directory for the benchmark stores (removed afterwards).
+    /// Working directory for the benchmark stores (kept afterwards; by default a temporary
+    /// directory that is removed).
     #[arg(long)]
     work_dir: Option<PathBuf>,
 }
@@ -382,7 +383,10 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     );
 
     write_report(&args, &rep, resources, started.elapsed())?;
-    let _ = std::fs::remove_dir_all(&work);
+    // A directory the user named is kept for inspection; our temporary one is not.
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     Ok(())
 }
 

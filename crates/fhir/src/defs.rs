@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use crate::path::{self, Expr};
 
-
 const R4_JSON: &str = include_str!("../defs/r4.json");
 
 /// A search parameter's type, as R4 defines it.
@@ -78,12 +77,16 @@ pub enum Derived {
 
 /// Finds the parameters whose values another parameter of the type already indexes.
 fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
-    let snapshot: Vec<(String, ParamType, Option<Expr>)> =
-        m.values().map(|p| (p.code.clone(), p.kind, p.expr.clone())).collect();
+    let snapshot: Vec<(String, ParamType, Option<Expr>)> = m
+        .values()
+        .map(|p| (p.code.clone(), p.kind, p.expr.clone()))
+        .collect();
     let find = |kind: ParamType, e: &Expr, not: &str| -> Option<String> {
         snapshot
             .iter()
-            .find(|(c, k, x)| c != not && *k == kind && x.as_ref() == Some(e) && !c.starts_with('_'))
+            .find(|(c, k, x)| {
+                c != not && *k == kind && x.as_ref() == Some(e) && !c.starts_with('_')
+            })
             .map(|(c, _, _)| c.clone())
     };
     let mut found = Vec::new();
@@ -95,7 +98,10 @@ fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
         let d = if let Some(base) = find(*kind, e, code).filter(|b| b < code) {
             Some(Derived::Same { base })
         } else if let Some((inner, target)) = path::as_resolve_filter(e) {
-            find(*kind, inner, code).map(|base| Derived::Restrict { base, target: target.to_string() })
+            find(*kind, inner, code).map(|base| Derived::Restrict {
+                base,
+                target: target.to_string(),
+            })
         } else if let Expr::Union(a, _) = e {
             find(*kind, a, code).map(|base| Derived::Union { base })
         } else {
@@ -109,7 +115,9 @@ fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
     let bases: HashSet<String> = found
         .iter()
         .map(|(_, d)| match d {
-            Derived::Same { base } | Derived::Restrict { base, .. } | Derived::Union { base } => base.clone(),
+            Derived::Same { base } | Derived::Restrict { base, .. } | Derived::Union { base } => {
+                base.clone()
+            }
         })
         .collect();
     for (code, d) in found {
@@ -286,14 +294,22 @@ mod tests {
         assert!(subject.targets.iter().any(|t| t == "Patient"));
         assert_eq!(
             d.param("Observation", "patient").unwrap().derived,
-            Some(Derived::Restrict { base: "subject".into(), target: "Patient".into() })
+            Some(Derived::Restrict {
+                base: "subject".into(),
+                target: "Patient".into()
+            })
         );
         assert_eq!(
             d.param("Observation", "combo-code").unwrap().derived,
-            Some(Derived::Union { base: "code".into() })
+            Some(Derived::Union {
+                base: "code".into()
+            })
         );
         assert!(d.param("Observation", "code").unwrap().derived.is_none());
         // The shared clinical-patient expression is cut down to this type's branch.
-        assert_eq!(d.param("Condition", "patient").unwrap().expr, Some(path::parse("Condition.subject.where(resolve() is Patient)").unwrap()));
+        assert_eq!(
+            d.param("Condition", "patient").unwrap().expr,
+            Some(path::parse("Condition.subject.where(resolve() is Patient)").unwrap())
+        );
     }
 }

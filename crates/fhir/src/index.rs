@@ -72,7 +72,10 @@ pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
             continue;
         }
         let Some(expr) = &p.expr else { continue };
-        if matches!(p.derived, Some(Derived::Same { .. }) | Some(Derived::Restrict { .. })) {
+        if matches!(
+            p.derived,
+            Some(Derived::Same { .. }) | Some(Derived::Restrict { .. })
+        ) {
             continue;
         }
         let items = eval(expr, &root);
@@ -95,7 +98,10 @@ pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
         }
         // A `base | more` parameter keeps only the values its base does not already have.
         if let Some(Some(Derived::Union { base })) = params.get(&e.param).map(|p| &p.derived) {
-            if unique.iter().any(|u| &u.param == base && u.value == e.value) {
+            if unique
+                .iter()
+                .any(|u| &u.param == base && u.value == e.value)
+            {
                 continue;
             }
         }

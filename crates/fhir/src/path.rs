@@ -346,9 +346,9 @@ pub fn specialize(e: &Expr, rtype: &str) -> Option<Expr> {
 /// The type name a path starts from (`Observation` in `Observation.code.where(…)`).
 fn root_type(e: &Expr) -> Option<&str> {
     match e {
-        Expr::Child(on, name) if **on == Expr::This => {
-            name.starts_with(|c: char| c.is_ascii_uppercase()).then_some(name.as_str())
-        }
+        Expr::Child(on, name) if **on == Expr::This => name
+            .starts_with(|c: char| c.is_ascii_uppercase())
+            .then_some(name.as_str()),
         Expr::Child(on, _) | Expr::Call(on, _) | Expr::As(on, _) | Expr::Is(on, _) => root_type(on),
         _ => None,
     }

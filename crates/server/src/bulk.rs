@@ -99,48 +99,17 @@ pub fn import(
         let name = f.display().to_string();
         let is_ndjson = f.extension().and_then(|x| x.to_str()) == Some("ndjson");
         if is_ndjson {
-            let reader = BufReader::new(std::fs::File::open(f)?);
-            let mut chunk: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
-            let mut chunk_no = 0i64;
-            let mut chunk_bytes = 0u64;
-            for (i, line) in reader.lines().enumerate() {
-                let line = line?;
-                chunk_bytes += line.len() as u64 + 1;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                chunk.push((i + 1, line));
-                if chunk.len() == CHUNK {
-                    load_lines(
-                        engine,
-                        &name,
-                        &key,
-                        chunk_no,
-                        &chunk,
-                        &done,
-                        source,
-                        &mut report,
-                    );
-                    bytes_done += chunk_bytes;
-                    progress(bytes_done, report.loaded);
-                    chunk.clear();
-                    chunk_bytes = 0;
-                    chunk_no += 1;
-                }
-            }
-            if !chunk.is_empty() {
-                load_lines(
-                    engine,
-                    &name,
-                    &key,
-                    chunk_no,
-                    &chunk,
-                    &done,
-                    source,
-                    &mut report,
-                );
-            }
-            bytes_done += chunk_bytes;
+            bytes_done = import_ndjson(
+                engine,
+                f,
+                &name,
+                &key,
+                &done,
+                source,
+                bytes_done,
+                &mut report,
+                progress,
+            )?;
         } else {
             let bytes = std::fs::read(f)?;
             bytes_done += bytes.len() as u64;
@@ -155,33 +124,129 @@ pub fn import(
     Ok(report)
 }
 
+/// A chunk made ready by the reader thread: prepared versions (with whether their id was
+/// generated here), the lines it rejected, and the bytes it covered.
+struct Chunk {
+    no: i64,
+    items: Vec<(hutong_store::Prepared, bool)>,
+    rejected: Vec<(usize, String)>,
+    bytes: u64,
+}
+
+/// Loads one NDJSON file as a two-stage pipeline: a reader thread parses, validates, stamps,
+/// indexes and compresses chunk N+1 while this thread commits chunk N.
 #[allow(clippy::too_many_arguments)]
-fn load_lines(
+fn import_ndjson(
     engine: &Engine,
+    f: &Path,
     name: &str,
     key: &str,
-    chunk_no: i64,
-    lines: &[(usize, String)],
     done: &HashSet<i64>,
     source: &str,
+    mut bytes_done: u64,
     report: &mut ImportReport,
-) {
-    if done.contains(&chunk_no) {
-        report.skipped_chunks += 1;
-        return;
-    }
+    progress: Progress,
+) -> std::io::Result<u64> {
+    let file = std::fs::File::open(f)?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Chunk>>(2);
+        scope.spawn(move || {
+            let reader = BufReader::new(file);
+            let mut lines: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
+            let mut no = 0i64;
+            let mut bytes = 0u64;
+            let send = |no: i64, lines: &mut Vec<(usize, String)>, bytes: u64| -> bool {
+                let chunk = if done.contains(&no) {
+                    Chunk {
+                        no,
+                        items: Vec::new(),
+                        rejected: Vec::new(),
+                        bytes,
+                    }
+                } else {
+                    prepare_chunk(no, lines, source, bytes)
+                };
+                lines.clear();
+                tx.send(Ok(chunk)).is_ok()
+            };
+            for (i, line) in reader.lines().enumerate() {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                bytes += line.len() as u64 + 1;
+                if !line.trim().is_empty() {
+                    lines.push((i + 1, line));
+                }
+                if lines.len() == CHUNK {
+                    if !send(no, &mut lines, bytes) {
+                        return;
+                    }
+                    no += 1;
+                    bytes = 0;
+                }
+            }
+            if !lines.is_empty() || bytes > 0 {
+                send(no, &mut lines, bytes);
+            }
+        });
+        for chunk in rx {
+            let chunk = chunk?;
+            bytes_done += chunk.bytes;
+            if done.contains(&chunk.no) {
+                report.skipped_chunks += 1;
+                continue;
+            }
+            for (line, why) in chunk.rejected {
+                report.rejected.push((name.to_string(), line, why));
+            }
+            let n = chunk.items.len() as u64;
+            let r = engine.store.write(|tx| {
+                for (p, fresh) in &chunk.items {
+                    tx.write_prepared(p.clone(), *fresh)?;
+                }
+                tx.mark_done(key, chunk.no)?;
+                Ok::<_, ApiError>(())
+            });
+            match r {
+                Ok(()) => report.loaded += n,
+                Err(e) => report.rejected.push((
+                    name.to_string(),
+                    0,
+                    format!("chunk {} not loaded: {}", chunk.no, e.message()),
+                )),
+            }
+            progress(bytes_done, report.loaded);
+        }
+        Ok(bytes_done)
+    })
+}
+
+fn prepare_chunk(no: i64, lines: &[(usize, String)], source: &str, bytes: u64) -> Chunk {
     let now = now_ms();
-    let mut good: Vec<(usize, String, Value)> = Vec::with_capacity(lines.len());
+    let mut chunk = Chunk {
+        no,
+        items: Vec::with_capacity(lines.len()),
+        rejected: Vec::new(),
+        bytes,
+    };
     for (n, line) in lines {
-        match prepare(line.as_bytes(), source, now) {
-            Ok((t, v)) => good.push((*n, t, v)),
-            Err(e) => report
-                .rejected
-                .push((name.to_string(), *n, e.message().to_string())),
+        let prepared = prepare(line.as_bytes(), source, now).and_then(|(t, v)| {
+            let id = v.get("id").and_then(Value::as_str).map(String::from);
+            let fresh = id.is_none();
+            hutong_store::Prepared::new(&t, id.as_deref(), v)
+                .map(|p| (p, fresh))
+                .map_err(ApiError::from)
+        });
+        match prepared {
+            Ok(p) => chunk.items.push(p),
+            Err(e) => chunk.rejected.push((*n, e.message().to_string())),
         }
     }
-    let resources: Vec<(usize, String, Value)> = good;
-    write_resources(engine, name, key, chunk_no, resources, report);
+    chunk
 }
 
 fn prepare(bytes: &[u8], source: &str, now: i64) -> Result<(String, Value), ApiError> {

@@ -38,7 +38,7 @@ use pool::{Pool, Pooled};
 use schema::Catalog;
 pub use search::{Include, Page, Query, SearchError, Total};
 use sql::{Conn, Dialect, PgConn, SqliteConn, Val};
-pub use write::Tx;
+pub use write::{Prepared, Tx};
 
 /// Errors from the store. `Conflict`, `VersionMismatch`, `Gone`, `Invalid` and `Search` are
 /// the caller's fault (4xx); the rest are the platform's (5xx).
@@ -154,7 +154,7 @@ pub struct Store {
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
     PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;
-    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824;";
+    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824; PRAGMA wal_autocheckpoint=10000;";
 
 fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
     let c = rusqlite::Connection::open(path)?;

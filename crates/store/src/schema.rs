@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS res_hist_type ON res_hist (rtype, lastmod);
 CREATE INDEX IF NOT EXISTS res_hist_lastmod ON res_hist (lastmod);
 CREATE TABLE IF NOT EXISTS ix_str (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, norm TEXT NOT NULL, raw TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, raw)) WITHOUT ROWID;
+    PRIMARY KEY (shard, rid, pid, norm, raw)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_str_v ON ix_str (pid, norm);
 CREATE TABLE IF NOT EXISTS ix_tok (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, sid INTEGER NOT NULL, code TEXT NOT NULL,
@@ -87,7 +87,7 @@ CREATE INDEX IF NOT EXISTS res_hist_type ON res_hist (rtype, lastmod);
 CREATE INDEX IF NOT EXISTS res_hist_lastmod ON res_hist (lastmod);
 CREATE TABLE IF NOT EXISTS ix_str (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, norm TEXT NOT NULL, raw TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, raw));
+    PRIMARY KEY (shard, rid, pid, norm, raw));
 CREATE INDEX IF NOT EXISTS ix_str_v ON ix_str (pid, norm text_pattern_ops);
 CREATE TABLE IF NOT EXISTS ix_tok (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, sid BIGINT NOT NULL, code TEXT NOT NULL,
@@ -273,7 +273,10 @@ impl Catalog {
             None => (code, String::new()),
         };
         let id = |c: &str| self.param_id(rtype, &format!("{c}{suffix}")).unwrap_or(-1);
-        match Definitions::get().param(rtype, name).and_then(|p| p.derived.as_ref()) {
+        match Definitions::get()
+            .param(rtype, name)
+            .and_then(|p| p.derived.as_ref())
+        {
             None => (vec![id(name)], None),
             Some(hutong_fhir::Derived::Same { base }) => (vec![id(base)], None),
             Some(hutong_fhir::Derived::Restrict { base, target }) => {

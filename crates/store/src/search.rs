@@ -686,7 +686,11 @@ impl Sql<'_> {
     fn string_pred(&mut self, modifier: Option<&str>, v: &str) -> String {
         let n = hutong_fhir::normalize_string(v);
         match modifier {
-            Some("exact") => format!("raw = {}", self.p(v)),
+            Some("exact") => format!(
+                "(raw = {} OR (raw = '' AND norm = {}))",
+                self.p(v),
+                self.p(v)
+            ),
             Some("contains") => {
                 format!(
                     "norm LIKE {} ESCAPE '\\'",
@@ -947,23 +951,29 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     };
     let t = b.type_id(&q.rtype);
     let mut subs: Vec<String> = q.conds.iter().map(|c| b.sub_for(&q.rtype, c)).collect();
+    // Phase 1 works on keys only: the first condition drives (index rows exist only for
+    // current, non-deleted resources of the parameter's type), the others filter.
     let (from, mut wheres) = if subs.is_empty() {
-        ("res r".to_string(), vec![format!("r.rtype = {t}")])
+        (
+            "res m".to_string(),
+            vec![format!("m.rtype = {t}"), "m.deleted = 0".to_string()],
+        )
     } else {
         let driver = subs.remove(0);
         (
-            format!("(SELECT DISTINCT shard, rid FROM ({driver}) AS d0) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid"),
-            vec![format!("r.rtype = {t}")],
+            format!("(SELECT DISTINCT shard, rid FROM ({driver}) AS d0) m"),
+            Vec::new(),
         )
     };
-    wheres.push("r.deleted = 0".into());
     for s in subs {
-        wheres.push(format!("(r.shard, r.rid) IN ({s})"));
+        wheres.push(format!("(m.shard, m.rid) IN ({s})"));
     }
-    let base = format!(
-        "FROM {from} JOIN res_route rr ON rr.rid = r.rid WHERE {}",
-        wheres.join(" AND ")
-    );
+    let where_sql = if wheres.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", wheres.join(" AND "))
+    };
+    let base = format!("FROM {from}{where_sql}");
     let mut page = Page::default();
     if q.total == Total::Accurate || q.count_only {
         let rows = conn.query(&format!("SELECT COUNT(*) {base}"), &b.params)?;
@@ -972,22 +982,30 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     if q.count_only || q.count == 0 {
         return Ok(page);
     }
-    // Sort keys as computed columns, ordered NULLs-last on both backends.
+    // Sort keys as computed columns, ordered NULLs-last on both backends; storage order
+    // (shard, rid) breaks ties and is the default, which the driving index already has.
     let defs = Definitions::get();
     let mut cols = Vec::new();
     let mut order = Vec::new();
-    let sort_params: Vec<Val> = Vec::new();
     for (i, (code, desc)) in q.sort.iter().enumerate() {
         let dir = if *desc { "DESC" } else { "ASC" };
         let agg = if *desc { "MAX" } else { "MIN" };
         let expr = match code.as_str() {
-            "_lastUpdated" => "r.lastmod".to_string(),
-            "_id" => "rr.id".to_string(),
+            "_lastUpdated" => {
+                "(SELECT x.lastmod FROM res x WHERE x.shard = m.shard AND x.rid = m.rid)"
+                    .to_string()
+            }
+            "_id" => "(SELECT x.id FROM res_route x WHERE x.rid = m.rid)".to_string(),
             _ => {
                 let Some(p) = defs.param(&q.rtype, code) else {
                     continue;
                 };
-                let pids: Vec<String> = cat.pids(&q.rtype, code).0.iter().map(i64::to_string).collect();
+                let pids: Vec<String> = cat
+                    .pids(&q.rtype, code)
+                    .0
+                    .iter()
+                    .map(i64::to_string)
+                    .collect();
                 let (table, col) = match p.kind {
                     ParamType::Date => ("ix_date", if *desc { "hi" } else { "lo" }),
                     ParamType::String => ("ix_str", "norm"),
@@ -997,7 +1015,7 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
                     _ => continue,
                 };
                 format!(
-                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = r.shard AND x.rid = r.rid AND x.pid IN ({}))",
+                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = m.shard AND x.rid = m.rid AND x.pid IN ({}))",
                     pids.join(",")
                 )
             }
@@ -1005,31 +1023,76 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
         cols.push(format!("{expr} AS s{i}"));
         order.push(format!("(q.s{i} IS NULL), q.s{i} {dir}"));
     }
-    order.push("q.rid".into());
+    order.push("q.shard, q.rid".into());
     let extra = if cols.is_empty() {
         String::new()
     } else {
         format!(", {}", cols.join(", "))
     };
     let sql = format!(
-        "SELECT shard, rid, rtype, version, lastmod, deleted, body, id FROM \
-         (SELECT {SELECT_RES}{extra} {base}) q ORDER BY {} LIMIT ? OFFSET ?",
+        "SELECT shard, rid FROM (SELECT m.shard, m.rid{extra} {base}) q ORDER BY {} LIMIT ? OFFSET ?",
         order.join(", ")
     );
-    let mut params = sort_params;
-    params.extend(b.params);
+    let mut params = b.params;
     params.push(Val::Int(q.count as i64 + 1));
     params.push(Val::Int(q.offset as i64));
-    let rows = conn.query(&sql, &params)?;
-    let rows_len = rows.len();
-    let mut matches = to_stored(cat, rows)?;
-    if rows_len > q.count {
-        matches.truncate(q.count);
+    let mut keys: Vec<(i64, i64)> = conn
+        .query(&sql, &params)?
+        .iter()
+        .map(|r| (r[0].int(), r[1].int()))
+        .collect();
+    if keys.len() > q.count {
+        keys.truncate(q.count);
         page.has_more = true;
     }
+    // Phase 2: the bodies of this page only.
+    let matches = fetch_by_keys(conn, cat, &keys)?;
     page.included = includes(conn, cat, &matches, &q.includes)?;
     page.matches = matches;
     Ok(page)
+}
+
+/// Current versions by storage key, in the order of `keys`. Keys are grouped by shard so
+/// that each query is a primary-key range (`shard = ? AND rid IN (…)`) the planner cannot
+/// turn into a scan; a patient's `$everything` is one or two queries.
+fn fetch_by_keys(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    keys: &[(i64, i64)],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut by_shard: std::collections::BTreeMap<i64, Vec<i64>> = std::collections::BTreeMap::new();
+    for (shard, rid) in keys {
+        by_shard.entry(*shard).or_default().push(*rid);
+    }
+    let mut found: std::collections::HashMap<(i64, i64), Stored> =
+        std::collections::HashMap::with_capacity(keys.len());
+    for (shard, rids) in by_shard {
+        for chunk in rids.chunks(500) {
+            let mut params = Vec::with_capacity(chunk.len() + 1);
+            params.push(Val::Int(shard));
+            params.extend(chunk.iter().map(|r| Val::Int(*r)));
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
+                 WHERE r.shard = ? AND r.rid IN ({marks}) AND r.deleted = 0"
+            );
+            for mut row in conn.query(&sql, &params)? {
+                let key = (row[0].int(), row[1].int());
+                let blob = std::mem::replace(&mut row[6], Val::Null).into_blob();
+                let s = stored_from(
+                    cat,
+                    row[2].int(),
+                    row[7].text().to_string(),
+                    row[3].int(),
+                    row[4].int(),
+                    row[5].int(),
+                    blob,
+                )?;
+                found.insert(key, s);
+            }
+        }
+    }
+    Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
 }
 
 fn fetch_by_ids(
@@ -1094,9 +1157,19 @@ fn includes(
                 .map(|p| p.to_string())
                 .collect();
             // `Observation:patient` is `subject` limited to Patient targets.
-            let only = if inc.param == "*" { None } else { cat.pids(&inc.source, &inc.param).1 };
-            let target = inc.target.clone().or_else(|| only.and_then(|t| cat.type_name(t)).map(String::from));
-            let inc = &Include { target, ..inc.clone() };
+            let only = if inc.param == "*" {
+                None
+            } else {
+                cat.pids(&inc.source, &inc.param).1
+            };
+            let target = inc
+                .target
+                .clone()
+                .or_else(|| only.and_then(|t| cat.type_name(t)).map(String::from));
+            let inc = &Include {
+                target,
+                ..inc.clone()
+            };
             if inc.reverse {
                 // Resources of `source` that point at anything in the frontier.
                 let mut targets = Vec::new();
@@ -1218,22 +1291,29 @@ pub(crate) fn everything(
         params.push(Val::Int(e.start.unwrap_or(i64::MIN)));
         params.push(Val::Int(e.end.unwrap_or(i64::MAX)));
     }
-    let base = format!(
-        "FROM ({driver}) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid \
-         JOIN res_route rr ON rr.rid = r.rid WHERE {}",
-        wheres.join(" AND ")
-    );
+    // Without filters the keys come from the index alone; bodies are read for one page.
+    let base = if wheres.len() == 1 {
+        format!("FROM ({driver}) m")
+    } else {
+        format!(
+            "FROM ({driver}) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid WHERE {}",
+            wheres.join(" AND ")
+        )
+    };
     let total = conn.query(&format!("SELECT COUNT(*) {base}"), &params)?[0][0].int() as u64;
     params.push(Val::Int(e.count as i64 + 1));
     params.push(Val::Int(e.offset as i64));
-    let rows = conn.query(
-        &format!("SELECT {SELECT_RES} {base} ORDER BY r.rid LIMIT ? OFFSET ?"),
-        &params,
-    )?;
-    let n = rows.len();
-    let mut matches = to_stored(cat, rows)?;
-    let has_more = n > e.count;
-    matches.truncate(e.count);
+    let mut keys: Vec<(i64, i64)> = conn
+        .query(
+            &format!("SELECT m.shard, m.rid {base} ORDER BY m.shard, m.rid LIMIT ? OFFSET ?"),
+            &params,
+        )?
+        .iter()
+        .map(|r| (r[0].int(), r[1].int()))
+        .collect();
+    let has_more = keys.len() > e.count;
+    keys.truncate(e.count);
+    let matches = fetch_by_keys(conn, cat, &keys)?;
     Ok(Page {
         matches,
         included: Vec::new(),

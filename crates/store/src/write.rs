@@ -53,6 +53,64 @@ pub(crate) fn decompress(blob: &[u8]) -> Result<Vec<u8>, StoreError> {
     })
 }
 
+/// A version made ready for storage — JSON with `meta`, its compressed form, its index
+/// entries and owner — without touching the database, so that this CPU work can run outside
+/// the (single) writer's transaction, in parallel with it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub rtype: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    body: Vec<u8>,
+    compressed: Vec<u8>,
+    entries: Vec<hutong_fhir::index::Entry>,
+    owner: Option<String>,
+}
+
+impl Prepared {
+    /// Version 1 of a new resource, stamped now; `id` is generated when absent.
+    pub fn new(rtype: &str, id: Option<&str>, res: Value) -> Result<Prepared, StoreError> {
+        let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), String::from);
+        Prepared::build(rtype, &id, 1, now_ms(), Some(res))
+    }
+
+    fn build(
+        rtype: &str,
+        id: &str,
+        version: i64,
+        now: i64,
+        res: Option<Value>,
+    ) -> Result<Prepared, StoreError> {
+        let mut p = Prepared {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            last_updated: now,
+            body: Vec::new(),
+            compressed: Vec::new(),
+            entries: Vec::new(),
+            owner: None,
+        };
+        let Some(mut r) = res else { return Ok(p) };
+        let obj = r
+            .as_object_mut()
+            .ok_or_else(|| StoreError::Invalid("a resource must be a JSON object".into()))?;
+        obj.insert("id".into(), Value::String(id.to_string()));
+        let meta = obj.entry("meta").or_insert_with(|| json!({}));
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        meta["versionId"] = Value::String(version.to_string());
+        meta["lastUpdated"] = Value::String(format_instant(now));
+        p.entries = extract(rtype, &r);
+        p.body = serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        p.compressed = compress(&p.body)?;
+        p.owner = compartment_owner(rtype, id, &p.entries);
+        Ok(p)
+    }
+}
+
 /// A write transaction. Everything done through it commits together.
 pub struct Tx<'a> {
     conn: &'a mut dyn Conn,
@@ -192,6 +250,24 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Writes a version prepared outside the transaction (see [`Prepared`]). When the id
+    /// already exists the resource becomes its next version; `fresh` skips that lookup for
+    /// ids the caller has just generated.
+    pub fn write_prepared(&mut self, p: Prepared, fresh: bool) -> Result<Stored, StoreError> {
+        let cur = if fresh {
+            None
+        } else {
+            self.current(&p.rtype, &p.id)?
+        };
+        if cur.is_some() {
+            let v: Value =
+                serde_json::from_slice(&p.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let (rtype, id) = (p.rtype.clone(), p.id.clone());
+            return self.put(&rtype, &id, cur, Some(v));
+        }
+        self.put_prepared(None, p)
+    }
+
     fn put(
         &mut self,
         rtype: &str,
@@ -199,44 +275,30 @@ impl<'a> Tx<'a> {
         cur: Option<Current>,
         res: Option<Value>,
     ) -> Result<Stored, StoreError> {
-        let t = self.type_id(rtype)?;
         let version = cur.as_ref().map_or(1, |c| c.version + 1);
-        let now = self.now;
-        let (body, entries) = match res {
-            Some(mut r) => {
-                let obj = r.as_object_mut().ok_or_else(|| {
-                    StoreError::Invalid("a resource must be a JSON object".into())
-                })?;
-                obj.insert("id".into(), Value::String(id.to_string()));
-                let meta = obj.entry("meta").or_insert_with(|| json!({}));
-                if !meta.is_object() {
-                    *meta = json!({});
-                }
-                meta["versionId"] = Value::String(version.to_string());
-                meta["lastUpdated"] = Value::String(format_instant(now));
-                let entries = extract(rtype, &r);
-                let body =
-                    serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                (body, entries)
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        let owner = if body.is_empty() {
-            None
-        } else {
-            compartment_owner(rtype, id, &entries)
-        };
+        let p = Prepared::build(rtype, id, version, self.now, res)?;
+        self.put_prepared(cur, p)
+    }
+
+    fn put_prepared(&mut self, cur: Option<Current>, p: Prepared) -> Result<Stored, StoreError> {
+        let Prepared {
+            rtype,
+            id,
+            version,
+            last_updated: now,
+            body,
+            compressed,
+            entries,
+            owner,
+        } = p;
+        let (rtype, id) = (rtype.as_str(), id.as_str());
+        let t = self.type_id(rtype)?;
         let deleted = body.is_empty();
         // A deleted version stays in the shard it was in.
         let shard = match (&owner, &cur) {
             (Some(p), _) => shard_of(p),
             (None, Some(c)) if deleted => c.shard,
             (None, _) => 0,
-        };
-        let compressed = if deleted {
-            Vec::new()
-        } else {
-            compress(&body)?
         };
         let rid = match &cur {
             Some(c) => {
@@ -320,12 +382,17 @@ impl<'a> Tx<'a> {
             };
             let p = Val::Int(pid);
             match &e.value {
+                // The original is kept only where it differs from the folded form (`:exact`).
                 IndexValue::String { norm, raw } => rows[0].push(vec![
                     s.clone(),
                     r.clone(),
                     p,
                     Val::Text(norm.clone()),
-                    Val::Text(raw.clone()),
+                    Val::Text(if raw == norm {
+                        String::new()
+                    } else {
+                        raw.clone()
+                    }),
                 ]),
                 IndexValue::Token { system, code, text } => {
                     if !code.is_empty() {
@@ -345,7 +412,7 @@ impl<'a> Tx<'a> {
                                 r.clone(),
                                 Val::Int(tp),
                                 Val::Text(text.clone()),
-                                Val::Text(text.clone()),
+                                Val::Text(String::new()),
                             ]);
                         }
                     }

@@ -273,10 +273,22 @@ fn search_kinds(t: &TestStore) {
     assert_eq!(search(s, "Observation", &[("subject", "p2")]), ["o3"]);
     assert_eq!(search(s, "Observation", &[("patient", "p2")]), ["o3"]);
     // Derived parameters are served from their base's rows.
-    assert_eq!(search(s, "Observation", &[("patient", "Organization/org1")]), Vec::<String>::new());
-    assert_eq!(search(s, "Observation", &[("patient:missing", "false")]).len(), 3);
-    assert_eq!(search(s, "Observation", &[("combo-code", "2345-7")]), ["o3"]);
-    assert_eq!(search(s, "Observation", &[("patient.birthdate", "1985")]), ["o3"]);
+    assert_eq!(
+        search(s, "Observation", &[("patient", "Organization/org1")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(s, "Observation", &[("patient:missing", "false")]).len(),
+        3
+    );
+    assert_eq!(
+        search(s, "Observation", &[("combo-code", "2345-7")]),
+        ["o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("patient.birthdate", "1985")]),
+        ["o3"]
+    );
     assert_eq!(
         search(
             s,
