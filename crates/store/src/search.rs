@@ -376,6 +376,9 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
     if values.iter().any(String::is_empty) && modifier.as_deref() != Some("missing") {
         return Err(invalid(key, value, "empty value"));
     }
+    if let (Some(m), "_id" | "_lastUpdated") = (&modifier, code) {
+        return Err(SearchError::Modifier { param: code.into(), modifier: m.clone() });
+    }
     match code {
         "_id" => return Ok(Cond::Id(values)),
         "_lastUpdated" => {
