@@ -23,12 +23,21 @@ fn temp_dir(tag: &str) -> Dir {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn serve(data: &std::path::Path, port: u16) -> Child {
     Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data)
         .env("HUTONG_LOG", "warn")
         .stdout(Stdio::null())
@@ -40,7 +49,12 @@ fn serve(data: &std::path::Path, port: u16) -> Child {
 async fn wait_ready(client: &reqwest::Client, port: u16) {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
-        if client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok() {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -49,7 +63,9 @@ async fn wait_ready(client: &reqwest::Client, port: u16) {
 }
 
 fn kill9(child: &mut Child) {
-    let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
@@ -76,7 +92,9 @@ fn bundle(n: usize, size: usize) -> Value {
 
 async fn count(client: &reqwest::Client, port: u16, rtype: &str, query: &str) -> u64 {
     let v: Value = client
-        .get(format!("http://127.0.0.1:{port}/fhir/{rtype}?{query}&_summary=count"))
+        .get(format!(
+            "http://127.0.0.1:{port}/fhir/{rtype}?{query}&_summary=count"
+        ))
         .send()
         .await
         .unwrap()
@@ -133,7 +151,10 @@ async fn kill_during_transactions_loses_no_acknowledged_bundle_and_leaves_no_par
         attempted = attempted.max(t.await.unwrap());
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 6, "the server acknowledged too few bundles before the kill");
+    assert!(
+        acked.len() >= 6,
+        "the server acknowledged too few bundles before the kill"
+    );
 
     let mut server = serve(&dir.0, port);
     wait_ready(&client, port).await;
@@ -142,7 +163,10 @@ async fn kill_during_transactions_loses_no_acknowledged_bundle_and_leaves_no_par
         let obs = count(&client, port, "Observation", &q).await;
         let pat = count(&client, port, "Patient", &q).await;
         let total = obs + pat;
-        assert!(total == 0 || total == SIZE as u64, "bundle {n} is partial: {total} of {SIZE}");
+        assert!(
+            total == 0 || total == SIZE as u64,
+            "bundle {n} is partial: {total} of {SIZE}"
+        );
         if acked.contains(&n) {
             assert_eq!(total, SIZE as u64, "acknowledged bundle {n} was lost");
         }
@@ -201,9 +225,24 @@ async fn killed_import_resumes_without_loading_anything_twice() {
     let mut server = serve(&data, port);
     let client = reqwest::Client::new();
     wait_ready(&client, port).await;
-    assert_eq!(count(&client, port, "Patient", "identifier=urn:crash|p0").await, 1);
-    assert_eq!(count(&client, port, "Patient", &format!("identifier=urn:crash|p{}", N - 1)).await, 1);
-    assert_eq!(count(&client, port, "Patient", "birthdate=1980").await, N as u64);
+    assert_eq!(
+        count(&client, port, "Patient", "identifier=urn:crash|p0").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &client,
+            port,
+            "Patient",
+            &format!("identifier=urn:crash|p{}", N - 1)
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&client, port, "Patient", "birthdate=1980").await,
+        N as u64
+    );
     // A third run finds everything done.
     let third = import().wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&third.stdout).contains("Loaded 0 resources"));

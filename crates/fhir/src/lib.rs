@@ -25,6 +25,9 @@ pub use outcome::{IssueCode, Outcome};
 /// Lower-cases and strips diacritics, as FHIR string search requires ("case and accent
 /// insensitive"). NFKC first, so full-width forms (common in Chinese input) match ASCII.
 pub fn normalize_string(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     use unicode_normalization::char::is_combining_mark;
     use unicode_normalization::UnicodeNormalization;
     s.nfkd()

@@ -150,7 +150,8 @@ fn import_ndjson(
     let file = std::fs::File::open(f)?;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Chunk>>(2);
-        scope.spawn(move || {
+        let reader_thread = std::thread::Builder::new().name("prepare".into());
+        let _reader = reader_thread.spawn_scoped(scope, move || {
             let reader = BufReader::new(file);
             let mut lines: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
             let mut no = 0i64;

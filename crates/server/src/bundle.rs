@@ -336,6 +336,46 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
     let mut sequence: Vec<usize> = (0..prepared.len()).collect();
     sequence.sort_by_key(|&i| (order(&prepared[i].method), i));
 
+    // Outside the writer's transaction: give plain POSTs their ids and fully prepare (index,
+    // compress) those whose references are all bundle-local, so this CPU work runs in
+    // parallel with other writers. Entries with ifNoneExist, and resources with conditional
+    // references or references to them, are resolved inside the transaction.
+    let mut fixed_ids: Vec<Option<String>> = vec![None; prepared.len()];
+    let mut local: HashMap<String, String> = HashMap::new();
+    let mut pending: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (i, e) in prepared.iter().enumerate() {
+        let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+        match (e.method.as_str(), seg.as_slice(), &e.full_url) {
+            ("POST", [t], f) if e.if_none_exist.is_none() => {
+                let id = uuid::Uuid::new_v4().to_string();
+                if let Some(f) = f {
+                    local.insert(f.clone(), format!("{t}/{id}"));
+                }
+                fixed_ids[i] = Some(id);
+            }
+            ("POST", _, Some(f)) | ("PUT", [_], Some(f)) => {
+                pending.insert(f.clone());
+            }
+            ("PUT", [t, id], Some(f)) => {
+                local.insert(f.clone(), format!("{t}/{id}"));
+            }
+            _ => {}
+        }
+    }
+    let early: Vec<Option<hutong_store::Prepared>> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let id = fixed_ids[i].as_deref()?;
+            let t = e.path.as_str();
+            let mut r = e.resource.clone()?;
+            if !rewrite_local(&mut r, &local, &pending) {
+                return None;
+            }
+            hutong_store::Prepared::new(t, Some(id), r).ok()
+        })
+        .collect();
+
     let results = engine.store.write(|tx| {
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut cache: HashMap<String, String> = HashMap::new();
@@ -363,7 +403,7 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                             s.id
                         }
                         None => {
-                            let id = uuid::Uuid::new_v4().to_string();
+                            let id = fixed_ids[i].clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                             post_ids[i] = Some(id.clone());
                             id
                         }
@@ -400,6 +440,11 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                 }
                 ("POST", [t]) => match &post_ids[i] {
                     None => None, // ifNoneExist matched: nothing to write
+                    Some(_) if early[i].is_some() => {
+                        let p = early[i].clone().expect("checked");
+                        let s = tx.write_prepared(p, true).map_err(|x| entry_error(i, x.into()))?;
+                        Some((s, "201 Created"))
+                    }
                     Some(id) => {
                         let mut r = e.resource.clone().expect("checked");
                         rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
@@ -483,6 +528,36 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
         headers: Vec::new(),
         body: Body::Raw(w.finish()),
     })
+}
+
+/// Rewrites bundle-local references from `ids`; false when the resource has a reference
+/// that can only be resolved inside the transaction (conditional, or to a pending entry).
+fn rewrite_local(
+    v: &mut Value,
+    ids: &HashMap<String, String>,
+    pending: &std::collections::HashSet<String>,
+) -> bool {
+    match v {
+        Value::Object(o) => o.iter_mut().all(|(k, x)| {
+            if k == "reference" {
+                if let Value::String(r) = x {
+                    if let Some(to) = ids.get(r.as_str()) {
+                        *r = to.clone();
+                    } else if pending.contains(r.as_str())
+                        || r.contains('?')
+                        || r.starts_with("urn:")
+                    {
+                        return false;
+                    }
+                }
+                true
+            } else {
+                rewrite_local(x, ids, pending)
+            }
+        }),
+        Value::Array(a) => a.iter_mut().all(|x| rewrite_local(x, ids, pending)),
+        _ => true,
+    }
 }
 
 /// A GET entry of a transaction: read or search, seeing the transaction's own writes.

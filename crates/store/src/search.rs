@@ -377,7 +377,10 @@ fn parse_cond(rtype: &str, key: &str, value: &str) -> Result<Cond, SearchError> 
         return Err(invalid(key, value, "empty value"));
     }
     if let (Some(m), "_id" | "_lastUpdated") = (&modifier, code) {
-        return Err(SearchError::Modifier { param: code.into(), modifier: m.clone() });
+        return Err(SearchError::Modifier {
+            param: code.into(),
+            modifier: m.clone(),
+        });
     }
     match code {
         "_id" => return Ok(Cond::Id(values)),

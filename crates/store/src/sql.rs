@@ -151,11 +151,7 @@ impl Conn for SqliteConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let marks = vec!["?"; columns.len()].join(",");
-        let sql = format!(
-            "INSERT OR IGNORE INTO {table} ({}) VALUES ({marks})",
-            columns.join(",")
-        );
+        let sql = insert_sql(table, columns);
         let mut st = self.0.prepare_cached(&sql)?;
         for r in rows {
             st.execute(rusqlite::params_from_iter(r.iter().map(to_sqlite)))?;
@@ -165,6 +161,29 @@ impl Conn for SqliteConn {
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         Ok(self.0.execute_batch(sql)?)
     }
+}
+
+thread_local! {
+    static INSERT_SQL: std::cell::RefCell<HashMap<String, std::rc::Rc<str>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// The SQLite insert statement for an index table, built once per thread (it is requested
+/// for every resource written).
+fn insert_sql(table: &str, columns: &[&str]) -> std::rc::Rc<str> {
+    INSERT_SQL.with(|m| {
+        if let Some(s) = m.borrow().get(table) {
+            return s.clone();
+        }
+        let marks = vec!["?"; columns.len()].join(",");
+        let sql: std::rc::Rc<str> = format!(
+            "INSERT OR IGNORE INTO {table} ({}) VALUES ({marks})",
+            columns.join(",")
+        )
+        .into();
+        m.borrow_mut().insert(table.to_string(), sql.clone());
+        sql
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

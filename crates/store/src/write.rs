@@ -254,6 +254,28 @@ impl<'a> Tx<'a> {
     /// already exists the resource becomes its next version; `fresh` skips that lookup for
     /// ids the caller has just generated.
     pub fn write_prepared(&mut self, p: Prepared, fresh: bool) -> Result<Stored, StoreError> {
+        if !fresh {
+            // Claim the id; only when it is taken do we pay for reading the current version.
+            let t = self.type_id(&p.rtype)?;
+            let shard = p.owner.as_deref().map_or(0, shard_of);
+            let sql = match self.conn.dialect() {
+                crate::sql::Dialect::Sqlite => {
+                    "INSERT OR IGNORE INTO res_route (rtype, id, shard) VALUES (?, ?, ?) RETURNING rid"
+                }
+                crate::sql::Dialect::Postgres => {
+                    "INSERT INTO res_route (rtype, id, shard) VALUES (?, ?, ?) \
+                     ON CONFLICT DO NOTHING RETURNING rid"
+                }
+            };
+            let rows = self.conn.query(
+                sql,
+                &[Val::Int(t), Val::Text(p.id.clone()), Val::Int(shard)],
+            )?;
+            if let Some(r) = rows.first() {
+                let rid = r[0].int();
+                return self.put_prepared(None, p, Some(rid));
+            }
+        }
         let cur = if fresh {
             None
         } else {
@@ -265,7 +287,7 @@ impl<'a> Tx<'a> {
             let (rtype, id) = (p.rtype.clone(), p.id.clone());
             return self.put(&rtype, &id, cur, Some(v));
         }
-        self.put_prepared(None, p)
+        self.put_prepared(None, p, None)
     }
 
     fn put(
@@ -277,10 +299,15 @@ impl<'a> Tx<'a> {
     ) -> Result<Stored, StoreError> {
         let version = cur.as_ref().map_or(1, |c| c.version + 1);
         let p = Prepared::build(rtype, id, version, self.now, res)?;
-        self.put_prepared(cur, p)
+        self.put_prepared(cur, p, None)
     }
 
-    fn put_prepared(&mut self, cur: Option<Current>, p: Prepared) -> Result<Stored, StoreError> {
+    fn put_prepared(
+        &mut self,
+        cur: Option<Current>,
+        p: Prepared,
+        claimed_rid: Option<i64>,
+    ) -> Result<Stored, StoreError> {
         let Prepared {
             rtype,
             id,
@@ -331,6 +358,7 @@ impl<'a> Tx<'a> {
                 }
                 c.rid
             }
+            None if claimed_rid.is_some() => claimed_rid.unwrap_or_default(),
             None => {
                 let rows = self.conn.query(
                     "INSERT INTO res_route (rtype, id, shard) VALUES (?, ?, ?) RETURNING rid",
