@@ -165,7 +165,7 @@ fn import_ndjson(
                         bytes,
                     }
                 } else {
-                    prepare_chunk(no, lines, source, bytes)
+                    prepare_chunk(&engine.store, no, lines, source, bytes)
                 };
                 lines.clear();
                 tx.send(Ok(chunk)).is_ok()
@@ -226,7 +226,13 @@ fn import_ndjson(
     })
 }
 
-fn prepare_chunk(no: i64, lines: &[(usize, String)], source: &str, bytes: u64) -> Chunk {
+fn prepare_chunk(
+    store: &hutong_store::Store,
+    no: i64,
+    lines: &[(usize, String)],
+    source: &str,
+    bytes: u64,
+) -> Chunk {
     let now = now_ms();
     let mut chunk = Chunk {
         no,
@@ -238,7 +244,8 @@ fn prepare_chunk(no: i64, lines: &[(usize, String)], source: &str, bytes: u64) -
         let prepared = prepare(line.as_bytes(), source, now).and_then(|(t, v)| {
             let id = v.get("id").and_then(Value::as_str).map(String::from);
             let fresh = id.is_none();
-            hutong_store::Prepared::new(&t, id.as_deref(), v)
+            store
+                .prepare(&t, id.as_deref(), v)
                 .map(|p| (p, fresh))
                 .map_err(ApiError::from)
         });

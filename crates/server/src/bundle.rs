@@ -372,7 +372,7 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
             if !rewrite_local(&mut r, &local, &pending) {
                 return None;
             }
-            hutong_store::Prepared::new(t, Some(id), r).ok()
+            engine.store.prepare(t, Some(id), r).ok()
         })
         .collect();
 

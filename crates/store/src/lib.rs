@@ -16,6 +16,7 @@
 //!   superseded or deleted resource.
 //! - Every clinical row carries `shard` (the owning Patient's hash) first in its key.
 
+pub mod codec;
 mod pool;
 pub mod schema;
 pub mod search;
@@ -144,6 +145,8 @@ pub(crate) struct Inner {
     readers: Pool,
     catalog: RwLock<Catalog>,
     dialect: Dialect,
+    written: std::sync::atomic::AtomicU64,
+    training: std::sync::atomic::AtomicBool,
 }
 
 /// The store handle; cheap to clone, shared across threads.
@@ -196,14 +199,22 @@ impl Store {
             Catalog::load(c.conn())?
         };
         tracing::info!(backend = ?dialect, "Store opened.");
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 writer,
                 readers,
                 catalog: RwLock::new(catalog),
                 dialect,
+                written: Default::default(),
+                training: Default::default(),
             }),
-        })
+        };
+        // A store that grew before it had a dictionary gets one now.
+        if dialect == Dialect::Sqlite && store.catalog().codec.current_id().is_none() {
+            let n = store.query_admin("SELECT COUNT(*) FROM res", &[])?[0][0].int() as u64;
+            store.after_commit(n);
+        }
+        Ok(store)
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -248,14 +259,17 @@ impl Store {
             Dialect::Postgres => "BEGIN",
         })?;
         let mut added = HashMap::new();
-        let result = {
+        let (result, written) = {
             let cat = self.catalog();
             let mut tx = Tx::new(conn, &cat, &mut added);
-            f(&mut tx)
+            let r = f(&mut tx);
+            (r, tx.written)
         };
         match result {
             Ok(r) => match conn.batch("COMMIT") {
                 Ok(()) => {
+                    drop(pooled);
+                    self.after_commit(written);
                     if !added.is_empty() {
                         self.inner
                             .catalog
@@ -277,6 +291,64 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Prepares a new resource (version 1) outside any transaction; see [`Prepared`].
+    pub fn prepare(
+        &self,
+        rtype: &str,
+        id: Option<&str>,
+        res: Value,
+    ) -> Result<Prepared, StoreError> {
+        let codec = self.catalog().codec.clone();
+        Prepared::new(&codec, rtype, id, res)
+    }
+
+    /// Trains the body dictionary once enough resources exist (embedded store only: on
+    /// PostgreSQL several API nodes would race, and its TOAST compresses large rows anyway).
+    fn after_commit(&self, written: u64) {
+        use std::sync::atomic::Ordering;
+        if written == 0 || self.inner.dialect != Dialect::Sqlite {
+            return;
+        }
+        let total = self.inner.written.fetch_add(written, Ordering::Relaxed) + written;
+        if total < codec::TRAIN_AFTER
+            || self.catalog().codec.current_id().is_some()
+            || self.inner.training.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        if let Err(e) = self.train_dictionary() {
+            tracing::warn!(error = %e, "Could not train the body dictionary; bodies stay compressed without one.");
+        }
+    }
+
+    fn train_dictionary(&self) -> Result<(), StoreError> {
+        let samples: Vec<Vec<u8>> = {
+            let mut c = self.reader()?;
+            let cat = self.catalog();
+            let rows = c
+                .conn()
+                .query("SELECT body FROM res WHERE deleted = 0 LIMIT 5000", &[])?;
+            rows.into_iter()
+                .filter_map(|mut r| {
+                    cat.codec
+                        .decompress(&std::mem::replace(&mut r[0], Val::Null).into_blob())
+                        .ok()
+                })
+                .collect()
+        };
+        let Some(dict) = codec::train(&samples) else {
+            return Ok(());
+        };
+        let mut w = self.inner.writer.get()?;
+        w.conn().exec(
+            "INSERT INTO dict (data) VALUES (?)",
+            &[Val::Blob(dict.clone())],
+        )?;
+        let id = self.catalog().codec.add(&dict, true);
+        tracing::info!(samples = samples.len(), dictionary = ?id, "Trained the body compression dictionary.");
+        Ok(())
     }
 
     /// The current version of a resource (a deleted one comes back with `deleted` set).

@@ -966,10 +966,16 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
         )
     } else {
         let driver = subs.remove(0);
-        (
-            format!("(SELECT DISTINCT shard, rid FROM ({driver}) AS d0) m"),
-            Vec::new(),
-        )
+        if q.conds.first().is_some_and(one_row_per_resource) {
+            // Already one row per resource, in (shard, rid) order within the index: no
+            // DISTINCT, so the page can be read off the index without materialising.
+            (format!("({driver}) m"), Vec::new())
+        } else {
+            (
+                format!("(SELECT DISTINCT shard, rid FROM ({driver}) AS d0) m"),
+                Vec::new(),
+            )
+        }
     };
     for s in subs {
         wheres.push(format!("(m.shard, m.rid) IN ({s})"));
@@ -1056,6 +1062,30 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     page.included = includes(conn, cat, &matches, &q.includes)?;
     page.matches = matches;
     Ok(page)
+}
+
+/// True when a condition's sub-select yields each resource at most once: a single
+/// `system|code` token (the index key is unique per resource), or ids.
+fn one_row_per_resource(c: &Cond) -> bool {
+    match c {
+        Cond::Id(_) => true,
+        Cond::Param {
+            kind: ParamType::Token,
+            modifier: None,
+            values,
+            rtype,
+            code,
+        } => {
+            values.len() == 1
+                && values[0]
+                    .split_once('|')
+                    .is_some_and(|(s, c)| !s.is_empty() && !c.is_empty())
+                && Definitions::get()
+                    .param(rtype, code)
+                    .is_some_and(|p| p.derived.is_none())
+        }
+        _ => false,
+    }
 }
 
 /// Current versions by storage key, in the order of `keys`. Keys are grouped by shard so

@@ -6,52 +6,11 @@ use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::index::{compartment_owner, extract, IndexValue};
 use serde_json::{json, Value};
 
+use crate::codec::Codec;
 use crate::schema::Catalog;
 use crate::search::{self, Page, Query};
 use crate::sql::{Conn, Row, Val};
 use crate::{shard_of, HistoryScope, StoreError, Stored};
-
-/// zstd level for stored bodies: level 3 compresses FHIR JSON about 4–6× at a few hundred
-/// MB/s, far cheaper than the index work of a write.
-const ZSTD_LEVEL: i32 = 3;
-
-thread_local! {
-    // A zstd context costs more to set up than compressing a 1 KB resource: keep one per thread.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-pub(crate) fn compress(json: &[u8]) -> Result<Vec<u8>, StoreError> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
-        }
-        Ok(c.as_mut().expect("set above").compress(json)?)
-    })
-}
-
-pub(crate) fn decompress(blob: &[u8]) -> Result<Vec<u8>, StoreError> {
-    if blob.is_empty() {
-        return Ok(Vec::new());
-    }
-    let size = match zstd::zstd_safe::get_frame_content_size(blob) {
-        Ok(Some(n)) => n as usize,
-        _ => return zstd::stream::decode_all(blob).map_err(|e| StoreError::Corrupt(e.to_string())),
-    };
-    DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new()?);
-        }
-        d.as_mut()
-            .expect("set above")
-            .decompress(blob, size)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    })
-}
 
 /// A version made ready for storage — JSON with `meta`, its compressed form, its index
 /// entries and owner — without touching the database, so that this CPU work can run outside
@@ -70,12 +29,18 @@ pub struct Prepared {
 
 impl Prepared {
     /// Version 1 of a new resource, stamped now; `id` is generated when absent.
-    pub fn new(rtype: &str, id: Option<&str>, res: Value) -> Result<Prepared, StoreError> {
+    pub(crate) fn new(
+        codec: &Codec,
+        rtype: &str,
+        id: Option<&str>,
+        res: Value,
+    ) -> Result<Prepared, StoreError> {
         let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), String::from);
-        Prepared::build(rtype, &id, 1, now_ms(), Some(res))
+        Prepared::build(codec, rtype, &id, 1, now_ms(), Some(res))
     }
 
     fn build(
+        codec: &Codec,
         rtype: &str,
         id: &str,
         version: i64,
@@ -105,7 +70,7 @@ impl Prepared {
         meta["lastUpdated"] = Value::String(format_instant(now));
         p.entries = extract(rtype, &r);
         p.body = serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        p.compressed = compress(&p.body)?;
+        p.compressed = codec.compress(&p.body)?;
         p.owner = compartment_owner(rtype, id, &p.entries);
         Ok(p)
     }
@@ -117,6 +82,8 @@ pub struct Tx<'a> {
     cat: &'a Catalog,
     added: &'a mut HashMap<String, i64>,
     now: i64,
+    /// Versions written, for the store's dictionary-training trigger.
+    pub(crate) written: u64,
 }
 
 struct Current {
@@ -137,6 +104,7 @@ impl<'a> Tx<'a> {
             cat,
             added,
             now: now_ms(),
+            written: 0,
         }
     }
 
@@ -273,6 +241,7 @@ impl<'a> Tx<'a> {
             )?;
             if let Some(r) = rows.first() {
                 let rid = r[0].int();
+                self.written += 1;
                 return self.put_prepared(None, p, Some(rid));
             }
         }
@@ -287,6 +256,7 @@ impl<'a> Tx<'a> {
             let (rtype, id) = (p.rtype.clone(), p.id.clone());
             return self.put(&rtype, &id, cur, Some(v));
         }
+        self.written += 1;
         self.put_prepared(None, p, None)
     }
 
@@ -298,7 +268,8 @@ impl<'a> Tx<'a> {
         res: Option<Value>,
     ) -> Result<Stored, StoreError> {
         let version = cur.as_ref().map_or(1, |c| c.version + 1);
-        let p = Prepared::build(rtype, id, version, self.now, res)?;
+        let p = Prepared::build(&self.cat.codec, rtype, id, version, self.now, res)?;
+        self.written += 1;
         self.put_prepared(cur, p, None)
     }
 
@@ -555,7 +526,7 @@ pub(crate) fn stored_from(
         version,
         last_updated: lastmod,
         deleted: deleted != 0,
-        body: decompress(&blob)?,
+        body: cat.codec.decompress(&blob)?,
     })
 }
 

@@ -494,3 +494,35 @@ fn failed_write_leaves_nothing(t: &TestStore) {
     assert!(s.read("Patient", "a1").unwrap().is_none());
     assert!(search(s, "Patient", &[]).is_empty());
 }
+
+/// After enough writes the embedded store trains a body dictionary; bodies written before
+/// and after it stay readable, also after reopening.
+#[test]
+fn dictionary_is_trained_and_everything_stays_readable() {
+    let t = sqlite();
+    let s = &t.store;
+    let batch = |from: usize| {
+        s.write(|tx| {
+            for i in from..from + 1000 {
+                tx.update("Observation", &format!("d{i}"), json!({"resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": format!("{}", 1000 + i % 50)}]},
+                    "subject": {"reference": format!("Patient/p{}", i % 40)},
+                    "valueQuantity": {"value": i, "unit": "mg/dL"}}), None)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .unwrap()
+    };
+    for k in 0..4 {
+        batch(k * 1000);
+    }
+    let rows = s.query_admin("SELECT COUNT(*) FROM dict", &[]).unwrap();
+    assert_eq!(rows[0][0].int(), 1, "a dictionary was trained");
+    batch(4000);
+    for id in ["d0", "d3999", "d4999"] {
+        assert_eq!(s.read("Observation", id).unwrap().unwrap().json().unwrap()["id"], id);
+    }
+    let reopened = Store::open(&t.location).unwrap();
+    assert_eq!(reopened.read("Observation", "d4500").unwrap().unwrap().json().unwrap()["status"], "final");
+    assert_eq!(reopened.read("Observation", "d10").unwrap().unwrap().json().unwrap()["status"], "final");
+}
