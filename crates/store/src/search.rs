@@ -1327,28 +1327,48 @@ pub(crate) fn everything(
         params.push(Val::Int(e.start.unwrap_or(i64::MIN)));
         params.push(Val::Int(e.end.unwrap_or(i64::MAX)));
     }
-    // Without filters the keys come from the index alone; bodies are read for one page.
-    let base = if wheres.len() == 1 {
-        format!("FROM ({driver}) m")
+    // One person's keys are few (thousands): read them once, count and page in memory.
+    let all: Vec<(i64, i64)> = if wheres.len() == 1 {
+        // No filters: two index range reads, with the union, the compartment-parameter
+        // filter and the ordering done here rather than in temporary B-trees.
+        let wanted: std::collections::HashSet<i64> =
+            pids.iter().filter_map(|p| p.parse().ok()).collect();
+        let mut keys: Vec<(i64, i64)> = conn
+            .query(
+                "SELECT shard, rid FROM res_route WHERE rtype = ? AND id = ?",
+                &[Val::Int(pt), Val::Text(e.patient.clone())],
+            )?
+            .iter()
+            .map(|r| (r[0].int(), r[1].int()))
+            .collect();
+        keys.extend(
+            conn.query(
+                "SELECT shard, rid, pid FROM ix_ref WHERE tid = ? AND ttype = ?",
+                &[Val::Text(e.patient.clone()), Val::Int(pt)],
+            )?
+            .iter()
+            .filter(|r| wanted.contains(&r[2].int()))
+            .map(|r| (r[0].int(), r[1].int())),
+        );
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     } else {
-        format!(
+        let base = format!(
             "FROM ({driver}) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid WHERE {}",
             wheres.join(" AND ")
-        )
-    };
-    let total = conn.query(&format!("SELECT COUNT(*) {base}"), &params)?[0][0].int() as u64;
-    params.push(Val::Int(e.count as i64 + 1));
-    params.push(Val::Int(e.offset as i64));
-    let mut keys: Vec<(i64, i64)> = conn
-        .query(
-            &format!("SELECT m.shard, m.rid {base} ORDER BY m.shard, m.rid LIMIT ? OFFSET ?"),
+        );
+        conn.query(
+            &format!("SELECT m.shard, m.rid {base} ORDER BY m.shard, m.rid"),
             &params,
         )?
         .iter()
         .map(|r| (r[0].int(), r[1].int()))
-        .collect();
-    let has_more = keys.len() > e.count;
-    keys.truncate(e.count);
+        .collect()
+    };
+    let total = all.len() as u64;
+    let keys: Vec<(i64, i64)> = all.iter().skip(e.offset).take(e.count).copied().collect();
+    let has_more = e.offset + keys.len() < all.len();
     let matches = fetch_by_keys(conn, cat, &keys)?;
     Ok(Page {
         matches,

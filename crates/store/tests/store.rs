@@ -520,9 +520,28 @@ fn dictionary_is_trained_and_everything_stays_readable() {
     assert_eq!(rows[0][0].int(), 1, "a dictionary was trained");
     batch(4000);
     for id in ["d0", "d3999", "d4999"] {
-        assert_eq!(s.read("Observation", id).unwrap().unwrap().json().unwrap()["id"], id);
+        assert_eq!(
+            s.read("Observation", id).unwrap().unwrap().json().unwrap()["id"],
+            id
+        );
     }
     let reopened = Store::open(&t.location).unwrap();
-    assert_eq!(reopened.read("Observation", "d4500").unwrap().unwrap().json().unwrap()["status"], "final");
-    assert_eq!(reopened.read("Observation", "d10").unwrap().unwrap().json().unwrap()["status"], "final");
+    assert_eq!(
+        reopened
+            .read("Observation", "d4500")
+            .unwrap()
+            .unwrap()
+            .json()
+            .unwrap()["status"],
+        "final"
+    );
+    assert_eq!(
+        reopened
+            .read("Observation", "d10")
+            .unwrap()
+            .unwrap()
+            .json()
+            .unwrap()["status"],
+        "final"
+    );
 }
