@@ -271,6 +271,19 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// `200 OK` with a stored version, its ETag and Last-Modified.
+fn resource_ok(s: Stored) -> Resp {
+    let headers = vec![
+        ("ETag".to_string(), etag(s.version)),
+        ("Last-Modified".to_string(), format_http(s.last_updated)),
+    ];
+    Resp {
+        status: 200,
+        headers,
+        body: Body::Raw(s.body),
+    }
+}
+
 fn resource_headers(resp: Resp, s: &Stored) -> Resp {
     resp.header("ETag", etag(s.version))
         .header("Last-Modified", format_http(s.last_updated))
@@ -525,14 +538,7 @@ impl Engine {
                 format!("{t}/{id} was deleted (version {})", s.version),
             ));
         }
-        Ok(resource_headers(
-            Resp {
-                status: 200,
-                headers: Vec::new(),
-                body: Body::Raw(s.body.clone()),
-            },
-            &s,
-        ))
+        Ok(resource_ok(s))
     }
 
     fn vread(&self, t: &str, id: &str, v: &str) -> Result<Resp, ApiError> {
@@ -550,14 +556,7 @@ impl Engine {
                 format!("Version {v} of {t}/{id} is a deletion"),
             ));
         }
-        Ok(resource_headers(
-            Resp {
-                status: 200,
-                headers: Vec::new(),
-                body: Body::Raw(s.body.clone()),
-            },
-            &s,
-        ))
+        Ok(resource_ok(s))
     }
 
     fn body_resource(&self, req: &Req, t: &str, id: Option<&str>) -> Result<Value, ApiError> {

@@ -544,17 +544,28 @@ pub(crate) fn read_current(
          JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?",
         &[Val::Int(t), Val::Text(id.to_string())],
     )?;
+    first_version(cat, t, id, rows)
+}
+
+/// The first `(version, lastmod, deleted, body)` row as a stored version of `t/id`.
+fn first_version(
+    cat: &Catalog,
+    t: i64,
+    id: &str,
+    rows: Vec<crate::sql::Row>,
+) -> Result<Option<Stored>, StoreError> {
     let Some(mut r) = rows.into_iter().next() else {
         return Ok(None);
     };
     let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
+    let (version, lastmod, deleted) = (r[0].int(), r[1].int(), r[2].int());
     Ok(Some(stored_from(
         cat,
         t,
         id.to_string(),
-        r[0].int(),
-        r[1].int(),
-        r[2].int(),
+        version,
+        lastmod,
+        deleted,
         blob,
     )?))
 }
@@ -585,19 +596,7 @@ pub(crate) fn read_version(
             Val::Int(version),
         ],
     )?;
-    let Some(mut r) = rows.into_iter().next() else {
-        return Ok(None);
-    };
-    let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
-    Ok(Some(stored_from(
-        cat,
-        t,
-        id.to_string(),
-        r[0].int(),
-        r[1].int(),
-        r[2].int(),
-        blob,
-    )?))
+    first_version(cat, t, id, rows)
 }
 
 pub(crate) fn history(
