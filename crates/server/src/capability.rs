@@ -53,7 +53,7 @@ fn build() -> Value {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "not-match",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchInclude": ["*"],

@@ -97,6 +97,16 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
             headers.insert(k.as_str().to_ascii_lowercase(), s.to_string());
         }
     }
+    if !json_acceptable(
+        headers.get("accept").map(String::as_str),
+        parts.uri.query().unwrap_or(""),
+    ) {
+        return to_response(Resp::error(&ApiError::new(
+            406,
+            IssueCode::NotSupported,
+            "This server speaks FHIR JSON only: ask for application/fhir+json",
+        )));
+    }
     let is_search = segments.last().is_some_and(|s| s == "_search");
     if !media_ok(
         &method,
@@ -157,6 +167,21 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
             )))
         }
     }
+}
+
+/// False when the client asks only for a format we do not produce (XML, Turtle), through
+/// `Accept` or `_format`.
+fn json_acceptable(accept: Option<&str>, query: &str) -> bool {
+    let json_like = |m: &str| {
+        let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        m.is_empty() || m.contains("json") || m == "*/*" || m == "application/*" || m.starts_with("text/html")
+    };
+    for (k, v) in crate::engine::parse_query_string(query) {
+        if k == "_format" && !json_like(&v) && v != "json" {
+            return false;
+        }
+    }
+    accept.is_none_or(|a| a.split(',').any(json_like))
 }
 
 fn too_large(limit: usize) -> Response {
