@@ -475,10 +475,20 @@ impl Engine {
                 check_id(id)?;
                 let r = self.read(t, id)?;
                 // Conditional read: the client's copy is current.
-                let etag = r.headers.iter().find(|(k, _)| k == "ETag").map(|(_, v)| v.clone());
+                let etag = r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "ETag")
+                    .map(|(_, v)| v.clone());
                 match (req.header("if-none-match"), etag) {
-                    (Some(inm), Some(e)) if inm.split(',').any(|x| x.trim() == e || x.trim() == "*") => {
-                        Ok(Resp { status: 304, headers: r.headers, body: Body::Empty })
+                    (Some(inm), Some(e))
+                        if inm.split(',').any(|x| x.trim() == e || x.trim() == "*") =>
+                    {
+                        Ok(Resp {
+                            status: 304,
+                            headers: r.headers,
+                            body: Body::Empty,
+                        })
                     }
                     _ => Ok(r),
                 }

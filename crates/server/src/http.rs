@@ -173,8 +173,17 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
 /// `Accept` or `_format`.
 fn json_acceptable(accept: Option<&str>, query: &str) -> bool {
     let json_like = |m: &str| {
-        let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        m.is_empty() || m.contains("json") || m == "*/*" || m == "application/*" || m.starts_with("text/html")
+        let m = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        m.is_empty()
+            || m.contains("json")
+            || m == "*/*"
+            || m == "application/*"
+            || m.starts_with("text/html")
     };
     for (k, v) in crate::engine::parse_query_string(query) {
         if k == "_format" && !json_like(&v) && v != "json" {

@@ -262,7 +262,7 @@ impl Store {
         let (result, written) = {
             let cat = self.catalog();
             let mut tx = Tx::new(conn, &cat, &mut added);
-            let r = f(&mut tx);
+            let r = f(&mut tx).and_then(|r| tx.flush().map(|()| r).map_err(E::from));
             (r, tx.written)
         };
         match result {

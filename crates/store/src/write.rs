@@ -84,7 +84,12 @@ pub struct Tx<'a> {
     now: i64,
     /// Versions written, for the store's dictionary-training trigger.
     pub(crate) written: u64,
+    /// Index rows not yet written, per index table.
+    pending: [Vec<Row>; 6],
 }
+
+/// Buffered index rows that trigger a flush (bounds memory for huge transactions).
+const FLUSH_ROWS: usize = 20_000;
 
 struct Current {
     shard: i64,
@@ -105,6 +110,7 @@ impl<'a> Tx<'a> {
             added,
             now: now_ms(),
             written: 0,
+            pending: Default::default(),
         }
     }
 
@@ -198,6 +204,7 @@ impl<'a> Tx<'a> {
 
     /// Searches inside the transaction (sees its own writes).
     pub fn search(&mut self, q: &Query) -> Result<Page, StoreError> {
+        self.flush()?;
         if self.added.is_empty() {
             return search::run(self.conn, self.cat, q);
         }
@@ -306,6 +313,8 @@ impl<'a> Tx<'a> {
                      WHERE shard = ? AND rid = ?",
                     &[Val::Int(c.shard), Val::Int(c.rid)],
                 )?;
+                // The old version's rows may still be buffered in this transaction.
+                self.flush()?;
                 for table in INDEX_TABLES {
                     self.conn.exec(
                         &format!("DELETE FROM {table} WHERE shard = ? AND rid = ?"),
@@ -484,8 +493,24 @@ impl<'a> Tx<'a> {
                 }
             }
         }
+        for (pending, new) in self.pending.iter_mut().zip(rows) {
+            pending.extend(new);
+        }
+        if self.pending.iter().map(Vec::len).sum::<usize>() >= FLUSH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered index rows. Buffering turns a bundle's thousands of row inserts
+    /// into a few statements (one round trip per table on PostgreSQL); anything that reads
+    /// the index inside the transaction flushes first.
+    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
         for (i, table) in INDEX_TABLES.iter().enumerate() {
-            self.conn.insert_rows(table, INDEX_COLUMNS[i], &rows[i])?;
+            if !self.pending[i].is_empty() {
+                let rows = std::mem::take(&mut self.pending[i]);
+                self.conn.insert_rows(table, INDEX_COLUMNS[i], &rows)?;
+            }
         }
         Ok(())
     }

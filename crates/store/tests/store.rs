@@ -19,6 +19,7 @@ both!(
     sorting_and_paging,
     compartment_and_everything,
     failed_write_leaves_nothing,
+    updates_within_one_transaction,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
@@ -544,4 +545,32 @@ fn dictionary_is_trained_and_everything_stays_readable() {
             .unwrap()["status"],
         "final"
     );
+}
+
+fn updates_within_one_transaction(t: &TestStore) {
+    let s = &t.store;
+    // Index rows are buffered until the transaction ends (or a search): a second version
+    // written in the same transaction must replace the first one's rows, not add to them.
+    let found = s
+        .write(|tx| {
+            tx.update(
+                "Patient",
+                "w1",
+                json!({"resourceType": "Patient", "gender": "male"}),
+                None,
+            )?;
+            tx.update(
+                "Patient",
+                "w1",
+                json!({"resourceType": "Patient", "gender": "female"}),
+                None,
+            )?;
+            let q = Query::parse("Patient", &[("gender".into(), "female".into())], true).unwrap();
+            Ok::<_, StoreError>(tx.search(&q)?.matches.len())
+        })
+        .unwrap();
+    assert_eq!(found, 1);
+    assert!(search(s, "Patient", &[("gender", "male")]).is_empty());
+    assert_eq!(search(s, "Patient", &[("gender", "female")]), ["w1"]);
+    assert_eq!(s.read("Patient", "w1").unwrap().unwrap().version, 2);
 }

@@ -37,16 +37,32 @@ async fn create_read_update_delete_history() {
 
     // Conditional read: the current ETag gets 304.
     let same = app
-        .send("GET", &format!("Patient/{id}"), None, &[("If-None-Match", "W/\"1\"")])
+        .send(
+            "GET",
+            &format!("Patient/{id}"),
+            None,
+            &[("If-None-Match", "W/\"1\"")],
+        )
         .await;
     assert_eq!(same.status, 304);
     let xml = app
-        .send("GET", &format!("Patient/{id}"), None, &[("Accept", "application/fhir+xml")])
+        .send(
+            "GET",
+            &format!("Patient/{id}"),
+            None,
+            &[("Accept", "application/fhir+xml")],
+        )
         .await;
     assert_eq!(xml.status, 406);
     assert_eq!(xml.body["resourceType"], "OperationOutcome");
-    assert_eq!(app.get(&format!("Patient/{id}?_format=xml")).await.status, 406);
-    assert_eq!(app.get(&format!("Patient/{id}?_format=json")).await.status, 200);
+    assert_eq!(
+        app.get(&format!("Patient/{id}?_format=xml")).await.status,
+        406
+    );
+    assert_eq!(
+        app.get(&format!("Patient/{id}?_format=json")).await.status,
+        200
+    );
     let upd = app
         .put(
             &format!("Patient/{id}"),
