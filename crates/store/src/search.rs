@@ -566,42 +566,20 @@ impl Sql<'_> {
                     pids.join(",")
                 )
             }
+            // A chain keeps the referencing side (f) whose target (t) matches the inner
+            // condition; `_has` keeps the target whose referencing side matches it.
             Cond::Chain {
                 rtype,
                 code,
                 target,
                 inner,
-            } => {
-                let pid = self.pid(rtype, code);
-                let tt = self.type_id(target);
-                if self.only_type(rtype, code).is_some_and(|o| o != tt) {
-                    return "SELECT shard, rid FROM res WHERE 1 = 0".into();
-                }
-                let inner_sql = self.sub_for(target, inner);
-                format!(
-                    "SELECT f.shard, f.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
-                     AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
-                     AND (t.shard, t.rid) IN ({inner_sql})"
-                )
-            }
+            } => self.link(rtype, code, target, inner, target, ("f", "t")),
             Cond::Has {
                 rtype,
                 source,
                 param,
                 inner,
-            } => {
-                let pid = self.pid(source, param);
-                let tt = self.type_id(rtype);
-                if self.only_type(source, param).is_some_and(|o| o != tt) {
-                    return "SELECT shard, rid FROM res WHERE 1 = 0".into();
-                }
-                let inner_sql = self.sub_for(source, inner);
-                format!(
-                    "SELECT t.shard, t.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
-                     AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
-                     AND (f.shard, f.rid) IN ({inner_sql})"
-                )
-            }
+            } => self.link(source, param, rtype, inner, source, ("t", "f")),
             Cond::Param {
                 rtype,
                 code,
@@ -610,6 +588,32 @@ impl Sql<'_> {
                 values,
             } => self.param(rtype, code, *kind, modifier.as_deref(), values),
         }
+    }
+
+    /// Resources joined through reference parameter `code` of `from` to resources of type
+    /// `to`, where `inner` (a condition on `inner_type`) holds on the side named by
+    /// `sides.1`; yields the side named by `sides.0`.
+    fn link(
+        &mut self,
+        from: &str,
+        code: &str,
+        to: &str,
+        inner: &Cond,
+        inner_type: &str,
+        sides: (&str, &str),
+    ) -> String {
+        let pid = self.pid(from, code);
+        let tt = self.type_id(to);
+        if self.only_type(from, code).is_some_and(|o| o != tt) {
+            return "SELECT shard, rid FROM res WHERE 1 = 0".into();
+        }
+        let inner_sql = self.sub_for(inner_type, inner);
+        let (out, cond) = sides;
+        format!(
+            "SELECT {out}.shard, {out}.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
+             AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
+             AND ({cond}.shard, {cond}.rid) IN ({inner_sql})"
+        )
     }
 
     /// Like `sub`, for conditions that need the resource type (ids, `_lastUpdated`).
