@@ -935,21 +935,22 @@ impl Sql<'_> {
 
 const SELECT_RES: &str = "r.shard, r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.body, rr.id";
 
+/// A row selected as [`SELECT_RES`] as a stored version.
+fn res_row(cat: &Catalog, mut r: Vec<Val>) -> Result<Stored, StoreError> {
+    let blob = std::mem::replace(&mut r[6], Val::Null).into_blob();
+    stored_from(
+        cat,
+        r[2].int(),
+        r[7].text().to_string(),
+        r[3].int(),
+        r[4].int(),
+        r[5].int(),
+        blob,
+    )
+}
+
 fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreError> {
-    rows.into_iter()
-        .map(|mut r| {
-            let blob = std::mem::replace(&mut r[6], Val::Null).into_blob();
-            stored_from(
-                cat,
-                r[2].int(),
-                r[7].text().to_string(),
-                r[3].int(),
-                r[4].int(),
-                r[5].int(),
-                blob,
-            )
-        })
-        .collect()
+    rows.into_iter().map(|r| res_row(cat, r)).collect()
 }
 
 /// Runs a query: the page of matches, the total, and the included resources.
@@ -1116,19 +1117,9 @@ fn fetch_by_keys(
                 "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
                  WHERE r.shard = ? AND r.rid IN ({marks}) AND r.deleted = 0"
             );
-            for mut row in conn.query(&sql, &params)? {
+            for row in conn.query(&sql, &params)? {
                 let key = (row[0].int(), row[1].int());
-                let blob = std::mem::replace(&mut row[6], Val::Null).into_blob();
-                let s = stored_from(
-                    cat,
-                    row[2].int(),
-                    row[7].text().to_string(),
-                    row[3].int(),
-                    row[4].int(),
-                    row[5].int(),
-                    blob,
-                )?;
-                found.insert(key, s);
+                found.insert(key, res_row(cat, row)?);
             }
         }
     }
