@@ -7,6 +7,7 @@
 //! - [`date`]: FHIR date/dateTime/instant parsing into half-open millisecond ranges.
 //! - [`index`]: extraction of search-index values from a resource.
 //! - [`id`]: validated ids and references.
+//! - [`validate`]: structural validation against the R4 StructureDefinitions.
 //! - [`outcome`]: OperationOutcome construction, the shape of every error Hutong returns.
 //!
 //! Architecture invariant: nothing in this crate does I/O; it is pure functions over JSON.
@@ -17,6 +18,7 @@ pub mod id;
 pub mod index;
 pub mod outcome;
 pub mod path;
+pub mod validate;
 
 pub use defs::{Definitions, Derived, ParamType, SearchParamDef};
 pub use id::{is_valid_id, Reference};

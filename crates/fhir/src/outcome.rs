@@ -23,6 +23,7 @@ pub enum IssueCode {
     Informational,
     MultipleMatches,
     Incomplete,
+    CodeInvalid,
 }
 
 impl IssueCode {
@@ -46,6 +47,7 @@ impl IssueCode {
             IssueCode::Informational => "informational",
             IssueCode::MultipleMatches => "multiple-matches",
             IssueCode::Incomplete => "incomplete",
+            IssueCode::CodeInvalid => "code-invalid",
         }
     }
 }
