@@ -39,8 +39,11 @@ struct RawType {
     kind: String,
     #[serde(rename = "abstract")]
     is_abstract: bool,
-    elements: Vec<(String, u32, String, Vec<String>, Option<String>)>,
+    elements: Vec<RawElement>,
 }
+
+/// path, min, max, types, required value set
+type RawElement = (String, u32, String, Vec<String>, Option<String>);
 
 struct Element {
     /// The JSON property name, without `[x]`.
