@@ -4,6 +4,7 @@
 //! (`--config`, default `./hutong.toml` when present), in that order of precedence.
 
 mod bench;
+mod synth;
 mod workload;
 
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ enum Cmd {
     },
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Write a synthetic region: institutions, residents, their records and the truth.
+    Synth(synth::SynthArgs),
 }
 
 #[derive(Args)]
@@ -181,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
+        Cmd::Synth(args) => synth::run(&args),
     }
 }
 
