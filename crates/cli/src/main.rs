@@ -4,6 +4,7 @@
 //! (`--config`, default `./hutong.toml` when present), in that order of precedence.
 
 mod bench;
+mod demo;
 mod synth;
 mod workload;
 
@@ -68,6 +69,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Write a synthetic region: institutions, residents, their records and the truth.
     Synth(synth::SynthArgs),
+    /// Generate a synthetic region, load it into a fresh embedded store, and serve it.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -185,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
         Cmd::Synth(args) => synth::run(&args),
+        Cmd::Demo(args) => demo::run(args, &rt),
     }
 }
 

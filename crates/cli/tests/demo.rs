@@ -1,0 +1,243 @@
+//! `hutong demo` from the outside: the README's command generates a region, loads it, and
+//! serves it; the printed guide's links work; a second run replaces the first; a directory
+//! that is not a demo is left alone.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hutong");
+
+struct Demo {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a small demo and reads its guide up to "Press Ctrl-C".
+fn start(dir: &std::path::Path) -> Demo {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--residents",
+            "150",
+            "--institutions",
+            "8",
+            "--years",
+            "2",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .env("HUTONG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            if tx.send(l.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(240)) {
+            Ok(l) => {
+                let done = l.contains("Press Ctrl-C");
+                lines.push(l);
+                if done {
+                    return Demo { child, lines };
+                }
+            }
+            Err(_) => panic!("demo did not come up; output so far: {lines:#?}"),
+        }
+    }
+}
+
+fn url_after(lines: &[String], needle: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("http") && w.contains(needle))
+        })
+        .unwrap_or_else(|| panic!("no link with {needle} in {lines:#?}"))
+        .to_string()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    let r = client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_generates_loads_serves_and_prints_working_links() {
+    let dir = std::env::temp_dir().join(format!("hutong-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = reqwest::Client::new();
+    for run in 0..2 {
+        let demo = start(&dir);
+        let lines = &demo.lines;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("Loaded ") && !l.contains("rejected")),
+            "{lines:#?}"
+        );
+        let meta = get(&client, &url_after(lines, "/metadata")).await;
+        assert_eq!(meta["resourceType"], "CapabilityStatement");
+        let orgs = get(&client, &url_after(lines, "/Organization")).await;
+        assert_eq!(
+            orgs["total"], 8,
+            "run {run}: a second run replaces the first region"
+        );
+        let by_id = get(&client, &url_after(lines, "identifier=")).await;
+        let entries = by_id["entry"]
+            .as_array()
+            .expect("the example resident is found");
+        assert!(entries.len() >= 2, "seen at several institutions: {by_id}");
+        let sources: std::collections::HashSet<&str> = entries
+            .iter()
+            .map(|e| e["resource"]["meta"]["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources.len(), entries.len(), "one Patient per institution");
+        assert!(sources.iter().all(|s| s.starts_with("urn:hutong:org:")));
+        let everything = get(&client, &url_after(lines, "$everything")).await;
+        assert!(everything["entry"].as_array().unwrap().len() > 1);
+        let hba1c = get(&client, &url_after(lines, "4548-4")).await;
+        assert_eq!(hba1c["resourceType"], "Bundle");
+    }
+    // Not a demo directory: refused, untouched.
+    let other = dir.join("region");
+    let status = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&other)
+        .env("HUTONG_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    assert!(other.join("truth/residents.csv").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--format both`: the per-patient transaction bundles hold exactly the NDJSON resources,
+/// and the real server accepts them as transactions.
+#[tokio::test(flavor = "multi_thread")]
+async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
+    let dir = std::env::temp_dir().join(format!("hutong-synth-bundles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("region");
+    let ok = Command::new(BIN)
+        .args([
+            "synth",
+            "--residents",
+            "40",
+            "--institutions",
+            "6",
+            "--years",
+            "2",
+            "--format",
+            "both",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.join("store"))
+        .env("HUTONG_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..600 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut from_bundles = std::collections::BTreeSet::new();
+    let mut from_ndjson = std::collections::BTreeSet::new();
+    let mut posted = 0;
+    for inst in std::fs::read_dir(out.join("institutions")).unwrap() {
+        let inst = inst.unwrap().path();
+        for f in std::fs::read_dir(&inst).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "ndjson") {
+                for l in std::fs::read_to_string(&f).unwrap().lines() {
+                    from_ndjson.insert(l.to_string());
+                }
+            }
+        }
+        for b in std::fs::read_dir(inst.join("bundles")).unwrap() {
+            let body = std::fs::read(b.unwrap().path()).unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["type"], "transaction");
+            for e in v["entry"].as_array().unwrap() {
+                let r = &e["resource"];
+                assert_eq!(e["request"]["method"], "PUT");
+                assert_eq!(
+                    e["request"]["url"],
+                    format!(
+                        "{}/{}",
+                        r["resourceType"].as_str().unwrap(),
+                        r["id"].as_str().unwrap()
+                    )
+                );
+                from_bundles.insert(r.to_string());
+            }
+            if posted < 25 {
+                let resp = client
+                    .post(format!("{base}/fhir"))
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let text = resp.text().await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                posted += 1;
+            }
+        }
+    }
+    assert!(posted > 0);
+    assert_eq!(from_bundles, from_ndjson);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
