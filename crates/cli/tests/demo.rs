@@ -25,7 +25,7 @@ impl Drop for Demo {
 
 /// Starts a small demo and reads its guide up to "Press Ctrl-C".
 fn start(dir: &std::path::Path) -> Demo {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "demo",
             "--residents",
@@ -42,7 +42,12 @@ fn start(dir: &std::path::Path) -> Demo {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
+    // Owned by the guard at once, so the process is reaped on every path, panics included.
+    let mut demo = Demo {
+        child,
+        lines: Vec::new(),
+    };
+    let out = demo.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(out).lines() {
@@ -51,17 +56,16 @@ fn start(dir: &std::path::Path) -> Demo {
             }
         }
     });
-    let mut lines = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(240)) {
             Ok(l) => {
                 let done = l.contains("Press Ctrl-C");
-                lines.push(l);
+                demo.lines.push(l);
                 if done {
-                    return Demo { child, lines };
+                    return demo;
                 }
             }
-            Err(_) => panic!("demo did not come up; output so far: {lines:#?}"),
+            Err(_) => panic!("demo did not come up; output so far: {:#?}", demo.lines),
         }
     }
 }
@@ -169,7 +173,7 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
         .unwrap();
     assert!(ok.success());
     let port = free_port();
-    let mut server = Command::new(BIN)
+    let server_child = Command::new(BIN)
         .args([
             "serve",
             "--listen",
@@ -182,6 +186,10 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let server = Demo {
+        child: server_child,
+        lines: Vec::new(),
+    };
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..600 {
@@ -237,7 +245,6 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
     }
     assert!(posted > 0);
     assert_eq!(from_bundles, from_ndjson);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
