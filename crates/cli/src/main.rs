@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod link;
 mod synth;
 mod workload;
 
@@ -71,6 +72,8 @@ enum Cmd {
     Synth(synth::SynthArgs),
     /// Generate a synthetic region, load it into a fresh embedded store, and serve it.
     Demo(demo::DemoArgs),
+    /// Deduplicate a CSV of demographic records (or a synthetic region's Patients).
+    Link(link::LinkArgs),
 }
 
 #[derive(Args)]
@@ -189,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
         Cmd::Synth(args) => synth::run(&args),
         Cmd::Demo(args) => demo::run(args, &rt),
+        Cmd::Link(args) => link::run(&args),
     }
 }
 

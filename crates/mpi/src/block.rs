@@ -1,0 +1,74 @@
+//! Blocking: several keys per record so that no true pair is lost to one bad field — the ID
+//! number's division-and-birth-date prefix, name pinyin with birth date, surname with birth
+//! date, given name with birth date, phone, name with place, birth date with place and sex.
+
+use std::collections::HashMap;
+
+use crate::normalize::Record;
+
+/// Blocks bigger than this are too common to say anything (a shared family phone is fine;
+/// a whole district born on one day is not) and are skipped.
+pub const MAX_BLOCK: usize = 400;
+
+pub fn keys(r: &Record) -> Vec<String> {
+    let mut k = Vec::with_capacity(8);
+    if let Some(id) = &r.id_number {
+        k.push(format!("i:{}", id.text));
+        if id.text.len() >= 14 {
+            k.push(format!("ip:{}", &id.text[..14]));
+        }
+    }
+    let birth = r.birth.map(|(y, m, d)| format!("{y:04}{m:02}{d:02}"));
+    let place = r.place.district.as_ref().or(r.place.postcode.as_ref());
+    if let Some(n) = &r.name {
+        for py in n.py.iter().take(3) {
+            if let Some(b) = &birth {
+                k.push(format!("nb:{py}{b}"));
+            }
+            if let Some(p) = place {
+                k.push(format!("np:{py}|{p}"));
+            }
+        }
+        if let Some(b) = &birth {
+            for f in n.family_py.iter().take(3) {
+                k.push(format!("fb:{f}{b}"));
+            }
+            if !n.given_py.is_empty() {
+                k.push(format!("gb:{}{b}", n.given_py));
+            }
+        }
+    }
+    if let Some(p) = &r.phone {
+        k.push(format!("p:{p}"));
+    }
+    if let (Some(b), Some(p)) = (&birth, place) {
+        k.push(format!("bp:{b}|{p}|{:?}", r.sex));
+    }
+    k
+}
+
+/// Candidate pairs (i < j), each once.
+pub fn candidates(records: &[Record]) -> Vec<(u32, u32)> {
+    let mut blocks: HashMap<String, Vec<u32>> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        for key in keys(r) {
+            blocks.entry(key).or_default().push(i as u32);
+        }
+    }
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for members in blocks.values() {
+        if members.len() < 2 || members.len() > MAX_BLOCK {
+            continue;
+        }
+        for (x, &a) in members.iter().enumerate() {
+            for &b in &members[x + 1..] {
+                if a != b {
+                    pairs.push((a.min(b), a.max(b)));
+                }
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}

@@ -1,0 +1,140 @@
+//! Decisions and clusters: pairs at or above the link threshold are joined, strongest first,
+//! unless that would put two valid, different ID numbers in one person (so a chain of weak
+//! links can never merge two people who are known apart); pairs between the thresholds that
+//! end up in different persons go to the review queue.
+
+use crate::compare::{compare, known_apart};
+use crate::model::Model;
+use crate::normalize::Record;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// log2 posterior odds at or above which a pair is linked automatically.
+    pub link: f64,
+    /// log2 posterior odds at or above which an unlinked pair is queued for review.
+    pub review: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds {
+            link: 8.0,
+            review: -2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoredPair {
+    pub a: u32,
+    pub b: u32,
+    /// log2 posterior odds.
+    pub odds: f64,
+}
+
+pub struct Clustering {
+    /// Cluster number per record (the smallest record index in the cluster).
+    pub cluster: Vec<u32>,
+    pub review: Vec<ScoredPair>,
+    pub linked_pairs: usize,
+    pub refused_conflicts: usize,
+}
+
+struct Sets {
+    parent: Vec<u32>,
+    /// Valid ID numbers known in each root's cluster.
+    ids: Vec<Vec<String>>,
+}
+
+impl Sets {
+    fn find(&mut self, x: u32) -> u32 {
+        let mut r = x;
+        while self.parent[r as usize] != r {
+            r = self.parent[r as usize];
+        }
+        let mut c = x;
+        while self.parent[c as usize] != r {
+            let next = self.parent[c as usize];
+            self.parent[c as usize] = r;
+            c = next;
+        }
+        r
+    }
+}
+
+pub fn score_pairs(
+    records: &[Record],
+    model: &Model,
+    candidates: &[(u32, u32)],
+) -> Vec<ScoredPair> {
+    let prior = model.prior();
+    candidates
+        .iter()
+        .map(|&(a, b)| {
+            let (ra, rb) = (&records[a as usize], &records[b as usize]);
+            let odds = if known_apart(ra, rb) {
+                f64::NEG_INFINITY
+            } else {
+                prior + model.score(ra, &compare(ra, rb))
+            };
+            ScoredPair { a, b, odds }
+        })
+        .collect()
+}
+
+pub fn cluster(records: &[Record], mut pairs: Vec<ScoredPair>, t: Thresholds) -> Clustering {
+    let n = records.len();
+    let mut sets = Sets {
+        parent: (0..n as u32).collect(),
+        ids: records
+            .iter()
+            .map(|r| match &r.id_number {
+                Some(id) if id.valid => vec![id.text.clone()],
+                _ => Vec::new(),
+            })
+            .collect(),
+    };
+    pairs.sort_by(|x, y| y.odds.total_cmp(&x.odds).then((x.a, x.b).cmp(&(y.a, y.b))));
+    let mut linked = 0;
+    let mut refused = 0;
+    let mut review = Vec::new();
+    for p in pairs {
+        if p.odds < t.review {
+            break;
+        }
+        let (ra, rb) = (sets.find(p.a), sets.find(p.b));
+        if ra == rb {
+            continue;
+        }
+        if p.odds < t.link {
+            review.push(p);
+            continue;
+        }
+        let conflict = sets.ids[ra as usize]
+            .iter()
+            .any(|x| sets.ids[rb as usize].iter().any(|y| x != y));
+        if conflict {
+            refused += 1;
+            review.push(p);
+            continue;
+        }
+        let (keep, gone) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        sets.parent[gone as usize] = keep;
+        let moved = std::mem::take(&mut sets.ids[gone as usize]);
+        for id in moved {
+            if !sets.ids[keep as usize].contains(&id) {
+                sets.ids[keep as usize].push(id);
+            }
+        }
+        linked += 1;
+    }
+    // Review pairs whose records were joined later are settled.
+    review.retain(|p| sets.find(p.a) != sets.find(p.b));
+    let cluster = (0..n as u32).map(|i| sets.find(i)).collect();
+    Clustering {
+        cluster,
+        review,
+        linked_pairs: linked,
+        refused_conflicts: refused,
+    }
+}

@@ -1,0 +1,221 @@
+//! Fellegi–Sunter: for each field and level, m = P(level | same person) and
+//! u = P(level | different people). u is measured on random pairs (almost all of which are
+//! different people); m and the match prevalence are estimated by EM over the candidate
+//! pairs, so the model learns from the data itself. Exact name agreement is weighted by the
+//! name's own frequency (term-frequency adjustment): 张伟 agreeing says less than 欧阳雪.
+
+use std::collections::HashMap;
+
+use crate::compare::{compare, known_apart, Pattern, CONTACT, FIELDS, LEVELS, MAX_LEVELS, NAME};
+use crate::normalize::Record;
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub m: [[f64; MAX_LEVELS]; FIELDS],
+    pub u: [[f64; MAX_LEVELS]; FIELDS],
+    /// Estimated share of candidate pairs that are matches.
+    pub p: f64,
+    /// Records per exact normalised name, and the record count, for term frequencies.
+    name_counts: HashMap<String, u32>,
+    n: f64,
+    pub em_iterations: usize,
+}
+
+/// A deterministic generator for sampling random pairs (SplitMix64).
+struct Sampler(u64);
+
+impl Sampler {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+/// What the data itself says about a pair before any weighing: the same valid ID number
+/// (one person), two valid different ones or twins (two people), or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Known {
+    Unknown,
+    Same,
+    Apart,
+}
+
+fn known(a: &Record, b: &Record) -> Known {
+    match (&a.id_number, &b.id_number) {
+        (Some(x), Some(y)) if x.valid && y.valid && x.text == y.text => Known::Same,
+        _ if known_apart(a, b) => Known::Apart,
+        _ => Known::Unknown,
+    }
+}
+
+fn count_patterns(
+    patterns: impl Iterator<Item = (Pattern, Known)>,
+) -> Vec<((Pattern, Known), f64)> {
+    let mut h: HashMap<(Pattern, Known), f64> = HashMap::new();
+    for p in patterns {
+        *h.entry(p).or_default() += 1.0;
+    }
+    let mut v: Vec<((Pattern, Known), f64)> = h.into_iter().collect();
+    v.sort_by_key(|a| a.0);
+    v
+}
+
+impl Model {
+    /// Trains on the records and the candidate pairs that blocking produced.
+    pub fn train(records: &[Record], candidates: &[(u32, u32)]) -> Model {
+        let mut name_counts: HashMap<String, u32> = HashMap::new();
+        for r in records {
+            if let Some(n) = &r.name {
+                *name_counts.entry(n.text.clone()).or_default() += 1;
+            }
+        }
+        // u from random pairs, with add-one smoothing so no level is impossible.
+        let mut u = [[1.0; MAX_LEVELS]; FIELDS];
+        let n = records.len();
+        if n >= 2 {
+            let mut s = Sampler(0x5EED);
+            let samples = 200_000.min(n * (n - 1) / 2).max(1);
+            for _ in 0..samples {
+                let (a, b) = (s.next(n), s.next(n));
+                if a == b {
+                    continue;
+                }
+                let p = compare(&records[a], &records[b]);
+                for f in 0..FIELDS {
+                    if let Some(l) = p[f] {
+                        u[f][l as usize] += 1.0;
+                    }
+                }
+            }
+        }
+        normalise(&mut u);
+
+        // m by EM with u fixed, starting from "matches mostly agree".
+        let mut m = [[0.0; MAX_LEVELS]; FIELDS];
+        for (row, &k) in m.iter_mut().zip(LEVELS.iter()) {
+            for (l, x) in row.iter_mut().take(k).enumerate() {
+                *x = if l == k - 1 {
+                    0.9
+                } else {
+                    0.1 / (k - 1) as f64
+                };
+            }
+        }
+        // Semi-supervised EM: pairs whose status the ID numbers (or the twins rule) settle
+        // keep it; EM weighs the rest. Without these anchors EM drifts towards "same name,
+        // same household" — namesakes and relatives — instead of "same person".
+        let patterns = count_patterns(candidates.iter().map(|&(a, b)| {
+            let (ra, rb) = (&records[a as usize], &records[b as usize]);
+            (compare(ra, rb), known(ra, rb))
+        }));
+        let mut p: f64 = 0.3;
+        let mut iterations = 0;
+        for it in 0..100 {
+            iterations = it + 1;
+            let mut mm = [[0.0; MAX_LEVELS]; FIELDS];
+            let mut total_g = 0.0;
+            let mut total = 0.0;
+            for ((pat, k), count) in &patterns {
+                let (mut lm, mut lu) = (p.ln(), (1.0 - p).ln());
+                // Whether a pair is one person is judged on the person's own fields; contact
+                // details are shared by households, so they are estimated from that judgement
+                // but do not drive it (else EM learns "household", not "person").
+                for f in 0..FIELDS {
+                    if f == CONTACT {
+                        continue;
+                    }
+                    if let Some(l) = pat[f] {
+                        lm += m[f][l as usize].max(1e-12).ln();
+                        lu += u[f][l as usize].ln();
+                    }
+                }
+                let g = match k {
+                    Known::Same => 1.0,
+                    Known::Apart => 0.0,
+                    Known::Unknown => 1.0 / (1.0 + (lu - lm).exp()),
+                };
+                total_g += g * count;
+                total += count;
+                for f in 0..FIELDS {
+                    if let Some(l) = pat[f] {
+                        mm[f][l as usize] += g * count;
+                    }
+                }
+            }
+            for row in mm.iter_mut() {
+                for x in row.iter_mut() {
+                    *x += 1e-3;
+                }
+            }
+            normalise(&mut mm);
+            // A candidate set is never all matches; bounding p keeps EM off that degenerate fixpoint.
+            let new_p = (total_g / total.max(1.0)).clamp(1e-4, 0.95);
+            let delta = (new_p - p).abs()
+                + mm.iter()
+                    .zip(m.iter())
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>())
+                    .sum::<f64>();
+            m = mm;
+            p = new_p;
+            if delta < 1e-6 {
+                break;
+            }
+        }
+        for (f, row) in m.iter_mut().enumerate() {
+            for x in row.iter_mut().skip(LEVELS[f]) {
+                *x = 0.0;
+            }
+        }
+        Model {
+            m,
+            u,
+            p,
+            name_counts,
+            n: n.max(1) as f64,
+            em_iterations: iterations,
+        }
+    }
+
+    /// log2 likelihood ratio of one field's level.
+    pub fn weight(&self, field: usize, level: u8) -> f64 {
+        (self.m[field][level as usize].max(1e-9) / self.u[field][level as usize].max(1e-9)).log2()
+    }
+
+    /// The pair's match weight: the sum of field weights, with the exact-name weight taken
+    /// from that name's frequency.
+    pub fn score(&self, a: &Record, pattern: &Pattern) -> f64 {
+        let mut w = 0.0;
+        for (f, level) in pattern.iter().enumerate() {
+            let Some(l) = *level else { continue };
+            if f == NAME && l as usize == LEVELS[NAME] - 1 {
+                if let Some(name) = &a.name {
+                    let freq = f64::from(*self.name_counts.get(&name.text).unwrap_or(&1)) / self.n;
+                    let u = freq.max(1.0 / self.n);
+                    w += (self.m[f][l as usize].max(1e-9) / u).log2();
+                    continue;
+                }
+            }
+            w += self.weight(f, l);
+        }
+        w
+    }
+
+    /// log2 of the prior odds of a match among candidate pairs.
+    pub fn prior(&self) -> f64 {
+        (self.p / (1.0 - self.p)).log2()
+    }
+}
+
+fn normalise(t: &mut [[f64; MAX_LEVELS]; FIELDS]) {
+    for (f, row) in t.iter_mut().enumerate() {
+        let s: f64 = row[..LEVELS[f]].iter().sum();
+        if s > 0.0 {
+            for x in row[..LEVELS[f]].iter_mut() {
+                *x /= s;
+            }
+        }
+    }
+}
