@@ -41,8 +41,23 @@ pub fn twins(a: &Record, b: &Record) -> bool {
     if matches!((&a.id_number, &b.id_number), (Some(x), Some(y)) if x.text == y.text) {
         return false;
     }
-    let same_family = na.family_py.iter().any(|f| nb.family_py.contains(f));
-    same_family && !na.given_py.is_empty() && !nb.given_py.is_empty() && name_level(na, nb) <= 1
+    // A pinyin name without parts ("Ouyang Xue") shares the surname if it starts with it.
+    let family_of = |x: &Name, y: &Name| {
+        x.family_py.iter().any(|f| {
+            y.family_py.contains(f)
+                || y.py
+                    .iter()
+                    .any(|p| p.starts_with(f.as_str()) && p.len() > f.len())
+        })
+    };
+    let same_family = family_of(na, nb) || family_of(nb, na);
+    let both_given = na.py.iter().chain(&nb.py).all(|p| {
+        na.family_py
+            .iter()
+            .chain(&nb.family_py)
+            .any(|f| p.len() > f.len())
+    });
+    same_family && both_given && name_level(na, nb) <= 1
 }
 
 /// A parent and child with the same name at the same address (沈宇 born 1987 and 沈宇 born
@@ -58,11 +73,12 @@ pub fn generations_apart(a: &Record, b: &Record) -> bool {
 /// Pairs that sound rules keep apart whatever their score.
 /// The twins and generations rules rest on Chinese civil registration practice (a given
 /// name is chosen once and kept, children share the household's address and phone); they are
-/// applied to Han names only — Western files corrupt given names and dates in other ways.
+/// applied when a Han name is involved — Western files corrupt given names and dates in
+/// other ways.
 pub fn known_apart(a: &Record, b: &Record) -> bool {
     let same_id =
         matches!((&a.id_number, &b.id_number), (Some(x), Some(y)) if x.valid && x.text == y.text);
-    let han = matches!((&a.name, &b.name), (Some(x), Some(y)) if x.han && y.han);
+    let han = matches!((&a.name, &b.name), (Some(x), Some(y)) if x.han || y.han);
     ids_conflict(a, b) || (han && !same_id && (twins(a, b) || generations_apart(a, b)))
 }
 

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod compare;
 pub mod eval;
 pub mod fhir;
+pub mod index;
 pub mod model;
 pub mod normalize;
 

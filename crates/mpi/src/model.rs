@@ -179,6 +179,36 @@ impl Model {
         }
     }
 
+    /// Starting values for a store too small to learn from: typical agreement rates of the
+    /// same person (m) and of different people (u) per level, of the order EM finds on a
+    /// synthetic region. They are replaced by EM's estimates once there is data.
+    pub fn starting() -> Model {
+        let mut m = [[0.0; MAX_LEVELS]; FIELDS];
+        let mut u = [[0.0; MAX_LEVELS]; FIELDS];
+        let rows: [(&[f64], &[f64]); FIELDS] = [
+            (&[0.01, 0.04, 0.95], &[0.9998, 1.9e-4, 1e-5]),
+            (
+                &[0.005, 0.01, 0.03, 0.05, 0.905],
+                &[0.97, 0.025, 0.004, 8e-4, 2e-4],
+            ),
+            (&[0.005, 0.01, 0.03, 0.955], &[0.93, 0.0659, 0.004, 1e-4]),
+            (&[0.01, 0.99], &[0.5, 0.5]),
+            (&[0.05, 0.25, 0.35, 0.35], &[0.9, 0.09, 0.009, 0.001]),
+        ];
+        for (f, (mr, ur)) in rows.iter().enumerate() {
+            m[f][..mr.len()].copy_from_slice(mr);
+            u[f][..ur.len()].copy_from_slice(ur);
+        }
+        Model {
+            m,
+            u,
+            p: 0.5,
+            name_counts: HashMap::new(),
+            n: 1.0,
+            em_iterations: 0,
+        }
+    }
+
     /// log2 likelihood ratio of one field's level.
     pub fn weight(&self, field: usize, level: u8) -> f64 {
         (self.m[field][level as usize].max(1e-9) / self.u[field][level as usize].max(1e-9)).log2()
@@ -191,9 +221,9 @@ impl Model {
         for (f, level) in pattern.iter().enumerate() {
             let Some(l) = *level else { continue };
             if f == NAME && l as usize == LEVELS[NAME] - 1 {
-                if let Some(name) = &a.name {
-                    let freq = f64::from(*self.name_counts.get(&name.text).unwrap_or(&1)) / self.n;
-                    let u = freq.max(1.0 / self.n);
+                let count = a.name.as_ref().and_then(|n| self.name_counts.get(&n.text));
+                if let Some(&c) = count {
+                    let u = (f64::from(c) / self.n).max(1.0 / self.n);
                     w += (self.m[f][l as usize].max(1e-9) / u).log2();
                     continue;
                 }

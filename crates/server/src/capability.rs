@@ -63,6 +63,7 @@ fn build() -> Value {
             let mut ops = vec![json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/type-export"})];
             if t == "Patient" {
                 ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+                ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
                 ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
             }
             r["operation"] = json!(ops);

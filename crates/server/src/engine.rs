@@ -85,6 +85,8 @@ pub struct EngineConfig {
 pub struct Engine {
     pub store: Store,
     pub config: EngineConfig,
+    /// The Patient index behind `$match`, shared by clones.
+    pub matcher: std::sync::Arc<crate::matching::Matcher>,
 }
 
 /// Parses a JSON body, reporting the line and column of a syntax error.
@@ -414,7 +416,11 @@ impl BundleWriter {
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Engine {
-        Engine { store, config }
+        Engine {
+            store,
+            config,
+            matcher: Default::default(),
+        }
     }
 
     /// Handles one request (blocking: call from a blocking thread).

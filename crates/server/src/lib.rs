@@ -16,6 +16,7 @@ pub mod capability;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod matching;
 pub mod operations;
 
 use std::net::SocketAddr;

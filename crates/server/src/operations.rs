@@ -16,6 +16,7 @@ pub fn dispatch(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
     let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match (req.method.as_str(), seg.as_slice()) {
         ("GET", ["Patient", id, "$everything"]) => engine.everything(req, id),
+        ("POST", ["Patient", "$match"]) => patient_match(engine, req),
         ("GET", ["$export"]) => kick_off(engine, req, ExportLevel::System),
         ("GET", ["Patient", "$export"]) => kick_off(engine, req, ExportLevel::Patient),
         ("GET", [t, "$export"]) => kick_off(engine, req, ExportLevel::Type(t.to_string())),
@@ -28,6 +29,73 @@ pub fn dispatch(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
             format!("Operation {} is not supported here", req.segments.join("/")),
         )),
     }
+}
+
+/// `Patient/$match` (FHIR R4): the input Patient's likely matches among the stored ones,
+/// scored (posterior probability) and graded (`certain` / `probable` / `possible`).
+fn patient_match(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+    let body = crate::engine::parse_json(&req.body)?;
+    if body["resourceType"] != "Parameters" {
+        return Err(ApiError::bad_request("$match takes a Parameters resource")
+            .with_expression("resourceType"));
+    }
+    let params = body["parameter"].as_array().cloned().unwrap_or_default();
+    let find = |name: &str| params.iter().find(|p| p["name"] == name);
+    let Some(patient) = find("resource").map(|p| &p["resource"]) else {
+        return Err(
+            ApiError::bad_request("$match needs a 'resource' parameter holding a Patient")
+                .with_expression("Parameters.parameter"),
+        );
+    };
+    if patient["resourceType"] != "Patient" {
+        return Err(
+            ApiError::bad_request("The 'resource' parameter of $match must be a Patient")
+                .with_expression("Parameters.parameter.resource"),
+        );
+    }
+    let count = match find("count").map(|p| &p["valueInteger"]) {
+        None => 10,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=100) => n as usize,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "count must be an integer from 1 to 100",
+                ))
+            }
+        },
+    };
+    let only_certain = find("onlyCertainMatches").is_some_and(|p| p["valueBoolean"] == true);
+    let found = engine.matcher.matches(&engine.store, patient, count)?;
+    let mut entries = Vec::new();
+    for m in found {
+        if only_certain && m.grade != hutong_mpi::index::Grade::Certain {
+            continue;
+        }
+        let id = m.id.trim_start_matches("Patient/").to_string();
+        if let Some(stored) = engine.store.read("Patient", &id)? {
+            entries.push((id, m, stored));
+        }
+    }
+    let mut w = crate::engine::BundleWriter::new("searchset", Some(entries.len() as u64), &[]);
+    for (id, m, stored) in entries {
+        w.entry(
+            serde_json::json!({
+                "fullUrl": format!("{}/Patient/{id}", req.base),
+                "search": {
+                    "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/match-grade", "valueCode": m.grade.as_str()}],
+                    "mode": "match",
+                    "score": (m.probability * 1e4).round() / 1e4
+                }
+            }),
+            Some(&stored.body),
+        );
+    }
+    let bytes = w.finish();
+    Ok(Resp {
+        status: 200,
+        headers: Vec::new(),
+        body: crate::engine::Body::Raw(bytes),
+    })
 }
 
 enum ExportLevel {

@@ -5,4 +5,5 @@ mod helpers;
 mod bundles;
 mod crud;
 mod errors;
+mod matching;
 mod search;

@@ -1,0 +1,122 @@
+//! Patient matching against the live store (`Patient/$match`): an in-memory index of every
+//! current Patient, built on first use and caught up from the Patient history before each
+//! match, so every write path (REST, transactions, bulk import, another process) is seen
+//! without hooks. The model is re-estimated by EM from the store's own Patients as they
+//! grow; until there are enough, starting values are used.
+
+use std::sync::Mutex;
+
+use hutong_mpi::index::{Index, Match};
+use hutong_mpi::{block, fhir::raw_from_patient, Model};
+use hutong_store::{HistoryScope, Store, StoreError, Stored};
+
+/// Patients needed before EM is trusted over the starting values.
+const TRAIN_AT: usize = 1_000;
+/// Writes may commit a little after the time they were stamped: re-read this much history.
+const OVERLAP_MS: i64 = 5_000;
+
+#[derive(Default)]
+struct State {
+    index: Option<Index>,
+    synced: i64,
+    trained_at: usize,
+}
+
+#[derive(Default)]
+pub struct Matcher {
+    state: Mutex<State>,
+}
+
+fn record_of(s: &Stored) -> Option<hutong_mpi::Record> {
+    s.json().ok().map(|v| raw_from_patient(&v).normalize())
+}
+
+impl Matcher {
+    /// Matches a Patient resource against every indexed Patient, best first.
+    pub fn matches(
+        &self,
+        store: &Store,
+        patient: &serde_json::Value,
+        limit: usize,
+    ) -> Result<Vec<Match>, StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        sync(&mut st, store)?;
+        let record = raw_from_patient(patient).normalize();
+        let index = st.index.as_ref().expect("built by sync");
+        let self_id = patient["id"].as_str().map(|id| format!("Patient/{id}"));
+        Ok(index
+            .matches(&record, limit + 1)
+            .into_iter()
+            .filter(|m| Some(&m.id) != self_id.as_ref())
+            .take(limit)
+            .collect())
+    }
+
+    /// How many Patients are indexed (after catching up).
+    pub fn indexed(&self, store: &Store) -> Result<usize, StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        sync(&mut st, store)?;
+        Ok(st.index.as_ref().map_or(0, Index::len))
+    }
+}
+
+fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
+    if st.index.is_none() {
+        let mut index = Index::new(Model::starting());
+        let mut after = i64::MIN;
+        let mut newest = i64::MIN;
+        loop {
+            let (page, last) = store.scan("Patient", None, false, after, 5_000)?;
+            if page.is_empty() {
+                break;
+            }
+            for s in &page {
+                newest = newest.max(s.last_updated);
+                if let Some(r) = record_of(s) {
+                    index.upsert(&format!("Patient/{}", s.id), s.version, r);
+                }
+            }
+            after = last;
+        }
+        st.index = Some(index);
+        st.synced = newest;
+    } else {
+        // Oldest first, so that a deletion after an update wins.
+        let mut changes: Vec<Stored> = Vec::new();
+        let scope = HistoryScope::Type("Patient".into());
+        let since = st.synced.saturating_sub(OVERLAP_MS);
+        loop {
+            let (page, _) = store.history(&scope, Some(since), 1_000, changes.len())?;
+            if page.is_empty() {
+                break;
+            }
+            changes.extend(page);
+        }
+        changes.sort_by_key(|s| (s.last_updated, s.version));
+        let index = st.index.as_mut().expect("built above");
+        for s in &changes {
+            st.synced = st.synced.max(s.last_updated);
+            let id = format!("Patient/{}", s.id);
+            if index.version(&id).is_some_and(|v| v >= s.version) {
+                continue;
+            }
+            if s.deleted {
+                index.remove(&id);
+            } else if let Some(r) = record_of(s) {
+                index.upsert(&id, s.version, r);
+            }
+        }
+    }
+    let index = st.index.as_mut().expect("built above");
+    if index.len() >= TRAIN_AT && index.len() >= 2 * st.trained_at {
+        let records: Vec<hutong_mpi::Record> = index.records().map(|(_, r)| r.clone()).collect();
+        let candidates = block::candidates(&records);
+        index.set_model(Model::train(&records, &candidates));
+        st.trained_at = index.len();
+        tracing::info!(
+            patients = index.len(),
+            "Re-estimated the matching model from the store's Patients."
+        );
+    }
+    Ok(())
+}
