@@ -61,7 +61,9 @@ impl Matcher {
 }
 
 fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
-    if st.index.is_none() {
+    if let Some(index) = st.index.as_mut() {
+        catch_up(index, &mut st.synced, store)?;
+    } else {
         let mut index = Index::new(Model::starting());
         let mut after = i64::MIN;
         let mut newest = i64::MIN;
@@ -80,34 +82,10 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
         }
         st.index = Some(index);
         st.synced = newest;
-    } else {
-        // Oldest first, so that a deletion after an update wins.
-        let mut changes: Vec<Stored> = Vec::new();
-        let scope = HistoryScope::Type("Patient".into());
-        let since = st.synced.saturating_sub(OVERLAP_MS);
-        loop {
-            let (page, _) = store.history(&scope, Some(since), 1_000, changes.len())?;
-            if page.is_empty() {
-                break;
-            }
-            changes.extend(page);
-        }
-        changes.sort_by_key(|s| (s.last_updated, s.version));
-        let index = st.index.as_mut().expect("built above");
-        for s in &changes {
-            st.synced = st.synced.max(s.last_updated);
-            let id = format!("Patient/{}", s.id);
-            if index.version(&id).is_some_and(|v| v >= s.version) {
-                continue;
-            }
-            if s.deleted {
-                index.remove(&id);
-            } else if let Some(r) = record_of(s) {
-                index.upsert(&id, s.version, r);
-            }
-        }
     }
-    let index = st.index.as_mut().expect("built above");
+    let Some(index) = st.index.as_mut() else {
+        return Ok(());
+    };
     if index.len() >= TRAIN_AT && index.len() >= 2 * st.trained_at {
         let records: Vec<hutong_mpi::Record> = index.records().map(|(_, r)| r.clone()).collect();
         let candidates = block::candidates(&records);
@@ -117,6 +95,35 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
             patients = index.len(),
             "Re-estimated the matching model from the store's Patients."
         );
+    }
+    Ok(())
+}
+
+/// Applies the Patient versions written since the last sync, oldest first, so that a
+/// deletion after an update wins.
+fn catch_up(index: &mut Index, synced: &mut i64, store: &Store) -> Result<(), StoreError> {
+    let mut changes: Vec<Stored> = Vec::new();
+    let scope = HistoryScope::Type("Patient".into());
+    let since = synced.saturating_sub(OVERLAP_MS);
+    loop {
+        let (page, _) = store.history(&scope, Some(since), 1_000, changes.len())?;
+        if page.is_empty() {
+            break;
+        }
+        changes.extend(page);
+    }
+    changes.sort_by_key(|s| (s.last_updated, s.version));
+    for s in &changes {
+        *synced = (*synced).max(s.last_updated);
+        let id = format!("Patient/{}", s.id);
+        if index.version(&id).is_some_and(|v| v >= s.version) {
+            continue;
+        }
+        if s.deleted {
+            index.remove(&id);
+        } else if let Some(r) = record_of(s) {
+            index.upsert(&id, s.version, r);
+        }
     }
     Ok(())
 }
