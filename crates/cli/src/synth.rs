@@ -37,6 +37,11 @@ pub struct SynthArgs {
     /// Multiplier on the default rates of intake variations (0 disables them).
     #[arg(long, default_value_t = 1.0)]
     pub variation_scale: f64,
+    /// Per-kind override, repeatable: KIND=P sets an intake variation's probability per
+    /// Patient (e.g. id-typo=0.05, name-pinyin=0); KIND=W a defect kind's relative weight
+    /// (e.g. unit-error=3, duplicate=0).
+    #[arg(long = "rate", value_name = "KIND=VALUE")]
+    pub rates: Vec<String>,
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -57,7 +62,18 @@ impl SynthArgs {
                 other => anyhow::bail!("unknown --format '{other}': use ndjson, bundles or both"),
             }
         }
+        let mut rates = std::collections::BTreeMap::new();
+        for r in &self.rates {
+            let (k, v) = r
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--rate {r}: expected KIND=VALUE"))?;
+            let v: f64 = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--rate {r}: '{v}' is not a number"))?;
+            rates.insert(k.to_string(), v);
+        }
         Ok(hutong_synth::Config {
+            rates,
             residents: self.residents,
             institutions: self.institutions,
             seed: self.seed,

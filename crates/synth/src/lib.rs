@@ -43,6 +43,10 @@ pub struct Config {
     pub defect_rate: f64,
     /// Multiplier on the default rates of intake variations (0 = none).
     pub variation_scale: f64,
+    /// Per-kind overrides: for an intake variation (`id-typo`, `name-pinyin`, …) its
+    /// probability per Patient; for a quality defect (`unit-error`, …) its relative weight
+    /// among the defects a resource can get (0 disables it).
+    pub rates: std::collections::BTreeMap<String, f64>,
     /// Worker threads (0 = one per core).
     pub threads: usize,
 }
@@ -60,6 +64,7 @@ impl Default for Config {
             bundles: false,
             defect_rate: 0.01,
             variation_scale: 1.0,
+            rates: Default::default(),
             threads: 0,
         }
     }
@@ -105,12 +110,64 @@ impl Config {
         if !(0.0..=20.0).contains(&self.variation_scale) {
             return bad("--variation-scale must be between 0 and 20");
         }
+        for (k, v) in &self.rates {
+            if !KINDS.contains(&k.as_str()) {
+                return Err(SynthError::Config(format!(
+                    "unknown kind '{k}' in --rate (kinds: {})",
+                    KINDS.join(", ")
+                )));
+            }
+            if !(0.0..=1.0).contains(v) && !DEFECTS.contains(&k.as_str()) || *v < 0.0 {
+                return Err(SynthError::Config(format!(
+                    "--rate {k}={v}: a probability is between 0 and 1"
+                )));
+            }
+        }
         if !self.ndjson && !self.bundles {
             return bad("choose at least one output format");
         }
         Ok(())
     }
 }
+
+/// Quality defect kinds (`truth/defects.csv`, class `quality`).
+pub const DEFECTS: &[&str] = &[
+    "missing-required",
+    "invalid-code",
+    "impossible-date",
+    "unit-error",
+    "invalid-id-check",
+    "dangling-reference",
+    "duplicate",
+    "wrong-patient",
+];
+
+/// Every kind `--rate` accepts: the quality defects and the intake variations.
+pub const KINDS: &[&str] = &[
+    "missing-required",
+    "invalid-code",
+    "impossible-date",
+    "unit-error",
+    "invalid-id-check",
+    "dangling-reference",
+    "duplicate",
+    "wrong-patient",
+    "id-missing",
+    "id-typo",
+    "id-transposed",
+    "id-legacy-15",
+    "id-lowercase-x",
+    "id-fullwidth",
+    "name-homophone",
+    "name-traditional",
+    "name-swapped",
+    "name-dropped",
+    "name-pinyin",
+    "phone-missing",
+    "sex-missing",
+    "birthdate-day-month-swap",
+    "address-partial",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {

@@ -510,7 +510,11 @@ impl Gen<'_> {
     }
 
     fn vary(&mut self, inst: usize, id: &str, kind: &'static str, detail: String, p: f64) -> bool {
-        if self.rng.chance(p * self.cfg.variation_scale) {
+        let p = match self.cfg.rates.get(kind) {
+            Some(r) => *r,
+            None => p * self.cfg.variation_scale,
+        };
+        if self.rng.chance(p) {
             self.res.defects.push(Defect {
                 inst,
                 rtype: "Patient",
@@ -1641,7 +1645,25 @@ impl Gen<'_> {
                     "duplicate",
                 ],
             };
-            let kind = *self.rng.pick(kinds);
+            // Relative weights of the kinds (`--rate KIND=W`; 0 disables a kind).
+            let weights: Vec<f64> = kinds
+                .iter()
+                .map(|k| *self.cfg.rates.get(*k).unwrap_or(&1.0))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            if total <= 0.0 {
+                continue;
+            }
+            let mut x = self.rng.f() * total;
+            let mut pick = kinds.len() - 1;
+            for (i, w) in weights.iter().enumerate() {
+                if x < *w {
+                    pick = i;
+                    break;
+                }
+                x -= w;
+            }
+            let kind = kinds[pick];
             let Some(detail) = self.apply_defect(i, kind) else {
                 continue;
             };

@@ -418,3 +418,48 @@ fn bad_configuration_is_refused_with_a_reason() {
     assert!(e.to_string().contains("already holds files"), "{e}");
     assert!(Config::parse_date("2026-02-30").is_err());
 }
+
+#[test]
+fn per_kind_rates_override_the_defaults() {
+    let mut rates = std::collections::BTreeMap::new();
+    rates.insert("name-pinyin".to_string(), 0.5);
+    rates.insert("id-missing".to_string(), 0.0);
+    rates.insert("duplicate".to_string(), 0.0);
+    rates.insert("unit-error".to_string(), 5.0);
+    let dir = region(&Config {
+        rates,
+        defect_rate: 0.05,
+        ..config(300, 8)
+    });
+    let defects = csv(&dir.0.join("truth/defects.csv"));
+    let patients = csv(&dir.0.join("truth/persons.csv")).len();
+    let count = |k: &str| defects.iter().filter(|d| d["kind"] == k).count();
+    assert!(
+        count("name-pinyin") * 3 > patients,
+        "{} of {patients}",
+        count("name-pinyin")
+    );
+    assert_eq!(count("id-missing"), 0);
+    assert_eq!(count("duplicate"), 0);
+    assert!(
+        count("unit-error") > count("dangling-reference"),
+        "weights shift the mix"
+    );
+
+    let d = TempDir::new();
+    let mut bad = std::collections::BTreeMap::new();
+    bad.insert("teleportation".to_string(), 0.1);
+    let e = generate(
+        &Config {
+            rates: bad,
+            ..config(5, 1)
+        },
+        &d.0,
+        &|_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("unknown kind 'teleportation'"),
+        "{e}"
+    );
+}
