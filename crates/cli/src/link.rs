@@ -356,7 +356,7 @@ fn hardest_errors(input: &Input, linked: &hutong_mpi::Linked, truth: &[String]) 
     let scored = hutong_mpi::cluster::score_pairs(
         &input.records,
         &linked.model,
-        &hutong_mpi::block::candidates(&input.records),
+        &hutong_mpi::block::candidates(&input.records, linked.model.profile),
     );
     let mut false_links: Vec<&hutong_mpi::ScoredPair> = scored
         .iter()

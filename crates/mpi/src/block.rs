@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 
+use crate::compare::Profile;
 use crate::normalize::Record;
 
 /// Blocks bigger than this are too common to say anything (a shared family phone is fine;
 /// a whole district born on one day is not) and are skipped.
 pub const MAX_BLOCK: usize = 400;
 
-pub fn keys(r: &Record) -> Vec<String> {
+pub fn keys(r: &Record, profile: Profile) -> Vec<String> {
     let mut k = Vec::with_capacity(8);
     if let Some(id) = &r.id_number {
         k.push(format!("i:{}", id.text));
@@ -38,6 +39,26 @@ pub fn keys(r: &Record) -> Vec<String> {
             }
         }
     }
+    if profile == Profile::Western {
+        // Western files corrupt several fields of one record at once: more passes, each on
+        // name parts with the locality or the birth month, and on the address line.
+        if let Some(n) = &r.name {
+            if let Some(p) = place {
+                for f in n.family_py.iter().take(1) {
+                    k.push(format!("fp:{f}|{p}"));
+                }
+                if !n.given_py.is_empty() {
+                    k.push(format!("gp:{}|{p}", n.given_py));
+                }
+            }
+            if let (Some((y, m, _)), Some(f)) = (r.birth, n.family_py.first()) {
+                k.push(format!("fm:{f}{y}{m}"));
+            }
+        }
+        if let Some(l) = r.place.line.as_ref().filter(|l| l.len() >= 8) {
+            k.push(format!("l:{l}"));
+        }
+    }
     if let Some(p) = &r.phone {
         k.push(format!("p:{p}"));
     }
@@ -48,10 +69,10 @@ pub fn keys(r: &Record) -> Vec<String> {
 }
 
 /// Candidate pairs (i < j), each once.
-pub fn candidates(records: &[Record]) -> Vec<(u32, u32)> {
+pub fn candidates(records: &[Record], profile: Profile) -> Vec<(u32, u32)> {
     let mut blocks: HashMap<String, Vec<u32>> = HashMap::new();
     for (i, r) in records.iter().enumerate() {
-        for key in keys(r) {
+        for key in keys(r, profile) {
             blocks.entry(key).or_default().push(i as u32);
         }
     }

@@ -3,7 +3,7 @@
 //! links can never merge two people who are known apart); pairs between the thresholds that
 //! end up in different persons go to the review queue.
 
-use crate::compare::{compare, known_apart};
+use crate::compare::{compare_with, known_apart};
 use crate::model::Model;
 use crate::normalize::Record;
 
@@ -75,7 +75,7 @@ pub fn score_pairs(
             let odds = if known_apart(ra, rb) {
                 f64::NEG_INFINITY
             } else {
-                prior + model.score(ra, &compare(ra, rb))
+                prior + model.score(ra, &compare_with(ra, rb, model.profile))
             };
             ScoredPair { a, b, odds }
         })

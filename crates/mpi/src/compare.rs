@@ -5,7 +5,7 @@ use strsim::jaro_winkler;
 
 use crate::normalize::{IdNorm, Name, Place, Record};
 
-pub const FIELDS: usize = 5;
+pub const FIELDS: usize = 12;
 pub const ID: usize = 0;
 pub const NAME: usize = 1;
 pub const BIRTH: usize = 2;
@@ -13,10 +13,68 @@ pub const SEX: usize = 3;
 /// Phone, address line and place together: household members share all three, so weighing
 /// them as independent fields would count one household as three agreements.
 pub const CONTACT: usize = 4;
-pub const FIELD_NAMES: [&str; FIELDS] = ["id_number", "name", "birth_date", "sex", "contact"];
+// Fields of the Western profile, where names and addresses come in parts.
+pub const FAMILY: usize = 5;
+pub const GIVEN: usize = 6;
+pub const LINE: usize = 7;
+pub const CITY: usize = 8;
+pub const POSTCODE: usize = 9;
+pub const STATE: usize = 10;
+pub const PHONE: usize = 11;
+pub const FIELD_NAMES: [&str; FIELDS] = [
+    "id_number",
+    "name",
+    "birth_date",
+    "sex",
+    "contact",
+    "family",
+    "given",
+    "address_line",
+    "city",
+    "postcode",
+    "state",
+    "phone",
+];
 /// Levels per field (level `n - 1` is full agreement).
-pub const LEVELS: [usize; FIELDS] = [3, 5, 4, 2, 4];
+pub const LEVELS: [usize; FIELDS] = [3, 5, 4, 2, 4, 4, 4, 4, 3, 3, 2, 2];
 pub const MAX_LEVELS: usize = 5;
+
+/// Which fields a data set is compared on. Chinese registrations are compared on whole
+/// names and household contact; Western files, whose names and addresses come in parts with
+/// independent errors, on the parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Chinese,
+    Western,
+}
+
+impl Profile {
+    /// The fields a pair is compared on (the name field stands in on the Western profile
+    /// when a record's name does not split into parts).
+    pub fn fields(self) -> &'static [usize] {
+        match self {
+            Profile::Chinese => &[ID, NAME, BIRTH, SEX, CONTACT],
+            Profile::Western => &[
+                ID, NAME, BIRTH, SEX, FAMILY, GIVEN, LINE, CITY, POSTCODE, STATE, PHONE,
+            ],
+        }
+    }
+}
+
+/// The profile of a data set: Chinese when a fair share of the names are written in Han
+/// characters.
+pub fn profile_of(records: &[Record]) -> Profile {
+    let named = records.iter().filter(|r| r.name.is_some()).count();
+    let han = records
+        .iter()
+        .filter(|r| r.name.as_ref().is_some_and(|n| n.han))
+        .count();
+    if named == 0 || han * 5 >= named {
+        Profile::Chinese
+    } else {
+        Profile::Western
+    }
+}
 
 /// The agreement pattern of a pair.
 pub type Pattern = [Option<u8>; FIELDS];
@@ -82,14 +140,74 @@ pub fn known_apart(a: &Record, b: &Record) -> bool {
     ids_conflict(a, b) || (han && !same_id && (twins(a, b) || generations_apart(a, b)))
 }
 
+/// Compares on the Chinese profile.
 pub fn compare(a: &Record, b: &Record) -> Pattern {
-    [
-        both(&a.id_number, &b.id_number, id_level),
-        both(&a.name, &b.name, name_level),
-        both(&a.birth, &b.birth, |x, y| birth_level(*x, *y)),
-        both(&a.sex, &b.sex, |x, y| u8::from(x == y)),
-        contact_level(a, b),
-    ]
+    compare_with(a, b, Profile::Chinese)
+}
+
+pub fn compare_with(a: &Record, b: &Record, profile: Profile) -> Pattern {
+    let mut p: Pattern = [None; FIELDS];
+    p[ID] = both(&a.id_number, &b.id_number, id_level);
+    p[BIRTH] = both(&a.birth, &b.birth, |x, y| birth_level(*x, *y));
+    p[SEX] = both(&a.sex, &b.sex, |x, y| u8::from(x == y));
+    match profile {
+        Profile::Chinese => {
+            p[NAME] = both(&a.name, &b.name, name_level);
+            p[CONTACT] = contact_level(a, b);
+        }
+        Profile::Western => {
+            let parts = |r: &Record| {
+                r.name
+                    .as_ref()
+                    .and_then(|n| Some((n.family.clone()?, n.given.clone()?)))
+            };
+            match (parts(a), parts(b)) {
+                (Some((af, ag)), Some((bf, bg))) => {
+                    // Family and given recorded the other way round are the same name.
+                    let swapped = af == bg && ag == bf && af != ag;
+                    p[FAMILY] = Some(if swapped { 3 } else { text_level(&af, &bf) });
+                    p[GIVEN] = Some(if swapped { 3 } else { text_level(&ag, &bg) });
+                }
+                _ => p[NAME] = both(&a.name, &b.name, name_level),
+            }
+            // Addresses share words ("street", "place"): only close agreement counts.
+            p[LINE] = both(&a.place.line, &b.place.line, |x, y| match jw(x, y) {
+                1.0 => 3,
+                s if s >= 0.95 => 2,
+                s if s >= 0.9 => 1,
+                _ => 0,
+            });
+            p[CITY] = both(&a.place.city, &b.place.city, |x, y| match jw(x, y) {
+                1.0 => 2,
+                s if s >= 0.85 => 1,
+                _ => 0,
+            });
+            p[POSTCODE] = both(&a.place.postcode, &b.place.postcode, |x, y| {
+                if x == y {
+                    2
+                } else if osa(x.as_bytes(), y.as_bytes()) <= 1 {
+                    1
+                } else {
+                    0
+                }
+            });
+            p[STATE] = both(&a.place.state, &b.place.state, |x, y| u8::from(x == y));
+            p[PHONE] = both(&a.phone, &b.phone, |x, y| u8::from(x == y));
+        }
+    }
+    p
+}
+
+/// 3: equal; 2: Jaro–Winkler ≥ 0.92; 1: ≥ 0.8; 0: otherwise.
+fn text_level(a: &str, b: &str) -> u8 {
+    if a == b {
+        return 3;
+    }
+    match jw(a, b) {
+        s if s >= 0.92 => 2,
+        s if s >= 0.8 => 1,
+        _ => 0,
+    }
 }
 
 /// 3: same phone and address; 2: same phone or address; 1: same district (or postcode)
@@ -321,6 +439,52 @@ mod tests {
         let other = r(&hutong_cn::idcard::make(110105, 1949, 12, 31, 4));
         assert!(ids_conflict(&good, &other));
         assert!(!ids_conflict(&good, &r("110105194912310021")));
+    }
+
+    #[test]
+    fn western_profile_compares_parts() {
+        let r = |family: &str, given: &str, line: &str, postcode: &str| {
+            Raw {
+                family: Some(family.into()),
+                given: Some(given.into()),
+                address_line: Some(line.into()),
+                postcode: Some(postcode.into()),
+                ..Raw::default()
+            }
+            .normalize()
+        };
+        let a = r("smith", "john", "12 kent street", "2600");
+        let b = r("john", "smith", "12 kent street", "2601");
+        let p = compare_with(&a, &b, Profile::Western);
+        assert_eq!((p[FAMILY], p[GIVEN]), (Some(3), Some(3)), "swapped parts");
+        assert_eq!(p[LINE], Some(3));
+        assert_eq!(p[POSTCODE], Some(1), "one digit off");
+        assert_eq!(p[NAME], None, "parts replace the whole name");
+        assert_eq!(p[CONTACT], None);
+        let c = compare_with(
+            &a,
+            &r("smyth", "jon", "99 hill road", "4000"),
+            Profile::Western,
+        );
+        assert!(c[FAMILY] < Some(3) && c[FAMILY] > Some(0));
+        assert_eq!((c[LINE], c[POSTCODE]), (Some(0), Some(0)));
+        // Chinese comparison of the same records keeps the whole name and household contact.
+        let q = compare(&a, &b);
+        assert_eq!((q[FAMILY], q[GIVEN], q[LINE]), (None, None, None));
+        assert!(q[NAME].is_some());
+
+        let han = Raw {
+            name: Some("张伟".into()),
+            ..Raw::default()
+        }
+        .normalize();
+        assert_eq!(profile_of(&[a.clone(), b.clone()]), Profile::Western);
+        assert_eq!(
+            profile_of(&[a, b, han]),
+            Profile::Chinese,
+            "a fifth Han is Chinese"
+        );
+        assert_eq!(profile_of(&[]), Profile::Chinese);
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::block::{keys, MAX_BLOCK};
-use crate::compare::{compare, known_apart};
+use crate::compare::{compare_with, known_apart};
 use crate::model::Model;
 use crate::normalize::Record;
 
@@ -89,9 +89,24 @@ impl Index {
         &self.model
     }
 
-    /// Replaces the model (after retraining) without re-indexing.
+    /// Replaces the model (after retraining); re-indexes if it compares on other fields.
     pub fn set_model(&mut self, model: Model) {
+        let reindex = model.profile != self.model.profile;
         self.model = model;
+        if reindex {
+            self.blocks.clear();
+            for (slot, e) in self.entries.iter_mut().enumerate() {
+                if let Some(e) = e {
+                    e.keys = keys(&e.record, self.model.profile)
+                        .iter()
+                        .map(|k| hash_key(k))
+                        .collect();
+                    for k in &e.keys {
+                        self.blocks.entry(*k).or_default().push(slot as u32);
+                    }
+                }
+            }
+        }
     }
 
     /// The version indexed for `id`, if any.
@@ -106,7 +121,10 @@ impl Index {
             return;
         }
         self.remove(id);
-        let keys: Vec<u64> = keys(&record).iter().map(|k| hash_key(k)).collect();
+        let keys: Vec<u64> = keys(&record, self.model.profile)
+            .iter()
+            .map(|k| hash_key(k))
+            .collect();
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -155,7 +173,7 @@ impl Index {
     /// `possible` (the review threshold minus a margin), at most `limit`.
     pub fn matches(&self, record: &Record, limit: usize) -> Vec<Match> {
         let mut slots: Vec<u32> = Vec::new();
-        for k in keys(record) {
+        for k in keys(record, self.model.profile) {
             if let Some(v) = self.blocks.get(&hash_key(&k)) {
                 if v.len() <= MAX_BLOCK {
                     slots.extend_from_slice(v);
@@ -170,7 +188,10 @@ impl Index {
             .filter_map(|s| self.entries[s as usize].as_ref())
             .filter(|e| !known_apart(record, &e.record))
             .filter_map(|e| {
-                let odds = prior + self.model.score(record, &compare(record, &e.record));
+                let odds = prior
+                    + self
+                        .model
+                        .score(record, &compare_with(record, &e.record, self.model.profile));
                 let grade = if odds >= self.certain {
                     Grade::Certain
                 } else if odds >= self.probable {

@@ -25,8 +25,9 @@ pub struct Linked {
 
 /// Deduplicates a batch: trains the model on it and clusters it.
 pub fn link(records: &[Record], thresholds: Thresholds) -> Linked {
-    let candidates = block::candidates(records);
-    let model = Model::train(records, &candidates);
+    let profile = compare::profile_of(records);
+    let candidates = block::candidates(records, profile);
+    let model = Model::train(records, &candidates, profile);
     let scored = cluster::score_pairs(records, &model, &candidates);
     let clustering = cluster::cluster(records, scored, thresholds);
     Linked {

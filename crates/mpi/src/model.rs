@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 
-use crate::compare::{compare, known_apart, Pattern, CONTACT, FIELDS, LEVELS, MAX_LEVELS, NAME};
+use crate::compare::{
+    compare_with, known_apart, Pattern, Profile, CONTACT, FIELDS, LEVELS, MAX_LEVELS, NAME,
+};
 use crate::normalize::Record;
 
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// The fields this model compares on.
+    pub profile: Profile,
     pub m: [[f64; MAX_LEVELS]; FIELDS],
     pub u: [[f64; MAX_LEVELS]; FIELDS],
     /// Estimated share of candidate pairs that are matches.
@@ -65,7 +69,7 @@ fn count_patterns(
 
 impl Model {
     /// Trains on the records and the candidate pairs that blocking produced.
-    pub fn train(records: &[Record], candidates: &[(u32, u32)]) -> Model {
+    pub fn train(records: &[Record], candidates: &[(u32, u32)], profile: Profile) -> Model {
         let mut name_counts: HashMap<String, u32> = HashMap::new();
         for r in records {
             if let Some(n) = &r.name {
@@ -83,7 +87,7 @@ impl Model {
                 if a == b {
                     continue;
                 }
-                let p = compare(&records[a], &records[b]);
+                let p = compare_with(&records[a], &records[b], profile);
                 for f in 0..FIELDS {
                     if let Some(l) = p[f] {
                         u[f][l as usize] += 1.0;
@@ -109,7 +113,7 @@ impl Model {
         // same household" — namesakes and relatives — instead of "same person".
         let patterns = count_patterns(candidates.iter().map(|&(a, b)| {
             let (ra, rb) = (&records[a as usize], &records[b as usize]);
-            (compare(ra, rb), known(ra, rb))
+            (compare_with(ra, rb, profile), known(ra, rb))
         }));
         let mut p: f64 = 0.3;
         let mut iterations = 0;
@@ -170,6 +174,7 @@ impl Model {
             }
         }
         Model {
+            profile,
             m,
             u,
             p,
@@ -185,7 +190,7 @@ impl Model {
     pub fn starting() -> Model {
         let mut m = [[0.0; MAX_LEVELS]; FIELDS];
         let mut u = [[0.0; MAX_LEVELS]; FIELDS];
-        let rows: [(&[f64], &[f64]); FIELDS] = [
+        let rows: [(&[f64], &[f64]); 5] = [
             (&[0.01, 0.04, 0.95], &[0.9998, 1.9e-4, 1e-5]),
             (
                 &[0.005, 0.01, 0.03, 0.05, 0.905],
@@ -200,6 +205,7 @@ impl Model {
             u[f][..ur.len()].copy_from_slice(ur);
         }
         Model {
+            profile: Profile::Chinese,
             m,
             u,
             p: 0.5,

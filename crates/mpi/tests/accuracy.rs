@@ -59,7 +59,7 @@ fn a_synthetic_region_links_with_high_precision_and_recall() {
     );
     assert!(c.recall() >= 0.99, "recall {} ({c:?})", c.recall());
     // The model learnt sensible directions: agreement raises, disagreement lowers.
-    for f in 0..hutong_mpi::compare::FIELDS {
+    for &f in linked.model.profile.fields() {
         let top = hutong_mpi::compare::LEVELS[f] - 1;
         if f == hutong_mpi::compare::CONTACT || linked.model.u[f][top] > 0.5 {
             continue;

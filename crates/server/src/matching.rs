@@ -88,8 +88,9 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
     };
     if index.len() >= TRAIN_AT && index.len() >= 2 * st.trained_at {
         let records: Vec<hutong_mpi::Record> = index.records().map(|(_, r)| r.clone()).collect();
-        let candidates = block::candidates(&records);
-        index.set_model(Model::train(&records, &candidates));
+        let profile = hutong_mpi::compare::profile_of(&records);
+        let candidates = block::candidates(&records, profile);
+        index.set_model(Model::train(&records, &candidates, profile));
         st.trained_at = index.len();
         tracing::info!(
             patients = index.len(),
