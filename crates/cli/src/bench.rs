@@ -120,6 +120,7 @@ fn settings(database: String) -> Settings {
         default_source: "urn:hutong:bench".into(),
         base_url: None,
         export_dir: None,
+        link_interval: None,
     }
 }
 

@@ -179,8 +179,22 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             default_source: "urn:hutong:demo".into(),
             base_url: None,
             export_dir: None,
+            link_interval: Some(std::time::Duration::from_secs(2)),
         };
         let app = Application::with_store(settings, store).await?;
+        eprintln!("Linking every institution's Patients to persons (one person, one record)…");
+        let engine = app.engine.clone();
+        let first = patients.first().map(|p| format!("Patient/{p}"));
+        let person = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+            engine.matcher.sync(&engine.store)?;
+            Ok(match first {
+                Some(p) => engine
+                    .matcher
+                    .view(&engine.store, |reg| reg.person_of(&p).map(String::from))?,
+                None => None,
+            })
+        })
+        .await??;
         let base = format!("http://{}:{}/fhir", args.listen.ip(), app.port());
         println!();
         println!("Hutong demo is serving FHIR R4 at {base}");
@@ -194,6 +208,14 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         if let Some(p) = patients.first() {
             println!("  {base}/Patient/{p}/$everything");
         }
+        if let Some(person) = &person {
+            println!("  {base}/Person/{person}/$everything");
+            println!("                                              {name}'s one record, from every institution, in time order");
+            println!("  {base}/Person/{person}/$summary");
+            println!("  {base}/Patient/$ihe-pix?sourceIdentifier={}|{id_number}", hutong_synth::ID_SYSTEM);
+        }
+        println!("  {base}/Task?code={}|{}&status=requested", hutong_server::persons::IDENTITY_CS, hutong_server::persons::REVIEW_CODE);
+        println!("                                              possible duplicates waiting for review");
         println!("  {base}/Observation?code=http://loinc.org|4548-4&_sort=-date&_count=10");
         println!("  {base}/Encounter?class=IMP&_include=Encounter:subject&_count=5");
         println!();

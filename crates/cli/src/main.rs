@@ -90,6 +90,10 @@ struct ServeArgs {
     /// Source recorded when a request names none (X-Hutong-Source).
     #[arg(long, env = "HUTONG_DEFAULT_SOURCE")]
     default_source: Option<String>,
+    /// Milliseconds between background runs that link new Patients to persons (0: only
+    /// when persons are read or matched).
+    #[arg(long, env = "HUTONG_LINK_INTERVAL_MS")]
+    link_interval_ms: Option<u64>,
 }
 
 /// The configuration file's shape; every key optional.
@@ -102,6 +106,8 @@ struct FileConfig {
     body_limit: Option<usize>,
     base_url: Option<String>,
     default_source: Option<String>,
+    /// Milliseconds between background linking runs (0: link only on demand).
+    link_interval_ms: Option<u64>,
 }
 
 const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
@@ -145,6 +151,11 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
             .and_then(|s| s.base_url.clone())
             .or_else(|| f.base_url.clone()),
         export_dir: None,
+        link_interval: match s.and_then(|s| s.link_interval_ms).or(f.link_interval_ms) {
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            None => Some(std::time::Duration::from_secs(2)),
+        },
     }
 }
 

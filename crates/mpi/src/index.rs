@@ -161,6 +161,12 @@ impl Index {
         self.free.push(slot);
     }
 
+    /// The record indexed for `id`.
+    pub fn get(&self, id: &str) -> Option<&Record> {
+        let slot = *self.slot_of.get(id)?;
+        self.entries[slot as usize].as_ref().map(|e| &e.record)
+    }
+
     /// Every indexed record with its id, for retraining.
     pub fn records(&self) -> impl Iterator<Item = (&str, &Record)> {
         self.entries

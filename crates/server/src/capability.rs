@@ -65,6 +65,15 @@ fn build() -> Value {
                 ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
                 ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));
                 ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+                ops.push(json!({"name": "ihe-pix", "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"}));
+            }
+            if t == "Person" {
+                for op in ["everything", "summary", "link", "unlink", "merge", "split"] {
+                    ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/Person-{op}")}));
+                }
+            }
+            if t == "Task" {
+                ops.push(json!({"name": "decide", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-decide"}));
             }
             r["operation"] = json!(ops);
             r

@@ -434,6 +434,13 @@ impl Engine {
     fn dispatch(&self, req: &Req) -> Result<Resp, ApiError> {
         let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
         let m = req.method.as_str();
+        // Persons and their review Tasks are derived from the Patients: bring them up to date
+        // before anyone reads them.
+        if (m == "GET" || seg.get(1) == Some(&"_search"))
+            && matches!(seg.first(), Some(&"Person") | Some(&"Task"))
+        {
+            self.matcher.sync(&self.store)?;
+        }
         match (m, seg.as_slice()) {
             ("GET", ["metadata"]) => Ok(Resp::json(200, crate::capability::statement(&req.base))),
             ("POST", []) => crate::bundle::process(self, req),

@@ -18,6 +18,8 @@ pub mod error;
 pub mod http;
 pub mod matching;
 pub mod operations;
+pub mod person_api;
+pub mod persons;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +39,9 @@ pub struct Settings {
     pub default_source: String,
     pub base_url: Option<String>,
     pub export_dir: Option<PathBuf>,
+    /// How often new Patients are linked to persons in the background; `None` links only
+    /// when persons are read or matched.
+    pub link_interval: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -74,6 +79,17 @@ impl Application {
                 export_dir,
             },
         );
+        if let Some(every) = settings.link_interval {
+            let e = engine.clone();
+            std::thread::Builder::new()
+                .name("hutong-linker".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    if let Err(err) = e.matcher.sync(&e.store) {
+                        tracing::warn!(error = %err, "Linking new Patients to persons failed; will retry.");
+                    }
+                })?;
+        }
         let state = Arc::new(http::AppState {
             engine: engine.clone(),
             body_limit: settings.body_limit,

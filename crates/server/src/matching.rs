@@ -10,6 +10,8 @@ use hutong_mpi::index::{Index, Match};
 use hutong_mpi::{block, fhir::raw_from_patient, Model};
 use hutong_store::{HistoryScope, Store, StoreError, Stored};
 
+use crate::persons::Registry;
+
 /// Patients needed before EM is trusted over the starting values.
 const TRAIN_AT: usize = 1_000;
 /// Writes may commit a little after the time they were stamped: re-read this much history.
@@ -20,6 +22,9 @@ struct State {
     index: Option<Index>,
     synced: i64,
     trained_at: usize,
+    registry: Option<Registry>,
+    persons_synced: i64,
+    trust: std::collections::HashMap<String, i32>,
 }
 
 #[derive(Default)]
@@ -52,6 +57,56 @@ impl Matcher {
             .collect())
     }
 
+    /// Catches up with the store: indexes new Patient versions and gives each its person.
+    pub fn sync(&self, store: &Store) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        sync(&mut st, store)
+    }
+
+    /// Runs a link-management change on the caught-up registry and writes it. A change that
+    /// fails leaves nothing behind: the registry is reloaded from the store.
+    pub fn change<T>(
+        &self,
+        store: &Store,
+        f: impl FnOnce(&mut Registry, &Index) -> Result<T, String>,
+    ) -> Result<Result<T, String>, StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        sync(&mut st, store)?;
+        let State {
+            index, registry, ..
+        } = &mut *st;
+        let (Some(index), Some(reg)) = (index.as_ref(), registry.as_mut()) else {
+            return Ok(Err("the person registry is not available".into()));
+        };
+        let out = f(reg, index);
+        if out.is_err() {
+            reg.discard_pending();
+            st.registry = None;
+            return Ok(out);
+        }
+        if let Err(e) = reg.flush(store) {
+            st.registry = None;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Reads the caught-up registry.
+    pub fn view<T>(&self, store: &Store, f: impl FnOnce(&Registry) -> T) -> Result<T, StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        sync(&mut st, store)?;
+        Ok(f(st.registry.as_ref().expect("built by sync")))
+    }
+
+    /// Sets the source trust ranks used for the golden record.
+    pub fn set_trust(&self, trust: std::collections::HashMap<String, i32>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = st.registry.as_mut() {
+            r.trust = trust.clone();
+        }
+        st.trust = trust;
+    }
+
     /// How many Patients are indexed (after catching up).
     pub fn indexed(&self, store: &Store) -> Result<usize, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,8 +116,9 @@ impl Matcher {
 }
 
 fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
+    let mut changed: Vec<(String, bool)> = Vec::new();
     if let Some(index) = st.index.as_mut() {
-        catch_up(index, &mut st.synced, store)?;
+        changed = catch_up(index, &mut st.synced, store)?;
     } else {
         let mut index = Index::new(Model::starting());
         let mut after = i64::MIN;
@@ -75,7 +131,9 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
             for s in &page {
                 newest = newest.max(s.last_updated);
                 if let Some(r) = record_of(s) {
-                    index.upsert(&format!("Patient/{}", s.id), s.version, r);
+                    let id = format!("Patient/{}", s.id);
+                    index.upsert(&id, s.version, r);
+                    changed.push((id, false));
                 }
             }
             after = last;
@@ -83,26 +141,83 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
         st.index = Some(index);
         st.synced = newest;
     }
-    let Some(index) = st.index.as_mut() else {
+    let State {
+        index,
+        trained_at,
+        registry,
+        persons_synced,
+        trust,
+        ..
+    } = st;
+    let Some(index) = index.as_mut() else {
         return Ok(());
     };
-    if index.len() >= TRAIN_AT && index.len() >= 2 * st.trained_at {
+    if index.len() >= TRAIN_AT && index.len() >= 2 * *trained_at {
         let records: Vec<hutong_mpi::Record> = index.records().map(|(_, r)| r.clone()).collect();
         let profile = hutong_mpi::compare::profile_of(&records);
         let candidates = block::candidates(&records, profile);
         index.set_model(Model::train(&records, &candidates, profile));
-        st.trained_at = index.len();
+        *trained_at = index.len();
         tracing::info!(
             patients = index.len(),
             "Re-estimated the matching model from the store's Patients."
+        );
+    }
+    if registry.is_none() {
+        *persons_synced = hutong_fhir::date::now_ms();
+        let mut reg = Registry::load(store)?;
+        reg.trust = trust.clone();
+        *registry = Some(reg);
+        // Every Patient is looked at again: whatever changed while the registry was away.
+        changed = index
+            .records()
+            .map(|(id, _)| (id.to_string(), false))
+            .collect();
+    }
+    let reg = registry.as_mut().expect("loaded above");
+    let result = link_changed(reg, index, store, persons_synced, &changed);
+    if result.is_err() {
+        *registry = None;
+    }
+    result
+}
+
+fn link_changed(
+    reg: &mut Registry,
+    index: &Index,
+    store: &Store,
+    persons_synced: &mut i64,
+    changed: &[(String, bool)],
+) -> Result<(), StoreError> {
+    crate::persons::catch_up(reg, store, persons_synced)?;
+    let started = std::time::Instant::now();
+    for (id, deleted) in changed {
+        if *deleted {
+            reg.remove(id);
+        } else {
+            reg.assign(index, id);
+        }
+        reg.maybe_flush(store)?;
+    }
+    reg.flush(store)?;
+    if changed.len() > 1_000 {
+        tracing::info!(
+            patients = changed.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "Linked Patients to persons."
         );
     }
     Ok(())
 }
 
 /// Applies the Patient versions written since the last sync, oldest first, so that a
-/// deletion after an update wins.
-fn catch_up(index: &mut Index, synced: &mut i64, store: &Store) -> Result<(), StoreError> {
+/// deletion after an update wins. Returns the Patients that changed (and whether deleted).
+fn catch_up(
+    index: &mut Index,
+    synced: &mut i64,
+    store: &Store,
+) -> Result<Vec<(String, bool)>, StoreError> {
+    let mut changed = Vec::new();
     let mut changes: Vec<Stored> = Vec::new();
     let scope = HistoryScope::Type("Patient".into());
     let since = synced.saturating_sub(OVERLAP_MS);
@@ -122,9 +237,11 @@ fn catch_up(index: &mut Index, synced: &mut i64, store: &Store) -> Result<(), St
         }
         if s.deleted {
             index.remove(&id);
+            changed.push((id, true));
         } else if let Some(r) = record_of(s) {
             index.upsert(&id, s.version, r);
+            changed.push((id, false));
         }
     }
-    Ok(())
+    Ok(changed)
 }

@@ -17,6 +17,7 @@ fn settings(database: String) -> Settings {
         default_source: "urn:test:default".into(),
         base_url: None,
         export_dir: None,
+        link_interval: None,
     }
 }
 
@@ -31,6 +32,16 @@ async fn start(s: Settings, store: Option<hutong_store::Store>) -> (String, reqw
         format!("http://127.0.0.1:{port}/fhir"),
         reqwest::Client::new(),
     )
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Dropping the test database uses the blocking client, which must not run on the
+        // async runtime's thread.
+        if let Some(pg) = self._pg.take() {
+            let _ = std::thread::spawn(move || drop(pg)).join();
+        }
+    }
 }
 
 /// A server on a fresh embedded store.

@@ -6,4 +6,5 @@ mod bundles;
 mod crud;
 mod errors;
 mod matching;
+mod persons;
 mod search;

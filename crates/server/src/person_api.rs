@@ -1,0 +1,663 @@
+//! The person API: link management (`Person/{id}/$link`, `$unlink`, `$merge`, `$split`, review
+//! decisions `Task/{id}/$decide`), the person's record (`Person/{id}/$everything`, `$summary`)
+//! and the identifier cross-reference (`Patient/$ihe-pix`, IHE PIXm).
+//!
+//! Every change names who made it and why (`author`, `reason`): both are required, and both
+//! land in the Provenance written with the new Person versions.
+
+use std::collections::{BTreeMap, HashSet};
+
+use hutong_fhir::index::{extract, IndexValue};
+use hutong_fhir::IssueCode;
+use hutong_store::search::Everything;
+use hutong_store::{Query, Stored};
+use serde_json::{json, Value};
+
+use crate::engine::{parse_json, Body, BundleWriter, Engine, Req, Resp};
+use crate::error::ApiError;
+use crate::persons::{review_pair, Registry};
+
+/// The named parameters of a `Parameters` body.
+struct Params(Vec<Value>);
+
+impl Params {
+    fn parse(req: &Req, op: &str) -> Result<Params, ApiError> {
+        let body = parse_json(&req.body)?;
+        if body["resourceType"] != "Parameters" {
+            return Err(
+                ApiError::bad_request(format!("{op} takes a Parameters resource"))
+                    .with_expression("resourceType"),
+            );
+        }
+        Ok(Params(
+            body["parameter"].as_array().cloned().unwrap_or_default(),
+        ))
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.0.iter().filter(move |p| p["name"] == name)
+    }
+
+    fn string(&self, name: &str) -> Option<String> {
+        self.all(name).find_map(|p| {
+            ["valueString", "valueCode"]
+                .iter()
+                .find_map(|k| p[*k].as_str())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        })
+    }
+
+    fn required(&self, name: &str, op: &str) -> Result<String, ApiError> {
+        self.string(name).ok_or_else(|| {
+            ApiError::new(
+                400,
+                IssueCode::Required,
+                format!("{op} needs the parameter '{name}'"),
+            )
+            .with_expression(format!("Parameters.parameter.where(name='{name}')"))
+        })
+    }
+
+    /// References of `rtype` named `name` (valueReference or a valueString `Type/id`).
+    fn refs(&self, name: &str, rtype: &str) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for p in self.all(name) {
+            let r = p["valueReference"]["reference"]
+                .as_str()
+                .or(p["valueString"].as_str())
+                .unwrap_or("");
+            let id = r
+                .strip_prefix(&format!("{rtype}/"))
+                .filter(|id| hutong_fhir::is_valid_id(id))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Parameter '{name}' must reference a {rtype} ({rtype}/id), not '{r}'"
+                    ))
+                })?;
+            out.push(id.to_string());
+        }
+        Ok(out)
+    }
+
+    fn boolean(&self, name: &str) -> bool {
+        self.all(name).any(|p| p["valueBoolean"] == true)
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if hutong_fhir::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("Invalid id '{id}'")))
+    }
+}
+
+/// Runs a registry change; a refused change is a 422 with the reason.
+fn change<T>(
+    engine: &Engine,
+    f: impl FnOnce(&mut Registry, &hutong_mpi::index::Index) -> Result<T, String>,
+) -> Result<T, ApiError> {
+    engine.matcher.change(&engine.store, f)?.map_err(|msg| {
+        let status = if msg.ends_with("is not known") {
+            404
+        } else {
+            422
+        };
+        let code = if status == 404 {
+            IssueCode::NotFound
+        } else {
+            IssueCode::Processing
+        };
+        ApiError::new(status, code, msg)
+    })
+}
+
+/// The current versions of the persons a change touched, as a Parameters resource.
+fn persons_out(engine: &Engine, ids: &[String]) -> Result<Resp, ApiError> {
+    let mut params = Vec::new();
+    for id in ids {
+        if let Some(s) = engine.store.read("Person", id)? {
+            params.push(json!({"name": "person", "resource": s.json()?}));
+        }
+    }
+    Ok(Resp::json(
+        200,
+        json!({"resourceType": "Parameters", "parameter": params}),
+    ))
+}
+
+pub fn link(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let p = Params::parse(req, "$link")?;
+    let author = p.required("author", "$link")?;
+    let reason = p.required("reason", "$link")?;
+    let patients = p.refs("patient", "Patient")?;
+    let [patient] = patients.as_slice() else {
+        return Err(ApiError::bad_request("$link needs exactly one 'patient'"));
+    };
+    let force = p.boolean("force");
+    let patient = format!("Patient/{patient}");
+    let left = change(engine, |reg, index| {
+        let before = reg.person_of(&patient).map(String::from);
+        reg.link(index, person, &patient, &author, &reason, force)?;
+        Ok(before)
+    })?;
+    let mut ids = vec![person.to_string()];
+    ids.extend(left.filter(|l| l != person));
+    persons_out(engine, &ids)
+}
+
+pub fn unlink(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let p = Params::parse(req, "$unlink")?;
+    let author = p.required("author", "$unlink")?;
+    let reason = p.required("reason", "$unlink")?;
+    let patients = p.refs("patient", "Patient")?;
+    let [patient] = patients.as_slice() else {
+        return Err(ApiError::bad_request("$unlink needs exactly one 'patient'"));
+    };
+    let patient = format!("Patient/{patient}");
+    let new = change(engine, |reg, _| {
+        reg.unlink(person, &patient, &author, &reason)
+    })?;
+    persons_out(engine, &[person.to_string(), new])
+}
+
+pub fn merge(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let p = Params::parse(req, "$merge")?;
+    let author = p.required("author", "$merge")?;
+    let reason = p.required("reason", "$merge")?;
+    let sources = p.refs("source", "Person")?;
+    let [source] = sources.as_slice() else {
+        return Err(ApiError::bad_request(
+            "$merge needs exactly one 'source' Person",
+        ));
+    };
+    change(engine, |reg, _| reg.merge(person, source, &author, &reason))?;
+    persons_out(engine, &[person.to_string(), source.clone()])
+}
+
+pub fn split(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let p = Params::parse(req, "$split")?;
+    let author = p.required("author", "$split")?;
+    let reason = p.required("reason", "$split")?;
+    let patients: Vec<String> = p
+        .refs("patient", "Patient")?
+        .into_iter()
+        .map(|id| format!("Patient/{id}"))
+        .collect();
+    let into = p.refs("into", "Person")?.into_iter().next();
+    let new = change(engine, |reg, _| {
+        reg.split(person, &patients, into.as_deref(), &author, &reason)
+    })?;
+    persons_out(engine, &[person.to_string(), new])
+}
+
+/// `Task/{id}/$decide`: a reviewer's decision on a possible duplicate — `same` merges the two
+/// persons, `different` keeps them apart for good (and separates them if they were together).
+pub fn decide(engine: &Engine, req: &Req, task: &str) -> Result<Resp, ApiError> {
+    check_id(task)?;
+    let p = Params::parse(req, "$decide")?;
+    let author = p.required("author", "$decide")?;
+    let reason = p.required("reason", "$decide")?;
+    let decision = p.required("decision", "$decide")?;
+    let same = match decision.as_str() {
+        "same" => true,
+        "different" => false,
+        d => {
+            return Err(ApiError::bad_request(format!(
+                "decision must be 'same' or 'different', not '{d}'"
+            )))
+        }
+    };
+    let stored = engine
+        .store
+        .read("Task", task)?
+        .filter(|s| !s.deleted)
+        .ok_or_else(|| ApiError::not_found(format!("Task/{task} is not known")))?;
+    let mut t = stored.json()?;
+    if !crate::persons::is_review_task(&t) {
+        return Err(ApiError::bad_request(format!(
+            "Task/{task} is not a match review"
+        )));
+    }
+    if t["status"] != "requested" {
+        return Err(ApiError::new(
+            409,
+            IssueCode::Conflict,
+            format!("Task/{task} was already decided ({})", t["status"]),
+        ));
+    }
+    let (Some(a), Some(b)) = review_pair(&t) else {
+        return Err(ApiError::bad_request(format!(
+            "Task/{task} does not name two patients"
+        )));
+    };
+    let why = format!("review Task/{task}: {reason}");
+    change(engine, |reg, _| reg.decide(&a, &b, same, &author, &why))?;
+    t["status"] = json!("completed");
+    t["lastModified"] = json!(hutong_fhir::date::format_instant(
+        hutong_fhir::date::now_ms()
+    ));
+    t["owner"] = json!({"display": author});
+    t["note"] = json!([{"authorString": author, "text": reason}]);
+    t["output"] = json!([{"type": {"text": "decision"}, "valueCode": decision}]);
+    let s = engine
+        .store
+        .write(|tx| crate::persons::write_task(tx, task, t.clone()))?;
+    Ok(Resp::json(200, s.json()?))
+}
+
+/// Every resource of every Patient linked to the person, once each.
+fn person_resources(
+    engine: &Engine,
+    person: &str,
+    filter: &Everything,
+) -> Result<(Stored, Vec<Stored>), ApiError> {
+    let me = engine
+        .store
+        .read("Person", person)?
+        .filter(|s| !s.deleted)
+        .ok_or_else(|| ApiError::not_found(format!("Person/{person} is not known")))?;
+    let patients = engine
+        .matcher
+        .view(&engine.store, |reg| reg.patients(person))?;
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut out = Vec::new();
+    for p in patients {
+        let mut e = filter.clone();
+        e.patient = p.trim_start_matches("Patient/").to_string();
+        e.count = 5_000;
+        e.offset = 0;
+        loop {
+            let page = engine.store.everything(&e)?;
+            let n = page.matches.len();
+            for s in page.matches {
+                if s.rtype != "Person" && seen.insert((s.rtype.clone(), s.id.clone())) {
+                    out.push(s);
+                }
+            }
+            if !page.has_more || n == 0 {
+                break;
+            }
+            e.offset += n;
+        }
+    }
+    Ok((me, out))
+}
+
+/// The clinical time of a resource: the earliest of its date search values (the patient's
+/// birth for a Patient), else none.
+fn clinical_time(s: &Stored, v: &Value) -> Option<i64> {
+    extract(&s.rtype, v)
+        .into_iter()
+        .filter_map(|e| match e.value {
+            IndexValue::Date(r) if e.param != "death-date" => Some(r.lo),
+            _ => None,
+        })
+        .min()
+}
+
+fn everything_filter(req: &Req) -> Result<(Everything, usize, usize), ApiError> {
+    let mut e = Everything::default();
+    let mut count = 100usize;
+    let mut offset = 0usize;
+    let date = |k: &str, v: &str| {
+        hutong_fhir::date::parse(v)
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid {k} '{v}'")))
+    };
+    for (k, v) in &req.query {
+        match k.as_str() {
+            "start" => e.start = Some(date(k, v)?.lo),
+            "end" => e.end = Some(date(k, v)?.hi),
+            "_since" => e.since = Some(date(k, v)?.lo),
+            "_type" => {
+                for t in v.split(',') {
+                    if !hutong_fhir::Definitions::get().is_resource_type(t) {
+                        return Err(ApiError::bad_request(format!(
+                            "Unknown type '{t}' in _type"
+                        )));
+                    }
+                    e.types.push(t.to_string());
+                }
+            }
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request("_count must be a number"))?
+                    .clamp(1, 5_000)
+            }
+            "_offset" => {
+                offset = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("_offset must be a number"))?
+            }
+            _ => {}
+        }
+    }
+    Ok((e, count, offset))
+}
+
+/// `Person/{id}/$everything`: the person first, then every linked Patient's resources from
+/// every institution in chronological order (clinical time; undated ones last, by
+/// collection), each with its own `meta.source` and collection time.
+pub fn everything(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let (filter, count, offset) = everything_filter(req)?;
+    let (me, all) = person_resources(engine, person, &filter)?;
+    let mut keyed: Vec<(Option<i64>, i64, Stored)> = Vec::with_capacity(all.len());
+    for s in all {
+        let v = s.json()?;
+        keyed.push((clinical_time(&s, &v), s.last_updated, s));
+    }
+    keyed.sort_by(|a, b| {
+        (a.0.is_none(), a.0, a.1, &a.2.rtype, &a.2.id).cmp(&(
+            b.0.is_none(),
+            b.0,
+            b.1,
+            &b.2.rtype,
+            &b.2.id,
+        ))
+    });
+    let total = keyed.len() as u64 + 1;
+    let path = format!("{}/Person/{person}/$everything", req.base);
+    let qs = |off: usize| {
+        let mut parts: Vec<String> = req
+            .query
+            .iter()
+            .filter(|(k, _)| k != "_offset" && k != "_count")
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    crate::engine::percent_encode(k),
+                    crate::engine::percent_encode(v)
+                )
+            })
+            .collect();
+        parts.push(format!("_count={count}"));
+        if off > 0 {
+            parts.push(format!("_offset={off}"));
+        }
+        format!("{path}?{}", parts.join("&"))
+    };
+    let mut links = vec![("self", qs(offset))];
+    if offset + count < total as usize {
+        links.push(("next", qs(offset + count)));
+    }
+    if offset > 0 {
+        links.push(("previous", qs(offset.saturating_sub(count))));
+    }
+    let mut w = BundleWriter::new("searchset", Some(total), &links);
+    let everything = std::iter::once(&me).chain(keyed.iter().map(|k| &k.2));
+    for s in everything.skip(offset).take(count) {
+        w.entry(
+            json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}),
+            Some(&s.body),
+        );
+    }
+    Ok(Resp {
+        status: 200,
+        headers: Vec::new(),
+        body: Body::Raw(w.finish()),
+    })
+}
+
+fn code_of(v: &Value, field: &str) -> Option<String> {
+    v[field]["coding"].as_array()?.iter().find_map(|c| {
+        Some(format!(
+            "{}|{}",
+            c["system"].as_str().unwrap_or(""),
+            c["code"].as_str()?
+        ))
+    })
+}
+
+fn status_code(v: &Value, field: &str) -> Option<String> {
+    v[field]["coding"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["code"].as_str().map(String::from))
+}
+
+/// `Person/{id}/$summary`: what a clinician needs first, across every institution — active
+/// problems, allergies, current medications, the last result of each test, vaccinations and
+/// recent encounters — as a Bundle whose Composition lists each section (sections follow the
+/// International Patient Summary).
+pub fn summary(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+    check_id(person)?;
+    let (_, all) = person_resources(engine, person, &Everything::default())?;
+    let mut items: Vec<(Option<i64>, Value, Stored)> = Vec::new();
+    for s in all {
+        let v = s.json()?;
+        items.push((clinical_time(&s, &v), v, s));
+    }
+    // Newest first within each section.
+    items.sort_by(|a, b| b.0.cmp(&a.0).then(b.2.last_updated.cmp(&a.2.last_updated)));
+    let mut problems = Vec::new();
+    let mut allergies = Vec::new();
+    let mut medications = Vec::new();
+    let mut results: BTreeMap<String, usize> = BTreeMap::new();
+    let mut vaccinations = Vec::new();
+    let mut encounters = Vec::new();
+    for (i, (_, v, s)) in items.iter().enumerate() {
+        let verification = status_code(v, "verificationStatus");
+        if matches!(
+            verification.as_deref(),
+            Some("entered-in-error" | "refuted")
+        ) {
+            continue;
+        }
+        let clinical = status_code(v, "clinicalStatus");
+        let status = v["status"].as_str().unwrap_or("");
+        match s.rtype.as_str() {
+            "Condition"
+                if matches!(
+                    clinical.as_deref(),
+                    Some("active" | "recurrence" | "relapse")
+                ) =>
+            {
+                problems.push(i)
+            }
+            "AllergyIntolerance"
+                if !matches!(clinical.as_deref(), Some("inactive" | "resolved")) =>
+            {
+                allergies.push(i)
+            }
+            "MedicationRequest" | "MedicationStatement" if status == "active" => {
+                medications.push(i)
+            }
+            "Observation" if !matches!(status, "entered-in-error" | "cancelled") => {
+                if let Some(c) = code_of(v, "code") {
+                    results.entry(c).or_insert(i);
+                }
+            }
+            "Immunization" if status == "completed" => vaccinations.push(i),
+            "Encounter" if encounters.len() < 10 && status != "entered-in-error" => {
+                encounters.push(i)
+            }
+            _ => {}
+        }
+    }
+    let mut results: Vec<usize> = results.into_values().collect();
+    results.sort_unstable();
+    let sections = [
+        (
+            "Active problems",
+            "11450-4",
+            "Problem list - Reported",
+            problems,
+        ),
+        (
+            "Allergies and intolerances",
+            "48765-2",
+            "Allergies and adverse reactions Document",
+            allergies,
+        ),
+        (
+            "Current medications",
+            "10160-0",
+            "History of Medication use Narrative",
+            medications,
+        ),
+        (
+            "Last results",
+            "30954-2",
+            "Relevant diagnostic tests/laboratory data Narrative",
+            results,
+        ),
+        (
+            "Vaccinations",
+            "11369-6",
+            "History of Immunization Narrative",
+            vaccinations,
+        ),
+        (
+            "Recent encounters",
+            "46240-8",
+            "History of Hospitalizations+Outpatient visits Narrative",
+            encounters,
+        ),
+    ];
+    let mut included: Vec<usize> = Vec::new();
+    let section_json: Vec<Value> = sections
+        .iter()
+        .map(|(title, code, display, idx)| {
+            included.extend(idx);
+            let mut sec = json!({
+                "title": title,
+                "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+                "entry": idx.iter().map(|i| json!({"reference": format!("{}/{}", items[*i].2.rtype, items[*i].2.id)})).collect::<Vec<_>>()
+            });
+            if idx.is_empty() {
+                sec["emptyReason"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable"}]});
+            }
+            sec
+        })
+        .collect();
+    let now = hutong_fhir::date::format_instant(hutong_fhir::date::now_ms());
+    let composition = json!({
+        "resourceType": "Composition",
+        "status": "final",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "60591-5", "display": "Patient summary Document"}]},
+        "subject": {"reference": format!("Person/{person}")},
+        "date": now,
+        "author": [{"display": "Hutong"}],
+        "title": "Person summary across institutions",
+        "section": section_json
+    });
+    let mut w = BundleWriter::new("collection", None, &[]);
+    let comp = serde_json::to_vec(&composition)
+        .map_err(|e| ApiError::new(500, IssueCode::Exception, e.to_string()))?;
+    w.entry(json!({}), Some(&comp));
+    included.sort_unstable();
+    included.dedup();
+    for i in included {
+        let s = &items[i].2;
+        w.entry(
+            json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id)}),
+            Some(&s.body),
+        );
+    }
+    Ok(Resp {
+        status: 200,
+        headers: Vec::new(),
+        body: Body::Raw(w.finish()),
+    })
+}
+
+/// `Patient/$ihe-pix` (IHE PIXm): given one institution's identifier, the identifiers and
+/// Patients that every other institution holds for the same person.
+pub fn pix(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+    let mut source = None;
+    let mut targets: Vec<String> = Vec::new();
+    for (k, v) in &req.query {
+        match k.as_str() {
+            "sourceIdentifier" => source = Some(v.clone()),
+            "targetSystem" => targets.extend(v.split(',').map(String::from)),
+            "_format" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "$ihe-pix does not take '{other}'"
+                )))
+            }
+        }
+    }
+    let source = source.ok_or_else(|| {
+        ApiError::new(
+            400,
+            IssueCode::Required,
+            "$ihe-pix needs sourceIdentifier=system|value",
+        )
+    })?;
+    if !source.contains('|') || source.ends_with('|') {
+        return Err(ApiError::bad_request(
+            "sourceIdentifier must be system|value",
+        ));
+    }
+    let q = Query::parse(
+        "Patient",
+        &[("identifier".to_string(), source.clone())],
+        true,
+    )?;
+    let found = engine.store.search(&q)?;
+    if found.matches.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "No Patient has the identifier {source}"
+        )));
+    }
+    let sources: Vec<String> = found
+        .matches
+        .iter()
+        .map(|s| format!("Patient/{}", s.id))
+        .collect();
+    let (persons, linked) = engine.matcher.view(&engine.store, |reg| {
+        let mut persons = Vec::new();
+        let mut linked = Vec::new();
+        for s in &sources {
+            if let Some(p) = reg.person_of(s) {
+                if !persons.contains(&p.to_string()) {
+                    persons.push(p.to_string());
+                    linked.extend(reg.patients(p));
+                }
+            }
+        }
+        (persons, linked)
+    })?;
+    let mut params = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &linked {
+        let id = p.trim_start_matches("Patient/");
+        let Some(s) = engine.store.read("Patient", id)?.filter(|s| !s.deleted) else {
+            continue;
+        };
+        let v = s.json()?;
+        let mut any = false;
+        for i in v["identifier"].as_array().into_iter().flatten() {
+            let sys = i["system"].as_str().unwrap_or("");
+            let key = format!("{sys}|{}", i["value"].as_str().unwrap_or(""));
+            if key == source || (!targets.is_empty() && !targets.iter().any(|t| t == sys)) {
+                continue;
+            }
+            any = true;
+            if seen.insert(key) {
+                params.push(json!({"name": "targetIdentifier", "valueIdentifier": {"system": sys, "value": i["value"]}}));
+            }
+        }
+        if any || targets.is_empty() {
+            params.push(json!({"name": "targetId", "valueReference": {"reference": p}}));
+        }
+    }
+    for p in persons {
+        params.push(
+            json!({"name": "targetId", "valueReference": {"reference": format!("Person/{p}")}}),
+        );
+    }
+    Ok(Resp::json(
+        200,
+        json!({"resourceType": "Parameters", "parameter": params}),
+    ))
+}
