@@ -180,6 +180,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             base_url: None,
             export_dir: None,
             link_interval: Some(std::time::Duration::from_secs(2)),
+            source_trust: Default::default(),
         };
         let app = Application::with_store(settings, store).await?;
         eprintln!("Linking every institution's Patients to persons (one person, one record)…");

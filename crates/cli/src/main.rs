@@ -108,6 +108,9 @@ struct FileConfig {
     default_source: Option<String>,
     /// Milliseconds between background linking runs (0: link only on demand).
     link_interval_ms: Option<u64>,
+    /// Trust rank per source (`meta.source`) for the person's golden record.
+    #[serde(default)]
+    source_trust: std::collections::HashMap<String, i32>,
 }
 
 const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
@@ -156,6 +159,7 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
             Some(ms) => Some(std::time::Duration::from_millis(ms)),
             None => Some(std::time::Duration::from_secs(2)),
         },
+        source_trust: f.source_trust.clone(),
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Settings {
     /// How often new Patients are linked to persons in the background; `None` links only
     /// when persons are read or matched.
     pub link_interval: Option<std::time::Duration>,
+    /// Trust rank of each source (`meta.source`) for the person's golden record; higher
+    /// wins, unlisted sources rank 0.
+    pub source_trust: std::collections::HashMap<String, i32>,
 }
 
 impl Settings {
@@ -79,6 +82,7 @@ impl Application {
                 export_dir,
             },
         );
+        engine.matcher.set_trust(settings.source_trust.clone());
         if let Some(every) = settings.link_interval {
             let e = engine.clone();
             std::thread::Builder::new()

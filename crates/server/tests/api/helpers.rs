@@ -18,6 +18,7 @@ fn settings(database: String) -> Settings {
         base_url: None,
         export_dir: None,
         link_interval: None,
+        source_trust: Default::default(),
     }
 }
 
