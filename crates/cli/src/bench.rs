@@ -122,6 +122,7 @@ fn settings(database: String) -> Settings {
         export_dir: None,
         link_interval: None,
         source_trust: Default::default(),
+        thresholds: Default::default(),
     }
 }
 

@@ -181,6 +181,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             export_dir: None,
             link_interval: Some(std::time::Duration::from_secs(2)),
             source_trust: Default::default(),
+            thresholds: Default::default(),
         };
         let app = Application::with_store(settings, store).await?;
         eprintln!("Linking every institution's Patients to persons (one person, one record)…");

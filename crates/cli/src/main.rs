@@ -111,6 +111,10 @@ struct FileConfig {
     /// Trust rank per source (`meta.source`) for the person's golden record.
     #[serde(default)]
     source_trust: std::collections::HashMap<String, i32>,
+    /// log2 posterior odds at or above which a new Patient joins the matched person.
+    link_threshold: Option<f64>,
+    /// log2 posterior odds at or above which a pair is queued for review.
+    review_threshold: Option<f64>,
 }
 
 const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
@@ -160,6 +164,13 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
             None => Some(std::time::Duration::from_secs(2)),
         },
         source_trust: f.source_trust.clone(),
+        thresholds: {
+            let d = hutong_mpi::Thresholds::default();
+            hutong_mpi::Thresholds {
+                link: f.link_threshold.unwrap_or(d.link),
+                review: f.review_threshold.unwrap_or(d.review),
+            }
+        },
     }
 }
 

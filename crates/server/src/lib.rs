@@ -45,6 +45,8 @@ pub struct Settings {
     /// Trust rank of each source (`meta.source`) for the person's golden record; higher
     /// wins, unlisted sources rank 0.
     pub source_trust: std::collections::HashMap<String, i32>,
+    /// Decision thresholds of person linking (log2 posterior odds).
+    pub thresholds: hutong_mpi::Thresholds,
 }
 
 impl Settings {
@@ -83,6 +85,13 @@ impl Application {
             },
         );
         engine.matcher.set_trust(settings.source_trust.clone());
+        anyhow::ensure!(
+            settings.thresholds.review <= settings.thresholds.link,
+            "review_threshold ({}) must not be above link_threshold ({})",
+            settings.thresholds.review,
+            settings.thresholds.link
+        );
+        engine.matcher.set_thresholds(settings.thresholds);
         if let Some(every) = settings.link_interval {
             let e = engine.clone();
             std::thread::Builder::new()

@@ -25,6 +25,7 @@ struct State {
     registry: Option<Registry>,
     persons_synced: i64,
     trust: std::collections::HashMap<String, i32>,
+    thresholds: hutong_mpi::Thresholds,
 }
 
 #[derive(Default)]
@@ -107,6 +108,17 @@ impl Matcher {
         st.trust = trust;
     }
 
+    /// Sets the decision thresholds (log2 posterior odds): at or above `link` a new Patient
+    /// joins the matched person, at or above `review` the pair is queued for review.
+    pub fn set_thresholds(&self, t: hutong_mpi::Thresholds) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = st.index.as_mut() {
+            index.certain = t.link;
+            index.probable = t.review;
+        }
+        st.thresholds = t;
+    }
+
     /// How many Patients are indexed (after catching up).
     pub fn indexed(&self, store: &Store) -> Result<usize, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +133,8 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
         changed = catch_up(index, &mut st.synced, store)?;
     } else {
         let mut index = Index::new(Model::starting());
+        index.certain = st.thresholds.link;
+        index.probable = st.thresholds.review;
         let mut after = i64::MIN;
         let mut newest = i64::MIN;
         loop {

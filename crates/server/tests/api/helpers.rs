@@ -19,6 +19,7 @@ fn settings(database: String) -> Settings {
         export_dir: None,
         link_interval: None,
         source_trust: Default::default(),
+        thresholds: Default::default(),
     }
 }
 
@@ -47,8 +48,15 @@ impl Drop for TestApp {
 
 /// A server on a fresh embedded store.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server on a fresh embedded store, with settings adjusted by `f`.
+pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = TempDir::new("api");
-    let (base, client) = start(settings(dir.0.display().to_string()), None).await;
+    let mut s = settings(dir.0.display().to_string());
+    f(&mut s);
+    let (base, client) = start(s, None).await;
     TestApp {
         base,
         client,

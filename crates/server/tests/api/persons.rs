@@ -834,3 +834,44 @@ async fn persons_work_the_same_on_postgres() {
     let r = app.get(&format!("Person/{pid}/$everything")).await;
     assert_eq!(r.body["total"], 2);
 }
+
+#[tokio::test]
+async fn decision_thresholds_are_configurable() {
+    // With the link threshold out of reach, even the same ID number only goes to review.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.thresholds = hutong_mpi::Thresholds {
+            link: 1_000.0,
+            review: -2.0,
+        }
+    })
+    .await;
+    let id = hutong_cn::idcard::make(330106, 1990, 4, 8, 22);
+    let mk = |mrn: &'static str| {
+        patient(&Pt {
+            name: "欧阳雪",
+            birth: "1990-04-08",
+            gender: "female",
+            id_number: Some(&id),
+            phone: None,
+            line: None,
+            mrn: ("urn:mrn:t", mrn),
+        })
+    };
+    let a = create(&app, HOSPITAL, mk("1")).await;
+    let b = create(&app, CLINIC, mk("2")).await;
+    assert_ne!(
+        person_of(&app, &a).await["id"],
+        person_of(&app, &b).await["id"]
+    );
+    let q = app.get("Task?status=requested").await;
+    assert_eq!(q.body["total"], 1, "{}", q.body);
+    // With the default thresholds they are one person.
+    let app = spawn_app().await;
+    let a = create(&app, HOSPITAL, mk("1")).await;
+    let b = create(&app, CLINIC, mk("2")).await;
+    assert_eq!(
+        person_of(&app, &a).await["id"],
+        person_of(&app, &b).await["id"]
+    );
+    assert_eq!(app.get("Task?status=requested").await.body["total"], 0);
+}
