@@ -7,6 +7,7 @@
 //! - [`date`]: FHIR date/dateTime/instant parsing into half-open millisecond ranges.
 //! - [`index`]: extraction of search-index values from a resource.
 //! - [`id`]: validated ids and references.
+//! - [`security`]: sensitivity labels (`meta.security`) as the bits the access decision uses.
 //! - [`validate`]: structural validation against the R4 StructureDefinitions.
 //! - [`outcome`]: OperationOutcome construction, the shape of every error Hutong returns.
 //!
@@ -18,6 +19,7 @@ pub mod id;
 pub mod index;
 pub mod outcome;
 pub mod path;
+pub mod security;
 pub mod validate;
 
 pub use defs::{Definitions, Derived, ParamType, SearchParamDef};

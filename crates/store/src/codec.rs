@@ -25,11 +25,36 @@ struct Dict {
     ddict: DDict<'static>,
 }
 
-/// The store's compressor: the dictionaries it knows and the one new bodies use.
+/// Encryption of identity data at rest, supplied by the access layer: bodies of the types
+/// that carry a person's identity are sealed, and their identifying search values are
+/// replaced by keyed hashes, so the database holds neither in the clear yet they can still be
+/// found by exact value (and names by prefix).
+pub trait Protector: Send + Sync {
+    /// Whether bodies of `rtype` are sealed.
+    fn seals(&self, rtype: &str) -> bool;
+    /// Encrypts a (compressed) body; the result starts with [`SEALED`].
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String>;
+    /// Decrypts what `seal` produced (with whichever key it names).
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String>;
+    /// Whether the index values of search parameter `code` of `rtype` are keyed hashes.
+    fn blinds(&self, rtype: &str, code: &str) -> bool;
+    /// The keyed hash of a value, `kind` separating uses (prefix, exact, token).
+    fn blind(&self, kind: &str, value: &str) -> String;
+}
+
+/// The first bytes of a sealed body (never the start of a zstd frame).
+pub const SEALED: &[u8; 4] = b"HTE1";
+
+/// Longest name prefix indexed as a keyed hash; longer values are indexed whole as well.
+pub const BLIND_PREFIX_CHARS: usize = 32;
+
+/// The store's compressor: the dictionaries it knows and the one new bodies use, and the
+/// protector that seals identity data.
 #[derive(Default)]
 pub struct Codec {
     current: RwLock<Option<(u32, Arc<Dict>)>>,
     all: RwLock<HashMap<u32, Arc<Dict>>>,
+    protector: RwLock<Option<Arc<dyn Protector>>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -67,6 +92,29 @@ impl Codec {
         Some(id)
     }
 
+    /// Sets how identity data is protected (once, when the store is opened).
+    pub fn set_protector(&self, p: Arc<dyn Protector>) {
+        *self.protector.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    pub fn protector(&self) -> Option<Arc<dyn Protector>> {
+        self.protector
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Compresses a body of `rtype`, and seals it when its type carries identity data.
+    pub fn encode(&self, rtype: &str, src: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let z = self.compress(src)?;
+        match self.protector() {
+            Some(p) if p.seals(rtype) => p
+                .seal(&z)
+                .map_err(|e| StoreError::Corrupt(format!("cannot seal a body: {e}"))),
+            _ => Ok(z),
+        }
+    }
+
     pub fn current_id(&self) -> Option<u32> {
         self.current
             .read()
@@ -97,6 +145,17 @@ impl Codec {
     pub fn decompress(&self, blob: &[u8]) -> Result<Vec<u8>, StoreError> {
         if blob.is_empty() {
             return Ok(Vec::new());
+        }
+        if blob.starts_with(SEALED) {
+            let p = self.protector().ok_or_else(|| {
+                StoreError::Corrupt(
+                    "a body is encrypted but the store was opened without the keyring".into(),
+                )
+            })?;
+            let z = p
+                .open(blob)
+                .map_err(|e| StoreError::Corrupt(format!("cannot decrypt a body: {e}")))?;
+            return self.decompress(&z);
         }
         let size = match zstd_safe::get_frame_content_size(blob) {
             Ok(Some(n)) => n as usize,

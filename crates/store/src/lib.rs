@@ -9,16 +9,23 @@
 //! - `search`: FHIR search parameters → conditions → SQL; includes, sorting, paging.
 //! - `pool`: connection pools.
 //!
+//! - `scope`: which rows a reader may see — every read takes a [`Scope`].
+//! - `audit`: the hash-chained audit log; every `write` appends its entry before committing.
+//!
 //! Architecture invariants:
-//! - A `write` is one database transaction: every resource, version and index row of it
-//!   commits together or not at all.
+//! - A `write` is one database transaction: every resource, version and index row of it,
+//!   and its audit entry, commit together or not at all.
+//! - No read returns a row its [`Scope`] does not permit, and counts and pages are computed
+//!   after the scope is applied.
 //! - Index rows exist only for current, non-deleted versions, so a search never sees a
 //!   superseded or deleted resource.
 //! - Every clinical row carries `shard` (the owning Patient's hash) first in its key.
 
+pub mod audit;
 pub mod codec;
 mod pool;
 pub mod schema;
+pub mod scope;
 pub mod search;
 pub mod sql;
 /// The PostgreSQL client, re-exported for tools that administer databases.
@@ -35,8 +42,10 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+pub use audit::{AuditEntry, AuditHook, AuditRow, Change, Checkpoint};
 use pool::{Pool, Pooled};
 use schema::Catalog;
+pub use scope::{RowScope, Scope};
 pub use search::{Include, Page, Query, SearchError, Total};
 use sql::{Conn, Dialect, PgConn, SqliteConn, Val};
 pub use write::{Prepared, Tx};
@@ -102,8 +111,14 @@ pub struct Stored {
     pub version: i64,
     pub last_updated: i64,
     pub deleted: bool,
-    /// The resource JSON exactly as served (with `id` and `meta`); empty when deleted.
+    /// The resource JSON exactly as stored (with `id` and `meta`); empty when deleted.
     pub body: Vec<u8>,
+    /// The Patient shard it is filed under (0: not in any Patient's compartment).
+    pub shard: i64,
+    /// Who submitted it (`meta.source`).
+    pub source: String,
+    /// Sensitive-category bits (`hutong_fhir::security`).
+    pub sens: u32,
 }
 
 impl Stored {
@@ -128,6 +143,33 @@ impl Location {
             Location::Postgres(s.to_string())
         } else {
             Location::Sqlite(PathBuf::from(s))
+        }
+    }
+}
+
+/// What a read found, as the reader may know it.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Stored),
+    /// It exists, but the reader's scope does not include it.
+    Hidden,
+    Missing,
+}
+
+impl Lookup {
+    fn of(s: Option<Stored>, scope: &Scope) -> Lookup {
+        match s {
+            None => Lookup::Missing,
+            Some(s) if scope.permits_stored(&s) => Lookup::Found(s),
+            Some(_) => Lookup::Hidden,
+        }
+    }
+
+    /// The version, when found and visible.
+    pub fn found(self) -> Option<Stored> {
+        match self {
+            Lookup::Found(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -193,10 +235,10 @@ impl Store {
                 (writer, readers, Dialect::Postgres)
             }
         };
-        let catalog = {
+        let (catalog, migrate) = {
             let mut c = writer.get()?;
-            schema::create(c.conn())?;
-            Catalog::load(c.conn())?
+            let migrate = schema::create(c.conn())?;
+            (Catalog::load(c.conn())?, migrate)
         };
         tracing::info!(backend = ?dialect, "Store opened.");
         let store = Store {
@@ -209,6 +251,9 @@ impl Store {
                 training: Default::default(),
             }),
         };
+        if migrate {
+            store.backfill_version_columns()?;
+        }
         // A store that grew before it had a dictionary gets one now.
         if dialect == Dialect::Sqlite && store.catalog().codec.current_id().is_none() {
             let n = store.query_admin("SELECT COUNT(*) FROM res", &[])?[0][0].int() as u64;
@@ -221,6 +266,12 @@ impl Store {
         self.inner.dialect
     }
 
+    /// Protects identity data at rest from now on (see [`codec::Protector`]); set once,
+    /// right after opening, before anything is read.
+    pub fn set_protector(&self, p: Arc<dyn codec::Protector>) {
+        self.catalog().codec.set_protector(p);
+    }
+
     fn reader(&self) -> Result<Pooled<'_>, StoreError> {
         self.inner.readers.get()
     }
@@ -230,15 +281,17 @@ impl Store {
     }
 
     /// Runs `f` in one database transaction; commits when it returns `Ok`, rolls back
-    /// otherwise. Retries the whole closure when a concurrent writer won a race.
+    /// otherwise. Before committing, appends the audit entry `audit` makes of what was
+    /// written. Retries the whole closure when a concurrent writer won a race.
     pub fn write<R, E: TxError>(
         &self,
+        audit: &dyn AuditHook,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.write_once(&mut f) {
+            match self.write_once(audit, &mut f) {
                 Err(e) if e.retryable() && attempt < 5 => {
                     tracing::debug!(attempt, "Retrying a transaction after a conflict.");
                     std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
@@ -250,6 +303,7 @@ impl Store {
 
     fn write_once<R, E: TxError>(
         &self,
+        audit: &dyn AuditHook,
         f: &mut impl FnMut(&mut Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut pooled = self.inner.writer.get()?;
@@ -262,7 +316,12 @@ impl Store {
         let (result, written) = {
             let cat = self.catalog();
             let mut tx = Tx::new(conn, &cat, &mut added);
-            let r = f(&mut tx).and_then(|r| tx.flush().map(|()| r).map_err(E::from));
+            let r = f(&mut tx).and_then(|r| {
+                tx.flush().map_err(E::from)?;
+                let entry = audit.entry(&tx.changes);
+                audit::append(tx.conn(), &entry).map_err(E::from)?;
+                Ok(r)
+            });
             (r, tx.written)
         };
         match result {
@@ -351,38 +410,52 @@ impl Store {
         Ok(())
     }
 
-    /// The current version of a resource (a deleted one comes back with `deleted` set).
-    pub fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+    /// The current version of a resource (a deleted one comes back with `deleted` set), if
+    /// `scope` lets the reader see it.
+    pub fn read(&self, rtype: &str, id: &str, scope: &Scope) -> Result<Lookup, StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
-        write::read_current(c.conn(), &cat, rtype, id)
+        Ok(Lookup::of(
+            write::read_current(c.conn(), &cat, rtype, id)?,
+            scope,
+        ))
     }
 
-    /// A specific version.
-    pub fn vread(&self, rtype: &str, id: &str, version: i64) -> Result<Option<Stored>, StoreError> {
+    /// A specific version, if `scope` lets the reader see it.
+    pub fn vread(
+        &self,
+        rtype: &str,
+        id: &str,
+        version: i64,
+        scope: &Scope,
+    ) -> Result<Lookup, StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
-        write::read_version(c.conn(), &cat, rtype, id, version)
+        Ok(Lookup::of(
+            write::read_version(c.conn(), &cat, rtype, id, version)?,
+            scope,
+        ))
     }
 
-    /// Versions, newest first.
+    /// The versions `scope` lets the reader see, newest first, and how many there are.
     pub fn history(
         &self,
-        scope: &HistoryScope,
+        which: &HistoryScope,
         since: Option<i64>,
         count: usize,
         offset: usize,
+        scope: &Scope,
     ) -> Result<(Vec<Stored>, Option<u64>), StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
-        write::history(c.conn(), &cat, scope, since, count, offset)
+        write::history(c.conn(), &cat, which, since, count, offset, scope)
     }
 
-    /// Runs a search.
-    pub fn search(&self, q: &Query) -> Result<Page, StoreError> {
+    /// Runs a search within `scope`.
+    pub fn search(&self, q: &Query, scope: &Scope) -> Result<Page, StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
-        search::run(c.conn(), &cat, q)
+        search::run(c.conn(), &cat, q, scope)
     }
 
     /// Parses search parameters for `rtype` into a query (see [`Query::parse`]).
@@ -395,16 +468,17 @@ impl Store {
         Query::parse(rtype, params, strict)
     }
 
-    /// Every resource in a Patient's compartment (and the Patient), oldest first.
-    pub fn everything(&self, req: &search::Everything) -> Result<Page, StoreError> {
+    /// Every resource in a Patient's compartment (and the Patient) that `scope` lets the
+    /// reader see, oldest first.
+    pub fn everything(&self, req: &search::Everything, scope: &Scope) -> Result<Page, StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
-        search::everything(c.conn(), &cat, req)
+        search::everything(c.conn(), &cat, req, scope)
     }
 
     /// Current, non-deleted resources of `rtype` in storage order after `after` (a cursor
-    /// returned by the previous call), for bulk export. `patients_only` keeps resources that
-    /// belong to some Patient's compartment.
+    /// returned by the previous call) that `scope` lets the reader see, for bulk export.
+    /// `patients_only` keeps resources that belong to some Patient's compartment.
     pub fn scan(
         &self,
         rtype: &str,
@@ -412,39 +486,383 @@ impl Store {
         patients_only: bool,
         after: i64,
         limit: usize,
+        scope: &Scope,
     ) -> Result<(Vec<Stored>, i64), StoreError> {
         let mut c = self.reader()?;
         let cat = self.catalog();
         let Some(t) = cat.type_id(rtype) else {
             return Ok((Vec::new(), after));
         };
-        let shard_filter = if patients_only {
-            " AND r.shard <> 0"
-        } else {
-            ""
-        };
+        let mut filter = String::new();
+        if patients_only {
+            filter.push_str(" AND s.shard <> 0");
+        }
+        if let Scope::Rows(r) = scope {
+            filter.push_str(&format!(" AND {}", r.sql_row(&cat, "s")));
+        }
         let rows = c.conn().query(
             &format!(
-                "SELECT r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.body, rr.id FROM res r                  JOIN res_route rr ON rr.rid = r.rid WHERE r.rtype = ? AND r.deleted = 0                  AND r.lastmod >= ? AND r.rid > ?{shard_filter} ORDER BY r.rid LIMIT ?"
+                "SELECT s.rid, rr.id, {} FROM res s JOIN res_route rr ON rr.rid = s.rid \
+                 WHERE s.rtype = ? AND s.deleted = 0 AND s.lastmod >= ? AND s.rid > ?{filter} \
+                 ORDER BY s.rid LIMIT ?",
+                write::VERSION_COLS
             ),
-            &[Val::Int(t), Val::Int(since.unwrap_or(i64::MIN)), Val::Int(after), Val::Int(limit as i64)],
+            &[
+                Val::Int(t),
+                Val::Int(since.unwrap_or(i64::MIN)),
+                Val::Int(after),
+                Val::Int(limit as i64),
+            ],
         )?;
         let mut last = after;
         let mut out = Vec::with_capacity(rows.len());
         for mut r in rows {
             last = r[0].int();
-            let blob = std::mem::replace(&mut r[5], Val::Null).into_blob();
-            out.push(write::stored_from(
-                &cat,
-                t,
-                r[6].text().to_string(),
-                r[2].int(),
-                r[3].int(),
-                r[4].int(),
-                blob,
-            )?);
+            let id = r[1].text().to_string();
+            let m = write::RowMeta::at(&r, 2);
+            let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
+            out.push(write::stored_from(&cat, m, id, blob)?);
         }
         Ok((out, last))
+    }
+
+    /// Appends entries to the audit trail in one transaction (accesses, which have no
+    /// transaction of their own to ride in).
+    pub fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pooled = self.inner.writer.get()?;
+        let conn = pooled.conn();
+        conn.batch(match self.inner.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        })?;
+        let r = entries
+            .iter()
+            .try_for_each(|e| audit::append(conn, e).map(|_| ()));
+        match r.and_then(|()| conn.batch("COMMIT")) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if conn.batch("ROLLBACK").is_err() {
+                    pooled.discard();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Audit entries of partition `part` from `from_seq` on, in order (for verification and
+    /// the AuditEvent view).
+    pub fn audit_rows(
+        &self,
+        part: i64,
+        from_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut c = self.reader()?;
+        Ok(c.conn()
+            .query(
+                &format!(
+                    "{} WHERE part = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                    audit::SELECT_AUDIT
+                ),
+                &[Val::Int(part), Val::Int(from_seq), Val::Int(limit as i64)],
+            )?
+            .into_iter()
+            .map(audit::row_from)
+            .collect())
+    }
+
+    /// The partitions that have a chain, with their recorded head `(part, seq, hash)`.
+    pub fn audit_heads(&self) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+        let mut c = self.reader()?;
+        Ok(c.conn()
+            .query("SELECT part, seq, hash FROM audit_head ORDER BY part", &[])?
+            .into_iter()
+            .map(|mut r| {
+                let h = std::mem::replace(&mut r[2], Val::Null).into_blob();
+                (r[0].int(), r[1].int(), h)
+            })
+            .collect())
+    }
+
+    /// Newest entries first: those about any of `shards` (a person's Patients), or every
+    /// entry when `shards` is `None`, within `[since, until)`.
+    pub fn audit_about(
+        &self,
+        shards: Option<&[i64]>,
+        since: i64,
+        until: i64,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<AuditRow>, u64), StoreError> {
+        let mut c = self.reader()?;
+        let conn = c.conn();
+        let (keys, total) = match shards {
+            Some(shards) => {
+                let list = if shards.is_empty() {
+                    "NULL".to_string()
+                } else {
+                    shards
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let from = format!(
+                    "FROM (SELECT DISTINCT part, seq, ts FROM audit_subject WHERE shard IN ({list}) \
+                     AND ts >= ? AND ts < ?) k"
+                );
+                let p = [Val::Int(since), Val::Int(until)];
+                let total = conn.query(&format!("SELECT COUNT(*) {from}"), &p)?[0][0].int();
+                let mut p = p.to_vec();
+                p.push(Val::Int(limit as i64));
+                p.push(Val::Int(offset as i64));
+                let keys: Vec<(i64, i64)> = conn
+                    .query(
+                        &format!(
+                            "SELECT part, seq {from} ORDER BY ts DESC, part, seq DESC LIMIT ? OFFSET ?"
+                        ),
+                        &p,
+                    )?
+                    .iter()
+                    .map(|r| (r[0].int(), r[1].int()))
+                    .collect();
+                (keys, total)
+            }
+            None => {
+                let p = [Val::Int(since), Val::Int(until)];
+                let total = conn
+                    .query("SELECT COUNT(*) FROM audit WHERE ts >= ? AND ts < ?", &p)?[0][0]
+                    .int();
+                let mut p = p.to_vec();
+                p.push(Val::Int(limit as i64));
+                p.push(Val::Int(offset as i64));
+                let keys = conn
+                    .query(
+                        "SELECT part, seq FROM audit WHERE ts >= ? AND ts < ? \
+                         ORDER BY ts DESC, part, seq DESC LIMIT ? OFFSET ?",
+                        &p,
+                    )?
+                    .iter()
+                    .map(|r| (r[0].int(), r[1].int()))
+                    .collect();
+                (keys, total)
+            }
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for (part, seq) in keys {
+            if let Some(r) = conn
+                .query(
+                    &format!("{} WHERE part = ? AND seq = ?", audit::SELECT_AUDIT),
+                    &[Val::Int(part), Val::Int(seq)],
+                )?
+                .into_iter()
+                .next()
+            {
+                out.push(audit::row_from(r));
+            }
+        }
+        Ok((out, total as u64))
+    }
+
+    /// One entry by its position.
+    pub fn audit_row(&self, part: i64, seq: i64) -> Result<Option<AuditRow>, StoreError> {
+        let mut c = self.reader()?;
+        Ok(c.conn()
+            .query(
+                &format!("{} WHERE part = ? AND seq = ?", audit::SELECT_AUDIT),
+                &[Val::Int(part), Val::Int(seq)],
+            )?
+            .into_iter()
+            .next()
+            .map(audit::row_from))
+    }
+
+    /// Records a signed checkpoint.
+    pub fn add_checkpoint(&self, c: &Checkpoint) -> Result<(), StoreError> {
+        let sql = schema::insert_ignore(
+            self.inner.dialect,
+            "audit_checkpoint (part, seq, hash, ts, kid, sig) VALUES (?, ?, ?, ?, ?, ?)",
+        );
+        self.exec_admin(
+            &sql,
+            &[
+                Val::Int(c.part),
+                Val::Int(c.seq),
+                Val::Blob(c.hash.clone()),
+                Val::Int(c.ts),
+                Val::Text(c.kid.clone()),
+                Val::Blob(c.sig.clone()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every checkpoint of a partition, in order.
+    pub fn checkpoints(&self, part: i64) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut c = self.reader()?;
+        Ok(c.conn()
+            .query(
+                "SELECT part, seq, hash, ts, kid, sig FROM audit_checkpoint WHERE part = ? ORDER BY seq",
+                &[Val::Int(part)],
+            )?
+            .into_iter()
+            .map(|mut r| Checkpoint {
+                part: r[0].int(),
+                seq: r[1].int(),
+                hash: std::mem::replace(&mut r[2], Val::Null).into_blob(),
+                ts: r[3].int(),
+                kid: r[4].text().to_string(),
+                sig: std::mem::replace(&mut r[5], Val::Null).into_blob(),
+            })
+            .collect())
+    }
+
+    /// Brings every resource of `rtype` under the current protection (see
+    /// [`Tx::reprotect`]), a thousand per transaction, and returns how many it rewrote.
+    /// Used when encryption is first switched on for a store that already holds identity
+    /// data, and after a data key is rotated.
+    pub fn reprotect(&self, rtype: &str, audit: &dyn AuditHook) -> Result<u64, StoreError> {
+        let mut n = 0;
+        let mut after = i64::MIN;
+        loop {
+            let ids: Vec<(i64, String)> = {
+                let t = self.catalog().type_id(rtype).unwrap_or(-1);
+                let mut c = self.reader()?;
+                c.conn()
+                    .query(
+                        "SELECT rid, id FROM res_route WHERE rtype = ? AND rid > ? ORDER BY rid LIMIT 1000",
+                        &[Val::Int(t), Val::Int(after)],
+                    )?
+                    .iter()
+                    .map(|r| (r[0].int(), r[1].text().to_string()))
+                    .collect()
+            };
+            let Some(last) = ids.last() else { break };
+            after = last.0;
+            n += self.write(audit, |tx| {
+                let mut k = 0;
+                for (_, id) in &ids {
+                    if tx.reprotect(rtype, id)? {
+                        k += 1;
+                    }
+                }
+                Ok::<_, StoreError>(k)
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// A value recorded in the store's `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let rows = self.query_admin("SELECT v FROM meta WHERE k = ?", &[Val::Text(key.into())])?;
+        Ok(rows.first().map(|r| r[0].text().to_string()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.exec_admin("DELETE FROM meta WHERE k = ?", &[Val::Text(key.into())])?;
+        self.exec_admin(
+            "INSERT INTO meta (k, v) VALUES (?, ?)",
+            &[Val::Text(key.into()), Val::Text(value.into())],
+        )?;
+        Ok(())
+    }
+
+    /// Fills `src` and `sens` of every version of a store made before they existed.
+    fn backfill_version_columns(&self) -> Result<(), StoreError> {
+        tracing::info!(
+            "Upgrading the store: recording the source and sensitivity of every version."
+        );
+        for table in ["res", "res_hist"] {
+            let mut after: (i64, i64, i64) = (i64::MIN, i64::MIN, i64::MIN);
+            loop {
+                let rows = {
+                    let mut c = self.reader()?;
+                    let version = if table == "res" { "0" } else { "version" };
+                    c.conn().query(
+                        &format!(
+                            "SELECT shard, rid, {version}, body FROM {table} \
+                             WHERE (shard, rid, {version}) > (?, ?, ?) ORDER BY shard, rid, {version} LIMIT 2000"
+                        ),
+                        &[Val::Int(after.0), Val::Int(after.1), Val::Int(after.2)],
+                    )?
+                };
+                if rows.is_empty() {
+                    break;
+                }
+                let mut w = self.inner.writer.get()?;
+                let conn = w.conn();
+                conn.batch("BEGIN")?;
+                let mut added = HashMap::new();
+                let r = (|| {
+                    for mut r in rows {
+                        after = (r[0].int(), r[1].int(), r[2].int());
+                        let body = std::mem::replace(&mut r[3], Val::Null).into_blob();
+                        let cat = self.catalog();
+                        let json: Value = match cat.codec.decompress(&body) {
+                            Ok(b) if !b.is_empty() => {
+                                serde_json::from_slice(&b).unwrap_or(Value::Null)
+                            }
+                            _ => Value::Null,
+                        };
+                        let source = json["meta"]["source"].as_str().unwrap_or("");
+                        let src = cat.intern_system(conn, source, &mut added)?;
+                        let sens = hutong_fhir::security::bits(&json) as i64;
+                        let key = if table == "res" {
+                            ""
+                        } else {
+                            " AND version = ?"
+                        };
+                        let mut p = vec![
+                            Val::Int(src),
+                            Val::Int(sens),
+                            Val::Int(after.0),
+                            Val::Int(after.1),
+                        ];
+                        if table == "res_hist" {
+                            p.push(Val::Int(after.2));
+                        }
+                        conn.exec(
+                            &format!("UPDATE {table} SET src = ?, sens = ? WHERE shard = ? AND rid = ?{key}"),
+                            &p,
+                        )?;
+                        if table == "res" && sens != 0 {
+                            let sql = schema::insert_ignore(
+                                conn.dialect(),
+                                "ix_sens (shard, rid, sens) VALUES (?, ?, ?)",
+                            );
+                            conn.exec(
+                                &sql,
+                                &[Val::Int(after.0), Val::Int(after.1), Val::Int(sens)],
+                            )?;
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })();
+                match r.and_then(|()| conn.batch("COMMIT")) {
+                    Ok(()) => self
+                        .inner
+                        .catalog
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .publish(added),
+                    Err(e) => {
+                        let _ = conn.batch("ROLLBACK");
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let mut w = self.inner.writer.get()?;
+        schema::mark_current(w.conn())
+    }
+
+    /// Runs statements (DDL of tables kept outside FHIR by other crates) on the writer.
+    pub fn batch_admin(&self, sql: &str) -> Result<(), StoreError> {
+        let mut c = self.inner.writer.get()?;
+        c.conn().batch(sql)
     }
 
     /// Rows of a bookkeeping table (`import_done`, `jobs`), read or written outside FHIR.

@@ -10,8 +10,9 @@ use hutong_fhir::date::{self, now_ms};
 use hutong_fhir::{Definitions, ParamType, Reference};
 
 use crate::schema::Catalog;
+use crate::scope::Scope;
 use crate::sql::{Conn, Dialect, Val};
-use crate::write::stored_from;
+use crate::write::{stored_from, RowMeta};
 use crate::{StoreError, Stored};
 
 /// Why a search request was refused (always the client's fault: 400).
@@ -505,6 +506,10 @@ struct Sql<'a> {
     params: Vec<Val>,
     cat: &'a Catalog,
     dialect: Dialect,
+    /// What the reader may see: chains and `_has` only look through visible resources.
+    scope: &'a Scope,
+    /// A condition that cannot be answered (set while building; reported by `run`).
+    error: Option<SearchError>,
 }
 
 fn like_escape(s: &str) -> String {
@@ -609,10 +614,16 @@ impl Sql<'_> {
         }
         let inner_sql = self.sub_for(inner_type, inner);
         let (out, cond) = sides;
+        // The side the inner condition tests must be visible, or a chain would tell what an
+        // unseen resource contains.
+        let visible = match self.scope {
+            Scope::All => String::new(),
+            Scope::Rows(r) => format!(" AND {}", r.sql(self.cat, cond, Some(inner_type))),
+        };
         format!(
             "SELECT {out}.shard, {out}.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
              AND t.id = f.tid WHERE f.pid IN ({pid}) AND f.ttype = {tt} \
-             AND ({cond}.shard, {cond}.rid) IN ({inner_sql})"
+             AND ({cond}.shard, {cond}.rid) IN ({inner_sql}){visible}"
         )
     }
 
@@ -773,6 +784,60 @@ impl Sql<'_> {
         let mut preds = Vec::new();
         let mut table = table;
         let mut pid = pid;
+        let blinded = self.cat.codec.protector().filter(|p| p.blinds(rtype, code));
+        if let Some(prot) = blinded {
+            // Identifying values are stored as keyed hashes: only whole values (and name
+            // prefixes) can be matched.
+            for v in values {
+                let pred = match (kind, modifier) {
+                    (ParamType::String, None) => {
+                        let n = hutong_fhir::normalize_string(v);
+                        let cut: String =
+                            n.chars().take(crate::codec::BLIND_PREFIX_CHARS).collect();
+                        let key = if n.chars().count() > crate::codec::BLIND_PREFIX_CHARS {
+                            n
+                        } else {
+                            cut
+                        };
+                        format!("norm = {}", self.p(prot.blind("prefix", &key)))
+                    }
+                    (ParamType::String, Some("exact")) => {
+                        format!("norm = {}", self.p(prot.blind("exact", v)))
+                    }
+                    (ParamType::Token, None) => match v.split_once('|') {
+                        Some((sys, c)) if !c.is_empty() => {
+                            self.token_pred(&format!("{sys}|{}", prot.blind("token", c)))
+                        }
+                        Some(_) => self.token_pred(v),
+                        None => self.token_pred(&prot.blind("token", v)),
+                    },
+                    (ParamType::Token, Some("of-type")) => {
+                        pid = self.pid(rtype, &format!("{code}:of-type"));
+                        match v.split_once('|') {
+                            Some((ts, rest)) if rest.contains('|') => {
+                                self.token_pred(&format!("{ts}|{}", prot.blind("token", rest)))
+                            }
+                            _ => "1 = 0".to_string(),
+                        }
+                    }
+                    _ => {
+                        self.error =
+                            Some(SearchError::Unsupported(format!(
+                            "{rtype}.{code} holds identifying data, kept encrypted: it matches \
+                             whole values{} only, not :{}",
+                            if kind == ParamType::String { " and name prefixes" } else { "" },
+                            modifier.unwrap_or("")
+                        )));
+                        "1 = 0".to_string()
+                    }
+                };
+                preds.push(pred);
+            }
+            return format!(
+                "SELECT shard, rid FROM {table} WHERE pid IN ({pid}) AND ({})",
+                preds.join(" OR ")
+            );
+        }
         for v in values {
             let pred = match kind {
                 ParamType::String => self.string_pred(modifier, v),
@@ -933,20 +998,14 @@ impl Sql<'_> {
     }
 }
 
-const SELECT_RES: &str = "r.shard, r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.body, rr.id";
+const SELECT_RES: &str =
+    "r.shard, r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.shard, r.src, r.sens, r.body, rr.id";
 
 /// A row selected as [`SELECT_RES`] as a stored version.
 fn res_row(cat: &Catalog, mut r: Vec<Val>) -> Result<Stored, StoreError> {
-    let blob = std::mem::replace(&mut r[6], Val::Null).into_blob();
-    stored_from(
-        cat,
-        r[2].int(),
-        r[7].text().to_string(),
-        r[3].int(),
-        r[4].int(),
-        r[5].int(),
-        blob,
-    )
+    let m = RowMeta::at(&r, 2);
+    let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
+    stored_from(cat, m, r[10].text().to_string(), blob)
 }
 
 fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreError> {
@@ -954,14 +1013,24 @@ fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreErr
 }
 
 /// Runs a query: the page of matches, the total, and the included resources.
-pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page, StoreError> {
+pub(crate) fn run(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    q: &Query,
+    scope: &Scope,
+) -> Result<Page, StoreError> {
     let mut b = Sql {
         params: Vec::new(),
         cat,
         dialect: conn.dialect(),
+        scope,
+        error: None,
     };
     let t = b.type_id(&q.rtype);
     let mut subs: Vec<String> = q.conds.iter().map(|c| b.sub_for(&q.rtype, c)).collect();
+    if let Some(e) = b.error.take() {
+        return Err(e.into());
+    }
     // Phase 1 works on keys only: the first condition drives (index rows exist only for
     // current, non-deleted resources of the parameter's type), the others filter.
     let (from, mut wheres) = if subs.is_empty() {
@@ -984,6 +1053,9 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     };
     for s in subs {
         wheres.push(format!("(m.shard, m.rid) IN ({s})"));
+    }
+    if let Scope::Rows(r) = scope {
+        wheres.push(r.sql(cat, "m", Some(&q.rtype)));
     }
     let where_sql = if wheres.is_empty() {
         String::new()
@@ -1064,7 +1136,7 @@ pub(crate) fn run(conn: &mut dyn Conn, cat: &Catalog, q: &Query) -> Result<Page,
     }
     // Phase 2: the bodies of this page only.
     let matches = fetch_by_keys(conn, cat, &keys)?;
-    page.included = includes(conn, cat, &matches, &q.includes)?;
+    page.included = includes(conn, cat, &matches, &q.includes, scope)?;
     page.matches = matches;
     Ok(page)
 }
@@ -1150,11 +1222,14 @@ fn fetch_by_ids(
     Ok(out)
 }
 
+/// The resources `incs` add to a page. What the reader may not see is dropped as it is
+/// found, so that iteration never walks through it either.
 fn includes(
     conn: &mut dyn Conn,
     cat: &Catalog,
     matches: &[Stored],
     incs: &[Include],
+    scope: &Scope,
 ) -> Result<Vec<Stored>, StoreError> {
     if incs.is_empty() || matches.is_empty() {
         return Ok(Vec::new());
@@ -1253,7 +1328,7 @@ fn includes(
             }
         }
         let mut next = Vec::new();
-        for f in found {
+        for f in found.into_iter().filter(|f| scope.permits_stored(f)) {
             if seen.insert((f.rtype.clone(), f.id.clone())) {
                 next.push(f.clone());
                 out.push(f);
@@ -1272,6 +1347,7 @@ pub(crate) fn everything(
     conn: &mut dyn Conn,
     cat: &Catalog,
     e: &Everything,
+    scope: &Scope,
 ) -> Result<Page, StoreError> {
     let defs = Definitions::get();
     let pt = cat.type_id("Patient").unwrap_or(-1);
@@ -1361,6 +1437,7 @@ pub(crate) fn everything(
         .map(|r| (r[0].int(), r[1].int()))
         .collect()
     };
+    let all = visible_keys(conn, cat, all, scope)?;
     let total = all.len() as u64;
     let keys: Vec<(i64, i64)> = all.iter().skip(e.offset).take(e.count).copied().collect();
     let has_more = e.offset + keys.len() < all.len();
@@ -1371,6 +1448,72 @@ pub(crate) fn everything(
         total: Some(total),
         has_more,
     })
+}
+
+/// The keys whose rows `scope` lets the reader see, in their order. Rows in a shard the
+/// reader sees whole are settled from the (small) sensitivity index alone; only the rest are
+/// looked up.
+pub(crate) fn visible_keys(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    keys: Vec<(i64, i64)>,
+    scope: &Scope,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let Scope::Rows(r) = scope else {
+        return Ok(keys);
+    };
+    let mut keep: HashSet<(i64, i64)> = HashSet::with_capacity(keys.len());
+    let mut by_sens: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    let mut by_row: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for &(shard, rid) in &keys {
+        match r.shards.get(&shard) {
+            Some(&open) if r.types.is_none() => {
+                if open == hutong_fhir::security::ALL {
+                    keep.insert((shard, rid));
+                } else {
+                    by_sens.entry(shard).or_default().push(rid);
+                }
+            }
+            _ => by_row.entry(shard).or_default().push(rid),
+        }
+    }
+    for (shard, rids) in by_sens {
+        let open = r.shards[&shard];
+        let sensitive: std::collections::HashMap<i64, u32> = conn
+            .query(
+                "SELECT rid, sens FROM ix_sens WHERE shard = ?",
+                &[Val::Int(shard)],
+            )?
+            .iter()
+            .map(|x| (x[0].int(), x[1].int() as u32))
+            .collect();
+        for rid in rids {
+            if sensitive.get(&rid).is_none_or(|s| s & !open == 0) {
+                keep.insert((shard, rid));
+            } else {
+                // Closed to the grant, but perhaps the reader's own submission.
+                by_row.entry(shard).or_default().push(rid);
+            }
+        }
+    }
+    for (shard, rids) in by_row {
+        for chunk in rids.chunks(500) {
+            let mut params = vec![Val::Int(shard)];
+            params.extend(chunk.iter().map(|x| Val::Int(*x)));
+            let sql = format!(
+                "SELECT rid, rtype, src, sens FROM res WHERE shard = ? AND rid IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            for row in conn.query(&sql, &params)? {
+                let rtype = cat.type_name(row[1].int()).unwrap_or("");
+                let src = cat.system_name(row[2].int()).unwrap_or("");
+                if r.permits(rtype, shard, src, row[3].int() as u32) {
+                    keep.insert((shard, row[0].int()));
+                }
+            }
+        }
+    }
+    Ok(keys.into_iter().filter(|k| keep.contains(k)).collect())
 }
 
 #[cfg(test)]

@@ -4,7 +4,31 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::{Location, Store};
+use crate::{AuditEntry, AuditHook, Change, Location, Store};
+
+/// An audit hook for tests: records the changes of each write under a test actor.
+pub struct TestAudit;
+
+/// The audit hook storage tests write with.
+pub static AUDIT: TestAudit = TestAudit;
+
+impl AuditHook for TestAudit {
+    fn entry(&self, changes: &[Change]) -> AuditEntry {
+        let what: Vec<String> = changes
+            .iter()
+            .map(|c| format!("{}/{}/_history/{}", c.rtype, c.id, c.version))
+            .collect();
+        AuditEntry {
+            ts: hutong_fhir::date::now_ms(),
+            entry: serde_json::json!({"who": "test", "changes": what}).to_string(),
+            subjects: changes
+                .iter()
+                .map(|c| c.shard)
+                .filter(|s| *s != 0)
+                .collect(),
+        }
+    }
+}
 
 static N: AtomicUsize = AtomicUsize::new(0);
 

@@ -6,8 +6,10 @@ use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::index::{compartment_owner, extract, IndexValue};
 use serde_json::{json, Value};
 
+use crate::audit::Change;
 use crate::codec::Codec;
 use crate::schema::Catalog;
+use crate::scope::Scope;
 use crate::search::{self, Page, Query};
 use crate::sql::{Conn, Row, Val};
 use crate::{shard_of, HistoryScope, StoreError, Stored};
@@ -25,6 +27,10 @@ pub struct Prepared {
     compressed: Vec<u8>,
     entries: Vec<hutong_fhir::index::Entry>,
     owner: Option<String>,
+    /// `meta.source`: who submitted it.
+    source: String,
+    /// Sensitive-category bits of its security labels (`hutong_fhir::security`).
+    sens: u32,
 }
 
 impl Prepared {
@@ -56,6 +62,8 @@ impl Prepared {
             compressed: Vec::new(),
             entries: Vec::new(),
             owner: None,
+            source: String::new(),
+            sens: 0,
         };
         let Some(mut r) = res else { return Ok(p) };
         let obj = r
@@ -69,11 +77,78 @@ impl Prepared {
         meta["versionId"] = Value::String(version.to_string());
         meta["lastUpdated"] = Value::String(format_instant(now));
         p.entries = extract(rtype, &r);
+        if let Some(prot) = codec.protector() {
+            blind_entries(prot.as_ref(), rtype, &mut p.entries);
+        }
+        p.source = r["meta"]["source"].as_str().unwrap_or("").to_string();
+        p.sens = hutong_fhir::security::bits(&r);
         p.body = serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        p.compressed = codec.compress(&p.body)?;
+        p.compressed = codec.encode(rtype, &p.body)?;
         p.owner = compartment_owner(rtype, id, &p.entries);
         Ok(p)
     }
+}
+
+/// Replaces the identifying index values of `rtype` by keyed hashes: tokens whole, strings
+/// by every prefix (FHIR string search matches prefixes) and whole for `:exact`.
+fn blind_entries(
+    p: &dyn crate::codec::Protector,
+    rtype: &str,
+    entries: &mut Vec<hutong_fhir::index::Entry>,
+) {
+    use crate::codec::BLIND_PREFIX_CHARS;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries.drain(..) {
+        let base = e.param.split(':').next().unwrap_or(&e.param);
+        if !p.blinds(rtype, base) {
+            out.push(e);
+            continue;
+        }
+        match e.value {
+            IndexValue::String { norm, raw } => {
+                let chars: Vec<char> = norm.chars().collect();
+                let mut prefixes: Vec<String> = (1..=chars.len().min(BLIND_PREFIX_CHARS))
+                    .map(|n| chars[..n].iter().collect())
+                    .collect();
+                if chars.len() > BLIND_PREFIX_CHARS {
+                    prefixes.push(norm.clone());
+                }
+                for pre in prefixes {
+                    out.push(hutong_fhir::index::Entry {
+                        param: e.param.clone(),
+                        value: IndexValue::String {
+                            norm: p.blind("prefix", &pre),
+                            raw: String::new(),
+                        },
+                    });
+                }
+                out.push(hutong_fhir::index::Entry {
+                    param: e.param.clone(),
+                    value: IndexValue::String {
+                        norm: p.blind("exact", &raw),
+                        raw: String::new(),
+                    },
+                });
+            }
+            IndexValue::Token { system, code, .. } => {
+                if !code.is_empty() {
+                    out.push(hutong_fhir::index::Entry {
+                        param: e.param.clone(),
+                        value: IndexValue::Token {
+                            system,
+                            code: p.blind("token", &code),
+                            text: String::new(),
+                        },
+                    });
+                }
+            }
+            other => out.push(hutong_fhir::index::Entry {
+                param: e.param,
+                value: other,
+            }),
+        }
+    }
+    *entries = out;
 }
 
 /// A write transaction. Everything done through it commits together.
@@ -85,7 +160,9 @@ pub struct Tx<'a> {
     /// Versions written, for the store's dictionary-training trigger.
     pub(crate) written: u64,
     /// Index rows not yet written, per index table.
-    pending: [Vec<Row>; 6],
+    pending: [Vec<Row>; 7],
+    /// What this transaction wrote, for its audit entry.
+    pub(crate) changes: Vec<Change>,
 }
 
 /// Buffered index rows that trigger a flush (bounds memory for huge transactions).
@@ -96,6 +173,8 @@ struct Current {
     rid: i64,
     version: i64,
     deleted: bool,
+    src: i64,
+    sens: u32,
 }
 
 impl<'a> Tx<'a> {
@@ -111,7 +190,100 @@ impl<'a> Tx<'a> {
             now: now_ms(),
             written: 0,
             pending: Default::default(),
+            changes: Vec::new(),
         }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut dyn Conn {
+        self.conn
+    }
+
+    /// Re-encodes the stored bodies of `rtype/id` (every version) and rebuilds the index rows
+    /// of its current version, without a new version: how identity data written before
+    /// encryption was switched on, or under a retired key, is brought under the current one.
+    /// Returns whether anything was rewritten.
+    pub fn reprotect(&mut self, rtype: &str, id: &str) -> Result<bool, StoreError> {
+        let Some(cur) = self.current(rtype, id)? else {
+            return Ok(false);
+        };
+        let key = [Val::Int(cur.shard), Val::Int(cur.rid)];
+        let rows = self.conn.query(
+            "SELECT 0, version, lastmod, body FROM res WHERE shard = ? AND rid = ? \
+             UNION ALL SELECT 1, version, lastmod, body FROM res_hist WHERE shard = ? AND rid = ?",
+            &[
+                key[0].clone(),
+                key[1].clone(),
+                key[0].clone(),
+                key[1].clone(),
+            ],
+        )?;
+        let mut changed = false;
+        for mut r in rows {
+            let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
+            if blob.is_empty() {
+                continue;
+            }
+            let plain = self.cat.codec.decompress(&blob)?;
+            let sealed = self.cat.codec.encode(rtype, &plain)?;
+            let current = r[0].int() == 0;
+            if current {
+                // The index rows too: identifying values become keyed hashes.
+                let v: Value = serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mut entries = extract(rtype, &v);
+                if let Some(prot) = self.cat.codec.protector() {
+                    blind_entries(prot.as_ref(), rtype, &mut entries);
+                }
+                self.flush()?;
+                for table in &INDEX_TABLES[..6] {
+                    self.conn.exec(
+                        &format!("DELETE FROM {table} WHERE shard = ? AND rid = ?"),
+                        &key,
+                    )?;
+                }
+                self.insert_index(rtype, cur.shard, cur.rid, &entries)?;
+                self.conn.exec(
+                    "UPDATE res SET body = ? WHERE shard = ? AND rid = ?",
+                    &[Val::Blob(sealed), key[0].clone(), key[1].clone()],
+                )?;
+            } else {
+                self.conn.exec(
+                    "UPDATE res_hist SET body = ? WHERE shard = ? AND rid = ? AND version = ?",
+                    &[
+                        Val::Blob(sealed),
+                        key[0].clone(),
+                        key[1].clone(),
+                        Val::Int(r[1].int()),
+                    ],
+                )?;
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Who submitted the current version of `rtype/id` (deleted or not), if it exists.
+    pub fn source_of(&mut self, rtype: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let Some(c) = self.current(rtype, id)? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.cat
+                .system_name(c.src)
+                .or_else(|| {
+                    self.added
+                        .iter()
+                        .find(|(_, v)| **v == c.src)
+                        .map(|(k, _)| k.as_str())
+                })
+                .unwrap_or("")
+                .to_string(),
+        ))
+    }
+
+    /// What this transaction has written so far.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
     }
 
     fn type_id(&self, rtype: &str) -> Result<i64, StoreError> {
@@ -123,7 +295,7 @@ impl<'a> Tx<'a> {
     fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
         let t = self.type_id(rtype)?;
         let rows = self.conn.query(
-            "SELECT r.shard, r.rid, s.version, s.deleted FROM res_route r \
+            "SELECT r.shard, r.rid, s.version, s.deleted, s.src, s.sens FROM res_route r \
              JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?",
             &[Val::Int(t), Val::Text(id.to_string())],
         )?;
@@ -132,6 +304,8 @@ impl<'a> Tx<'a> {
             rid: r[1].int(),
             version: r[2].int(),
             deleted: r[3].int() != 0,
+            src: r[4].int(),
+            sens: r[5].int() as u32,
         }))
     }
 
@@ -202,16 +376,56 @@ impl<'a> Tx<'a> {
         read_current(self.conn, self.cat, rtype, id)
     }
 
-    /// Searches inside the transaction (sees its own writes).
-    pub fn search(&mut self, q: &Query) -> Result<Page, StoreError> {
+    /// Searches inside the transaction (sees its own writes), within `scope`.
+    pub fn search(&mut self, q: &Query, scope: &Scope) -> Result<Page, StoreError> {
         self.flush()?;
         if self.added.is_empty() {
-            return search::run(self.conn, self.cat, q);
+            return search::run(self.conn, self.cat, q, scope);
         }
         // Code systems first seen in this transaction are not in the shared catalog yet.
         let mut cat = self.cat.clone();
         cat.publish(self.added.clone());
-        search::run(self.conn, &cat, q)
+        search::run(self.conn, &cat, q, scope)
+    }
+
+    /// Marks a resource restricted by its resident (`on`), or lifts that mark. The mark is
+    /// kept with the resource, not in a new version: the content is the source's, and later
+    /// versions from the source stay restricted until the resident lifts it.
+    pub fn set_resident_restricted(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        on: bool,
+    ) -> Result<Option<Stored>, StoreError> {
+        let Some(cur) = self.current(rtype, id)?.filter(|c| !c.deleted) else {
+            return Ok(None);
+        };
+        let bit = hutong_fhir::security::RESIDENT_RESTRICTED;
+        let sens = if on { cur.sens | bit } else { cur.sens & !bit };
+        self.flush()?;
+        self.conn.exec(
+            "UPDATE res SET sens = ? WHERE shard = ? AND rid = ?",
+            &[
+                Val::Int(sens as i64),
+                Val::Int(cur.shard),
+                Val::Int(cur.rid),
+            ],
+        )?;
+        self.conn.exec(
+            "DELETE FROM ix_sens WHERE shard = ? AND rid = ?",
+            &[Val::Int(cur.shard), Val::Int(cur.rid)],
+        )?;
+        if sens != 0 {
+            self.conn.exec(
+                "INSERT INTO ix_sens (shard, rid, sens) VALUES (?, ?, ?)",
+                &[
+                    Val::Int(cur.shard),
+                    Val::Int(cur.rid),
+                    Val::Int(sens as i64),
+                ],
+            )?;
+        }
+        self.read(rtype, id)
     }
 
     /// Marks a bookkeeping key as done in the same transaction (used by resumable imports).
@@ -295,10 +509,25 @@ impl<'a> Tx<'a> {
             compressed,
             entries,
             owner,
+            source,
+            sens,
         } = p;
         let (rtype, id) = (rtype.as_str(), id.as_str());
         let t = self.type_id(rtype)?;
         let deleted = body.is_empty();
+        // A deletion keeps the submitter of the version it ends; a resident's restriction
+        // outlives new versions from the source.
+        let (src, sens) = match &cur {
+            Some(c) if deleted => (c.src, 0),
+            Some(c) => (
+                self.cat.intern_system(self.conn, &source, self.added)?,
+                sens | (c.sens & hutong_fhir::security::RESIDENT_RESTRICTED),
+            ),
+            None => (
+                self.cat.intern_system(self.conn, &source, self.added)?,
+                sens,
+            ),
+        };
         // A deleted version stays in the shard it was in.
         let shard = match (&owner, &cur) {
             (Some(p), _) => shard_of(p),
@@ -308,9 +537,9 @@ impl<'a> Tx<'a> {
         let rid = match &cur {
             Some(c) => {
                 self.conn.exec(
-                    "INSERT INTO res_hist (shard, rid, version, rtype, lastmod, deleted, body) \
-                     SELECT shard, rid, version, rtype, lastmod, deleted, body FROM res \
-                     WHERE shard = ? AND rid = ?",
+                    "INSERT INTO res_hist (shard, rid, version, rtype, lastmod, deleted, body, \
+                     src, sens) SELECT shard, rid, version, rtype, lastmod, deleted, body, src, \
+                     sens FROM res WHERE shard = ? AND rid = ?",
                     &[Val::Int(c.shard), Val::Int(c.rid)],
                 )?;
                 // The old version's rows may still be buffered in this transaction.
@@ -350,10 +579,11 @@ impl<'a> Tx<'a> {
             }
         };
         self.conn.exec(
-            "INSERT INTO res (shard, rid, rtype, version, lastmod, deleted, body) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (shard, rid) DO UPDATE SET \
+            "INSERT INTO res (shard, rid, rtype, version, lastmod, deleted, body, src, sens) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (shard, rid) DO UPDATE SET \
              version = excluded.version, lastmod = excluded.lastmod, \
-             deleted = excluded.deleted, body = excluded.body",
+             deleted = excluded.deleted, body = excluded.body, src = excluded.src, \
+             sens = excluded.sens",
             &[
                 Val::Int(shard),
                 Val::Int(rid),
@@ -362,9 +592,21 @@ impl<'a> Tx<'a> {
                 Val::Int(now),
                 Val::Int(deleted as i64),
                 Val::Blob(compressed),
+                Val::Int(src),
+                Val::Int(sens as i64),
             ],
         )?;
         self.insert_index(rtype, shard, rid, &entries)?;
+        if sens != 0 && !deleted {
+            self.pending[6].push(vec![Val::Int(shard), Val::Int(rid), Val::Int(sens as i64)]);
+        }
+        self.changes.push(Change {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version,
+            shard,
+            deleted,
+        });
         Ok(Stored {
             rtype: rtype.to_string(),
             id: id.to_string(),
@@ -372,6 +614,13 @@ impl<'a> Tx<'a> {
             last_updated: now,
             deleted,
             body,
+            shard,
+            source: if deleted {
+                self.cat.system_name(src).unwrap_or("").to_string()
+            } else {
+                source
+            },
+            sens,
         })
     }
 
@@ -382,7 +631,7 @@ impl<'a> Tx<'a> {
         rid: i64,
         entries: &[hutong_fhir::index::Entry],
     ) -> Result<(), StoreError> {
-        let mut rows: [Vec<Row>; 6] = Default::default();
+        let mut rows: [Vec<Row>; 7] = Default::default();
         let (s, r) = (Val::Int(shard), Val::Int(rid));
         for e in entries {
             let Some(pid) = self.cat.param_id(rtype, &e.param) else {
@@ -516,14 +765,17 @@ impl<'a> Tx<'a> {
     }
 }
 
-const INDEX_TABLES: [&str; 6] = ["ix_str", "ix_tok", "ix_date", "ix_ref", "ix_num", "ix_comp"];
-const INDEX_COLUMNS: [&[&str]; 6] = [
+const INDEX_TABLES: [&str; 7] = [
+    "ix_str", "ix_tok", "ix_date", "ix_ref", "ix_num", "ix_comp", "ix_sens",
+];
+const INDEX_COLUMNS: [&[&str]; 7] = [
     &["shard", "rid", "pid", "norm", "raw"],
     &["shard", "rid", "pid", "sid", "code"],
     &["shard", "rid", "pid", "lo", "hi"],
     &["shard", "rid", "pid", "ttype", "tid"],
     &["shard", "rid", "pid", "lo", "hi", "sid", "code"],
     &["shard", "rid", "pid", "k", "lo", "hi", "v"],
+    &["shard", "rid", "sens"],
 ];
 
 fn check_match(cur: &Option<Current>, if_match: Option<i64>) -> Result<(), StoreError> {
@@ -536,23 +788,61 @@ fn check_match(cur: &Option<Current>, if_match: Option<i64>) -> Result<(), Store
     Ok(())
 }
 
+/// The columns of a stored version other than its id and body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowMeta {
+    pub rtype: i64,
+    pub version: i64,
+    pub lastmod: i64,
+    pub deleted: bool,
+    pub shard: i64,
+    pub src: i64,
+    pub sens: u32,
+}
+
+/// The version columns as selected by [`VERSION_COLS`] on alias `s`, starting at `at`.
+pub(crate) const VERSION_COLS: &str =
+    "s.rtype, s.version, s.lastmod, s.deleted, s.shard, s.src, s.sens, s.body";
+
+impl RowMeta {
+    /// Reads the seven meta columns of [`VERSION_COLS`] starting at `at`.
+    pub(crate) fn at(r: &[Val], at: usize) -> RowMeta {
+        RowMeta {
+            rtype: r[at].int(),
+            version: r[at + 1].int(),
+            lastmod: r[at + 2].int(),
+            deleted: r[at + 3].int() != 0,
+            shard: r[at + 4].int(),
+            src: r[at + 5].int(),
+            sens: r[at + 6].int() as u32,
+        }
+    }
+}
+
 pub(crate) fn stored_from(
     cat: &Catalog,
-    rtype_id: i64,
+    m: RowMeta,
     id: String,
-    version: i64,
-    lastmod: i64,
-    deleted: i64,
     blob: Vec<u8>,
 ) -> Result<Stored, StoreError> {
     Ok(Stored {
-        rtype: cat.type_name(rtype_id).unwrap_or("").to_string(),
+        rtype: cat.type_name(m.rtype).unwrap_or("").to_string(),
         id,
-        version,
-        last_updated: lastmod,
-        deleted: deleted != 0,
+        version: m.version,
+        last_updated: m.lastmod,
+        deleted: m.deleted,
         body: cat.codec.decompress(&blob)?,
+        shard: m.shard,
+        source: cat.system_name(m.src).unwrap_or("").to_string(),
+        sens: m.sens,
     })
+}
+
+/// A row of [`VERSION_COLS`] (then nothing else) as a stored version of `id`.
+fn version_row(cat: &Catalog, id: &str, mut r: Vec<Val>) -> Result<Stored, StoreError> {
+    let m = RowMeta::at(&r, 0);
+    let blob = std::mem::replace(&mut r[7], Val::Null).into_blob();
+    stored_from(cat, m, id.to_string(), blob)
 }
 
 pub(crate) fn read_current(
@@ -565,34 +855,16 @@ pub(crate) fn read_current(
         return Ok(None);
     };
     let rows = conn.query(
-        "SELECT s.version, s.lastmod, s.deleted, s.body FROM res_route r \
-         JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?",
+        &format!(
+            "SELECT {VERSION_COLS} FROM res_route r \
+             JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?"
+        ),
         &[Val::Int(t), Val::Text(id.to_string())],
     )?;
-    first_version(cat, t, id, rows)
-}
-
-/// The first `(version, lastmod, deleted, body)` row as a stored version of `t/id`.
-fn first_version(
-    cat: &Catalog,
-    t: i64,
-    id: &str,
-    rows: Vec<crate::sql::Row>,
-) -> Result<Option<Stored>, StoreError> {
-    let Some(mut r) = rows.into_iter().next() else {
-        return Ok(None);
-    };
-    let blob = std::mem::replace(&mut r[3], Val::Null).into_blob();
-    let (version, lastmod, deleted) = (r[0].int(), r[1].int(), r[2].int());
-    Ok(Some(stored_from(
-        cat,
-        t,
-        id.to_string(),
-        version,
-        lastmod,
-        deleted,
-        blob,
-    )?))
+    rows.into_iter()
+        .next()
+        .map(|r| version_row(cat, id, r))
+        .transpose()
 }
 
 pub(crate) fn read_version(
@@ -606,12 +878,14 @@ pub(crate) fn read_version(
         return Ok(None);
     };
     let rows = conn.query(
-        "SELECT s.version, s.lastmod, s.deleted, s.body FROM res_route r \
-         JOIN res s ON s.shard = r.shard AND s.rid = r.rid \
-         WHERE r.rtype = ? AND r.id = ? AND s.version = ? \
-         UNION ALL SELECT h.version, h.lastmod, h.deleted, h.body FROM res_route r \
-         JOIN res_hist h ON h.shard = r.shard AND h.rid = r.rid \
-         WHERE r.rtype = ? AND r.id = ? AND h.version = ?",
+        &format!(
+            "SELECT {VERSION_COLS} FROM res_route r \
+             JOIN res s ON s.shard = r.shard AND s.rid = r.rid \
+             WHERE r.rtype = ? AND r.id = ? AND s.version = ? \
+             UNION ALL SELECT {VERSION_COLS} FROM res_route r \
+             JOIN res_hist s ON s.shard = r.shard AND s.rid = r.rid \
+             WHERE r.rtype = ? AND r.id = ? AND s.version = ?"
+        ),
         &[
             Val::Int(t),
             Val::Text(id.to_string()),
@@ -621,25 +895,29 @@ pub(crate) fn read_version(
             Val::Int(version),
         ],
     )?;
-    first_version(cat, t, id, rows)
+    rows.into_iter()
+        .next()
+        .map(|r| version_row(cat, id, r))
+        .transpose()
 }
 
 pub(crate) fn history(
     conn: &mut dyn Conn,
     cat: &Catalog,
-    scope: &HistoryScope,
+    which: &HistoryScope,
     since: Option<i64>,
     count: usize,
     offset: usize,
+    scope: &Scope,
 ) -> Result<(Vec<Stored>, Option<u64>), StoreError> {
     let since = since.unwrap_or(i64::MIN);
-    let (filter, mut params): (&str, Vec<Val>) = match scope {
+    let (filter, mut params): (String, Vec<Val>) = match which {
         HistoryScope::Instance { rtype, id } => {
             let Some(t) = cat.type_id(rtype) else {
                 return Ok((Vec::new(), Some(0)));
             };
             (
-                "r.rtype = ? AND r.id = ?",
+                "r.rtype = ? AND r.id = ?".into(),
                 vec![Val::Int(t), Val::Text(id.clone())],
             )
         }
@@ -647,13 +925,17 @@ pub(crate) fn history(
             let Some(t) = cat.type_id(rtype) else {
                 return Ok((Vec::new(), Some(0)));
             };
-            ("r.rtype = ?", vec![Val::Int(t)])
+            ("r.rtype = ?".into(), vec![Val::Int(t)])
         }
-        HistoryScope::System => ("1 = 1", vec![]),
+        HistoryScope::System => ("1 = 1".into(), vec![]),
+    };
+    let filter = match scope {
+        Scope::All => filter,
+        Scope::Rows(r) => format!("{filter} AND {}", r.sql_row(cat, "s")),
     };
     let sub = |table: &str| {
         format!(
-            "SELECT r.rtype, r.id, s.version, s.lastmod, s.deleted, s.body, s.rid FROM res_route r \
+            "SELECT r.id, {VERSION_COLS}, s.rid FROM res_route r \
              JOIN {table} s ON s.shard = r.shard AND s.rid = r.rid WHERE {filter} AND s.lastmod >= ?"
         )
     };
@@ -675,16 +957,10 @@ pub(crate) fn history(
     )?;
     let mut out = Vec::with_capacity(rows.len());
     for mut r in rows {
-        let blob = std::mem::replace(&mut r[5], Val::Null).into_blob();
-        out.push(stored_from(
-            cat,
-            r[0].int(),
-            r[1].text().to_string(),
-            r[2].int(),
-            r[3].int(),
-            r[4].int(),
-            blob,
-        )?);
+        let id = r[0].text().to_string();
+        let m = RowMeta::at(&r, 1);
+        let blob = std::mem::replace(&mut r[8], Val::Null).into_blob();
+        out.push(stored_from(cat, m, id, blob)?);
     }
     Ok((out, Some(total[0][0].int() as u64)))
 }

@@ -1,7 +1,10 @@
 //! The storage suite: every test runs on SQLite and on PostgreSQL.
 
+use hutong_store::testing::AUDIT;
 use hutong_store::testing::{postgres, sqlite, TestStore};
-use hutong_store::{HistoryScope, Query, Store, StoreError};
+use hutong_store::{AuditEntry, HistoryScope, Lookup, Query, Scope, Store, StoreError};
+
+const ALL: Scope = Scope::All;
 use serde_json::{json, Value};
 
 macro_rules! both {
@@ -20,10 +23,14 @@ both!(
     compartment_and_everything,
     failed_write_leaves_nothing,
     updates_within_one_transaction,
+    scoped_reads,
+    audit_entries_commit_with_their_changes,
+    resident_restriction_is_sticky,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
-    s.write(|tx| tx.update(rtype, id, v.clone(), None)).unwrap();
+    s.write(&AUDIT, |tx| tx.update(rtype, id, v.clone(), None))
+        .unwrap();
 }
 
 fn search(s: &Store, rtype: &str, params: &[(&str, &str)]) -> Vec<String> {
@@ -32,7 +39,7 @@ fn search(s: &Store, rtype: &str, params: &[(&str, &str)]) -> Vec<String> {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     let q = Query::parse(rtype, &p, true).unwrap();
-    let page = s.search(&q).unwrap();
+    let page = s.search(&q, &ALL).unwrap();
     let mut ids: Vec<String> = page.matches.iter().map(|m| m.id.clone()).collect();
     if params.iter().all(|(k, _)| *k != "_sort") {
         ids.sort();
@@ -86,7 +93,7 @@ fn seed(s: &Store) {
 fn crud_versions_and_history(t: &TestStore) {
     let s = &t.store;
     let created = s
-        .write(|tx| {
+        .write(&AUDIT, |tx| {
             tx.create(
                 "Patient",
                 None,
@@ -96,12 +103,12 @@ fn crud_versions_and_history(t: &TestStore) {
         .unwrap();
     assert_eq!(created.version, 1);
     let id = created.id.clone();
-    let read = s.read("Patient", &id).unwrap().unwrap();
+    let read = s.read("Patient", &id, &ALL).unwrap().found().unwrap();
     let v = read.json().unwrap();
     assert_eq!(v["meta"]["versionId"], "1");
     assert_eq!(v["id"], id.as_str());
     let (u, was_created) = s
-        .write(|tx| {
+        .write(&AUDIT, |tx| {
             tx.update(
                 "Patient",
                 &id,
@@ -113,21 +120,37 @@ fn crud_versions_and_history(t: &TestStore) {
     assert!(!was_created);
     assert_eq!(u.version, 2);
     assert_eq!(
-        s.vread("Patient", &id, 1).unwrap().unwrap().json().unwrap()["gender"],
+        s.vread("Patient", &id, 1, &ALL)
+            .unwrap()
+            .found()
+            .unwrap()
+            .json()
+            .unwrap()["gender"],
         "male"
     );
     assert_eq!(
-        s.vread("Patient", &id, 2).unwrap().unwrap().json().unwrap()["gender"],
+        s.vread("Patient", &id, 2, &ALL)
+            .unwrap()
+            .found()
+            .unwrap()
+            .json()
+            .unwrap()["gender"],
         "female"
     );
     let d = s
-        .write(|tx| tx.delete("Patient", &id, None))
+        .write(&AUDIT, |tx| tx.delete("Patient", &id, None))
         .unwrap()
         .unwrap();
     assert_eq!(d.version, 3);
-    assert!(s.read("Patient", &id).unwrap().unwrap().deleted);
+    assert!(
+        s.read("Patient", &id, &ALL)
+            .unwrap()
+            .found()
+            .unwrap()
+            .deleted
+    );
     assert!(s
-        .write(|tx| tx.delete("Patient", &id, None))
+        .write(&AUDIT, |tx| tx.delete("Patient", &id, None))
         .unwrap()
         .is_none());
     let (h, total) = s
@@ -139,19 +162,20 @@ fn crud_versions_and_history(t: &TestStore) {
             None,
             10,
             0,
+            &ALL,
         )
         .unwrap();
     assert_eq!(total, Some(3));
     assert_eq!(h.iter().map(|x| x.version).collect::<Vec<_>>(), [3, 2, 1]);
     assert!(h[0].deleted);
     assert_eq!(
-        s.history(&HistoryScope::Type("Patient".into()), None, 10, 0)
+        s.history(&HistoryScope::Type("Patient".into()), None, 10, 0, &ALL)
             .unwrap()
             .1,
         Some(3)
     );
     assert_eq!(
-        s.history(&HistoryScope::System, None, 2, 0)
+        s.history(&HistoryScope::System, None, 2, 0, &ALL)
             .unwrap()
             .0
             .len(),
@@ -160,7 +184,9 @@ fn crud_versions_and_history(t: &TestStore) {
     // A deleted resource does not match searches; re-creating it continues the versions.
     assert!(search(s, "Patient", &[("gender", "female")]).is_empty());
     let (r, was_created) = s
-        .write(|tx| tx.update("Patient", &id, json!({"resourceType": "Patient"}), None))
+        .write(&AUDIT, |tx| {
+            tx.update("Patient", &id, json!({"resourceType": "Patient"}), None)
+        })
         .unwrap();
     assert!(was_created);
     assert_eq!(r.version, 4);
@@ -170,7 +196,9 @@ fn version_conflicts(t: &TestStore) {
     let s = &t.store;
     put(s, "Patient", "vc", json!({"resourceType": "Patient"}));
     let e = s
-        .write(|tx| tx.update("Patient", "vc", json!({"resourceType": "Patient"}), Some(7)))
+        .write(&AUDIT, |tx| {
+            tx.update("Patient", "vc", json!({"resourceType": "Patient"}), Some(7))
+        })
         .unwrap_err();
     assert!(matches!(
         e,
@@ -180,7 +208,9 @@ fn version_conflicts(t: &TestStore) {
         }
     ));
     let e = s
-        .write(|tx| tx.create("Patient", Some("vc"), json!({"resourceType": "Patient"})))
+        .write(&AUDIT, |tx| {
+            tx.create("Patient", Some("vc"), json!({"resourceType": "Patient"}))
+        })
         .unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)));
 }
@@ -366,7 +396,7 @@ fn chains_has_includes(t: &TestStore) {
         true,
     )
     .unwrap();
-    let page = s.search(&q).unwrap();
+    let page = s.search(&q, &ALL).unwrap();
     assert_eq!(page.matches.len(), 2);
     assert_eq!(
         page.included
@@ -384,7 +414,7 @@ fn chains_has_includes(t: &TestStore) {
         true,
     )
     .unwrap();
-    assert_eq!(s.search(&q).unwrap().included.len(), 2);
+    assert_eq!(s.search(&q, &ALL).unwrap().included.len(), 2);
     let q = Query::parse(
         "Observation",
         &[
@@ -396,7 +426,7 @@ fn chains_has_includes(t: &TestStore) {
     )
     .unwrap();
     let mut inc: Vec<String> = s
-        .search(&q)
+        .search(&q, &ALL)
         .unwrap()
         .included
         .iter()
@@ -429,12 +459,18 @@ fn sorting_and_paging(t: &TestStore) {
         ]
     };
     let p1 = s
-        .search(&Query::parse("Observation", &params("0"), true).unwrap())
+        .search(
+            &Query::parse("Observation", &params("0"), true).unwrap(),
+            &ALL,
+        )
         .unwrap();
     assert_eq!(p1.total, Some(3));
     assert!(p1.has_more);
     let p2 = s
-        .search(&Query::parse("Observation", &params("2"), true).unwrap())
+        .search(
+            &Query::parse("Observation", &params("2"), true).unwrap(),
+            &ALL,
+        )
         .unwrap();
     assert!(!p2.has_more);
     let ids: Vec<&str> = p1
@@ -445,7 +481,10 @@ fn sorting_and_paging(t: &TestStore) {
         .collect();
     assert_eq!(ids, ["o1", "o2", "o3"]);
     let c = s
-        .search(&Query::parse("Observation", &[("_summary".into(), "count".into())], true).unwrap())
+        .search(
+            &Query::parse("Observation", &[("_summary".into(), "count".into())], true).unwrap(),
+            &ALL,
+        )
         .unwrap();
     assert_eq!((c.total, c.matches.len()), (Some(3), 0));
 }
@@ -454,13 +493,13 @@ fn compartment_and_everything(t: &TestStore) {
     let s = &t.store;
     seed(s);
     let q = Query::all("Observation").in_compartment("p1").unwrap();
-    assert_eq!(s.search(&q).unwrap().matches.len(), 2);
+    assert_eq!(s.search(&q, &ALL).unwrap().matches.len(), 2);
     let e = hutong_store::search::Everything {
         patient: "p1".into(),
         count: 100,
         ..Default::default()
     };
-    let page = s.everything(&e).unwrap();
+    let page = s.everything(&e, &ALL).unwrap();
     let mut ids: Vec<String> = page
         .matches
         .iter()
@@ -475,7 +514,7 @@ fn compartment_and_everything(t: &TestStore) {
         ..Default::default()
     };
     let ids: Vec<String> = s
-        .everything(&e)
+        .everything(&e, &ALL)
         .unwrap()
         .matches
         .iter()
@@ -486,13 +525,16 @@ fn compartment_and_everything(t: &TestStore) {
 
 fn failed_write_leaves_nothing(t: &TestStore) {
     let s = &t.store;
-    let r = s.write(|tx| {
+    let r = s.write(&AUDIT, |tx| {
         tx.update("Patient", "a1", json!({"resourceType": "Patient"}), None)?;
         tx.update("Patient", "a2", json!({"resourceType": "Patient"}), None)?;
         Err::<(), _>(StoreError::Invalid("boom".into()))
     });
     assert!(r.is_err());
-    assert!(s.read("Patient", "a1").unwrap().is_none());
+    assert!(matches!(
+        s.read("Patient", "a1", &ALL).unwrap(),
+        Lookup::Missing
+    ));
     assert!(search(s, "Patient", &[]).is_empty());
 }
 
@@ -503,7 +545,7 @@ fn dictionary_is_trained_and_everything_stays_readable() {
     let t = sqlite();
     let s = &t.store;
     let batch = |from: usize| {
-        s.write(|tx| {
+        s.write(&AUDIT, |tx| {
             for i in from..from + 1000 {
                 tx.update("Observation", &format!("d{i}"), json!({"resourceType": "Observation", "status": "final",
                     "code": {"coding": [{"system": "http://loinc.org", "code": format!("{}", 1000 + i % 50)}]},
@@ -522,15 +564,21 @@ fn dictionary_is_trained_and_everything_stays_readable() {
     batch(4000);
     for id in ["d0", "d3999", "d4999"] {
         assert_eq!(
-            s.read("Observation", id).unwrap().unwrap().json().unwrap()["id"],
+            s.read("Observation", id, &ALL)
+                .unwrap()
+                .found()
+                .unwrap()
+                .json()
+                .unwrap()["id"],
             id
         );
     }
     let reopened = Store::open(&t.location).unwrap();
     assert_eq!(
         reopened
-            .read("Observation", "d4500")
+            .read("Observation", "d4500", &ALL)
             .unwrap()
+            .found()
             .unwrap()
             .json()
             .unwrap()["status"],
@@ -538,8 +586,9 @@ fn dictionary_is_trained_and_everything_stays_readable() {
     );
     assert_eq!(
         reopened
-            .read("Observation", "d10")
+            .read("Observation", "d10", &ALL)
             .unwrap()
+            .found()
             .unwrap()
             .json()
             .unwrap()["status"],
@@ -552,7 +601,7 @@ fn updates_within_one_transaction(t: &TestStore) {
     // Index rows are buffered until the transaction ends (or a search): a second version
     // written in the same transaction must replace the first one's rows, not add to them.
     let found = s
-        .write(|tx| {
+        .write(&AUDIT, |tx| {
             tx.update(
                 "Patient",
                 "w1",
@@ -566,11 +615,368 @@ fn updates_within_one_transaction(t: &TestStore) {
                 None,
             )?;
             let q = Query::parse("Patient", &[("gender".into(), "female".into())], true).unwrap();
-            Ok::<_, StoreError>(tx.search(&q)?.matches.len())
+            Ok::<_, StoreError>(tx.search(&q, &ALL)?.matches.len())
         })
         .unwrap();
     assert_eq!(found, 1);
     assert!(search(s, "Patient", &[("gender", "male")]).is_empty());
     assert_eq!(search(s, "Patient", &[("gender", "female")]), ["w1"]);
-    assert_eq!(s.read("Patient", "w1").unwrap().unwrap().version, 2);
+    assert_eq!(
+        s.read("Patient", "w1", &ALL)
+            .unwrap()
+            .found()
+            .unwrap()
+            .version,
+        2
+    );
+}
+
+/// Two institutions' records of one resident and another resident's, with a sensitive one.
+fn seed_scoped(s: &Store) {
+    let psy = json!([{"system": hutong_fhir::security::ACT_CODE, "code": "PSY"}]);
+    for (rtype, id, source, body) in [
+        ("Organization", "org1", "urn:org:a", json!({"name": "A"})),
+        (
+            "Task",
+            "t0",
+            "urn:org:a",
+            json!({"status": "requested", "intent": "order"}),
+        ),
+        (
+            "Patient",
+            "pa",
+            "urn:org:a",
+            json!({"identifier": [{"system": "urn:mrn:a", "value": "1"}]}),
+        ),
+        (
+            "Patient",
+            "pb",
+            "urn:org:b",
+            json!({"identifier": [{"system": "urn:mrn:b", "value": "1"}]}),
+        ),
+        (
+            "Patient",
+            "pc",
+            "urn:org:b",
+            json!({"identifier": [{"system": "urn:mrn:b", "value": "2"}]}),
+        ),
+        (
+            "Observation",
+            "a1",
+            "urn:org:a",
+            json!({"status": "final", "subject": {"reference": "Patient/pa"}, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}, "performer": [{"reference": "Organization/org1"}]}),
+        ),
+        (
+            "Observation",
+            "b1",
+            "urn:org:b",
+            json!({"status": "final", "subject": {"reference": "Patient/pb"}, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}}),
+        ),
+        (
+            "Observation",
+            "b2",
+            "urn:org:b",
+            json!({"status": "final", "subject": {"reference": "Patient/pb"}, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}, "meta": {"security": psy}}),
+        ),
+        // Filed by A under B's patient: A's own submission even so.
+        (
+            "Observation",
+            "a2",
+            "urn:org:a",
+            json!({"status": "final", "subject": {"reference": "Patient/pb"}, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}}),
+        ),
+        (
+            "Observation",
+            "c1",
+            "urn:org:b",
+            json!({"status": "final", "subject": {"reference": "Patient/pc"}, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}}),
+        ),
+    ] {
+        let mut v = body;
+        v["resourceType"] = json!(rtype);
+        let meta = v
+            .as_object_mut()
+            .unwrap()
+            .entry("meta")
+            .or_insert(json!({}));
+        meta["source"] = json!(source);
+        put(s, rtype, id, v);
+    }
+}
+
+fn ids_of(page: &hutong_store::Page) -> Vec<String> {
+    let mut v: Vec<String> = page.matches.iter().map(|m| m.id.clone()).collect();
+    v.sort();
+    v
+}
+
+fn scoped_reads(t: &TestStore) {
+    let s = &t.store;
+    seed_scoped(s);
+    let pb = hutong_store::shard_of("pb");
+    // Institution A, with a grant for the person of `pb` that does not open mental health.
+    let a = Scope::rows(hutong_store::RowScope {
+        types: None,
+        sources: ["urn:org:a".to_string()].into(),
+        shards: [(pb, 0)].into(),
+        reference: ["Organization".to_string()].into(),
+        everywhere: None,
+    });
+    let q = |params: &[(&str, &str)]| {
+        let p: Vec<(String, String)> = params
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Query::parse("Observation", &p, true).unwrap()
+    };
+    let page = s.search(&q(&[("code", "x")]), &a).unwrap();
+    assert_eq!(ids_of(&page), ["a1", "a2", "b1"]);
+    assert_eq!(page.total, Some(3), "the count sees only what may be seen");
+    let paged = s.search(&q(&[("code", "x"), ("_count", "2")]), &a).unwrap();
+    assert!(paged.has_more);
+    let rest = s
+        .search(&q(&[("code", "x"), ("_count", "2"), ("_offset", "2")]), &a)
+        .unwrap();
+    assert_eq!(paged.matches.len() + rest.matches.len(), 3);
+    assert!(!rest.has_more);
+    // Chains look only through visible targets: pc's identifier is not A's to test.
+    assert!(ids_of(
+        &s.search(&q(&[("subject:Patient.identifier", "urn:mrn:b|2")]), &a)
+            .unwrap()
+    )
+    .is_empty());
+    assert_eq!(
+        ids_of(
+            &s.search(&q(&[("subject:Patient.identifier", "urn:mrn:b|1")]), &a)
+                .unwrap()
+        ),
+        ["a2", "b1"]
+    );
+    // _has does not reveal what an invisible resource points at.
+    let has = Query::parse(
+        "Patient",
+        &[("_has:Observation:subject:code".into(), "x".into())],
+        true,
+    )
+    .unwrap();
+    assert_eq!(ids_of(&s.search(&has, &a).unwrap()), ["pa", "pb"]);
+    // Includes: the organisation (reference data) yes; the other resident's patient no.
+    let inc = Query::parse(
+        "Observation",
+        &[
+            ("_id".into(), "a1,c1".into()),
+            ("_include".into(), "Observation:performer".into()),
+            ("_include".into(), "Observation:subject".into()),
+        ],
+        true,
+    )
+    .unwrap();
+    let page = s.search(&inc, &a).unwrap();
+    let mut included: Vec<String> = page.included.iter().map(|x| x.id.clone()).collect();
+    included.sort();
+    assert_eq!(
+        (ids_of(&page), included),
+        (
+            vec!["a1".to_string()],
+            vec!["org1".to_string(), "pa".to_string()]
+        )
+    );
+    // Single reads.
+    assert!(matches!(
+        s.read("Observation", "b2", &a).unwrap(),
+        Lookup::Hidden
+    ));
+    assert!(matches!(
+        s.read("Observation", "c1", &a).unwrap(),
+        Lookup::Hidden
+    ));
+    assert!(
+        matches!(s.read("Task", "t0", &a).unwrap(), Lookup::Found(_)),
+        "own, though not reference data"
+    );
+    let other = Scope::rows(hutong_store::RowScope {
+        sources: ["urn:org:c".to_string()].into(),
+        reference: ["Organization".to_string()].into(),
+        ..Default::default()
+    });
+    assert!(matches!(
+        s.read("Task", "t0", &other).unwrap(),
+        Lookup::Hidden
+    ));
+    assert!(matches!(
+        s.read("Organization", "org1", &other).unwrap(),
+        Lookup::Found(_)
+    ));
+    let found = s.read("Observation", "b1", &a).unwrap().found().unwrap();
+    assert_eq!(
+        (found.source.as_str(), found.shard, found.sens),
+        ("urn:org:b", pb, 0)
+    );
+    // $everything of pb: its own records except the closed category, and A's filing.
+    let e = hutong_store::search::Everything {
+        patient: "pb".into(),
+        count: 100,
+        ..Default::default()
+    };
+    let page = s.everything(&e, &a).unwrap();
+    let mut got: Vec<String> = page.matches.iter().map(|m| m.id.clone()).collect();
+    got.sort();
+    assert_eq!(
+        (got, page.total),
+        (
+            vec!["a2".to_string(), "b1".to_string(), "pb".to_string()],
+            Some(3)
+        )
+    );
+    let psy = Scope::rows(hutong_store::RowScope {
+        shards: [(pb, hutong_fhir::security::MENTAL_HEALTH)].into(),
+        ..Default::default()
+    });
+    assert_eq!(s.everything(&e, &psy).unwrap().total, Some(4));
+    // History and export scans.
+    let (h, total) = s
+        .history(&HistoryScope::Type("Observation".into()), None, 50, 0, &a)
+        .unwrap();
+    let mut hs: Vec<String> = h.iter().map(|x| x.id.clone()).collect();
+    hs.sort();
+    assert_eq!(
+        (hs, total),
+        (
+            vec!["a1".to_string(), "a2".to_string(), "b1".to_string()],
+            Some(3)
+        )
+    );
+    let (scanned, _) = s
+        .scan("Observation", None, false, i64::MIN, 100, &a)
+        .unwrap();
+    assert_eq!(scanned.len(), 3);
+    // A type-limited scope (SMART scopes): only Observations, even of A's own.
+    let typed = Scope::rows(hutong_store::RowScope {
+        types: Some(["Observation".to_string()].into()),
+        sources: ["urn:org:a".to_string()].into(),
+        ..Default::default()
+    });
+    assert!(ids_of(&s.search(&Query::all("Patient"), &typed).unwrap()).is_empty());
+    assert_eq!(
+        s.history(&HistoryScope::System, None, 50, 0, &typed)
+            .unwrap()
+            .1,
+        Some(2)
+    );
+    // A resident sees their own shards whole, including what is sensitive.
+    let resident = Scope::rows(hutong_store::RowScope {
+        shards: [(pb, hutong_fhir::security::ALL)].into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        ids_of(&s.search(&q(&[]), &resident).unwrap()),
+        ["a2", "b1", "b2"]
+    );
+    assert_eq!(s.search(&q(&[]), &Scope::none()).unwrap().total, Some(0));
+}
+
+fn audit_entries_commit_with_their_changes(t: &TestStore) {
+    let s = &t.store;
+    put(s, "Patient", "x1", json!({"resourceType": "Patient"}));
+    let failed = s.write(&AUDIT, |tx| {
+        tx.update("Patient", "x2", json!({"resourceType": "Patient"}), None)?;
+        Err::<(), _>(StoreError::Invalid("no".into()))
+    });
+    assert!(failed.is_err());
+    let heads = s.audit_heads().unwrap();
+    let rows: Vec<_> = heads
+        .iter()
+        .flat_map(|(part, _, _)| s.audit_rows(*part, 1, 100).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "the rolled-back write left no entry");
+    assert!(rows[0].entry.contains("Patient/x1/_history/1"));
+    let (part, seq, hash) = &heads.iter().find(|h| h.1 > 0).unwrap().clone();
+    assert_eq!((rows[0].part, rows[0].seq), (*part, *seq));
+    assert_eq!(&rows[0].hash, hash);
+    assert_eq!(
+        rows[0].hash,
+        hutong_store::audit::chain_hash(&rows[0].prev, rows[0].part, 1, rows[0].ts, &rows[0].entry)
+    );
+    // Accesses are appended in batches; each chains on the one before.
+    let shard = hutong_store::shard_of("x1");
+    s.append_audit(&[
+        AuditEntry {
+            ts: 1,
+            entry: "{\"read\":1}".into(),
+            subjects: vec![shard],
+        },
+        AuditEntry {
+            ts: 2,
+            entry: "{\"read\":2}".into(),
+            subjects: vec![shard],
+        },
+    ])
+    .unwrap();
+    let part = shard.rem_euclid(hutong_store::audit::partitions(s.dialect()));
+    let rows = s.audit_rows(part, 1, 10).unwrap();
+    for w in rows.windows(2) {
+        assert_eq!(w[1].prev, w[0].hash);
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    let (about, total) = s
+        .audit_about(Some(&[shard]), i64::MIN, i64::MAX, 10, 0)
+        .unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(about.len(), 3);
+    assert!(s
+        .audit_about(Some(&[shard + 1]), i64::MIN, i64::MAX, 10, 0)
+        .unwrap()
+        .0
+        .is_empty());
+}
+
+fn resident_restriction_is_sticky(t: &TestStore) {
+    let s = &t.store;
+    seed_scoped(s);
+    let pb = hutong_store::shard_of("pb");
+    let grant = Scope::rows(hutong_store::RowScope {
+        shards: [(pb, 0)].into(),
+        ..Default::default()
+    });
+    s.write(&AUDIT, |tx| {
+        tx.set_resident_restricted("Observation", "b1", true)
+    })
+    .unwrap();
+    assert!(matches!(
+        s.read("Observation", "b1", &grant).unwrap(),
+        Lookup::Hidden
+    ));
+    let all = Query::parse("Observation", &[], true).unwrap();
+    assert_eq!(
+        s.search(&all, &grant).unwrap().total,
+        Some(1),
+        "only a2 remains"
+    );
+    // A new version from the source stays restricted.
+    let mut v = s
+        .read("Observation", "b1", &ALL)
+        .unwrap()
+        .found()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["status"] = json!("amended");
+    put(s, "Observation", "b1", v);
+    let r = s.read("Observation", "b1", &ALL).unwrap().found().unwrap();
+    assert_eq!(
+        (r.version, r.sens),
+        (2, hutong_fhir::security::RESIDENT_RESTRICTED)
+    );
+    assert!(matches!(
+        s.read("Observation", "b1", &grant).unwrap(),
+        Lookup::Hidden
+    ));
+    s.write(&AUDIT, |tx| {
+        tx.set_resident_restricted("Observation", "b1", false)
+    })
+    .unwrap();
+    assert!(matches!(
+        s.read("Observation", "b1", &grant).unwrap(),
+        Lookup::Found(_)
+    ));
 }
