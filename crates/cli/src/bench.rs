@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hutong_server::{Application, Engine, Settings};
-use hutong_store::{Location, Store};
+use hutong_server::{Application, Settings};
+use hutong_store::Location;
 use serde_json::Value;
 
 use crate::workload::{organization, patient_bundle, Rng};
@@ -114,21 +114,50 @@ fn bundle_to_ndjson(bundle: &Value, out: &mut Vec<u8>) {
 
 fn settings(database: String) -> Settings {
     Settings {
-        database,
         listen: "127.0.0.1:0".parse().expect("literal"),
         body_limit: 256 * 1024 * 1024,
         default_source: "urn:hutong:bench".into(),
-        base_url: None,
-        export_dir: None,
         link_interval: None,
-        source_trust: Default::default(),
-        thresholds: Default::default(),
+        ..Settings::new(database)
     }
 }
 
+/// The institution the benchmark's bundles come from.
+const BENCH_SOURCE: &str = "urn:hutong:org:91440101MA5BENCH1X";
+
+/// An institution's system, as the bundles' sender.
+fn institution() -> hutong_access::Principal {
+    hutong_access::Principal {
+        kind: hutong_access::Kind::System,
+        subject: "bench-his".into(),
+        name: Some("Benchmark hospital HIS".into()),
+        institution: Some(BENCH_SOURCE.into()),
+        practitioner: None,
+        person: None,
+        roles: Vec::new(),
+        scopes: hutong_access::Scopes::parse("system/*.cruds"),
+        booking: false,
+    }
+}
+
+/// An HTTP client that sends `token` with every request.
+fn client_with(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    Ok(reqwest::Client::builder().default_headers(h).build()?)
+}
+
 /// Posts `bundles` with two concurrent clients; returns resources per second.
-async fn post_bundles(base: &str, bundles: Vec<Vec<u8>>, per_bundle: usize) -> anyhow::Result<f64> {
-    let client = reqwest::Client::new();
+async fn post_bundles(
+    base: &str,
+    token: &str,
+    bundles: Vec<Vec<u8>>,
+    per_bundle: usize,
+) -> anyhow::Result<f64> {
+    let client = client_with(token)?;
     let org = serde_json::to_vec(&organization())?;
     client
         .put(format!(
@@ -224,8 +253,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     let rate = rt.block_on(async {
         let app = Application::build(settings(sqlite_dir.display().to_string())).await?;
         let base = format!("http://127.0.0.1:{}/fhir", app.port());
+        let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
         tokio::spawn(app.run_until(std::future::pending()));
-        post_bundles(&base, bundles.clone(), args.bundle_size).await
+        post_bundles(&base, &token, bundles.clone(), args.bundle_size).await
     })?;
     rep.row(
         &format!(
@@ -244,10 +274,13 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         c.batch_execute(&format!("CREATE DATABASE {db}"))?;
         let url = format!("{server}/{db}");
         let r = rt.block_on(async {
-            let app = Application::build(settings(url)).await?;
+            let mut s = settings(url);
+            s.keys_file = Some(work.join("pg-keys.json"));
+            let app = Application::build(s).await?;
             let base = format!("http://127.0.0.1:{}/fhir", app.port());
+            let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
             tokio::spawn(app.run_until(std::future::pending()));
-            post_bundles(&base, bundles.clone(), args.bundle_size).await
+            post_bundles(&base, &token, bundles.clone(), args.bundle_size).await
         });
         let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         rep.row(
@@ -283,17 +316,20 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         f.flush()?;
     }
     let import_dir = work.join("import");
-    let store = Store::open(&Location::Sqlite(import_dir.clone()))?;
-    let engine = Engine::new(
+    let (store, keys) = hutong_server::open_store(&Location::Sqlite(import_dir.clone()), None)?;
+    let engine = hutong_server::engine_for(
         store.clone(),
+        keys.clone(),
         hutong_server::EngineConfig {
             default_source: "urn:hutong:bench".into(),
             export_dir: work.join("exports"),
         },
-    );
+        "urn:hutong:platform",
+        Default::default(),
+    )?;
     let files = hutong_server::bulk::collect_files(std::slice::from_ref(&nd_dir))?;
     let t0 = Instant::now();
-    let report = hutong_server::bulk::import(&engine, &files, "urn:hutong:bench", &|_, _| {})?;
+    let report = hutong_server::bulk::import(&engine, &files, BENCH_SOURCE, &|_, _| {})?;
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
         report.rejected.is_empty(),
@@ -320,24 +356,38 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         "≤ 1.0×",
     );
     let obs_total = store
-        .search(&hutong_store::Query::parse(
-            "Observation",
-            &[("_summary".into(), "count".into())],
-            true,
-        )?)?
+        .search(
+            &hutong_store::Query::parse(
+                "Observation",
+                &[("_summary".into(), "count".into())],
+                true,
+            )?,
+            &hutong_store::Scope::All,
+        )?
         .total
         .unwrap_or(0);
 
     // 3. Latencies over HTTP on the imported store.
     let (read_p50, everything_p50, token_p50, rare_p50) = rt.block_on(async {
-        let app =
-            Application::with_store(settings(import_dir.display().to_string()), store.clone())
-                .await?;
+        let app = Application::with_store(
+            settings(import_dir.display().to_string()),
+            store.clone(),
+            keys.clone(),
+        )
+        .await?;
         let base = format!("http://127.0.0.1:{}/fhir", app.port());
+        let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
         tokio::spawn(app.run_until(std::future::pending()));
-        let client = reqwest::Client::new();
+        let client = client_with(&token)?;
         // Resource ids are the bundle's UUIDs: pick some Observations by scanning.
-        let (sample, _) = store.scan("Observation", None, false, 0, 2000)?;
+        let (sample, _) = store.scan(
+            "Observation",
+            None,
+            false,
+            0,
+            2000,
+            &hutong_store::Scope::All,
+        )?;
         let mut rng = Rng::new(7);
         let mut reads = Vec::new();
         for _ in 0..2000 {
@@ -350,7 +400,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             let _ = r.bytes().await?;
             reads.push(ms(t.elapsed()));
         }
-        let (patients, _) = store.scan("Patient", None, false, 0, 1)?;
+        let (patients, _) = store.scan("Patient", None, false, 0, 1, &hutong_store::Scope::All)?;
         let pid = &patients[0].id;
         let everything = latency(
             &client,

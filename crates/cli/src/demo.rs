@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use hutong_access::accounts::{Client, User};
+use hutong_access::principal::{Kind, Principal, Role, Scopes};
 use hutong_server::{Application, Engine, EngineConfig, Settings};
-use hutong_store::{Location, Store};
+use hutong_store::Location;
 
 const MARKER: &str = ".hutong-demo";
 
@@ -111,8 +113,109 @@ fn load(engine: &Engine, summary: &hutong_synth::Summary, region: &Path) -> anyh
     Ok(base.1)
 }
 
-/// A resident seen at the most institutions, with their ID number, name, and patient ids.
-fn example(region: &Path) -> anyhow::Result<(String, String, Vec<String>)> {
+/// The demo's password for every user it creates.
+pub const DEMO_PASSWORD: &str = "hutong-demo";
+
+/// The accounts the demo creates, written to `credentials.json` beside the store.
+struct Credentials {
+    platform: (String, String),
+    institutions: Vec<(String, String, String, String)>,
+}
+
+/// Creates a platform client, a system client and a clinician for every institution, a
+/// booking client for the appointment platform, and one operator per role.
+fn accounts(
+    engine: &Engine,
+    summary: &hutong_synth::Summary,
+    dir: &Path,
+) -> anyhow::Result<Credentials> {
+    let a = &engine.access.accounts;
+    let platform = a.add_client(&Client {
+        client_id: "demo-platform".into(),
+        kind: Kind::Platform,
+        institution: None,
+        name: "Demo platform service".into(),
+        scopes: Scopes::parse("system/*.cruds"),
+        booking: false,
+    })?;
+    let booking = a.add_client(&Client {
+        client_id: "appointments".into(),
+        kind: Kind::System,
+        institution: Some("urn:hutong:appointments".into()),
+        name: "Regional appointment platform (号源池)".into(),
+        scopes: Scopes::parse("system/Appointment.cruds system/Organization.rs system/Location.rs system/HealthcareService.rs system/PractitionerRole.rs"),
+        booking: true,
+    })?;
+    let mut institutions = Vec::new();
+    let mut json_inst = Vec::new();
+    for i in &summary.institutions {
+        let secret = a.add_client(&Client {
+            client_id: i.code.clone(),
+            kind: Kind::System,
+            institution: Some(i.source.clone()),
+            name: i.name.clone(),
+            scopes: Scopes::parse("system/*.cruds"),
+            booking: false,
+        })?;
+        let user = format!("doctor.{}", i.code);
+        a.add_user(
+            &User {
+                username: user.clone(),
+                kind: Kind::Clinician,
+                name: format!("{}医生", i.name),
+                institution: Some(i.source.clone()),
+                practitioner: None,
+                roles: Vec::new(),
+            },
+            DEMO_PASSWORD,
+        )?;
+        json_inst.push(serde_json::json!({"institution": i.name, "source": i.source,
+            "client_id": i.code, "client_secret": secret, "clinician": user, "password": DEMO_PASSWORD}));
+        institutions.push((i.name.clone(), i.code.clone(), secret, user));
+    }
+    let mut ops = Vec::new();
+    for (user, role) in [
+        ("steward", Role::IdentitySteward),
+        ("privacy", Role::PrivacyOfficer),
+        ("auditor", Role::Auditor),
+        ("quality", Role::QualityOfficer),
+        ("admin", Role::Administrator),
+    ] {
+        a.add_user(
+            &User {
+                username: user.into(),
+                kind: Kind::Operator,
+                name: format!("平台{}", role.as_str()),
+                institution: None,
+                practitioner: None,
+                roles: vec![role],
+            },
+            DEMO_PASSWORD,
+        )?;
+        ops.push(
+            serde_json::json!({"username": user, "role": role.as_str(), "password": DEMO_PASSWORD}),
+        );
+    }
+    let doc = serde_json::json!({
+        "note": "Demo accounts only. Secrets are shown here once; the store keeps their hashes.",
+        "platform": {"client_id": "demo-platform", "client_secret": platform},
+        "appointment_platform": {"client_id": "appointments", "client_secret": booking},
+        "institutions": json_inst,
+        "operators": ops,
+        "residents": "sign in with a resident's phone: POST /auth/otp, then read the code at /dev/outbox?to=PHONE and POST /auth/otp/verify"
+    });
+    std::fs::write(
+        dir.join("credentials.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    Ok(Credentials {
+        platform: ("demo-platform".into(), platform),
+        institutions,
+    })
+}
+
+/// A resident seen at the most institutions: ID number, name, phone, patient ids.
+fn example(region: &Path) -> anyhow::Result<(String, String, String, Vec<String>)> {
     let persons = std::fs::read_to_string(region.join("truth/persons.csv"))?;
     let mut by_person: HashMap<&str, Vec<&str>> = HashMap::new();
     for l in persons.lines().skip(1) {
@@ -135,6 +238,7 @@ fn example(region: &Path) -> anyhow::Result<(String, String, Vec<String>)> {
     Ok((
         best[1].to_string(),
         best[4].to_string(),
+        best[5].to_string(),
         patients.into_iter().map(String::from).collect(),
     ))
 }
@@ -159,49 +263,86 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         summary.resources, summary.patients
     );
     let store_dir = args.dir.join("store");
-    let store = Store::open(&Location::Sqlite(store_dir.clone()))
+    let (store, keys) = hutong_server::open_store(&Location::Sqlite(store_dir.clone()), None)
         .with_context(|| format!("opening {}", store_dir.display()))?;
-    let engine = Engine::new(
+    let engine = hutong_server::engine_for(
         store.clone(),
+        keys.clone(),
         EngineConfig {
             default_source: "urn:hutong:demo".into(),
             export_dir: store_dir.join("exports"),
         },
-    );
+        "urn:hutong:platform",
+        Default::default(),
+    )?;
     load(&engine, &summary, &region)?;
+    let creds = accounts(&engine, &summary, &args.dir)?;
+    engine.audit.flush(std::time::Duration::from_secs(30));
     drop(engine);
-    let (name, id_number, patients) = example(&region)?;
+    let (name, id_number, _, patients) = example(&region)?;
     rt.block_on(async move {
         let settings = Settings {
-            database: store_dir.display().to_string(),
             listen: args.listen,
-            body_limit: 64 * 1024 * 1024,
             default_source: "urn:hutong:demo".into(),
-            base_url: None,
-            export_dir: None,
-            link_interval: Some(std::time::Duration::from_secs(2)),
-            source_trust: Default::default(),
-            thresholds: Default::default(),
+            dev_outbox: true,
+            ..Settings::new(store_dir.display().to_string())
         };
-        let app = Application::with_store(settings, store).await?;
+        let app = Application::with_store(settings, store, keys).await?;
         eprintln!("Linking every institution's Patients to persons (one person, one record)…");
         let engine = app.engine.clone();
         let first = patients.first().map(|p| format!("Patient/{p}"));
-        let person = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
-            engine.matcher.sync(&engine.store)?;
-            Ok(match first {
-                Some(p) => engine
-                    .matcher
-                    .view(&engine.store, |reg| reg.person_of(&p).map(String::from))?,
-                None => None,
-            })
-        })
+        let (person, phone) = tokio::task::spawn_blocking(
+            move || -> anyhow::Result<(Option<String>, String)> {
+                engine.matcher.sync(&engine.store)?;
+                let person = match first {
+                    Some(p) => engine
+                        .matcher
+                        .view(&engine.store, |reg| reg.person_of(&p).map(String::from))?,
+                    None => None,
+                };
+                // The number the institutions have on record (a child's may be a guardian's).
+                let phone = match &person {
+                    Some(p) => engine
+                        .store
+                        .read("Person", p, &hutong_store::Scope::All)?
+                        .found()
+                        .and_then(|s| s.json().ok())
+                        .and_then(|v| v["telecom"][0]["value"].as_str().map(String::from))
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                Ok((person, phone))
+            },
+        )
         .await??;
-        let base = format!("http://{}:{}/fhir", args.listen.ip(), app.port());
+        let root = format!("http://{}:{}", args.listen.ip(), app.port());
+        let base = format!("{root}/fhir");
+        let token = app.engine.access.tokens.issue_for(
+            &Principal::platform("demo-platform"),
+            24 * 3600,
+        );
         println!();
         println!("Hutong demo is serving FHIR R4 at {base}");
         println!();
-        println!("Try:");
+        println!("Every request needs an access token. The demo's accounts (a platform service, each");
+        println!("institution's system and clinician, operators) are in {}.", args.dir.join("credentials.json").display());
+        println!("A platform token, valid 24 h, for the links below:");
+        println!();
+        println!("export TOKEN={token}");
+        println!("curl -H \"Authorization: Bearer $TOKEN\" <link>");
+        println!();
+        println!("Sign in as:");
+        println!("  a platform service   curl -u {}:{} -d grant_type=client_credentials {root}/auth/token", creds.platform.0, creds.platform.1);
+        if let Some((iname, code, secret, user)) = creds.institutions.first() {
+            println!("  {iname}'s HIS  curl -u {code}:{secret} -d grant_type=client_credentials {root}/auth/token");
+            println!("  its clinician        curl -H 'Content-Type: application/json' -d '{{\"username\":\"{user}\",\"password\":\"{DEMO_PASSWORD}\"}}' {root}/auth/login");
+        }
+        println!("  an operator          the same with steward, privacy, auditor, quality or admin");
+        println!("  {name} (resident)    curl -H 'Content-Type: application/json' -d '{{\"phone\":\"{phone}\"}}' {root}/auth/otp");
+        println!("                       the code: {root}/dev/outbox?to={phone}");
+        println!("                       then POST {{\"phone\":\"{phone}\",\"code\":\"…\",\"id_number\":\"{id_number}\"}} to {root}/auth/otp/verify");
+        println!();
+        println!("Try (with the token):");
         println!("  {base}/metadata");
         println!("  {base}/Organization                         the region's {} institutions", summary.institutions.len());
         println!("  {base}/Patient?name={name}                    namesakes across institutions");
@@ -215,7 +356,14 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             println!("                                              {name}'s one record, from every institution, in time order");
             println!("  {base}/Person/{person}/$summary");
             println!("  {base}/Patient/$ihe-pix?sourceIdentifier={}|{id_number}", hutong_synth::ID_SYSTEM);
+            println!("  {base}/Person/{person}/$access-history");
+            println!("                                              who viewed {name}'s record (the resident's own view)");
+            println!();
+            println!("Authorized access: as a clinician, POST {base}/Person/{person}/$request-access");
+            println!("  (a Parameters body; the code goes to {name}'s phone: {root}/dev/outbox?to={phone}),");
+            println!("  then POST the code to Consent/{{id}}/$verify-code; or $break-glass with a reason.");
         }
+        println!("  {base}/AuditEvent?_count=20                 the audit trail (auditors); $verify proves it intact");
         println!("  {base}/Task?code={}|{}&status=requested", hutong_server::persons::IDENTITY_CS, hutong_server::persons::REVIEW_CODE);
         println!("                                              possible duplicates waiting for review");
         println!("  {base}/Observation?code=http://loinc.org|4548-4&_sort=-date&_count=10");

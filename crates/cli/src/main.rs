@@ -3,6 +3,7 @@
 //! Configuration comes from flags, `HUTONG_*` environment variables, and a TOML file
 //! (`--config`, default `./hutong.toml` when present), in that order of precedence.
 
+mod admin;
 mod bench;
 mod demo;
 mod link;
@@ -42,6 +43,10 @@ struct Common {
     /// PostgreSQL URL (`postgres://…`); overrides the data directory.
     #[arg(long, global = true, env = "HUTONG_DATABASE_URL")]
     database_url: Option<String>,
+    /// The keyring (default: keys.json in the data directory, or ./hutong-keys.json with
+    /// PostgreSQL).
+    #[arg(long, global = true, env = "HUTONG_KEYS_FILE")]
+    keys_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -74,6 +79,15 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Deduplicate a CSV of demographic records (or a synthetic region's Patients).
     Link(link::LinkArgs),
+    /// Accounts: institution clients, clinicians and operators.
+    #[command(subcommand)]
+    Access(admin::AccessCmd),
+    /// The keyring: rotate signing and data keys, re-encrypt, show public keys.
+    #[command(subcommand)]
+    Keys(admin::KeysCmd),
+    /// The audit trail: verify, checkpoint, show.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
 }
 
 #[derive(Args)]
@@ -115,6 +129,18 @@ struct FileConfig {
     link_threshold: Option<f64>,
     /// log2 posterior odds at or above which a pair is queued for review.
     review_threshold: Option<f64>,
+    /// The keyring file.
+    keys_file: Option<PathBuf>,
+    /// Hours a grant by SMS code or app approval lasts (default 24).
+    grant_hours: Option<u32>,
+    /// Hours break-glass access lasts (default 4).
+    break_glass_hours: Option<u32>,
+    /// Serve the development message outbox at /dev/outbox (never in production: it shows
+    /// one-time codes).
+    #[serde(default)]
+    dev_outbox: bool,
+    /// Seconds between signed audit checkpoints (default 60).
+    checkpoint_seconds: Option<u64>,
 }
 
 const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
@@ -171,6 +197,21 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
                 review: f.review_threshold.unwrap_or(d.review),
             }
         },
+        keys_file: c.keys_file.clone().or_else(|| f.keys_file.clone()),
+        policy: {
+            let d = hutong_access::Policy::default();
+            hutong_access::Policy {
+                grant_ms: f.grant_hours.map_or(d.grant_ms, |h| h as i64 * 3_600_000),
+                break_glass_ms: f
+                    .break_glass_hours
+                    .map_or(d.break_glass_ms, |h| h as i64 * 3_600_000),
+                ..d
+            }
+        },
+        dev_outbox: f.dev_outbox,
+        checkpoint_interval: std::time::Duration::from_secs(
+            f.checkpoint_seconds.unwrap_or(60).max(1),
+        ),
     }
 }
 
@@ -213,12 +254,16 @@ fn main() -> anyhow::Result<()> {
                 println!("{t:>28}  {n}");
             }
             println!("Exported {total} resources to {} in {:.1}s", out.display(), t0.elapsed().as_secs_f64());
+            engine.audit.flush(std::time::Duration::from_secs(10));
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
         Cmd::Synth(args) => synth::run(&args),
         Cmd::Demo(args) => demo::run(args, &rt),
         Cmd::Link(args) => link::run(&args),
+        Cmd::Access(cmd) => admin::access(&settings(&cli.common, &fc, None), cmd),
+        Cmd::Keys(cmd) => admin::keys(&settings(&cli.common, &fc, None), cmd),
+        Cmd::Audit(cmd) => admin::audit(&settings(&cli.common, &fc, None), cmd),
     }
 }
 
@@ -233,17 +278,22 @@ fn redact(db: &str) -> String {
     }
 }
 
+/// The engine over the configured store, for commands that work on it directly (as the
+/// platform's operator: what they do is audited as such).
 fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
-    let store = hutong_store::Store::open(&s.location())
+    let (store, keys) = hutong_server::open_store(&s.location(), s.keys_file.as_deref())
         .with_context(|| format!("opening {}", redact(&s.database)))?;
     let export_dir = std::env::temp_dir().join("hutong-exports");
-    Ok(hutong_server::Engine::new(
+    hutong_server::engine_for(
         store,
+        keys,
         hutong_server::EngineConfig {
             default_source: s.default_source.clone(),
             export_dir,
         },
-    ))
+        "urn:hutong:platform",
+        s.policy.clone(),
+    )
 }
 
 fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
@@ -282,6 +332,7 @@ fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
         report.skipped_chunks,
         report.rejected.len()
     );
+    engine.audit.flush(std::time::Duration::from_secs(10));
     for (f, line, why) in report.rejected.iter().take(50) {
         println!("  rejected {f}:{line}: {why}");
     }

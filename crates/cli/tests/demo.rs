@@ -87,14 +87,42 @@ async fn get(client: &reqwest::Client, url: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The platform token the guide prints (`export TOKEN=…`).
+fn token(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export TOKEN="))
+        .unwrap_or_else(|| panic!("no token in {lines:#?}"))
+        .to_string()
+}
+
+fn authorized(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_generates_loads_serves_and_prints_working_links() {
     let dir = std::env::temp_dir().join(format!("hutong-demo-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let client = reqwest::Client::new();
     for run in 0..2 {
         let demo = start(&dir);
         let lines = &demo.lines;
+        // Without a token nothing but the capability statement is served.
+        let anonymous = reqwest::Client::new()
+            .get(url_after(lines, "/Organization"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let client = authorized(&token(lines));
         assert!(
             lines
                 .iter()
@@ -123,6 +151,57 @@ async fn demo_generates_loads_serves_and_prints_working_links() {
         assert!(everything["entry"].as_array().unwrap().len() > 1);
         let hba1c = get(&client, &url_after(lines, "4548-4")).await;
         assert_eq!(hba1c["resourceType"], "Bundle");
+        // The accounts it printed work: an institution's clinician signs in, and a resident
+        // gets a code by SMS (the development outbox) and signs in with it.
+        let creds: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("credentials.json")).unwrap())
+                .unwrap();
+        let root = url_after(lines, "/metadata").replace("/fhir/metadata", "");
+        let login = reqwest::Client::new()
+            .post(format!("{root}/auth/login"))
+            .json(&serde_json::json!({"username": creds["institutions"][0]["clinician"], "password": "hutong-demo"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+        let outbox = url_after(lines, "/dev/outbox?to=");
+        let phone = outbox.rsplit('=').next().unwrap().to_string();
+        let sent = reqwest::Client::new()
+            .post(format!("{root}/auth/otp"))
+            .json(&serde_json::json!({"phone": phone}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 202);
+        let messages = get(&reqwest::Client::new(), &outbox).await;
+        let text = messages["messages"][0]["body"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let code: String = text.chars().filter(char::is_ascii_digit).take(6).collect();
+        let id_number = url_after(lines, "identifier=")
+            .rsplit('|')
+            .next()
+            .unwrap()
+            .to_string();
+        let signed_in = reqwest::Client::new()
+            .post(format!("{root}/auth/otp/verify"))
+            .json(&serde_json::json!({"phone": phone, "code": code, "id_number": id_number}))
+            .send()
+            .await
+            .unwrap();
+        let status = signed_in.status();
+        let body: Value = signed_in.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        // The resident reads their own record, and sees who viewed it.
+        let me = authorized(body["access_token"].as_str().unwrap());
+        let person = body["patient"].as_str().unwrap();
+        let own = get(&me, &url_after(lines, "$access-history")).await;
+        assert!(
+            own["total"].as_u64().unwrap() > 0,
+            "the platform token's reads are listed"
+        );
+        assert!(url_after(lines, "$access-history").contains(person));
     }
     // Not a demo directory: refused, untouched.
     let other = dir.join("region");
@@ -173,6 +252,28 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
         .unwrap();
     assert!(ok.success());
     let port = free_port();
+    // A platform service's client, registered at the command line before serving.
+    let added = Command::new(BIN)
+        .args([
+            "access",
+            "add-client",
+            "--id",
+            "loader",
+            "--platform",
+            "--data-dir",
+        ])
+        .arg(dir.join("store"))
+        .env("HUTONG_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let printed = String::from_utf8_lossy(&added.stdout).to_string();
+    let secret = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret:"))
+        .unwrap()
+        .trim()
+        .to_string();
     let server_child = Command::new(BIN)
         .args([
             "serve",
@@ -190,14 +291,29 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
         child: server_child,
         lines: Vec::new(),
     };
-    let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..600 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+        if reqwest::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let tok: Value = reqwest::Client::new()
+        .post(format!("{base}/auth/token"))
+        .basic_auth("loader", Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client = authorized(tok["access_token"].as_str().unwrap());
     let mut from_bundles = std::collections::BTreeSet::new();
     let mut from_ndjson = std::collections::BTreeSet::new();
     let mut posted = 0;

@@ -62,6 +62,56 @@ async fn wait_ready(client: &reqwest::Client, port: u16) {
     panic!("server did not start");
 }
 
+/// Registers a platform client in the store at `data` (before it is served) and returns its
+/// secret.
+fn add_client(data: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "access",
+            "add-client",
+            "--id",
+            "crash",
+            "--platform",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("HUTONG_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A client that signs in with the platform client's credentials and sends its token.
+async fn signed_in(port: u16, secret: &str) -> reqwest::Client {
+    let tok: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/auth/token"))
+        .basic_auth("crash", Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", tok["access_token"].as_str().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 fn kill9(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-9", &child.id().to_string()])
@@ -108,9 +158,10 @@ async fn count(client: &reqwest::Client, port: u16, rtype: &str, query: &str) ->
 async fn kill_during_transactions_loses_no_acknowledged_bundle_and_leaves_no_partial_one() {
     let dir = temp_dir("crash-tx");
     let port = free_port();
+    let secret = add_client(&dir.0);
     let mut server = serve(&dir.0, port);
-    let client = reqwest::Client::new();
-    wait_ready(&client, port).await;
+    wait_ready(&reqwest::Client::new(), port).await;
+    let client = signed_in(port, &secret).await;
     const SIZE: usize = 300;
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -158,6 +209,7 @@ async fn kill_during_transactions_loses_no_acknowledged_bundle_and_leaves_no_par
 
     let mut server = serve(&dir.0, port);
     wait_ready(&client, port).await;
+    // Tokens outlive the restart: same keyring.
     for n in 0..=attempted + 3 {
         let q = format!("_tag=urn:crash|b{n}");
         let obs = count(&client, port, "Observation", &q).await;
@@ -222,9 +274,10 @@ async fn killed_import_resumes_without_loading_anything_twice() {
     assert!(out.contains("chunks were already loaded"), "{out}");
 
     let port = free_port();
+    let secret = add_client(&data);
     let mut server = serve(&data, port);
-    let client = reqwest::Client::new();
-    wait_ready(&client, port).await;
+    wait_ready(&reqwest::Client::new(), port).await;
+    let client = signed_in(port, &secret).await;
     assert_eq!(
         count(&client, port, "Patient", "identifier=urn:crash|p0").await,
         1

@@ -13,8 +13,9 @@ use hutong_fhir::Definitions;
 use hutong_store::sql::Val;
 use serde_json::Value;
 
-use crate::engine::{check_resource, stamp, Body, Engine, Req};
+use crate::engine::{check_resource, Body, Engine, Req};
 use crate::error::ApiError;
+use crate::guard::Guard;
 
 pub const CHUNK: usize = 1000;
 
@@ -80,6 +81,21 @@ fn done_chunks(engine: &Engine, key: &str) -> Result<HashSet<i64>, ApiError> {
         .into_iter()
         .map(|r| r[0].int())
         .collect())
+}
+
+/// Who bulk loads are recorded as: the platform's operator at the command line.
+pub const IMPORTER: &str = "hutong import";
+
+/// The audit entry of one chunk of an import.
+fn chunk_entry(name: &str, chunk: i64, source: &str) -> hutong_audit::Entry {
+    hutong_audit::Entry {
+        action: "import".into(),
+        outcome: 200,
+        who: crate::guard::who(&hutong_access::Principal::platform(IMPORTER)),
+        purpose: Some("HSYSADMIN".into()),
+        request: format!("import {name} chunk {chunk} as {source}"),
+        ..Default::default()
+    }
 }
 
 /// Imports files (see the module docs).
@@ -165,7 +181,7 @@ fn import_ndjson(
                         bytes,
                     }
                 } else {
-                    prepare_chunk(&engine.store, no, lines, source, bytes)
+                    prepare_chunk(engine, no, lines, source, bytes)
                 };
                 lines.clear();
                 tx.send(Ok(chunk)).is_ok()
@@ -205,7 +221,8 @@ fn import_ndjson(
                 report.rejected.push((name.to_string(), line, why));
             }
             let n = chunk.items.len() as u64;
-            let r = engine.store.write(|tx| {
+            let audit = chunk_entry(name, chunk.no, source);
+            let r = engine.store.write(&audit.hook(), |tx| {
                 for (p, fresh) in &chunk.items {
                     tx.write_prepared(p.clone(), *fresh)?;
                 }
@@ -227,7 +244,7 @@ fn import_ndjson(
 }
 
 fn prepare_chunk(
-    store: &hutong_store::Store,
+    engine: &Engine,
     no: i64,
     lines: &[(usize, String)],
     source: &str,
@@ -241,10 +258,11 @@ fn prepare_chunk(
         bytes,
     };
     for (n, line) in lines {
-        let prepared = prepare(line.as_bytes(), source, now).and_then(|(t, v)| {
+        let prepared = prepare(engine, line.as_bytes(), source, now).and_then(|(t, v)| {
             let id = v.get("id").and_then(Value::as_str).map(String::from);
             let fresh = id.is_none();
-            store
+            engine
+                .store
                 .prepare(&t, id.as_deref(), v)
                 .map(|p| (p, fresh))
                 .map_err(ApiError::from)
@@ -257,7 +275,12 @@ fn prepare_chunk(
     chunk
 }
 
-fn prepare(bytes: &[u8], source: &str, now: i64) -> Result<(String, Value), ApiError> {
+fn prepare(
+    engine: &Engine,
+    bytes: &[u8],
+    source: &str,
+    now: i64,
+) -> Result<(String, Value), ApiError> {
     let mut v = crate::engine::parse_json(bytes)?;
     let t = v
         .get("resourceType")
@@ -268,7 +291,7 @@ fn prepare(bytes: &[u8], source: &str, now: i64) -> Result<(String, Value), ApiE
         return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));
     }
     check_resource(&v, &t, None)?;
-    stamp(&mut v, source, now);
+    engine.intake(&mut v, source, now);
     Ok((t, v))
 }
 
@@ -281,7 +304,8 @@ fn write_resources(
     report: &mut ImportReport,
 ) {
     let n = resources.len() as u64;
-    let r = engine.store.write(|tx| {
+    let audit = chunk_entry(name, chunk_no, "(file)");
+    let r = engine.store.write(&audit.hook(), |tx| {
         for (_, t, v) in &resources {
             match v.get("id").and_then(Value::as_str) {
                 Some(id) => {
@@ -335,9 +359,24 @@ fn load_json_file(
             base: String::new(),
             source: source.to_string(),
             import_key: Some((key.to_string(), 0)),
+            principal: std::sync::Arc::new(hutong_access::Principal::platform(IMPORTER)),
             ..Default::default()
         };
-        match crate::bundle::process(engine, &req) {
+        let g = Guard::new(
+            engine,
+            req.principal.clone(),
+            None,
+            None,
+            format!("import {name} as {source}"),
+        );
+        g.act("import");
+        let processed = crate::bundle::process(engine, &req, &g);
+        g.finish(
+            engine,
+            processed.as_ref().map_or_else(|e| e.status, |r| r.status),
+            None,
+        );
+        match processed {
             Ok(_) if kind == "transaction" => report.loaded += n,
             Ok(resp) => {
                 // A batch: count the entries that succeeded, and mark the file done.
@@ -355,7 +394,11 @@ fn load_json_file(
                         }
                     }
                 }
-                let _ = engine.store.write(|tx| tx.mark_done(key, 0));
+                let _ = engine
+                    .store
+                    .write(&chunk_entry(name, 0, source).hook(), |tx| {
+                        tx.mark_done(key, 0)
+                    });
             }
             Err(e) => report
                 .rejected
@@ -377,7 +420,12 @@ fn load_json_file(
     };
     let mut good = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match prepare(&serde_json::to_vec(item).unwrap_or_default(), source, now) {
+        match prepare(
+            engine,
+            &serde_json::to_vec(item).unwrap_or_default(),
+            source,
+            now,
+        ) {
             Ok((t, v)) => good.push((i, t, v)),
             Err(e) => report
                 .rejected
@@ -399,6 +447,8 @@ pub fn export(
     let all = Definitions::get().resource_types().to_vec();
     let types = if types.is_empty() { &all } else { types };
     let mut written = Vec::new();
+    let g = Guard::platform(engine, "hutong export", "export");
+    g.note(format!("to {}", out.display()));
     for t in types {
         let mut after = 0;
         let mut count = 0;
@@ -406,7 +456,7 @@ pub fn export(
         loop {
             let (batch, last) = engine
                 .store
-                .scan(t, since, false, after, 1000)
+                .scan(t, since, false, after, 1000, &g.scope)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             if batch.is_empty() {
                 break;
@@ -418,7 +468,7 @@ pub fn export(
                 )?)),
             };
             for s in &batch {
-                f.write_all(&s.body)?;
+                f.write_all(&g.release(s))?;
                 f.write_all(b"\n")?;
                 count += 1;
             }
@@ -429,5 +479,6 @@ pub fn export(
             written.push((t.clone(), count));
         }
     }
+    g.finish(engine, 200, None);
     Ok(written)
 }

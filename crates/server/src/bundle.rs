@@ -12,11 +12,14 @@ use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::{Definitions, IssueCode};
 use serde_json::{json, Value};
 
+use hutong_access::principal::Perms;
+
 use crate::engine::{
-    check_resource, conditional_match, parse_json, parse_query_string, prefer_return, stamp, Body,
-    BundleWriter, Engine, Req, Resp, Return,
+    check_owner, check_resource, conditional_match, parse_json, parse_query_string, prefer_return,
+    Body, BundleWriter, Engine, Req, Resp, Return,
 };
 use crate::error::ApiError;
+use crate::guard::Guard;
 
 struct Entry {
     index: usize,
@@ -113,7 +116,7 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
 }
 
 /// Handles `POST /` with a Bundle.
-pub fn process(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     let bundle = parse_json(&req.body)?;
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(ApiError::bad_request(
@@ -123,8 +126,14 @@ pub fn process(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
     }
     let entries = parse_entries(&bundle, &req.base)?;
     match bundle.get("type").and_then(Value::as_str) {
-        Some("transaction") => transaction(engine, req, entries),
-        Some("batch") => Ok(batch(engine, req, entries)),
+        Some("transaction") => {
+            g.act("transaction");
+            transaction(engine, req, g, entries)
+        }
+        Some("batch") => {
+            g.act("batch");
+            Ok(batch(engine, req, entries))
+        }
         other => Err(ApiError::bad_request(format!(
             "Bundle.type must be transaction or batch, not {}",
             other.unwrap_or("(absent)")
@@ -158,6 +167,9 @@ fn batch(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Resp {
             base: req.base.clone(),
             source: req.source.clone(),
             import_key: None,
+            principal: req.principal.clone(),
+            reason: req.reason.clone(),
+            from: req.from.clone(),
         };
         sub.headers.remove("if-match");
         sub.headers.remove("if-none-exist");
@@ -231,6 +243,7 @@ fn rewrite_refs(
     ids: &HashMap<String, String>,
     tx: &mut hutong_store::Tx<'_>,
     cache: &mut HashMap<String, String>,
+    scope: &hutong_store::Scope,
 ) -> Result<(), ApiError> {
     match v {
         Value::Object(o) => {
@@ -248,14 +261,15 @@ fn rewrite_refs(
                             let to = match cache.get(r.as_str()) {
                                 Some(to) => to.clone(),
                                 None => {
-                                    let found = conditional_match(tx, t, &parse_query_string(q))?
-                                        .ok_or_else(|| {
-                                        ApiError::new(
+                                    let found =
+                                        conditional_match(tx, t, &parse_query_string(q), scope)?
+                                            .ok_or_else(|| {
+                                                ApiError::new(
                                             404,
                                             IssueCode::NotFound,
                                             format!("Conditional reference '{r}' matches nothing"),
                                         )
-                                    })?;
+                                            })?;
                                     let to = format!("{t}/{}", found.id);
                                     cache.insert(r.clone(), to.clone());
                                     to
@@ -269,13 +283,13 @@ fn rewrite_refs(
                         }
                     }
                 } else {
-                    rewrite_refs(x, ids, tx, cache)?;
+                    rewrite_refs(x, ids, tx, cache, scope)?;
                 }
             }
         }
         Value::Array(a) => {
             for x in a {
-                rewrite_refs(x, ids, tx, cache)?;
+                rewrite_refs(x, ids, tx, cache, scope)?;
             }
         }
         _ => {}
@@ -292,8 +306,14 @@ fn order(method: &str) -> u8 {
     }
 }
 
-fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, ApiError> {
+fn transaction(
+    engine: &Engine,
+    req: &Req,
+    g: &Guard,
+    entries: Vec<Entry>,
+) -> Result<Resp, ApiError> {
     let now = now_ms();
+    let source = engine.source_of(req);
     let representation = prefer_return(req) == Return::Representation
         && req
             .header("prefer")
@@ -312,12 +332,16 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                         ApiError::not_found(format!("Unknown resource type '{t}'")),
                     ));
                 }
-                stamp(r, &req.source, now);
+                if e.method == "POST" {
+                    g.may_write(t, Perms::CREATE, None)
+                        .map_err(|x| entry_error(e.index, x))?;
+                }
+                engine.intake(r, &source, now);
             }
             ("PUT", [t, id]) => {
                 let r = e.resource.as_mut().expect("checked in parse_entries");
                 check_resource(r, t, Some(id)).map_err(|x| entry_error(e.index, x))?;
-                stamp(r, &req.source, now);
+                engine.intake(r, &source, now);
             }
             ("DELETE", [_]) | ("DELETE", [_, _]) | ("GET", _) | ("HEAD", _) | ("PATCH", [_, _]) => {
             }
@@ -376,10 +400,11 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
         })
         .collect();
 
-    let results = engine.store.write(|tx| {
+    let results = g.write(engine, |tx| {
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut cache: HashMap<String, String> = HashMap::new();
         let mut results: Vec<Option<(Value, Option<Vec<u8>>)>> = vec![None; prepared.len()];
+        let mut written: Vec<hutong_store::Stored> = Vec::new();
         let mut post_ids: Vec<Option<String>> = vec![None; prepared.len()];
         // Pass 1: decide the id of every POST and PUT, so references can point at them.
         for &i in &sequence {
@@ -388,7 +413,7 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
             match (e.method.as_str(), seg.as_slice()) {
                 ("POST", [t]) => {
                     let existing = match &e.if_none_exist {
-                        Some(c) => conditional_match(tx, t, &parse_query_string(c)).map_err(|x| entry_error(i, x))?,
+                        Some(c) => conditional_match(tx, t, &parse_query_string(c), &g.scope).map_err(|x| entry_error(i, x))?,
                         None => None,
                     };
                     let id = match existing {
@@ -427,12 +452,16 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
             let if_match = e.if_match.as_deref().map(crate::engine::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
             let stored = match (e.method.as_str(), seg.as_slice()) {
                 ("DELETE", [t, id]) => {
+                    if let Some(cur) = tx.read(t, id).map_err(|x| entry_error(i, x.into()))? {
+                        g.may_write(t, Perms::DELETE, Some(&cur)).map_err(|x| entry_error(i, x))?;
+                    }
                     let d = tx.delete(t, id, if_match).map_err(|x| entry_error(i, x.into()))?;
                     results[i] = Some((json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
                     None
                 }
                 ("DELETE", [t]) => {
-                    if let Some(found) = conditional_match(tx, t, &e.query).map_err(|x| entry_error(i, x))? {
+                    if let Some(found) = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))? {
+                        g.may_write(t, Perms::DELETE, Some(&found)).map_err(|x| entry_error(i, x))?;
                         tx.delete(t, &found.id, None).map_err(|x| entry_error(i, x.into()))?;
                     }
                     results[i] = Some((json!({"response": {"status": "200 OK"}}), None));
@@ -447,24 +476,31 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                     }
                     Some(id) => {
                         let mut r = e.resource.clone().expect("checked");
-                        rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
+                        rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
                         let s = tx.insert_fresh(t, id, r).map_err(|x| entry_error(i, x.into()))?;
                         Some((s, "201 Created"))
                     }
                 },
                 ("PUT", [t, id]) => {
                     let mut r = e.resource.clone().expect("checked");
-                    rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
+                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
+                    check_owner(g, tx, t, id).map_err(|x| entry_error(i, x))?;
                     let (s, created) = tx.update(t, id, r, if_match).map_err(|x| entry_error(i, x.into()))?;
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PUT", [t]) => {
                     let mut r = e.resource.clone().expect("checked");
-                    rewrite_refs(&mut r, &ids, tx, &mut cache).map_err(|x| entry_error(i, x))?;
-                    let found = conditional_match(tx, t, &e.query).map_err(|x| entry_error(i, x))?;
+                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
+                    let found = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))?;
                     let (s, created) = match found {
-                        Some(f) => tx.update(t, &f.id, r, if_match).map_err(|x| entry_error(i, x.into()))?,
-                        None => (tx.create(t, None, r).map_err(|x| entry_error(i, x.into()))?, true),
+                        Some(f) => {
+                            g.may_write(t, Perms::UPDATE, Some(&f)).map_err(|x| entry_error(i, x))?;
+                            tx.update(t, &f.id, r, if_match).map_err(|x| entry_error(i, x.into()))?
+                        }
+                        None => {
+                            g.may_write(t, Perms::CREATE, None).map_err(|x| entry_error(i, x))?;
+                            (tx.create(t, None, r).map_err(|x| entry_error(i, x.into()))?, true)
+                        }
                     };
                     if let Some(f) = &e.full_url {
                         ids.insert(f.clone(), format!("{t}/{}", s.id));
@@ -472,9 +508,10 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PATCH", [t, id]) => {
-                    let cur = tx.read(t, id).map_err(|x| entry_error(i, x.into()))?.filter(|s| !s.deleted).ok_or_else(|| {
+                    let cur = tx.read(t, id).map_err(|x| entry_error(i, x.into()))?.filter(|s| !s.deleted && g.scope.permits_stored(s)).ok_or_else(|| {
                         entry_error(i, ApiError::not_found(format!("{t}/{id} is not known")))
                     })?;
+                    g.may_write(t, Perms::UPDATE, Some(&cur)).map_err(|x| entry_error(i, x))?;
                     let patch_doc = match &e.resource {
                         Some(Value::Object(b)) if b.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
                             let data = b.get("data").and_then(Value::as_str).unwrap_or("");
@@ -489,19 +526,22 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
                     let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
                     json_patch::patch(&mut doc, &patch)
                         .map_err(|x| entry_error(i, ApiError::new(422, IssueCode::Processing, format!("The patch cannot be applied: {x}"))))?;
-                    stamp(&mut doc, &req.source, now);
+                    engine.intake(&mut doc, &source, now);
                     let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;
                     Some((s, "200 OK"))
                 }
                 ("GET", _) | ("HEAD", _) => {
-                    let r = get_in_tx(tx, req, &seg, &e.query).map_err(|x| entry_error(i, x))?;
+                    let r = get_in_tx(tx, req, g, &seg, &e.query).map_err(|x| entry_error(i, x))?;
                     results[i] = Some(r);
                     None
                 }
                 _ => None,
             };
             if let Some((s, status)) = stored {
-                let body = if representation { Some(s.body.clone()) } else { None };
+                let body = if representation { Some(g.release(&s)) } else { None };
+                if s.rtype == "Appointment" {
+                    written.push(s.clone());
+                }
                 results[i] = Some((
                     json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id),
                         "response": {"status": status,
@@ -515,14 +555,18 @@ fn transaction(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Result<Resp, 
         if let Some((file, chunk)) = &req.import_key {
             tx.mark_done(file, *chunk)?;
         }
-        Ok::<_, ApiError>(results)
+        Ok::<_, ApiError>((results, written))
     })?;
+    let (results, written) = results;
+    for s in &written {
+        crate::access_api::after_write(engine, g, s)?;
+    }
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for r in results {
         let (fields, body) = r.unwrap_or((json!({"response": {"status": "200 OK"}}), None));
         w.entry(fields, body.as_deref());
     }
-    tracing::info!(source = %req.source, entries = sequence.len(), "Transaction committed.");
+    tracing::info!(source = %source, entries = sequence.len(), "Transaction committed.");
     Ok(Resp {
         status: 200,
         headers: Vec::new(),
@@ -564,29 +608,35 @@ fn rewrite_local(
 fn get_in_tx(
     tx: &mut hutong_store::Tx<'_>,
     req: &Req,
+    g: &Guard,
     seg: &[&str],
     query: &[(String, String)],
 ) -> Result<(Value, Option<Vec<u8>>), ApiError> {
     match seg {
         [t, id] => {
+            g.may(t, Perms::READ)?;
             let s = tx
                 .read(t, id)?
                 .filter(|s| !s.deleted)
                 .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+            if !g.scope.permits_stored(&s) {
+                return Err(g.hidden(&format!("{t}/{id}")));
+            }
             Ok((
                 json!({"response": {"status": "200 OK", "etag": format!("W/\"{}\"", s.version)}}),
-                Some(s.body),
+                Some(g.release(&s)),
             ))
         }
         [t] => {
             if !Definitions::get().is_resource_type(t) {
                 return Err(ApiError::not_found(format!("Unknown resource type '{t}'")));
             }
+            g.may(t, Perms::SEARCH)?;
             let q = hutong_store::Query::parse(t, query, false)?;
-            let page = tx.search(&q)?;
+            let page = tx.search(&q, &g.scope)?;
             let mut w = BundleWriter::new("searchset", page.total, &[]);
             for s in &page.matches {
-                w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&s.body));
+                w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&g.release(s)));
             }
             Ok((json!({"response": {"status": "200 OK"}}), Some(w.finish())))
         }

@@ -3,19 +3,24 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use hutong_access::principal::{Kind, Perms, Principal};
+use hutong_access::Access;
 use hutong_fhir::date::{format_http, format_instant, now_ms};
 use hutong_fhir::{is_valid_id, Definitions, IssueCode, Outcome};
 use hutong_store::search::Everything;
-use hutong_store::{HistoryScope, Page, Query, Store, Stored, Tx};
+use hutong_store::{HistoryScope, Lookup, Page, Query, Scope, Store, Stored, Tx};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::guard::Guard;
 
 /// The platform extension on `meta` that records when the source collected the data (采集时间).
 pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
 
 /// A request as the engine sees it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Req {
     pub method: String,
     /// Path segments below the FHIR base.
@@ -29,9 +34,51 @@ pub struct Req {
     pub source: String,
     /// For resumable imports: a (file, chunk) key recorded in the same transaction.
     pub import_key: Option<(String, i64)>,
+    /// Who is asking (verified from the access token by the HTTP front).
+    pub principal: Arc<Principal>,
+    /// A reason recorded with the request (`X-Hutong-Reason`).
+    pub reason: Option<String>,
+    /// The client's address.
+    pub from: Option<String>,
+}
+
+impl Default for Req {
+    /// An empty request by nobody: it may do nothing until given a principal.
+    fn default() -> Req {
+        Req {
+            method: String::new(),
+            segments: Vec::new(),
+            query: Vec::new(),
+            headers: HashMap::new(),
+            body: Vec::new(),
+            base: String::new(),
+            source: String::new(),
+            import_key: None,
+            principal: Arc::new(Principal::nobody()),
+            reason: None,
+            from: None,
+        }
+    }
 }
 
 impl Req {
+    /// The request line as audited: method, path and query.
+    pub fn line(&self) -> String {
+        let mut s = format!("{} {}", self.method, self.segments.join("/"));
+        if !self.query.is_empty() {
+            s.push('?');
+            s.push_str(
+                &self
+                    .query
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            );
+        }
+        s
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
@@ -80,13 +127,17 @@ pub struct EngineConfig {
     pub export_dir: std::path::PathBuf,
 }
 
-/// The engine: a store plus settings. Cheap to clone.
+/// The engine: a store, the access decision, the audit trail and settings. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     pub store: Store,
     pub config: EngineConfig,
-    /// The Patient index behind `$match`, shared by clones.
-    pub matcher: std::sync::Arc<crate::matching::Matcher>,
+    /// The Patient index behind `$match` and the person registry, shared by clones.
+    pub matcher: Arc<crate::matching::Matcher>,
+    /// Accounts, tokens, grants and the decision over them.
+    pub access: Arc<Access>,
+    /// Where access entries are appended.
+    pub audit: Arc<hutong_audit::Sink>,
 }
 
 /// Parses a JSON body, reporting the line and column of a syntax error.
@@ -273,8 +324,8 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// `200 OK` with a stored version, its ETag and Last-Modified.
-fn resource_ok(s: Stored) -> Resp {
+/// `200 OK` with a stored version as the reader may see it, its ETag and Last-Modified.
+fn resource_ok(g: &Guard, s: &Stored) -> Resp {
     let headers = vec![
         ("ETag".to_string(), etag(s.version)),
         ("Last-Modified".to_string(), format_http(s.last_updated)),
@@ -282,7 +333,7 @@ fn resource_ok(s: Stored) -> Resp {
     Resp {
         status: 200,
         headers,
-        body: Body::Raw(s.body),
+        body: Body::Raw(g.release(s)),
     }
 }
 
@@ -292,7 +343,7 @@ fn resource_headers(resp: Resp, s: &Stored) -> Resp {
 }
 
 /// A created/updated resource answered as `Prefer` asks.
-fn write_response(req: &Req, status: u16, s: &Stored) -> Resp {
+fn write_response(req: &Req, g: &Guard, status: u16, s: &Stored) -> Resp {
     let loc = format!("{}/{}/{}/_history/{}", req.base, s.rtype, s.id, s.version);
     let r = match prefer_return(req) {
         Return::Minimal => Resp {
@@ -303,7 +354,7 @@ fn write_response(req: &Req, status: u16, s: &Stored) -> Resp {
         Return::Representation => Resp {
             status,
             headers: Vec::new(),
-            body: Body::Raw(s.body.clone()),
+            body: Body::Raw(g.release(s)),
         },
         Return::Outcome => Resp::json(
             status,
@@ -415,23 +466,55 @@ impl BundleWriter {
 }
 
 impl Engine {
-    pub fn new(store: Store, config: EngineConfig) -> Engine {
+    pub fn new(store: Store, config: EngineConfig, access: Arc<Access>) -> Engine {
+        let audit = Arc::new(hutong_audit::Sink::start(store.clone()));
         Engine {
             store,
             config,
             matcher: Default::default(),
+            access,
+            audit,
         }
     }
 
-    /// Handles one request (blocking: call from a blocking thread).
+    /// Handles one request (blocking: call from a blocking thread). The access decision is
+    /// made once, before dispatch; the request's audit entry is recorded when it ends.
     pub fn handle(&self, req: &Req) -> Resp {
-        match self.dispatch(req) {
+        let guard = Guard::new(
+            self,
+            req.principal.clone(),
+            req.reason.clone(),
+            req.from.clone(),
+            req.line(),
+        );
+        self.handle_with(req, &guard)
+    }
+
+    /// Handles a request under an existing guard (its entry is finished here).
+    pub fn handle_with(&self, req: &Req, guard: &Guard) -> Resp {
+        let r = match self.dispatch(req, guard) {
             Ok(r) => r,
             Err(e) => Resp::error(&e),
-        }
+        };
+        let detail = (r.status >= 400).then(|| match &r.body {
+            Body::Json(v) => v["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            _ => String::new(),
+        });
+        guard.finish(self, r.status, detail.filter(|d| !d.is_empty()));
+        r
     }
 
-    fn dispatch(&self, req: &Req) -> Result<Resp, ApiError> {
+    /// Classifies sensitive content and stamps provenance on a resource an institution
+    /// submits.
+    pub fn intake(&self, v: &mut Value, source: &str, now: i64) {
+        self.access.classifier.label(v);
+        stamp(v, source, now);
+    }
+
+    fn dispatch(&self, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
         let m = req.method.as_str();
         // Persons and their review Tasks are derived from the Patients: bring them up to date
@@ -442,51 +525,68 @@ impl Engine {
             self.matcher.sync(&self.store)?;
         }
         match (m, seg.as_slice()) {
-            ("GET", ["metadata"]) => Ok(Resp::json(200, crate::capability::statement(&req.base))),
-            ("POST", []) => crate::bundle::process(self, req),
-            ("GET", ["_history"]) => self.history(req, HistoryScope::System),
+            ("GET", ["metadata"]) => {
+                g.act("capabilities");
+                Ok(Resp::json(200, crate::capability::statement(&req.base)))
+            }
+            ("POST", []) => crate::bundle::process(self, req, g),
+            ("GET", ["_history"]) => {
+                g.act("history");
+                self.history(req, g, HistoryScope::System)
+            }
             ("GET", []) | ("GET", ["_search"]) | ("POST", ["_search"]) => Err(ApiError::new(
                 400,
                 IssueCode::NotSupported,
                 "System-level search needs a resource type; use /{type}?…",
             )),
-            (_, [op, ..]) if op.starts_with('$') => crate::operations::dispatch(self, req),
+            ("GET", ["AuditEvent"]) | ("GET", ["AuditEvent", _]) => {
+                crate::access_api::audit_events(self, req, g)
+            }
+            (_, [op, ..]) if op.starts_with('$') => crate::operations::dispatch(self, req, g),
             ("GET", [t]) => {
                 check_type(t)?;
-                self.search(req, t, &req.query, None)
+                g.act("search");
+                self.search(req, g, t, &req.query, None)
             }
             ("POST", [t, "_search"]) => {
                 check_type(t)?;
+                g.act("search");
                 let mut params = req.query.clone();
                 params.extend(parse_query_string(
                     std::str::from_utf8(&req.body).unwrap_or(""),
                 ));
-                self.search(req, t, &params, None)
+                self.search(req, g, t, &params, None)
             }
             ("GET", [t, "_history"]) => {
                 check_type(t)?;
-                self.history(req, HistoryScope::Type(t.to_string()))
+                g.act("history");
+                g.may(t, Perms::READ)?;
+                self.history(req, g, HistoryScope::Type(t.to_string()))
             }
             (_, [t, op, ..]) | (_, [t, _, op]) if op.starts_with('$') => {
                 check_type(t)?;
-                crate::operations::dispatch(self, req)
+                crate::operations::dispatch(self, req, g)
             }
             ("POST", [t]) => {
                 check_type(t)?;
-                self.create(req, t)
+                g.act("create");
+                self.create(req, g, t)
             }
             ("PUT", [t]) => {
                 check_type(t)?;
-                self.conditional_update(req, t)
+                g.act("update");
+                self.conditional_update(req, g, t)
             }
             ("DELETE", [t]) => {
                 check_type(t)?;
-                self.conditional_delete(req, t)
+                g.act("delete");
+                self.conditional_delete(req, g, t)
             }
             ("GET", [t, id]) => {
                 check_type(t)?;
                 check_id(id)?;
-                let r = self.read(t, id)?;
+                g.act("read");
+                let r = self.read(g, t, id)?;
                 // Conditional read: the client's copy is current.
                 let etag = r
                     .headers
@@ -509,23 +609,29 @@ impl Engine {
             ("PUT", [t, id]) => {
                 check_type(t)?;
                 check_id(id)?;
-                self.update(req, t, id)
+                g.act("update");
+                self.update(req, g, t, id)
             }
             ("PATCH", [t, id]) => {
                 check_type(t)?;
                 check_id(id)?;
-                self.patch(req, t, id)
+                g.act("patch");
+                self.patch(req, g, t, id)
             }
             ("DELETE", [t, id]) => {
                 check_type(t)?;
                 check_id(id)?;
-                self.delete(req, t, id)
+                g.act("delete");
+                self.delete(req, g, t, id)
             }
             ("GET", [t, id, "_history"]) => {
                 check_type(t)?;
                 check_id(id)?;
+                g.act("history");
+                self.visible(g, t, id)?;
                 self.history(
                     req,
+                    g,
                     HistoryScope::Instance {
                         rtype: t.to_string(),
                         id: id.to_string(),
@@ -535,12 +641,15 @@ impl Engine {
             ("GET", [t, id, "_history", v]) => {
                 check_type(t)?;
                 check_id(id)?;
-                self.vread(t, id, v)
+                g.act("vread");
+                self.vread(g, t, id, v)
             }
             ("GET", ["Patient", id, ct]) => {
                 check_id(id)?;
                 check_type(ct)?;
-                self.search(req, ct, &req.query, Some(id))
+                g.act("search");
+                self.visible(g, "Patient", id)?;
+                self.search(req, g, ct, &req.query, Some(id))
             }
             (m, _) if !matches!(m, "GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
                 Err(ApiError::new(
@@ -557,11 +666,19 @@ impl Engine {
         }
     }
 
-    pub fn read(&self, t: &str, id: &str) -> Result<Resp, ApiError> {
-        let s = self
-            .store
-            .read(t, id)?
-            .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+    /// The current version of `t/id` if the reader may see it: 404 when there is none,
+    /// 403 when it is outside their authorization.
+    pub fn visible(&self, g: &Guard, t: &str, id: &str) -> Result<Stored, ApiError> {
+        g.may(t, Perms::READ)?;
+        match self.store.read(t, id, &g.scope)? {
+            Lookup::Found(s) => Ok(s),
+            Lookup::Hidden => Err(g.hidden(&format!("{t}/{id}"))),
+            Lookup::Missing => Err(ApiError::not_found(format!("{t}/{id} is not known"))),
+        }
+    }
+
+    pub fn read(&self, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
+        let s = self.visible(g, t, id)?;
         if s.deleted {
             return Err(ApiError::new(
                 410,
@@ -569,17 +686,21 @@ impl Engine {
                 format!("{t}/{id} was deleted (version {})", s.version),
             ));
         }
-        Ok(resource_ok(s))
+        Ok(resource_ok(g, &s))
     }
 
-    fn vread(&self, t: &str, id: &str, v: &str) -> Result<Resp, ApiError> {
+    fn vread(&self, g: &Guard, t: &str, id: &str, v: &str) -> Result<Resp, ApiError> {
         let version: i64 = v
             .parse()
             .map_err(|_| ApiError::bad_request(format!("Invalid version '{v}'")))?;
-        let s = self
-            .store
-            .vread(t, id, version)?
-            .ok_or_else(|| ApiError::not_found(format!("{t}/{id} has no version {v}")))?;
+        g.may(t, Perms::READ)?;
+        let s = match self.store.vread(t, id, version, &g.scope)? {
+            Lookup::Found(s) => s,
+            Lookup::Hidden => return Err(g.hidden(&format!("{t}/{id}"))),
+            Lookup::Missing => {
+                return Err(ApiError::not_found(format!("{t}/{id} has no version {v}")))
+            }
+        };
         if s.deleted {
             return Err(ApiError::new(
                 410,
@@ -587,43 +708,64 @@ impl Engine {
                 format!("Version {v} of {t}/{id} is a deletion"),
             ));
         }
-        Ok(resource_ok(s))
+        Ok(resource_ok(g, &s))
+    }
+
+    /// The source a request's writes are recorded under: the institution of the principal;
+    /// the platform (its services, the command line) names it.
+    pub(crate) fn source_of(&self, req: &Req) -> String {
+        match (&req.principal.kind, &req.principal.institution) {
+            (Kind::Platform, _) | (_, None) => {
+                if req.source.is_empty() {
+                    self.config.default_source.clone()
+                } else {
+                    req.source.clone()
+                }
+            }
+            (_, Some(i)) => i.clone(),
+        }
     }
 
     fn body_resource(&self, req: &Req, t: &str, id: Option<&str>) -> Result<Value, ApiError> {
         let mut v = parse_json(&req.body)?;
         check_resource(&v, t, id)?;
-        stamp(&mut v, &req.source, now_ms());
+        self.intake(&mut v, &self.source_of(req), now_ms());
         Ok(v)
     }
 
-    fn create(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+    fn create(&self, req: &Req, g: &Guard, t: &str) -> Result<Resp, ApiError> {
+        g.may_write(t, Perms::CREATE, None)?;
         let mut v = self.body_resource(req, t, None)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("id");
         }
         let cond = req.header("if-none-exist").map(parse_query_string);
-        let (s, created) = self.store.write(|tx| {
+        let (s, created) = g.write(self, |tx| {
             if let Some(c) = &cond {
-                if let Some(found) = conditional_match(tx, t, c)? {
+                if let Some(found) = conditional_match(tx, t, c, &g.scope)? {
                     return Ok::<_, ApiError>((found, false));
                 }
             }
             Ok((tx.create(t, None, v.clone())?, true))
         })?;
-        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+        if created {
+            crate::access_api::after_write(self, g, &s)?;
+        }
+        Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
-    fn update(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+    fn update(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let v = self.body_resource(req, t, Some(id))?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
-        let (s, created) = self
-            .store
-            .write(|tx| Ok::<_, ApiError>(tx.update(t, id, v.clone(), if_match)?))?;
-        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+        let (s, created) = g.write(self, |tx| {
+            check_owner(g, tx, t, id)?;
+            Ok::<_, ApiError>(tx.update(t, id, v.clone(), if_match)?)
+        })?;
+        crate::access_api::after_write(self, g, &s)?;
+        Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
-    fn conditional_update(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+    fn conditional_update(&self, req: &Req, g: &Guard, t: &str) -> Result<Resp, ApiError> {
         if req.query.is_empty() {
             return Err(ApiError::bad_request(
                 "A conditional update needs search parameters",
@@ -632,13 +774,17 @@ impl Engine {
         let v = parse_json(&req.body)?;
         check_resource(&v, t, None)?;
         let mut v = v;
-        stamp(&mut v, &req.source, now_ms());
-        let (s, created) = self.store.write(|tx| {
+        self.intake(&mut v, &self.source_of(req), now_ms());
+        let (s, created) = g.write(self, |tx| {
             let q = Query::parse(t, &req.query, true)?;
-            let page = tx.search(&q.probe())?;
+            let page = tx.search(&q.probe(), &g.scope)?;
             match page.matches.as_slice() {
                 [] => {
+                    g.may_write(t, Perms::CREATE, None)?;
                     let id = v.get("id").and_then(Value::as_str).map(String::from);
+                    if let Some(id) = &id {
+                        check_owner(g, tx, t, id)?;
+                    }
                     Ok::<_, ApiError>((tx.create(t, id.as_deref(), v.clone())?, true))
                 }
                 [one] => {
@@ -649,6 +795,7 @@ impl Engine {
                             ));
                         }
                     }
+                    g.may_write(t, Perms::UPDATE, Some(one))?;
                     let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
                     Ok((s, false))
                 }
@@ -659,20 +806,22 @@ impl Engine {
                 )),
             }
         })?;
-        Ok(write_response(req, if created { 201 } else { 200 }, &s))
+        crate::access_api::after_write(self, g, &s)?;
+        Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
-    fn patch(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+    fn patch(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let patch_doc = parse_json(&req.body)?;
         let patch: json_patch::Patch = serde_json::from_value(patch_doc)
             .map_err(|e| ApiError::bad_request(format!("Invalid JSON Patch: {e}")))?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
-        let source = req.source.clone();
-        let (s, _) = self.store.write(|tx| {
+        let source = self.source_of(req);
+        let (s, _) = g.write(self, |tx| {
             let cur = tx
                 .read(t, id)?
-                .filter(|s| !s.deleted)
+                .filter(|s| !s.deleted && g.scope.permits_stored(s))
                 .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+            g.may_write(t, Perms::UPDATE, Some(&cur))?;
             let mut doc = cur.json()?;
             json_patch::patch(&mut doc, &patch).map_err(|e| {
                 ApiError::new(
@@ -682,17 +831,23 @@ impl Engine {
                 )
             })?;
             check_resource(&doc, t, Some(id))?;
-            stamp(&mut doc, &source, now_ms());
+            self.intake(&mut doc, &source, now_ms());
             Ok::<_, ApiError>(tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?)
         })?;
-        Ok(write_response(req, 200, &s))
+        crate::access_api::after_write(self, g, &s)?;
+        Ok(write_response(req, g, 200, &s))
     }
 
-    fn delete(&self, req: &Req, t: &str, id: &str) -> Result<Resp, ApiError> {
+    fn delete(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
-        let r = self
-            .store
-            .write(|tx| Ok::<_, ApiError>(tx.delete(t, id, if_match)?))?;
+        let r = g.write(self, |tx| {
+            if let Some(cur) = tx.read(t, id)? {
+                g.may_write(t, Perms::DELETE, Some(&cur))?;
+            } else {
+                g.may(t, Perms::DELETE)?;
+            }
+            Ok::<_, ApiError>(tx.delete(t, id, if_match)?)
+        })?;
         Ok(match r {
             Some(s) => Resp::json(
                 200,
@@ -707,18 +862,21 @@ impl Engine {
         })
     }
 
-    fn conditional_delete(&self, req: &Req, t: &str) -> Result<Resp, ApiError> {
+    fn conditional_delete(&self, req: &Req, g: &Guard, t: &str) -> Result<Resp, ApiError> {
         if req.query.is_empty() {
             return Err(ApiError::bad_request(
                 "A conditional delete needs search parameters",
             ));
         }
-        let deleted = self.store.write(|tx| {
+        let deleted = g.write(self, |tx| {
             let q = Query::parse(t, &req.query, true)?;
-            let page = tx.search(&q.probe())?;
+            let page = tx.search(&q.probe(), &g.scope)?;
             match page.matches.as_slice() {
                 [] => Ok::<_, ApiError>(None),
-                [one] => Ok(tx.delete(t, &one.id.clone(), None)?),
+                [one] => {
+                    g.may_write(t, Perms::DELETE, Some(one))?;
+                    Ok(tx.delete(t, &one.id.clone(), None)?)
+                }
                 _ => Err(ApiError::new(
                     412,
                     IssueCode::MultipleMatches,
@@ -742,10 +900,12 @@ impl Engine {
     pub fn search(
         &self,
         req: &Req,
+        g: &Guard,
         t: &str,
         params: &[(String, String)],
         compartment: Option<&str>,
     ) -> Result<Resp, ApiError> {
+        g.may(t, Perms::SEARCH)?;
         let strict = req
             .header("prefer")
             .is_some_and(|p| p.contains("handling=strict"));
@@ -753,13 +913,14 @@ impl Engine {
         if let Some(p) = compartment {
             q = q.in_compartment(p)?;
         }
-        let page = self.store.search(&q)?;
+        let page = self.store.search(&q, &g.scope)?;
         let path = match compartment {
             Some(p) => format!("{}/Patient/{p}/{t}", req.base),
             None => format!("{}/{t}", req.base),
         };
         Ok(Self::searchset(
             req,
+            g,
             &path,
             &q.canonical,
             q.count,
@@ -769,8 +930,10 @@ impl Engine {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn searchset(
         req: &Req,
+        g: &Guard,
         path: &str,
         canonical: &[(String, String)],
         count: usize,
@@ -807,11 +970,11 @@ impl Engine {
             .map(|(_, v)| v.as_str());
         let mut w = BundleWriter::new("searchset", page.total, &links);
         for s in &page.matches {
-            let body = shape(&s.body, elements.as_deref(), summary);
+            let body = shape(&g.release(s), elements.as_deref(), summary);
             w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&body));
         }
         for s in &page.included {
-            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(&s.body));
+            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(&g.release(s)));
         }
         if !ignored.is_empty() {
             let oo = Outcome::default().with(
@@ -833,7 +996,7 @@ impl Engine {
         }
     }
 
-    fn history(&self, req: &Req, scope: HistoryScope) -> Result<Resp, ApiError> {
+    fn history(&self, req: &Req, g: &Guard, which: HistoryScope) -> Result<Resp, ApiError> {
         let mut count = 20usize;
         let mut offset = 0usize;
         let mut since = None;
@@ -860,14 +1023,11 @@ impl Engine {
                 _ => {}
             }
         }
-        if let HistoryScope::Instance { rtype, id } = &scope {
-            if self.store.read(rtype, id)?.is_none() {
-                return Err(ApiError::not_found(format!("{rtype}/{id} is not known")));
-            }
-        }
-        let (versions, total) = self.store.history(&scope, since, count + 1, offset)?;
+        let (versions, total) = self
+            .store
+            .history(&which, since, count + 1, offset, &g.scope)?;
         let has_more = versions.len() > count;
-        let path = match &scope {
+        let path = match &which {
             HistoryScope::Instance { rtype, id } => format!("{}/{rtype}/{id}/_history", req.base),
             HistoryScope::Type(t) => format!("{}/{t}/_history", req.base),
             HistoryScope::System => format!("{}/_history", req.base),
@@ -900,11 +1060,12 @@ impl Engine {
             } else {
                 "200"
             };
+            let body = if s.deleted { None } else { Some(g.release(s)) };
             w.entry(
                 json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id),
                     "request": {"method": method, "url": url},
                     "response": {"status": status, "etag": etag(s.version), "lastModified": format_instant(s.last_updated)}}),
-                if s.deleted { None } else { Some(&s.body) },
+                body.as_deref(),
             );
         }
         Ok(Resp {
@@ -915,10 +1076,11 @@ impl Engine {
     }
 
     /// `Patient/{id}/$everything`.
-    pub fn everything(&self, req: &Req, id: &str) -> Result<Resp, ApiError> {
+    pub fn everything(&self, req: &Req, g: &Guard, id: &str) -> Result<Resp, ApiError> {
         check_id(id)?;
-        let p = self.store.read("Patient", id)?;
-        if p.as_ref().is_none_or(|p| p.deleted) {
+        g.act("everything");
+        let p = self.visible(g, "Patient", id)?;
+        if p.deleted {
             return Err(ApiError::not_found(format!("Patient/{id} is not known")));
         }
         let mut e = Everything {
@@ -955,7 +1117,7 @@ impl Engine {
                 _ => {}
             }
         }
-        let page = self.store.everything(&e)?;
+        let page = self.store.everything(&e, &g.scope)?;
         let canonical: Vec<(String, String)> = req
             .query
             .iter()
@@ -964,6 +1126,7 @@ impl Engine {
             .collect();
         Ok(Self::searchset(
             req,
+            g,
             &format!("{}/Patient/{id}/$everything", req.base),
             &canonical,
             e.count,
@@ -974,12 +1137,26 @@ impl Engine {
     }
 }
 
+/// Checks that the requester may write `t/id` given who submitted its current version
+/// (platform principals skip the lookup: they may write anything their scopes allow).
+pub fn check_owner(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<(), ApiError> {
+    if g.principal.kind == Kind::Platform {
+        return g.may(t, Perms::UPDATE);
+    }
+    match tx.source_of(t, id)? {
+        Some(src) => hutong_access::decision::may_write(g.asker(), t, Perms::UPDATE, Some(&src))
+            .map_err(|r| ApiError::new(403, IssueCode::Forbidden, r.0)),
+        None => g.may_write(t, Perms::CREATE, None),
+    }
+}
+
 /// The single resource matching conditional criteria (`If-None-Exist`, `ifNoneExist`),
 /// `None` when nothing matches; more than one match is a 412.
 pub fn conditional_match(
     tx: &mut Tx<'_>,
     t: &str,
     criteria: &[(String, String)],
+    scope: &Scope,
 ) -> Result<Option<Stored>, ApiError> {
     let q = Query::parse(t, criteria, true)?;
     if q.is_empty() {
@@ -987,7 +1164,7 @@ pub fn conditional_match(
             "Conditional criteria must contain a search parameter",
         ));
     }
-    let page = tx.search(&q.probe())?;
+    let page = tx.search(&q.probe(), scope)?;
     match page.matches.len() {
         0 => Ok(None),
         1 => Ok(page.matches.into_iter().next()),

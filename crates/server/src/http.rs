@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use axum::body::to_bytes;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
+use hutong_access::principal::{Kind, Principal};
 use hutong_fhir::IssueCode;
 
 use crate::engine::{parse_query_string, percent_decode, Body, Engine, Req, Resp};
@@ -20,16 +21,85 @@ pub struct AppState {
     pub body_limit: usize,
     /// Fixed public base URL; derived from `Host` when absent.
     pub base_url: Option<String>,
+    /// Sign-in attempts per address.
+    pub limits: crate::auth_http::RateLimit,
+    /// Serve the development outbox at `/dev/outbox` (demo and tests only: it shows codes).
+    pub dev_outbox: bool,
 }
 
-/// The router: FHIR under `/fhir`, a health check at `/healthz`.
+impl AppState {
+    /// The FHIR base URL as clients see it.
+    pub fn public_base(&self, headers: &HeaderMap) -> String {
+        self.base_url.clone().unwrap_or_else(|| {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}/fhir")
+        })
+    }
+}
+
+/// The router: FHIR under `/fhir`, signing in under `/auth`, discovery under
+/// `/.well-known`, a health check at `/healthz`.
 pub fn app(state: Arc<AppState>) -> Router {
+    use crate::auth_http as auth;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/auth/token", post(auth::token))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/otp", post(auth::otp_send))
+        .route("/auth/otp/verify", post(auth::otp_verify))
+        .route(
+            "/.well-known/smart-configuration",
+            get(auth::smart_configuration),
+        )
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(auth::smart_configuration),
+        )
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/dev/outbox", get(auth::outbox))
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*rest}", any(fhir))
         .with_state(state)
+}
+
+/// Who a request is from: the verified bearer token's principal. Only the capability
+/// statement is public.
+fn authenticate(
+    st: &AppState,
+    headers: &std::collections::HashMap<String, String>,
+    public: bool,
+) -> Result<Option<Arc<Principal>>, ApiError> {
+    let Some(auth) = headers.get("authorization") else {
+        return if public {
+            Ok(None)
+        } else {
+            Err(ApiError::new(
+                401,
+                IssueCode::Login,
+                "Authentication required: send an access token (Authorization: Bearer …) from /auth/token, /auth/login or /auth/otp/verify",
+            ))
+        };
+    };
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                401,
+                IssueCode::Login,
+                "The Authorization header must be 'Bearer <token>'",
+            )
+        })?;
+    st.engine
+        .access
+        .tokens
+        .verify(token.trim())
+        .map(Some)
+        .map_err(|e| ApiError::new(401, IssueCode::Login, e.to_string()))
 }
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -81,7 +151,11 @@ fn media_ok(method: &str, ct: Option<&str>, path_is_search: bool) -> bool {
 }
 
 #[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.uri().path()))]
-async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
+async fn fhir(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
@@ -93,10 +167,39 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
         .collect();
     let mut headers = std::collections::HashMap::new();
     for (k, v) in &parts.headers {
-        if let Ok(s) = v.to_str() {
-            headers.insert(k.as_str().to_ascii_lowercase(), s.to_string());
-        }
+        // Header values may carry UTF-8 (a reason in Chinese).
+        headers.insert(
+            k.as_str().to_ascii_lowercase(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        );
     }
+    let public = method == "GET" && segments.len() == 1 && segments[0] == "metadata";
+    let from = addr.ip().to_string();
+    let principal = match authenticate(&st, &headers, public) {
+        Ok(p) => p,
+        Err(e) => {
+            st.engine.audit.record(hutong_audit::Entry {
+                ts: hutong_fhir::date::now_ms(),
+                action: "authenticate".into(),
+                outcome: e.status,
+                who: hutong_audit::Who {
+                    kind: "anonymous".into(),
+                    subject: "-".into(),
+                    ..Default::default()
+                },
+                from: Some(from),
+                request: format!("{method} {path}"),
+                detail: Some(e.message().to_string()),
+                ..Default::default()
+            });
+            let mut r = to_response(Resp::error(&e));
+            r.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static("Bearer realm=\"hutong\""),
+            );
+            return r;
+        }
+    };
     if !json_acceptable(
         headers.get("accept").map(String::as_str),
         parts.uri.query().unwrap_or(""),
@@ -134,17 +237,21 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return too_large(st.body_limit),
     };
-    let base = st.base_url.clone().unwrap_or_else(|| {
-        let host = headers
-            .get("host")
+    let base = st.public_base(&parts.headers);
+    let principal = principal.unwrap_or_else(|| Arc::new(Principal::nobody()));
+    // Only the platform's own clients say on whose behalf they submit; everyone else
+    // submits as their institution.
+    let source = match principal.kind {
+        Kind::Platform => headers
+            .get("x-hutong-source")
             .cloned()
-            .unwrap_or_else(|| "localhost".into());
-        format!("http://{host}/fhir")
-    });
-    let source = headers
-        .get("x-hutong-source")
-        .cloned()
-        .unwrap_or_else(|| st.engine.config.default_source.clone());
+            .unwrap_or_else(|| st.engine.config.default_source.clone()),
+        _ => principal.institution.clone().unwrap_or_default(),
+    };
+    let reason = headers
+        .get("x-hutong-reason")
+        .map(|r| crate::engine::percent_decode(r).trim().to_string())
+        .filter(|r| !r.is_empty());
     let ereq = Req {
         method,
         segments,
@@ -154,6 +261,9 @@ async fn fhir(State(st): State<Arc<AppState>>, req: Request) -> Response {
         base,
         source,
         import_key: None,
+        principal,
+        reason,
+        from: Some(from),
     };
     let engine = st.engine.clone();
     match tokio::task::spawn_blocking(move || engine.handle(&ereq)).await {

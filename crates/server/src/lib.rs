@@ -8,13 +8,20 @@
 //! - [`capability`]: the CapabilityStatement, generated from what is implemented.
 //! - [`http`]: the axum router.
 //! - [`error`]: `ApiError`, the status + OperationOutcome every failure becomes.
+//! - [`guard`]: the access decision and audit entry of one request.
+//! - [`access_api`]: grants (request, code, approval, break-glass, proxies), restriction,
+//!   appointment-linked access, the audit trail as AuditEvent.
+//! - [`auth_http`]: signing in (tokens, passwords, one-time codes) and discovery.
 //! - [`Application`]: settings → a bound server with graceful shutdown.
 
+pub mod access_api;
+pub mod auth_http;
 pub mod bulk;
 pub mod bundle;
 pub mod capability;
 pub mod engine;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod matching;
 pub mod operations;
@@ -23,8 +30,9 @@ pub mod persons;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use hutong_access::Keyring;
 use hutong_store::{Location, Store};
 
 pub use engine::{Engine, EngineConfig};
@@ -47,12 +55,127 @@ pub struct Settings {
     pub source_trust: std::collections::HashMap<String, i32>,
     /// Decision thresholds of person linking (log2 posterior odds).
     pub thresholds: hutong_mpi::Thresholds,
+    /// The keyring; by default `keys.json` in the data directory (embedded store) or
+    /// `./hutong-keys.json` (PostgreSQL).
+    pub keys_file: Option<PathBuf>,
+    /// How long grants last.
+    pub policy: hutong_access::Policy,
+    /// Serve the development message outbox over HTTP (`/dev/outbox`): for the demo and
+    /// tests only, since it shows one-time codes.
+    pub dev_outbox: bool,
+    /// How often the audit trail's heads are signed.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Settings {
     pub fn location(&self) -> Location {
         Location::parse(&self.database)
     }
+
+    /// Settings with defaults for everything but where the data lives.
+    pub fn new(database: impl Into<String>) -> Settings {
+        Settings {
+            database: database.into(),
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            body_limit: 64 * 1024 * 1024,
+            default_source: "urn:hutong:source:unspecified".into(),
+            base_url: None,
+            export_dir: None,
+            link_interval: Some(std::time::Duration::from_secs(2)),
+            source_trust: Default::default(),
+            thresholds: Default::default(),
+            keys_file: None,
+            policy: Default::default(),
+            dev_outbox: false,
+            checkpoint_interval: std::time::Duration::from_secs(60),
+        }
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        keys_path(&self.location(), self.keys_file.as_deref())
+    }
+}
+
+/// Where the keyring is: as configured, else beside the embedded store's data, else in the
+/// working directory.
+pub fn keys_path(loc: &Location, configured: Option<&std::path::Path>) -> PathBuf {
+    match (configured, loc) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Location::Sqlite(dir)) => dir.join("keys.json"),
+        (None, Location::Postgres(_)) => PathBuf::from("hutong-keys.json"),
+    }
+}
+
+/// Opens the store with its keyring, so that identity data is encrypted at rest and its
+/// searchable hashes are keyed. Everything that opens a store goes through here.
+pub fn open_store(
+    loc: &Location,
+    keys_file: Option<&std::path::Path>,
+) -> anyhow::Result<(Store, Arc<RwLock<Keyring>>)> {
+    let path = keys_path(loc, keys_file);
+    let keys = Arc::new(RwLock::new(Keyring::open_or_create(&path)?));
+    let store = Store::open(loc)?;
+    protect(&store, keys.clone())?;
+    Ok((store, keys))
+}
+
+/// Puts a just-opened store under the keyring's protection; identity data written before
+/// encryption was switched on is encrypted now.
+pub fn protect(store: &Store, keys: Arc<RwLock<Keyring>>) -> anyhow::Result<()> {
+    store.set_protector(Arc::new(hutong_access::protect::KeyringProtector::new(
+        keys,
+    )));
+    if store.meta("identity-protected")?.is_none() {
+        let n = reprotect(store)?;
+        if n > 0 {
+            tracing::info!(
+                resources = n,
+                "Encrypted identity data written before encryption."
+            );
+        }
+        store.set_meta("identity-protected", "1")?;
+    }
+    Ok(())
+}
+
+/// Re-encrypts every identity resource under the current data key and rebuilds its keyed
+/// index values (after a key rotation; `hutong keys reencrypt`). Returns how many were
+/// rewritten.
+pub fn reprotect(store: &Store) -> anyhow::Result<u64> {
+    let entry = hutong_audit::Entry {
+        action: "reencrypt".into(),
+        outcome: 200,
+        who: guard::who(&hutong_access::Principal::platform("hutong keys")),
+        purpose: Some("HSYSADMIN".into()),
+        request: "re-encrypt identity data under the current data key".into(),
+        ..Default::default()
+    };
+    let mut n = 0;
+    for t in hutong_access::protect::SEALED_TYPES {
+        n += store.reprotect(t, &entry.hook())?;
+    }
+    Ok(n)
+}
+
+/// The engine over an opened store: the access service and audit trail wired in.
+pub fn engine_for(
+    store: Store,
+    keys: Arc<RwLock<Keyring>>,
+    config: EngineConfig,
+    issuer: &str,
+    policy: hutong_access::Policy,
+) -> anyhow::Result<Engine> {
+    let mut access = hutong_access::Access::new(&store, keys, issuer)?;
+    access.policy = policy;
+    Ok(Engine::new(store, config, Arc::new(access)))
+}
+
+/// The issuer named in tokens: the public base when configured (several API nodes share it).
+fn issuer(settings: &Settings) -> String {
+    settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| "urn:hutong:platform".to_string())
 }
 
 /// A built server: the store opened and the listener bound.
@@ -65,11 +188,17 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let loc = settings.location();
-        let store = tokio::task::spawn_blocking(move || Store::open(&loc)).await??;
-        Application::with_store(settings, store).await
+        let kf = settings.keys_file.clone();
+        let (store, keys) =
+            tokio::task::spawn_blocking(move || open_store(&loc, kf.as_deref())).await??;
+        Application::with_store(settings, store, keys).await
     }
 
-    pub async fn with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+    pub async fn with_store(
+        settings: Settings,
+        store: Store,
+        keys: Arc<RwLock<Keyring>>,
+    ) -> anyhow::Result<Application> {
         let export_dir = settings
             .export_dir
             .clone()
@@ -77,13 +206,15 @@ impl Application {
                 Location::Sqlite(dir) => dir.join("exports"),
                 Location::Postgres(_) => PathBuf::from("hutong-exports"),
             });
-        let engine = Engine::new(
-            store,
-            EngineConfig {
-                default_source: settings.default_source.clone(),
-                export_dir,
-            },
-        );
+        let config = EngineConfig {
+            default_source: settings.default_source.clone(),
+            export_dir,
+        };
+        let iss = issuer(&settings);
+        let policy = settings.policy.clone();
+        let engine =
+            tokio::task::spawn_blocking(move || engine_for(store, keys, config, &iss, policy))
+                .await??;
         engine.matcher.set_trust(settings.source_trust.clone());
         anyhow::ensure!(
             settings.thresholds.review <= settings.thresholds.link,
@@ -103,10 +234,25 @@ impl Application {
                     }
                 })?;
         }
+        {
+            let e = engine.clone();
+            let every = settings.checkpoint_interval;
+            std::thread::Builder::new()
+                .name("hutong-checkpoint".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    e.audit.flush(std::time::Duration::from_secs(10));
+                    if let Err(err) = access_api::checkpoint(&e) {
+                        tracing::warn!(error = %err.message(), "Signing audit checkpoints failed; will retry.");
+                    }
+                })?;
+        }
         let state = Arc::new(http::AppState {
             engine: engine.clone(),
             body_limit: settings.body_limit,
             base_url: settings.base_url.clone(),
+            limits: Default::default(),
+            dev_outbox: settings.dev_outbox,
         });
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         Ok(Application {
@@ -120,14 +266,30 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `shutdown` resolves; requests in flight finish first.
+    /// Serves until `shutdown` resolves; requests in flight finish first, then the audit
+    /// entries still queued are written and the trail's heads signed.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let r = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        let e = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if !e.audit.flush(std::time::Duration::from_secs(30)) {
+                tracing::error!("Some audit entries could not be written before shutdown.");
+            }
+            if let Err(err) = access_api::checkpoint(&e) {
+                tracing::warn!(error = %err.message(), "Signing the final audit checkpoint failed.");
+            }
+        })
+        .await;
+        r
     }
 }
 

@@ -4,11 +4,12 @@
 //! without hooks. The model is re-estimated by EM from the store's own Patients as they
 //! grow; until there are enough, starting values are used.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hutong_mpi::index::{Index, Match};
 use hutong_mpi::{block, fhir::raw_from_patient, Model};
-use hutong_store::{HistoryScope, Store, StoreError, Stored};
+use hutong_store::{HistoryScope, Scope, Store, StoreError, Stored};
 
 use crate::persons::Registry;
 
@@ -28,9 +29,43 @@ struct State {
     thresholds: hutong_mpi::Thresholds,
 }
 
+/// Which Patients make up each person, as the access decision reads it: a copy of the
+/// registry's links, updated whenever they change, readable without waiting for linking.
+#[derive(Default)]
+pub struct Links {
+    patients: HashMap<String, Vec<String>>,
+    generation: u64,
+}
+
+/// A read view of [`Links`].
+pub struct LinkView<'a>(RwLockReadGuard<'a, Links>);
+
+impl hutong_access::Directory for LinkView<'_> {
+    fn patients_of(&self, person: &str) -> Vec<String> {
+        self.0.patients.get(person).cloned().unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 pub struct Matcher {
     state: Mutex<State>,
+    links: RwLock<Links>,
+}
+
+/// The audit entry of automatic linking.
+pub fn linker_entry() -> hutong_audit::Entry {
+    hutong_audit::Entry {
+        action: "link".into(),
+        outcome: 200,
+        who: hutong_audit::Who {
+            kind: "platform".into(),
+            subject: crate::persons::LINKER.into(),
+            ..Default::default()
+        },
+        purpose: Some("HSYSADMIN".into()),
+        request: "automatic linkage of new Patients to persons".into(),
+        ..Default::default()
+    }
 }
 
 fn record_of(s: &Stored) -> Option<hutong_mpi::Record> {
@@ -47,6 +82,7 @@ impl Matcher {
     ) -> Result<Vec<Match>, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         sync(&mut st, store)?;
+        self.publish(&mut st);
         let record = raw_from_patient(patient).normalize();
         let index = st.index.as_ref().expect("built by sync");
         let self_id = patient["id"].as_str().map(|id| format!("Patient/{id}"));
@@ -61,7 +97,42 @@ impl Matcher {
     /// Catches up with the store: indexes new Patient versions and gives each its person.
     pub fn sync(&self, store: &Store) -> Result<(), StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        sync(&mut st, store)
+        let r = sync(&mut st, store);
+        self.publish(&mut st);
+        r
+    }
+
+    /// The persons' Patients as the access decision sees them, and their generation (which
+    /// changes whenever any link does).
+    pub fn directory(&self) -> (LinkView<'_>, u64) {
+        let g = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let generation = g.generation;
+        (LinkView(g), generation)
+    }
+
+    /// Copies the links of the persons the registry changed into the directory.
+    fn publish(&self, st: &mut State) {
+        let Some(reg) = st.registry.as_mut() else {
+            return;
+        };
+        if reg.touched.is_empty() {
+            return;
+        }
+        let touched = std::mem::take(&mut reg.touched);
+        let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        for p in touched {
+            let pts: Vec<String> = reg
+                .patients(&p)
+                .into_iter()
+                .map(|x| x.trim_start_matches("Patient/").to_string())
+                .collect();
+            if pts.is_empty() {
+                links.patients.remove(&p);
+            } else {
+                links.patients.insert(p, pts);
+            }
+        }
+        links.generation += 1;
     }
 
     /// Runs a link-management change on the caught-up registry and writes it. A change that
@@ -69,10 +140,23 @@ impl Matcher {
     pub fn change<T>(
         &self,
         store: &Store,
+        audit: &hutong_audit::Entry,
         f: impl FnOnce(&mut Registry, &Index) -> Result<T, String>,
     ) -> Result<Result<T, String>, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        sync(&mut st, store)?;
+        let r = self.change_locked(&mut st, store, audit, f);
+        self.publish(&mut st);
+        r
+    }
+
+    fn change_locked<T>(
+        &self,
+        st: &mut State,
+        store: &Store,
+        audit: &hutong_audit::Entry,
+        f: impl FnOnce(&mut Registry, &Index) -> Result<T, String>,
+    ) -> Result<Result<T, String>, StoreError> {
+        sync(st, store)?;
         let State {
             index, registry, ..
         } = &mut *st;
@@ -85,7 +169,7 @@ impl Matcher {
             st.registry = None;
             return Ok(out);
         }
-        if let Err(e) = reg.flush(store) {
+        if let Err(e) = reg.flush(store, audit) {
             st.registry = None;
             return Err(e);
         }
@@ -96,6 +180,7 @@ impl Matcher {
     pub fn view<T>(&self, store: &Store, f: impl FnOnce(&Registry) -> T) -> Result<T, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         sync(&mut st, store)?;
+        self.publish(&mut st);
         Ok(f(st.registry.as_ref().expect("built by sync")))
     }
 
@@ -123,6 +208,7 @@ impl Matcher {
     pub fn indexed(&self, store: &Store) -> Result<usize, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         sync(&mut st, store)?;
+        self.publish(&mut st);
         Ok(st.index.as_ref().map_or(0, Index::len))
     }
 }
@@ -138,7 +224,7 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
         let mut after = i64::MIN;
         let mut newest = i64::MIN;
         loop {
-            let (page, last) = store.scan("Patient", None, false, after, 5_000)?;
+            let (page, last) = store.scan("Patient", None, false, after, 5_000, &Scope::All)?;
             if page.is_empty() {
                 break;
             }
@@ -205,15 +291,16 @@ fn link_changed(
 ) -> Result<(), StoreError> {
     crate::persons::catch_up(reg, store, persons_synced)?;
     let started = std::time::Instant::now();
+    let audit = linker_entry();
     for (id, deleted) in changed {
         if *deleted {
             reg.remove(id);
         } else {
             reg.assign(index, id);
         }
-        reg.maybe_flush(store)?;
+        reg.maybe_flush(store, &audit)?;
     }
-    reg.flush(store)?;
+    reg.flush(store, &audit)?;
     if changed.len() > 1_000 {
         tracing::info!(
             patients = changed.len(),
@@ -236,7 +323,7 @@ fn catch_up(
     let scope = HistoryScope::Type("Patient".into());
     let since = synced.saturating_sub(OVERLAP_MS);
     loop {
-        let (page, _) = store.history(&scope, Some(since), 1_000, changes.len())?;
+        let (page, _) = store.history(&scope, Some(since), 1_000, changes.len(), &Scope::All)?;
         if page.is_empty() {
             break;
         }

@@ -9,28 +9,45 @@ use hutong_fhir::{Definitions, IssueCode};
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
+use crate::access_api as acc;
 use crate::engine::{Body, Engine, Req, Resp};
 use crate::error::ApiError;
+use crate::guard::Guard;
+use crate::person_api as per;
+use hutong_access::principal::{Kind, Perms, Principal};
 
-pub fn dispatch(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     let seg: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match (req.method.as_str(), seg.as_slice()) {
-        ("GET", ["Patient", id, "$everything"]) => engine.everything(req, id),
-        ("POST", ["Patient", "$match"]) => patient_match(engine, req),
-        ("GET", ["Patient", "$ihe-pix"]) => crate::person_api::pix(engine, req),
-        ("GET", ["Person", id, "$everything"]) => crate::person_api::everything(engine, req, id),
-        ("GET", ["Person", id, "$summary"]) => crate::person_api::summary(engine, req, id),
-        ("POST", ["Person", id, "$link"]) => crate::person_api::link(engine, req, id),
-        ("POST", ["Person", id, "$unlink"]) => crate::person_api::unlink(engine, req, id),
-        ("POST", ["Person", id, "$merge"]) => crate::person_api::merge(engine, req, id),
-        ("POST", ["Person", id, "$split"]) => crate::person_api::split(engine, req, id),
-        ("POST", ["Task", id, "$decide"]) => crate::person_api::decide(engine, req, id),
-        ("GET", ["$export"]) => kick_off(engine, req, ExportLevel::System),
-        ("GET", ["Patient", "$export"]) => kick_off(engine, req, ExportLevel::Patient),
-        ("GET", [t, "$export"]) => kick_off(engine, req, ExportLevel::Type(t.to_string())),
-        ("GET", ["$export-status", job]) => status(engine, req, job),
-        ("DELETE", ["$export-status", job]) => cancel(engine, job),
-        ("GET", ["$export-file", job, name]) => file(engine, job, name),
+        ("GET", ["Patient", id, "$everything"]) => engine.everything(req, g, id),
+        ("POST", ["Patient", "$match"]) => patient_match(engine, req, g),
+        ("GET", ["Patient", "$ihe-pix"]) => per::pix(engine, req, g),
+        ("GET", ["Person", id, "$everything"]) => per::everything(engine, req, g, id),
+        ("GET", ["Person", id, "$summary"]) => per::summary(engine, req, g, id),
+        ("POST", ["Person", id, "$link"]) => per::link(engine, req, g, id),
+        ("POST", ["Person", id, "$unlink"]) => per::unlink(engine, req, g, id),
+        ("POST", ["Person", id, "$merge"]) => per::merge(engine, req, g, id),
+        ("POST", ["Person", id, "$split"]) => per::split(engine, req, g, id),
+        ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
+        ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => acc::find(engine, req, g),
+        ("POST", ["Person", id, "$request-access"]) => acc::request_access(engine, req, g, id),
+        ("POST", ["Person", id, "$break-glass"]) => acc::break_glass(engine, req, g, id),
+        ("POST", ["Person", id, "$grant"]) => acc::standing_grant(engine, req, g, id),
+        ("POST", ["Person", id, "$grant-proxy"]) => acc::grant_proxy(engine, req, g, id),
+        ("GET", ["Person", id, "$access-history"]) => acc::access_history(engine, req, g, id),
+        ("POST", ["Consent", id, "$verify-code"]) => acc::verify_code(engine, req, g, id),
+        ("POST", ["Consent", id, "$approve"]) => acc::decide_request(engine, req, g, id, true),
+        ("POST", ["Consent", id, "$deny"]) => acc::decide_request(engine, req, g, id, false),
+        ("POST", ["Consent", id, "$revoke"]) => acc::revoke(engine, req, g, id),
+        ("POST", ["Task", id, "$review"]) => acc::review(engine, req, g, id),
+        ("POST", [t, id, "$restrict"]) => acc::restrict(engine, req, g, t, id, true),
+        ("POST", [t, id, "$unrestrict"]) => acc::restrict(engine, req, g, t, id, false),
+        ("GET", ["$export"]) => kick_off(engine, req, g, ExportLevel::System),
+        ("GET", ["Patient", "$export"]) => kick_off(engine, req, g, ExportLevel::Patient),
+        ("GET", [t, "$export"]) => kick_off(engine, req, g, ExportLevel::Type(t.to_string())),
+        ("GET", ["$export-status", job]) => status(engine, g, job),
+        ("DELETE", ["$export-status", job]) => cancel(engine, g, job),
+        ("GET", ["$export-file", job, name]) => file(engine, g, job, name),
         _ => Err(ApiError::new(
             400,
             IssueCode::NotSupported,
@@ -41,7 +58,9 @@ pub fn dispatch(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
 
 /// `Patient/$match` (FHIR R4): the input Patient's likely matches among the stored ones,
 /// scored (posterior probability) and graded (`certain` / `probable` / `possible`).
-fn patient_match(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+fn patient_match(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
+    g.act("match");
+    g.may("Patient", Perms::SEARCH)?;
     let body = crate::engine::parse_json(&req.body)?;
     if body["resourceType"] != "Parameters" {
         return Err(ApiError::bad_request("$match takes a Parameters resource")
@@ -80,7 +99,13 @@ fn patient_match(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
             continue;
         }
         let id = m.id.trim_start_matches("Patient/").to_string();
-        if let Some(stored) = engine.store.read("Patient", &id)? {
+        // Matches outside the reader's authorization are not shown (nor counted).
+        if let Some(stored) = engine
+            .store
+            .read("Patient", &id, &g.scope)?
+            .found()
+            .filter(|s| !s.deleted)
+        {
             entries.push((id, m, stored));
         }
     }
@@ -95,7 +120,7 @@ fn patient_match(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
                     "score": (m.probability * 1e4).round() / 1e4
                 }
             }),
-            Some(&stored.body),
+            Some(&g.release(&stored)),
         );
     }
     let bytes = w.finish();
@@ -116,7 +141,17 @@ fn export_dir(engine: &Engine) -> PathBuf {
     engine.config.export_dir.clone()
 }
 
-fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiError> {
+/// What an export job records of who asked, so that the job reads as them and only they
+/// can fetch its files.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobRequest {
+    url: String,
+    principal: Principal,
+    reason: Option<String>,
+}
+
+fn kick_off(engine: &Engine, req: &Req, g: &Guard, level: ExportLevel) -> Result<Resp, ApiError> {
+    g.act("export");
     if !req
         .header("prefer")
         .is_some_and(|p| p.contains("respond-async"))
@@ -176,20 +211,44 @@ fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiE
             _ => {}
         }
     }
+    types.retain(|t| g.scope.allows_type(t) && g.principal.scopes.allows(t, Perms::READ));
+    if types.is_empty() {
+        return Err(ApiError::new(
+            403,
+            IssueCode::Forbidden,
+            "None of the requested types may be exported with this access token",
+        ));
+    }
     let job = uuid::Uuid::new_v4().to_string();
     let request_url = format!("{}/{}", req.base, req.segments.join("/"));
     let now = now_ms();
+    let record = JobRequest {
+        url: request_url.clone(),
+        principal: (*g.principal).clone(),
+        reason: g.reason.clone(),
+    };
     engine.store.exec_admin(
         "INSERT INTO jobs (id, kind, state, request, result, created, updated) VALUES (?, 'export', 'running', ?, '', ?, ?)",
-        &[Val::Text(job.clone()), Val::Text(request_url.clone()), Val::Int(now), Val::Int(now)],
+        &[Val::Text(job.clone()), Val::Text(serde_json::to_string(&record).unwrap_or_default()), Val::Int(now), Val::Int(now)],
     )?;
+    g.touch(format!("$export/{job}"), 0);
     let patients_only = matches!(level, ExportLevel::Patient);
     let e = engine.clone();
     let j = job.clone();
     let base = req.base.clone();
     std::thread::spawn(move || {
+        // The job reads as the one who asked, with the grants in force when it runs.
+        let g = Guard::new(
+            &e,
+            std::sync::Arc::new(record.principal),
+            record.reason,
+            None,
+            format!("export job {j}: {request_url}"),
+        );
+        g.act("export");
         let result = run_export(
             &e,
+            &g,
             &j,
             &types,
             since,
@@ -197,6 +256,11 @@ fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiE
             &base,
             &request_url,
             now,
+        );
+        g.finish(
+            &e,
+            if result.is_ok() { 200 } else { 500 },
+            result.as_ref().err().cloned(),
         );
         let (state, text) = match result {
             Ok(manifest) => ("done", manifest.to_string()),
@@ -228,6 +292,7 @@ fn kick_off(engine: &Engine, req: &Req, level: ExportLevel) -> Result<Resp, ApiE
 #[allow(clippy::too_many_arguments)]
 fn run_export(
     engine: &Engine,
+    g: &Guard,
     job: &str,
     types: &[String],
     since: Option<i64>,
@@ -246,7 +311,7 @@ fn run_export(
         loop {
             let (batch, last) = engine
                 .store
-                .scan(t, since, patients_only, after, 1000)
+                .scan(t, since, patients_only, after, 1000, &g.scope)
                 .map_err(|e| e.to_string())?;
             if batch.is_empty() {
                 break;
@@ -260,7 +325,7 @@ fn run_export(
                 }
             };
             for s in &batch {
-                f.write_all(&s.body)
+                f.write_all(&g.release(s))
                     .and_then(|_| f.write_all(b"\n"))
                     .map_err(|e| e.to_string())?;
                 count += 1;
@@ -275,26 +340,37 @@ fn run_export(
     Ok(json!({
         "transactionTime": format_instant(started),
         "request": request_url,
-        "requiresAccessToken": false,
+        "requiresAccessToken": true,
         "output": output,
         "error": []
     }))
 }
 
-fn job_row(engine: &Engine, job: &str) -> Result<(String, String), ApiError> {
+/// The state and result of an export job, if the requester is the one who started it (or the
+/// platform).
+fn job_row(engine: &Engine, g: &Guard, job: &str) -> Result<(String, String), ApiError> {
+    g.act("export");
+    g.touch(format!("$export/{job}"), 0);
     let rows = engine.store.query_admin(
-        "SELECT state, result FROM jobs WHERE id = ? AND kind = 'export'",
+        "SELECT state, result, request FROM jobs WHERE id = ? AND kind = 'export'",
         &[Val::Text(job.into())],
     )?;
     let r = rows
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("No export job {job}")))?;
+    let owner: Option<JobRequest> = serde_json::from_str(r[2].text()).ok();
+    let mine = owner.is_some_and(|o| {
+        o.principal.kind == g.principal.kind && o.principal.subject == g.principal.subject
+    });
+    if !mine && g.principal.kind != Kind::Platform {
+        return Err(ApiError::not_found(format!("No export job {job}")));
+    }
     Ok((r[0].text().to_string(), r[1].text().to_string()))
 }
 
-fn status(engine: &Engine, _req: &Req, job: &str) -> Result<Resp, ApiError> {
-    let (state, result) = job_row(engine, job)?;
+fn status(engine: &Engine, g: &Guard, job: &str) -> Result<Resp, ApiError> {
+    let (state, result) = job_row(engine, g, job)?;
     match state.as_str() {
         "running" => Ok(Resp {
             status: 202,
@@ -317,8 +393,8 @@ fn status(engine: &Engine, _req: &Req, job: &str) -> Result<Resp, ApiError> {
     }
 }
 
-fn cancel(engine: &Engine, job: &str) -> Result<Resp, ApiError> {
-    job_row(engine, job)?;
+fn cancel(engine: &Engine, g: &Guard, job: &str) -> Result<Resp, ApiError> {
+    job_row(engine, g, job)?;
     engine.store.exec_admin(
         "UPDATE jobs SET state = 'cancelled' WHERE id = ?",
         &[Val::Text(job.into())],
@@ -331,8 +407,8 @@ fn cancel(engine: &Engine, job: &str) -> Result<Resp, ApiError> {
     })
 }
 
-fn file(engine: &Engine, job: &str, name: &str) -> Result<Resp, ApiError> {
-    let (state, _) = job_row(engine, job)?;
+fn file(engine: &Engine, g: &Guard, job: &str, name: &str) -> Result<Resp, ApiError> {
+    let (state, _) = job_row(engine, g, job)?;
     let t = name.strip_suffix(".ndjson").unwrap_or("");
     if state != "done" || !Definitions::get().is_resource_type(t) {
         return Err(ApiError::not_found(format!(

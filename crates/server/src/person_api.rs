@@ -13,15 +13,19 @@ use hutong_store::search::Everything;
 use hutong_store::{Query, Stored};
 use serde_json::{json, Value};
 
+use hutong_access::principal::{Kind, Role};
+use hutong_store::{Lookup, Scope};
+
 use crate::engine::{parse_json, Body, BundleWriter, Engine, Req, Resp};
 use crate::error::ApiError;
+use crate::guard::Guard;
 use crate::persons::{review_pair, Registry};
 
 /// The named parameters of a `Parameters` body.
-struct Params(Vec<Value>);
+pub(crate) struct Params(Vec<Value>);
 
 impl Params {
-    fn parse(req: &Req, op: &str) -> Result<Params, ApiError> {
+    pub(crate) fn parse(req: &Req, op: &str) -> Result<Params, ApiError> {
         let body = parse_json(&req.body)?;
         if body["resourceType"] != "Parameters" {
             return Err(
@@ -34,11 +38,11 @@ impl Params {
         ))
     }
 
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.0.iter().filter(move |p| p["name"] == name)
     }
 
-    fn string(&self, name: &str) -> Option<String> {
+    pub(crate) fn string(&self, name: &str) -> Option<String> {
         self.all(name).find_map(|p| {
             ["valueString", "valueCode"]
                 .iter()
@@ -49,7 +53,7 @@ impl Params {
         })
     }
 
-    fn required(&self, name: &str, op: &str) -> Result<String, ApiError> {
+    pub(crate) fn required(&self, name: &str, op: &str) -> Result<String, ApiError> {
         self.string(name).ok_or_else(|| {
             ApiError::new(
                 400,
@@ -61,7 +65,7 @@ impl Params {
     }
 
     /// References of `rtype` named `name` (valueReference or a valueString `Type/id`).
-    fn refs(&self, name: &str, rtype: &str) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn refs(&self, name: &str, rtype: &str) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         for p in self.all(name) {
             let r = p["valueReference"]["reference"]
@@ -81,12 +85,12 @@ impl Params {
         Ok(out)
     }
 
-    fn boolean(&self, name: &str) -> bool {
+    pub(crate) fn boolean(&self, name: &str) -> bool {
         self.all(name).any(|p| p["valueBoolean"] == true)
     }
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
     if hutong_fhir::is_valid_id(id) {
         Ok(())
     } else {
@@ -94,12 +98,46 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Link management is for identity stewards (and the platform itself).
+fn steward(g: &Guard, op: &str) -> Result<(), ApiError> {
+    g.act(op.trim_start_matches('$'));
+    if g.principal.kind == Kind::Platform || g.principal.has_role(Role::IdentitySteward) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            403,
+            IssueCode::Forbidden,
+            format!("{op} is for identity stewards"),
+        ))
+    }
+}
+
+/// Who a change is recorded as: the signed-in steward; the platform's own clients may name
+/// the person they act for (`author`).
+fn author(g: &Guard, p: &Params) -> String {
+    let me = g
+        .principal
+        .name
+        .clone()
+        .map(|n| format!("{n} ({})", g.principal.subject))
+        .unwrap_or_else(|| g.principal.subject.clone());
+    match (g.principal.kind, p.string("author")) {
+        (Kind::Platform, Some(a)) => a,
+        _ => me,
+    }
+}
+
 /// Runs a registry change; a refused change is a 422 with the reason.
 fn change<T>(
     engine: &Engine,
+    g: &Guard,
     f: impl FnOnce(&mut Registry, &hutong_mpi::index::Index) -> Result<T, String>,
 ) -> Result<T, ApiError> {
-    engine.matcher.change(&engine.store, f)?.map_err(|msg| {
+    let mut entry = g.entry();
+    entry.outcome = 200;
+    let r = engine.matcher.change(&engine.store, &entry, f)?;
+    g.committed();
+    r.map_err(|msg| {
         let status = if msg.ends_with("is not known") {
             404
         } else {
@@ -115,11 +153,12 @@ fn change<T>(
 }
 
 /// The current versions of the persons a change touched, as a Parameters resource.
-fn persons_out(engine: &Engine, ids: &[String]) -> Result<Resp, ApiError> {
+fn persons_out(engine: &Engine, g: &Guard, ids: &[String]) -> Result<Resp, ApiError> {
     let mut params = Vec::new();
     for id in ids {
-        if let Some(s) = engine.store.read("Person", id)? {
-            params.push(json!({"name": "person", "resource": s.json()?}));
+        if let Some(s) = engine.store.read("Person", id, &g.scope)?.found() {
+            let v: Value = serde_json::from_slice(&g.release(&s)).unwrap_or(Value::Null);
+            params.push(json!({"name": "person", "resource": v}));
         }
     }
     Ok(Resp::json(
@@ -128,10 +167,11 @@ fn persons_out(engine: &Engine, ids: &[String]) -> Result<Resp, ApiError> {
     ))
 }
 
-pub fn link(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn link(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
+    steward(g, "$link")?;
     let p = Params::parse(req, "$link")?;
-    let author = p.required("author", "$link")?;
+    let author = author(g, &p);
     let reason = p.required("reason", "$link")?;
     let patients = p.refs("patient", "Patient")?;
     let [patient] = patients.as_slice() else {
@@ -139,36 +179,38 @@ pub fn link(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> 
     };
     let force = p.boolean("force");
     let patient = format!("Patient/{patient}");
-    let left = change(engine, |reg, index| {
+    let left = change(engine, g, |reg, index| {
         let before = reg.person_of(&patient).map(String::from);
         reg.link(index, person, &patient, &author, &reason, force)?;
         Ok(before)
     })?;
     let mut ids = vec![person.to_string()];
     ids.extend(left.filter(|l| l != person));
-    persons_out(engine, &ids)
+    persons_out(engine, g, &ids)
 }
 
-pub fn unlink(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn unlink(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
+    steward(g, "$unlink")?;
     let p = Params::parse(req, "$unlink")?;
-    let author = p.required("author", "$unlink")?;
+    let author = author(g, &p);
     let reason = p.required("reason", "$unlink")?;
     let patients = p.refs("patient", "Patient")?;
     let [patient] = patients.as_slice() else {
         return Err(ApiError::bad_request("$unlink needs exactly one 'patient'"));
     };
     let patient = format!("Patient/{patient}");
-    let new = change(engine, |reg, _| {
+    let new = change(engine, g, |reg, _| {
         reg.unlink(person, &patient, &author, &reason)
     })?;
-    persons_out(engine, &[person.to_string(), new])
+    persons_out(engine, g, &[person.to_string(), new])
 }
 
-pub fn merge(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn merge(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
+    steward(g, "$merge")?;
     let p = Params::parse(req, "$merge")?;
-    let author = p.required("author", "$merge")?;
+    let author = author(g, &p);
     let reason = p.required("reason", "$merge")?;
     let sources = p.refs("source", "Person")?;
     let [source] = sources.as_slice() else {
@@ -176,14 +218,17 @@ pub fn merge(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError>
             "$merge needs exactly one 'source' Person",
         ));
     };
-    change(engine, |reg, _| reg.merge(person, source, &author, &reason))?;
-    persons_out(engine, &[person.to_string(), source.clone()])
+    change(engine, g, |reg, _| {
+        reg.merge(person, source, &author, &reason)
+    })?;
+    persons_out(engine, g, &[person.to_string(), source.clone()])
 }
 
-pub fn split(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn split(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
+    steward(g, "$split")?;
     let p = Params::parse(req, "$split")?;
-    let author = p.required("author", "$split")?;
+    let author = author(g, &p);
     let reason = p.required("reason", "$split")?;
     let patients: Vec<String> = p
         .refs("patient", "Patient")?
@@ -191,18 +236,19 @@ pub fn split(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError>
         .map(|id| format!("Patient/{id}"))
         .collect();
     let into = p.refs("into", "Person")?.into_iter().next();
-    let new = change(engine, |reg, _| {
+    let new = change(engine, g, |reg, _| {
         reg.split(person, &patients, into.as_deref(), &author, &reason)
     })?;
-    persons_out(engine, &[person.to_string(), new])
+    persons_out(engine, g, &[person.to_string(), new])
 }
 
 /// `Task/{id}/$decide`: a reviewer's decision on a possible duplicate — `same` merges the two
 /// persons, `different` keeps them apart for good (and separates them if they were together).
-pub fn decide(engine: &Engine, req: &Req, task: &str) -> Result<Resp, ApiError> {
+pub fn decide(engine: &Engine, req: &Req, g: &Guard, task: &str) -> Result<Resp, ApiError> {
     check_id(task)?;
+    steward(g, "$decide")?;
     let p = Params::parse(req, "$decide")?;
-    let author = p.required("author", "$decide")?;
+    let author = author(g, &p);
     let reason = p.required("reason", "$decide")?;
     let decision = p.required("decision", "$decide")?;
     let same = match decision.as_str() {
@@ -216,7 +262,8 @@ pub fn decide(engine: &Engine, req: &Req, task: &str) -> Result<Resp, ApiError> 
     };
     let stored = engine
         .store
-        .read("Task", task)?
+        .read("Task", task, &Scope::All)?
+        .found()
         .filter(|s| !s.deleted)
         .ok_or_else(|| ApiError::not_found(format!("Task/{task} is not known")))?;
     let mut t = stored.json()?;
@@ -238,7 +285,7 @@ pub fn decide(engine: &Engine, req: &Req, task: &str) -> Result<Resp, ApiError> 
         )));
     };
     let why = format!("review Task/{task}: {reason}");
-    change(engine, |reg, _| reg.decide(&a, &b, same, &author, &why))?;
+    change(engine, g, |reg, _| reg.decide(&a, &b, same, &author, &why))?;
     t["status"] = json!("completed");
     t["lastModified"] = json!(hutong_fhir::date::format_instant(
         hutong_fhir::date::now_ms()
@@ -246,23 +293,25 @@ pub fn decide(engine: &Engine, req: &Req, task: &str) -> Result<Resp, ApiError> 
     t["owner"] = json!({"display": author});
     t["note"] = json!([{"authorString": author, "text": reason}]);
     t["output"] = json!([{"type": {"text": "decision"}, "valueCode": decision}]);
-    let s = engine
-        .store
-        .write(|tx| crate::persons::write_task(tx, task, t.clone()))?;
+    let s = g.write(engine, |tx| {
+        Ok(crate::persons::write_task(tx, task, t.clone())?)
+    })?;
     Ok(Resp::json(200, s.json()?))
 }
 
-/// Every resource of every Patient linked to the person, once each.
-fn person_resources(
+/// Every resource of every Patient linked to the person that the reader may see, once each.
+pub(crate) fn person_resources(
     engine: &Engine,
+    g: &Guard,
     person: &str,
     filter: &Everything,
 ) -> Result<(Stored, Vec<Stored>), ApiError> {
-    let me = engine
-        .store
-        .read("Person", person)?
-        .filter(|s| !s.deleted)
-        .ok_or_else(|| ApiError::not_found(format!("Person/{person} is not known")))?;
+    g.on_behalf_of(person);
+    let me = match engine.store.read("Person", person, &g.scope)? {
+        Lookup::Found(s) if !s.deleted => s,
+        Lookup::Hidden => return Err(g.hidden(&format!("Person/{person}"))),
+        _ => return Err(ApiError::not_found(format!("Person/{person} is not known"))),
+    };
     let patients = engine
         .matcher
         .view(&engine.store, |reg| reg.patients(person))?;
@@ -274,7 +323,7 @@ fn person_resources(
         e.count = 5_000;
         e.offset = 0;
         loop {
-            let page = engine.store.everything(&e)?;
+            let page = engine.store.everything(&e, &g.scope)?;
             let n = page.matches.len();
             for s in page.matches {
                 if s.rtype != "Person" && seen.insert((s.rtype.clone(), s.id.clone())) {
@@ -345,10 +394,11 @@ fn everything_filter(req: &Req) -> Result<(Everything, usize, usize), ApiError> 
 /// `Person/{id}/$everything`: the person first, then every linked Patient's resources from
 /// every institution in chronological order (clinical time; undated ones last, by
 /// collection), each with its own `meta.source` and collection time.
-pub fn everything(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
+    g.act("everything");
     let (filter, count, offset) = everything_filter(req)?;
-    let (me, all) = person_resources(engine, person, &filter)?;
+    let (me, all) = person_resources(engine, g, person, &filter)?;
     let mut keyed: Vec<(Option<i64>, i64, Stored)> = Vec::with_capacity(all.len());
     for s in all {
         let v = s.json()?;
@@ -396,7 +446,7 @@ pub fn everything(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiE
     for s in everything.skip(offset).take(count) {
         w.entry(
             json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}),
-            Some(&s.body),
+            Some(&g.release(s)),
         );
     }
     Ok(Resp {
@@ -427,9 +477,10 @@ fn status_code(v: &Value, field: &str) -> Option<String> {
 /// problems, allergies, current medications, the last result of each test, vaccinations and
 /// recent encounters — as a Bundle whose Composition lists each section (sections follow the
 /// International Patient Summary).
-pub fn summary(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiError> {
+pub fn summary(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     check_id(person)?;
-    let (_, all) = person_resources(engine, person, &Everything::default())?;
+    g.act("summary");
+    let (_, all) = person_resources(engine, g, person, &Everything::default())?;
     let mut items: Vec<(Option<i64>, Value, Stored)> = Vec::new();
     for s in all {
         let v = s.json()?;
@@ -559,7 +610,7 @@ pub fn summary(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiErro
         let s = &items[i].2;
         w.entry(
             json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id)}),
-            Some(&s.body),
+            Some(&g.release(s)),
         );
     }
     Ok(Resp {
@@ -571,7 +622,9 @@ pub fn summary(engine: &Engine, req: &Req, person: &str) -> Result<Resp, ApiErro
 
 /// `Patient/$ihe-pix` (IHE PIXm): given one institution's identifier, the identifiers and
 /// Patients that every other institution holds for the same person.
-pub fn pix(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
+pub fn pix(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
+    g.act("pix");
+    g.may("Patient", hutong_access::Perms::SEARCH)?;
     let mut source = None;
     let mut targets: Vec<String> = Vec::new();
     for (k, v) in &req.query {
@@ -603,7 +656,7 @@ pub fn pix(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
         &[("identifier".to_string(), source.clone())],
         true,
     )?;
-    let found = engine.store.search(&q)?;
+    let found = engine.store.search(&q, &g.scope)?;
     if found.matches.is_empty() {
         return Err(ApiError::not_found(format!(
             "No Patient has the identifier {source}"
@@ -631,10 +684,16 @@ pub fn pix(engine: &Engine, req: &Req) -> Result<Resp, ApiError> {
     let mut seen = HashSet::new();
     for p in &linked {
         let id = p.trim_start_matches("Patient/");
-        let Some(s) = engine.store.read("Patient", id)?.filter(|s| !s.deleted) else {
+        // Only the cross-references the reader is authorized to see.
+        let Some(s) = engine
+            .store
+            .read("Patient", id, &g.scope)?
+            .found()
+            .filter(|s| !s.deleted)
+        else {
             continue;
         };
-        let v = s.json()?;
+        let v: Value = serde_json::from_slice(&g.release(&s)).unwrap_or(Value::Null);
         let mut any = false;
         for i in v["identifier"].as_array().into_iter().flatten() {
             let sys = i["system"].as_str().unwrap_or("");

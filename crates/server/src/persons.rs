@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_mpi::compare::known_apart;
 use hutong_mpi::index::{Grade, Index};
-use hutong_store::{StoreError, Stored, Tx};
+use hutong_store::{Scope, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
 /// `meta.source` of everything the identity service writes.
@@ -86,6 +86,9 @@ pub struct Registry {
     tasks: Vec<Value>,
     /// Source (`meta.source`) trust ranks for survivorship; higher wins, default 0.
     pub trust: HashMap<String, i32>,
+    /// Persons whose links changed since the matcher last published them to the access
+    /// decision's directory.
+    pub touched: BTreeSet<String>,
 }
 
 /// Parses the links of a stored Person.
@@ -117,7 +120,7 @@ impl Registry {
         let mut reg = Registry::default();
         let mut after = i64::MIN;
         loop {
-            let (page, last) = store.scan("Person", None, false, after, 5_000)?;
+            let (page, last) = store.scan("Person", None, false, after, 5_000, &Scope::All)?;
             if page.is_empty() {
                 break;
             }
@@ -128,7 +131,7 @@ impl Registry {
         }
         let mut after = i64::MIN;
         loop {
-            let (page, last) = store.scan("Task", None, false, after, 5_000)?;
+            let (page, last) = store.scan("Task", None, false, after, 5_000, &Scope::All)?;
             if page.is_empty() {
                 break;
             }
@@ -173,6 +176,7 @@ impl Registry {
             self.person_of.insert(l.patient.clone(), s.id.clone());
         }
         self.persons.insert(s.id.clone(), e);
+        self.touched.insert(s.id.clone());
     }
 
     pub fn apply_task(&mut self, v: &Value) {
@@ -440,24 +444,33 @@ impl Registry {
     }
 
     /// Writes when enough has changed to be worth a transaction of its own.
-    pub fn maybe_flush(&mut self, store: &hutong_store::Store) -> Result<(), StoreError> {
+    pub fn maybe_flush(
+        &mut self,
+        store: &hutong_store::Store,
+        audit: &hutong_audit::Entry,
+    ) -> Result<(), StoreError> {
         if self.dirty.len() >= FLUSH_EVERY {
-            self.flush(store)?;
+            self.flush(store, audit)?;
         }
         Ok(())
     }
 
     /// Writes every changed Person, then the Provenance of each activity (naming the Person
-    /// versions it produced) and new review Tasks — one transaction.
-    pub fn flush(&mut self, store: &hutong_store::Store) -> Result<(), StoreError> {
+    /// versions it produced) and new review Tasks — one transaction, audited as `audit`.
+    pub fn flush(
+        &mut self,
+        store: &hutong_store::Store,
+        audit: &hutong_audit::Entry,
+    ) -> Result<(), StoreError> {
         if !self.is_dirty() {
             return Ok(());
         }
         let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        self.touched.extend(dirty.iter().cloned());
         let activities = std::mem::take(&mut self.activities);
         let tasks = std::mem::take(&mut self.tasks);
         let now = now_ms();
-        let written = store.write(|tx| {
+        let written = store.write(&audit.hook(), |tx| {
             let mut versions: HashMap<String, (i64, i64)> = HashMap::new();
             for id in &dirty {
                 let Some(e) = self.persons.get(id) else {
@@ -484,6 +497,9 @@ impl Registry {
             }
             for t in &tasks {
                 let mut v = t.clone();
+                // A review names two people's records: for the platform, not for their
+                // institutions.
+                hutong_fhir::security::add_labels(&mut v, hutong_fhir::security::ACCESS_RECORD);
                 crate::engine::stamp(&mut v, PLATFORM_SOURCE, now);
                 tx.create("Task", None, v)?;
             }
@@ -858,7 +874,7 @@ pub fn catch_up(
     let from = since.saturating_sub(5_000);
     let mut changes: Vec<Stored> = Vec::new();
     loop {
-        let (page, _) = store.history(&scope, Some(from), 1_000, changes.len())?;
+        let (page, _) = store.history(&scope, Some(from), 1_000, changes.len(), &Scope::All)?;
         if page.is_empty() {
             break;
         }
@@ -874,6 +890,7 @@ pub fn catch_up(
 
 /// Writes a Task update (a review decision) in the same way as the registry's writes.
 pub fn write_task(tx: &mut Tx<'_>, id: &str, mut v: Value) -> Result<Stored, StoreError> {
+    hutong_fhir::security::add_labels(&mut v, hutong_fhir::security::ACCESS_RECORD);
     crate::engine::stamp(&mut v, PLATFORM_SOURCE, now_ms());
     tx.update("Task", id, v, None).map(|(s, _)| s)
 }

@@ -285,7 +285,7 @@ async fn link_unlink_merge_and_split_are_recorded_and_reversible() {
         .to_string();
     assert_ne!(pa, pb);
 
-    // who and why are required.
+    // Why is required (who is the signed-in principal).
     let r = op(
         &app,
         &format!("Person/{pa}/$merge"),
@@ -293,7 +293,7 @@ async fn link_unlink_merge_and_split_are_recorded_and_reversible() {
     )
     .await;
     assert_eq!(r.status, 400);
-    assert!(r.diagnostics().contains("author"));
+    assert!(r.diagnostics().contains("reason"));
 
     // Merge: one person with both records; the other retired, pointing at the survivor.
     let r = op(

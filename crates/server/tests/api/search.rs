@@ -163,9 +163,18 @@ async fn bulk_export_kick_off_poll_and_download() {
     assert_eq!(outputs.len(), 2);
     let obs = outputs.iter().find(|o| o["type"] == "Observation").unwrap();
     assert_eq!(obs["count"], 5);
+    assert_eq!(manifest["requiresAccessToken"], true);
+    let anonymous = app
+        .client
+        .get(obs["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "export files need the token");
     let text = app
         .client
         .get(obs["url"].as_str().unwrap())
+        .bearer_auth(&app.token)
         .send()
         .await
         .unwrap()

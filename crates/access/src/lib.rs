@@ -1,0 +1,214 @@
+//! Authorized access for Hutong: who is asking, what the resident authorized, and what
+//! that lets them see.
+//!
+//! Layout:
+//! - [`principal`]: principals (institution systems, clinicians, residents, operators, the
+//!   platform) and SMART scopes.
+//! - [`keys`]: the keyring (token and checkpoint signing keys, data keys, the index key).
+//! - [`token`]: signed access tokens.
+//! - [`accounts`]: clients, users, one-time codes, lockout, the message gateway.
+//! - [`grants`]: residents' grants as FHIR `Consent`, indexed.
+//! - [`decision`]: the access decision — a store scope, a masking view, write permission.
+//! - [`mask`]: masking of identity data.
+//! - [`classify`]: sensitivity labels added at intake.
+//! - [`protect`]: encryption of identity data at rest and its searchable keyed hashes.
+//! - [`Access`]: all of it together, as the server holds it.
+//!
+//! Architecture invariant: every read the server makes on behalf of someone goes through
+//! [`Access::scope`]; nothing here does I/O except through the store it is given.
+
+pub mod accounts;
+pub mod classify;
+pub mod decision;
+pub mod grants;
+pub mod keys;
+pub mod mask;
+pub mod principal;
+pub mod protect;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use hutong_store::{HistoryScope, Scope, Store, StoreError};
+
+pub use accounts::{Accounts, AuthError};
+pub use decision::{Asker, Directory, Refusal};
+pub use grants::{Grant, Grantee, Grants, Method, Status};
+pub use keys::Keyring;
+pub use mask::View;
+pub use principal::{Kind, Perms, Principal, Role, Scopes};
+
+/// Durations of grants.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a grant by SMS code or app approval lasts (default 24 h).
+    pub grant_ms: i64,
+    /// How long break-glass access lasts (default 4 h).
+    pub break_glass_ms: i64,
+    /// How long before and after an appointment its grant holds (default 2 h before, 24 h
+    /// after its end).
+    pub appointment_before_ms: i64,
+    pub appointment_after_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            grant_ms: 24 * 3_600_000,
+            break_glass_ms: 4 * 3_600_000,
+            appointment_before_ms: 2 * 3_600_000,
+            appointment_after_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+type ScopeKey = (String, u64, u64);
+
+/// The access service: keys, tokens, accounts, grants and the decision over them.
+pub struct Access {
+    pub keys: Arc<RwLock<Keyring>>,
+    pub tokens: token::Tokens,
+    pub accounts: Accounts,
+    pub grants: RwLock<Grants>,
+    pub classifier: classify::Classifier,
+    pub policy: Policy,
+    /// Last Consent change read from the store (ms).
+    synced: Mutex<(i64, i64)>,
+    /// Scopes computed for a principal, reused until grants or person links change or a
+    /// grant starts or ends.
+    scopes: Mutex<HashMap<ScopeKey, (Scope, i64)>>,
+}
+
+/// How often the grants are caught up from the store for changes other API nodes made.
+const SYNC_EVERY_MS: i64 = 1_000;
+
+impl Access {
+    pub fn new(
+        store: &Store,
+        keys: Arc<RwLock<Keyring>>,
+        issuer: &str,
+    ) -> Result<Access, StoreError> {
+        let accounts = Accounts::open(store.clone(), keys.clone())?;
+        let access = Access {
+            tokens: token::Tokens::new(keys.clone(), issuer),
+            keys,
+            accounts,
+            grants: RwLock::new(Grants::default()),
+            classifier: classify::Classifier::builtin(),
+            policy: Policy::default(),
+            synced: Mutex::new((i64::MIN, i64::MIN)),
+            scopes: Mutex::new(HashMap::new()),
+        };
+        access.sync_grants(store, true)?;
+        Ok(access)
+    }
+
+    /// Reads Consent changes from the store (all of them the first time; then what changed
+    /// since, at most once a second unless `force`).
+    pub fn sync_grants(&self, store: &Store, force: bool) -> Result<(), StoreError> {
+        let now = hutong_fhir::date::now_ms();
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && now - synced.1 < SYNC_EVERY_MS {
+            return Ok(());
+        }
+        // Writes may commit a little after they were stamped: look back a few seconds.
+        let since = if synced.0 == i64::MIN {
+            None
+        } else {
+            Some(synced.0 - 5_000)
+        };
+        let mut offset = 0;
+        let mut versions = Vec::new();
+        loop {
+            let (page, _) = store.history(
+                &HistoryScope::Type("Consent".into()),
+                since,
+                1000,
+                offset,
+                &Scope::All,
+            )?;
+            let n = page.len();
+            versions.extend(page);
+            if n < 1000 {
+                break;
+            }
+            offset += n;
+        }
+        // Oldest first, and only each Consent's newest version counts.
+        versions.sort_by_key(|s| (s.last_updated, s.version));
+        let mut grants = self.grants.write().unwrap_or_else(|e| e.into_inner());
+        let mut newest = synced.0;
+        for s in versions {
+            newest = newest.max(s.last_updated);
+            if s.deleted {
+                continue;
+            }
+            if let Ok(v) = s.json() {
+                if let Some(g) = Grant::from_consent(&v) {
+                    let stale = grants
+                        .get(&g.id)
+                        .is_some_and(|old| old.recorded > g.recorded);
+                    if !stale {
+                        grants.put(g);
+                    }
+                }
+            }
+        }
+        *synced = (newest, now);
+        Ok(())
+    }
+
+    /// The rows `a` may see now, given the persons' Patients in `dir`.
+    pub fn scope(&self, a: Asker<'_>, dir: &dyn Directory, dir_generation: u64) -> Scope {
+        let now = hutong_fhir::date::now_ms();
+        let grants = self.grants.read().unwrap_or_else(|e| e.into_inner());
+        let key: ScopeKey = (
+            format!(
+                "{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
+                a.principal.kind,
+                a.principal.subject,
+                a.principal.institution,
+                a.principal.person,
+                a.principal.roles,
+                a.principal.scopes,
+                a.reason.is_some()
+            ),
+            grants.generation,
+            dir_generation,
+        );
+        if let Some((s, until)) = self
+            .scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            if now < *until {
+                return s.clone();
+            }
+        }
+        let s = decision::scope(a, &grants, dir, now);
+        let grantee = match (&a.principal.institution, &a.principal.person) {
+            (Some(i), _) => Some(Grantee::Institution(i.clone())),
+            (None, Some(p)) => Some(Grantee::Person(p.clone())),
+            _ => None,
+        };
+        let until = grantee
+            .and_then(|g| grants.next_change(&g, now))
+            .unwrap_or(i64::MAX);
+        let mut cache = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, (s.clone(), until));
+        s
+    }
+
+    /// Records a grant just written (this node sees it at once; others within a second).
+    pub fn grant_written(&self, g: Grant) {
+        self.grants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(g);
+    }
+}

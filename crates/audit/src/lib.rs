@@ -1,0 +1,268 @@
+//! The audit trail (信息审计跟踪, 防篡改): an entry for every access and change — who, on
+//! behalf of whom, what, why, when, from where, with what outcome — appended to the store's
+//! hash-chained log, pinned by signed checkpoints, verifiable end to end, and shown as FHIR
+//! `AuditEvent` (IHE BALP shape) to auditors and, about their own record, to residents.
+//!
+//! Layout:
+//! - [`Entry`]: what an entry records; [`Entry::hook`] makes it the audit entry of a write
+//!   transaction (appended before commit).
+//! - [`Sink`]: appends access entries in batches from a background thread.
+//! - [`checkpoint`]: signs each partition's head.
+//! - [`verify`]: walks every chain and names the first entry altered, inserted or deleted.
+//! - [`event`]: the AuditEvent view.
+
+pub mod checkpoint;
+pub mod event;
+pub mod verify;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use hutong_store::{AuditEntry, AuditHook, Change, Store};
+use serde::{Deserialize, Serialize};
+
+/// Who acted, as the entry records them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Who {
+    /// `system`, `clinician`, `resident`, `operator`, `platform`, or `anonymous`.
+    pub kind: String,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub institution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practitioner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When (ms since the epoch).
+    pub ts: i64,
+    /// What kind of act: `read`, `search`, `create`, `update`, `delete`, `transaction`,
+    /// `login`, `grant`, `break-glass`, …
+    pub action: String,
+    /// The HTTP status (or 200/4xx equivalents for the command line).
+    pub outcome: u16,
+    pub who: Who,
+    /// The person whose record a resident or proxy acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// Purpose of use (`TREAT`, `ETREAT`, `PWATRNY`, `HOPERAT`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The reason given (break-glass, an operator's recorded reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The request: method, path and query.
+    pub request: String,
+    /// Resources read or written (`Type/id/_history/n`), or persons acted on (`Person/id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<String>,
+    /// Why it was refused, or what else is worth knowing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Patient shards the entry is about (indexed, not part of the JSON).
+    #[serde(skip)]
+    pub subjects: Vec<i64>,
+}
+
+/// Entities listed in one entry at most; a larger read records its count instead.
+pub const MAX_ENTITIES: usize = 2_000;
+
+impl Entry {
+    /// The store's form of the entry.
+    pub fn to_store(&self) -> AuditEntry {
+        let mut subjects: Vec<i64> = self.subjects.iter().copied().filter(|s| *s != 0).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut e = self.clone();
+        if e.entities.len() > MAX_ENTITIES {
+            let n = e.entities.len();
+            e.entities.truncate(MAX_ENTITIES);
+            e.detail = Some(format!(
+                "{}{n} resources; the first {MAX_ENTITIES} are listed",
+                e.detail.map(|d| format!("{d}; ")).unwrap_or_default()
+            ));
+        }
+        AuditEntry {
+            ts: self.ts,
+            entry: serde_json::to_string(&e).expect("an entry serialises"),
+            subjects,
+        }
+    }
+
+    /// Parses a stored entry.
+    pub fn parse(json: &str) -> Option<Entry> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// The entry of a write transaction: this entry plus every version written.
+    pub fn hook(&self) -> WriteHook<'_> {
+        WriteHook(self)
+    }
+}
+
+/// An entry as the audit hook of a write transaction.
+pub struct WriteHook<'a>(&'a Entry);
+
+impl AuditHook for WriteHook<'_> {
+    fn entry(&self, changes: &[Change]) -> AuditEntry {
+        let mut e = self.0.clone();
+        e.ts = hutong_fhir::date::now_ms();
+        e.entities.extend(
+            changes
+                .iter()
+                .map(|c| format!("{}/{}/_history/{}", c.rtype, c.id, c.version)),
+        );
+        e.subjects.extend(changes.iter().map(|c| c.shard));
+        e.to_store()
+    }
+}
+
+struct Pending {
+    queued: u64,
+    written: u64,
+    failed: Option<String>,
+}
+
+/// Appends access entries in batches: requests hand their entry over and go on; a
+/// background thread writes whatever has gathered in one transaction, within milliseconds.
+/// The queue is bounded, so a stalled database slows requests down rather than losing
+/// entries; [`Sink::flush`] waits until everything handed over is written (shutdown, tests).
+pub struct Sink {
+    tx: mpsc::SyncSender<Entry>,
+    state: Arc<(Mutex<Pending>, Condvar)>,
+}
+
+const QUEUE: usize = 100_000;
+
+impl Sink {
+    pub fn start(store: Store) -> Sink {
+        let (tx, rx) = mpsc::sync_channel::<Entry>(QUEUE);
+        let state = Arc::new((
+            Mutex::new(Pending {
+                queued: 0,
+                written: 0,
+                failed: None,
+            }),
+            Condvar::new(),
+        ));
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("hutong-audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 5_000 {
+                        match rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    let rows: Vec<AuditEntry> = batch.iter().map(Entry::to_store).collect();
+                    // A failed batch is retried until it is written: entries are not dropped.
+                    let mut delay = 10;
+                    loop {
+                        match store.append_audit(&rows) {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::error!(error = %e, entries = rows.len(), "Writing audit entries failed; retrying.");
+                                st.0.lock().unwrap_or_else(|p| p.into_inner()).failed =
+                                    Some(e.to_string());
+                                std::thread::sleep(Duration::from_millis(delay));
+                                delay = (delay * 2).min(2_000);
+                            }
+                        }
+                    }
+                    let (m, cv) = &*st;
+                    let mut p = m.lock().unwrap_or_else(|e| e.into_inner());
+                    p.written += rows.len() as u64;
+                    p.failed = None;
+                    cv.notify_all();
+                }
+            })
+            .expect("spawn the audit writer");
+        Sink { tx, state }
+    }
+
+    /// Hands an entry over to be written.
+    pub fn record(&self, e: Entry) {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queued += 1;
+        if self.tx.send(e).is_err() {
+            tracing::error!("The audit writer has stopped; an entry could not be recorded.");
+        }
+    }
+
+    /// Waits until every entry handed over so far is written (or `timeout` passes).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (m, cv) = &*self.state;
+        let mut p = m.lock().unwrap_or_else(|e| e.into_inner());
+        let target = p.queued;
+        let deadline = std::time::Instant::now() + timeout;
+        while p.written < target {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = cv
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Entries handed over but not yet written, and the last write error if writing is
+    /// failing.
+    pub fn backlog(&self) -> (u64, Option<String>) {
+        let p = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        (p.queued - p.written, p.failed.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_cap_entities() {
+        let mut e = Entry {
+            ts: 5,
+            action: "search".into(),
+            outcome: 200,
+            request: "GET Observation?code=x".into(),
+            entities: (0..MAX_ENTITIES + 3)
+                .map(|i| format!("Observation/{i}"))
+                .collect(),
+            subjects: vec![3, 0, 3, 1],
+            ..Default::default()
+        };
+        let s = e.to_store();
+        assert_eq!(s.subjects, [1, 3]);
+        let back = Entry::parse(&s.entry).unwrap();
+        assert_eq!(back.entities.len(), MAX_ENTITIES);
+        assert!(back
+            .detail
+            .unwrap()
+            .contains(&format!("{}", MAX_ENTITIES + 3)));
+        e.entities.clear();
+        e.subjects.clear();
+        assert_eq!(Entry::parse(&e.to_store().entry).unwrap(), e);
+    }
+}

@@ -1,0 +1,277 @@
+//! The access decision as a request meets it: one [`Guard`] per request, made before the
+//! request is dispatched, holding who is asking, the store scope the decision gives them and
+//! the request's audit entry.
+//!
+//! Every read of the store on behalf of a request passes `guard.scope`; every resource that
+//! leaves in a response passes [`Guard::release`], which masks identity data as the decision
+//! says and records the resource (and whose record it is) in the audit entry; every write
+//! passes [`Guard::may_write`] and runs through [`Guard::write`], which commits the audit
+//! entry with the change. When the request ends, [`Guard::finish`] records the entry of a
+//! request that wrote nothing — reads, refusals, failures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hutong_access::principal::{Kind, Perms, Principal};
+use hutong_access::{decision, Asker, View};
+use hutong_audit::{Entry, Who};
+use hutong_fhir::IssueCode;
+use hutong_store::{Scope, Stored, Tx};
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+
+/// A request's view of the access decision and its audit entry.
+pub struct Guard {
+    pub principal: Arc<Principal>,
+    /// A reason the requester recorded (`X-Hutong-Reason`): operators need one to read
+    /// clinical content; it is kept in the audit entry either way.
+    pub reason: Option<String>,
+    pub scope: Scope,
+    entry: Mutex<Entry>,
+    committed: AtomicBool,
+}
+
+/// The audit `Who` of a principal.
+pub fn who(p: &Principal) -> Who {
+    Who {
+        kind: p.kind.as_str().to_string(),
+        subject: p.subject.clone(),
+        name: p.name.clone(),
+        institution: p.institution.clone(),
+        practitioner: p.practitioner.clone(),
+        person: p.person.clone(),
+        roles: p.roles.iter().map(|r| r.as_str().to_string()).collect(),
+    }
+}
+
+impl Guard {
+    /// The guard of a request by `principal`, its scope decided now.
+    pub fn new(
+        engine: &Engine,
+        principal: Arc<Principal>,
+        reason: Option<String>,
+        from: Option<String>,
+        request: String,
+    ) -> Guard {
+        let scope = {
+            let asker = Asker {
+                principal: &principal,
+                reason: reason.as_deref(),
+            };
+            let (dir, generation) = engine.matcher.directory();
+            engine.access.scope(asker, &dir, generation)
+        };
+        let entry = Entry {
+            ts: hutong_fhir::date::now_ms(),
+            action: String::new(),
+            outcome: 0,
+            who: who(&principal),
+            on_behalf_of: None,
+            purpose: purpose_of(&principal, reason.as_deref()).map(String::from),
+            reason: reason.clone(),
+            break_glass: false,
+            from,
+            request,
+            entities: Vec::new(),
+            detail: None,
+            subjects: Vec::new(),
+        };
+        Guard {
+            principal,
+            reason,
+            scope,
+            entry: Mutex::new(entry),
+            committed: AtomicBool::new(false),
+        }
+    }
+
+    /// A guard for the platform's own work (background jobs, the command line).
+    pub fn platform(engine: &Engine, who: &str, action: &str) -> Guard {
+        let g = Guard::new(
+            engine,
+            Arc::new(Principal::platform(who)),
+            None,
+            None,
+            action.to_string(),
+        );
+        g.act(action);
+        g
+    }
+
+    pub fn asker(&self) -> Asker<'_> {
+        Asker {
+            principal: &self.principal,
+            reason: self.reason.as_deref(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> T {
+        f(&mut self.entry.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Names the act being audited (`read`, `search`, `create`…).
+    pub fn act(&self, action: &str) {
+        self.with(|e| e.action = action.to_string());
+    }
+
+    pub fn action(&self) -> String {
+        self.with(|e| e.action.clone())
+    }
+
+    /// Adds to the entry's detail.
+    pub fn note(&self, detail: impl Into<String>) {
+        let d = detail.into();
+        self.with(|e| {
+            e.detail = Some(match e.detail.take() {
+                Some(x) => format!("{x}; {d}"),
+                None => d,
+            })
+        });
+    }
+
+    /// Marks the entry as break-glass access.
+    pub fn break_glass(&self, reason: &str) {
+        self.with(|e| {
+            e.break_glass = true;
+            e.purpose = Some("ETREAT".into());
+            e.reason = Some(reason.to_string());
+        });
+    }
+
+    /// Records that the request concerns a person's record (residents, proxies, person
+    /// operations).
+    pub fn on_behalf_of(&self, person: &str) {
+        self.with(|e| e.on_behalf_of = Some(person.to_string()));
+    }
+
+    /// Records an entity the request touched without returning it (a person acted on).
+    pub fn touch(&self, entity: String, shard: i64) {
+        self.with(|e| {
+            e.entities.push(entity);
+            if shard != 0 {
+                e.subjects.push(shard);
+            }
+        });
+    }
+
+    /// The identity view the decision gives this reader on a resource from `source`.
+    pub fn view(&self, source: &str) -> View {
+        decision::view(self.asker(), source)
+    }
+
+    /// The bytes of a stored resource as this reader may see them, recorded in the audit
+    /// entry. Every resource in a response goes through here.
+    pub fn release(&self, s: &Stored) -> Vec<u8> {
+        self.touch(
+            format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
+            s.shard,
+        );
+        let view = self.view(&s.source);
+        if view == View::Full || !hutong_access::mask::IDENTITY_TYPES.contains(&s.rtype.as_str()) {
+            return s.body.clone();
+        }
+        match serde_json::from_slice::<serde_json::Value>(&s.body) {
+            Ok(mut v) => {
+                hutong_access::mask::apply(&s.rtype, &mut v, view);
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Whether the token allows `perm` on `rtype` (403 otherwise).
+    pub fn may(&self, rtype: &str, perm: Perms) -> Result<(), ApiError> {
+        decision::may(self.asker(), rtype, perm).map_err(forbidden)
+    }
+
+    /// Whether this requester may write `rtype` over `existing` (403 otherwise).
+    pub fn may_write(
+        &self,
+        rtype: &str,
+        perm: Perms,
+        existing: Option<&Stored>,
+    ) -> Result<(), ApiError> {
+        decision::may_write(
+            self.asker(),
+            rtype,
+            perm,
+            existing.map(|s| s.source.as_str()),
+        )
+        .map_err(forbidden)
+    }
+
+    /// A read the scope hides: 403, naming the way in.
+    pub fn hidden(&self, what: &str) -> ApiError {
+        let how = match self.principal.kind {
+            Kind::System | Kind::Clinician => {
+                " Ask the resident for authorization (Person/{id}/$request-access), or declare an emergency ($break-glass)."
+            }
+            Kind::Operator => " Operators read clinical content only with a recorded reason (X-Hutong-Reason).",
+            _ => "",
+        };
+        ApiError::new(
+            403,
+            IssueCode::Forbidden,
+            format!("{what} is not in the records you are authorized to read.{how}"),
+        )
+    }
+
+    /// A snapshot of the entry (for a write transaction's hook).
+    pub fn entry(&self) -> Entry {
+        self.with(|e| e.clone())
+    }
+
+    /// Runs a write transaction whose audit entry is this request's entry plus what it wrote.
+    pub fn write<R>(
+        &self,
+        engine: &Engine,
+        f: impl FnMut(&mut Tx<'_>) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        let mut e = self.entry();
+        e.outcome = 200;
+        let r = engine.store.write(&e.hook(), f)?;
+        self.committed.store(true, Ordering::SeqCst);
+        Ok(r)
+    }
+
+    /// Notes that a write outside [`Guard::write`] committed this request's entry.
+    pub fn committed(&self) {
+        self.committed.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends the request: records its entry with the outcome, unless a write already
+    /// committed it.
+    pub fn finish(&self, engine: &Engine, status: u16, detail: Option<String>) {
+        if self.committed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut e = self.entry();
+        e.outcome = status;
+        if e.action.is_empty() {
+            e.action = "request".into();
+        }
+        if let Some(d) = detail {
+            e.detail = Some(match e.detail.take() {
+                Some(x) => format!("{x}; {d}"),
+                None => d,
+            });
+        }
+        engine.audit.record(e);
+    }
+}
+
+/// The purpose of use a principal acts under, for the audit entry.
+fn purpose_of(p: &Principal, reason: Option<&str>) -> Option<&'static str> {
+    match p.kind {
+        Kind::System | Kind::Clinician => Some("TREAT"),
+        Kind::Resident => Some("PATRQT"),
+        Kind::Operator if reason.is_some() => Some("HOPERAT"),
+        Kind::Operator => Some("HOPERAT"),
+        Kind::Platform => Some("HSYSADMIN"),
+    }
+}
+
+fn forbidden(r: hutong_access::Refusal) -> ApiError {
+    ApiError::new(403, IssueCode::Forbidden, r.0)
+}
