@@ -129,7 +129,7 @@ pub fn scope(a: Asker<'_>, grants: &Grants, dir: &dyn Directory, now: i64) -> Sc
             };
             let mut shards = BTreeMap::new();
             for g in grants.in_force_for(&Grantee::Institution(inst.clone()), now) {
-                shards_of(dir, &g.person, g.categories, &mut shards);
+                shards_of(dir, &g.person, security::opens(g.categories), &mut shards);
             }
             Scope::rows(RowScope {
                 types,
@@ -146,7 +146,7 @@ pub fn scope(a: Asker<'_>, grants: &Grants, dir: &dyn Directory, now: i64) -> Sc
             let mut shards = BTreeMap::new();
             shards_of(dir, me, security::ALL, &mut shards);
             for g in grants.in_force_for(&Grantee::Person(me.clone()), now) {
-                shards_of(dir, &g.person, g.categories, &mut shards);
+                shards_of(dir, &g.person, security::opens(g.categories), &mut shards);
             }
             Scope::rows(RowScope {
                 types,
@@ -209,7 +209,7 @@ pub fn may_write(
             }
             match (existing, &p.institution) {
                 (Some(src), Some(inst)) if src != inst => Err(Refusal(format!(
-                    "This {rtype} was submitted by {src}: an institution changes only its own submissions"
+                    "This {rtype} was submitted by another institution: an institution changes only its own submissions"
                 ))),
                 (_, None) => Err(Refusal("The client belongs to no institution".into())),
                 _ => Ok(()),

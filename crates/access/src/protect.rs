@@ -1,8 +1,9 @@
 //! Encryption of identity data at rest (信息加密): bodies of Patient, Person and
 //! RelatedPerson are sealed with AES-256-GCM under the keyring's current data key (its id in
 //! every sealed body, so rotated keys keep older bodies readable), and their identifiers,
-//! phones, e-mail addresses and names are indexed as HMAC-SHA256 keyed hashes — searchable
-//! by exact value (names by prefix), never stored in the clear.
+//! phones, e-mail addresses, names and street addresses are indexed as HMAC-SHA256 keyed
+//! hashes — searchable by exact value (names and addresses by prefix), never stored in the
+//! clear.
 
 use std::sync::{Arc, RwLock};
 
@@ -14,8 +15,9 @@ use hutong_store::codec::{Protector, SEALED};
 
 /// The types whose bodies carry a person's identity.
 pub const SEALED_TYPES: [&str; 3] = ["Patient", "Person", "RelatedPerson"];
-/// Their search parameters whose values identify a person.
-pub const BLINDED_PARAMS: [&str; 8] = [
+/// Their search parameters whose values identify a person (the street address and postcode
+/// among them; city, district and province stay searchable in the clear for statistics).
+pub const BLINDED_PARAMS: [&str; 10] = [
     "identifier",
     "telecom",
     "phone",
@@ -24,6 +26,8 @@ pub const BLINDED_PARAMS: [&str; 8] = [
     "family",
     "given",
     "phonetic",
+    "address",
+    "address-postalcode",
 ];
 
 /// The keyring as the store's protector.

@@ -178,10 +178,17 @@ pub fn verify(store: &Store, check_sig: Verifier<'_>) -> Result<Report, StoreErr
             }
             match hashes.get(&c.seq) {
                 Some(h) if *h == c.hash => signed_to = signed_to.max(c.seq),
-                // Deleted entries are reported already; a differing one means a rewrite.
+                // A differing entry means the trail up to it was rewritten.
                 Some(_) => report
                     .problems
                     .push(Problem::Rewritten { part, seq: c.seq }),
+                // Gone from the end, with the head moved back to hide it.
+                None if c.seq > last_seq => report.problems.push(Problem::Deleted {
+                    part,
+                    from: last_seq + 1,
+                    to: c.seq,
+                }),
+                // Gone from the middle: reported as a gap already.
                 None => {}
             }
         }

@@ -88,6 +88,16 @@ pub const CATEGORIES: &[Category] = &[
     },
 ];
 
+/// The sensitivity bits a grant naming `categories` opens: naming restricted items opens
+/// those the resident restricted too.
+pub fn opens(categories: u32) -> u32 {
+    if categories & RESTRICTED != 0 {
+        categories | RESIDENT_RESTRICTED
+    } else {
+        categories
+    }
+}
+
 /// The categories a grant may open by name (the platform's own records are not among them).
 pub fn grantable(name: &str) -> Option<&'static Category> {
     CATEGORIES

@@ -711,9 +711,12 @@ pub fn pix(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         }
     }
     for p in persons {
-        params.push(
-            json!({"name": "targetId", "valueReference": {"reference": format!("Person/{p}")}}),
-        );
+        // The person itself only for those who may read it.
+        if engine.store.read("Person", &p, &g.scope)?.found().is_some() {
+            params.push(
+                json!({"name": "targetId", "valueReference": {"reference": format!("Person/{p}")}}),
+            );
+        }
     }
     Ok(Resp::json(
         200,

@@ -2,6 +2,8 @@
 
 mod helpers;
 
+mod access;
+mod access_property;
 mod bundles;
 mod crud;
 mod errors;
