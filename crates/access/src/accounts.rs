@@ -201,14 +201,14 @@ impl Accounts {
         let sql = hutong_store::schema::insert_ignore(
             self.store.dialect(),
             "auth_client (client_id, kind, institution, name, scopes, booking, secret, \
-             previous_secret, created, disabled) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 0)",
+             previous_secret, created, disabled) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 0)",
         );
         let n = self.store.exec_admin(
             &sql,
             &[
                 Val::Text(c.client_id.clone()),
                 Val::Text(c.kind.as_str().into()),
-                c.institution.clone().map_or(Val::Null, Val::Text),
+                Val::Text(c.institution.clone().unwrap_or_default()),
                 Val::Text(c.name.clone()),
                 Val::Text(c.scopes.to_string()),
                 Val::Int(c.booking as i64),
@@ -356,8 +356,8 @@ impl Accounts {
                 Val::Text(u.username.clone()),
                 Val::Text(u.kind.as_str().into()),
                 Val::Text(u.name.clone()),
-                u.institution.clone().map_or(Val::Null, Val::Text),
-                u.practitioner.clone().map_or(Val::Null, Val::Text),
+                Val::Text(u.institution.clone().unwrap_or_default()),
+                Val::Text(u.practitioner.clone().unwrap_or_default()),
                 Val::Text(roles.join(",")),
                 Val::Text(hash_secret(password)),
                 Val::Int(now()),

@@ -100,6 +100,12 @@ pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
 /// A server on a fresh PostgreSQL database, or `None` when no server is reachable.
 #[allow(dead_code)]
 pub async fn spawn_pg_app() -> Option<TestApp> {
+    spawn_pg_app_with(|_| {}).await
+}
+
+/// The same, with settings adjusted by `f`.
+#[allow(dead_code)]
+pub async fn spawn_pg_app_with(f: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let ts = tokio::task::spawn_blocking(hutong_store::testing::postgres)
         .await
         .unwrap()?;
@@ -107,7 +113,9 @@ pub async fn spawn_pg_app() -> Option<TestApp> {
         hutong_store::Location::Postgres(u) => u.clone(),
         _ => unreachable!(),
     };
-    let (base, root, engine) = start(settings(db), Some(ts.store.clone())).await;
+    let mut s = settings(db);
+    f(&mut s);
+    let (base, root, engine) = start(s, Some(ts.store.clone())).await;
     let mut app = app_from(base, root, engine);
     app._pg = Some(ts);
     Some(app)
