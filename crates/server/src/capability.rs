@@ -19,6 +19,14 @@ pub fn statement(base: &str) -> Value {
     let mut v = CACHED.get_or_init(build).clone();
     v["implementation"] =
         json!({"description": "Hutong regional health-record platform", "url": base});
+    let root = base.trim_end_matches("/fhir");
+    v["rest"][0]["security"] = json!({
+        "cors": false,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": format!("{root}/auth/token")}]}],
+        "description": "Every request but this statement needs a bearer token: institution systems by OAuth2 client credentials (/auth/token, SMART v2 system scopes), clinicians and operators by password (/auth/login), residents by a one-time code sent to their phone (/auth/otp). An institution reads its own submissions and, under a resident's grant, the rest of that resident's record."
+    });
     v
 }
 
@@ -68,13 +76,37 @@ fn build() -> Value {
                 ops.push(json!({"name": "ihe-pix", "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"}));
             }
             if t == "Person" {
-                for op in ["everything", "summary", "link", "unlink", "merge", "split"] {
+                for op in [
+                    "everything",
+                    "summary",
+                    "link",
+                    "unlink",
+                    "merge",
+                    "split",
+                    "find",
+                    "request-access",
+                    "break-glass",
+                    "grant",
+                    "grant-proxy",
+                    "access-history",
+                ] {
                     ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/Person-{op}")}));
                 }
             }
             if t == "Task" {
                 ops.push(json!({"name": "decide", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-decide"}));
+                ops.push(json!({"name": "review", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-review"}));
             }
+            if t == "Consent" {
+                for op in ["verify-code", "approve", "deny", "revoke"] {
+                    ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/Consent-{op}")}));
+                }
+            }
+            if t == "AuditEvent" {
+                ops.push(json!({"name": "verify", "definition": "https://hutong.dev/fhir/OperationDefinition/AuditEvent-verify"}));
+            }
+            ops.push(json!({"name": "restrict", "definition": "https://hutong.dev/fhir/OperationDefinition/Resource-restrict"}));
+            ops.push(json!({"name": "unrestrict", "definition": "https://hutong.dev/fhir/OperationDefinition/Resource-unrestrict"}));
             r["operation"] = json!(ops);
             r
         })

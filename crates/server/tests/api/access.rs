@@ -236,6 +236,12 @@ async fn requests_need_valid_tokens(app: &TestApp) {
     // The capability statement is public and says how to sign in.
     let meta = app.send_as("", "GET", "metadata", None, &[]).await;
     assert_eq!(meta.status, 200);
+    let sec = &meta.body["rest"][0]["security"];
+    assert_eq!(sec["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert!(sec["extension"][0]["extension"][0]["valueUri"]
+        .as_str()
+        .unwrap()
+        .ends_with("/auth/token"));
     let anon = app.send_as("", "GET", "Patient", None, &[]).await;
     assert_eq!(anon.status, 401);
     assert_eq!(anon.body["issue"][0]["code"], "login");
