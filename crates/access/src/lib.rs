@@ -30,7 +30,7 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use hutong_store::{HistoryScope, Scope, Store, StoreError};
+use hutong_store::{Scope, Store, StoreError};
 
 pub use accounts::{Accounts, AuthError};
 pub use decision::{Asker, Directory, Refusal};
@@ -78,6 +78,8 @@ pub struct Access {
     /// Scopes computed for a principal, reused until grants or person links change or a
     /// grant starts or ends.
     scopes: Mutex<HashMap<ScopeKey, (Scope, i64)>>,
+    /// The newest version of each Consent read so far.
+    seen: Mutex<HashMap<String, i64>>,
 }
 
 /// How often the grants are caught up from the store for changes other API nodes made.
@@ -99,6 +101,7 @@ impl Access {
             policy: Policy::default(),
             synced: Mutex::new((i64::MIN, i64::MIN)),
             scopes: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         };
         access.sync_grants(store, true)?;
         Ok(access)
@@ -112,38 +115,27 @@ impl Access {
         if !force && now - synced.1 < SYNC_EVERY_MS {
             return Ok(());
         }
-        // Writes may commit a little after they were stamped: look back a few seconds.
+        // Writes may commit a little after they were stamped: look back a few seconds, but
+        // read only the versions not seen yet.
         let since = if synced.0 == i64::MIN {
-            None
+            i64::MIN
         } else {
-            Some(synced.0 - 5_000)
+            synced.0 - 5_000
         };
-        let mut offset = 0;
-        let mut versions = Vec::new();
-        loop {
-            let (page, _) = store.history(
-                &HistoryScope::Type("Consent".into()),
-                since,
-                1000,
-                offset,
-                &Scope::All,
-            )?;
-            let n = page.len();
-            versions.extend(page);
-            if n < 1000 {
-                break;
-            }
-            offset += n;
-        }
-        // Oldest first, and only each Consent's newest version counts.
-        versions.sort_by_key(|s| (s.last_updated, s.version));
+        let keys = store.changes_since("Consent", since)?;
+        let newest = keys.iter().map(|k| k.last_updated).fold(synced.0, i64::max);
+        let fresh: Vec<_> = keys
+            .into_iter()
+            .filter(|k| !k.deleted && !self.versions_seen(k))
+            .collect();
         let mut grants = self.grants.write().unwrap_or_else(|e| e.into_inner());
-        let mut newest = synced.0;
-        for s in versions {
-            newest = newest.max(s.last_updated);
-            if s.deleted {
+        for k in fresh {
+            let Some(s) = store
+                .vread("Consent", &k.id, k.version, &Scope::All)?
+                .found()
+            else {
                 continue;
-            }
+            };
             if let Ok(v) = s.json() {
                 if let Some(g) = Grant::from_consent(&v) {
                     let stale = grants
@@ -154,9 +146,21 @@ impl Access {
                     }
                 }
             }
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k.id.clone(), k.version);
         }
         *synced = (newest, now);
         Ok(())
+    }
+
+    fn versions_seen(&self, k: &hutong_store::VersionKey) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&k.id)
+            .is_some_and(|v| *v >= k.version)
     }
 
     /// The rows `a` may see now, given the persons' Patients in `dir`.

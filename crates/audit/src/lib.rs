@@ -87,18 +87,36 @@ impl Entry {
         let mut subjects: Vec<i64> = self.subjects.iter().copied().filter(|s| *s != 0).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        let mut e = self.clone();
-        if e.entities.len() > MAX_ENTITIES {
-            let n = e.entities.len();
-            e.entities.truncate(MAX_ENTITIES);
-            e.detail = Some(format!(
-                "{}{n} resources; the first {MAX_ENTITIES} are listed",
-                e.detail.map(|d| format!("{d}; ")).unwrap_or_default()
-            ));
-        }
+        let entry = if self.entities.len() > MAX_ENTITIES {
+            let mut e = Entry {
+                entities: self.entities[..MAX_ENTITIES].to_vec(),
+                detail: Some(format!(
+                    "{}{} resources; the first {MAX_ENTITIES} are listed",
+                    self.detail
+                        .as_ref()
+                        .map(|d| format!("{d}; "))
+                        .unwrap_or_default(),
+                    self.entities.len()
+                )),
+                ..Entry::default()
+            };
+            e.ts = self.ts;
+            e.action.clone_from(&self.action);
+            e.outcome = self.outcome;
+            e.who = self.who.clone();
+            e.on_behalf_of.clone_from(&self.on_behalf_of);
+            e.purpose.clone_from(&self.purpose);
+            e.reason.clone_from(&self.reason);
+            e.break_glass = self.break_glass;
+            e.from.clone_from(&self.from);
+            e.request.clone_from(&self.request);
+            serde_json::to_string(&e)
+        } else {
+            serde_json::to_string(self)
+        };
         AuditEntry {
             ts: self.ts,
-            entry: serde_json::to_string(&e).expect("an entry serialises"),
+            entry: entry.expect("an entry serialises"),
             subjects,
         }
     }
@@ -147,6 +165,8 @@ pub struct Sink {
 }
 
 const QUEUE: usize = 100_000;
+/// How long the writer gathers entries before writing them.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 impl Sink {
     pub fn start(store: Store) -> Sink {
@@ -164,9 +184,13 @@ impl Sink {
             .name("hutong-audit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    // Entries that arrive within a few milliseconds share a transaction: one
+                    // commit for many reads instead of one each.
                     let mut batch = vec![first];
+                    let until = std::time::Instant::now() + BATCH_WINDOW;
                     while batch.len() < 5_000 {
-                        match rx.try_recv() {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
                             Ok(e) => batch.push(e),
                             Err(_) => break,
                         }

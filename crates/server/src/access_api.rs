@@ -274,7 +274,7 @@ pub fn find(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     for s in &page.matches {
         let authorized = g.scope.permits_stored(s);
         let body = if authorized {
-            g.release(s)
+            g.release(s).into_owned()
         } else {
             g.touch(format!("Person/{}", s.id), s.shard);
             let mut v = s.json()?;

@@ -538,7 +538,7 @@ fn transaction(
                 _ => None,
             };
             if let Some((s, status)) = stored {
-                let body = if representation { Some(g.release(&s)) } else { None };
+                let body = if representation { Some(g.release(&s).into_owned()) } else { None };
                 if s.rtype == "Appointment" {
                     written.push(s.clone());
                 }
@@ -624,7 +624,7 @@ fn get_in_tx(
             }
             Ok((
                 json!({"response": {"status": "200 OK", "etag": format!("W/\"{}\"", s.version)}}),
-                Some(g.release(&s)),
+                Some(g.release(&s).into_owned()),
             ))
         }
         [t] => {
@@ -636,7 +636,7 @@ fn get_in_tx(
             let page = tx.search(&q, &g.scope)?;
             let mut w = BundleWriter::new("searchset", page.total, &[]);
             for s in &page.matches {
-                w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&g.release(s)));
+                w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(g.release(s).as_ref()));
             }
             Ok((json!({"response": {"status": "200 OK"}}), Some(w.finish())))
         }

@@ -333,7 +333,7 @@ fn resource_ok(g: &Guard, s: &Stored) -> Resp {
     Resp {
         status: 200,
         headers,
-        body: Body::Raw(g.release(s)),
+        body: Body::Raw(g.release(s).into_owned()),
     }
 }
 
@@ -354,7 +354,7 @@ fn write_response(req: &Req, g: &Guard, status: u16, s: &Stored) -> Resp {
         Return::Representation => Resp {
             status,
             headers: Vec::new(),
-            body: Body::Raw(g.release(s)),
+            body: Body::Raw(g.release(s).into_owned()),
         },
         Return::Outcome => Resp::json(
             status,
@@ -372,12 +372,16 @@ fn write_response(req: &Req, g: &Guard, status: u16, s: &Stored) -> Resp {
 }
 
 /// `_elements` / `_summary=true|text|data` applied to one resource.
-fn shape(body: &[u8], elements: Option<&[String]>, summary: Option<&str>) -> Vec<u8> {
+fn shape<'a>(
+    body: std::borrow::Cow<'a, [u8]>,
+    elements: Option<&[String]>,
+    summary: Option<&str>,
+) -> std::borrow::Cow<'a, [u8]> {
     if elements.is_none() && !matches!(summary, Some("true") | Some("data") | Some("text")) {
-        return body.to_vec();
+        return body;
     }
-    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
-        return body.to_vec();
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(&body) else {
+        return body;
     };
     let mandatory = ["resourceType", "id", "meta"];
     let keep = |k: &str| -> bool {
@@ -412,7 +416,10 @@ fn shape(body: &[u8], elements: Option<&[String]>, summary: Option<&str>) -> Vec
             a.push(tag);
         }
     }
-    serde_json::to_vec(&Value::Object(out)).unwrap_or_else(|_| body.to_vec())
+    match serde_json::to_vec(&Value::Object(out)) {
+        Ok(v) => std::borrow::Cow::Owned(v),
+        Err(_) => body,
+    }
 }
 
 /// Writes a Bundle as JSON text with stored resource bytes embedded as they are (no
@@ -970,11 +977,11 @@ impl Engine {
             .map(|(_, v)| v.as_str());
         let mut w = BundleWriter::new("searchset", page.total, &links);
         for s in &page.matches {
-            let body = shape(&g.release(s), elements.as_deref(), summary);
-            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&body));
+            let body = shape(g.release(s), elements.as_deref(), summary);
+            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&body[..]));
         }
         for s in &page.included {
-            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(&g.release(s)));
+            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(g.release(s).as_ref()));
         }
         if !ignored.is_empty() {
             let oo = Outcome::default().with(

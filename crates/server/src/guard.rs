@@ -162,22 +162,25 @@ impl Guard {
 
     /// The bytes of a stored resource as this reader may see them, recorded in the audit
     /// entry. Every resource in a response goes through here.
-    pub fn release(&self, s: &Stored) -> Vec<u8> {
+    pub fn release<'a>(&self, s: &'a Stored) -> std::borrow::Cow<'a, [u8]> {
         self.touch(
             format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
             s.shard,
         );
-        let view = self.view(&s.source);
-        if view == View::Full || !hutong_access::mask::IDENTITY_TYPES.contains(&s.rtype.as_str()) {
-            return s.body.clone();
+        if !hutong_access::mask::IDENTITY_TYPES.contains(&s.rtype.as_str()) {
+            return std::borrow::Cow::Borrowed(&s.body);
         }
-        match serde_json::from_slice::<serde_json::Value>(&s.body) {
+        let view = self.view(&s.source);
+        if view == View::Full {
+            return std::borrow::Cow::Borrowed(&s.body);
+        }
+        std::borrow::Cow::Owned(match serde_json::from_slice::<serde_json::Value>(&s.body) {
             Ok(mut v) => {
                 hutong_access::mask::apply(&s.rtype, &mut v, view);
                 serde_json::to_vec(&v).unwrap_or_default()
             }
             Err(_) => Vec::new(),
-        }
+        })
     }
 
     /// Whether the token allows `perm` on `rtype` (403 otherwise).
@@ -246,7 +249,7 @@ impl Guard {
         if self.committed.load(Ordering::SeqCst) {
             return;
         }
-        let mut e = self.entry();
+        let mut e = self.with(std::mem::take);
         e.outcome = status;
         if e.action.is_empty() {
             e.action = "request".into();

@@ -235,6 +235,18 @@ impl Application {
                 })?;
         }
         {
+            // Grants changed by other API nodes (PostgreSQL) take effect here within a second.
+            let e = engine.clone();
+            std::thread::Builder::new()
+                .name("hutong-grants".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    if let Err(err) = e.access.sync_grants(&e.store, false) {
+                        tracing::warn!(error = %err, "Reading grants failed; will retry.");
+                    }
+                })?;
+        }
+        {
             let e = engine.clone();
             let every = settings.checkpoint_interval;
             std::thread::Builder::new()

@@ -9,7 +9,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hutong_mpi::index::{Index, Match};
 use hutong_mpi::{block, fhir::raw_from_patient, Model};
-use hutong_store::{HistoryScope, Scope, Store, StoreError, Stored};
+use hutong_store::{Scope, Store, StoreError, Stored};
 
 use crate::persons::Registry;
 
@@ -319,29 +319,25 @@ fn catch_up(
     store: &Store,
 ) -> Result<Vec<(String, bool)>, StoreError> {
     let mut changed = Vec::new();
-    let mut changes: Vec<Stored> = Vec::new();
-    let scope = HistoryScope::Type("Patient".into());
+    // Versions alone first; only those the index has not seen are read.
     let since = synced.saturating_sub(OVERLAP_MS);
-    loop {
-        let (page, _) = store.history(&scope, Some(since), 1_000, changes.len(), &Scope::All)?;
-        if page.is_empty() {
-            break;
-        }
-        changes.extend(page);
-    }
-    changes.sort_by_key(|s| (s.last_updated, s.version));
-    for s in &changes {
-        *synced = (*synced).max(s.last_updated);
-        let id = format!("Patient/{}", s.id);
-        if index.version(&id).is_some_and(|v| v >= s.version) {
+    for k in store.changes_since("Patient", since)? {
+        *synced = (*synced).max(k.last_updated);
+        let id = format!("Patient/{}", k.id);
+        if index.version(&id).is_some_and(|v| v >= k.version) {
             continue;
         }
-        if s.deleted {
+        if k.deleted {
             index.remove(&id);
             changed.push((id, true));
-        } else if let Some(r) = record_of(s) {
-            index.upsert(&id, s.version, r);
-            changed.push((id, false));
+        } else if let Some(s) = store
+            .vread("Patient", &k.id, k.version, &Scope::All)?
+            .found()
+        {
+            if let Some(r) = record_of(&s) {
+                index.upsert(&id, s.version, r);
+                changed.push((id, false));
+            }
         }
     }
     Ok(changed)

@@ -120,7 +120,7 @@ fn patient_match(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError
                     "score": (m.probability * 1e4).round() / 1e4
                 }
             }),
-            Some(&g.release(&stored)),
+            Some(g.release(&stored).as_ref()),
         );
     }
     let bytes = w.finish();

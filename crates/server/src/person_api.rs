@@ -446,7 +446,7 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
     for s in everything.skip(offset).take(count) {
         w.entry(
             json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}),
-            Some(&g.release(s)),
+            Some(g.release(s).as_ref()),
         );
     }
     Ok(Resp {
@@ -610,7 +610,7 @@ pub fn summary(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Re
         let s = &items[i].2;
         w.entry(
             json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id)}),
-            Some(&g.release(s)),
+            Some(g.release(s).as_ref()),
         );
     }
     Ok(Resp {

@@ -870,20 +870,22 @@ pub fn catch_up(
     store: &hutong_store::Store,
     since: &mut i64,
 ) -> Result<(), StoreError> {
-    let scope = hutong_store::HistoryScope::Type("Person".into());
     let from = since.saturating_sub(5_000);
-    let mut changes: Vec<Stored> = Vec::new();
-    loop {
-        let (page, _) = store.history(&scope, Some(from), 1_000, changes.len(), &Scope::All)?;
-        if page.is_empty() {
-            break;
+    for k in store.changes_since("Person", from)? {
+        *since = (*since).max(k.last_updated);
+        if reg
+            .persons
+            .get(&k.id)
+            .is_some_and(|e| e.version >= k.version)
+        {
+            continue;
         }
-        changes.extend(page);
-    }
-    changes.sort_by_key(|s| (s.last_updated, s.version));
-    for s in &changes {
-        *since = (*since).max(s.last_updated);
-        reg.apply_person(s);
+        if let Some(s) = store
+            .vread("Person", &k.id, k.version, &Scope::All)?
+            .found()
+        {
+            reg.apply_person(&s);
+        }
     }
     Ok(())
 }

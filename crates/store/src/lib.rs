@@ -147,6 +147,15 @@ impl Location {
     }
 }
 
+/// A version, without its body (see [`Store::changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionKey {
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub deleted: bool,
+}
+
 /// What a read found, as the reader may know it.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -449,6 +458,35 @@ impl Store {
         let mut c = self.reader()?;
         let cat = self.catalog();
         write::history(c.conn(), &cat, which, since, count, offset, scope)
+    }
+
+    /// The versions of `rtype` written at or after `since` (ms) — ids, versions, times and
+    /// whether they are deletions, without bodies — oldest first: how the platform's in-memory
+    /// views (matching index, persons, grants) catch up cheaply with what others wrote.
+    pub fn changes_since(&self, rtype: &str, since: i64) -> Result<Vec<VersionKey>, StoreError> {
+        let mut c = self.reader()?;
+        let cat = self.catalog();
+        let Some(t) = cat.type_id(rtype) else {
+            return Ok(Vec::new());
+        };
+        let rows = c.conn().query(
+            "SELECT r.id, s.version, s.lastmod, s.deleted FROM res s JOIN res_route r \
+             ON r.rid = s.rid WHERE s.rtype = ? AND s.lastmod >= ? \
+             UNION ALL SELECT r.id, h.version, h.lastmod, h.deleted FROM res_hist h \
+             JOIN res_route r ON r.rid = h.rid WHERE h.rtype = ? AND h.lastmod >= ?",
+            &[Val::Int(t), Val::Int(since), Val::Int(t), Val::Int(since)],
+        )?;
+        let mut out: Vec<VersionKey> = rows
+            .iter()
+            .map(|r| VersionKey {
+                id: r[0].text().to_string(),
+                version: r[1].int(),
+                last_updated: r[2].int(),
+                deleted: r[3].int() != 0,
+            })
+            .collect();
+        out.sort_by_key(|k| (k.last_updated, k.version));
+        Ok(out)
     }
 
     /// Runs a search within `scope`.
@@ -780,14 +818,19 @@ impl Store {
             loop {
                 let rows = {
                     let mut c = self.reader()?;
-                    let version = if table == "res" { "0" } else { "version" };
-                    c.conn().query(
-                        &format!(
-                            "SELECT shard, rid, {version}, body FROM {table} \
-                             WHERE (shard, rid, {version}) > (?, ?, ?) ORDER BY shard, rid, {version} LIMIT 2000"
-                        ),
-                        &[Val::Int(after.0), Val::Int(after.1), Val::Int(after.2)],
-                    )?
+                    if table == "res" {
+                        c.conn().query(
+                            "SELECT shard, rid, 0, body FROM res WHERE (shard, rid) > (?, ?) \
+                             ORDER BY shard, rid LIMIT 2000",
+                            &[Val::Int(after.0), Val::Int(after.1)],
+                        )?
+                    } else {
+                        c.conn().query(
+                            "SELECT shard, rid, version, body FROM res_hist \
+                             WHERE (shard, rid, version) > (?, ?, ?) ORDER BY shard, rid, version LIMIT 2000",
+                            &[Val::Int(after.0), Val::Int(after.1), Val::Int(after.2)],
+                        )?
+                    }
                 };
                 if rows.is_empty() {
                     break;
@@ -856,6 +899,12 @@ impl Store {
             }
         }
         let mut w = self.inner.writer.get()?;
+        w.conn().exec(
+            "UPDATE res_route SET src = (SELECT r.src FROM res r WHERE r.shard = res_route.shard \
+             AND r.rid = res_route.rid) WHERE EXISTS (SELECT 1 FROM res r \
+             WHERE r.shard = res_route.shard AND r.rid = res_route.rid)",
+            &[],
+        )?;
         schema::mark_current(w.conn())
     }
 

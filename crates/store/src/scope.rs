@@ -139,9 +139,9 @@ impl RowScope {
             .filter_map(|s| cat.system_id(s))
             .collect();
         if !src_ids.is_empty() {
+            // The route row is narrow (no body): the cheap place to ask who submitted it.
             any.push(format!(
-                "EXISTS (SELECT 1 FROM res v WHERE v.shard = {a}.shard AND v.rid = {a}.rid \
-                 AND v.src IN ({}))",
+                "EXISTS (SELECT 1 FROM res_route v WHERE v.rid = {a}.rid AND v.src IN ({}))",
                 int_list(&src_ids)
             ));
         }

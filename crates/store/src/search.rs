@@ -1497,18 +1497,29 @@ pub(crate) fn visible_keys(
         }
     }
     for (shard, rids) in by_row {
+        // Type and submitter from the narrow route rows, sensitivity from the small
+        // sensitivity index: the resource rows (and their bodies) stay unread.
+        let sensitive: std::collections::HashMap<i64, u32> = conn
+            .query(
+                "SELECT rid, sens FROM ix_sens WHERE shard = ?",
+                &[Val::Int(shard)],
+            )?
+            .iter()
+            .map(|x| (x[0].int(), x[1].int() as u32))
+            .collect();
         for chunk in rids.chunks(500) {
-            let mut params = vec![Val::Int(shard)];
-            params.extend(chunk.iter().map(|x| Val::Int(*x)));
+            let params: Vec<Val> = chunk.iter().map(|x| Val::Int(*x)).collect();
             let sql = format!(
-                "SELECT rid, rtype, src, sens FROM res WHERE shard = ? AND rid IN ({})",
+                "SELECT rid, rtype, src FROM res_route WHERE rid IN ({})",
                 vec!["?"; chunk.len()].join(",")
             );
             for row in conn.query(&sql, &params)? {
+                let rid = row[0].int();
                 let rtype = cat.type_name(row[1].int()).unwrap_or("");
                 let src = cat.system_name(row[2].int()).unwrap_or("");
-                if r.permits(rtype, shard, src, row[3].int() as u32) {
-                    keep.insert((shard, row[0].int()));
+                let sens = sensitive.get(&rid).copied().unwrap_or(0);
+                if r.permits(rtype, shard, src, sens) {
+                    keep.insert((shard, rid));
                 }
             }
         }

@@ -447,18 +447,24 @@ impl<'a> Tx<'a> {
             // Claim the id; only when it is taken do we pay for reading the current version.
             let t = self.type_id(&p.rtype)?;
             let shard = p.owner.as_deref().map_or(0, shard_of);
+            let src = self.cat.intern_system(self.conn, &p.source, self.added)?;
             let sql = match self.conn.dialect() {
                 crate::sql::Dialect::Sqlite => {
-                    "INSERT OR IGNORE INTO res_route (rtype, id, shard) VALUES (?, ?, ?) RETURNING rid"
+                    "INSERT OR IGNORE INTO res_route (rtype, id, shard, src) VALUES (?, ?, ?, ?) RETURNING rid"
                 }
                 crate::sql::Dialect::Postgres => {
-                    "INSERT INTO res_route (rtype, id, shard) VALUES (?, ?, ?) \
+                    "INSERT INTO res_route (rtype, id, shard, src) VALUES (?, ?, ?, ?) \
                      ON CONFLICT DO NOTHING RETURNING rid"
                 }
             };
             let rows = self.conn.query(
                 sql,
-                &[Val::Int(t), Val::Text(p.id.clone()), Val::Int(shard)],
+                &[
+                    Val::Int(t),
+                    Val::Text(p.id.clone()),
+                    Val::Int(shard),
+                    Val::Int(src),
+                ],
             )?;
             if let Some(r) = rows.first() {
                 let rid = r[0].int();
@@ -550,6 +556,13 @@ impl<'a> Tx<'a> {
                         &[Val::Int(c.shard), Val::Int(c.rid)],
                     )?;
                 }
+                if c.src != src {
+                    // The route carries the current submitter, for the access decision.
+                    self.conn.exec(
+                        "UPDATE res_route SET src = ? WHERE rid = ?",
+                        &[Val::Int(src), Val::Int(c.rid)],
+                    )?;
+                }
                 if c.shard != shard {
                     // Filed under another patient now: move the resource and its history.
                     self.conn.exec(
@@ -570,8 +583,8 @@ impl<'a> Tx<'a> {
             None if claimed_rid.is_some() => claimed_rid.unwrap_or_default(),
             None => {
                 let rows = self.conn.query(
-                    "INSERT INTO res_route (rtype, id, shard) VALUES (?, ?, ?) RETURNING rid",
-                    &[Val::Int(t), Val::Text(id.to_string()), Val::Int(shard)],
+                    "INSERT INTO res_route (rtype, id, shard, src) VALUES (?, ?, ?, ?) RETURNING rid",
+                    &[Val::Int(t), Val::Text(id.to_string()), Val::Int(shard), Val::Int(src)],
                 )?;
                 rows.first().map(|r| r[0].int()).ok_or_else(|| {
                     StoreError::Corrupt("insert into res_route returned no id".into())

@@ -26,6 +26,7 @@ both!(
     scoped_reads,
     audit_entries_commit_with_their_changes,
     resident_restriction_is_sticky,
+    schema_1_stores_are_upgraded,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
@@ -979,4 +980,45 @@ fn resident_restriction_is_sticky(t: &TestStore) {
         s.read("Observation", "b1", &grant).unwrap(),
         Lookup::Found(_)
     ));
+}
+
+/// A store written by schema 1 (before versions recorded who submitted them and how
+/// sensitive they are) is upgraded when opened: the new columns are filled from the bodies.
+fn schema_1_stores_are_upgraded(t: &TestStore) {
+    let s = &t.store;
+    seed_scoped(s);
+    // Back to schema 1.
+    for stmt in [
+        "ALTER TABLE res DROP COLUMN src",
+        "ALTER TABLE res DROP COLUMN sens",
+        "ALTER TABLE res_hist DROP COLUMN src",
+        "ALTER TABLE res_hist DROP COLUMN sens",
+        "ALTER TABLE res_route DROP COLUMN src",
+        "DROP TABLE ix_sens",
+        "UPDATE meta SET v = '1' WHERE k = 'schema'",
+    ] {
+        s.exec_admin(stmt, &[]).unwrap();
+    }
+    let reopened = Store::open(&t.location).unwrap();
+    assert_eq!(reopened.meta("schema").unwrap().as_deref(), Some("2"));
+    let b = Scope::rows(hutong_store::RowScope {
+        sources: ["urn:org:b".to_string()].into(),
+        ..Default::default()
+    });
+    let obs = Query::parse("Observation", &[], true).unwrap();
+    assert_eq!(
+        reopened.search(&obs, &b).unwrap().total,
+        Some(3),
+        "b1, b2 and c1"
+    );
+    let pb = hutong_store::shard_of("pb");
+    let grant = Scope::rows(hutong_store::RowScope {
+        shards: [(pb, 0)].into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        reopened.search(&obs, &grant).unwrap().total,
+        Some(2),
+        "the mental-health item is known as such again"
+    );
 }
