@@ -75,6 +75,26 @@ fn trail(s: &Store, k: &Keys) -> i64 {
     shard.rem_euclid(hutong_store::audit::partitions(s.dialect()))
 }
 
+/// What an attacker with the database's owner rights does first: take away the triggers
+/// that make the trail append-only. (That they are there is checked below.)
+fn unguard(s: &Store) {
+    let stmts: &[&str] = match s.dialect() {
+        hutong_store::sql::Dialect::Sqlite => &[
+            "DROP TRIGGER audit_no_update",
+            "DROP TRIGGER audit_no_delete",
+            "DROP TRIGGER audit_checkpoint_no_update",
+            "DROP TRIGGER audit_checkpoint_no_delete",
+        ],
+        hutong_store::sql::Dialect::Postgres => &[
+            "ALTER TABLE audit DISABLE TRIGGER audit_append_only",
+            "ALTER TABLE audit_checkpoint DISABLE TRIGGER audit_checkpoint_append_only",
+        ],
+    };
+    for st in stmts {
+        s.exec_admin(st, &[]).unwrap();
+    }
+}
+
 fn first(r: &Report) -> Problem {
     assert!(!r.intact(), "tampering went unnoticed");
     r.problems[0].clone()
@@ -83,6 +103,15 @@ fn first(r: &Report) -> Problem {
 fn intact_trail_verifies(t: &TestStore) {
     let k = keys();
     trail(&t.store, &k);
+    // The database itself refuses changes to entries and checkpoints.
+    for st in [
+        "UPDATE audit SET entry = '{}' WHERE seq = 3",
+        "DELETE FROM audit WHERE seq = 3",
+        "DELETE FROM audit_checkpoint",
+    ] {
+        let e = t.store.exec_admin(st, &[]).unwrap_err();
+        assert!(format!("{e:?}").contains("append-only"), "{st}: {e:?}");
+    }
     let r = k.verify(&t.store);
     assert!(r.intact(), "{:?}", r.problems);
     assert_eq!((r.entries, r.checkpoints, r.unsigned), (15, 1, 5));
@@ -93,6 +122,7 @@ fn intact_trail_verifies(t: &TestStore) {
 fn altered_entry_is_named(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     // Someone erases a read from the record.
     t.store
         .exec_admin(
@@ -108,6 +138,7 @@ fn altered_entry_is_named(t: &TestStore) {
 fn deleted_entry_is_named(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     t.store
         .exec_admin(
             "DELETE FROM audit WHERE part = ? AND seq IN (4, 5)",
@@ -129,6 +160,7 @@ fn deleted_entry_is_named(t: &TestStore) {
 fn inserted_entry_is_named(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     // Entry 12 replaced by a forged one with a hash that is right for its own content and
     // its predecessor — the next entry no longer follows from it.
     let rows = t.store.audit_rows(part, 11, 1).unwrap();
@@ -153,6 +185,7 @@ fn inserted_entry_is_named(t: &TestStore) {
     // An entry appended after the recorded end.
     let t2 = sqlite();
     let part2 = trail(&t2.store, &k);
+    unguard(&t2.store);
     let last = t2.store.audit_rows(part2, 15, 1).unwrap();
     let extra = r#"{"ts":3000,"action":"read","outcome":200,"who":{"kind":"system","subject":"x"},"request":"GET x"}"#;
     let h = chain_hash(&last[0].hash, part2, 16, 3000, extra);
@@ -210,6 +243,7 @@ fn rewrite_from(s: &Store, part: i64, from: i64) {
 fn rewritten_tail_contradicts_the_checkpoint(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     rewrite_from(&t.store, part, 6);
     let r = k.verify(&t.store);
     assert_eq!(first(&r), Problem::Rewritten { part, seq: 10 });
@@ -217,6 +251,7 @@ fn rewritten_tail_contradicts_the_checkpoint(t: &TestStore) {
     // catch: the report says how much of the trail that is.
     let t2 = sqlite();
     let part2 = trail(&t2.store, &k);
+    unguard(&t2.store);
     rewrite_from(&t2.store, part2, 12);
     let r2 = k.verify(&t2.store);
     assert!(r2.intact());
@@ -226,6 +261,7 @@ fn rewritten_tail_contradicts_the_checkpoint(t: &TestStore) {
 fn deleted_tail_contradicts_the_checkpoint(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     // Delete entries 8.. and move the head back to 7 to hide it.
     let seven = t.store.audit_rows(part, 7, 1).unwrap();
     t.store
@@ -253,6 +289,7 @@ fn deleted_tail_contradicts_the_checkpoint(t: &TestStore) {
 fn forged_checkpoint_is_refused(t: &TestStore) {
     let k = keys();
     let part = trail(&t.store, &k);
+    unguard(&t.store);
     // A checkpoint signed with another key, over a rewritten trail.
     let other = keys();
     rewrite_from(&t.store, part, 2);
