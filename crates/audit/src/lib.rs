@@ -78,8 +78,10 @@ pub struct Entry {
     pub subjects: Vec<i64>,
 }
 
-/// Entities listed in one entry at most; a larger read records its count instead.
-pub const MAX_ENTITIES: usize = 2_000;
+/// Entities listed in one entry at most. A larger read (a search, `$everything`) is recorded
+/// as BALP records queries: the request, how many resources it returned, the first of them,
+/// and — always, whatever the count — every Patient it concerned.
+pub const MAX_ENTITIES: usize = 100;
 
 impl Entry {
     /// The store's form of the entry.
