@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS auth_client (client_id TEXT PRIMARY KEY, kind TEXT NO
     secret TEXT NOT NULL, previous_secret TEXT, created INTEGER NOT NULL, disabled INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_user (username TEXT PRIMARY KEY, kind TEXT NOT NULL,
     name TEXT NOT NULL, institution TEXT, practitioner TEXT, roles TEXT NOT NULL,
-    password TEXT NOT NULL, created INTEGER NOT NULL, disabled INTEGER NOT NULL);
+    password TEXT NOT NULL, created INTEGER NOT NULL, disabled INTEGER NOT NULL,
+    person TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS auth_fail (subject TEXT PRIMARY KEY, failures INTEGER NOT NULL,
     first INTEGER NOT NULL, locked_until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_code (purpose TEXT NOT NULL, subject TEXT NOT NULL,
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS auth_client (client_id TEXT PRIMARY KEY, kind TEXT NO
     secret TEXT NOT NULL, previous_secret TEXT, created BIGINT NOT NULL, disabled BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_user (username TEXT PRIMARY KEY, kind TEXT NOT NULL,
     name TEXT NOT NULL, institution TEXT, practitioner TEXT, roles TEXT NOT NULL,
-    password TEXT NOT NULL, created BIGINT NOT NULL, disabled BIGINT NOT NULL);
+    password TEXT NOT NULL, created BIGINT NOT NULL, disabled BIGINT NOT NULL,
+    person TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS auth_fail (subject TEXT PRIMARY KEY, failures BIGINT NOT NULL,
     first BIGINT NOT NULL, locked_until BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_code (purpose TEXT NOT NULL, subject TEXT NOT NULL,
@@ -395,7 +397,7 @@ impl Accounts {
         self.check_lock(&subject)?;
         let rows = self.store.query_admin(
             "SELECT kind, name, institution, practitioner, roles, password FROM auth_user \
-             WHERE username = ? AND disabled = 0",
+             WHERE username = ? AND kind IN ('clinician', 'operator') AND disabled = 0",
             &[Val::Text(username.into())],
         )?;
         let Some(r) = rows
@@ -421,13 +423,78 @@ impl Accounts {
             practitioner: Some(r[3].text().to_string()).filter(|s| !s.is_empty()),
             person: None,
             roles: r[4].text().split(',').filter_map(Role::parse).collect(),
-            scopes: Scopes::parse(if kind == Kind::Clinician {
-                "user/*.cruds"
-            } else {
-                "user/*.rs"
-            }),
+            scopes: Scopes::parse("user/*.rs"),
             booking: false,
         })
+    }
+
+    // -- residents' passwords -------------------------------------------------------------
+
+    /// The account name of a resident's password: a keyed hash of their ID number, so the
+    /// table holds no ID number in the clear.
+    fn resident_username(&self, id_number: &str) -> String {
+        let id = hutong_cn::idcard::IdNumber::parse(id_number)
+            .map(|i| i.as_str().to_string())
+            .unwrap_or_else(|_| id_number.trim().to_uppercase());
+        format!("resident:{}", self.blind("id-number", &id))
+    }
+
+    /// Sets (or replaces) the password a resident signs in with, with their ID number. The
+    /// caller has checked who the resident is (signed in by phone and code).
+    pub fn set_resident_password(
+        &self,
+        person: &str,
+        id_number: &str,
+        password: &str,
+    ) -> Result<(), AuthError> {
+        if password.chars().count() < 8 {
+            return Err(AuthError::Invalid(
+                "a password needs at least 8 characters".into(),
+            ));
+        }
+        let username = self.resident_username(id_number);
+        self.store.exec_admin(
+            "DELETE FROM auth_user WHERE username = ?",
+            &[Val::Text(username.clone())],
+        )?;
+        self.store.exec_admin(
+            "INSERT INTO auth_user (username, kind, name, institution, practitioner, roles, \
+             password, created, disabled, person) VALUES (?, 'resident', '', '', '', '', ?, ?, 0, ?)",
+            &[
+                Val::Text(username),
+                Val::Text(hash_secret(password)),
+                Val::Int(now()),
+                Val::Text(person.into()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// ID number and password → the resident's Person id.
+    pub fn authenticate_resident(
+        &self,
+        id_number: &str,
+        password: &str,
+    ) -> Result<String, AuthError> {
+        let username = self.resident_username(id_number);
+        let subject = format!("user:{username}");
+        self.check_lock(&subject)?;
+        let rows = self.store.query_admin(
+            "SELECT password, person FROM auth_user WHERE username = ? AND kind = 'resident' \
+             AND disabled = 0",
+            &[Val::Text(username)],
+        )?;
+        let Some(r) = rows
+            .first()
+            .filter(|r| verify_secret(password, r[0].text()))
+        else {
+            self.fail(&subject)?;
+            return Err(AuthError::BadCredentials(
+                "unknown ID number or wrong password".into(),
+            ));
+        };
+        self.succeed(&subject)?;
+        Ok(r[1].text().to_string())
     }
 
     // -- one-time codes -------------------------------------------------------------------

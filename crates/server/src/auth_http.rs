@@ -260,12 +260,15 @@ pub async fn login(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if let (Some(idn), Some(password)) = (f.get("id_number").cloned(), f.get("password").cloned()) {
+        return resident_login(&st, &from, idn, password).await;
+    }
     let (Some(user), Some(password)) = (f.get("username").cloned(), f.get("password").cloned())
     else {
         return outcome(
             400,
             IssueCode::Required,
-            "username and password are required",
+            "username and password (or a resident's id_number and password) are required",
         );
     };
     let engine = st.engine.clone();
@@ -297,6 +300,160 @@ pub async fn login(
             resp
         }
         Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+    }
+}
+
+/// The principal of a resident signed in as `person`.
+fn resident(person: String, v: &Value) -> Principal {
+    Principal {
+        kind: Kind::Resident,
+        subject: format!("resident:{person}"),
+        name: v["name"][0]["text"].as_str().map(String::from),
+        institution: None,
+        practitioner: None,
+        person: Some(person),
+        roles: Vec::new(),
+        scopes: Scopes::parse("patient/*.rs"),
+        booking: false,
+    }
+}
+
+/// A resident signs in with their ID number and the password they set.
+async fn resident_login(st: &Arc<AppState>, from: &str, idn: String, password: String) -> Response {
+    let st2 = st.clone();
+    let r =
+        tokio::task::spawn_blocking(move || -> Result<Result<Principal, AuthError>, ApiError> {
+            let person = match st2
+                .engine
+                .access
+                .accounts
+                .authenticate_resident(&idn, &password)
+            {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let v = st2
+                .engine
+                .store
+                .read("Person", &person, &Scope::All)?
+                .found()
+                .map(|s| s.json())
+                .transpose()?
+                .unwrap_or(Value::Null);
+            Ok(Ok(resident(person, &v)))
+        })
+        .await;
+    let who = Who {
+        kind: "resident".into(),
+        subject: "id-number".into(),
+        ..Default::default()
+    };
+    match r {
+        Ok(Ok(Ok(p))) => {
+            audit(st, from, "login", crate::guard::who(&p), 200, None);
+            token_response(st, &p)
+        }
+        Ok(Ok(Err(e))) => {
+            let detail = e.to_string();
+            let (status, resp) = auth_failure(e);
+            audit(st, from, "login", who, status, Some(detail));
+            resp
+        }
+        Ok(Err(e)) => outcome(e.status, IssueCode::Exception, e.message().to_string()),
+        Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+    }
+}
+
+/// `POST /auth/password`: a signed-in resident sets the password they will sign in with,
+/// together with their ID number (which must be the one on their record).
+pub async fn resident_password(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let from = addr.ip().to_string();
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let p = match bearer.map(|t| st.engine.access.tokens.verify(t.trim())) {
+        Some(Ok(p)) if p.kind == Kind::Resident && p.person.is_some() => p,
+        Some(Ok(_)) => {
+            return outcome(
+                403,
+                IssueCode::Forbidden,
+                "Only a signed-in resident sets a resident's password",
+            )
+        }
+        _ => {
+            return outcome(
+                401,
+                IssueCode::Login,
+                "Sign in with your phone first (/auth/otp)",
+            )
+        }
+    };
+    let (_, f) = match fields(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (Some(idn), Some(password)) = (f.get("id_number").cloned(), f.get("password").cloned())
+    else {
+        return outcome(
+            400,
+            IssueCode::Required,
+            "id_number and password are required",
+        );
+    };
+    let st2 = st.clone();
+    let p2 = p.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<Result<(), String>, ApiError> {
+        let person = p2.person.clone().unwrap_or_default();
+        let v = st2
+            .engine
+            .store
+            .read("Person", &person, &Scope::All)?
+            .found()
+            .map(|s| s.json())
+            .transpose()?
+            .unwrap_or(Value::Null);
+        let want = hutong_cn::idcard::IdNumber::parse(&idn)
+            .map(|i| i.as_str().to_string())
+            .unwrap_or_else(|_| idn.to_uppercase());
+        let mine = v["identifier"].as_array().into_iter().flatten().any(|i| {
+            i["system"] == hutong_mpi::fhir::ID_SYSTEM && i["value"].as_str() == Some(want.as_str())
+        });
+        if !mine {
+            return Ok(Err("this ID number is not the one on your record".into()));
+        }
+        st2.engine
+            .access
+            .accounts
+            .set_resident_password(&person, &want, &password)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Ok(()))
+    })
+    .await;
+    match r {
+        Ok(Ok(Ok(()))) => {
+            audit(&st, &from, "set-password", crate::guard::who(&p), 204, None);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Ok(Err(why))) => {
+            audit(
+                &st,
+                &from,
+                "set-password",
+                crate::guard::who(&p),
+                422,
+                Some(why.clone()),
+            );
+            outcome(422, IssueCode::Processing, why)
+        }
+        Ok(Err(e)) => outcome(e.status, IssueCode::Invalid, e.message().to_string()),
+        Err(_) => outcome(500, IssueCode::Exception, "Internal error"),
     }
 }
 
@@ -489,17 +646,7 @@ pub async fn otp_verify(
             [] => return Ok(Err((401, outcome(401, IssueCode::Login, "No resident with this number matches")))),
             _ => return Ok(Err((409, outcome(409, IssueCode::MultipleMatches, "Several residents share this number: give your ID number (id_number) as well")))),
         };
-        Ok(Ok(Principal {
-            kind: Kind::Resident,
-            subject: format!("resident:{person}"),
-            name: v["name"][0]["text"].as_str().map(String::from),
-            institution: None,
-            practitioner: None,
-            person: Some(person),
-            roles: Vec::new(),
-            scopes: Scopes::parse("patient/*.rs"),
-            booking: false,
-        }))
+        Ok(Ok(resident(person, &v)))
     })
     .await;
     let who = Who {

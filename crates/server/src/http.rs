@@ -50,6 +50,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/otp", post(auth::otp_send))
         .route("/auth/otp/verify", post(auth::otp_verify))
+        .route("/auth/password", post(auth::resident_password))
         .route(
             "/.well-known/smart-configuration",
             get(auth::smart_configuration),

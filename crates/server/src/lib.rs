@@ -183,6 +183,47 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     pub engine: Engine,
+    /// Tells the background work (linking, grants, checkpoints) to end with the server.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Runs `f` every `period` on a thread of its own until `stop` is set. A failure is logged
+/// once, and its recovery too, rather than at every attempt.
+fn every(
+    name: &str,
+    period: std::time::Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    mut f: impl FnMut() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                let until = std::time::Instant::now() + period;
+                while std::time::Instant::now() < until {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(period.min(std::time::Duration::from_millis(100)));
+                }
+                match f() {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!(task = %name, "Background task recovered.");
+                    }
+                    Ok(()) => {}
+                    Err(msg) if !failing => {
+                        failing = true;
+                        tracing::warn!(task = %name, "{msg}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
+    Ok(())
 }
 
 impl Application {
@@ -223,42 +264,42 @@ impl Application {
             settings.thresholds.link
         );
         engine.matcher.set_thresholds(settings.thresholds);
-        if let Some(every) = settings.link_interval {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(period) = settings.link_interval {
             let e = engine.clone();
-            std::thread::Builder::new()
-                .name("hutong-linker".into())
-                .spawn(move || loop {
-                    std::thread::sleep(every);
-                    if let Err(err) = e.matcher.sync(&e.store) {
-                        tracing::warn!(error = %err, "Linking new Patients to persons failed; will retry.");
-                    }
-                })?;
+            every("hutong-linker", period, stop.clone(), move || {
+                e.matcher.sync(&e.store).map_err(|err| {
+                    format!("Linking new Patients to persons failed; will retry: {err}")
+                })
+            })?;
         }
-        {
-            // Grants changed by other API nodes (PostgreSQL) take effect here within a second.
-            let e = engine.clone();
-            std::thread::Builder::new()
-                .name("hutong-grants".into())
-                .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    if let Err(err) = e.access.sync_grants(&e.store, false) {
-                        tracing::warn!(error = %err, "Reading grants failed; will retry.");
-                    }
-                })?;
-        }
-        {
-            let e = engine.clone();
-            let every = settings.checkpoint_interval;
-            std::thread::Builder::new()
-                .name("hutong-checkpoint".into())
-                .spawn(move || loop {
-                    std::thread::sleep(every);
-                    e.audit.flush(std::time::Duration::from_secs(10));
-                    if let Err(err) = access_api::checkpoint(&e) {
-                        tracing::warn!(error = %err.message(), "Signing audit checkpoints failed; will retry.");
-                    }
-                })?;
-        }
+        // Grants changed by other API nodes (PostgreSQL) take effect here within a second.
+        let e = engine.clone();
+        every(
+            "hutong-grants",
+            std::time::Duration::from_secs(1),
+            stop.clone(),
+            move || {
+                e.access
+                    .sync_grants(&e.store, false)
+                    .map_err(|err| format!("Reading grants failed; will retry: {err}"))
+            },
+        )?;
+        let e = engine.clone();
+        every(
+            "hutong-checkpoint",
+            settings.checkpoint_interval,
+            stop.clone(),
+            move || {
+                e.audit.flush(std::time::Duration::from_secs(10));
+                access_api::checkpoint(&e).map(|_| ()).map_err(|err| {
+                    format!(
+                        "Signing audit checkpoints failed; will retry: {}",
+                        err.message()
+                    )
+                })
+            },
+        )?;
         let state = Arc::new(http::AppState {
             engine: engine.clone(),
             body_limit: settings.body_limit,
@@ -271,6 +312,7 @@ impl Application {
             listener,
             router: http::app(state),
             engine,
+            stop,
         })
     }
 
@@ -291,6 +333,7 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let e = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if !e.audit.flush(std::time::Duration::from_secs(30)) {

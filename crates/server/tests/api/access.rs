@@ -573,6 +573,47 @@ async fn residents_sign_in_with_a_one_time_code(app: &TestApp) {
         .status,
         403
     );
+    // Or, once signed in, the resident sets a password and signs in with ID number and
+    // password.
+    let set = |token: &str, idn: &str| {
+        app.client
+            .post(format!("{}/auth/password", app.root))
+            .bearer_auth(token.to_string())
+            .json(&json!({"id_number": idn, "password": "my own secret"}))
+    };
+    assert_eq!(
+        set(me, OTHER_ID).send().await.unwrap().status(),
+        422,
+        "not my ID number"
+    );
+    assert_eq!(set(me, ID_NUMBER).send().await.unwrap().status(), 204);
+    assert_eq!(
+        set(&app.clinician(A), ID_NUMBER)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let login = |pw: &str| {
+        app.client
+            .post(format!("{}/auth/login", app.root))
+            .json(&json!({"id_number": ID_NUMBER, "password": pw}))
+    };
+    let ok = login("my own secret").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let v: Value = ok.json().await.unwrap();
+    assert_eq!(v["patient"], r.person.as_str());
+    assert_eq!(login("wrong one!").send().await.unwrap().status(), 401);
+    // A resident's account is not a clinician's.
+    let as_user = app
+        .client
+        .post(format!("{}/auth/login", app.root))
+        .json(&json!({"username": "resident:x", "password": "my own secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_user.status(), 401);
 }
 
 async fn institutions_see_their_own_data_and_nothing_else_without_a_grant(app: &TestApp) {
@@ -646,7 +687,27 @@ async fn institutions_see_their_own_data_and_nothing_else_without_a_grant(app: &
         person.status, 403,
         "the golden record is B's patient's until a grant"
     );
-    // Writes: own yes, another institution's no.
+    // Clinicians read (user/*.rs); their institution's systems write: own yes, another
+    // institution's no.
+    let mut v0 = app
+        .send_as(&a, "GET", &format!("Observation/{}", r.obs_a), None, &[])
+        .await
+        .body;
+    v0["status"] = json!("amended");
+    assert_eq!(
+        app.send_as(
+            &a,
+            "PUT",
+            &format!("Observation/{}", r.obs_a),
+            Some(v0),
+            &[]
+        )
+        .await
+        .status,
+        403,
+        "a clinician's token does not write"
+    );
+    let a = app.system(A);
     let mut v = app
         .send_as(&a, "GET", &format!("Observation/{}", r.obs_a), None, &[])
         .await
@@ -1040,7 +1101,7 @@ async fn appointments_booked_through_the_platform_open_the_visit_window(app: &Te
     );
     // An institution booking for itself opens nothing.
     let self_booked = app
-        .send_as(&c, "POST", "Appointment", Some(appt), &[])
+        .send_as(&app.system(C), "POST", "Appointment", Some(appt), &[])
         .await;
     assert_eq!(self_booked.status, 201);
     assert_eq!(

@@ -277,7 +277,7 @@ impl TestApp {
             practitioner: None,
             person: None,
             roles: vec![],
-            scopes: Scopes::parse("user/*.cruds"),
+            scopes: Scopes::parse("user/*.rs"),
             booking: false,
         })
     }
