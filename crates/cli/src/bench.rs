@@ -277,6 +277,32 @@ async fn post_bundles(
     Ok((n * per_bundle) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Median latencies of the same request by several readers, taken in turn so that the
+/// machine's noise falls on all of them alike.
+async fn interleaved(
+    clients: &[&reqwest::Client],
+    url: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    for c in clients {
+        for _ in 0..5 {
+            let _ = c.get(url).send().await?.bytes().await?;
+        }
+    }
+    let mut v: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); clients.len()];
+    for _ in 0..runs {
+        for (i, c) in clients.iter().enumerate() {
+            let t = Instant::now();
+            let r = c.get(url).send().await?;
+            let status = r.status();
+            let _ = r.bytes().await?;
+            anyhow::ensure!(status.is_success(), "{url}: {status}");
+            v[i].push(ms(t.elapsed()));
+        }
+    }
+    Ok(v.into_iter().map(median).collect())
+}
+
 async fn latency(client: &reqwest::Client, url: &str, runs: usize) -> anyhow::Result<f64> {
     let mut v = Vec::with_capacity(runs);
     // Untimed warm-up: connection, statement cache and the pages this query touches.
@@ -511,28 +537,18 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
                 reads[who].push(ms(t.elapsed()));
             }
         }
-        let mut everything = Vec::new();
-        let mut token = Vec::new();
-        for c in readers {
-            everything.push(
-                latency(
-                    c,
-                    &format!("{base}/Patient/{pid}/$everything?_count=1000"),
-                    30,
-                )
-                .await?,
-            );
-            token.push(
-                latency(
-                    c,
-                    &format!(
-                        "{base}/Observation?code=http://loinc.org|4548-4&_count=100&_total=none"
-                    ),
-                    50,
-                )
-                .await?,
-            );
-        }
+        let everything = interleaved(
+            &readers,
+            &format!("{base}/Patient/{pid}/$everything?_count=1000"),
+            30,
+        )
+        .await?;
+        let token = interleaved(
+            &readers,
+            &format!("{base}/Observation?code=http://loinc.org|4548-4&_count=100&_total=none"),
+            60,
+        )
+        .await?;
         let mrn = patients[0].json()?["identifier"][0]["value"]
             .as_str()
             .unwrap_or("")
