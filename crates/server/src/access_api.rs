@@ -110,6 +110,25 @@ fn patients_of(engine: &Engine, person: &str) -> Result<Vec<String>, ApiError> {
         .collect())
 }
 
+/// The person's first Patient: the one a grant's Consent is filed under.
+fn first_patient(engine: &Engine, person: &str) -> Result<String, ApiError> {
+    patients_of(engine, person)?
+        .first()
+        .cloned()
+        .ok_or_else(|| unprocessable(format!("Person/{person} has no records")))
+}
+
+/// The optional `end` parameter (a date or instant; the grant holds until its end).
+fn end_param(p: &Params) -> Result<Option<i64>, ApiError> {
+    p.string("end")
+        .map(|e| {
+            hutong_fhir::date::parse(&e)
+                .map(|r| r.hi)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid end '{e}'")))
+        })
+        .transpose()
+}
+
 fn categories(p: &Params) -> Result<u32, ApiError> {
     let mut bits = 0;
     for c in p.all("category") {
@@ -571,19 +590,9 @@ pub fn standing_grant(
     }
     let p = Params::parse(req, "$grant")?;
     let (inst, name) = institution_param(engine, &p)?;
-    let end = match p.string("end") {
-        Some(e) => Some(
-            hutong_fhir::date::parse(&e)
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid end '{e}'")))?
-                .hi,
-        ),
-        None => None,
-    };
+    let end = end_param(&p)?;
     person_json(engine, person)?;
-    let patient = patients_of(engine, person)?
-        .first()
-        .cloned()
-        .ok_or_else(|| unprocessable(format!("Person/{person} has no records")))?;
+    let patient = first_patient(engine, person)?;
     let now = now_ms();
     let grant = Grant {
         id: uuid::Uuid::new_v4().to_string(),
@@ -650,18 +659,8 @@ pub fn grant_proxy(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Resul
     }
     let gv = person_json(engine, &grantee)?;
     person_json(engine, person)?;
-    let patient = patients_of(engine, person)?
-        .first()
-        .cloned()
-        .ok_or_else(|| unprocessable(format!("Person/{person} has no records")))?;
-    let end = match p.string("end") {
-        Some(e) => Some(
-            hutong_fhir::date::parse(&e)
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid end '{e}'")))?
-                .hi,
-        ),
-        None => None,
-    };
+    let patient = first_patient(engine, person)?;
+    let end = end_param(&p)?;
     let now = now_ms();
     let grant = Grant {
         id: uuid::Uuid::new_v4().to_string(),
@@ -707,10 +706,7 @@ pub fn break_glass(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Resul
     }
     g.break_glass(&reason);
     let pv = person_json(engine, person)?;
-    let patient = patients_of(engine, person)?
-        .first()
-        .cloned()
-        .ok_or_else(|| unprocessable(format!("Person/{person} has no records")))?;
+    let patient = first_patient(engine, person)?;
     let now = now_ms();
     let name = institution_name(engine, &inst);
     let grant = Grant {

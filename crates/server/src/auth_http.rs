@@ -159,6 +159,24 @@ async fn fields(req: Request) -> Result<(HeaderMap, HashMap<String, String>), Re
     Ok((parts.headers, map))
 }
 
+/// Every sign-in request: the address's rate limit, then the body's fields.
+async fn admit(
+    st: &AppState,
+    addr: SocketAddr,
+    req: Request,
+) -> Result<(String, HeaderMap, HashMap<String, String>), Response> {
+    let from = addr.ip().to_string();
+    if !st.limits.allow(&from) {
+        return Err(outcome(
+            429,
+            IssueCode::Security,
+            "Too many sign-in attempts from this address",
+        ));
+    }
+    let (headers, f) = fields(req).await?;
+    Ok((from, headers, f))
+}
+
 fn basic_auth(h: &HeaderMap) -> Option<(String, String)> {
     use base64::Engine as _;
     let v = h.get("authorization")?.to_str().ok()?;
@@ -181,15 +199,7 @@ pub async fn token(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let from = addr.ip().to_string();
-    if !st.limits.allow(&from) {
-        return outcome(
-            429,
-            IssueCode::Security,
-            "Too many sign-in attempts from this address",
-        );
-    }
-    let (headers, f) = match fields(req).await {
+    let (from, headers, f) = match admit(&st, addr, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -248,15 +258,7 @@ pub async fn login(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let from = addr.ip().to_string();
-    if !st.limits.allow(&from) {
-        return outcome(
-            429,
-            IssueCode::Security,
-            "Too many sign-in attempts from this address",
-        );
-    }
-    let (_, f) = match fields(req).await {
+    let (from, _, f) = match admit(&st, addr, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -513,15 +515,7 @@ pub async fn otp_send(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let from = addr.ip().to_string();
-    if !st.limits.allow(&from) {
-        return outcome(
-            429,
-            IssueCode::Security,
-            "Too many sign-in attempts from this address",
-        );
-    }
-    let (_, f) = match fields(req).await {
+    let (from, _, f) = match admit(&st, addr, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -603,15 +597,7 @@ pub async fn otp_verify(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let from = addr.ip().to_string();
-    if !st.limits.allow(&from) {
-        return outcome(
-            429,
-            IssueCode::Security,
-            "Too many sign-in attempts from this address",
-        );
-    }
-    let (_, f) = match fields(req).await {
+    let (from, _, f) = match admit(&st, addr, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
