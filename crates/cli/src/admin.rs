@@ -36,6 +36,30 @@ pub enum AccessCmd {
     },
     /// Lift a lockout (`client:ID`, `user:NAME`).
     Unlock { subject: String },
+    /// Issue an access token directly from the keyring (for scripts and measurements; whoever
+    /// can read the keyring can do this, which is why the keyring is owner-only).
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// system, clinician, resident, operator or platform.
+    #[arg(long, default_value = "platform")]
+    kind: String,
+    #[arg(long, default_value = "hutong-cli")]
+    subject: String,
+    #[arg(long)]
+    institution: Option<String>,
+    /// The resident's Person id.
+    #[arg(long)]
+    person: Option<String>,
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// SMART scopes (default: what the kind gets when signing in).
+    #[arg(long)]
+    scope: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    hours: i64,
 }
 
 #[derive(Args)]
@@ -215,6 +239,35 @@ pub fn access(s: &Settings, cmd: AccessCmd) -> anyhow::Result<()> {
         AccessCmd::Unlock { subject } => {
             a.unlock(&subject)?;
             ("unlock", format!("unlock {subject}"))
+        }
+        AccessCmd::Token(t) => {
+            let (kind, default_scope) = match t.kind.as_str() {
+                "system" => (Kind::System, "system/*.cruds"),
+                "clinician" => (Kind::Clinician, "user/*.rs"),
+                "resident" => (Kind::Resident, "patient/*.rs"),
+                "operator" => (Kind::Operator, "user/*.rs"),
+                "platform" => (Kind::Platform, "system/*.cruds"),
+                k => anyhow::bail!(
+                    "--kind is system, clinician, resident, operator or platform, not {k}"
+                ),
+            };
+            let mut roles = Vec::new();
+            for r in &t.roles {
+                roles.push(Role::parse(r).with_context(|| format!("unknown role {r}"))?);
+            }
+            let p = hutong_access::Principal {
+                kind,
+                subject: t.subject.clone(),
+                name: None,
+                institution: t.institution.clone(),
+                practitioner: None,
+                person: t.person.clone(),
+                roles,
+                scopes: Scopes::parse(t.scope.as_deref().unwrap_or(default_scope)),
+                booking: false,
+            };
+            println!("{}", engine.access.tokens.issue_for(&p, t.hours * 3600));
+            ("token", format!("issue a token for {}", p.label()))
         }
     };
     engine.audit.record(entry(action, what));

@@ -2,6 +2,7 @@
 //! after a row is edited in the database, names the altered entry and fails; `hutong keys`
 //! rotates the data key and the data stays readable.
 
+use base64::Engine;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hutong");
@@ -51,12 +52,45 @@ fn audit_verify_catches_an_edited_row_and_keys_rotate() {
     assert!(stdout(&added).contains("client_secret:"));
     let listed = hutong(&data, &["access", "clients"]);
     assert!(stdout(&listed).contains("urn:hutong:org:X"));
+    // A token minted from the keyring carries the claims asked for, and the minting is audited.
+    let minted = hutong(
+        &data,
+        &[
+            "access",
+            "token",
+            "--kind",
+            "operator",
+            "--institution",
+            "urn:hutong:org:X",
+            "--role",
+            "auditor",
+        ],
+    );
+    assert!(minted.status.success(), "{minted:?}");
+    let token = stdout(&minted).trim().to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let claims = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims.contains("urn:hutong:org:X"), "{claims}");
+    assert!(
+        claims.contains("user/*.rs") && claims.contains("auditor"),
+        "{claims}"
+    );
+    let refused = hutong(&data, &["access", "token", "--kind", "god"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--kind is system"));
     assert!(hutong(&data, &["audit", "checkpoint"]).status.success());
     let ok = hutong(&data, &["audit", "verify"]);
     assert!(ok.status.success(), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("intact"), "{}", stdout(&ok));
     let shown = hutong(&data, &["audit", "show", "--limit", "5"]);
     assert!(stdout(&shown).contains("add-client"), "{}", stdout(&shown));
+    assert!(stdout(&shown).contains("token"), "{}", stdout(&shown));
 
     // A new data key: everything re-encrypted under it, still readable.
     let rotated = hutong(&data, &["keys", "rotate-data"]);
