@@ -1451,8 +1451,9 @@ pub(crate) fn everything(
 }
 
 /// The keys whose rows `scope` lets the reader see, in their order. Rows in a shard the
-/// reader sees whole are settled from the (small) sensitivity index alone; only the rest are
-/// looked up.
+/// reader sees whole are settled from the (small) sensitivity index alone, the reader's own
+/// rows in a shard from one range of the route index; only the rest are looked up one by one.
+/// A person's record is thousands of keys, so this works on sorted vectors, not hash sets.
 pub(crate) fn visible_keys(
     conn: &mut dyn Conn,
     cat: &Catalog,
@@ -1462,69 +1463,98 @@ pub(crate) fn visible_keys(
     let Scope::Rows(r) = scope else {
         return Ok(keys);
     };
-    let mut keep: HashSet<(i64, i64)> = HashSet::with_capacity(keys.len());
-    let mut by_sens: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
-    let mut by_row: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
-    for &(shard, rid) in &keys {
-        match r.shards.get(&shard) {
-            Some(&open) if r.types.is_none() => {
-                if open == hutong_fhir::security::ALL {
-                    keep.insert((shard, rid));
-                } else {
-                    by_sens.entry(shard).or_default().push(rid);
-                }
-            }
-            _ => by_row.entry(shard).or_default().push(rid),
-        }
+    let mut visible = vec![false; keys.len()];
+    // Positions of the keys by shard.
+    let mut by_shard: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (i, &(shard, _)) in keys.iter().enumerate() {
+        by_shard.entry(shard).or_default().push(i);
     }
-    for (shard, rids) in by_sens {
-        let open = r.shards[&shard];
-        let sensitive: std::collections::HashMap<i64, u32> = conn
-            .query(
-                "SELECT rid, sens FROM ix_sens WHERE shard = ?",
-                &[Val::Int(shard)],
-            )?
-            .iter()
-            .map(|x| (x[0].int(), x[1].int() as u32))
-            .collect();
-        for rid in rids {
-            if sensitive.get(&rid).is_none_or(|s| s & !open == 0) {
-                keep.insert((shard, rid));
-            } else {
-                // Closed to the grant, but perhaps the reader's own submission.
-                by_row.entry(shard).or_default().push(rid);
-            }
+    let own_sources: Vec<String> = r
+        .sources
+        .iter()
+        .filter_map(|s| cat.system_id(s))
+        .map(|id| id.to_string())
+        .collect();
+    for (shard, mut at) in by_shard {
+        let granted = r.shards.get(&shard).copied().filter(|_| r.types.is_none());
+        if granted == Some(hutong_fhir::security::ALL) {
+            at.iter().for_each(|&i| visible[i] = true);
+            continue;
         }
-    }
-    for (shard, rids) in by_row {
-        // Type and submitter from the narrow route rows, sensitivity from the small
-        // sensitivity index: the resource rows (and their bodies) stay unread.
-        let sensitive: std::collections::HashMap<i64, u32> = conn
-            .query(
-                "SELECT rid, sens FROM ix_sens WHERE shard = ?",
-                &[Val::Int(shard)],
-            )?
-            .iter()
-            .map(|x| (x[0].int(), x[1].int() as u32))
-            .collect();
-        for chunk in rids.chunks(500) {
-            let params: Vec<Val> = chunk.iter().map(|x| Val::Int(*x)).collect();
+        let sensitive = sorted_pairs(conn.query(
+            "SELECT rid, sens FROM ix_sens WHERE shard = ? ORDER BY rid",
+            &[Val::Int(shard)],
+        )?);
+        let sens_of = |rid: i64| {
+            sensitive
+                .binary_search_by_key(&rid, |p| p.0)
+                .map_or(0, |j| sensitive[j].1 as u32)
+        };
+        if let Some(open) = granted {
+            // Closed to the grant, but perhaps the reader's own submission: left for below.
+            at.retain(|&i| {
+                let ok = sens_of(keys[i].1) & !open == 0;
+                visible[i] = ok;
+                !ok
+            });
+        }
+        if shard != 0 && r.types.is_none() && !own_sources.is_empty() && at.len() >= 32 {
+            // Much of a person's shard (an institution reading its own patient's record):
+            // the reader's own rows in one range of the (shard, src) index rather than a
+            // route lookup per row. Own submissions are visible whatever their category.
+            let mut own: Vec<i64> = conn
+                .query(
+                    &format!(
+                        "SELECT rid FROM res_route WHERE shard = ? AND src IN ({})",
+                        own_sources.join(",")
+                    ),
+                    &[Val::Int(shard)],
+                )?
+                .iter()
+                .map(|x| x[0].int())
+                .collect();
+            own.sort_unstable();
+            at.retain(|&i| {
+                let ok = own.binary_search(&keys[i].1).is_ok();
+                visible[i] = ok;
+                !ok
+            });
+        }
+        // The rest: type and submitter from the narrow route rows, sensitivity from the
+        // sensitivity index; the resource rows (and their bodies) stay unread.
+        for chunk in at.chunks(500) {
+            let params: Vec<Val> = chunk.iter().map(|&i| Val::Int(keys[i].1)).collect();
             let sql = format!(
                 "SELECT rid, rtype, src FROM res_route WHERE rid IN ({})",
                 vec!["?"; chunk.len()].join(",")
             );
+            let mut seen: Vec<(i64, bool)> = Vec::with_capacity(chunk.len());
             for row in conn.query(&sql, &params)? {
                 let rid = row[0].int();
                 let rtype = cat.type_name(row[1].int()).unwrap_or("");
                 let src = cat.system_name(row[2].int()).unwrap_or("");
-                let sens = sensitive.get(&rid).copied().unwrap_or(0);
-                if r.permits(rtype, shard, src, sens) {
-                    keep.insert((shard, rid));
-                }
+                seen.push((rid, r.permits(rtype, shard, src, sens_of(rid))));
+            }
+            seen.sort_unstable();
+            for &i in chunk {
+                visible[i] = seen
+                    .binary_search_by_key(&keys[i].1, |p| p.0)
+                    .is_ok_and(|j| seen[j].1);
             }
         }
     }
-    Ok(keys.into_iter().filter(|k| keep.contains(k)).collect())
+    Ok(keys
+        .into_iter()
+        .zip(visible)
+        .filter_map(|(k, v)| v.then_some(k))
+        .collect())
+}
+
+/// `(int, int)` rows as a vector sorted by the first.
+fn sorted_pairs(rows: Vec<Vec<Val>>) -> Vec<(i64, i64)> {
+    let mut v: Vec<(i64, i64)> = rows.iter().map(|x| (x[0].int(), x[1].int())).collect();
+    v.sort_unstable();
+    v
 }
 
 #[cfg(test)]

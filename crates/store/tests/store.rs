@@ -993,6 +993,7 @@ fn schema_1_stores_are_upgraded(t: &TestStore) {
         "ALTER TABLE res DROP COLUMN sens",
         "ALTER TABLE res_hist DROP COLUMN src",
         "ALTER TABLE res_hist DROP COLUMN sens",
+        "DROP INDEX res_route_src",
         "ALTER TABLE res_route DROP COLUMN src",
         "DROP TABLE ix_sens",
         "UPDATE meta SET v = '1' WHERE k = 'schema'",
