@@ -24,6 +24,7 @@ pub enum IssueCode {
     MultipleMatches,
     Incomplete,
     CodeInvalid,
+    BusinessRule,
 }
 
 impl IssueCode {
@@ -48,6 +49,7 @@ impl IssueCode {
             IssueCode::MultipleMatches => "multiple-matches",
             IssueCode::Incomplete => "incomplete",
             IssueCode::CodeInvalid => "code-invalid",
+            IssueCode::BusinessRule => "business-rule",
         }
     }
 }
@@ -59,6 +61,8 @@ pub struct Issue {
     pub code: IssueCode,
     pub diagnostics: String,
     pub expression: Option<String>,
+    /// Further elements of the issue (`details`, `extension`) as JSON.
+    pub extra: Option<serde_json::Map<String, Value>>,
 }
 
 /// An OperationOutcome under construction.
@@ -88,6 +92,7 @@ impl Outcome {
             code,
             diagnostics: diagnostics.into(),
             expression,
+            extra: None,
         });
         self
     }
@@ -104,6 +109,11 @@ impl Outcome {
                 });
                 if let Some(e) = &i.expression {
                     v["expression"] = json!([e]);
+                }
+                if let (Some(extra), Some(o)) = (&i.extra, v.as_object_mut()) {
+                    for (k, x) in extra {
+                        o.insert(k.clone(), x.clone());
+                    }
                 }
                 v
             })

@@ -430,6 +430,56 @@ impl Store {
         ))
     }
 
+    /// Seals bytes kept outside resource bodies (a quarantined submission carries names and
+    /// ID numbers too) with the protector that seals identity bodies; unchanged without one.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match self.catalog().codec.protector() {
+            Some(p) => p.seal(plain).map_err(StoreError::Corrupt),
+            None => Ok(plain.to_vec()),
+        }
+    }
+
+    /// Opens what [`Store::seal`] produced.
+    pub fn unseal(&self, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if !bytes.starts_with(codec::SEALED) {
+            return Ok(bytes.to_vec());
+        }
+        let p = self
+            .catalog()
+            .codec
+            .protector()
+            .ok_or_else(|| StoreError::Corrupt("sealed data but no keys to open it".into()))?;
+        p.open(bytes).map_err(StoreError::Corrupt)
+    }
+
+    /// Which of `ids` exist as current, undeleted resources of `rtype` (for intake's
+    /// reference checks: one query per type and chunk, not one per reference).
+    pub fn existing(
+        &self,
+        rtype: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        let Some(t) = self.catalog().type_id(rtype) else {
+            return Ok(found);
+        };
+        let mut c = self.reader()?;
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut params = vec![Val::Int(t)];
+            params.extend(chunk.iter().map(|id| Val::Text(id.clone())));
+            let rows = c.conn().query(
+                &format!(
+                    "SELECT r.id FROM res_route r JOIN res s ON s.shard = r.shard \
+                     AND s.rid = r.rid WHERE r.rtype = ? AND r.id IN ({marks}) AND s.deleted = 0"
+                ),
+                &params,
+            )?;
+            found.extend(rows.into_iter().map(|r| r[0].text().to_string()));
+        }
+        Ok(found)
+    }
+
     /// A specific version, if `scope` lets the reader see it.
     pub fn vread(
         &self,

@@ -194,7 +194,9 @@ impl<'a> Tx<'a> {
         }
     }
 
-    pub(crate) fn conn(&mut self) -> &mut dyn Conn {
+    /// The transaction's connection, for tables other crates keep beside the FHIR data
+    /// (written in the same transaction as the resources they describe).
+    pub fn conn(&mut self) -> &mut dyn Conn {
         self.conn
     }
 

@@ -1,0 +1,694 @@
+//! Data governance at intake: every resource an institution submits is checked against the
+//! R4 structure and the platform's rules (`rules.toml`, overridable per deployment). Each
+//! finding names its rule, where it is (a FHIRPath location), what is wrong in Chinese and
+//! English, and how to fix it; findings of severity *error* reject the submission, *warning*
+//! ones are recorded.
+//!
+//! The checks that need no database are [`Checker::check`]; those that look at what the
+//! platform already holds (references, the encounter's patient, duplicates) are
+//! [`Checker::check_context`] against a [`Context`] the server provides.
+
+pub mod codes;
+pub mod rules;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use hutong_fhir::date;
+pub use rules::{Rules, RulesError, Severity, RULES};
+
+/// The platform extension on `meta` that records when the source collected the data.
+pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
+/// The code system of the rule ids in OperationOutcome issues.
+pub const RULE_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/intake-rule";
+/// The issue extensions carrying the Chinese message and the fix hint.
+pub const MESSAGE_ZH_URL: &str = "https://hutong.dev/fhir/StructureDefinition/issue-message-zh";
+pub const HINT_URL: &str = "https://hutong.dev/fhir/StructureDefinition/issue-hint";
+
+const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+
+/// One rule's verdict on one place in a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    /// FHIRPath location, e.g. `Observation.valueQuantity.value`.
+    pub expression: String,
+    pub en: String,
+    pub zh: String,
+    pub hint: String,
+}
+
+impl Finding {
+    /// This finding as an OperationOutcome issue.
+    pub fn issue(&self) -> Value {
+        let code = match self.rule {
+            "structure" => "structure",
+            "reference" => "not-found",
+            "duplicate" => "duplicate",
+            "code-valid" => "code-invalid",
+            "data-set" => "required",
+            _ => "business-rule",
+        };
+        json!({
+            "extension": [
+                {"url": MESSAGE_ZH_URL, "valueString": self.zh},
+                {"url": HINT_URL, "valueString": self.hint},
+            ],
+            "severity": self.severity.as_str(),
+            "code": code,
+            "details": {
+                "coding": [{"system": RULE_SYSTEM, "code": self.rule}],
+                "text": format!("{} / {}", self.zh, self.en),
+            },
+            "diagnostics": format!("[{}] {} Fix: {}", self.rule, self.en, self.hint),
+            "expression": [self.expression],
+        })
+    }
+}
+
+/// An OperationOutcome of findings (an "all OK" information issue when there are none).
+pub fn outcome(findings: &[Finding]) -> Value {
+    let issues: Vec<Value> = if findings.is_empty() {
+        vec![json!({"severity": "information", "code": "informational",
+                    "diagnostics": "No issues: the resource passes every intake rule in force."})]
+    } else {
+        findings.iter().map(Finding::issue).collect()
+    };
+    json!({"resourceType": "OperationOutcome", "issue": issues})
+}
+
+/// Whether any finding rejects the submission.
+pub fn rejects(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Error)
+}
+
+/// What the platform already holds, as the context checks need it.
+pub trait Context {
+    /// Whether `rtype/id` exists (not deleted), on the platform or earlier in the submission.
+    fn exists(&self, rtype: &str, id: &str) -> bool;
+    /// The patient reference (`Patient/x`) of the encounter `id`, if it is known.
+    fn encounter_subject(&self, id: &str) -> Option<String>;
+    /// The id of a resource of `rtype` from the same source with the same content fingerprint.
+    fn same_content(&self, rtype: &str, fingerprint: &str) -> Option<String>;
+    /// Whether the encounter `id` itself looks filed to the wrong patient (see
+    /// [`misfiled_encounters`]): then its records are not blamed for disagreeing with it.
+    fn encounter_misfiled(&self, _id: &str) -> bool {
+        false
+    }
+}
+
+/// The encounters of a batch that most of their own records contradict: when two or more
+/// records name an encounter and more of them disagree with its patient than agree, the
+/// encounter is the one filed to the wrong patient, not the records.
+pub fn misfiled_encounters(
+    resources: &[&Value],
+    encounter_subject: &dyn Fn(&str) -> Option<String>,
+) -> std::collections::HashSet<String> {
+    let mut tally: std::collections::HashMap<&str, (u32, u32)> = Default::default();
+    for v in resources {
+        let subject = ["subject", "patient"]
+            .iter()
+            .find_map(|k| v[*k]["reference"].as_str());
+        let enc = v["encounter"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Encounter/"));
+        if let (Some(s), Some(e)) = (subject, enc) {
+            if let Some(es) = encounter_subject(e) {
+                let t = tally.entry(e).or_default();
+                if es == s {
+                    t.0 += 1;
+                } else {
+                    t.1 += 1;
+                }
+            }
+        }
+    }
+    tally
+        .into_iter()
+        .filter(|(_, (agree, disagree))| *disagree >= 2 && disagree > agree)
+        .map(|(e, _)| e.to_string())
+        .collect()
+}
+
+/// A content fingerprint: the resource without its id, `meta` and narrative, hashed.
+/// Two submissions with the same fingerprint say the same thing.
+pub fn fingerprint(v: &Value) -> String {
+    let mut copy = v.clone();
+    if let Some(o) = copy.as_object_mut() {
+        o.remove("id");
+        o.remove("meta");
+        o.remove("text");
+    }
+    let digest = Sha256::digest(copy.to_string().as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The intake rules in force.
+#[derive(Debug, Clone, Default)]
+pub struct Checker {
+    pub rules: Rules,
+}
+
+struct Out<'a> {
+    rules: &'a Rules,
+    rtype: &'a str,
+    found: Vec<Finding>,
+}
+
+impl Out<'_> {
+    fn add(&mut self, rule: &'static str, at: &str, en: String, zh: String, hint: &str) {
+        if let Some(severity) = self.rules.severity(rule) {
+            let expression = if at.is_empty() {
+                self.rtype.to_string()
+            } else {
+                format!("{}.{at}", self.rtype)
+            };
+            self.found.push(Finding {
+                rule,
+                severity,
+                expression,
+                en,
+                zh,
+                hint: hint.to_string(),
+            });
+        }
+    }
+    fn on(&self, rule: &str) -> bool {
+        self.rules.severity(rule).is_some()
+    }
+}
+
+/// Elements whose value is when something clinical began, by JSON name. Later times
+/// (abatement, a report's issue) may legitimately follow the collection of the record.
+const CLINICAL_TIMES: &[&str] = &[
+    "effectiveDateTime",
+    "effectiveInstant",
+    "effectivePeriod",
+    "onsetDateTime",
+    "onsetPeriod",
+    "recordedDate",
+    "occurrenceDateTime",
+    "authoredOn",
+    "performedDateTime",
+    "performedPeriod",
+    "period",
+    "started",
+    "date",
+];
+
+impl Checker {
+    pub fn new(rules: Rules) -> Checker {
+        Checker { rules }
+    }
+
+    /// The checks that need only the resource: structure, identity data, dates, units,
+    /// codes and the platform's data set. `received_ms` is when the platform received it.
+    pub fn check(&self, v: &Value, received_ms: i64) -> Vec<Finding> {
+        let rtype = v["resourceType"].as_str().unwrap_or("");
+        let mut out = Out {
+            rules: &self.rules,
+            rtype,
+            found: Vec::new(),
+        };
+        if out.on("structure") {
+            for f in hutong_fhir::validate::validate(v) {
+                // The validator's locations start with the type already.
+                let at = f
+                    .location
+                    .strip_prefix(rtype)
+                    .map(|s| s.trim_start_matches('.').to_string())
+                    .unwrap_or(f.location.clone());
+                out.add(
+                    "structure",
+                    &at,
+                    f.message.clone(),
+                    format!("不符合 FHIR R4 结构定义：{}", f.message),
+                    "Correct the element to match the R4 definition of the resource.",
+                );
+            }
+        }
+        let Some(obj) = v.as_object() else {
+            return out.found;
+        };
+        if rtype == "Patient" {
+            patient(obj, received_ms, &mut out);
+        }
+        times(obj, received_ms, &mut out);
+        quantities(obj, &mut out);
+        codes(obj, &mut out);
+        data_set(obj, &mut out);
+        out.found
+    }
+
+    /// The checks against what the platform holds: references resolve, a record's patient is
+    /// its encounter's patient, the same content was not already submitted.
+    pub fn check_context(&self, v: &Value, ctx: &dyn Context) -> Vec<Finding> {
+        let rtype = v["resourceType"].as_str().unwrap_or("");
+        let mut out = Out {
+            rules: &self.rules,
+            rtype,
+            found: Vec::new(),
+        };
+        if out.on("reference") {
+            let mut refs = Vec::new();
+            collect_references(v, String::new(), &mut refs);
+            for (at, r) in refs {
+                let Some((t, id)) = literal(&r) else { continue };
+                if !ctx.exists(t, id) {
+                    out.add(
+                        "reference",
+                        &at,
+                        format!("The reference {r} does not resolve: there is no {t}/{id} on the platform or in this submission."),
+                        format!("引用 {r} 无法解析：平台和本次提交中都没有 {t}/{id}。"),
+                        "Submit the referenced resource first (or in the same transaction), or correct the reference.",
+                    );
+                }
+            }
+        }
+        if out.on("encounter-subject") && rtype == "Encounter" {
+            if let Some(id) = v["id"].as_str().filter(|id| ctx.encounter_misfiled(id)) {
+                out.add(
+                    "encounter-subject",
+                    "subject",
+                    format!("Most records of Encounter/{id} belong to another patient than the encounter's: the encounter is possibly filed to the wrong patient."),
+                    format!("就诊 Encounter/{id} 的多数记录属于另一名患者：该就诊疑似归档到错误的患者。"),
+                    "Check which patient the encounter belongs to and resubmit it under that patient.",
+                );
+            }
+        }
+        if out.on("encounter-subject") {
+            let subject = ["subject", "patient"]
+                .iter()
+                .find_map(|k| v[*k]["reference"].as_str());
+            let enc = v["encounter"]["reference"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("Encounter/"));
+            if let (Some(subject), Some(enc)) =
+                (subject, enc.filter(|e| !ctx.encounter_misfiled(e)))
+            {
+                if let Some(enc_subject) = ctx.encounter_subject(enc) {
+                    if enc_subject != subject {
+                        let field = if v.get("subject").is_some() {
+                            "subject"
+                        } else {
+                            "patient"
+                        };
+                        out.add(
+                            "encounter-subject",
+                            field,
+                            format!("Filed under {subject}, but its encounter Encounter/{enc} is {enc_subject}'s: possibly filed to the wrong patient."),
+                            format!("记录归属 {subject}，但其就诊 Encounter/{enc} 属于 {enc_subject}：疑似归档到错误的患者。"),
+                            "Check which patient the record belongs to and resubmit it under that patient.",
+                        );
+                    }
+                }
+            }
+        }
+        if out.on("duplicate") {
+            let fp = fingerprint(v);
+            let own = v["id"].as_str().unwrap_or("");
+            if let Some(other) = ctx.same_content(rtype, &fp) {
+                if other != own {
+                    out.add(
+                        "duplicate",
+                        "",
+                        format!("The same content was already submitted as {rtype}/{other}."),
+                        format!("相同内容已作为 {rtype}/{other} 提交过。"),
+                        "Do not resend a record under a new id; update the existing one instead.",
+                    );
+                }
+            }
+        }
+        out.found
+    }
+}
+
+fn patient(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
+    let birth = obj.get("birthDate").and_then(Value::as_str);
+    if let Some(b) = birth {
+        if let Some(r) = date::parse(b) {
+            if r.lo > received_ms {
+                out.add(
+                    "birth-date",
+                    "birthDate",
+                    format!("The birth date {b} is in the future."),
+                    format!("出生日期 {b} 晚于当前日期。"),
+                    "Correct the birth date.",
+                );
+            }
+        }
+    }
+    let ids = obj.get("identifier").and_then(Value::as_array);
+    for (i, ident) in ids.into_iter().flatten().enumerate() {
+        if ident["system"] != ID_SYSTEM {
+            continue;
+        }
+        let Some(value) = ident["value"].as_str() else {
+            continue;
+        };
+        match hutong_cn::idcard::IdNumber::parse(value) {
+            Err(e) => out.add(
+                "id-number",
+                &format!("identifier[{i}].value"),
+                format!("The ID number {value} is not valid: {e}."),
+                format!("身份证号 {value} 无效（{e}）。"),
+                "Check the ID number against the resident's ID card (GB 11643).",
+            ),
+            Ok(id) => {
+                let (y, m, d) = id.birth_date();
+                let from_id = format!("{y:04}-{m:02}-{d:02}");
+                if let Some(b) = birth.filter(|b| b.len() == 10 && *b != from_id) {
+                    out.add(
+                        "birth-date-id",
+                        "birthDate",
+                        format!("The birth date {b} differs from {from_id} in the ID number."),
+                        format!("出生日期 {b} 与身份证号中的 {from_id} 不一致。"),
+                        "Correct whichever of the birth date and the ID number is wrong.",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn collected_ms(obj: &Map<String, Value>) -> Option<i64> {
+    obj.get("meta")?["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == COLLECTED_URL)
+        .and_then(|e| e["valueInstant"].as_str())
+        .and_then(date::parse)
+        .map(|r| r.lo)
+}
+
+fn times(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
+    let limit = collected_ms(obj)
+        .unwrap_or(received_ms)
+        .min(received_ms)
+        .saturating_add(out.rules.clinical_tolerance_ms);
+    for key in CLINICAL_TIMES {
+        let Some(x) = obj.get(*key) else { continue };
+        // A `date` element is clinical time only on some types (not e.g. on a Bundle).
+        if *key == "date" && !matches!(out.rtype, "ClinicalImpression" | "DocumentReference") {
+            continue;
+        }
+        let (start, end) = match x {
+            Value::String(s) => (Some(s.as_str()), None),
+            Value::Object(p) => (
+                p.get("start").and_then(Value::as_str),
+                p.get("end").and_then(Value::as_str),
+            ),
+            _ => continue,
+        };
+        let s = start.and_then(date::parse);
+        let e = end.and_then(date::parse);
+        if let (Some(s), Some(e)) = (s, e) {
+            if e.hi < s.lo {
+                let what = if out.rtype == "Encounter" {
+                    ("discharge is before admission", "出院时间早于入院时间")
+                } else {
+                    ("the period ends before it starts", "结束时间早于开始时间")
+                };
+                out.add(
+                    "period-order",
+                    &format!("{key}.end"),
+                    format!(
+                        "{}: {} < {}.",
+                        capitalise(what.0),
+                        end.unwrap_or(""),
+                        start.unwrap_or("")
+                    ),
+                    format!(
+                        "{}：{} < {}。",
+                        what.1,
+                        end.unwrap_or(""),
+                        start.unwrap_or("")
+                    ),
+                    "Correct the start or end of the period.",
+                );
+            }
+        }
+        if let Some(s) = s {
+            if s.lo > limit {
+                let at = if x.is_object() {
+                    format!("{key}.start")
+                } else {
+                    key.to_string()
+                };
+                let when = start.unwrap_or("");
+                out.add(
+                    "clinical-time",
+                    &at,
+                    format!("The clinical time {when} is after the data was collected or received: it cannot have happened yet."),
+                    format!("临床时间 {when} 晚于数据采集或接收时间，不可能已经发生。"),
+                    "Correct the clinical time (a wrong year or a clock set to the future?).",
+                );
+            }
+        }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// The LOINC code of an observation-like element, if it has one.
+fn loinc_of(code: &Value) -> Option<&str> {
+    code["coding"]
+        .as_array()?
+        .iter()
+        .find(|c| c["system"] == codes::LOINC)
+        .and_then(|c| c["code"].as_str())
+}
+
+fn quantities(obj: &Map<String, Value>, out: &mut Out) {
+    let mut items: Vec<(String, Option<&str>, &Value)> = Vec::new();
+    if let Some(q) = obj.get("valueQuantity") {
+        items.push((
+            "valueQuantity".into(),
+            obj.get("code").and_then(loinc_of),
+            q,
+        ));
+    }
+    for (i, c) in obj
+        .get("component")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(q) = c.get("valueQuantity") {
+            items.push((
+                format!("component[{i}].valueQuantity"),
+                loinc_of(&c["code"]),
+                q,
+            ));
+        }
+    }
+    for (at, loinc, q) in items {
+        let unit = q["code"].as_str().or_else(|| q["unit"].as_str());
+        let ucum = q.get("system").is_none_or(|s| s == codes::UCUM);
+        if let (Some(u), true) = (unit, ucum) {
+            if let Some(problem) = codes::ucum_problem(u) {
+                out.add(
+                    "unit-ucum",
+                    &format!("{at}.code"),
+                    format!("The unit is not a UCUM code: {problem}."),
+                    format!("计量单位不是 UCUM 编码：{problem}。"),
+                    "Send the unit as a UCUM code (e.g. g/L, mmol/L, 10*9/L) with system http://unitsofmeasure.org.",
+                );
+                continue;
+            }
+        }
+        let Some(test) = loinc.and_then(|l| codes::lab_tests().get(l)) else {
+            continue;
+        };
+        if let Some(u) = unit {
+            if u != test.unit {
+                out.add(
+                    "unit-expected",
+                    &format!("{at}.code"),
+                    format!(
+                        "{} ({}) is reported in {} on this platform, not {u}.",
+                        test.en, test.loinc, test.unit
+                    ),
+                    format!(
+                        "{}（{}）在本平台以 {} 报告，而不是 {u}。",
+                        test.zh, test.loinc, test.unit
+                    ),
+                    "Convert the value to the platform's unit and send that unit.",
+                );
+                continue;
+            }
+        }
+        if let Some(x) = q["value"].as_f64() {
+            if x < test.min || x > test.max {
+                out.add(
+                    "value-plausible",
+                    &format!("{at}.value"),
+                    format!(
+                        "{x} {} is not a possible value of {} ({}–{} {}): a unit or entry error?",
+                        test.unit, test.en, test.min, test.max, test.unit
+                    ),
+                    format!(
+                        "{x} {} 不是{}的可能取值（{}–{} {}），疑似单位或录入错误。",
+                        test.unit, test.zh, test.min, test.max, test.unit
+                    ),
+                    "Check the value and its unit (e.g. mg/dL sent as mmol/L, metres as cm).",
+                );
+            }
+        }
+    }
+}
+
+fn codes(obj: &Map<String, Value>, out: &mut Out) {
+    let mut concepts: Vec<(String, &Value)> = Vec::new();
+    for key in ["code", "vaccineCode", "medicationCodeableConcept"] {
+        if let Some(c) = obj.get(key) {
+            concepts.push((key.into(), c));
+        }
+    }
+    for (i, c) in obj
+        .get("component")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        concepts.push((format!("component[{i}].code"), &c["code"]));
+    }
+    for (at, concept) in concepts {
+        for (j, coding) in concept["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let Some(code) = coding["code"].as_str() else {
+                continue;
+            };
+            let problem = match coding["system"].as_str() {
+                Some(codes::LOINC) => codes::loinc_problem(code),
+                Some(codes::ICD10) => codes::icd10_problem(code),
+                _ => None,
+            };
+            if let Some(p) = problem {
+                out.add(
+                    "code-valid",
+                    &format!("{at}.coding[{j}].code"),
+                    format!("Invalid code: {p}."),
+                    format!("编码无效：{p}。"),
+                    "Send the code exactly as the code system defines it.",
+                );
+            }
+        }
+    }
+}
+
+fn has_element(obj: &Map<String, Value>, name: &str) -> bool {
+    match name.strip_suffix("[x]") {
+        Some(base) => obj.iter().any(|(k, v)| {
+            k.len() > base.len()
+                && k.starts_with(base)
+                && k.as_bytes()[base.len()].is_ascii_uppercase()
+                && !v.is_null()
+        }),
+        None => obj.get(name).is_some_and(|v| !v.is_null()),
+    }
+}
+
+fn data_set(obj: &Map<String, Value>, out: &mut Out) {
+    if !out.on("data-set") {
+        return;
+    }
+    let rules = out.rules;
+    if let Some(required) = rules.data_set.get(out.rtype) {
+        for name in required {
+            if !has_element(obj, name) {
+                out.add(
+                    "data-set",
+                    name.trim_end_matches("[x]"),
+                    format!(
+                        "The platform's data set requires {} on {}.",
+                        name, out.rtype
+                    ),
+                    format!("平台数据集要求 {} 填写 {}。", out.rtype, name),
+                    "Fill the element from the source system.",
+                );
+            }
+        }
+    }
+    let inpatient = out.rtype == "Encounter"
+        && obj.get("class").is_some_and(|c| c["code"] == "IMP")
+        && obj.get("status").is_some_and(|s| s == "finished");
+    if rules.inpatient_diagnoses && inpatient {
+        let uses: Vec<&str> = obj
+            .get("diagnosis")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["use"]["coding"][0]["code"].as_str())
+            .collect();
+        for (code, en, zh) in [("AD", "admission", "入院"), ("DD", "discharge", "出院")] {
+            if !uses.contains(&code) {
+                out.add(
+                    "data-set",
+                    "diagnosis",
+                    format!("A finished inpatient encounter needs its {en} diagnosis (diagnosis.use = {code})."),
+                    format!("已出院的住院就诊须有{zh}诊断（diagnosis.use = {code}）。"),
+                    "Send the case front page's diagnoses with the encounter.",
+                );
+            }
+        }
+    }
+}
+
+/// Every literal reference in a resource, with its location (contained resources and
+/// absolute, logical or fragment references are skipped).
+fn collect_references(v: &Value, at: String, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get("reference") {
+                out.push((
+                    format!("{at}.reference")
+                        .trim_start_matches('.')
+                        .to_string(),
+                    r.clone(),
+                ));
+            }
+            for (k, x) in o {
+                if k == "contained" || k == "reference" || k == "meta" {
+                    continue;
+                }
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                collect_references(x, here, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                collect_references(x, format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Type/id` of a relative literal reference.
+fn literal(r: &str) -> Option<(&str, &str)> {
+    let (t, id) = r.split_once('/')?;
+    if id.contains('/') || !hutong_fhir::Definitions::get().is_resource_type(t) {
+        return None;
+    }
+    hutong_fhir::is_valid_id(id).then_some((t, id))
+}
+
+#[cfg(test)]
+mod tests;
