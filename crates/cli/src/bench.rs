@@ -430,6 +430,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         hutong_server::EngineConfig {
             default_source: "urn:hutong:bench".into(),
             export_dir: work.join("exports"),
+            rules: Default::default(),
         },
         "urn:hutong:platform",
         Default::default(),
@@ -946,6 +947,9 @@ mod postgres_client {
     pub use hutong_store::pg::{Client, NoTls};
 }
 
+/// The heading of the intake rules' section, which `hutong bench` keeps as it is.
+const CHECK_SECTION: &str = "## Intake rules on the synthetic region's injected defects";
+
 fn write_report(
     args: &BenchArgs,
     rep: &Report,
@@ -999,6 +1003,13 @@ fn write_report(
         text.push('\n');
     }
     text.push_str(NOTES);
+    // Sections other commands produce (the intake rules' scores by `hutong check`) are kept.
+    if let Ok(old) = std::fs::read_to_string(&args.out) {
+        if let Some(at) = old.find(CHECK_SECTION) {
+            text.push('\n');
+            text.push_str(&old[at..]);
+        }
+    }
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -105,7 +105,10 @@ fn load(engine: &Engine, summary: &hutong_synth::Summary, region: &Path) -> anyh
         base.1,
         t0.elapsed().as_secs_f64(),
         if rejected > 0 {
-            format!(" ({rejected} rejected)")
+            format!(
+                " ({rejected} with the generator's injected defects rejected by the intake \
+                 rules: see GET /fhir/$quarantine)"
+            )
         } else {
             String::new()
         }
@@ -271,6 +274,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         EngineConfig {
             default_source: "urn:hutong:demo".into(),
             export_dir: store_dir.join("exports"),
+            rules: Default::default(),
         },
         "urn:hutong:platform",
         Default::default(),

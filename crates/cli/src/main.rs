@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod check;
 mod demo;
 mod link;
 mod synth;
@@ -47,12 +48,18 @@ struct Common {
     /// PostgreSQL).
     #[arg(long, global = true, env = "HUTONG_KEYS_FILE")]
     keys_file: Option<PathBuf>,
+    /// The intake rules file (TOML; rules left out keep their defaults).
+    #[arg(long, global = true, env = "HUTONG_RULES")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the FHIR API (base `/fhir`).
     Serve(ServeArgs),
+    /// Check NDJSON files against the intake rules before sending them (and score the rules
+    /// against a generated region's injected defects with --truth).
+    Check(check::CheckArgs),
     /// Load NDJSON files, bundles, or directories of them (resumable).
     Import {
         paths: Vec<PathBuf>,
@@ -115,6 +122,7 @@ struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<String>,
+    rules: Option<PathBuf>,
     database_url: Option<String>,
     listen: Option<SocketAddr>,
     body_limit: Option<usize>,
@@ -165,8 +173,22 @@ fn database(c: &Common, f: &FileConfig) -> String {
         .unwrap_or_else(|| "hutong-data".into())
 }
 
-fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
-    Settings {
+/// The intake rules: the defaults, overridden by the rules file if one is configured.
+fn rules(c: &Common, f: &FileConfig) -> anyhow::Result<hutong_quality::Rules> {
+    match c.rules.as_ref().or(f.rules.as_ref()) {
+        None => Ok(hutong_quality::Rules::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the rules file {}", p.display()))?;
+            hutong_quality::Rules::from_toml(&text)
+                .with_context(|| format!("in the rules file {}", p.display()))
+        }
+    }
+}
+
+fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        rules: rules(c, f)?,
         database: database(c, f),
         listen: s
             .and_then(|s| s.listen)
@@ -212,7 +234,7 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> Settings {
         checkpoint_interval: std::time::Duration::from_secs(
             f.checkpoint_seconds.unwrap_or(60).max(1),
         ),
-    }
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -230,19 +252,19 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Serve(args) => rt.block_on(async {
-            let s = settings(&cli.common, &fc, Some(&args));
+            let s = settings(&cli.common, &fc, Some(&args))?;
             let app = Application::build(s.clone()).await?;
             tracing::info!(port = app.port(), database = %redact(&s.database), "Hutong is serving FHIR at http://{}/fhir", s.listen);
             app.run_until(hutong_server::shutdown_signal()).await?;
             Ok(())
         }),
         Cmd::Import { paths, source } => {
-            let s = settings(&cli.common, &fc, None);
+            let s = settings(&cli.common, &fc, None)?;
             let source = source.or(fc.default_source.clone()).unwrap_or_else(|| DEFAULT_SOURCE.into());
             import(&s, &paths, &source)
         }
         Cmd::Export { out, types, since } => {
-            let s = settings(&cli.common, &fc, None);
+            let s = settings(&cli.common, &fc, None)?;
             let since = since
                 .map(|v| hutong_fhir::date::parse(&v).map(|r| r.lo).with_context(|| format!("invalid --since '{v}'")))
                 .transpose()?;
@@ -257,13 +279,14 @@ fn main() -> anyhow::Result<()> {
             engine.audit.flush(std::time::Duration::from_secs(10));
             Ok(())
         }
-        Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)),
+        Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)?),
         Cmd::Synth(args) => synth::run(&args),
+        Cmd::Check(args) => check::run(&args, &hutong_quality::Checker::new(rules(&cli.common, &fc)?)),
         Cmd::Demo(args) => demo::run(args, &rt),
         Cmd::Link(args) => link::run(&args),
-        Cmd::Access(cmd) => admin::access(&settings(&cli.common, &fc, None), cmd),
-        Cmd::Keys(cmd) => admin::keys(&settings(&cli.common, &fc, None), cmd),
-        Cmd::Audit(cmd) => admin::audit(&settings(&cli.common, &fc, None), cmd),
+        Cmd::Access(cmd) => admin::access(&settings(&cli.common, &fc, None)?, cmd),
+        Cmd::Keys(cmd) => admin::keys(&settings(&cli.common, &fc, None)?, cmd),
+        Cmd::Audit(cmd) => admin::audit(&settings(&cli.common, &fc, None)?, cmd),
     }
 }
 
@@ -290,6 +313,7 @@ fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
         hutong_server::EngineConfig {
             default_source: s.default_source.clone(),
             export_dir,
+            rules: s.rules.clone(),
         },
         "urn:hutong:platform",
         s.policy.clone(),

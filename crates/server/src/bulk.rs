@@ -142,9 +142,18 @@ pub fn import(
 
 /// A chunk made ready by the reader thread: prepared versions (with whether their id was
 /// generated here), the lines it rejected, and the bytes it covered.
+/// A prepared version, whether its id was generated here, and the intake rules' warnings
+/// and content fingerprint to record with it.
+struct Item {
+    prepared: hutong_store::Prepared,
+    fresh: bool,
+    findings: Vec<hutong_quality::Finding>,
+    fingerprint: String,
+}
+
 struct Chunk {
     no: i64,
-    items: Vec<(hutong_store::Prepared, bool)>,
+    items: Vec<Item>,
     rejected: Vec<(usize, String)>,
     bytes: u64,
 }
@@ -223,8 +232,9 @@ fn import_ndjson(
             let n = chunk.items.len() as u64;
             let audit = chunk_entry(name, chunk.no, source);
             let r = engine.store.write(&audit.hook(), |tx| {
-                for (p, fresh) in &chunk.items {
-                    tx.write_prepared(p.clone(), *fresh)?;
+                for it in &chunk.items {
+                    let s = tx.write_prepared(it.prepared.clone(), it.fresh)?;
+                    crate::intake::record(tx, source, &s, &it.findings, &it.fingerprint)?;
                 }
                 tx.mark_done(key, chunk.no)?;
                 Ok::<_, ApiError>(())
@@ -257,19 +267,75 @@ fn prepare_chunk(
         rejected: Vec::new(),
         bytes,
     };
+    let mut parsed: Vec<(usize, String, Value)> = Vec::with_capacity(lines.len());
     for (n, line) in lines {
-        let prepared = prepare(engine, line.as_bytes(), source, now).and_then(|(t, v)| {
-            let id = v.get("id").and_then(Value::as_str).map(String::from);
-            let fresh = id.is_none();
-            engine
-                .store
-                .prepare(&t, id.as_deref(), v)
-                .map(|p| (p, fresh))
-                .map_err(ApiError::from)
-        });
-        match prepared {
-            Ok(p) => chunk.items.push(p),
+        match prepare(engine, line.as_bytes(), source, now) {
+            Ok((t, v)) => parsed.push((*n, t, v)),
             Err(e) => chunk.rejected.push((*n, e.message().to_string())),
+        }
+    }
+    // The intake rules over the chunk. References are not checked here: a bulk load's files
+    // come in any order, so a reference may point into a file not loaded yet.
+    let resources: Vec<&Value> = parsed.iter().map(|(_, _, v)| v).collect();
+    let checked = match crate::intake::check(
+        &engine.store,
+        &engine.checker,
+        source,
+        &resources,
+        Default::default(),
+        false,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            for (n, _, _) in &parsed {
+                chunk.rejected.push((*n, e.message().to_string()));
+            }
+            return chunk;
+        }
+    };
+    for (((n, t, v), findings), fingerprint) in parsed
+        .into_iter()
+        .zip(checked.findings)
+        .zip(checked.fingerprints)
+    {
+        if hutong_quality::rejects(&findings) {
+            let located: Vec<(Option<String>, &hutong_quality::Finding)> =
+                findings.iter().map(|f| (None, f)).collect();
+            let body = serde_json::to_vec(&v).unwrap_or_default();
+            let path = match v.get("id").and_then(Value::as_str) {
+                Some(id) => format!("{t}/{id}"),
+                None => t.clone(),
+            };
+            let method = if path.contains('/') { "PUT" } else { "POST" };
+            let e = crate::intake::rejected(&engine.store, source, method, &path, &body, &located);
+            let why: Vec<String> = findings
+                .iter()
+                .filter(|f| f.severity == hutong_quality::Severity::Error)
+                .map(|f| format!("[{}] {} ({})", f.rule, f.en, f.expression))
+                .collect();
+            let qid = e
+                .outcome
+                .issues
+                .last()
+                .map(|i| i.diagnostics.clone())
+                .unwrap_or_default();
+            chunk
+                .rejected
+                .push((n, format!("{} — {}", why.join("; "), qid)));
+            continue;
+        }
+        let id = v.get("id").and_then(Value::as_str).map(String::from);
+        let fresh = id.is_none();
+        match engine.store.prepare(&t, id.as_deref(), v) {
+            Ok(prepared) => chunk.items.push(Item {
+                prepared,
+                fresh,
+                findings,
+                fingerprint,
+            }),
+            Err(e) => chunk
+                .rejected
+                .push((n, ApiError::from(e).message().to_string())),
         }
     }
     chunk

@@ -357,6 +357,8 @@ fn transaction(
         }
         prepared.push(e);
     }
+    // The intake rules over the whole transaction: one error rejects all of it.
+    let (findings, fingerprints) = govern(engine, req, &source, &prepared)?;
     let mut sequence: Vec<usize> = (0..prepared.len()).collect();
     sequence.sort_by_key(|&i| (order(&prepared[i].method), i));
 
@@ -538,6 +540,9 @@ fn transaction(
                 _ => None,
             };
             if let Some((s, status)) = stored {
+                if let Some(f) = &findings[i] {
+                    crate::intake::record(tx, &source, &s, f, &fingerprints[i])?;
+                }
                 let body = if representation { Some(g.release(&s).into_owned()) } else { None };
                 if s.rtype == "Appointment" {
                     written.push(s.clone());
@@ -572,6 +577,70 @@ fn transaction(
         headers: Vec::new(),
         body: Body::Raw(w.finish()),
     })
+}
+
+/// The intake rules on every resource a transaction writes: per entry, its findings (`None`
+/// for entries that write no submitted resource) and fingerprints; or the rejection of the
+/// whole transaction, quarantined.
+#[allow(clippy::type_complexity)]
+fn govern(
+    engine: &Engine,
+    req: &Req,
+    source: &str,
+    entries: &[Entry],
+) -> Result<(Vec<Option<Vec<hutong_quality::Finding>>>, Vec<String>), ApiError> {
+    let mut local = std::collections::HashSet::new();
+    let mut which = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if !matches!(e.method.as_str(), "POST" | "PUT") {
+            continue;
+        }
+        let Some(r) = &e.resource else { continue };
+        let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
+        if let [t, id] = seg.as_slice() {
+            local.insert((t.to_string(), id.to_string()));
+        }
+        which.push((i, r));
+    }
+    let resources: Vec<&Value> = which.iter().map(|(_, r)| *r).collect();
+    let checked = crate::intake::check(
+        &engine.store,
+        &engine.checker,
+        source,
+        &resources,
+        local,
+        true,
+    )?;
+    let mut findings = vec![None; entries.len()];
+    let mut fps = vec![String::new(); entries.len()];
+    for (((i, _), f), fp) in which.iter().zip(checked.findings).zip(checked.fingerprints) {
+        findings[*i] = Some(f);
+        fps[*i] = fp;
+    }
+    if findings
+        .iter()
+        .flatten()
+        .any(|f| hutong_quality::rejects(f))
+    {
+        let located: Vec<(Option<String>, &hutong_quality::Finding)> = findings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.as_ref().map(|f| (i, f)))
+            .flat_map(|(i, f)| {
+                let at = format!("Bundle.entry[{}].resource", entries[i].index);
+                f.iter().map(move |x| (Some(at.clone()), x))
+            })
+            .collect();
+        return Err(crate::intake::rejected(
+            &engine.store,
+            source,
+            "POST",
+            "",
+            &req.body,
+            &located,
+        ));
+    }
+    Ok((findings, fps))
 }
 
 /// Rewrites bundle-local references from `ids`; false when the resource has a reference

@@ -105,6 +105,7 @@ fn build() -> Value {
             if t == "AuditEvent" {
                 ops.push(json!({"name": "verify", "definition": "https://hutong.dev/fhir/OperationDefinition/AuditEvent-verify"}));
             }
+            ops.push(json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}));
             ops.push(json!({"name": "restrict", "definition": "https://hutong.dev/fhir/OperationDefinition/Resource-restrict"}));
             ops.push(json!({"name": "unrestrict", "definition": "https://hutong.dev/fhir/OperationDefinition/Resource-unrestrict"}));
             r["operation"] = json!(ops);
@@ -124,7 +125,8 @@ fn build() -> Value {
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                          {"name": "quarantine", "definition": "https://hutong.dev/fhir/OperationDefinition/quarantine"}]
         }]
     })
 }

@@ -125,6 +125,8 @@ pub struct EngineConfig {
     pub default_source: String,
     /// Where `$export` writes its NDJSON files.
     pub export_dir: std::path::PathBuf,
+    /// The intake rules in force.
+    pub rules: hutong_quality::Rules,
 }
 
 /// The engine: a store, the access decision, the audit trail and settings. Cheap to clone.
@@ -138,6 +140,8 @@ pub struct Engine {
     pub access: Arc<Access>,
     /// Where access entries are appended.
     pub audit: Arc<hutong_audit::Sink>,
+    /// The intake rules, run on every submitted resource.
+    pub checker: Arc<hutong_quality::Checker>,
 }
 
 /// Parses a JSON body, reporting the line and column of a syntax error.
@@ -476,6 +480,7 @@ impl Engine {
     pub fn new(store: Store, config: EngineConfig, access: Arc<Access>) -> Engine {
         let audit = Arc::new(hutong_audit::Sink::start(store.clone()));
         Engine {
+            checker: Arc::new(hutong_quality::Checker::new(config.rules.clone())),
             store,
             config,
             matcher: Default::default(),
@@ -740,12 +745,44 @@ impl Engine {
         Ok(v)
     }
 
+    /// Runs the intake rules on one submitted resource: its findings and fingerprint, or the
+    /// rejection (the submission quarantined).
+    fn govern(
+        &self,
+        req: &Req,
+        v: &Value,
+    ) -> Result<(Vec<hutong_quality::Finding>, String), ApiError> {
+        let source = self.source_of(req);
+        let mut local = std::collections::HashSet::new();
+        if let (Some(t), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) {
+            local.insert((t.to_string(), id.to_string()));
+        }
+        let mut c = crate::intake::check(&self.store, &self.checker, &source, &[v], local, true)?;
+        let found = c.findings.pop().unwrap_or_default();
+        if hutong_quality::rejects(&found) {
+            let f: Vec<(Option<String>, &hutong_quality::Finding)> =
+                found.iter().map(|f| (None, f)).collect();
+            let path = req.segments.join("/");
+            return Err(crate::intake::rejected(
+                &self.store,
+                &source,
+                &req.method,
+                &path,
+                &req.body,
+                &f,
+            ));
+        }
+        Ok((found, c.fingerprints.pop().unwrap_or_default()))
+    }
+
     fn create(&self, req: &Req, g: &Guard, t: &str) -> Result<Resp, ApiError> {
         g.may_write(t, Perms::CREATE, None)?;
         let mut v = self.body_resource(req, t, None)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("id");
         }
+        let (found, fp) = self.govern(req, &v)?;
+        let source = self.source_of(req);
         let cond = req.header("if-none-exist").map(parse_query_string);
         let (s, created) = g.write(self, |tx| {
             if let Some(c) = &cond {
@@ -753,7 +790,9 @@ impl Engine {
                     return Ok::<_, ApiError>((found, false));
                 }
             }
-            Ok((tx.create(t, None, v.clone())?, true))
+            let s = tx.create(t, None, v.clone())?;
+            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            Ok((s, true))
         })?;
         if created {
             crate::access_api::after_write(self, g, &s)?;
@@ -763,10 +802,14 @@ impl Engine {
 
     fn update(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let v = self.body_resource(req, t, Some(id))?;
+        let (found, fp) = self.govern(req, &v)?;
+        let source = self.source_of(req);
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let (s, created) = g.write(self, |tx| {
             check_owner(g, tx, t, id)?;
-            Ok::<_, ApiError>(tx.update(t, id, v.clone(), if_match)?)
+            let (s, created) = tx.update(t, id, v.clone(), if_match)?;
+            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            Ok::<_, ApiError>((s, created))
         })?;
         crate::access_api::after_write(self, g, &s)?;
         Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
@@ -782,6 +825,8 @@ impl Engine {
         check_resource(&v, t, None)?;
         let mut v = v;
         self.intake(&mut v, &self.source_of(req), now_ms());
+        let (found, fp) = self.govern(req, &v)?;
+        let source = self.source_of(req);
         let (s, created) = g.write(self, |tx| {
             let q = Query::parse(t, &req.query, true)?;
             let page = tx.search(&q.probe(), &g.scope)?;
@@ -792,7 +837,9 @@ impl Engine {
                     if let Some(id) = &id {
                         check_owner(g, tx, t, id)?;
                     }
-                    Ok::<_, ApiError>((tx.create(t, id.as_deref(), v.clone())?, true))
+                    let s = tx.create(t, id.as_deref(), v.clone())?;
+                    crate::intake::record(tx, &source, &s, &found, &fp)?;
+                    Ok::<_, ApiError>((s, true))
                 }
                 [one] => {
                     if let Some(body_id) = v.get("id").and_then(Value::as_str) {
@@ -804,6 +851,7 @@ impl Engine {
                     }
                     g.may_write(t, Perms::UPDATE, Some(one))?;
                     let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
+                    crate::intake::record(tx, &source, &s, &found, &fp)?;
                     Ok((s, false))
                 }
                 _ => Err(ApiError::new(
@@ -823,7 +871,11 @@ impl Engine {
             .map_err(|e| ApiError::bad_request(format!("Invalid JSON Patch: {e}")))?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let source = self.source_of(req);
-        let (s, _) = g.write(self, |tx| {
+        // A patch's result is checked like any submission; a rejected one is quarantined
+        // once the transaction is over.
+        let rejected: std::cell::RefCell<Option<(Value, Vec<hutong_quality::Finding>)>> =
+            Default::default();
+        let r = g.write(self, |tx| {
             let cur = tx
                 .read(t, id)?
                 .filter(|s| !s.deleted && g.scope.permits_stored(s))
@@ -839,8 +891,38 @@ impl Engine {
             })?;
             check_resource(&doc, t, Some(id))?;
             self.intake(&mut doc, &source, now_ms());
-            Ok::<_, ApiError>(tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?)
-        })?;
+            let local = [(t.to_string(), id.to_string())].into();
+            let mut c =
+                crate::intake::check(&self.store, &self.checker, &source, &[&doc], local, true)?;
+            if c.rejects() {
+                let findings = c.findings.pop().unwrap_or_default();
+                *rejected.borrow_mut() = Some((doc, findings));
+                return Err(ApiError::new(
+                    422,
+                    IssueCode::BusinessRule,
+                    "rejected by the intake rules",
+                ));
+            }
+            let found = c.findings.pop().unwrap_or_default();
+            let fp = c.fingerprints.pop().unwrap_or_default();
+            let (s, created) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
+            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            Ok::<_, ApiError>((s, created))
+        });
+        if let Some((doc, findings)) = rejected.into_inner() {
+            let f: Vec<(Option<String>, &hutong_quality::Finding)> =
+                findings.iter().map(|f| (None, f)).collect();
+            let body = serde_json::to_vec(&doc).unwrap_or_default();
+            return Err(crate::intake::rejected(
+                &self.store,
+                &source,
+                "PUT",
+                &format!("{t}/{id}"),
+                &body,
+                &f,
+            ));
+        }
+        let (s, _) = r?;
         crate::access_api::after_write(self, g, &s)?;
         Ok(write_response(req, g, 200, &s))
     }

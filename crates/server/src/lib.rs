@@ -23,10 +23,12 @@ pub mod engine;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod intake;
 pub mod matching;
 pub mod operations;
 pub mod person_api;
 pub mod persons;
+pub mod quality_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +67,8 @@ pub struct Settings {
     pub dev_outbox: bool,
     /// How often the audit trail's heads are signed.
     pub checkpoint_interval: std::time::Duration,
+    /// The intake rules (the defaults overridden by the deployment's rules file).
+    pub rules: hutong_quality::Rules,
 }
 
 impl Settings {
@@ -81,6 +85,7 @@ impl Settings {
             default_source: "urn:hutong:source:unspecified".into(),
             base_url: None,
             export_dir: None,
+            rules: hutong_quality::Rules::default(),
             link_interval: Some(std::time::Duration::from_secs(2)),
             source_trust: Default::default(),
             thresholds: Default::default(),
@@ -167,6 +172,7 @@ pub fn engine_for(
 ) -> anyhow::Result<Engine> {
     let mut access = hutong_access::Access::new(&store, keys, issuer)?;
     access.policy = policy;
+    intake::open(&store)?;
     Ok(Engine::new(store, config, Arc::new(access)))
 }
 
@@ -250,6 +256,7 @@ impl Application {
         let config = EngineConfig {
             default_source: settings.default_source.clone(),
             export_dir,
+            rules: settings.rules.clone(),
         };
         let iss = issuer(&settings);
         let policy = settings.policy.clone();

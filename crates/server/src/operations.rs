@@ -42,6 +42,13 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("POST", ["Task", id, "$review"]) => acc::review(engine, req, g, id),
         ("POST", [t, id, "$restrict"]) => acc::restrict(engine, req, g, t, id, true),
         ("POST", [t, id, "$unrestrict"]) => acc::restrict(engine, req, g, t, id, false),
+        ("POST", [t, "$validate"]) => crate::quality_api::validate(engine, req, g, t),
+        ("GET", ["$quarantine"]) => crate::quality_api::list(engine, req, g),
+        ("GET", ["$quarantine", q]) => crate::quality_api::show(engine, g, q),
+        ("GET", ["$quarantine", q, "body"]) => crate::quality_api::body(engine, g, q),
+        ("POST", ["$quarantine", q, "$resubmit"]) => {
+            crate::quality_api::resubmit(engine, req, g, q)
+        }
         ("GET", ["$export"]) => kick_off(engine, req, g, ExportLevel::System),
         ("GET", ["Patient", "$export"]) => kick_off(engine, req, g, ExportLevel::Patient),
         ("GET", [t, "$export"]) => kick_off(engine, req, g, ExportLevel::Type(t.to_string())),

@@ -95,10 +95,17 @@ fn patient(mrn: &str, id_number: Option<&str>, name: &str) -> Value {
 }
 
 fn observation(patient: &str, code: &str) -> Value {
+    // HbA1c in %, glucose in mmol/L: the platform's units for them.
+    let (unit, value) = match code {
+        "4548-4" => ("%", 6.1),
+        "718-7" => ("g/L", 135.0),
+        _ => ("mmol/L", 6.1),
+    };
     json!({"resourceType": "Observation", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": "2026-01-05", "valueQuantity": {"value": 6.1, "unit": "%"}})
+        "effectiveDateTime": "2026-01-05",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}})
 }
 
 async fn region(app: &TestApp) -> Region {

@@ -54,7 +54,9 @@ async fn transactions_resolve_references_and_are_atomic() {
     // A failing entry rolls back everything before it.
     let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": {"resourceType": "Patient", "gender": "female"}, "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient?identifier=urn:mrn|NOPE"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "subject": {"reference": "Patient?identifier=urn:mrn|NOPE"}},
          "request": {"method": "POST", "url": "Observation"}}
     ]});
     let r = app.post("", bad).await;

@@ -7,6 +7,7 @@ mod access_property;
 mod bundles;
 mod crud;
 mod errors;
+mod governance;
 mod matching;
 mod persons;
 mod search;

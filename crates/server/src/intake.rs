@@ -1,0 +1,404 @@
+//! Intake governance on every write path: the rules of `hutong-quality` run on each
+//! submitted resource; errors reject the submission (the whole transaction) with an
+//! OperationOutcome naming rule, location, Chinese and English message and fix, and the
+//! submission is kept in a quarantine its source can list, download and resubmit; warnings
+//! are recorded beside the accepted version, in the same transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use hutong_fhir::date::now_ms;
+use hutong_fhir::outcome::Issue;
+use hutong_fhir::{IssueCode, Outcome};
+use hutong_quality::{Checker, Context, Finding, Severity};
+use hutong_store::schema::insert_ignore;
+use hutong_store::sql::{Dialect, Val};
+use hutong_store::{Scope, Store, StoreError, Stored, Tx};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+const SQLITE: &str = "
+CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at INTEGER NOT NULL,
+    rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, rule TEXT NOT NULL,
+    severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
+CREATE TABLE IF NOT EXISTS qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL,
+    id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp));
+CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
+    at INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
+    outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
+    resolved_at INTEGER NOT NULL DEFAULT 0, resolution TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (src, qid));
+CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
+";
+
+const POSTGRES: &str = "
+CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at BIGINT NOT NULL,
+    rtype TEXT NOT NULL, id TEXT NOT NULL, version BIGINT NOT NULL, rule TEXT NOT NULL,
+    severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
+CREATE TABLE IF NOT EXISTS qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL,
+    id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp));
+CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
+    at BIGINT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BYTEA NOT NULL,
+    outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
+    resolved_at BIGINT NOT NULL DEFAULT 0, resolution TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (src, qid));
+CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
+";
+
+/// Creates the governance tables (idempotent).
+pub fn open(store: &Store) -> Result<(), StoreError> {
+    store.batch_admin(match store.dialect() {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    })
+}
+
+/// The verdict on one submission: per resource, its findings and content fingerprint.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub findings: Vec<Vec<Finding>>,
+    pub fingerprints: Vec<String>,
+}
+
+impl Checked {
+    pub fn rejects(&self) -> bool {
+        self.findings.iter().any(|f| hutong_quality::rejects(f))
+    }
+}
+
+/// What the platform holds, fetched in a few queries for a whole submission.
+struct Held<'a> {
+    store: &'a Store,
+    local: HashSet<(String, String)>,
+    existing: HashSet<(String, String)>,
+    encounters: HashMap<String, Option<String>>,
+    content: HashMap<(String, String), String>,
+    misfiled: HashSet<String>,
+}
+
+impl Context for Held<'_> {
+    fn encounter_misfiled(&self, id: &str) -> bool {
+        self.misfiled.contains(id)
+    }
+    fn exists(&self, rtype: &str, id: &str) -> bool {
+        let k = (rtype.to_string(), id.to_string());
+        self.local.contains(&k) || self.existing.contains(&k)
+    }
+    fn encounter_subject(&self, id: &str) -> Option<String> {
+        if let Some(s) = self.encounters.get(id) {
+            return s.clone();
+        }
+        match self.store.read("Encounter", id, &Scope::All) {
+            Ok(hutong_store::Lookup::Found(s)) if !s.deleted => s
+                .json()
+                .ok()
+                .and_then(|v| v["subject"]["reference"].as_str().map(String::from)),
+            _ => None,
+        }
+    }
+    fn same_content(&self, rtype: &str, fp: &str) -> Option<String> {
+        self.content
+            .get(&(rtype.to_string(), fp.to_string()))
+            .cloned()
+    }
+}
+
+fn literal_refs(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get("reference") {
+                if let Some((t, id)) = r.split_once('/') {
+                    if !id.contains('/') && hutong_fhir::is_valid_id(id) {
+                        out.push((t.to_string(), id.to_string()));
+                    }
+                }
+            }
+            for (k, x) in o {
+                if k != "contained" && k != "meta" {
+                    literal_refs(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| literal_refs(x, out)),
+        _ => {}
+    }
+}
+
+/// Checks the resources of one submission from `source` together: `local` are the
+/// `Type/id`s the submission itself creates (references to them resolve), `context`
+/// whether the rules that look at the platform's data run (bulk loads defer references).
+pub fn check(
+    store: &Store,
+    checker: &Checker,
+    source: &str,
+    resources: &[&Value],
+    local: HashSet<(String, String)>,
+    references: bool,
+) -> Result<Checked, ApiError> {
+    let now = now_ms();
+    let mut out = Checked::default();
+    // Everything referenced that the submission does not hold, fetched per type.
+    let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+    if references && checker.rules.severity("reference").is_some() {
+        for v in resources {
+            let mut refs = Vec::new();
+            literal_refs(v, &mut refs);
+            for (t, id) in refs {
+                if !local.contains(&(t.clone(), id.clone())) {
+                    wanted.entry(t).or_default().push(id);
+                }
+            }
+        }
+    }
+    let mut existing = HashSet::new();
+    for (t, mut ids) in wanted {
+        if !hutong_fhir::Definitions::get().is_resource_type(&t) {
+            continue;
+        }
+        ids.sort();
+        ids.dedup();
+        for id in store.existing(&t, &ids)? {
+            existing.insert((t.clone(), id));
+        }
+    }
+    let fps: Vec<String> = resources
+        .iter()
+        .map(|v| hutong_quality::fingerprint(v))
+        .collect();
+    let mut content = HashMap::new();
+    if checker.rules.severity("duplicate").is_some() && !fps.is_empty() {
+        for chunk in fps.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut params = vec![Val::Text(source.to_string())];
+            params.extend(chunk.iter().map(|f| Val::Text(f.clone())));
+            for r in store.query_admin(
+                &format!("SELECT rtype, fp, id FROM qc_fp WHERE src = ? AND fp IN ({marks})"),
+                &params,
+            )? {
+                content.insert(
+                    (r[0].text().to_string(), r[1].text().to_string()),
+                    r[2].text().to_string(),
+                );
+            }
+        }
+    }
+    let encounters = resources
+        .iter()
+        .filter(|v| v["resourceType"] == "Encounter")
+        .filter_map(|v| {
+            Some((
+                v["id"].as_str()?.to_string(),
+                v["subject"]["reference"].as_str().map(String::from),
+            ))
+        })
+        .collect();
+    let mut held = Held {
+        store,
+        local,
+        existing,
+        encounters,
+        content,
+        misfiled: HashSet::new(),
+    };
+    if checker.rules.severity("encounter-subject").is_some() {
+        held.misfiled =
+            hutong_quality::misfiled_encounters(resources, &|e| held.encounter_subject(e));
+    }
+    let context = if references {
+        checker.clone()
+    } else {
+        // Bulk loads: references may point into files not loaded yet.
+        let mut c = checker.clone();
+        c.rules.disable("reference");
+        c
+    };
+    for (v, fp) in resources.iter().zip(&fps) {
+        let mut f = checker.check(v, now);
+        f.extend(context.check_context(v, &held));
+        // A later copy in the same submission is a duplicate of the first.
+        let rtype = v["resourceType"].as_str().unwrap_or("").to_string();
+        let id = v["id"].as_str().unwrap_or("").to_string();
+        held.content.entry((rtype, fp.clone())).or_insert(id);
+        out.findings.push(f);
+        out.fingerprints.push(fp.clone());
+    }
+    Ok(out)
+}
+
+/// The OperationOutcome issue of a finding; `at` prefixes its location inside a bundle
+/// (`Bundle.entry[3].resource`).
+pub fn issue(f: &Finding, at: Option<&str>) -> Issue {
+    let v = f.issue();
+    let expression = match at {
+        Some(prefix) => match f.expression.split_once('.') {
+            Some((_, rest)) => format!("{prefix}.{rest}"),
+            None => prefix.to_string(),
+        },
+        None => f.expression.clone(),
+    };
+    let code = match v["code"].as_str() {
+        Some("structure") => IssueCode::Structure,
+        Some("not-found") => IssueCode::NotFound,
+        Some("duplicate") => IssueCode::Duplicate,
+        Some("code-invalid") => IssueCode::CodeInvalid,
+        Some("required") => IssueCode::Required,
+        _ => IssueCode::BusinessRule,
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("extension".into(), v["extension"].clone());
+    extra.insert("details".into(), v["details"].clone());
+    Issue {
+        severity: f.severity.as_str(),
+        code,
+        diagnostics: v["diagnostics"].as_str().unwrap_or("").to_string(),
+        expression: Some(expression),
+        extra: Some(extra),
+    }
+}
+
+/// The outcome of a rejected submission: every finding, errors first.
+pub fn rejection(findings: &[(Option<String>, &Finding)]) -> Outcome {
+    let mut sorted: Vec<&(Option<String>, &Finding)> = findings.iter().collect();
+    sorted.sort_by_key(|(_, f)| std::cmp::Reverse(f.severity));
+    Outcome {
+        issues: sorted
+            .into_iter()
+            .map(|(at, f)| issue(f, at.as_deref()))
+            .collect(),
+    }
+}
+
+/// Keeps a rejected submission (sealed: it may carry names and ID numbers) with the
+/// outcome that rejected it; returns its quarantine id.
+pub fn quarantine(
+    store: &Store,
+    source: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    outcome: &Outcome,
+    rules: &[&str],
+) -> Result<String, StoreError> {
+    let qid = format!("q-{}", uuid::Uuid::new_v4().simple());
+    let sealed = store.seal(body)?;
+    store.exec_admin(
+        "INSERT INTO qc_quarantine (src, qid, at, method, path, body, outcome, rules, status) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+        &[
+            Val::Text(source.into()),
+            Val::Text(qid.clone()),
+            Val::Int(now_ms()),
+            Val::Text(method.into()),
+            Val::Text(path.into()),
+            Val::Blob(sealed),
+            Val::Text(outcome.to_json().to_string()),
+            Val::Text(rules.join(" ")),
+        ],
+    )?;
+    Ok(qid)
+}
+
+/// The 422 answer to a rejected submission, after it was quarantined.
+pub fn rejected(
+    store: &Store,
+    source: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    findings: &[(Option<String>, &Finding)],
+) -> ApiError {
+    let mut outcome = rejection(findings);
+    let mut rules: Vec<&str> = findings
+        .iter()
+        .filter(|(_, f)| f.severity == Severity::Error)
+        .map(|(_, f)| f.rule)
+        .collect();
+    rules.sort_unstable();
+    rules.dedup();
+    match quarantine(store, source, method, path, body, &outcome, &rules) {
+        Ok(qid) => {
+            outcome = outcome.with(
+                "information",
+                IssueCode::Informational,
+                format!(
+                    "Rejected and kept in quarantine as {qid}: GET $quarantine/{qid} shows it, \
+                     POST $quarantine/{qid}/$resubmit takes the corrected submission. \
+                     已退回并隔离保存，可修正后重新提交。"
+                ),
+                None,
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "A rejected submission could not be quarantined."),
+    }
+    ApiError {
+        status: 422,
+        outcome,
+        retryable: false,
+    }
+}
+
+/// Records an accepted version's warnings and its content fingerprint, in the write's own
+/// transaction.
+pub fn record(
+    tx: &mut Tx<'_>,
+    source: &str,
+    s: &Stored,
+    findings: &[Finding],
+    fingerprint: &str,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    let d = tx.conn().dialect();
+    for f in findings {
+        tx.conn().exec(
+            "INSERT INTO qc_finding (src, at, rtype, id, version, rule, severity, expression, \
+             message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Val::Text(source.into()),
+                Val::Int(now),
+                Val::Text(s.rtype.clone()),
+                Val::Text(s.id.clone()),
+                Val::Int(s.version),
+                Val::Text(f.rule.into()),
+                Val::Text(f.severity.as_str().into()),
+                Val::Text(f.expression.clone()),
+                Val::Text(f.en.clone()),
+            ],
+        )?;
+    }
+    tx.conn().exec(
+        &insert_ignore(d, "qc_fp (src, rtype, fp, id) VALUES (?, ?, ?, ?)"),
+        &[
+            Val::Text(source.into()),
+            Val::Text(s.rtype.clone()),
+            Val::Text(fingerprint.into()),
+            Val::Text(s.id.clone()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A quarantined submission as the API shows it.
+pub fn item_json(r: &[Val], with_outcome: bool) -> Value {
+    let mut v = json!({
+        "id": r[0].text(),
+        "source": r[1].text(),
+        "received": hutong_fhir::date::format_instant(r[2].int()),
+        "method": r[3].text(),
+        "path": r[4].text(),
+        "rules": r[5].text().split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+        "status": r[6].text(),
+    });
+    if r[7].int() > 0 {
+        v["resolved"] = json!(hutong_fhir::date::format_instant(r[7].int()));
+        v["resolution"] = json!(r[8].text());
+    }
+    if with_outcome {
+        v["outcome"] = serde_json::from_str(r[9].text()).unwrap_or(Value::Null);
+    }
+    v
+}
+
+pub const ITEM_COLS: &str =
+    "qid, src, at, method, path, rules, status, resolved_at, resolution, outcome";
