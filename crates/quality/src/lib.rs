@@ -681,6 +681,16 @@ fn collect_references(v: &Value, at: String, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Every relative literal reference of a resource as (type, id): what the `reference` rule
+/// needs resolved.
+pub fn references(v: &Value) -> Vec<(String, String)> {
+    let mut refs = Vec::new();
+    collect_references(v, String::new(), &mut refs);
+    refs.iter()
+        .filter_map(|(_, r)| literal(r).map(|(t, id)| (t.to_string(), id.to_string())))
+        .collect()
+}
+
 /// `Type/id` of a relative literal reference.
 fn literal(r: &str) -> Option<(&str, &str)> {
     let (t, id) = r.split_once('/')?;

@@ -105,27 +105,6 @@ impl Context for Held<'_> {
     }
 }
 
-fn literal_refs(v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(o) => {
-            if let Some(Value::String(r)) = o.get("reference") {
-                if let Some((t, id)) = r.split_once('/') {
-                    if !id.contains('/') && hutong_fhir::is_valid_id(id) {
-                        out.push((t.to_string(), id.to_string()));
-                    }
-                }
-            }
-            for (k, x) in o {
-                if k != "contained" && k != "meta" {
-                    literal_refs(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| literal_refs(x, out)),
-        _ => {}
-    }
-}
-
 /// Checks the resources of one submission from `source` together: `local` are the
 /// `Type/id`s the submission itself creates (references to them resolve), `context`
 /// whether the rules that look at the platform's data run (bulk loads defer references).
@@ -143,9 +122,7 @@ pub fn check(
     let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
     if references && checker.rules.severity("reference").is_some() {
         for v in resources {
-            let mut refs = Vec::new();
-            literal_refs(v, &mut refs);
-            for (t, id) in refs {
+            for (t, id) in hutong_quality::references(v) {
                 if !local.contains(&(t.clone(), id.clone())) {
                     wanted.entry(t).or_default().push(id);
                 }
@@ -154,9 +131,6 @@ pub fn check(
     }
     let mut existing = HashSet::new();
     for (t, mut ids) in wanted {
-        if !hutong_fhir::Definitions::get().is_resource_type(&t) {
-            continue;
-        }
         ids.sort();
         ids.dedup();
         for id in store.existing(&t, &ids)? {
