@@ -36,6 +36,8 @@ const VITALS: [(&str, &str, &str, f64, f64); 5] = [
     ("29463-7", "Body weight", "kg", 45.0, 50.0),
     ("39156-5", "Body mass index", "kg/m2", 18.0, 14.0),
 ];
+// The platform's units (SI, as Chinese laboratories report): the intake rules reject a
+// glucose in mg/dL.
 const LABS: [(&str, &str, &str, f64, f64); 6] = [
     (
         "4548-4",
@@ -46,38 +48,38 @@ const LABS: [(&str, &str, &str, f64, f64); 6] = [
     ),
     (
         "2345-7",
-        "Glucose [Mass/volume] in Serum or Plasma",
-        "mg/dL",
-        70.0,
-        120.0,
+        "Glucose [Moles/volume] in Serum or Plasma",
+        "mmol/L",
+        3.9,
+        6.0,
     ),
     (
-        "2093-3",
-        "Cholesterol [Mass/volume] in Serum or Plasma",
-        "mg/dL",
-        150.0,
-        120.0,
+        "14647-2",
+        "Cholesterol [Moles/volume] in Serum or Plasma",
+        "mmol/L",
+        3.2,
+        3.0,
     ),
     (
-        "2571-8",
-        "Triglyceride [Mass/volume] in Serum or Plasma",
-        "mg/dL",
-        80.0,
-        150.0,
-    ),
-    (
-        "38483-4",
-        "Creatinine [Mass/volume] in Blood",
-        "mg/dL",
+        "14927-8",
+        "Triglyceride [Moles/volume] in Serum or Plasma",
+        "mmol/L",
         0.6,
-        0.8,
+        1.8,
     ),
     (
-        "6299-2",
-        "Urea nitrogen [Mass/volume] in Blood",
-        "mg/dL",
+        "14682-9",
+        "Creatinine [Moles/volume] in Serum or Plasma",
+        "umol/L",
+        50.0,
+        70.0,
+    ),
+    (
+        "1742-6",
+        "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
+        "U/L",
         7.0,
-        15.0,
+        40.0,
     ),
 ];
 const CONDITIONS: [(&str, &str); 6] = [
@@ -117,7 +119,9 @@ pub fn patient_bundle(seed: u64, target: usize) -> Value {
         )
     };
     let pid = uuid(&mut rng);
-    let birth_day = 3650 + rng.below(15000);
+    // Born 1980–1988, seen from age ~16 every 10–50 days: a 2,000-entry history ends by
+    // about 2021, never in the future (the intake rules reject clinical times to come).
+    let birth_day = 3650 + rng.below(3000);
     let mut entries = vec![entry(
         &pid,
         json!({"resourceType": "Patient",
@@ -134,7 +138,7 @@ pub fn patient_bundle(seed: u64, target: usize) -> Value {
     let org = "Organization?identifier=https://hutong.dev/id/uscc|91440101MA5BENCH1X";
     let mut day = birth_day + 6000;
     while entries.len() < target {
-        day += 10 + rng.below(60);
+        day += 10 + rng.below(40);
         let enc = uuid(&mut rng);
         let start = date(day, 480 + rng.below(480));
         entries.push(entry(&enc, json!({"resourceType": "Encounter", "status": "finished",
