@@ -397,6 +397,47 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         );
     }
 
+    // 1c. What the intake rules cost: the same bundles into fresh stores with the rules on
+    // and with every rule off, alternating so both see the same machine, medians of 3.
+    {
+        let subset: Vec<Vec<u8>> = bundles.iter().take(8.min(bundles.len())).cloned().collect();
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            for rules_on in [true, false] {
+                let dir = work.join(format!("rules-{round}-{rules_on}"));
+                let mut s = settings(dir.display().to_string());
+                if !rules_on {
+                    for r in hutong_quality::RULES {
+                        s.rules.disable(r);
+                    }
+                }
+                let rate = rt.block_on(async {
+                    let app = Application::build(s).await?;
+                    let base = format!("http://127.0.0.1:{}/fhir", app.port());
+                    let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
+                    tokio::spawn(app.run_until(std::future::pending()));
+                    post_bundles(&base, &token, subset.clone(), args.bundle_size).await
+                })?;
+                if rules_on {
+                    on.push(rate)
+                } else {
+                    off.push(rate)
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        let (on, off) = (median(on), median(off));
+        rep.row(
+            &format!(
+                "Intake rules' cost: transaction bundles ({}×{} entries, SQLite), rules on / every rule off (resources/s), median of 3",
+                subset.len(),
+                args.bundle_size
+            ),
+            format!("{on:.0} / {off:.0} ({:.1} % slower)", 100.0 * (1.0 - on / off)),
+            "≤ 15 % slower",
+        );
+    }
+
     // 2. NDJSON import.
     println!("Writing NDJSON for {} patients…", args.import_patients);
     let nd_dir = work.join("ndjson");

@@ -33,18 +33,26 @@ struct Files {
     content: HashMap<(String, String, String), String>,
     /// The source of the resource being checked.
     source: String,
-    misfiled: HashSet<String>,
+    misfiled: HashMap<String, String>,
+    births: HashMap<String, String>,
+    doses: HashMap<String, Vec<hutong_quality::Dose>>,
 }
 
 impl Context for Files {
-    fn encounter_misfiled(&self, id: &str) -> bool {
-        self.misfiled.contains(id)
+    fn encounter_misfiled(&self, id: &str) -> Option<String> {
+        self.misfiled.get(id).cloned()
     }
     fn exists(&self, rtype: &str, id: &str) -> bool {
         self.ids.contains(&(rtype.to_string(), id.to_string()))
     }
     fn encounter_subject(&self, id: &str) -> Option<String> {
         self.encounters.get(id).cloned()
+    }
+    fn patient_birth(&self, id: &str) -> Option<String> {
+        self.births.get(id).cloned()
+    }
+    fn doses(&self, patient: &str) -> Vec<hutong_quality::Dose> {
+        self.doses.get(patient).cloned().unwrap_or_default()
     }
     fn same_content(&self, rtype: &str, fp: &str) -> Option<String> {
         self.content
@@ -103,7 +111,9 @@ pub fn run(args: &CheckArgs, checker: &Checker) -> anyhow::Result<()> {
         encounters: HashMap::new(),
         content: HashMap::new(),
         source: String::new(),
-        misfiled: HashSet::new(),
+        misfiled: HashMap::new(),
+        births: HashMap::new(),
+        doses: HashMap::new(),
     };
     for (_, v) in &resources {
         let (Some(t), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) else {
@@ -113,6 +123,19 @@ pub fn run(args: &CheckArgs, checker: &Checker) -> anyhow::Result<()> {
         if t == "Encounter" {
             if let Some(s) = v["subject"]["reference"].as_str() {
                 held.encounters.insert(id.to_string(), s.to_string());
+            }
+        }
+        if let (Some(d), Some(p)) = (
+            hutong_quality::Dose::of(v),
+            v["patient"]["reference"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("Patient/")),
+        ) {
+            held.doses.entry(p.to_string()).or_default().push(d);
+        }
+        if t == "Patient" {
+            if let Some(b) = hutong_quality::birth_of(v) {
+                held.births.insert(id.to_string(), b);
             }
         }
     }

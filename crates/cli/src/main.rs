@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod demo;
 mod link;
+mod reconcile;
 mod synth;
 mod workload;
 
@@ -78,6 +79,9 @@ enum Cmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Compare a source's files (or manifest) with what the platform holds from it for a
+    /// period: missing, extra and differing resources, and the ones to resend.
+    Reconcile(reconcile::ReconcileArgs),
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Write a synthetic region: institutions, residents, their records and the truth.
@@ -278,6 +282,11 @@ fn main() -> anyhow::Result<()> {
             println!("Exported {total} resources to {} in {:.1}s", out.display(), t0.elapsed().as_secs_f64());
             engine.audit.flush(std::time::Duration::from_secs(10));
             Ok(())
+        }
+        Cmd::Reconcile(args) => {
+            let s = settings(&cli.common, &fc, None)?;
+            let engine = engine(&s)?;
+            reconcile::run(&args, engine)
         }
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)?),
         Cmd::Synth(args) => synth::run(&args),

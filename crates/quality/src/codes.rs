@@ -229,3 +229,33 @@ mod tests {
         }
     }
 }
+
+/// A childhood vaccine of the national immunization programme.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NipVaccine {
+    pub code: String,
+    pub zh: String,
+    /// The age (years) from which the programme no longer gives it.
+    pub until_years: u32,
+}
+
+/// The programme's childhood vaccines (`data/nip-vaccines.tsv`), by code and by Chinese name.
+pub fn nip_vaccine(code_or_name: &str) -> Option<&'static NipVaccine> {
+    static T: OnceLock<Vec<NipVaccine>> = OnceLock::new();
+    T.get_or_init(|| {
+        include_str!("../data/nip-vaccines.tsv")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                NipVaccine {
+                    code: f[0].to_string(),
+                    zh: f[1].to_string(),
+                    until_years: f[2].parse().expect("nip-vaccines.tsv: age in years"),
+                }
+            })
+            .collect()
+    })
+    .iter()
+    .find(|v| v.code == code_or_name || v.zh == code_or_name)
+}

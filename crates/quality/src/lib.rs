@@ -9,7 +9,10 @@
 //! [`Checker::check_context`] against a [`Context`] the server provides.
 
 pub mod codes;
+pub mod reconcile;
 pub mod rules;
+pub mod scorecard;
+pub mod workorder;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -91,21 +94,73 @@ pub trait Context {
     fn encounter_subject(&self, id: &str) -> Option<String>;
     /// The id of a resource of `rtype` from the same source with the same content fingerprint.
     fn same_content(&self, rtype: &str, fingerprint: &str) -> Option<String>;
-    /// Whether the encounter `id` itself looks filed to the wrong patient (see
-    /// [`misfiled_encounters`]): then its records are not blamed for disagreeing with it.
-    fn encounter_misfiled(&self, _id: &str) -> bool {
-        false
+    /// When the encounter `id` itself looks filed to the wrong patient (see
+    /// [`misfiled_encounters`]), the patient most of its records name: its records are
+    /// judged against that patient instead of the encounter's.
+    fn encounter_misfiled(&self, _id: &str) -> Option<String> {
+        None
+    }
+    /// The birth date (`YYYY-MM-DD`) of the Patient `id`, if it is known.
+    fn patient_birth(&self, _id: &str) -> Option<String> {
+        None
+    }
+    /// The vaccine doses recorded for the Patient `id` (on the platform and in the
+    /// submission).
+    fn doses(&self, _patient: &str) -> Vec<Dose> {
+        Vec::new()
+    }
+}
+
+/// One recorded vaccine dose, as [`Context::doses`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dose {
+    pub id: String,
+    /// The vaccine's first coding (`code`), or its text.
+    pub vaccine: String,
+    pub number: u32,
+    pub at_ms: i64,
+}
+
+impl Dose {
+    /// The dose an Immunization records, if it says which vaccine and which dose.
+    pub fn of(v: &Value) -> Option<Dose> {
+        if v["resourceType"] != "Immunization" {
+            return None;
+        }
+        let vaccine = v["vaccineCode"]["coding"][0]["code"]
+            .as_str()
+            .or(v["vaccineCode"]["text"].as_str())?
+            .to_string();
+        let p = &v["protocolApplied"][0];
+        let number = p["doseNumberPositiveInt"]
+            .as_u64()
+            .or_else(|| p["doseNumberString"].as_str()?.trim().parse().ok())?
+            as u32;
+        Some(Dose {
+            id: v["id"].as_str().unwrap_or("").to_string(),
+            vaccine,
+            number,
+            at_ms: clinical_time_ms(v)?,
+        })
     }
 }
 
 /// The encounters of a batch that most of their own records contradict: when two or more
 /// records name an encounter and more of them disagree with its patient than agree, the
-/// encounter is the one filed to the wrong patient, not the records.
+/// encounter is the one filed to the wrong patient, not the records. Each such encounter
+/// comes with the patient most of its records name (a record that names yet another patient
+/// is then itself misfiled).
 pub fn misfiled_encounters(
     resources: &[&Value],
     encounter_subject: &dyn Fn(&str) -> Option<String>,
-) -> std::collections::HashSet<String> {
-    let mut tally: std::collections::HashMap<&str, (u32, u32)> = Default::default();
+) -> std::collections::HashMap<String, String> {
+    #[derive(Default)]
+    struct Tally<'a> {
+        agree: u32,
+        disagree: u32,
+        others: std::collections::HashMap<&'a str, u32>,
+    }
+    let mut tally: std::collections::HashMap<&str, Tally> = Default::default();
     for v in resources {
         let subject = ["subject", "patient"]
             .iter()
@@ -117,17 +172,24 @@ pub fn misfiled_encounters(
             if let Some(es) = encounter_subject(e) {
                 let t = tally.entry(e).or_default();
                 if es == s {
-                    t.0 += 1;
+                    t.agree += 1;
                 } else {
-                    t.1 += 1;
+                    t.disagree += 1;
+                    *t.others.entry(s).or_default() += 1;
                 }
             }
         }
     }
     tally
         .into_iter()
-        .filter(|(_, (agree, disagree))| *disagree >= 2 && disagree > agree)
-        .map(|(e, _)| e.to_string())
+        .filter(|(_, t)| t.disagree >= 2 && t.disagree > t.agree)
+        .filter_map(|(e, t)| {
+            let (patient, _) = t
+                .others
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
+            Some((e.to_string(), patient.to_string()))
+        })
         .collect()
 }
 
@@ -196,6 +258,59 @@ const CLINICAL_TIMES: &[&str] = &[
     "started",
     "date",
 ];
+
+/// Whole years from `from` to `to` (ms), as ages are counted.
+fn years_between(from: i64, to: i64) -> i64 {
+    let a = date::format_instant(from);
+    let b = date::format_instant(to);
+    let (ya, yb): (i64, i64) = (a[..4].parse().unwrap_or(0), b[..4].parse().unwrap_or(0));
+    let years = yb - ya;
+    if b[5..10] < a[5..10] {
+        years - 1
+    } else {
+        years
+    }
+}
+
+/// The birth date a Patient's records are judged against: its `birthDate`, unless that is
+/// missing or in the future (the Patient's own error, which `birth-date` reports) — then
+/// the one written into a valid ID number.
+pub fn birth_of(patient: &Value) -> Option<String> {
+    let given = patient["birthDate"]
+        .as_str()
+        .filter(|b| date::parse(b).is_some_and(|d| d.lo <= date::now_ms()));
+    if let Some(b) = given {
+        return Some(b.to_string());
+    }
+    patient["identifier"]
+        .as_array()?
+        .iter()
+        .filter(|i| i["system"] == ID_SYSTEM)
+        .filter_map(|i| hutong_cn::idcard::IdNumber::parse(i["value"].as_str()?).ok())
+        .map(|id| {
+            let (y, m, d) = id.birth_date();
+            format!("{y:04}-{m:02}-{d:02}")
+        })
+        .next()
+}
+
+/// When what a resource records clinically began (ms), if it says: the first clinical time
+/// element present. Timeliness and reconciliation days are measured from it.
+pub fn clinical_time_ms(v: &Value) -> Option<i64> {
+    let obj = v.as_object()?;
+    let rtype = obj.get("resourceType")?.as_str()?;
+    CLINICAL_TIMES.iter().find_map(|key| {
+        if *key == "date" && !matches!(rtype, "ClinicalImpression" | "DocumentReference") {
+            return None;
+        }
+        let s = match obj.get(*key)? {
+            Value::String(s) => s.as_str(),
+            Value::Object(p) => p.get("start")?.as_str()?,
+            _ => return None,
+        };
+        date::parse(s).map(|d| d.lo)
+    })
+}
 
 impl Checker {
     pub fn new(rules: Rules) -> Checker {
@@ -266,8 +381,109 @@ impl Checker {
                 }
             }
         }
+        if out.on("patient-timeline") && rtype != "Patient" {
+            let patient = ["subject", "patient"]
+                .iter()
+                .find_map(|k| v[*k]["reference"].as_str()?.strip_prefix("Patient/"));
+            if let (Some(p), Some(at)) = (patient, clinical_time_ms(v)) {
+                let birth = ctx.patient_birth(p);
+                // A day's slack: the birth date is a local date, clinical times are instants.
+                let born = birth
+                    .as_deref()
+                    .and_then(date::parse)
+                    .map(|b| b.lo - 86_400_000);
+                if born.is_some_and(|b| at < b) {
+                    out.add(
+                        "patient-timeline",
+                        ["subject", "patient"]
+                            .into_iter()
+                            .find(|k| v.get(*k).is_some())
+                            .unwrap_or("subject"),
+                        format!(
+                            "Dated {}, before Patient/{p} was born ({}): filed to the wrong patient, or a wrong date.",
+                            date::format_instant(at),
+                            birth.as_deref().unwrap_or("")
+                        ),
+                        format!(
+                            "记录时间 {} 早于患者 Patient/{p} 的出生日期（{}）：疑似归档到错误的患者，或日期有误。",
+                            date::format_instant(at),
+                            birth.as_deref().unwrap_or("")
+                        ),
+                        "Check which patient the record belongs to, and its date.",
+                    );
+                }
+            }
+        }
+        if out.on("dose-repeated") {
+            let patient = v["patient"]["reference"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("Patient/"));
+            if let (Some(d), Some(p)) = (Dose::of(v), patient) {
+                let seasonal = self.rules.seasonal_vaccines.contains(&d.vaccine);
+                let earlier = ctx.doses(p).into_iter().find(|o| {
+                    o.id != d.id
+                        && o.vaccine == d.vaccine
+                        && o.number == d.number
+                        // A seasonal vaccine's series starts again every season.
+                        && (!seasonal || (o.at_ms - d.at_ms).abs() < 300 * 86_400_000)
+                });
+                if let Some(o) = earlier {
+                    out.add(
+                        "dose-repeated",
+                        "protocolApplied[0]",
+                        format!(
+                            "Patient/{p} already has dose {} of {} (Immunization/{}, {}): a repeated record, or filed to the wrong patient.",
+                            d.number, d.vaccine, o.id, &date::format_instant(o.at_ms)[..10]
+                        ),
+                        format!(
+                            "患者 Patient/{p} 已有 {} 第 {} 剂接种记录（Immunization/{}，{}）：重复记录，或疑似归档到错误的患者。",
+                            d.vaccine, d.number, o.id, &date::format_instant(o.at_ms)[..10]
+                        ),
+                        "Check the child's vaccination card: correct the dose number or the patient.",
+                    );
+                }
+            }
+        }
+        if out.on("vaccine-age") {
+            let patient = v["patient"]["reference"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("Patient/"));
+            let vaccine = [
+                v["vaccineCode"]["coding"][0]["code"].as_str(),
+                v["vaccineCode"]["text"].as_str(),
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(codes::nip_vaccine);
+            let at = clinical_time_ms(v);
+            if let (Some(p), Some(vac), Some(at)) = (patient, vaccine, at) {
+                let birth = ctx.patient_birth(p);
+                let age = birth
+                    .as_deref()
+                    .and_then(date::parse)
+                    .map(|b| years_between(b.lo, at));
+                if let Some(age) = age.filter(|a| *a >= vac.until_years as i64) {
+                    out.add(
+                        "vaccine-age",
+                        "patient",
+                        format!(
+                            "{} ({}) at age {age}: the immunization programme does not give it from age {} — someone else's vaccination, or a wrong date.",
+                            vac.zh, vac.code, vac.until_years
+                        ),
+                        format!(
+                            "{} 于 {age} 岁接种：国家免疫规划自 {} 岁起不再接种该疫苗，疑似他人的接种记录或日期有误。",
+                            vac.zh, vac.until_years
+                        ),
+                        "Check the vaccination card: the patient, or the date.",
+                    );
+                }
+            }
+        }
         if out.on("encounter-subject") && rtype == "Encounter" {
-            if let Some(id) = v["id"].as_str().filter(|id| ctx.encounter_misfiled(id)) {
+            if let Some(id) = v["id"]
+                .as_str()
+                .filter(|id| ctx.encounter_misfiled(id).is_some())
+            {
                 out.add(
                     "encounter-subject",
                     "subject",
@@ -284,24 +500,32 @@ impl Checker {
             let enc = v["encounter"]["reference"]
                 .as_str()
                 .and_then(|r| r.strip_prefix("Encounter/"));
-            if let (Some(subject), Some(enc)) =
-                (subject, enc.filter(|e| !ctx.encounter_misfiled(e)))
-            {
-                if let Some(enc_subject) = ctx.encounter_subject(enc) {
-                    if enc_subject != subject {
-                        let field = if v.get("subject").is_some() {
-                            "subject"
-                        } else {
-                            "patient"
-                        };
-                        out.add(
-                            "encounter-subject",
-                            field,
-                            format!("Filed under {subject}, but its encounter Encounter/{enc} is {enc_subject}'s: possibly filed to the wrong patient."),
-                            format!("记录归属 {subject}，但其就诊 Encounter/{enc} 属于 {enc_subject}：疑似归档到错误的患者。"),
-                            "Check which patient the record belongs to and resubmit it under that patient.",
-                        );
-                    }
+            if let (Some(subject), Some(enc)) = (subject, enc) {
+                // Judged against the encounter's patient — or, when the encounter itself is
+                // misfiled, against the patient its other records name.
+                let (expected, whose) = match ctx.encounter_misfiled(enc) {
+                    Some(majority) => (
+                        Some(majority),
+                        format!("the other records of its encounter Encounter/{enc} are"),
+                    ),
+                    None => (
+                        ctx.encounter_subject(enc),
+                        format!("its encounter Encounter/{enc} is"),
+                    ),
+                };
+                if let Some(expected) = expected.filter(|e| e != subject) {
+                    let field = if v.get("subject").is_some() {
+                        "subject"
+                    } else {
+                        "patient"
+                    };
+                    out.add(
+                        "encounter-subject",
+                        field,
+                        format!("Filed under {subject}, but {whose} {expected}'s: possibly filed to the wrong patient."),
+                        format!("记录归属 {subject}，但其就诊 Encounter/{enc} 的归属（或其其他记录）为 {expected}：疑似归档到错误的患者。"),
+                        "Check which patient the record belongs to and resubmit it under that patient.",
+                    );
                 }
             }
         }
@@ -599,6 +823,18 @@ fn has_element(obj: &Map<String, Value>, name: &str) -> bool {
         }),
         None => obj.get(name).is_some_and(|v| !v.is_null()),
     }
+}
+
+/// How many of the data set's recommended elements a resource fills, of how many.
+pub fn recommended_filled(v: &Value, rules: &Rules) -> (u32, u32) {
+    let (Some(obj), Some(rtype)) = (v.as_object(), v["resourceType"].as_str()) else {
+        return (0, 0);
+    };
+    let Some(names) = rules.recommended.get(rtype) else {
+        return (0, 0);
+    };
+    let filled = names.iter().filter(|n| has_element(obj, n)).count();
+    (filled as u32, names.len() as u32)
 }
 
 fn data_set(obj: &Map<String, Value>, out: &mut Out) {

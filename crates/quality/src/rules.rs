@@ -22,6 +22,9 @@ pub const RULES: &[&str] = &[
     "code-valid",
     "reference",
     "encounter-subject",
+    "patient-timeline",
+    "dose-repeated",
+    "vaccine-age",
     "duplicate",
     "data-set",
 ];
@@ -60,6 +63,8 @@ pub enum RulesError {
 struct File {
     #[serde(default)]
     rules: BTreeMap<String, RawRule>,
+    #[serde(default, rename = "work-orders")]
+    work_orders: toml::Table,
 }
 
 #[derive(Deserialize, Clone)]
@@ -77,6 +82,12 @@ pub struct Rules {
     pub inpatient_diagnoses: bool,
     /// Record type → the elements the platform's data set requires.
     pub data_set: BTreeMap<String, Vec<String>>,
+    /// Record type → elements the data set recommends (the scorecard's completeness).
+    pub recommended: BTreeMap<String, Vec<String>>,
+    /// Vaccine codes whose series starts again every season (influenza).
+    pub seasonal_vaccines: Vec<String>,
+    /// Deadlines and automatic opening of work orders.
+    pub work_orders: crate::workorder::Policy,
 }
 
 impl Default for Rules {
@@ -91,8 +102,11 @@ impl Rules {
         let parse = |t: &str| -> Result<File, RulesError> {
             toml::from_str(t).map_err(|e| RulesError::Parse(e.to_string()))
         };
-        let mut merged = parse(DEFAULTS)?.rules;
-        for (id, raw) in parse(text)?.rules {
+        let defaults = parse(DEFAULTS)?;
+        let given = parse(text)?;
+        let mut merged = defaults.rules;
+        let work_orders = work_orders(defaults.work_orders, given.work_orders)?;
+        for (id, raw) in given.rules {
             if !RULES.contains(&id.as_str()) {
                 return Err(RulesError::Unknown(id));
             }
@@ -137,32 +151,53 @@ impl Rules {
         let inpatient_diagnoses = param("data-set", "inpatient_diagnoses")
             .and_then(toml::Value::as_bool)
             .ok_or_else(|| bad("data-set", "inpatient_diagnoses is true or false"))?;
-        let mut data_set = BTreeMap::new();
-        let elements = param("data-set", "elements")
-            .and_then(toml::Value::as_table)
-            .ok_or_else(|| bad("data-set", "elements is a table of record type → elements"))?;
-        for (rtype, list) in elements {
-            if !hutong_fhir::Definitions::get().is_resource_type(rtype) {
-                return Err(bad(
-                    "data-set",
-                    &format!("'{rtype}' is not an R4 resource type"),
-                ));
+        let table = |key: &str| -> Result<BTreeMap<String, Vec<String>>, RulesError> {
+            let mut out = BTreeMap::new();
+            let elements = param("data-set", key)
+                .and_then(toml::Value::as_table)
+                .ok_or_else(|| {
+                    bad(
+                        "data-set",
+                        &format!("{key} is a table of record type → elements"),
+                    )
+                })?;
+            for (rtype, list) in elements {
+                if !hutong_fhir::Definitions::get().is_resource_type(rtype) {
+                    return Err(bad(
+                        "data-set",
+                        &format!("'{rtype}' is not an R4 resource type"),
+                    ));
+                }
+                let names = list
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| x.as_str().map(String::from))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .ok_or_else(|| bad("data-set", &format!("{key}.{rtype} is a list of names")))?;
+                out.insert(rtype.clone(), names);
             }
-            let names = list
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().map(String::from))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or_else(|| bad("data-set", &format!("elements.{rtype} is a list of names")))?;
-            data_set.insert(rtype.clone(), names);
-        }
+            Ok(out)
+        };
+        let seasonal_vaccines = param("dose-repeated", "seasonal")
+            .and_then(toml::Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| bad("dose-repeated", "seasonal is a list of vaccine codes"))?;
+        let data_set = table("elements")?;
+        let recommended = table("recommended")?;
         Ok(Rules {
             severity,
             clinical_tolerance_ms: tolerance * 60_000,
             inpatient_diagnoses,
             data_set,
+            recommended,
+            seasonal_vaccines,
+            work_orders,
         })
     }
 
@@ -182,6 +217,56 @@ impl Rules {
     pub fn list(&self) -> Vec<(&'static str, Option<Severity>)> {
         RULES.iter().map(|r| (*r, self.severity(r))).collect()
     }
+}
+
+/// The `[work-orders]` table: the defaults overridden key by key.
+fn work_orders(
+    mut merged: toml::Table,
+    given: toml::Table,
+) -> Result<crate::workorder::Policy, RulesError> {
+    let bad = |message: String| RulesError::Param {
+        rule: "work-orders".into(),
+        message,
+    };
+    for (k, v) in given {
+        match (merged.get_mut(&k), v) {
+            (Some(toml::Value::Table(slot)), toml::Value::Table(t)) => {
+                for (p, h) in t {
+                    if !slot.contains_key(&p) {
+                        return Err(bad(format!(
+                            "sla_hours has no priority '{p}' (routine, urgent, asap, stat)"
+                        )));
+                    }
+                    slot.insert(p, h);
+                }
+            }
+            (Some(slot), v) => *slot = v,
+            (None, _) => return Err(bad(format!("unknown parameter '{k}'"))),
+        }
+    }
+    let hours = |v: Option<&toml::Value>, what: &str| {
+        v.and_then(toml::Value::as_integer)
+            .filter(|h| *h >= 0)
+            .ok_or_else(|| bad(format!("{what} is a whole number ≥ 0")))
+    };
+    let mut sla_hours = BTreeMap::new();
+    let table = merged
+        .get("sla_hours")
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| bad("sla_hours is a table of priority → hours".into()))?;
+    for p in crate::workorder::Policy::PRIORITIES {
+        sla_hours.insert(
+            p.to_string(),
+            hours(table.get(p), &format!("sla_hours.{p}"))?,
+        );
+    }
+    let repeat_threshold = hours(merged.get("repeat_threshold"), "repeat_threshold")?.max(1);
+    let repeat_window_hours = hours(merged.get("repeat_window_hours"), "repeat_window_hours")?;
+    Ok(crate::workorder::Policy {
+        sla_hours,
+        repeat_threshold,
+        repeat_window_hours,
+    })
 }
 
 #[cfg(test)]

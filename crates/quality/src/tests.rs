@@ -188,6 +188,9 @@ struct Held {
     ids: HashSet<(String, String)>,
     encounters: HashMap<String, String>,
     content: HashMap<(String, String), String>,
+    misfiled: HashMap<String, String>,
+    births: HashMap<String, String>,
+    doses: Vec<Dose>,
 }
 
 impl Context for Held {
@@ -202,6 +205,15 @@ impl Context for Held {
             .get(&(rtype.to_string(), fp.to_string()))
             .cloned()
     }
+    fn encounter_misfiled(&self, id: &str) -> Option<String> {
+        self.misfiled.get(id).cloned()
+    }
+    fn patient_birth(&self, id: &str) -> Option<String> {
+        self.births.get(id).cloned()
+    }
+    fn doses(&self, _patient: &str) -> Vec<Dose> {
+        self.doses.clone()
+    }
 }
 
 #[test]
@@ -215,6 +227,9 @@ fn context_rules() {
             .collect(),
         encounters: [("e1".to_string(), "Patient/p1".to_string())].into(),
         content: HashMap::new(),
+        misfiled: HashMap::new(),
+        births: HashMap::new(),
+        doses: Vec::new(),
     };
     assert_eq!(c.check_context(&o, &held), vec![]);
     // A dangling reference.
@@ -243,6 +258,141 @@ fn context_rules() {
     held.content
         .insert(("Observation".into(), fingerprint(&o)), "o1".into());
     assert_eq!(c.check_context(&o, &held), vec![]);
+}
+
+#[test]
+fn a_misfiled_encounter_is_blamed_and_its_odd_record_still_caught() {
+    // Encounter e1 is filed under p9, but its records say p1 — except one, filed under p2.
+    let rec = |id: &str, patient: &str| {
+        let mut o = obs("14771-0", 5.0, "mmol/L");
+        o["id"] = json!(id);
+        o["subject"]["reference"] = json!(format!("Patient/{patient}"));
+        o
+    };
+    let records = [
+        rec("a", "p1"),
+        rec("b", "p1"),
+        rec("c", "p1"),
+        rec("d", "p2"),
+    ];
+    let refs: Vec<&Value> = records.iter().collect();
+    let misfiled = misfiled_encounters(&refs, &|_| Some("Patient/p9".into()));
+    assert_eq!(misfiled.get("e1").map(String::as_str), Some("Patient/p1"));
+    let held = Held {
+        ids: HashSet::new(),
+        encounters: [("e1".to_string(), "Patient/p9".to_string())].into(),
+        content: HashMap::new(),
+        misfiled,
+        births: HashMap::new(),
+        doses: Vec::new(),
+    };
+    let mut c = Checker::default();
+    c.rules.disable("reference");
+    assert_eq!(c.check_context(&records[0], &held), vec![]);
+    let f = c.check_context(&records[3], &held);
+    assert_eq!(rules_of(&f), vec!["encounter-subject"]);
+    assert!(f[0].en.contains("other records"), "{}", f[0].en);
+    let enc = json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+        "subject": {"reference": "Patient/p9"}});
+    assert_eq!(
+        rules_of(&c.check_context(&enc, &held)),
+        vec!["encounter-subject"]
+    );
+}
+
+#[test]
+fn records_before_their_patients_birth_are_caught() {
+    let mut c = Checker::default();
+    c.rules.disable("reference");
+    let mut held = Held {
+        ids: HashSet::new(),
+        encounters: HashMap::new(),
+        content: HashMap::new(),
+        misfiled: HashMap::new(),
+        births: [("p1".to_string(), "2026-06-02".to_string())].into(),
+        doses: Vec::new(),
+    };
+    // Observed 2026-06-01 08:00 Beijing: a day's slack for the local birth date.
+    let mut o = obs("14771-0", 5.0, "mmol/L");
+    o.as_object_mut().unwrap().remove("encounter");
+    assert_eq!(c.check_context(&o, &held), vec![]);
+    held.births.insert("p1".into(), "2026-06-05".into());
+    let f = c.check_context(&o, &held);
+    assert_eq!(rules_of(&f), vec!["patient-timeline"]);
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(f[0].expression, "Observation.subject");
+    // Unknown birth date, or no clinical time: nothing to say.
+    held.births.clear();
+    assert_eq!(c.check_context(&o, &held), vec![]);
+}
+
+fn vaccination(id: &str, code: &str, dose: u32, when: &str) -> Value {
+    json!({"resourceType": "Immunization", "id": id, "status": "completed",
+        "vaccineCode": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/cn-nip-vaccine", "code": code}]},
+        "patient": {"reference": "Patient/c1"}, "occurrenceDateTime": when,
+        "protocolApplied": [{"doseNumberPositiveInt": dose}]})
+}
+
+#[test]
+fn vaccinations_of_someone_else_are_caught() {
+    let mut c = Checker::default();
+    c.rules.disable("reference");
+    let mut held = Held {
+        ids: HashSet::new(),
+        encounters: HashMap::new(),
+        content: HashMap::new(),
+        misfiled: HashMap::new(),
+        births: [("c1".to_string(), "2023-01-10".to_string())].into(),
+        doses: Vec::new(),
+    };
+    // MMR dose 2 at 18 months: as the programme has it.
+    let mmr2 = vaccination("i2", "MMR", 2, "2024-07-10T09:00:00+08:00");
+    assert_eq!(c.check_context(&mmr2, &held), vec![]);
+    // The child already has MMR dose 2: a repeat, or another child's.
+    held.doses = vec![Dose::of(&vaccination("i1", "MMR", 2, "2024-07-01T09:00:00+08:00")).unwrap()];
+    let f = c.check_context(&mmr2, &held);
+    assert_eq!(rules_of(&f), vec!["dose-repeated"]);
+    assert!(f[0].en.contains("Immunization/i1"));
+    // Influenza starts again every season: last year's dose 1 is no repeat.
+    held.doses = vec![Dose::of(&vaccination("f1", "Flu", 1, "2023-09-01T09:00:00+08:00")).unwrap()];
+    let flu = vaccination("f2", "Flu", 1, "2024-09-03T09:00:00+08:00");
+    assert_eq!(c.check_context(&flu, &held), vec![]);
+    let same_season = vaccination("f3", "Flu", 1, "2023-10-01T09:00:00+08:00");
+    assert_eq!(
+        rules_of(&c.check_context(&same_season, &held)),
+        vec!["dose-repeated"]
+    );
+    // A child's vaccine given to a 60-year-old.
+    held.doses.clear();
+    held.births.insert("c1".into(), "1962-09-03".into());
+    let f = c.check_context(
+        &vaccination("j", "JE-L", 2, "2022-08-11T09:00:00+08:00"),
+        &held,
+    );
+    assert_eq!(rules_of(&f), vec!["vaccine-age"]);
+    assert!(f[0].zh.contains("乙脑减毒活疫苗"));
+    // By its Chinese name too; DTaP stops at six (白破 from then on).
+    held.births.insert("c1".into(), "2017-03-01".into());
+    let mut dtap = vaccination("d", "x", 4, "2023-03-02T09:00:00+08:00");
+    dtap["vaccineCode"] = json!({"text": "百白破疫苗"});
+    assert_eq!(
+        rules_of(&c.check_context(&dtap, &held)),
+        vec!["vaccine-age"]
+    );
+    dtap["occurrenceDateTime"] = json!("2023-02-27T09:00:00+08:00");
+    assert_eq!(
+        c.check_context(&dtap, &held),
+        vec![],
+        "five years and 363 days"
+    );
+    // Hepatitis B is for adults too.
+    assert_eq!(
+        c.check_context(
+            &vaccination("h", "HepB", 1, "2023-03-02T09:00:00+08:00"),
+            &held
+        ),
+        vec![]
+    );
 }
 
 #[test]
@@ -309,7 +459,7 @@ mod props {
         ) {
             let mut v = Value::Object(body.into_iter().collect());
             v["resourceType"] = json!(rtype);
-            let held = Held { ids: HashSet::new(), encounters: HashMap::new(), content: HashMap::new() };
+            let held = Held { ids: HashSet::new(), encounters: HashMap::new(), content: HashMap::new(), misfiled: HashMap::new(), births: HashMap::new(), doses: Vec::new() };
             let c = Checker::default();
             let mut all = c.check(&v, NOW);
             all.extend(c.check_context(&v, &held));

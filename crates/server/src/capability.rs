@@ -96,6 +96,9 @@ fn build() -> Value {
             if t == "Task" {
                 ops.push(json!({"name": "decide", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-decide"}));
                 ops.push(json!({"name": "review", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-review"}));
+                for a in hutong_quality::workorder::Action::ALL {
+                    ops.push(json!({"name": a.op(), "definition": format!("https://hutong.dev/fhir/OperationDefinition/Task-{}", a.op())}));
+                }
             }
             if t == "Consent" {
                 for op in ["verify-code", "approve", "deny", "revoke"] {
@@ -126,7 +129,11 @@ fn build() -> Value {
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
-                          {"name": "quarantine", "definition": "https://hutong.dev/fhir/OperationDefinition/quarantine"}]
+                          {"name": "quarantine", "definition": "https://hutong.dev/fhir/OperationDefinition/quarantine"},
+                          {"name": "work-order", "definition": "https://hutong.dev/fhir/OperationDefinition/work-order"},
+                          {"name": "work-orders", "definition": "https://hutong.dev/fhir/OperationDefinition/work-orders"},
+                          {"name": "reconcile", "definition": "https://hutong.dev/fhir/OperationDefinition/reconcile"},
+                          {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"}]
         }]
     })
 }

@@ -791,7 +791,14 @@ impl Engine {
                 }
             }
             let s = tx.create(t, None, v.clone())?;
-            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            crate::intake::record(
+                tx,
+                &self.checker.rules.work_orders,
+                &source,
+                &s,
+                &found,
+                &fp,
+            )?;
             Ok((s, true))
         })?;
         if created {
@@ -808,7 +815,14 @@ impl Engine {
         let (s, created) = g.write(self, |tx| {
             check_owner(g, tx, t, id)?;
             let (s, created) = tx.update(t, id, v.clone(), if_match)?;
-            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            crate::intake::record(
+                tx,
+                &self.checker.rules.work_orders,
+                &source,
+                &s,
+                &found,
+                &fp,
+            )?;
             Ok::<_, ApiError>((s, created))
         })?;
         crate::access_api::after_write(self, g, &s)?;
@@ -838,7 +852,14 @@ impl Engine {
                         check_owner(g, tx, t, id)?;
                     }
                     let s = tx.create(t, id.as_deref(), v.clone())?;
-                    crate::intake::record(tx, &source, &s, &found, &fp)?;
+                    crate::intake::record(
+                        tx,
+                        &self.checker.rules.work_orders,
+                        &source,
+                        &s,
+                        &found,
+                        &fp,
+                    )?;
                     Ok::<_, ApiError>((s, true))
                 }
                 [one] => {
@@ -851,7 +872,14 @@ impl Engine {
                     }
                     g.may_write(t, Perms::UPDATE, Some(one))?;
                     let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
-                    crate::intake::record(tx, &source, &s, &found, &fp)?;
+                    crate::intake::record(
+                        tx,
+                        &self.checker.rules.work_orders,
+                        &source,
+                        &s,
+                        &found,
+                        &fp,
+                    )?;
                     Ok((s, false))
                 }
                 _ => Err(ApiError::new(
@@ -906,7 +934,14 @@ impl Engine {
             let found = c.findings.pop().unwrap_or_default();
             let fp = c.fingerprints.pop().unwrap_or_default();
             let (s, created) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
-            crate::intake::record(tx, &source, &s, &found, &fp)?;
+            crate::intake::record(
+                tx,
+                &self.checker.rules.work_orders,
+                &source,
+                &s,
+                &found,
+                &fp,
+            )?;
             Ok::<_, ApiError>((s, created))
         });
         if let Some((doc, findings)) = rejected.into_inner() {
@@ -1231,6 +1266,13 @@ impl Engine {
 pub fn check_owner(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<(), ApiError> {
     if g.principal.kind == Kind::Platform {
         return g.may(t, Perms::UPDATE);
+    }
+    if t == "Task" && crate::workorders::is_work_order_id(tx, id)? {
+        return Err(ApiError::new(
+            403,
+            IssueCode::Forbidden,
+            "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment",
+        ));
     }
     match tx.source_of(t, id)? {
         Some(src) => hutong_access::decision::may_write(g.asker(), t, Perms::UPDATE, Some(&src))

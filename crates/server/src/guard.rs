@@ -195,6 +195,16 @@ impl Guard {
         perm: Perms,
         existing: Option<&Stored>,
     ) -> Result<(), ApiError> {
+        // Work orders move through their lifecycle operations, which check who may do what.
+        if rtype == "Task" && self.principal.kind != hutong_access::principal::Kind::Platform {
+            if let Some(s) = existing {
+                if s.json().is_ok_and(|v| crate::workorders::is_work_order(&v)) {
+                    return Err(forbidden(hutong_access::Refusal(
+                        "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment".into(),
+                    )));
+                }
+            }
+        }
         decision::may_write(
             self.asker(),
             rtype,

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use hutong_fhir::date::now_ms;
 use hutong_fhir::outcome::Issue;
 use hutong_fhir::{IssueCode, Outcome};
-use hutong_quality::{Checker, Context, Finding, Severity};
+use hutong_quality::{Checker, Context, Dose, Finding, Severity};
 use hutong_store::schema::insert_ignore;
 use hutong_store::sql::{Dialect, Val};
 use hutong_store::{Scope, Store, StoreError, Stored, Tx};
@@ -75,12 +75,17 @@ struct Held<'a> {
     existing: HashSet<(String, String)>,
     encounters: HashMap<String, Option<String>>,
     content: HashMap<(String, String), String>,
-    misfiled: HashSet<String>,
+    misfiled: HashMap<String, String>,
+    /// Patient id → birth date: the submission's own, then the platform's (read once).
+    births: std::cell::RefCell<HashMap<String, Option<String>>>,
+    /// The submission's own vaccine doses per patient, and the platform's (read once).
+    batch_doses: HashMap<String, Vec<Dose>>,
+    doses: std::cell::RefCell<HashMap<String, Vec<Dose>>>,
 }
 
 impl Context for Held<'_> {
-    fn encounter_misfiled(&self, id: &str) -> bool {
-        self.misfiled.contains(id)
+    fn encounter_misfiled(&self, id: &str) -> Option<String> {
+        self.misfiled.get(id).cloned()
     }
     fn exists(&self, rtype: &str, id: &str) -> bool {
         let k = (rtype.to_string(), id.to_string());
@@ -97,6 +102,47 @@ impl Context for Held<'_> {
                 .and_then(|v| v["subject"]["reference"].as_str().map(String::from)),
             _ => None,
         }
+    }
+    fn patient_birth(&self, id: &str) -> Option<String> {
+        if let Some(b) = self.births.borrow().get(id) {
+            return b.clone();
+        }
+        let b = match self.store.read("Patient", id, &Scope::All) {
+            Ok(hutong_store::Lookup::Found(s)) if !s.deleted => {
+                s.json().ok().and_then(|v| hutong_quality::birth_of(&v))
+            }
+            _ => None,
+        };
+        self.births.borrow_mut().insert(id.to_string(), b.clone());
+        b
+    }
+    fn doses(&self, patient: &str) -> Vec<Dose> {
+        if let Some(d) = self.doses.borrow().get(patient) {
+            return d.clone();
+        }
+        let mut out = self.batch_doses.get(patient).cloned().unwrap_or_default();
+        let q = hutong_store::Query::parse(
+            "Immunization",
+            &[
+                ("patient".into(), format!("Patient/{patient}")),
+                ("_count".into(), "1000".into()),
+            ],
+            true,
+        );
+        let page = q.ok().and_then(|q| self.store.search(&q, &Scope::All).ok());
+        if let Some(page) = page {
+            for s in page.matches {
+                if let Some(d) = s.json().ok().as_ref().and_then(Dose::of) {
+                    if !out.iter().any(|o| o.id == d.id) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        self.doses
+            .borrow_mut()
+            .insert(patient.to_string(), out.clone());
+        out
     }
     fn same_content(&self, rtype: &str, fp: &str) -> Option<String> {
         self.content
@@ -168,13 +214,33 @@ pub fn check(
             ))
         })
         .collect();
+    let mut batch_doses: HashMap<String, Vec<Dose>> = HashMap::new();
+    for v in resources {
+        if let (Some(d), Some(p)) = (
+            Dose::of(v),
+            v["patient"]["reference"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("Patient/")),
+        ) {
+            batch_doses.entry(p.to_string()).or_default().push(d);
+        }
+    }
     let mut held = Held {
         store,
         local,
         existing,
         encounters,
         content,
-        misfiled: HashSet::new(),
+        misfiled: HashMap::new(),
+        batch_doses,
+        doses: Default::default(),
+        births: std::cell::RefCell::new(
+            resources
+                .iter()
+                .filter(|v| v["resourceType"] == "Patient")
+                .filter_map(|v| Some((v["id"].as_str()?.to_string(), hutong_quality::birth_of(v))))
+                .collect(),
+        ),
     };
     if checker.rules.severity("encounter-subject").is_some() {
         held.misfiled =
@@ -314,9 +380,10 @@ pub fn rejected(
 }
 
 /// Records an accepted version's warnings and its content fingerprint, in the write's own
-/// transaction.
+/// transaction; a suspected wrong-patient filing also opens a work order to the source there.
 pub fn record(
     tx: &mut Tx<'_>,
+    policy: &hutong_quality::workorder::Policy,
     source: &str,
     s: &Stored,
     findings: &[Finding],
@@ -350,6 +417,20 @@ pub fn record(
             Val::Text(s.id.clone()),
         ],
     )?;
+    if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
+        let order = crate::workorders::NewOrder {
+            category: hutong_quality::workorder::Category::WrongPatient,
+            description: format!(
+                "疑似错挂患者：{} Suspected filing to the wrong patient: {}",
+                f.zh, f.en
+            ),
+            priority: "urgent".into(),
+            reporter: "platform quality control".into(),
+            rule: Some(f.rule.into()),
+            inputs: Vec::new(),
+        };
+        crate::workorders::create_in(tx, policy, &order, source, None, Some(s))?;
+    }
     Ok(())
 }
 

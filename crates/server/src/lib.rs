@@ -29,6 +29,9 @@ pub mod operations;
 pub mod person_api;
 pub mod persons;
 pub mod quality_api;
+pub mod reconcile;
+pub mod scorecards;
+pub mod workorders;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -173,6 +176,8 @@ pub fn engine_for(
     let mut access = hutong_access::Access::new(&store, keys, issuer)?;
     access.policy = policy;
     intake::open(&store)?;
+    workorders::open_tables(&store)?;
+    reconcile::open_tables(&store)?;
     Ok(Engine::new(store, config, Arc::new(access)))
 }
 
@@ -290,6 +295,20 @@ impl Application {
                 e.access
                     .sync_grants(&e.store, false)
                     .map_err(|err| format!("Reading grants failed; will retry: {err}"))
+            },
+        )?;
+        // Work orders past their due date are escalated, repeated rule failures open orders.
+        let e = engine.clone();
+        every(
+            "hutong-work-orders",
+            std::time::Duration::from_secs(60),
+            stop.clone(),
+            move || {
+                workorders::sweep(&e, hutong_fhir::date::now_ms())
+                    .map(|_| ())
+                    .map_err(|err| {
+                        format!("The work-order sweep failed; will retry: {}", err.message())
+                    })
             },
         )?;
         let e = engine.clone();

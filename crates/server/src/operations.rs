@@ -49,6 +49,19 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("POST", ["$quarantine", q, "$resubmit"]) => {
             crate::quality_api::resubmit(engine, req, g, q)
         }
+        ("POST", ["$work-order"]) => crate::workorders::report(engine, req, g),
+        ("GET", ["$work-orders"]) => crate::workorders::list(engine, req, g),
+        ("POST", ["$work-orders", "$sweep"]) => crate::workorders::sweep_op(engine, g),
+        ("POST", ["Task", id, op])
+            if hutong_quality::workorder::Action::parse(op.trim_start_matches('$')).is_some()
+                && op.starts_with('$') =>
+        {
+            crate::workorders::act(engine, req, g, id, op.trim_start_matches('$'))
+        }
+        ("POST", ["$reconcile"]) => crate::reconcile::submit(engine, req, g),
+        ("GET", ["$reconcile"]) => crate::reconcile::list(engine, req, g),
+        ("GET", ["$reconcile", id]) => crate::reconcile::show(engine, g, id),
+        ("GET", ["$scorecard"]) => crate::scorecards::card(engine, req, g),
         ("GET", ["$export"]) => kick_off(engine, req, g, ExportLevel::System),
         ("GET", ["Patient", "$export"]) => kick_off(engine, req, g, ExportLevel::Patient),
         ("GET", [t, "$export"]) => kick_off(engine, req, g, ExportLevel::Type(t.to_string())),

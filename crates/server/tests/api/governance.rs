@@ -27,7 +27,8 @@ macro_rules! on_both {
 
 on_both!(
     rejections_are_explained_quarantined_and_resubmitted,
-    warnings_are_recorded_and_validate_reports
+    warnings_are_recorded_and_validate_reports,
+    vaccinations_are_checked_against_the_record
 );
 
 const A: &str = "urn:hutong:org:91330100QA";
@@ -305,4 +306,62 @@ async fn warnings_are_recorded_and_validate_reports(app: &TestApp) {
     );
     assert_eq!(count(app, &a, "Observation?_summary=count").await, 2);
     assert_eq!(count(app, &a, "$quarantine").await, 0);
+}
+
+async fn vaccinations_are_checked_against_the_record(app: &TestApp) {
+    let a = app.system(A);
+    for (id, birth) in [("qv-child", "2023-01-10"), ("qv-adult", "1962-09-03")] {
+        let p = app
+            .send_as(
+                &a,
+                "PUT",
+                &format!("Patient/{id}"),
+                Some(json!({"resourceType": "Patient", "id": id,
+                "name": [{"text": "王小明"}], "birthDate": birth,
+                "identifier": [{"system": "urn:mrn:qv", "value": id}]})),
+                &[],
+            )
+            .await;
+        assert_eq!(p.status, 201, "{}", p.body);
+    }
+    let shot = |patient: &str, code: &str, dose: u32, when: &str| {
+        json!({"resourceType": "Immunization", "status": "completed",
+            "vaccineCode": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/cn-nip-vaccine", "code": code}]},
+            "patient": {"reference": format!("Patient/{patient}")}, "occurrenceDateTime": when,
+            "protocolApplied": [{"doseNumberPositiveInt": dose}]})
+    };
+    let post = |v: Value| {
+        let a = a.clone();
+        async move {
+            let r = app.send_as(&a, "POST", "Immunization", Some(v), &[]).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    post(shot("qv-child", "MMR", 1, "2023-09-12T09:00:00+08:00")).await;
+    post(shot("qv-child", "MMR", 2, "2024-07-10T09:00:00+08:00")).await;
+    // The same dose again (stored on the platform, found by the patient's record), and a
+    // child's vaccine filed to a 60-year-old (the birth date read from the platform).
+    let again = post(shot("qv-child", "MMR", 2, "2024-08-01T09:00:00+08:00")).await;
+    let adult = post(shot("qv-adult", "JE-L", 2, "2022-08-11T09:00:00+08:00")).await;
+    let rows = tokio::task::block_in_place(|| {
+        app.engine
+            .store
+            .query_admin(
+                "SELECT rule, id FROM qc_finding WHERE src = ? AND rtype = 'Immunization' ORDER BY rule",
+                &[Val::Text(A.into())],
+            )
+            .unwrap()
+    });
+    let found: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r[0].text().to_string(), r[1].text().to_string()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("dose-repeated".into(), again),
+            ("vaccine-age".into(), adult)
+        ]
+    );
 }

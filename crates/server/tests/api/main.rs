@@ -11,3 +11,4 @@ mod governance;
 mod matching;
 mod persons;
 mod search;
+mod workorders;
