@@ -415,8 +415,15 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
                     let app = Application::build(s).await?;
                     let base = format!("http://127.0.0.1:{}/fhir", app.port());
                     let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
-                    tokio::spawn(app.run_until(std::future::pending()));
-                    post_bundles(&base, &token, subset.clone(), args.bundle_size).await
+                    // Stopped (with its background work) before its directory goes.
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let server = tokio::spawn(app.run_until(async {
+                        let _ = stopped.await;
+                    }));
+                    let r = post_bundles(&base, &token, subset.clone(), args.bundle_size).await;
+                    let _ = stop.send(());
+                    let _ = server.await;
+                    r
                 })?;
                 if rules_on {
                     on.push(rate)

@@ -291,7 +291,9 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             dev_outbox: true,
             ..Settings::new(store_dir.display().to_string())
         };
-        let app = Application::with_store(settings, store, keys).await?;
+        let app = Application::with_store(settings, store, keys)
+            .await?
+            .with_routes(hutong_web::routes);
         eprintln!("Linking every institution's Patients to persons (one person, one record)…");
         let engine = app.engine.clone();
         let first = patients.first().map(|p| format!("Patient/{p}"));
@@ -327,6 +329,9 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         );
         println!();
         println!("Hutong demo is serving FHIR R4 at {base}");
+        println!();
+        println!("Web portal for residents (居民端): {root}/portal/login");
+        println!("  sign in as {name} with {phone}; the code is in the demo outbox: {root}/dev/outbox?to={phone}");
         println!();
         println!("Every request needs an access token. The demo's accounts (a platform service, each");
         println!("institution's system and clinician, operators) are in {}.", args.dir.join("credentials.json").display());

@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(args) => rt.block_on(async {
             let s = settings(&cli.common, &fc, Some(&args))?;
-            let app = Application::build(s.clone()).await?;
+            let app = Application::build(s.clone()).await?.with_routes(hutong_web::routes);
             tracing::info!(port = app.port(), database = %redact(&s.database), "Hutong is serving FHIR at http://{}/fhir", s.listen);
             app.run_until(hutong_server::shutdown_signal()).await?;
             Ok(())

@@ -193,6 +193,7 @@ fn issuer(settings: &Settings) -> String {
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    state: Arc<http::AppState>,
     pub engine: Engine,
     /// Tells the background work (linking, grants, checkpoints) to end with the server.
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -336,10 +337,20 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         Ok(Application {
             listener,
-            router: http::app(state),
+            router: http::app(state.clone()),
+            state,
             engine,
             stop,
         })
+    }
+
+    /// Adds routes served beside the FHIR API (the web portals), over the same state.
+    pub fn with_routes(
+        mut self,
+        f: impl FnOnce(Arc<http::AppState>) -> axum::Router,
+    ) -> Application {
+        self.router = self.router.merge(f(self.state.clone()));
+        self
     }
 
     pub fn port(&self) -> u16 {

@@ -1,0 +1,964 @@
+//! 居民端: the resident's own pages. Everything shown comes from the engine asked as the
+//! resident (`crate::call`), so a page sees exactly what the resident's token would through
+//! the FHIR API, and each view is in their access history like any other read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use hutong_server::engine::{parse_query_string, percent_encode};
+use hutong_server::http::AppState;
+use maud::{html, Markup};
+use serde_json::{json, Value};
+
+use crate::view::{self, concept, kind_label, local, KINDS};
+use crate::{call, form, json_of, page, problem, respond, Lang, Session, SESSION};
+
+const PRE: &str = "hutong_pre";
+
+fn query_of(req: &Request) -> Vec<(String, String)> {
+    parse_query_string(req.uri().query().unwrap_or(""))
+}
+
+fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+}
+
+fn to_login() -> Response {
+    Redirect::to("/portal/login").into_response()
+}
+
+/// The signed-in resident and their person id, or the way to the sign-in page.
+fn resident(st: &AppState, headers: &HeaderMap) -> Option<(Session, String)> {
+    let s = Session::of(st, headers)?;
+    let person = s.principal.person.clone()?;
+    Some((s, person))
+}
+
+fn error_box(msg: &str) -> Markup {
+    html! { div.notice.error role="alert" { (msg) } }
+}
+
+// -- signing in -------------------------------------------------------------------------------
+
+fn login_form(lang: Lang, pre: &str, err: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = err { (error_box(e)) }
+        p { (lang.t("用登记在医疗机构的手机号登录，我们会发送一条验证码短信。", "Sign in with the mobile number your hospital or clinic has; we send you a code by SMS.")) }
+        form method="post" action="/portal/login" {
+            input type="hidden" name="csrf" value=(pre);
+            label for="phone" { (lang.t("手机号", "Mobile number")) }
+            input id="phone" name="phone" type="tel" inputmode="numeric" autocomplete="tel" required pattern="[0-9 +-]{11,16}";
+            button type="submit" { (lang.t("获取验证码", "Send code")) }
+        }
+    }
+}
+
+fn code_form(lang: Lang, pre: &str, phone: &str, need_id: bool, err: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = err { (error_box(e)) }
+        p { (lang.t("验证码已发送到", "A code was sent to")) " " (hutong_access::mask::phone(phone)) }
+        form method="post" action="/portal/login/verify" {
+            input type="hidden" name="csrf" value=(pre);
+            input type="hidden" name="phone" value=(phone);
+            label for="code" { (lang.t("验证码", "Code")) }
+            input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required;
+            label for="id_number" { (lang.t("身份证号（家庭成员共用手机号时需要）", "ID number (needed when family members share the number)")) }
+            @if need_id {
+                input id="id_number" name="id_number" autocomplete="off" required aria-invalid="true";
+            } @else {
+                input id="id_number" name="id_number" autocomplete="off";
+            }
+            button type="submit" { (lang.t("登录", "Sign in")) }
+        }
+    }
+}
+
+fn with_pre(mut r: Response, pre: &str) -> Response {
+    if let Ok(v) = format!("{PRE}={pre}; Path=/portal; HttpOnly; SameSite=Strict").parse() {
+        r.headers_mut().append("set-cookie", v);
+    }
+    r
+}
+
+pub async fn login_page(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    if Session::of(&st, req.headers()).is_some_and(|s| s.principal.person.is_some()) {
+        return Redirect::to("/portal").into_response();
+    }
+    let pre = uuid::Uuid::new_v4().simple().to_string();
+    with_pre(
+        respond(
+            StatusCode::OK,
+            &query,
+            page(
+                lang,
+                lang.t("居民登录", "Resident sign-in"),
+                None,
+                login_form(lang, &pre, None),
+            ),
+        ),
+        &pre,
+    )
+}
+
+/// The pre-session CSRF token: the cookie and the form must agree.
+fn pre_ok(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<String> {
+    let c = crate::cookies(headers).get(PRE).cloned()?;
+    (f.get("csrf") == Some(&c) && !c.is_empty()).then_some(c)
+}
+
+/// Runs one of the API's sign-in handlers with the form, as the API would get it.
+async fn auth_call(
+    st: &Arc<AppState>,
+    addr: SocketAddr,
+    which: &str,
+    fields: &[(&str, &str)],
+) -> (u16, Value) {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/auth/{which}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .expect("a well-formed request");
+    let r = match which {
+        "otp" => {
+            hutong_server::auth_http::otp_send(State(st.clone()), ConnectInfo(addr), req).await
+        }
+        _ => hutong_server::auth_http::otp_verify(State(st.clone()), ConnectInfo(addr), req).await,
+    };
+    let status = r.status().as_u16();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub async fn login_send(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let headers = req.headers().clone();
+    let lang = Lang::of(&headers, &query);
+    let f = form(req).await;
+    let title = lang.t("居民登录", "Resident sign-in");
+    let Some(pre) = pre_ok(&headers, &f) else {
+        let pre = uuid::Uuid::new_v4().simple().to_string();
+        let m = login_form(
+            lang,
+            &pre,
+            Some(lang.t(
+                "页面已过期，请重试。",
+                "The page expired; please try again.",
+            )),
+        );
+        return with_pre(
+            respond(StatusCode::FORBIDDEN, &query, page(lang, title, None, m)),
+            &pre,
+        );
+    };
+    let phone: String = f
+        .get("phone")
+        .map(|p| p.chars().filter(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    let phone = phone
+        .strip_prefix("86")
+        .filter(|p| p.len() == 11)
+        .map(String::from)
+        .unwrap_or(phone);
+    let (status, v) = auth_call(&st, addr, "otp", &[("phone", &phone)]).await;
+    if status == 202 {
+        let m = code_form(lang, &pre, &phone, false, None);
+        return respond(StatusCode::OK, &query, page(lang, title, None, m));
+    }
+    let msg = v["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let m = login_form(lang, &pre, Some(&msg));
+    respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        &query,
+        page(lang, title, None, m),
+    )
+}
+
+pub async fn login_verify(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let headers = req.headers().clone();
+    let lang = Lang::of(&headers, &query);
+    let f = form(req).await;
+    let title = lang.t("居民登录", "Resident sign-in");
+    let Some(pre) = pre_ok(&headers, &f) else {
+        return Redirect::to("/portal/login").into_response();
+    };
+    let phone = f.get("phone").cloned().unwrap_or_default();
+    let code = f.get("code").cloned().unwrap_or_default();
+    let mut fields = vec![("phone", phone.as_str()), ("code", code.as_str())];
+    if let Some(id) = f.get("id_number").filter(|s| !s.is_empty()) {
+        fields.push(("id_number", id.as_str()));
+    }
+    let (status, v) = auth_call(&st, addr, "verify", &fields).await;
+    match (status, v["access_token"].as_str()) {
+        (200, Some(token)) => {
+            let secure = st
+                .base_url
+                .as_deref()
+                .is_some_and(|b| b.starts_with("https:"));
+            let cookie = format!(
+                "{SESSION}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                v["expires_in"].as_u64().unwrap_or(3600),
+                if secure { "; Secure" } else { "" }
+            );
+            let mut r = Redirect::to("/portal").into_response();
+            if let Ok(c) = cookie.parse() {
+                r.headers_mut().append("set-cookie", c);
+            }
+            r
+        }
+        _ => {
+            let msg = v["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let m = code_form(lang, &pre, &phone, status == 409, Some(&msg));
+            respond(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+                &query,
+                page(lang, title, None, m),
+            )
+        }
+    }
+}
+
+pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let f = form(req).await;
+    if let Some(s) = Session::of(&st, &headers) {
+        if !s.csrf_ok(&f) {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+    }
+    let mut r = Redirect::to("/portal/login").into_response();
+    if let Ok(c) = format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0").parse() {
+        r.headers_mut().append("set-cookie", c);
+    }
+    r
+}
+
+// -- the record -------------------------------------------------------------------------------
+
+/// Source URI → institution name, read as the platform (names are reference data).
+async fn names(st: &Arc<AppState>, sources: BTreeSet<String>) -> HashMap<String, String> {
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        sources
+            .into_iter()
+            .map(|s| {
+                let n = hutong_server::access_api::institution_name(&engine, &s)
+                    .unwrap_or_else(|| s.clone());
+                (s, n)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Every resource of the resident's record, newest first.
+async fn record(
+    st: &Arc<AppState>,
+    s: &Session,
+    person: &str,
+    from: &str,
+) -> Result<Vec<Value>, String> {
+    let r = call(
+        st,
+        s.principal.clone(),
+        from,
+        "GET",
+        &format!("Person/{person}/$everything"),
+        &[("_count", "5000")],
+        None,
+    )
+    .await;
+    if r.status != 200 {
+        return Err(problem(&r));
+    }
+    let mut items: Vec<Value> = json_of(&r)["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .filter(|v| view::kind_of(v).is_some())
+        .collect();
+    items.sort_by_key(|v| std::cmp::Reverse(view::when(v).or(view::collected(v))));
+    Ok(items)
+}
+
+fn source_line(lang: Lang, v: &Value, names: &HashMap<String, String>) -> Markup {
+    let src = v["meta"]["source"].as_str().unwrap_or("");
+    html! {
+        span { (lang.t("来源：", "From: ")) (names.get(src).map(String::as_str).unwrap_or(src)) }
+        @if let Some(c) = view::collected(v) {
+            " · " span { (lang.t("采集时间：", "Collected: ")) (local(c)) }
+        }
+    }
+}
+
+pub async fn timeline(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    let (s, person) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let from = addr.ip().to_string();
+    let title = lang.t("我的健康档案", "My health record");
+    let items = match record(&st, &s, &person, &from).await {
+        Ok(i) => i,
+        Err(e) => {
+            return respond(
+                StatusCode::FORBIDDEN,
+                &query,
+                page(lang, title, Some(&s), error_box(&e)),
+            )
+        }
+    };
+    let kind = q(&query, "kind").filter(|k| KINDS.iter().any(|x| x.0 == *k));
+    let shown: Vec<&Value> = items
+        .iter()
+        .filter(|v| kind.is_none_or(|k| view::kind_of(v) == Some(k)))
+        .take(300)
+        .collect();
+    let sources: BTreeSet<String> = shown
+        .iter()
+        .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
+        .collect();
+    let names = names(&st, sources).await;
+    let body = html! {
+        p.noprint {
+            a href="/portal/download" { (lang.t("下载我的档案（FHIR JSON）", "Download my record (FHIR JSON)")) }
+            " · "
+            a href="/portal/print" { (lang.t("打印版", "Printable page")) }
+        }
+        nav.filters aria-label=(lang.t("按类别筛选", "Filter by kind")) {
+            a href="/portal" aria-current=[kind.is_none().then_some("page")] { (lang.t("全部", "All")) }
+            @for (k, _, _) in KINDS {
+                a href=(format!("/portal?kind={k}")) aria-current=[(kind == Some(*k)).then_some("page")] { (kind_label(lang, k)) }
+            }
+        }
+        @if shown.is_empty() {
+            p { (lang.t("暂无记录。", "Nothing here yet.")) }
+        }
+        @if kind == Some("vaccinations") {
+            h2 { (lang.t("预防接种证", "Vaccination card")) }
+            table {
+                thead { tr {
+                    th scope="col" { (lang.t("疫苗", "Vaccine")) }
+                    th scope="col" { (lang.t("剂次", "Dose")) }
+                    th scope="col" { (lang.t("接种日期", "Date")) }
+                    th scope="col" { (lang.t("接种单位", "Given at")) }
+                } }
+                tbody {
+                    @for v in &shown {
+                        tr {
+                            td { a href=(item_href(v)) { (concept(&v["vaccineCode"])) } }
+                            td { (v["protocolApplied"][0]["doseNumberPositiveInt"].as_u64().map(|d| d.to_string()).unwrap_or_default()) }
+                            td { (view::when(v).map(local).unwrap_or_default()) }
+                            td { (names.get(v["meta"]["source"].as_str().unwrap_or("")).cloned().unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+        } @else {
+            ol.timeline style="list-style:none;padding:0" {
+                @for v in &shown {
+                    li.item {
+                        span.tag { (kind_label(lang, view::kind_of(v).unwrap_or(""))) }
+                        strong { (view::when(v).map(local).unwrap_or_else(|| lang.t("日期不详", "date unknown").to_string())) }
+                        " "
+                        a href=(item_href(v)) { (view::summary(v)) }
+                        div.meta { (source_line(lang, v, &names)) }
+                    }
+                }
+            }
+        }
+    };
+    respond(StatusCode::OK, &query, page(lang, title, Some(&s), body))
+}
+
+fn item_href(v: &Value) -> String {
+    format!(
+        "/portal/item/{}/{}",
+        v["resourceType"].as_str().unwrap_or(""),
+        v["id"].as_str().unwrap_or("")
+    )
+}
+
+const CATEGORIES: &[(&str, &str, &str)] = &[
+    ("not-mine", "不是我的记录", "This is not mine"),
+    ("incorrect", "内容有误", "Something is wrong"),
+    ("duplicate", "重复记录", "Recorded twice"),
+    ("missing", "有缺失", "Something is missing"),
+    ("other", "其他", "Other"),
+];
+
+pub async fn item(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((rtype, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    let (s, _) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let from = addr.ip().to_string();
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &from,
+        "GET",
+        &format!("{rtype}/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    let title = lang.t("记录详情", "Record detail");
+    if r.status != 200 {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::NOT_FOUND);
+        return respond(
+            status,
+            &query,
+            page(lang, title, Some(&s), error_box(&problem(&r))),
+        );
+    }
+    let v = json_of(&r);
+    let src: BTreeSet<String> = v["meta"]["source"]
+        .as_str()
+        .map(String::from)
+        .into_iter()
+        .collect();
+    let names = names(&st, src).await;
+    // A laboratory result: the same test over time, from every institution the resident sees.
+    let mut chart = html! {};
+    if rtype == "Observation" && v["valueQuantity"]["value"].is_number() {
+        let coding = &v["code"]["coding"][0];
+        if let (Some(sys), Some(code)) = (coding["system"].as_str(), coding["code"].as_str()) {
+            let token = format!("{sys}|{code}");
+            let r = call(
+                &st,
+                s.principal.clone(),
+                &from,
+                "GET",
+                "Observation",
+                &[
+                    ("code", token.as_str()),
+                    ("_sort", "date"),
+                    ("_count", "200"),
+                ],
+                None,
+            )
+            .await;
+            let mut points: Vec<(i64, f64)> = json_of(&r)["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let o = &e["resource"];
+                    Some((view::when(o)?, o["valueQuantity"]["value"].as_f64()?))
+                })
+                .collect();
+            points.sort_by_key(|p| p.0);
+            let unit = v["valueQuantity"]["unit"].as_str().unwrap_or("");
+            chart = html! {
+                @if points.len() > 1 {
+                    h2 { (lang.t("历次结果", "Results over time")) }
+                    (view::trend(lang, &points, view::reference_range(&v), unit))
+                }
+            };
+        }
+    }
+    let body = html! {
+        p { span.tag { (kind_label(lang, view::kind_of(&v).unwrap_or(""))) } strong { (view::summary(&v)) } }
+        dl {
+            dt { (lang.t("时间", "When")) } dd { (view::when(&v).map(local).unwrap_or_default()) }
+            dt { (lang.t("来源机构", "Institution")) } dd { (source_line(lang, &v, &names)) }
+            @if let Some((lo, hi)) = view::reference_range(&v) {
+                dt { (lang.t("参考范围", "Reference range")) } dd { (lo) " – " (hi) }
+            }
+            @if let Some(i) = v["interpretation"][0]["coding"][0]["code"].as_str() {
+                dt { (lang.t("结果判读", "Interpretation")) } dd { (i) }
+            }
+        }
+        (chart)
+        h2 { (lang.t("报告错误", "Report an error")) }
+        form method="post" action=(format!("/portal/item/{rtype}/{id}/report")) {
+            input type="hidden" name="csrf" value=(s.csrf());
+            label for="category" { (lang.t("问题类型", "What is wrong")) }
+            select id="category" name="category" {
+                @for (c, zh, en) in CATEGORIES { option value=(c) { (lang.t(zh, en)) } }
+            }
+            label for="description" { (lang.t("说明", "Details")) }
+            textarea id="description" name="description" rows="3" required maxlength="2000" {}
+            button type="submit" { (lang.t("提交", "Submit")) }
+        }
+        details {
+            summary { (lang.t("原始数据（FHIR）", "Raw data (FHIR)")) }
+            pre style="white-space:pre-wrap;font-size:13px" { (serde_json::to_string_pretty(&v).unwrap_or_default()) }
+        }
+    };
+    respond(StatusCode::OK, &query, page(lang, title, Some(&s), body))
+}
+
+pub async fn report(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((rtype, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let headers = req.headers().clone();
+    let lang = Lang::of(&headers, &query);
+    let (s, _) = match resident(&st, &headers) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let f = form(req).await;
+    if !s.csrf_ok(&f) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let category = f.get("category").cloned().unwrap_or_default();
+    let description = f.get("description").cloned().unwrap_or_default();
+    let p = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "focus", "valueString": format!("{rtype}/{id}")},
+        {"name": "category", "valueCode": category},
+        {"name": "description", "valueString": description},
+    ]});
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &addr.ip().to_string(),
+        "POST",
+        "$work-order",
+        &[],
+        Some(&p),
+    )
+    .await;
+    if r.status == 201 {
+        return Redirect::to("/portal/reports?sent=1").into_response();
+    }
+    let title = lang.t("报告错误", "Report an error");
+    respond(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+        &query,
+        page(lang, title, Some(&s), error_box(&problem(&r))),
+    )
+}
+
+fn state_label(lang: Lang, code: &str) -> String {
+    match hutong_quality::workorder::State::parse(code) {
+        Some(s) if lang == Lang::Zh => s.label().to_string(),
+        _ => code.replace('-', " "),
+    }
+}
+
+pub async fn reports(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    let (s, _) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &addr.ip().to_string(),
+        "GET",
+        "$work-orders",
+        &[("state", "all")],
+        None,
+    )
+    .await;
+    let items = json_of(&r)["items"].as_array().cloned().unwrap_or_default();
+    let body = html! {
+        @if q(&query, "sent").is_some() {
+            div.notice role="status" { (lang.t("已提交，记录来源机构会处理并回复。", "Sent: the institution that recorded it will look into it and answer.")) }
+        }
+        @if items.is_empty() {
+            p { (lang.t("您还没有报告过错误。在任一记录的详情页可以报告。", "You have not reported anything. Any record's page has a form for it.")) }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { (lang.t("提交时间", "Reported")) }
+                    th scope="col" { (lang.t("记录", "Record")) }
+                    th scope="col" { (lang.t("问题", "Problem")) }
+                    th scope="col" { (lang.t("状态", "Status")) }
+                    th scope="col" { (lang.t("处理期限", "Due")) }
+                } }
+                tbody {
+                    @for i in &items {
+                        tr {
+                            td { (i["opened"].as_str().and_then(hutong_fhir::date::parse).map(|d| local(d.lo)).unwrap_or_default()) }
+                            td { @if let Some(f) = i["focus"].as_str() { a href=(format!("/portal/item/{f}")) { (f) } } }
+                            td { (CATEGORIES.iter().find(|c| i["category"] == c.0).map(|c| lang.t(c.1, c.2)).unwrap_or("")) }
+                            td data-state=(i["state"].as_str().unwrap_or("")) { (state_label(lang, i["state"].as_str().unwrap_or(""))) }
+                            td { (i["due"].as_str().and_then(hutong_fhir::date::parse).map(|d| local(d.lo)).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        &query,
+        page(lang, lang.t("我的纠错", "My reports"), Some(&s), body),
+    )
+}
+
+// -- authorizations and who viewed the record ------------------------------------------------
+
+fn grantee(c: &Value) -> String {
+    c["provision"]["actor"][0]["reference"]["display"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn method_label(lang: Lang, c: &Value) -> &'static str {
+    let m = c["category"][1]["coding"][0]["code"].as_str().unwrap_or("");
+    match m {
+        "sms" => lang.t("短信验证码", "SMS code"),
+        "app" => lang.t("App 授权", "App approval"),
+        "standing" => lang.t("长期授权", "Standing"),
+        "appointment" => lang.t("预约就诊", "Appointment"),
+        "break-glass" => lang.t("紧急调阅", "Emergency (break-glass)"),
+        "proxy" => lang.t("代理人", "Proxy"),
+        _ => lang.t("其他", "Other"),
+    }
+}
+
+fn until(c: &Value) -> String {
+    c["provision"]["period"]["end"]
+        .as_str()
+        .and_then(hutong_fhir::date::parse)
+        .map(|d| local(d.lo))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn consent_button(s: &Session, id: &str, action: &str, text: &str, primary: bool) -> Markup {
+    html! {
+        form.inline method="post" action=(format!("/portal/consent/{id}/{action}")) {
+            input type="hidden" name="csrf" value=(s.csrf());
+            @if primary { button type="submit" data-action=(action) { (text) } }
+            @else { button.secondary type="submit" data-action=(action) { (text) } }
+        }
+    }
+}
+
+pub async fn access(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    let (s, person) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let from = addr.ip().to_string();
+    let search = |status: &'static str| {
+        let st = st.clone();
+        let p = s.principal.clone();
+        let from = from.clone();
+        async move {
+            let r = call(
+                &st,
+                p,
+                &from,
+                "GET",
+                "Consent",
+                &[("status", status), ("_count", "200")],
+                None,
+            )
+            .await;
+            json_of(&r)["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+    let pending = search("proposed").await;
+    let active = search("active").await;
+    let hist = call(
+        &st,
+        s.principal.clone(),
+        &from,
+        "GET",
+        &format!("Person/{person}/$access-history"),
+        &[("_count", "100")],
+        None,
+    )
+    .await;
+    // Who viewed it: the resident's own visits and the platform's loading of data are not.
+    let me = s.principal.subject.clone();
+    let events: Vec<Value> = json_of(&hist)["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .filter(|e| e["agent"][0]["who"]["identifier"]["value"] != me.as_str())
+        .filter(|e| !matches!(e["subtype"][1]["code"].as_str(), Some("import" | "link")))
+        .collect();
+    let body = html! {
+        h2 { (lang.t("待处理的调阅申请", "Requests waiting for you")) }
+        @if pending.is_empty() { p { (lang.t("没有待处理的申请。", "No requests.")) } }
+        ul {
+            @for c in &pending {
+                li.item data-consent=(c["id"].as_str().unwrap_or("")) {
+                    strong { (grantee(c)) } " " span.tag { (method_label(lang, c)) }
+                    (lang.t("申请调阅您的健康档案", "asks to read your health record"))
+                    div {
+                        (consent_button(&s, c["id"].as_str().unwrap_or(""), "approve", lang.t("同意", "Approve"), true))
+                        (consent_button(&s, c["id"].as_str().unwrap_or(""), "deny", lang.t("拒绝", "Deny"), false))
+                    }
+                }
+            }
+        }
+        h2 { (lang.t("生效中的授权", "Authorizations in force")) }
+        @if active.is_empty() { p { (lang.t("目前没有机构可调阅您在其他机构的记录。", "No institution can read your records from elsewhere now.")) } }
+        table {
+            thead { tr {
+                th scope="col" { (lang.t("授权对象", "Who")) }
+                th scope="col" { (lang.t("方式", "How")) }
+                th scope="col" { (lang.t("有效期至", "Until")) }
+                th scope="col" { (lang.t("含敏感类别", "Sensitive categories")) }
+                th scope="col" { span.skip { (lang.t("操作", "Action")) } }
+            } }
+            tbody {
+                @for c in &active {
+                    tr data-consent=(c["id"].as_str().unwrap_or("")) {
+                        td { (grantee(c)) }
+                        td { (method_label(lang, c)) }
+                        td { (until(c)) }
+                        td { (c["provision"]["securityLabel"].as_array().map(|l| l.iter().filter_map(|x| x["display"].as_str()).collect::<Vec<_>>().join("、")).unwrap_or_default()) }
+                        td { (consent_button(&s, c["id"].as_str().unwrap_or(""), "revoke", lang.t("撤销", "Revoke"), false)) }
+                    }
+                }
+            }
+        }
+        h2 { (lang.t("谁看过我的档案", "Who viewed my record")) }
+        table {
+            thead { tr {
+                th scope="col" { (lang.t("时间", "When")) }
+                th scope="col" { (lang.t("访问者", "Who")) }
+                th scope="col" { (lang.t("操作", "What")) }
+                th scope="col" { (lang.t("说明", "Note")) }
+            } }
+            tbody {
+                @for e in &events {
+                    @let bg = e["meta"]["tag"].to_string().contains("break-glass");
+                    tr class=[bg.then_some("breakglass")] {
+                        td { (e["recorded"].as_str().and_then(hutong_fhir::date::parse).map(|d| local(d.lo)).unwrap_or_default()) }
+                        td { (e["agent"][0]["who"]["display"].as_str().unwrap_or("")) }
+                        td { (e["subtype"][1]["code"].as_str().unwrap_or("")) }
+                        td {
+                            @if bg { strong { (lang.t("紧急调阅 ", "Emergency access ")) } }
+                            (e["outcomeDesc"].as_str().unwrap_or(""))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        &query,
+        page(
+            lang,
+            lang.t("授权与访问记录", "Authorizations & access"),
+            Some(&s),
+            body,
+        ),
+    )
+}
+
+pub async fn consent_action(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((id, action)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let headers = req.headers().clone();
+    let lang = Lang::of(&headers, &query);
+    let (s, _) = match resident(&st, &headers) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let f = form(req).await;
+    if !s.csrf_ok(&f) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if !matches!(action.as_str(), "approve" | "deny" | "revoke") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let p = json!({"resourceType": "Parameters", "parameter": []});
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &addr.ip().to_string(),
+        "POST",
+        &format!("Consent/{id}/${action}"),
+        &[],
+        Some(&p),
+    )
+    .await;
+    if r.status < 300 {
+        return Redirect::to("/portal/access").into_response();
+    }
+    respond(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+        &query,
+        page(
+            lang,
+            lang.t("授权", "Authorization"),
+            Some(&s),
+            error_box(&problem(&r)),
+        ),
+    )
+}
+
+// -- taking the record away --------------------------------------------------------------------
+
+pub async fn download(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (s, person) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &addr.ip().to_string(),
+        "GET",
+        &format!("Person/{person}/$everything"),
+        &[("_count", "5000")],
+        None,
+    )
+    .await;
+    if r.status != 200 {
+        return (
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+            problem(&r),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [
+            (
+                "content-type",
+                "application/fhir+json; charset=utf-8".to_string(),
+            ),
+            (
+                "content-disposition",
+                format!("attachment; filename=\"record-{person}.json\""),
+            ),
+            ("cache-control", "no-store".to_string()),
+        ],
+        serde_json::to_vec_pretty(&json_of(&r)).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+pub async fn print(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let query = query_of(&req);
+    let lang = Lang::of(req.headers(), &query);
+    let (s, person) = match resident(&st, req.headers()) {
+        Some(x) => x,
+        None => return to_login(),
+    };
+    let items = record(&st, &s, &person, &addr.ip().to_string())
+        .await
+        .unwrap_or_default();
+    let sources: BTreeSet<String> = items
+        .iter()
+        .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
+        .collect();
+    let names = names(&st, sources).await;
+    let body = html! {
+        p { (lang.t("打印时间：", "Printed: ")) (local(hutong_fhir::date::now_ms())) }
+        table {
+            thead { tr {
+                th scope="col" { (lang.t("时间", "When")) }
+                th scope="col" { (lang.t("类别", "Kind")) }
+                th scope="col" { (lang.t("内容", "What")) }
+                th scope="col" { (lang.t("来源机构", "Institution")) }
+            } }
+            tbody {
+                @for v in &items {
+                    tr {
+                        td { (view::when(v).map(local).unwrap_or_default()) }
+                        td { (kind_label(lang, view::kind_of(v).unwrap_or(""))) }
+                        td { (view::summary(v)) }
+                        td { (names.get(v["meta"]["source"].as_str().unwrap_or("")).cloned().unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    };
+    respond(
+        StatusCode::OK,
+        &query,
+        page(
+            lang,
+            lang.t("健康档案（打印版）", "Health record (print)"),
+            Some(&s),
+            body,
+        ),
+    )
+}

@@ -1,0 +1,285 @@
+//! The portal's protections over HTTP, without a browser: pages need a resident's session,
+//! the session cookie is HTTP-only and same-site, forms without the session's CSRF token are
+//! refused, a forged session is no session, and a page shows only what the resident's own
+//! authorization shows.
+
+use hutong_access::principal::Principal;
+use hutong_server::{Application, Settings};
+use serde_json::{json, Value};
+
+struct Portal {
+    root: String,
+    platform: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn start() -> Portal {
+    let dir =
+        std::env::temp_dir().join(format!("hutong-web-{}-{}", std::process::id(), uuid_like()));
+    let s = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        link_interval: None,
+        dev_outbox: true,
+        ..Settings::new(dir.display().to_string())
+    };
+    let app = Application::build(s)
+        .await
+        .unwrap()
+        .with_routes(hutong_web::routes);
+    let root = format!("http://127.0.0.1:{}", app.port());
+    let platform = app
+        .engine
+        .access
+        .tokens
+        .issue_for(&Principal::platform("web-test"), 3600);
+    tokio::spawn(app.run_until(std::future::pending()));
+    Portal {
+        root,
+        platform,
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `name=value` of a Set-Cookie header named `name`, with its attributes.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(String::from)
+}
+
+fn value(cookie: &str) -> String {
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
+}
+
+async fn put(p: &Portal, path: &str, v: Value) {
+    let r = client()
+        .put(format!("{}/fhir/{path}", p.root))
+        .bearer_auth(&p.platform)
+        .header("content-type", "application/fhir+json")
+        .body(v.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().as_u16() < 300, "{}", r.text().await.unwrap());
+}
+
+/// Signs a resident in through the portal's forms; the session cookie.
+async fn sign_in(p: &Portal, phone: &str) -> String {
+    let c = client();
+    let r = c
+        .get(format!("{}/portal/login", p.root))
+        .send()
+        .await
+        .unwrap();
+    let pre = value(&set_cookie(&r, "hutong_pre").expect("a pre-session token"));
+    let r = c
+        .post(format!("{}/portal/login", p.root))
+        .header("cookie", format!("hutong_pre={pre}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={pre}&phone={phone}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outbox: Value = c
+        .get(format!("{}/dev/outbox?to={phone}", p.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body = outbox["messages"].as_array().unwrap().last().unwrap()["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code: String = body
+        .split("验证码")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let r = c
+        .post(format!("{}/portal/login/verify", p.root))
+        .header("cookie", format!("hutong_pre={pre}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={pre}&phone={phone}&code={code}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    let cookie = set_cookie(&r, "hutong_session").expect("a session cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    value(&cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_csrf_and_the_access_decision_hold_on_pages() {
+    let p = start().await;
+    for (id, name, phone) in [("w1", "周芳", "13900001111"), ("w2", "吴磊", "13900002222")] {
+        put(
+            &p,
+            &format!("Patient/{id}"),
+            json!({"resourceType": "Patient", "id": id,
+            "name": [{"text": name}], "birthDate": "1980-01-01",
+            "telecom": [{"system": "phone", "value": phone}],
+            "identifier": [{"system": "urn:mrn:web", "value": id}]}),
+        )
+        .await;
+        put(&p, &format!("Observation/{id}-o"), json!({"resourceType": "Observation", "id": format!("{id}-o"),
+            "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "心率"},
+            "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": "2026-03-01T08:00:00+08:00",
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
+        .await;
+    }
+    let c = client();
+    // No session: to the sign-in page. A forged one is no session either.
+    let r = c.get(format!("{}/portal", p.root)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/portal/login");
+    let r = c
+        .get(format!("{}/portal", p.root))
+        .header("cookie", "hutong_session=eyJhbGciOiJFZERTQSJ9.e30.AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // A login form posted without its pre-session token is refused.
+    let r = c
+        .post(format!("{}/portal/login", p.root))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("phone=13900001111")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let me = sign_in(&p, "13900001111").await;
+    let cookie = format!("hutong_session={me}");
+    let r = c
+        .get(format!("{}/portal", p.root))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("心率: 72 /min") && page.contains("/portal/item/Observation/w1-o"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("w2-o"),
+        "another resident's record is not shown"
+    );
+    // Another resident's item: refused by the access decision, not shown.
+    let r = c
+        .get(format!("{}/portal/item/Observation/w2-o", p.root))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.text().await.unwrap().contains("72 /min"));
+    // A form without the session's CSRF token changes nothing.
+    let r = c
+        .post(format!("{}/portal/item/Observation/w1-o/report", p.root))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("category=not-mine&description=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let orders: Value = c
+        .get(format!("{}/fhir/$work-orders?state=all", p.root))
+        .bearer_auth(&p.platform)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(orders["total"], 0);
+    // Pages answer with protective headers.
+    let r = c
+        .get(format!("{}/portal/access", p.root))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    // Signing out clears the cookie.
+    let page = c
+        .get(format!("{}/portal", p.root))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{}/portal/logout", p.root))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, "hutong_session")
+        .unwrap()
+        .contains("Max-Age=0"));
+}
