@@ -212,6 +212,9 @@ struct Latencies {
     token: Vec<f64>,
     rare: f64,
     grants: usize,
+    /// The resident portal's timeline and authorizations pages, p50 ms.
+    portal: Vec<f64>,
+    portal_items: usize,
 }
 
 /// An HTTP client that sends `token` with every request.
@@ -532,8 +535,10 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             store.clone(),
             keys.clone(),
         )
-        .await?;
-        let base = format!("http://127.0.0.1:{}/fhir", app.port());
+        .await?
+        .with_routes(hutong_web::routes);
+        let root = format!("http://127.0.0.1:{}", app.port());
+        let base = format!("{root}/fhir");
         let engine = app.engine.clone();
         let own = client_with(&engine.access.tokens.issue_for(&institution(), 6 * 3600))?;
         let platform = client_with(
@@ -608,12 +613,56 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             200,
         )
         .await?;
+        // The resident portal, as the person of that patient signed in: the timeline is their
+        // whole record from every institution.
+        let e = engine.clone();
+        let p = format!("Patient/{pid}");
+        let person = tokio::task::spawn_blocking(move || {
+            e.matcher
+                .view(&e.store, |r| r.person_of(&p).map(String::from))
+        })
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the patient has no person"))?;
+        let resident = engine.access.tokens.issue_for(
+            &hutong_access::Principal {
+                kind: hutong_access::principal::Kind::Resident,
+                subject: format!("resident:{person}"),
+                name: None,
+                institution: None,
+                practitioner: None,
+                person: Some(person.clone()),
+                roles: vec![],
+                scopes: hutong_access::principal::Scopes::parse("patient/*.rs"),
+                booking: false,
+            },
+            6 * 3600,
+        );
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::COOKIE,
+            format!("{}={resident}", hutong_web::SESSION).parse()?,
+        );
+        let browser = reqwest::Client::builder().default_headers(h).build()?;
+        let page = browser
+            .get(format!("{root}/portal"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let portal_items = page.matches("<li class=\"item\"").count();
+        anyhow::ensure!(portal_items > 0, "the portal timeline is empty");
+        let mut portal = Vec::new();
+        for path in ["/portal", "/portal/access"] {
+            portal.push(latency(&browser, &format!("{root}{path}"), 30).await?);
+        }
         Ok::<_, anyhow::Error>(Latencies {
             reads: reads.map(median),
             everything,
             token,
             rare,
             grants,
+            portal,
+            portal_items,
         })
     })?;
     rep.row(
@@ -668,6 +717,14 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         "Access checks: token search, first 100, same three readers, p50 ms (ratio)",
         ratio(&lat.token),
         "≤ 1.10×",
+    );
+    rep.row(
+        &format!(
+            "Resident portal, signed in: timeline page ({} items from the whole record) / authorizations and access history, p50 (ms)",
+            lat.portal_items
+        ),
+        format!("{:.1} / {:.1}", lat.portal[0], lat.portal[1]),
+        "≤ 200",
     );
 
     write_report(&args, &rep, resources, started.elapsed())?;

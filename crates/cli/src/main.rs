@@ -372,5 +372,14 @@ fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
     if report.rejected.len() > 50 {
         println!("  … and {} more", report.rejected.len() - 50);
     }
+    if !report.unresolved.is_empty() {
+        println!(
+            "{} loaded resources still reference something the platform does not hold (recorded as findings for the source):",
+            report.unresolved.len()
+        );
+        for (f, line, why) in report.unresolved.iter().take(20) {
+            println!("  {f}:{line}: {why}");
+        }
+    }
     Ok(())
 }

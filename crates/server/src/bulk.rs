@@ -28,6 +28,9 @@ pub struct ImportReport {
     pub skipped_chunks: u64,
     /// (file, line or entry, reason)
     pub rejected: Vec<(String, usize, String)>,
+    /// Loaded, but a reference still points at nothing once every file is in:
+    /// (file, line, what) — recorded as `reference` findings for the source's scorecard.
+    pub unresolved: Vec<(String, usize, String)>,
 }
 
 /// Progress callback: bytes read so far, resources loaded so far.
@@ -107,6 +110,7 @@ pub fn import(
 ) -> std::io::Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut bytes_done = 0u64;
+    let mut pending: Vec<Pending> = Vec::new();
     for f in files {
         report.files += 1;
         let key = file_key(f)?;
@@ -124,6 +128,7 @@ pub fn import(
                 source,
                 bytes_done,
                 &mut report,
+                &mut pending,
                 progress,
             )?;
         } else {
@@ -132,12 +137,116 @@ pub fn import(
             if done.contains(&0) {
                 report.skipped_chunks += 1;
             } else {
-                load_json_file(engine, &name, &key, &bytes, source, &mut report);
+                load_json_file(
+                    engine,
+                    &name,
+                    &key,
+                    &bytes,
+                    source,
+                    &mut report,
+                    &mut pending,
+                );
             }
         }
         progress(bytes_done, report.loaded);
     }
+    deferred_references(engine, source, &pending, &mut report)
+        .map_err(|e| std::io::Error::other(e.message().to_string()))?;
     Ok(report)
+}
+
+/// A loaded resource whose references did not all resolve when its chunk was loaded.
+struct Pending {
+    file: String,
+    line: usize,
+    rtype: String,
+    id: String,
+}
+
+/// What the platform holds, for the deferred reference check.
+struct Held(HashSet<(String, String)>);
+
+impl hutong_quality::Context for Held {
+    fn exists(&self, rtype: &str, id: &str) -> bool {
+        self.0.contains(&(rtype.to_string(), id.to_string()))
+    }
+    fn encounter_subject(&self, _id: &str) -> Option<String> {
+        None
+    }
+    fn same_content(&self, _rtype: &str, _fp: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The reference rule, deferred to the end of a bulk load (its files come in any order):
+/// what still points at nothing is recorded as a finding against the source and reported.
+fn deferred_references(
+    engine: &Engine,
+    source: &str,
+    pending: &[Pending],
+    report: &mut ImportReport,
+) -> Result<(), ApiError> {
+    if pending.is_empty() || engine.checker.rules.severity("reference").is_none() {
+        return Ok(());
+    }
+    let mut only = (*engine.checker).clone();
+    for r in hutong_quality::RULES {
+        if *r != "reference" {
+            only.rules.disable(r);
+        }
+    }
+    for batch in pending.chunks(1_000) {
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut wanted: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for p in batch {
+            if let Some(s) = engine
+                .store
+                .read(&p.rtype, &p.id, &hutong_store::Scope::All)?
+                .found()
+                .filter(|s| !s.deleted)
+            {
+                let v = s.json()?;
+                for (t, id) in hutong_quality::references(&v) {
+                    wanted.entry(t).or_default().push(id);
+                }
+                stored.push((p, s, v));
+            }
+        }
+        let mut held = HashSet::new();
+        for (t, mut ids) in wanted {
+            ids.sort();
+            ids.dedup();
+            for id in engine.store.existing(&t, &ids)? {
+                held.insert((t.clone(), id));
+            }
+        }
+        let held = Held(held);
+        let mut found = Vec::new();
+        for (p, s, v) in stored {
+            let f = only.check_context(&v, &held);
+            if !f.is_empty() {
+                for x in &f {
+                    report.unresolved.push((
+                        p.file.clone(),
+                        p.line,
+                        format!("{}/{}: {}", p.rtype, p.id, x.en),
+                    ));
+                }
+                found.push((s, f));
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        let audit = chunk_entry("deferred reference check", 0, source);
+        engine.store.write(&audit.hook(), |tx| {
+            for (s, f) in &found {
+                crate::intake::record_findings(tx, source, s, f)?;
+            }
+            Ok::<_, ApiError>(())
+        })?;
+    }
+    Ok(())
 }
 
 /// A chunk made ready by the reader thread: prepared versions (with whether their id was
@@ -149,6 +258,9 @@ struct Item {
     fresh: bool,
     findings: Vec<hutong_quality::Finding>,
     fingerprint: String,
+    /// Its `Type/id` when a reference did not resolve yet (checked again after the load).
+    unresolved: Option<(String, String)>,
+    line: usize,
 }
 
 struct Chunk {
@@ -170,6 +282,7 @@ fn import_ndjson(
     source: &str,
     mut bytes_done: u64,
     report: &mut ImportReport,
+    pending: &mut Vec<Pending>,
     progress: Progress,
 ) -> std::io::Result<u64> {
     let file = std::fs::File::open(f)?;
@@ -226,38 +339,64 @@ fn import_ndjson(
                 report.skipped_chunks += 1;
                 continue;
             }
-            for (line, why) in chunk.rejected {
-                report.rejected.push((name.to_string(), line, why));
-            }
-            let n = chunk.items.len() as u64;
-            let audit = chunk_entry(name, chunk.no, source);
-            let r = engine.store.write(&audit.hook(), |tx| {
-                for it in &chunk.items {
-                    let s = tx.write_prepared(it.prepared.clone(), it.fresh)?;
-                    crate::intake::record(
-                        tx,
-                        &engine.checker.rules.work_orders,
-                        source,
-                        &s,
-                        &it.findings,
-                        &it.fingerprint,
-                    )?;
-                }
-                tx.mark_done(key, chunk.no)?;
-                Ok::<_, ApiError>(())
-            });
-            match r {
-                Ok(()) => report.loaded += n,
-                Err(e) => report.rejected.push((
-                    name.to_string(),
-                    0,
-                    format!("chunk {} not loaded: {}", chunk.no, e.message()),
-                )),
-            }
+            commit_chunk(engine, name, key, source, chunk, report, pending);
             progress(bytes_done, report.loaded);
         }
         Ok(bytes_done)
     })
+}
+
+/// Commits a prepared chunk in one transaction (its warnings recorded with it, the chunk
+/// marked done), and remembers what still has to resolve its references.
+fn commit_chunk(
+    engine: &Engine,
+    name: &str,
+    key: &str,
+    source: &str,
+    chunk: Chunk,
+    report: &mut ImportReport,
+    pending: &mut Vec<Pending>,
+) {
+    for (line, why) in chunk.rejected {
+        report.rejected.push((name.to_string(), line, why));
+    }
+    let n = chunk.items.len() as u64;
+    let audit = chunk_entry(name, chunk.no, source);
+    let r = engine.store.write(&audit.hook(), |tx| {
+        for it in &chunk.items {
+            let s = tx.write_prepared(it.prepared.clone(), it.fresh)?;
+            crate::intake::record(
+                tx,
+                &engine.checker.rules.work_orders,
+                source,
+                &s,
+                &it.findings,
+                &it.fingerprint,
+            )?;
+        }
+        tx.mark_done(key, chunk.no)?;
+        Ok::<_, ApiError>(())
+    });
+    match r {
+        Ok(()) => {
+            report.loaded += n;
+            for it in &chunk.items {
+                if let Some((rtype, id)) = &it.unresolved {
+                    pending.push(Pending {
+                        file: name.to_string(),
+                        line: it.line,
+                        rtype: rtype.clone(),
+                        id: id.clone(),
+                    });
+                }
+            }
+        }
+        Err(e) => report.rejected.push((
+            name.to_string(),
+            0,
+            format!("chunk {} not loaded: {}", chunk.no, e.message()),
+        )),
+    }
 }
 
 fn prepare_chunk(
@@ -281,16 +420,26 @@ fn prepare_chunk(
             Err(e) => chunk.rejected.push((*n, e.message().to_string())),
         }
     }
-    // The intake rules over the chunk. References are not checked here: a bulk load's files
-    // come in any order, so a reference may point into a file not loaded yet.
+    // The intake rules over the chunk. A reference that does not resolve yet is no rejection:
+    // a bulk load's files come in any order, so it may point into a file not loaded yet; it
+    // is checked again once every file is in.
     let resources: Vec<&Value> = parsed.iter().map(|(_, _, v)| v).collect();
+    let local: HashSet<(String, String)> = resources
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["resourceType"].as_str()?.to_string(),
+                v["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
     let checked = match crate::intake::check(
         &engine.store,
         &engine.checker,
         source,
         &resources,
-        Default::default(),
-        false,
+        local,
+        true,
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -300,11 +449,13 @@ fn prepare_chunk(
             return chunk;
         }
     };
-    for (((n, t, v), findings), fingerprint) in parsed
+    for (((n, t, v), mut findings), fingerprint) in parsed
         .into_iter()
         .zip(checked.findings)
         .zip(checked.fingerprints)
     {
+        let dangling = findings.iter().any(|f| f.rule == "reference");
+        findings.retain(|f| f.rule != "reference");
         if hutong_quality::rejects(&findings) {
             let located: Vec<(Option<String>, &hutong_quality::Finding)> =
                 findings.iter().map(|f| (None, f)).collect();
@@ -333,12 +484,18 @@ fn prepare_chunk(
         }
         let id = v.get("id").and_then(Value::as_str).map(String::from);
         let fresh = id.is_none();
+        let unresolved = match (&id, dangling) {
+            (Some(id), true) => Some((t.clone(), id.clone())),
+            _ => None,
+        };
         match engine.store.prepare(&t, id.as_deref(), v) {
             Ok(prepared) => chunk.items.push(Item {
                 prepared,
                 fresh,
                 findings,
                 fingerprint,
+                unresolved,
+                line: n,
             }),
             Err(e) => chunk
                 .rejected
@@ -368,43 +525,6 @@ fn prepare(
     Ok((t, v))
 }
 
-fn write_resources(
-    engine: &Engine,
-    name: &str,
-    key: &str,
-    chunk_no: i64,
-    resources: Vec<(usize, String, Value)>,
-    report: &mut ImportReport,
-) {
-    let n = resources.len() as u64;
-    let audit = chunk_entry(name, chunk_no, "(file)");
-    let r = engine.store.write(&audit.hook(), |tx| {
-        for (_, t, v) in &resources {
-            match v.get("id").and_then(Value::as_str) {
-                Some(id) => {
-                    tx.update(t, id, v.clone(), None)?;
-                }
-                None => {
-                    tx.create(t, None, v.clone())?;
-                }
-            }
-        }
-        tx.mark_done(key, chunk_no)?;
-        Ok::<_, ApiError>(())
-    });
-    match r {
-        Ok(()) => report.loaded += n,
-        Err(e) => {
-            let first = resources.first().map_or(0, |r| r.0);
-            report.rejected.push((
-                name.to_string(),
-                first,
-                format!("chunk {chunk_no} not loaded: {}", e.message()),
-            ));
-        }
-    }
-}
-
 fn load_json_file(
     engine: &Engine,
     name: &str,
@@ -412,6 +532,7 @@ fn load_json_file(
     bytes: &[u8],
     source: &str,
     report: &mut ImportReport,
+    pending: &mut Vec<Pending>,
 ) {
     let v = match crate::engine::parse_json(bytes) {
         Ok(v) => v,
@@ -479,8 +600,8 @@ fn load_json_file(
         }
         return;
     }
-    // A collection or searchset bundle, or a single resource: load the resources as they are.
-    let now = now_ms();
+    // A collection or searchset bundle, or a single resource: its resources go through the
+    // same intake rules as an NDJSON chunk (entry numbers stand for lines).
     let items: Vec<Value> = if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
         v["entry"]
             .as_array()
@@ -491,21 +612,13 @@ fn load_json_file(
     } else {
         vec![v]
     };
-    let mut good = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match prepare(
-            engine,
-            &serde_json::to_vec(item).unwrap_or_default(),
-            source,
-            now,
-        ) {
-            Ok((t, v)) => good.push((i, t, v)),
-            Err(e) => report
-                .rejected
-                .push((name.to_string(), i, e.message().to_string())),
-        }
-    }
-    write_resources(engine, name, key, 0, good, report);
+    let lines: Vec<(usize, String)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (i, item.to_string()))
+        .collect();
+    let chunk = prepare_chunk(engine, 0, &lines, source, bytes.len() as u64);
+    commit_chunk(engine, name, key, source, chunk, report, pending);
 }
 
 /// Writes every current resource (of `types`, or all) as `Type.ndjson` files under `out`.

@@ -379,18 +379,14 @@ pub fn rejected(
     }
 }
 
-/// Records an accepted version's warnings and its content fingerprint, in the write's own
-/// transaction; a suspected wrong-patient filing also opens a work order to the source there.
-pub fn record(
+/// Records findings against a stored version (in the caller's transaction).
+pub fn record_findings(
     tx: &mut Tx<'_>,
-    policy: &hutong_quality::workorder::Policy,
     source: &str,
     s: &Stored,
     findings: &[Finding],
-    fingerprint: &str,
 ) -> Result<(), StoreError> {
     let now = now_ms();
-    let d = tx.conn().dialect();
     for f in findings {
         tx.conn().exec(
             "INSERT INTO qc_finding (src, at, rtype, id, version, rule, severity, expression, \
@@ -408,6 +404,21 @@ pub fn record(
             ],
         )?;
     }
+    Ok(())
+}
+
+/// Records an accepted version's warnings and its content fingerprint, in the write's own
+/// transaction; a suspected wrong-patient filing also opens a work order to the source there.
+pub fn record(
+    tx: &mut Tx<'_>,
+    policy: &hutong_quality::workorder::Policy,
+    source: &str,
+    s: &Stored,
+    findings: &[Finding],
+    fingerprint: &str,
+) -> Result<(), StoreError> {
+    let d = tx.conn().dialect();
+    record_findings(tx, source, s, findings)?;
     tx.conn().exec(
         &insert_ignore(d, "qc_fp (src, rtype, fp, id) VALUES (?, ?, ?, ?)"),
         &[

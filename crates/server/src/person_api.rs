@@ -398,6 +398,21 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
     check_id(person)?;
     g.act("everything");
     let (filter, count, offset) = everything_filter(req)?;
+    // `_sort=-date`: newest first (a timeline's first page), undated ones still last.
+    let newest_first = match req
+        .query
+        .iter()
+        .find(|(k, _)| k == "_sort")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("date") => false,
+        Some("-date") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "$everything sorts by date or -date, not '{other}'"
+            )))
+        }
+    };
     let (me, all) = person_resources(engine, g, person, &filter)?;
     let mut keyed: Vec<(Option<i64>, i64, Stored)> = Vec::with_capacity(all.len());
     for s in all {
@@ -413,6 +428,13 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
             &b.2.id,
         ))
     });
+    if newest_first {
+        let undated = keyed
+            .iter()
+            .position(|k| k.0.is_none())
+            .unwrap_or(keyed.len());
+        keyed[..undated].reverse();
+    }
     let total = keyed.len() as u64 + 1;
     let path = format!("{}/Person/{person}/$everything", req.base);
     let qs = |off: usize| {

@@ -286,20 +286,30 @@ async fn names(st: &Arc<AppState>, sources: BTreeSet<String>) -> HashMap<String,
     .unwrap_or_default()
 }
 
-/// Every resource of the resident's record, newest first.
+/// The resident's record, newest first: at most `limit` items of the `types` given.
 async fn record(
     st: &Arc<AppState>,
     s: &Session,
     person: &str,
     from: &str,
+    types: &[&str],
+    limit: usize,
 ) -> Result<Vec<Value>, String> {
+    let mut types: Vec<&str> = types.to_vec();
+    types.dedup();
+    let types = types.join(",");
+    let count = limit.to_string();
+    let mut query = vec![("_sort", "-date"), ("_count", count.as_str())];
+    if !types.is_empty() {
+        query.push(("_type", types.as_str()));
+    }
     let r = call(
         st,
         s.principal.clone(),
         from,
         "GET",
         &format!("Person/{person}/$everything"),
-        &[("_count", "5000")],
+        &query,
         None,
     )
     .await;
@@ -340,7 +350,13 @@ pub async fn timeline(
     };
     let from = addr.ip().to_string();
     let title = lang.t("我的健康档案", "My health record");
-    let items = match record(&st, &s, &person, &from).await {
+    let kind = q(&query, "kind").filter(|k| KINDS.iter().any(|x| x.0 == *k));
+    let types: Vec<&str> = view::TYPES
+        .iter()
+        .filter(|(_, k)| kind.is_none_or(|want| want == *k))
+        .map(|(t, _)| *t)
+        .collect();
+    let items = match record(&st, &s, &person, &from, &types, 400).await {
         Ok(i) => i,
         Err(e) => {
             return respond(
@@ -350,7 +366,6 @@ pub async fn timeline(
             )
         }
     };
-    let kind = q(&query, "kind").filter(|k| KINDS.iter().any(|x| x.0 == *k));
     let shown: Vec<&Value> = items
         .iter()
         .filter(|v| kind.is_none_or(|k| view::kind_of(v) == Some(k)))
@@ -922,7 +937,8 @@ pub async fn print(
         Some(x) => x,
         None => return to_login(),
     };
-    let items = record(&st, &s, &person, &addr.ip().to_string())
+    let all: Vec<&str> = view::TYPES.iter().map(|(t, _)| *t).collect();
+    let items = record(&st, &s, &person, &addr.ip().to_string(), &all, 5000)
         .await
         .unwrap_or_default();
     let sources: BTreeSet<String> = items

@@ -16,6 +16,23 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("problems", "诊断与过敏", "Diagnoses & allergies"),
 ];
 
+/// The resource types on the timeline and the kind each (mostly) falls under; a
+/// DiagnosticReport is a result or an exam by its category.
+pub const TYPES: &[(&str, &str)] = &[
+    ("Encounter", "visits"),
+    ("Observation", "results"),
+    ("DiagnosticReport", "results"),
+    ("DiagnosticReport", "exams"),
+    ("ImagingStudy", "exams"),
+    ("Procedure", "exams"),
+    ("Immunization", "vaccinations"),
+    ("MedicationRequest", "medications"),
+    ("MedicationStatement", "medications"),
+    ("MedicationDispense", "medications"),
+    ("Condition", "problems"),
+    ("AllergyIntolerance", "problems"),
+];
+
 /// The timeline kind of a resource (`None`: not shown on the timeline).
 pub fn kind_of(v: &Value) -> Option<&'static str> {
     Some(match v["resourceType"].as_str()? {

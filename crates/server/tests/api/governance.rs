@@ -28,7 +28,8 @@ macro_rules! on_both {
 on_both!(
     rejections_are_explained_quarantined_and_resubmitted,
     warnings_are_recorded_and_validate_reports,
-    vaccinations_are_checked_against_the_record
+    vaccinations_are_checked_against_the_record,
+    bulk_loads_check_references_once_every_file_is_in
 );
 
 const A: &str = "urn:hutong:org:91330100QA";
@@ -364,4 +365,72 @@ async fn vaccinations_are_checked_against_the_record(app: &TestApp) {
             ("vaccine-age".into(), adult)
         ]
     );
+}
+
+async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
+    let dir = std::env::temp_dir().join(format!(
+        "hutong-bulk-refs-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let obs = |id: &str, patient: &str| {
+        let mut o = glucose(patient, 5.5);
+        o["id"] = json!(id);
+        o.to_string()
+    };
+    // Observations first, their Patient in a later file, and one pointing at nobody.
+    std::fs::write(
+        dir.join("1-Observation.ndjson"),
+        format!(
+            "{}\n{}\n",
+            obs("qb-o1", "qb-late"),
+            obs("qb-o2", "qb-ghost")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("2-Patient.ndjson"),
+        json!({"resourceType": "Patient", "id": "qb-late", "name": [{"text": "赵丽"}],
+            "birthDate": "1990-01-01", "identifier": [{"system": "urn:mrn:qb", "value": "1"}]})
+        .to_string()
+            + "\n",
+    )
+    .unwrap();
+    // A collection bundle goes through the same rules: the mg/dL glucose is rejected.
+    std::fs::write(
+        dir.join("3-collection.json"),
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": serde_json::from_str::<Value>(&obs("qb-o3", "qb-late")).unwrap()},
+            {"resource": glucose("qb-late", 94.0)}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let files = hutong_server::bulk::collect_files(std::slice::from_ref(&dir)).unwrap();
+    let report = tokio::task::block_in_place(|| {
+        hutong_server::bulk::import(&app.engine, &files, A, &|_, _| {}).unwrap()
+    });
+    assert_eq!(report.loaded, 4, "{:?}", report.rejected);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].2.contains("value-plausible"),
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(report.unresolved.len(), 1, "{:?}", report.unresolved);
+    assert!(report.unresolved[0].2.contains("qb-ghost"));
+    let rows = tokio::task::block_in_place(|| {
+        app.engine
+            .store
+            .query_admin(
+                "SELECT id FROM qc_finding WHERE src = ? AND rule = 'reference'",
+                &[Val::Text(A.into())],
+            )
+            .unwrap()
+    });
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].text()).collect();
+    assert_eq!(ids, ["qb-o2"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

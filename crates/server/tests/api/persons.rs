@@ -745,6 +745,27 @@ async fn the_persons_record_spans_institutions_in_time_order_with_a_summary() {
         .get(&format!("Person/{pid}/$everything?_type=Observation"))
         .await;
     assert_eq!(r.body["total"], 1 + 3);
+    // Newest first (a timeline's first page): the dated items in reverse order.
+    let r = app
+        .get(&format!(
+            "Person/{pid}/$everything?_sort=-date&_type=Observation"
+        ))
+        .await;
+    let newest: Vec<&str> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(
+        newest,
+        [glucose_new.as_str(), hba1c.as_str(), glucose_old.as_str()]
+    );
+    let bad = app
+        .get(&format!("Person/{pid}/$everything?_sort=name"))
+        .await;
+    assert_eq!(bad.status, 400);
 
     let r = app.get(&format!("Person/{pid}/$summary")).await;
     assert_eq!(r.status, 200, "{}", r.body);
