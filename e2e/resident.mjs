@@ -21,9 +21,9 @@ function check(ok, what) {
 async function latestCode() {
   const r = await fetch(`${root}/dev/outbox?to=${phone}`);
   const v = await r.json();
-  const bodies = v.messages.map((m) => m.body).reverse();
+  const bodies = v.messages.map((m) => m.body);
   for (const b of bodies) {
-    const m = b.match(/验证码[^0-9]*([0-9]{6})/);
+    const m = b.match(/登录验证码是([0-9]{6})/);
     if (m) return m[1];
   }
   throw new Error('no sign-in code in the outbox');

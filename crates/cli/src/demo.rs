@@ -332,6 +332,9 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         println!();
         println!("Web portal for residents (居民端): {root}/portal/login");
         println!("  sign in as {name} with {phone}; the code is in the demo outbox: {root}/dev/outbox?to={phone}");
+        println!("  (ID number {id_number}, if the phone is shared)");
+        println!("Clinician workstation (医生调阅): {root}/workstation");
+        println!("  sign in with a clinician account below (user name and password)");
         println!();
         println!("Every request needs an access token. The demo's accounts (a platform service, each");
         println!("institution's system and clinician, operators) are in {}.", args.dir.join("credentials.json").display());

@@ -2,73 +2,13 @@
 //! serves it; the printed guide's links work; a second run replaces the first; a directory
 //! that is not a demo is left alone.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hutong");
-
-struct Demo {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts a small demo and reads its guide up to "Press Ctrl-C".
-fn start(dir: &std::path::Path) -> Demo {
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--residents",
-            "150",
-            "--institutions",
-            "8",
-            "--years",
-            "2",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .env("HUTONG_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned by the guard at once, so the process is reaped on every path, panics included.
-    let mut demo = Demo {
-        child,
-        lines: Vec::new(),
-    };
-    let out = demo.child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            if tx.send(l.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        match rx.recv_timeout(Duration::from_secs(240)) {
-            Ok(l) => {
-                let done = l.contains("Press Ctrl-C");
-                demo.lines.push(l);
-                if done {
-                    return demo;
-                }
-            }
-            Err(_) => panic!("demo did not come up; output so far: {:#?}", demo.lines),
-        }
-    }
-}
+mod common;
+use common::{start, Demo, BIN};
 
 fn url_after(lines: &[String], needle: &str) -> String {
     lines

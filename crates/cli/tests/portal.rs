@@ -1,78 +1,21 @@
-//! The resident portal in a real browser, against `hutong demo`: Debian's chromium, headless,
-//! driven by playwright-core (`e2e/resident.mjs`). The resident signs in with the code from
-//! the demo outbox, sees the timeline, reports an error, approves a clinician's request and
-//! revokes it — after which the clinician is refused. Screenshots of each page are kept in
+//! The portals in a real browser, against `hutong demo`: Debian's chromium, headless, driven
+//! by playwright-core. `e2e/resident.mjs`: the resident signs in with the code from the demo
+//! outbox, sees the timeline, reports an error, approves a clinician's request and revokes it
+//! — after which the clinician is refused. `e2e/clinician.mjs`: a clinician finds the
+//! resident (masked), asks by SMS code, enters it, reads the summary; the resident revokes in
+//! their portal and the clinician is refused again. Screenshots of each page are kept in
 //! `target/e2e-screenshots/`.
 //!
 //! `.ci/run` installs chromium and the npm dependencies; where either is missing the test
 //! says so and passes without running the browser.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hutong");
-
-struct Demo {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Demo {
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--residents",
-            "150",
-            "--institutions",
-            "8",
-            "--years",
-            "2",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .env("HUTONG_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut demo = Demo {
-        child,
-        lines: Vec::new(),
-    };
-    let out = demo.child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines() {
-            if tx.send(l.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        match rx.recv_timeout(Duration::from_secs(240)) {
-            Ok(l) => {
-                let done = l.contains("Press Ctrl-C");
-                demo.lines.push(l);
-                if done {
-                    return demo;
-                }
-            }
-            Err(_) => panic!("demo did not come up; output so far: {:#?}", demo.lines),
-        }
-    }
-}
+mod common;
+use common::start;
 
 /// The text between `before` and the next `after` on the first line that has `before`.
 fn between(lines: &[String], before: &str, after: &str) -> String {
@@ -108,7 +51,7 @@ fn missing() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_resident_uses_the_portal_in_a_real_browser() {
+async fn residents_and_clinicians_use_the_portals_in_a_real_browser() {
     if let Some(why) = missing() {
         eprintln!("SKIPPED: the browser test needs chromium and the e2e npm packages: {why}");
         return;
@@ -159,35 +102,33 @@ async fn a_resident_uses_the_portal_in_a_real_browser() {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
     let shots = repo().join("target/e2e-screenshots");
-    let out = tokio::task::spawn_blocking({
-        let (root, phone, id_number, institution, shots) = (
-            root.clone(),
-            phone.clone(),
-            id_number.clone(),
-            institution.trim().to_string(),
-            shots.clone(),
-        );
-        move || {
+    for script in ["resident.mjs", "clinician.mjs"] {
+        let env = [
+            ("HUTONG_ROOT", root.clone()),
+            ("HUTONG_PHONE", phone.clone()),
+            ("HUTONG_ID_NUMBER", id_number.clone()),
+            ("HUTONG_REQUESTER", institution.trim().to_string()),
+            ("HUTONG_USER", user.clone()),
+            ("HUTONG_PASSWORD", password.clone()),
+            ("HUTONG_SHOTS", shots.display().to_string()),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
             Command::new("node")
-                .arg("resident.mjs")
+                .arg(script)
                 .current_dir(repo().join("e2e"))
-                .env("HUTONG_ROOT", root)
-                .env("HUTONG_PHONE", phone)
-                .env("HUTONG_ID_NUMBER", id_number)
-                .env("HUTONG_REQUESTER", institution)
-                .env("HUTONG_SHOTS", shots)
+                .envs(env)
                 .output()
                 .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{script} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(shots.join("02-timeline.png").exists());
     // Revoked in the browser: the clinician no longer reads another institution's record.
     let claims: Value = {

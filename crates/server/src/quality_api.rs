@@ -83,6 +83,19 @@ fn item(engine: &Engine, g: &Guard, qid: &str) -> Result<Vec<Val>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("No quarantined submission {qid}")))
 }
 
+/// `_count` (1–500) and `_offset` of the governance lists.
+pub(crate) fn paging(k: &str, v: &str, count: &mut i64, offset: &mut i64) -> Result<(), ApiError> {
+    let n = v
+        .parse::<i64>()
+        .map_err(|_| ApiError::bad_request(format!("{k} must be a number")))?;
+    if k == "_count" {
+        *count = n.clamp(1, 500);
+    } else {
+        *offset = n.max(0);
+    }
+    Ok(())
+}
+
 /// `GET $quarantine[?status=open|resubmitted|superseded|all][&source=…][&_count][&_offset]`.
 pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("quarantine");
@@ -99,18 +112,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                     return Err(forbidden("An institution sees only its own quarantine"));
                 }
             }
-            "_count" => {
-                count = v
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                    .clamp(1, 500)
-            }
-            "_offset" => {
-                offset = v
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("_offset must be a number"))?
-                    .max(0)
-            }
+            "_count" | "_offset" => crate::quality_api::paging(k, v, &mut count, &mut offset)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Unknown parameter '{other}' (status, source, _count, _offset)"

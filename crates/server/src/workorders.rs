@@ -582,18 +582,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                 sql.push_str(" AND src = ?");
                 params.push(Val::Text(v.clone()));
             }
-            "_count" => {
-                count = v
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                    .clamp(1, 500)
-            }
-            "_offset" => {
-                offset = v
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("_offset must be a number"))?
-                    .max(0)
-            }
+            "_count" | "_offset" => crate::quality_api::paging(k, v, &mut count, &mut offset)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Unknown parameter '{other}' (state, category, overdue, escalated, owner, _count, _offset)"

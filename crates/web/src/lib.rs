@@ -9,6 +9,8 @@
 //!
 //! - [`resident`]: 居民端 — sign in with phone and code, the record's timeline and details,
 //!   authorizations, who viewed the record, error reports, download.
+//! - [`clinician`]: 医生调阅 — find a person, ask for access (code, app, break-glass), the
+//!   summary across institutions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod clinician;
 mod resident;
 pub mod view;
 
@@ -56,6 +59,15 @@ pub fn routes(state: Arc<AppState>) -> Router {
         )
         .route("/portal/download", get(resident::download))
         .route("/portal/print", get(resident::print))
+        .route("/workstation", get(clinician::home))
+        .route("/workstation/login", post(clinician::login))
+        .route("/workstation/person/{id}", get(clinician::person))
+        .route("/workstation/person/{id}/request", post(clinician::request))
+        .route(
+            "/workstation/person/{id}/break-glass",
+            post(clinician::break_glass),
+        )
+        .route("/workstation/consent/{id}/code", post(clinician::code))
         .with_state(state)
 }
 
@@ -185,6 +197,45 @@ pub async fn call(
         .unwrap_or_else(|_| Resp::json(500, Value::Null))
 }
 
+/// Where a successful sign-in goes: the session cookie (HTTP-only, same-site; secure when
+/// the server is reached over https) and a redirect to `to`. `answer` is the token response.
+pub(crate) fn signed_in(st: &AppState, token: &str, answer: &Value, to: &str) -> Response {
+    let secure = st
+        .base_url
+        .as_deref()
+        .is_some_and(|b| b.starts_with("https:"));
+    let cookie = format!(
+        "{SESSION}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        answer["expires_in"].as_u64().unwrap_or(3600),
+        if secure { "; Secure" } else { "" }
+    );
+    let mut r = axum::response::Redirect::to(to).into_response();
+    if let Ok(c) = cookie.parse() {
+        r.headers_mut().append("set-cookie", c);
+    }
+    r
+}
+
+/// Source URI → institution name, read as the platform (names are reference data).
+pub(crate) async fn names(
+    st: &Arc<AppState>,
+    sources: std::collections::BTreeSet<String>,
+) -> HashMap<String, String> {
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        sources
+            .into_iter()
+            .map(|s| {
+                let n = hutong_server::access_api::institution_name(&engine, &s)
+                    .unwrap_or_else(|| s.clone());
+                (s, n)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// The JSON of an engine answer (`Null` for none).
 pub fn json_of(r: &Resp) -> Value {
     match &r.body {
@@ -239,12 +290,23 @@ pub fn page(lang: Lang, title: &str, signed_in: Option<&Session>, content: Marku
             body {
                 a.skip href="#main" { (lang.t("跳到正文", "Skip to content")) }
                 header {
-                    span.brand { (lang.t("互通 · 我的健康档案", "Hutong · My health record")) }
+                    @let clinician = signed_in.is_some_and(|s| s.principal.kind == hutong_access::principal::Kind::Clinician);
+                    @if clinician {
+                        span.brand { (lang.t("互通 · 医生调阅", "Hutong · Clinician workstation")) }
+                    } @else {
+                        span.brand { (lang.t("互通 · 我的健康档案", "Hutong · My health record")) }
+                    }
                     @if let Some(s) = signed_in {
-                        nav aria-label=(lang.t("主导航", "Main")) {
-                            a href="/portal" { (lang.t("我的档案", "My record")) }
-                            a href="/portal/access" { (lang.t("授权与访问记录", "Authorizations & access")) }
-                            a href="/portal/reports" { (lang.t("我的纠错", "My reports")) }
+                        @if clinician {
+                            nav aria-label=(lang.t("主导航", "Main")) {
+                                a href="/workstation" { (lang.t("查找患者", "Find a person")) }
+                            }
+                        } @else {
+                            nav aria-label=(lang.t("主导航", "Main")) {
+                                a href="/portal" { (lang.t("我的档案", "My record")) }
+                                a href="/portal/access" { (lang.t("授权与访问记录", "Authorizations & access")) }
+                                a href="/portal/reports" { (lang.t("我的纠错", "My reports")) }
+                            }
                         }
                         form.inline method="post" action="/portal/logout" {
                             input type="hidden" name="csrf" value=(s.csrf());

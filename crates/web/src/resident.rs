@@ -34,11 +34,43 @@ fn to_login() -> Response {
     Redirect::to("/portal/login").into_response()
 }
 
-/// The signed-in resident and their person id, or the way to the sign-in page.
-fn resident(st: &AppState, headers: &HeaderMap) -> Option<(Session, String)> {
-    let s = Session::of(st, headers)?;
-    let person = s.principal.person.clone()?;
-    Some((s, person))
+/// A signed-in resident's request: their session and person, the page's query and language.
+struct Visit {
+    query: Vec<(String, String)>,
+    lang: Lang,
+    s: Session,
+    person: String,
+}
+
+impl Visit {
+    fn of(st: &AppState, headers: &HeaderMap, query: Vec<(String, String)>) -> Option<Visit> {
+        let s = Session::of(st, headers)?;
+        let person = s.principal.person.clone()?;
+        Some(Visit {
+            lang: Lang::of(headers, &query),
+            query,
+            s,
+            person,
+        })
+    }
+
+    /// A posted form of a signed-in resident, with the session's CSRF token; otherwise the
+    /// way to the sign-in page, or 403.
+    async fn posted(
+        st: &AppState,
+        req: Request,
+    ) -> Result<(Visit, HashMap<String, String>), Box<Response>> {
+        let query = query_of(&req);
+        let headers = req.headers().clone();
+        let Some(v) = Visit::of(st, &headers, query) else {
+            return Err(Box::new(to_login()));
+        };
+        let f = form(req).await;
+        if !v.s.csrf_ok(&f) {
+            return Err(Box::new(StatusCode::FORBIDDEN.into_response()));
+        }
+        Ok((v, f))
+    }
 }
 
 fn error_box(msg: &str) -> Markup {
@@ -221,22 +253,7 @@ pub async fn login_verify(
     }
     let (status, v) = auth_call(&st, addr, "verify", &fields).await;
     match (status, v["access_token"].as_str()) {
-        (200, Some(token)) => {
-            let secure = st
-                .base_url
-                .as_deref()
-                .is_some_and(|b| b.starts_with("https:"));
-            let cookie = format!(
-                "{SESSION}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-                v["expires_in"].as_u64().unwrap_or(3600),
-                if secure { "; Secure" } else { "" }
-            );
-            let mut r = Redirect::to("/portal").into_response();
-            if let Ok(c) = cookie.parse() {
-                r.headers_mut().append("set-cookie", c);
-            }
-            r
-        }
+        (200, Some(token)) => crate::signed_in(&st, token, &v, "/portal"),
         _ => {
             let msg = v["issue"][0]["diagnostics"]
                 .as_str()
@@ -255,12 +272,16 @@ pub async fn login_verify(
 pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let headers = req.headers().clone();
     let f = form(req).await;
+    let mut to = "/portal/login";
     if let Some(s) = Session::of(&st, &headers) {
         if !s.csrf_ok(&f) {
             return StatusCode::FORBIDDEN.into_response();
         }
+        if s.principal.kind == hutong_access::principal::Kind::Clinician {
+            to = "/workstation";
+        }
     }
-    let mut r = Redirect::to("/portal/login").into_response();
+    let mut r = Redirect::to(to).into_response();
     if let Ok(c) = format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0").parse() {
         r.headers_mut().append("set-cookie", c);
     }
@@ -268,23 +289,6 @@ pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 // -- the record -------------------------------------------------------------------------------
-
-/// Source URI → institution name, read as the platform (names are reference data).
-async fn names(st: &Arc<AppState>, sources: BTreeSet<String>) -> HashMap<String, String> {
-    let engine = st.engine.clone();
-    tokio::task::spawn_blocking(move || {
-        sources
-            .into_iter()
-            .map(|s| {
-                let n = hutong_server::access_api::institution_name(&engine, &s)
-                    .unwrap_or_else(|| s.clone());
-                (s, n)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
-}
 
 /// The resident's record, newest first: at most `limit` items of the `types` given.
 async fn record(
@@ -342,10 +346,13 @@ pub async fn timeline(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let lang = Lang::of(req.headers(), &query);
-    let (s, person) = match resident(&st, req.headers()) {
-        Some(x) => x,
+    let Visit {
+        query,
+        lang,
+        s,
+        person,
+    } = match Visit::of(&st, req.headers(), query_of(&req)) {
+        Some(v) => v,
         None => return to_login(),
     };
     let from = addr.ip().to_string();
@@ -375,7 +382,7 @@ pub async fn timeline(
         .iter()
         .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
         .collect();
-    let names = names(&st, sources).await;
+    let names = crate::names(&st, sources).await;
     let body = html! {
         p.noprint {
             a href="/portal/download" { (lang.t("下载我的档案（FHIR JSON）", "Download my record (FHIR JSON)")) }
@@ -450,10 +457,13 @@ pub async fn item(
     Path((rtype, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let lang = Lang::of(req.headers(), &query);
-    let (s, _) = match resident(&st, req.headers()) {
-        Some(x) => x,
+    let Visit {
+        query,
+        lang,
+        s,
+        person: _,
+    } = match Visit::of(&st, req.headers(), query_of(&req)) {
+        Some(v) => v,
         None => return to_login(),
     };
     let from = addr.ip().to_string();
@@ -482,7 +492,7 @@ pub async fn item(
         .map(String::from)
         .into_iter()
         .collect();
-    let names = names(&st, src).await;
+    let names = crate::names(&st, src).await;
     // A laboratory result: the same test over time, from every institution the resident sees.
     let mut chart = html! {};
     if rtype == "Observation" && v["valueQuantity"]["value"].is_number() {
@@ -560,17 +570,10 @@ pub async fn report(
     Path((rtype, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let headers = req.headers().clone();
-    let lang = Lang::of(&headers, &query);
-    let (s, _) = match resident(&st, &headers) {
-        Some(x) => x,
-        None => return to_login(),
+    let (Visit { query, lang, s, .. }, f) = match Visit::posted(&st, req).await {
+        Ok(x) => x,
+        Err(refused) => return *refused,
     };
-    let f = form(req).await;
-    if !s.csrf_ok(&f) {
-        return StatusCode::FORBIDDEN.into_response();
-    }
     let category = f.get("category").cloned().unwrap_or_default();
     let description = f.get("description").cloned().unwrap_or_default();
     let p = json!({"resourceType": "Parameters", "parameter": [
@@ -611,10 +614,13 @@ pub async fn reports(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let lang = Lang::of(req.headers(), &query);
-    let (s, _) = match resident(&st, req.headers()) {
-        Some(x) => x,
+    let Visit {
+        query,
+        lang,
+        s,
+        person: _,
+    } = match Visit::of(&st, req.headers(), query_of(&req)) {
+        Some(v) => v,
         None => return to_login(),
     };
     let r = call(
@@ -709,10 +715,13 @@ pub async fn access(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let lang = Lang::of(req.headers(), &query);
-    let (s, person) = match resident(&st, req.headers()) {
-        Some(x) => x,
+    let Visit {
+        query,
+        lang,
+        s,
+        person,
+    } = match Visit::of(&st, req.headers(), query_of(&req)) {
+        Some(v) => v,
         None => return to_login(),
     };
     let from = addr.ip().to_string();
@@ -840,17 +849,10 @@ pub async fn consent_action(
     Path((id, action)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let headers = req.headers().clone();
-    let lang = Lang::of(&headers, &query);
-    let (s, _) = match resident(&st, &headers) {
-        Some(x) => x,
-        None => return to_login(),
+    let (Visit { query, lang, s, .. }, _) = match Visit::posted(&st, req).await {
+        Ok(x) => x,
+        Err(refused) => return *refused,
     };
-    let f = form(req).await;
-    if !s.csrf_ok(&f) {
-        return StatusCode::FORBIDDEN.into_response();
-    }
     if !matches!(action.as_str(), "approve" | "deny" | "revoke") {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -887,9 +889,8 @@ pub async fn download(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let (s, person) = match resident(&st, req.headers()) {
-        Some(x) => x,
-        None => return to_login(),
+    let Some(Visit { s, person, .. }) = Visit::of(&st, req.headers(), Vec::new()) else {
+        return to_login();
     };
     let r = call(
         &st,
@@ -931,10 +932,13 @@ pub async fn print(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let query = query_of(&req);
-    let lang = Lang::of(req.headers(), &query);
-    let (s, person) = match resident(&st, req.headers()) {
-        Some(x) => x,
+    let Visit {
+        query,
+        lang,
+        s,
+        person,
+    } = match Visit::of(&st, req.headers(), query_of(&req)) {
+        Some(v) => v,
         None => return to_login(),
     };
     let all: Vec<&str> = view::TYPES.iter().map(|(t, _)| *t).collect();
@@ -945,7 +949,7 @@ pub async fn print(
         .iter()
         .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
         .collect();
-    let names = names(&st, sources).await;
+    let names = crate::names(&st, sources).await;
     let body = html! {
         p { (lang.t("打印时间：", "Printed: ")) (local(hutong_fhir::date::now_ms())) }
         table {
