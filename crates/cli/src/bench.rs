@@ -727,6 +727,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         "≤ 200",
     );
 
+    // 4. The portals' pages on demo data.
+    portal_figures(&work, &rt, &mut rep)?;
+
     write_report(&args, &rep, resources, started.elapsed())?;
     // A directory the user named is kept for inspection; our temporary one is not.
     if args.work_dir.is_none() {
@@ -1142,3 +1145,112 @@ the generator's own; both runs must produce the same number of resources.\n\
 \n## Reference point\n\
 The issue cites an existing Rust FHIR server on SQLite at about 1,300 resources/s for Synthea-style transaction \
 bundles on this kind of machine, storing 4.9× the raw JSON (cited, not measured here).\n";
+
+/// The resident portal's pages on `hutong demo`'s data (its default region, loaded as the
+/// demo loads it), signed in as residents with records from several institutions.
+fn portal_figures(
+    work: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    println!("Loading the demo's region (2,000 residents, 12 institutions, 3 years) for the portal pages…");
+    let region = work.join("demo-region");
+    let cfg = hutong_synth::Config {
+        residents: 2_000,
+        institutions: 12,
+        years: 3,
+        seed: 1,
+        ..hutong_synth::Config::default()
+    };
+    let (summary, _) = crate::synth::generate(&cfg, &region)?;
+    let store_dir = work.join("demo-store");
+    let (store, keys) = hutong_server::open_store(&Location::Sqlite(store_dir.clone()), None)?;
+    let engine = hutong_server::engine_for(
+        store.clone(),
+        keys.clone(),
+        hutong_server::EngineConfig {
+            default_source: "urn:hutong:demo".into(),
+            export_dir: store_dir.join("exports"),
+            rules: Default::default(),
+        },
+        "urn:hutong:platform",
+        Default::default(),
+    )?;
+    crate::demo::load(&engine, &summary, &region)?;
+    engine.audit.flush(Duration::from_secs(30));
+    drop(engine);
+    let (pages, persons) = rt.block_on(async {
+        let app = Application::with_store(settings(store_dir.display().to_string()), store, keys)
+            .await?
+            .with_routes(hutong_web::routes);
+        let root = format!("http://127.0.0.1:{}", app.port());
+        let engine = app.engine.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let e = engine.clone();
+        let persons: Vec<String> =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+                e.matcher.sync(&e.store)?;
+                let (page, _) =
+                    e.store
+                        .scan("Person", None, false, 0, 400, &hutong_store::Scope::All)?;
+                // Residents whose record comes from more than one institution.
+                Ok(page
+                    .iter()
+                    .filter(|s| {
+                        s.json()
+                            .is_ok_and(|v| v["link"].as_array().is_some_and(|l| l.len() > 1))
+                    })
+                    .take(25)
+                    .map(|s| s.id.clone())
+                    .collect())
+            })
+            .await??;
+        anyhow::ensure!(
+            !persons.is_empty(),
+            "no resident with records from two institutions"
+        );
+        let mut pages: [Vec<f64>; 3] = Default::default();
+        for person in &persons {
+            let token = engine.access.tokens.issue_for(
+                &hutong_access::Principal {
+                    kind: hutong_access::principal::Kind::Resident,
+                    subject: format!("resident:{person}"),
+                    name: None,
+                    institution: None,
+                    practitioner: None,
+                    person: Some(person.clone()),
+                    roles: vec![],
+                    scopes: hutong_access::principal::Scopes::parse("patient/*.rs"),
+                    booking: false,
+                },
+                3600,
+            );
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::COOKIE,
+                format!("{}={token}", hutong_web::SESSION).parse()?,
+            );
+            let browser = reqwest::Client::builder().default_headers(h).build()?;
+            for (i, path) in ["/portal", "/portal?kind=results", "/portal/access"]
+                .iter()
+                .enumerate()
+            {
+                pages[i].push(latency(&browser, &format!("{root}{path}"), 9).await?);
+            }
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        Ok::<_, anyhow::Error>((pages.map(median), persons.len()))
+    })?;
+    rep.row(
+        &format!(
+            "Resident portal on the demo's data ({persons} residents with records from several institutions): timeline / results / authorizations and access history, p50 (ms)"
+        ),
+        format!("{:.1} / {:.1} / {:.1}", pages[0], pages[1], pages[2]),
+        "≤ 200",
+    );
+    Ok(())
+}

@@ -55,7 +55,11 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(engine: &Engine, summary: &hutong_synth::Summary, region: &Path) -> anyhow::Result<u64> {
+pub(crate) fn load(
+    engine: &Engine,
+    summary: &hutong_synth::Summary,
+    region: &Path,
+) -> anyhow::Result<u64> {
     let mut batches = vec![(
         "urn:hutong:registry".to_string(),
         vec![region.join("registry")],

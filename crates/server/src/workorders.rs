@@ -515,10 +515,8 @@ fn corrected_ref(engine: &Engine, r: &str) -> Result<String, ApiError> {
 /// quality officers.
 pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("work-orders");
-    let mut sql = String::from(
-        "SELECT id, src, state, category, rule, priority, focus, reporter, opened, updated, \
-         due, escalated FROM qc_work_order WHERE 1 = 1",
-    );
+    // The conditions, shared by the count and the page.
+    let mut sql = String::from(" FROM qc_work_order WHERE 1 = 1");
     let mut params = Vec::new();
     let me = g.principal.label();
     match (&g.principal.kind, &g.principal.institution) {
@@ -597,16 +595,14 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         ));
         params.extend(list.iter().map(|s| Val::Text(s.clone())));
     }
-    let total = engine.store.query_admin(
-        &sql.replacen(
-            "SELECT id, src, state, category, rule, priority, focus, reporter, opened, updated, \
-         due, escalated",
-            "SELECT COUNT(*)",
-            1,
-        ),
-        &params,
-    )?[0][0]
+    let total = engine
+        .store
+        .query_admin(&format!("SELECT COUNT(*){sql}"), &params)?[0][0]
         .int();
+    let mut sql = format!(
+        "SELECT id, src, state, category, rule, priority, focus, reporter, opened, updated, \
+         due, escalated{sql}"
+    );
     sql.push_str(" ORDER BY due, id LIMIT ? OFFSET ?");
     params.push(Val::Int(count));
     params.push(Val::Int(offset));

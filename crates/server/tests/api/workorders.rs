@@ -122,7 +122,13 @@ async fn queue(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
         .send_as(token, "GET", &format!("$work-orders?{query}"), None, &[])
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    r.body["items"].as_array().unwrap().clone()
+    let items = r.body["items"].as_array().unwrap().clone();
+    assert_eq!(
+        r.body["total"].as_u64(),
+        Some(items.len() as u64),
+        "one page holds them all"
+    );
+    items
 }
 
 async fn a_work_order_goes_through_its_lifecycle(app: &TestApp) {
