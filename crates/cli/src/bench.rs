@@ -227,6 +227,22 @@ fn client_with(token: &str) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder().default_headers(h).build()?)
 }
 
+/// A fresh server on `s` takes `bundles` from the benchmark's institution; it is shut down
+/// (with its background work) before its store is dropped. Resources per second.
+async fn ingest(s: Settings, bundles: Vec<Vec<u8>>, size: usize) -> anyhow::Result<f64> {
+    let app = Application::build(s).await?;
+    let base = format!("http://127.0.0.1:{}/fhir", app.port());
+    let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let r = post_bundles(&base, &token, bundles, size).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    r
+}
+
 /// Posts `bundles` with two concurrent clients; returns resources per second.
 async fn post_bundles(
     base: &str,
@@ -353,13 +369,11 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     // 1. Transaction bundles over HTTP, SQLite.
     let sqlite_dir = work.join("sqlite");
-    let rate = rt.block_on(async {
-        let app = Application::build(settings(sqlite_dir.display().to_string())).await?;
-        let base = format!("http://127.0.0.1:{}/fhir", app.port());
-        let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
-        tokio::spawn(app.run_until(std::future::pending()));
-        post_bundles(&base, &token, bundles.clone(), args.bundle_size).await
-    })?;
+    let rate = rt.block_on(ingest(
+        settings(sqlite_dir.display().to_string()),
+        bundles.clone(),
+        args.bundle_size,
+    ))?;
     rep.row(
         &format!(
             "Transaction bundles over HTTP, 2 clients, {}×{} entries, SQLite (resources/s)",
@@ -376,22 +390,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         let mut c = postgres_admin(&admin)?;
         c.batch_execute(&format!("CREATE DATABASE {db}"))?;
         let url = format!("{server}/{db}");
-        let r = rt.block_on(async {
-            let mut s = settings(url);
-            s.keys_file = Some(work.join("pg-keys.json"));
-            let app = Application::build(s).await?;
-            let base = format!("http://127.0.0.1:{}/fhir", app.port());
-            let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
-            // Shut down before its database is dropped.
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(app.run_until(async {
-                let _ = stopped.await;
-            }));
-            let r = post_bundles(&base, &token, bundles.clone(), args.bundle_size).await;
-            let _ = stop.send(());
-            let _ = server.await;
-            r
-        });
+        let mut s = settings(url);
+        s.keys_file = Some(work.join("pg-keys.json"));
+        let r = rt.block_on(ingest(s, bundles.clone(), args.bundle_size));
         let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         rep.row(
             &format!("Transaction bundles over HTTP, 2 clients, {}×{} entries, PostgreSQL 15 (resources/s)", args.bundles, args.bundle_size),
@@ -414,20 +415,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
                         s.rules.disable(r);
                     }
                 }
-                let rate = rt.block_on(async {
-                    let app = Application::build(s).await?;
-                    let base = format!("http://127.0.0.1:{}/fhir", app.port());
-                    let token = app.engine.access.tokens.issue_for(&institution(), 6 * 3600);
-                    // Stopped (with its background work) before its directory goes.
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let server = tokio::spawn(app.run_until(async {
-                        let _ = stopped.await;
-                    }));
-                    let r = post_bundles(&base, &token, subset.clone(), args.bundle_size).await;
-                    let _ = stop.send(());
-                    let _ = server.await;
-                    r
-                })?;
+                let rate = rt.block_on(ingest(s, subset.clone(), args.bundle_size))?;
                 if rules_on {
                     on.push(rate)
                 } else {

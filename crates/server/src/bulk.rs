@@ -365,14 +365,7 @@ fn commit_chunk(
     let r = engine.store.write(&audit.hook(), |tx| {
         for it in &chunk.items {
             let s = tx.write_prepared(it.prepared.clone(), it.fresh)?;
-            crate::intake::record(
-                tx,
-                &engine.checker.rules.work_orders,
-                source,
-                &s,
-                &it.findings,
-                &it.fingerprint,
-            )?;
+            engine.keep(tx, source, &s, &it.findings, &it.fingerprint)?;
         }
         tx.mark_done(key, chunk.no)?;
         Ok::<_, ApiError>(())

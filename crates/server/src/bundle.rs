@@ -541,7 +541,9 @@ fn transaction(
             };
             if let Some((s, status)) = stored {
                 if let Some(f) = &findings[i] {
-                    crate::intake::record(tx, &engine.checker.rules.work_orders, &source, &s, f, &fingerprints[i])?;
+                    engine.keep(
+                tx,
+                &source, &s, f, &fingerprints[i])?;
                 }
                 let body = if representation { Some(g.release(&s).into_owned()) } else { None };
                 if s.rtype == "Appointment" {

@@ -519,6 +519,26 @@ impl Engine {
         r
     }
 
+    /// Records an accepted version's intake findings and fingerprint in its write
+    /// transaction (see [`crate::intake::record`]).
+    pub(crate) fn keep(
+        &self,
+        tx: &mut Tx<'_>,
+        source: &str,
+        s: &Stored,
+        findings: &[hutong_quality::Finding],
+        fingerprint: &str,
+    ) -> Result<(), hutong_store::StoreError> {
+        crate::intake::record(
+            tx,
+            &self.checker.rules.work_orders,
+            source,
+            s,
+            findings,
+            fingerprint,
+        )
+    }
+
     /// Classifies sensitive content and stamps provenance on a resource an institution
     /// submits.
     pub fn intake(&self, v: &mut Value, source: &str, now: i64) {
@@ -791,14 +811,7 @@ impl Engine {
                 }
             }
             let s = tx.create(t, None, v.clone())?;
-            crate::intake::record(
-                tx,
-                &self.checker.rules.work_orders,
-                &source,
-                &s,
-                &found,
-                &fp,
-            )?;
+            self.keep(tx, &source, &s, &found, &fp)?;
             Ok((s, true))
         })?;
         if created {
@@ -815,14 +828,7 @@ impl Engine {
         let (s, created) = g.write(self, |tx| {
             check_owner(g, tx, t, id)?;
             let (s, created) = tx.update(t, id, v.clone(), if_match)?;
-            crate::intake::record(
-                tx,
-                &self.checker.rules.work_orders,
-                &source,
-                &s,
-                &found,
-                &fp,
-            )?;
+            self.keep(tx, &source, &s, &found, &fp)?;
             Ok::<_, ApiError>((s, created))
         })?;
         crate::access_api::after_write(self, g, &s)?;
@@ -852,14 +858,7 @@ impl Engine {
                         check_owner(g, tx, t, id)?;
                     }
                     let s = tx.create(t, id.as_deref(), v.clone())?;
-                    crate::intake::record(
-                        tx,
-                        &self.checker.rules.work_orders,
-                        &source,
-                        &s,
-                        &found,
-                        &fp,
-                    )?;
+                    self.keep(tx, &source, &s, &found, &fp)?;
                     Ok::<_, ApiError>((s, true))
                 }
                 [one] => {
@@ -872,14 +871,7 @@ impl Engine {
                     }
                     g.may_write(t, Perms::UPDATE, Some(one))?;
                     let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
-                    crate::intake::record(
-                        tx,
-                        &self.checker.rules.work_orders,
-                        &source,
-                        &s,
-                        &found,
-                        &fp,
-                    )?;
+                    self.keep(tx, &source, &s, &found, &fp)?;
                     Ok((s, false))
                 }
                 _ => Err(ApiError::new(
@@ -934,14 +926,7 @@ impl Engine {
             let found = c.findings.pop().unwrap_or_default();
             let fp = c.fingerprints.pop().unwrap_or_default();
             let (s, created) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
-            crate::intake::record(
-                tx,
-                &self.checker.rules.work_orders,
-                &source,
-                &s,
-                &found,
-                &fp,
-            )?;
+            self.keep(tx, &source, &s, &found, &fp)?;
             Ok::<_, ApiError>((s, created))
         });
         if let Some((doc, findings)) = rejected.into_inner() {

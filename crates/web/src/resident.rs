@@ -35,11 +35,24 @@ fn to_login() -> Response {
 }
 
 /// A signed-in resident's request: their session and person, the page's query and language.
-struct Visit {
+pub(crate) struct Visit {
     query: Vec<(String, String)>,
     lang: Lang,
     s: Session,
     person: String,
+}
+
+/// Every resident page: signed in as a resident, or off to the sign-in page.
+impl axum::extract::FromRequestParts<Arc<AppState>> for Visit {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Visit, Redirect> {
+        let query = parse_query_string(parts.uri.query().unwrap_or(""));
+        Visit::of(st, &parts.headers, query).ok_or_else(|| Redirect::to("/portal/login"))
+    }
 }
 
 impl Visit {
@@ -344,17 +357,14 @@ fn source_line(lang: Lang, v: &Value, names: &HashMap<String, String>) -> Markup
 pub async fn timeline(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    req: Request,
+    v: Visit,
 ) -> Response {
     let Visit {
         query,
         lang,
         s,
         person,
-    } = match Visit::of(&st, req.headers(), query_of(&req)) {
-        Some(v) => v,
-        None => return to_login(),
-    };
+    } = v;
     let from = addr.ip().to_string();
     let title = lang.t("我的健康档案", "My health record");
     let kind = q(&query, "kind").filter(|k| KINDS.iter().any(|x| x.0 == *k));
@@ -455,17 +465,14 @@ pub async fn item(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path((rtype, id)): Path<(String, String)>,
-    req: Request,
+    v: Visit,
 ) -> Response {
     let Visit {
         query,
         lang,
         s,
         person: _,
-    } = match Visit::of(&st, req.headers(), query_of(&req)) {
-        Some(v) => v,
-        None => return to_login(),
-    };
+    } = v;
     let from = addr.ip().to_string();
     let r = call(
         &st,
@@ -612,17 +619,14 @@ fn state_label(lang: Lang, code: &str) -> String {
 pub async fn reports(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    req: Request,
+    v: Visit,
 ) -> Response {
     let Visit {
         query,
         lang,
         s,
         person: _,
-    } = match Visit::of(&st, req.headers(), query_of(&req)) {
-        Some(v) => v,
-        None => return to_login(),
-    };
+    } = v;
     let r = call(
         &st,
         s.principal.clone(),
@@ -713,17 +717,14 @@ fn consent_button(s: &Session, id: &str, action: &str, text: &str, primary: bool
 pub async fn access(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    req: Request,
+    v: Visit,
 ) -> Response {
     let Visit {
         query,
         lang,
         s,
         person,
-    } = match Visit::of(&st, req.headers(), query_of(&req)) {
-        Some(v) => v,
-        None => return to_login(),
-    };
+    } = v;
     let from = addr.ip().to_string();
     let search = |status: &'static str| {
         let st = st.clone();
@@ -887,11 +888,8 @@ pub async fn consent_action(
 pub async fn download(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    req: Request,
+    Visit { s, person, .. }: Visit,
 ) -> Response {
-    let Some(Visit { s, person, .. }) = Visit::of(&st, req.headers(), Vec::new()) else {
-        return to_login();
-    };
     let r = call(
         &st,
         s.principal.clone(),
@@ -930,17 +928,14 @@ pub async fn download(
 pub async fn print(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    req: Request,
+    v: Visit,
 ) -> Response {
     let Visit {
         query,
         lang,
         s,
         person,
-    } = match Visit::of(&st, req.headers(), query_of(&req)) {
-        Some(v) => v,
-        None => return to_login(),
-    };
+    } = v;
     let all: Vec<&str> = view::TYPES.iter().map(|(t, _)| *t).collect();
     let items = record(&st, &s, &person, &addr.ip().to_string(), &all, 5000)
         .await
