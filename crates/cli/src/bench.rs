@@ -611,20 +611,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         })
         .await??
         .ok_or_else(|| anyhow::anyhow!("the patient has no person"))?;
-        let resident = engine.access.tokens.issue_for(
-            &hutong_access::Principal {
-                kind: hutong_access::principal::Kind::Resident,
-                subject: format!("resident:{person}"),
-                name: None,
-                institution: None,
-                practitioner: None,
-                person: Some(person.clone()),
-                roles: vec![],
-                scopes: hutong_access::principal::Scopes::parse("patient/*.rs"),
-                booking: false,
-            },
-            6 * 3600,
-        );
+        let resident = resident_token(&engine, &person, 6 * 3600);
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(
             reqwest::header::COOKIE,
@@ -1202,20 +1189,7 @@ fn portal_figures(
         );
         let mut pages: [Vec<f64>; 3] = Default::default();
         for person in &persons {
-            let token = engine.access.tokens.issue_for(
-                &hutong_access::Principal {
-                    kind: hutong_access::principal::Kind::Resident,
-                    subject: format!("resident:{person}"),
-                    name: None,
-                    institution: None,
-                    practitioner: None,
-                    person: Some(person.clone()),
-                    roles: vec![],
-                    scopes: hutong_access::principal::Scopes::parse("patient/*.rs"),
-                    booking: false,
-                },
-                3600,
-            );
+            let token = resident_token(&engine, person, 3600);
             let mut h = reqwest::header::HeaderMap::new();
             h.insert(
                 reqwest::header::COOKIE,
@@ -1241,4 +1215,22 @@ fn portal_figures(
         "≤ 200",
     );
     Ok(())
+}
+
+/// A signed resident's token for `person`, as the portal's sign-in would issue.
+fn resident_token(engine: &hutong_server::Engine, person: &str, seconds: i64) -> String {
+    engine.access.tokens.issue_for(
+        &hutong_access::Principal {
+            kind: hutong_access::principal::Kind::Resident,
+            subject: format!("resident:{person}"),
+            name: None,
+            institution: None,
+            practitioner: None,
+            person: Some(person.to_string()),
+            roles: vec![],
+            scopes: hutong_access::principal::Scopes::parse("patient/*.rs"),
+            booking: false,
+        },
+        seconds,
+    )
 }
