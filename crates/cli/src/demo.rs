@@ -124,14 +124,14 @@ pub(crate) fn load(
 pub const DEMO_PASSWORD: &str = "hutong-demo";
 
 /// The accounts the demo creates, written to `credentials.json` beside the store.
-struct Credentials {
-    platform: (String, String),
-    institutions: Vec<(String, String, String, String)>,
+pub(crate) struct Credentials {
+    pub(crate) platform: (String, String),
+    pub(crate) institutions: Vec<(String, String, String, String)>,
 }
 
 /// Creates a platform client, a system client and a clinician for every institution, a
 /// booking client for the appointment platform, and one operator per role.
-fn accounts(
+pub(crate) fn accounts(
     engine: &Engine,
     summary: &hutong_synth::Summary,
     dir: &Path,
@@ -339,6 +339,8 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         println!("  (ID number {id_number}, if the phone is shared)");
         println!("Clinician workstation (医生调阅): {root}/workstation");
         println!("  sign in with a clinician account below (user name and password)");
+        println!("Operations console (平台运营): {root}/console");
+        println!("  sign in as steward, quality, auditor, privacy or admin, password {DEMO_PASSWORD}");
         println!();
         println!("Every request needs an access token. The demo's accounts (a platform service, each");
         println!("institution's system and clinician, operators) are in {}.", args.dir.join("credentials.json").display());

@@ -3,7 +3,10 @@
 //! outbox, sees the timeline, reports an error, approves a clinician's request and revokes it
 //! — after which the clinician is refused. `e2e/clinician.mjs`: a clinician finds the
 //! resident (masked), asks by SMS code, enters it, reads the summary; the resident revokes in
-//! their portal and the clinician is refused again. Screenshots of each page are kept in
+//! their portal and the clinician is refused again. `e2e/operator.mjs`: the identity steward
+//! resolves a review-queue pair side by side, the quality officer reads intake and scorecards
+//! (and exports the report) and the work-order queue, the auditor verifies the chain, the
+//! privacy officer rules on a break-glass access. Screenshots of each page are kept in
 //! `target/e2e-screenshots/`.
 //!
 //! `.ci/run` installs chromium and the npm dependencies; where either is missing the test
@@ -50,8 +53,124 @@ fn missing() -> Option<String> {
     None
 }
 
+/// A GET's JSON answer.
+async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
+    let r = client.get(url).bearer_auth(token).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
+/// A possible duplicate waiting in the identity review queue, made the way it happens: a
+/// steward unlinks one institution's record from a person (who is not `keep`), the institution
+/// then updates that record, and the platform — which never moves a link a person placed —
+/// puts the certain match in front of a reviewer.
+async fn review_task(
+    client: &reqwest::Client,
+    root: &str,
+    platform: &str,
+    creds: &Value,
+    keep: &str,
+) -> String {
+    let fhir = |path: &str| format!("{root}/fhir/{path}");
+    let steward: Value = client
+        .post(format!("{root}/auth/login"))
+        .json(&json!({"username": "steward", "password": creds["operators"][0]["password"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let steward = steward["access_token"].as_str().expect("steward token");
+    let persons: Value = get_json(client, fhir("Person?_count=100"), platform).await;
+    let person = persons["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|p| p["id"] != keep && p["link"].as_array().is_some_and(|l| l.len() >= 2))
+        .expect("a person with records from two institutions");
+    let patient = person["link"][1]["target"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .post(fhir(&format!(
+            "Person/{}/$unlink",
+            person["id"].as_str().unwrap()
+        )))
+        .bearer_auth(steward)
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Parameters", "parameter": [
+                {"name": "patient", "valueReference": {"reference": patient}},
+                {"name": "reason", "valueString": "就诊卡疑似借用，待核实"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The institution that registered it updates the record.
+    let mut record: Value = get_json(client, fhir(&patient), platform).await;
+    let inst = creds["institutions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["source"] == record["meta"]["source"])
+        .expect("the record's institution");
+    let t: Value = client
+        .post(format!("{root}/auth/token"))
+        .basic_auth(
+            inst["client_id"].as_str().unwrap(),
+            inst["client_secret"].as_str(),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    record["telecom"] = json!([{"system": "phone", "value": "13600001234", "use": "mobile"}]);
+    let r = client
+        .put(fhir(&patient))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .header("content-type", "application/fhir+json")
+        .body(record.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let code = format!(
+        "{}|{}",
+        hutong_server::persons::IDENTITY_CS,
+        hutong_server::persons::REVIEW_CODE
+    );
+    for _ in 0..60 {
+        let found: Value = client
+            .get(fhir("Task"))
+            .query(&[
+                ("code", code.as_str()),
+                ("status", "requested"),
+                ("focus", patient.as_str()),
+            ])
+            .bearer_auth(platform)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = found["entry"][0]["resource"]["id"].as_str() {
+            return id.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("no review task for {patient}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn residents_and_clinicians_use_the_portals_in_a_real_browser() {
+async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() {
     if let Some(why) = missing() {
         eprintln!("SKIPPED: the browser test needs chromium and the e2e npm packages: {why}");
         return;
@@ -101,9 +220,45 @@ async fn residents_and_clinicians_use_the_portals_in_a_real_browser() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 
+    // For the operators: a break-glass access to review, and a possible duplicate in the
+    // identity review queue.
+    // (By another institution's clinician: the first one's workstation flow starts unauthorized.)
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("credentials.json")).unwrap()).unwrap();
+    let other = &creds["institutions"][1];
+    let t: Value = client
+        .post(format!("{root}/auth/login"))
+        .json(&json!({"username": other["clinician"], "password": other["password"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let emergency = t["access_token"].as_str().expect("clinician token");
+    let r = client
+        .post(format!("{root}/fhir/Person/{person}/$break-glass"))
+        .bearer_auth(emergency)
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "急诊抢救，患者昏迷"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let platform = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export TOKEN="))
+        .unwrap()
+        .to_string();
+    let review_task = review_task(&client, &root, &platform, &creds, &person).await;
+
     let shots = repo().join("target/e2e-screenshots");
-    for script in ["resident.mjs", "clinician.mjs"] {
+    for script in ["resident.mjs", "clinician.mjs", "operator.mjs"] {
         let env = [
+            ("HUTONG_REVIEW_TASK", review_task.clone()),
             ("HUTONG_ROOT", root.clone()),
             ("HUTONG_PHONE", phone.clone()),
             ("HUTONG_ID_NUMBER", id_number.clone()),
@@ -142,20 +297,12 @@ async fn residents_and_clinicians_use_the_portals_in_a_real_browser() {
         .unwrap()
     };
     let own = claims.to_string();
-    let platform = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("export TOKEN="))
-        .unwrap()
-        .to_string();
-    let all: Value = client
-        .get(format!("{root}/fhir/Person/{person}/$everything"))
-        .bearer_auth(&platform)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(
+        &client,
+        format!("{root}/fhir/Person/{person}/$everything"),
+        &platform,
+    )
+    .await;
     let foreign = all["entry"]
         .as_array()
         .unwrap()

@@ -133,7 +133,8 @@ fn build() -> Value {
                           {"name": "work-order", "definition": "https://hutong.dev/fhir/OperationDefinition/work-order"},
                           {"name": "work-orders", "definition": "https://hutong.dev/fhir/OperationDefinition/work-orders"},
                           {"name": "reconcile", "definition": "https://hutong.dev/fhir/OperationDefinition/reconcile"},
-                          {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"}]
+                          {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"},
+                          {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"}]
         }]
     })
 }

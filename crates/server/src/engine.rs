@@ -142,6 +142,8 @@ pub struct Engine {
     pub audit: Arc<hutong_audit::Sink>,
     /// The intake rules, run on every submitted resource.
     pub checker: Arc<hutong_quality::Checker>,
+    /// Scorecard reports kept while nothing they count has changed.
+    pub reports: Arc<crate::scorecards::Cache>,
 }
 
 /// Parses a JSON body, reporting the line and column of a syntax error.
@@ -486,6 +488,7 @@ impl Engine {
             matcher: Default::default(),
             access,
             audit,
+            reports: Default::default(),
         }
     }
 

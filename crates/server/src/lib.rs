@@ -31,6 +31,7 @@ pub mod persons;
 pub mod quality_api;
 pub mod reconcile;
 pub mod scorecards;
+pub mod throughput;
 pub mod workorders;
 
 use std::net::SocketAddr;

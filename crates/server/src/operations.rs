@@ -62,6 +62,7 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("GET", ["$reconcile"]) => crate::reconcile::list(engine, req, g),
         ("GET", ["$reconcile", id]) => crate::reconcile::show(engine, g, id),
         ("GET", ["$scorecard"]) => crate::scorecards::card(engine, req, g),
+        ("GET", ["$intake"]) => crate::throughput::op(engine, req, g),
         ("GET", ["$export"]) => kick_off(engine, req, g, ExportLevel::System),
         ("GET", ["Patient", "$export"]) => kick_off(engine, req, g, ExportLevel::Patient),
         ("GET", [t, "$export"]) => kick_off(engine, req, g, ExportLevel::Type(t.to_string())),

@@ -29,8 +29,14 @@ pub const LATE_HOURS: i64 = 24;
 const DAY_MS: i64 = 86_400_000;
 const OFFSET_MS: i64 = 8 * 3_600_000;
 
-/// Sources that are the platform's own services, not institutions.
-const PLATFORM_SOURCES: &[&str] = &["urn:hutong:access", "urn:hutong:mpi", "urn:hutong:platform"];
+/// Sources that are the platform's own services and registries (institutions and staff as
+/// reference data), not institutions submitting care data.
+pub const PLATFORM_SOURCES: &[&str] = &[
+    "urn:hutong:access",
+    "urn:hutong:mpi",
+    "urn:hutong:platform",
+    "urn:hutong:registry",
+];
 
 /// One institution's figures.
 #[derive(Default)]
@@ -248,8 +254,62 @@ pub fn build(
     })
 }
 
+/// What a report counts has not changed while these have not: the newest version received
+/// (every write, Organizations' renames included, moves it), the newest rejection and the
+/// newest reconciliation run.
+type Marker = (i64, i64, i64);
+
+type Key = (String, String, Option<String>);
+
+/// Built reports, kept until something they count changes: a report is a scan of the
+/// period's resources, which an operator's page should not pay on every view.
+#[derive(Default)]
+pub struct Cache {
+    entries: std::sync::Mutex<Vec<(Key, Marker, std::sync::Arc<Report>)>>,
+}
+
+/// Reports kept at most.
+const CACHED: usize = 8;
+
+impl Cache {
+    /// The report for `from..=to` (one source or all), built or kept.
+    pub fn get(
+        &self,
+        engine: &Engine,
+        from: &str,
+        to: &str,
+        only: Option<&str>,
+    ) -> Result<std::sync::Arc<Report>, ApiError> {
+        let r = engine.store.query_admin(
+            "SELECT (SELECT MAX(lastmod) FROM res), (SELECT MAX(at) FROM qc_quarantine), \
+             (SELECT MAX(at) FROM qc_reconcile)",
+            &[],
+        )?;
+        let int = |v: &Val| match v {
+            Val::Int(i) => *i,
+            _ => 0,
+        };
+        let marker = (int(&r[0][0]), int(&r[0][1]), int(&r[0][2]));
+        let key = (from.to_string(), to.to_string(), only.map(String::from));
+        {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, _, rep)) = entries.iter().find(|(k, m, _)| *k == key && *m == marker) {
+                return Ok(rep.clone());
+            }
+        }
+        let rep = std::sync::Arc::new(build(engine, from, to, only)?);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(k, _, _)| *k != key);
+        entries.insert(0, (key, marker, rep.clone()));
+        entries.truncate(CACHED);
+        Ok(rep)
+    }
+}
+
 /// Source URI → (name, district) of the registered institutions.
-fn organizations(engine: &Engine) -> Result<HashMap<String, (String, Option<String>)>, ApiError> {
+pub(crate) fn organizations(
+    engine: &Engine,
+) -> Result<HashMap<String, (String, Option<String>)>, ApiError> {
     let mut out = HashMap::new();
     let mut after = 0;
     loop {
@@ -321,7 +381,7 @@ pub fn card(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         Some(f) => f,
         None => day_of_ms(day_start(&to)? - 29 * DAY_MS),
     };
-    let report = build(engine, &from, &to, only.as_deref())?;
+    let report = engine.reports.get(engine, &from, &to, only.as_deref())?;
     g.note(format!(
         "scorecard {from}..{to} for {}",
         only.as_deref().unwrap_or("the region")

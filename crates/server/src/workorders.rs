@@ -183,7 +183,7 @@ fn forbidden(msg: impl Into<String>) -> ApiError {
 }
 
 /// Quality officers and administrators (and the platform's own services).
-fn operator(g: &Guard) -> bool {
+pub(crate) fn operator(g: &Guard) -> bool {
     g.principal.kind == Kind::Platform
         || g.principal.has_role(Role::QualityOfficer)
         || g.principal.has_role(Role::Administrator)

@@ -614,6 +614,58 @@ impl Store {
         Ok((out, last))
     }
 
+    /// Versions received at or after `since` (current and superseded, deletions included),
+    /// counted per submitting source and hour: `(source, hour start in ms, versions)`.
+    pub fn received_per_hour(&self, since: i64) -> Result<Vec<(String, i64, u64)>, StoreError> {
+        let mut c = self.reader()?;
+        let rows = c.conn().query(
+            "SELECT src, lastmod / 3600000, COUNT(*) FROM res WHERE lastmod >= ? \
+             GROUP BY src, lastmod / 3600000 \
+             UNION ALL SELECT src, lastmod / 3600000, COUNT(*) FROM res_hist WHERE lastmod >= ? \
+             GROUP BY src, lastmod / 3600000",
+            &[Val::Int(since), Val::Int(since)],
+        )?;
+        let cat = self.catalog();
+        let mut out: HashMap<(String, i64), u64> = HashMap::new();
+        for r in rows {
+            let src = cat.system_name(r[0].int()).unwrap_or("").to_string();
+            *out.entry((src, r[1].int() * 3_600_000)).or_default() += r[2].int() as u64;
+        }
+        Ok(out.into_iter().map(|((s, h), n)| (s, h, n)).collect())
+    }
+
+    /// The `limit` most recently received current versions (not deleted) from `source` at or
+    /// after `since`, newest first: a sample for measuring upload delays.
+    pub fn latest_received(
+        &self,
+        source: &str,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let Some(src) = self.catalog().system_id(source) else {
+            return Ok(Vec::new());
+        };
+        let mut c = self.reader()?;
+        let rows = c.conn().query(
+            &format!(
+                "SELECT s.rid, rr.id, {} FROM res s JOIN res_route rr ON rr.rid = s.rid \
+                 WHERE s.lastmod >= ? AND s.src = ? AND s.deleted = 0 \
+                 ORDER BY s.lastmod DESC LIMIT ?",
+                write::VERSION_COLS
+            ),
+            &[Val::Int(since), Val::Int(src), Val::Int(limit as i64)],
+        )?;
+        let cat = self.catalog();
+        let mut out = Vec::with_capacity(rows.len());
+        for mut r in rows {
+            let id = r[1].text().to_string();
+            let m = write::RowMeta::at(&r, 2);
+            let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
+            out.push(write::stored_from(&cat, m, id, blob)?);
+        }
+        Ok(out)
+    }
+
     /// Appends entries to the audit trail in one transaction (accesses, which have no
     /// transaction of their own to ride in).
     pub fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {

@@ -10,87 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use hutong_access::principal::Kind;
-use hutong_server::engine::{parse_query_string, percent_encode};
+use hutong_server::engine::parse_query_string;
 use hutong_server::http::AppState;
-use maud::{html, Markup};
+use maud::html;
 use serde_json::{json, Value};
 
 use crate::view::{self, local};
-use crate::{call, form, json_of, page, problem, respond, Lang, Session};
+use crate::{call, form, json_of, notice, problem, Desk, Lang};
 
 const HOME: &str = "/workstation";
-
-struct Desk {
-    query: Vec<(String, String)>,
-    lang: Lang,
-    s: Session,
-    from: String,
-}
-
-impl Desk {
-    fn of(
-        st: &AppState,
-        headers: &HeaderMap,
-        query: Vec<(String, String)>,
-        addr: SocketAddr,
-    ) -> Option<Desk> {
-        let s = Session::of(st, headers).filter(|s| s.principal.kind == Kind::Clinician)?;
-        Some(Desk {
-            lang: Lang::of(headers, &query),
-            query,
-            s,
-            from: addr.ip().to_string(),
-        })
-    }
-
-    async fn posted(
-        st: &AppState,
-        addr: SocketAddr,
-        req: Request,
-    ) -> Result<(Desk, HashMap<String, String>), Box<Response>> {
-        let query = parse_query_string(req.uri().query().unwrap_or(""));
-        let headers = req.headers().clone();
-        let Some(d) = Desk::of(st, &headers, query, addr) else {
-            return Err(Box::new(Redirect::to(HOME).into_response()));
-        };
-        let f = form(req).await;
-        if !d.s.csrf_ok(&f) {
-            return Err(Box::new(StatusCode::FORBIDDEN.into_response()));
-        }
-        Ok((d, f))
-    }
-
-    fn page(&self, status: StatusCode, title: &str, body: Markup) -> Response {
-        respond(
-            status,
-            &self.query,
-            page(self.lang, title, Some(&self.s), body),
-        )
-    }
-}
-
-fn notice(msg: &str, error: bool) -> Markup {
-    html! {
-        @if error { div.notice.error role="alert" { (msg) } }
-        @else { div.notice role="status" { (msg) } }
-    }
-}
-
-fn login_form(lang: Lang, err: Option<&str>) -> Markup {
-    html! {
-        @if let Some(e) = err { (notice(e, true)) }
-        form method="post" action="/workstation/login" {
-            label for="username" { (lang.t("用户名", "User name")) }
-            input id="username" name="username" autocomplete="username" required;
-            label for="password" { (lang.t("密码", "Password")) }
-            input id="password" name="password" type="password" autocomplete="current-password" required;
-            button type="submit" { (lang.t("登录", "Sign in")) }
-        }
-    }
-}
 
 /// `GET /workstation`: sign in, or find a person.
 pub async fn home(
@@ -98,15 +29,9 @@ pub async fn home(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let query = parse_query_string(req.uri().query().unwrap_or(""));
-    let lang = Lang::of(req.headers(), &query);
-    let Some(d) = Desk::of(&st, req.headers(), query.clone(), addr) else {
-        let title = lang.t("医生登录", "Clinician sign-in");
-        return respond(
-            StatusCode::OK,
-            &query,
-            page(lang, title, None, login_form(lang, None)),
-        );
+    let d = match Desk::or_sign_in(&st, &req, addr, Kind::Clinician) {
+        Ok(d) => d,
+        Err(page) => return page,
     };
     let get = |k: &str| {
         d.query
@@ -191,41 +116,10 @@ pub async fn login(
     let query = parse_query_string(req.uri().query().unwrap_or(""));
     let lang = Lang::of(req.headers(), &query);
     let f = form(req).await;
-    let body = ["username", "password"]
-        .iter()
-        .map(|k| {
-            format!(
-                "{k}={}",
-                percent_encode(f.get(*k).map(String::as_str).unwrap_or(""))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    let inner = Request::builder()
-        .method("POST")
-        .uri("/auth/login")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(axum::body::Body::from(body))
-        .expect("a well-formed request");
-    let r = hutong_server::auth_http::login(State(st.clone()), ConnectInfo(addr), inner).await;
-    let status = r.status().as_u16();
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    match (status, v["access_token"].as_str()) {
-        (200, Some(token)) => crate::signed_in(&st, token, &v, HOME),
-        _ => {
-            let msg = v["issue"][0]["diagnostics"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let title = lang.t("医生登录", "Clinician sign-in");
-            respond(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
-                &query,
-                page(lang, title, None, login_form(lang, Some(&msg))),
-            )
+    match crate::password_sign_in(&st, addr, &f, Kind::Clinician, lang).await {
+        Ok(r) => r,
+        Err((status, msg)) => {
+            crate::sign_in_page(lang, Kind::Clinician, status, &query, Some(&msg))
         }
     }
 }
@@ -239,7 +133,13 @@ pub async fn person(
     req: Request,
 ) -> Response {
     let query = parse_query_string(req.uri().query().unwrap_or(""));
-    let Some(d) = Desk::of(&st, req.headers(), query, addr) else {
+    let Some(d) = Desk::of(
+        &st,
+        req.headers(),
+        query,
+        addr.ip().to_string(),
+        Kind::Clinician,
+    ) else {
         return Redirect::to(HOME).into_response();
     };
     let lang = d.lang;
@@ -367,7 +267,7 @@ pub async fn request(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (d, f) = match Desk::posted(&st, addr, req).await {
+    let (d, f) = match Desk::posted(&st, addr, req, Kind::Clinician, HOME).await {
         Ok(x) => x,
         Err(refused) => return *refused,
     };
@@ -455,7 +355,7 @@ pub async fn code(
     Path(consent): Path<String>,
     req: Request,
 ) -> Response {
-    let (d, f) = match Desk::posted(&st, addr, req).await {
+    let (d, f) = match Desk::posted(&st, addr, req, Kind::Clinician, HOME).await {
         Ok(x) => x,
         Err(refused) => return *refused,
     };
@@ -478,7 +378,7 @@ pub async fn break_glass(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (d, f) = match Desk::posted(&st, addr, req).await {
+    let (d, f) = match Desk::posted(&st, addr, req, Kind::Clinician, HOME).await {
         Ok(x) => x,
         Err(refused) => return *refused,
     };

@@ -11,6 +11,8 @@
 //!   authorizations, who viewed the record, error reports, download.
 //! - [`clinician`]: 医生调阅 — find a person, ask for access (code, app, break-glass), the
 //!   summary across institutions.
+//! - [`operator`]: 平台运营 — intake, scorecards, work orders, the identity review queue,
+//!   the audit chain and break-glass reviews, each for the roles it belongs to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hutong_access::principal::Principal;
+use hutong_access::principal::{Kind, Principal};
 use hutong_server::engine::{parse_query_string, Body, Req, Resp};
 use hutong_server::http::AppState;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
@@ -28,6 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 mod clinician;
+mod operator;
 mod resident;
 pub mod view;
 
@@ -68,6 +71,19 @@ pub fn routes(state: Arc<AppState>) -> Router {
             post(clinician::break_glass),
         )
         .route("/workstation/consent/{id}/code", post(clinician::code))
+        .route("/console", get(operator::home))
+        .route("/console/login", post(operator::login))
+        .route("/console/intake", get(operator::intake))
+        .route("/console/quality", get(operator::quality_page))
+        .route("/console/quality/export", get(operator::quality_export))
+        .route("/console/work-orders", get(operator::work_orders))
+        .route("/console/identity", get(operator::identity))
+        .route(
+            "/console/identity/{task}",
+            get(operator::pair).post(operator::decide),
+        )
+        .route("/console/audit", get(operator::audit))
+        .route("/console/audit/review/{task}", post(operator::review))
         .with_state(state)
 }
 
@@ -171,6 +187,22 @@ pub async fn call(
     query: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Resp {
+    call_why(st, principal, from, method, path, query, body, None).await
+}
+
+/// [`call`] with a reason recorded in the audit trail (as `X-Hutong-Reason` would be): how an
+/// operator reads what their role does not show without one.
+#[allow(clippy::too_many_arguments)]
+pub async fn call_why(
+    st: &Arc<AppState>,
+    principal: Arc<Principal>,
+    from: &str,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    body: Option<&Value>,
+    reason: Option<String>,
+) -> Resp {
     let mut headers = HashMap::new();
     headers.insert("content-type".into(), "application/fhir+json".into());
     let req = Req {
@@ -189,6 +221,7 @@ pub async fn call(
         base: st.base_url.clone().unwrap_or_else(|| "/fhir".into()),
         principal,
         from: Some(from.to_string()),
+        reason,
         ..Req::default()
     };
     let engine = st.engine.clone();
@@ -214,6 +247,232 @@ pub(crate) fn signed_in(st: &AppState, token: &str, answer: &Value, to: &str) ->
         r.headers_mut().append("set-cookie", c);
     }
     r
+}
+
+/// A signed-in staff member's request (a clinician at the workstation, an operator at the
+/// console): the session, the page's language, where it came from.
+pub(crate) struct Desk {
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) lang: Lang,
+    pub(crate) s: Session,
+    pub(crate) from: String,
+}
+
+impl Desk {
+    /// The request's desk if its session is of `kind`.
+    pub(crate) fn of(
+        st: &AppState,
+        headers: &HeaderMap,
+        query: Vec<(String, String)>,
+        from: String,
+        kind: Kind,
+    ) -> Option<Desk> {
+        let s = Session::of(st, headers).filter(|s| s.principal.kind == kind)?;
+        Some(Desk {
+            lang: Lang::of(headers, &query),
+            query,
+            s,
+            from,
+        })
+    }
+
+    /// A query parameter, trimmed; `None` when empty.
+    pub(crate) fn q(&self, k: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A posted form of a signed-in `kind` with the session's CSRF token; otherwise the way
+    /// to `home` (sign-in), or 403.
+    pub(crate) async fn posted(
+        st: &AppState,
+        addr: std::net::SocketAddr,
+        req: Request,
+        kind: Kind,
+        home: &str,
+    ) -> Result<(Desk, HashMap<String, String>), Box<Response>> {
+        let query = parse_query_string(req.uri().query().unwrap_or(""));
+        let headers = req.headers().clone();
+        let Some(d) = Desk::of(st, &headers, query, addr.ip().to_string(), kind) else {
+            return Err(Box::new(axum::response::Redirect::to(home).into_response()));
+        };
+        let f = form(req).await;
+        if !d.s.csrf_ok(&f) {
+            return Err(Box::new(StatusCode::FORBIDDEN.into_response()));
+        }
+        Ok((d, f))
+    }
+
+    pub(crate) fn page(&self, status: StatusCode, title: &str, body: Markup) -> Response {
+        respond(
+            status,
+            &self.query,
+            page(self.lang, title, Some(&self.s), body),
+        )
+    }
+
+    /// The engine's answer to this person.
+    pub(crate) async fn ask(
+        &self,
+        st: &Arc<AppState>,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Resp {
+        call(
+            st,
+            self.s.principal.clone(),
+            &self.from,
+            method,
+            path,
+            query,
+            body,
+        )
+        .await
+    }
+}
+
+/// A notice on a page: an error (announced at once) or a status.
+pub(crate) fn notice(msg: &str, error: bool) -> Markup {
+    html! {
+        @if error { div.notice.error role="alert" { (msg) } }
+        @else { div.notice role="status" { (msg) } }
+    }
+}
+
+/// The sign-in page of staff of `kind` (clinicians at the workstation, operators at the
+/// console), with an error if the last attempt failed.
+pub(crate) fn sign_in_page(
+    lang: Lang,
+    kind: Kind,
+    status: StatusCode,
+    query: &[(String, String)],
+    err: Option<&str>,
+) -> Response {
+    let (title, action, brand) = match kind {
+        Kind::Operator => (
+            lang.t("运营人员登录", "Operator sign-in"),
+            "/console/login",
+            Brand::Console,
+        ),
+        _ => (
+            lang.t("医生登录", "Clinician sign-in"),
+            "/workstation/login",
+            Brand::Portal,
+        ),
+    };
+    let form = password_form(lang, action, err);
+    respond(status, query, framed(lang, title, None, brand, form))
+}
+
+impl Desk {
+    /// The desk of a staff page's request, or the sign-in page.
+    pub(crate) fn or_sign_in(
+        st: &AppState,
+        req: &Request,
+        addr: std::net::SocketAddr,
+        kind: Kind,
+    ) -> Result<Desk, Response> {
+        let query = parse_query_string(req.uri().query().unwrap_or(""));
+        let lang = Lang::of(req.headers(), &query);
+        Desk::of(
+            st,
+            req.headers(),
+            query.clone(),
+            addr.ip().to_string(),
+            kind,
+        )
+        .ok_or_else(|| sign_in_page(lang, kind, StatusCode::OK, &query, None))
+    }
+}
+
+/// The sign-in form of staff accounts (clinicians, operators), posting to `action`.
+fn password_form(lang: Lang, action: &str, err: Option<&str>) -> Markup {
+    html! {
+        @if let Some(e) = err { div.notice.error role="alert" { (e) } }
+        form method="post" action=(action) {
+            label for="username" { (lang.t("用户名", "User name")) }
+            input id="username" name="username" autocomplete="username" required;
+            label for="password" { (lang.t("密码", "Password")) }
+            input id="password" name="password" type="password" autocomplete="current-password" required;
+            button type="submit" { (lang.t("登录", "Sign in")) }
+        }
+    }
+}
+
+/// Signs in with a user name and password through the API's own `/auth/login` (the same
+/// rate limits, lockout and audit) and keeps the token as the session — if the account is of
+/// `kind`; otherwise the status and message to show on the sign-in page.
+pub(crate) async fn password_sign_in(
+    st: &Arc<AppState>,
+    addr: std::net::SocketAddr,
+    f: &HashMap<String, String>,
+    kind: Kind,
+    lang: Lang,
+) -> Result<Response, (StatusCode, String)> {
+    let body = ["username", "password"]
+        .iter()
+        .map(|k| {
+            format!(
+                "{k}={}",
+                hutong_server::engine::percent_encode(f.get(*k).map(String::as_str).unwrap_or(""))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let inner = Request::builder()
+        .method("POST")
+        .uri("/auth/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .expect("a well-formed request");
+    let r = hutong_server::auth_http::login(
+        axum::extract::State(st.clone()),
+        axum::extract::ConnectInfo(addr),
+        inner,
+    )
+    .await;
+    let status = r.status();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let Some(token) = v["access_token"].as_str().filter(|_| status.is_success()) else {
+        let msg = v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        return Err((status, msg));
+    };
+    let fits = st
+        .engine
+        .access
+        .tokens
+        .verify(token)
+        .is_ok_and(|p| p.kind == kind);
+    if !fits {
+        let msg = match kind {
+            Kind::Operator => lang.t(
+                "这不是平台运营账号：医生请从医生调阅登录。",
+                "This is not an operator account: clinicians sign in at the workstation.",
+            ),
+            _ => lang.t(
+                "这不是医生账号：平台运营人员请从运营控制台登录。",
+                "This is not a clinician account: operators sign in at the console.",
+            ),
+        };
+        return Err((StatusCode::FORBIDDEN, msg.to_string()));
+    }
+    let home = if kind == Kind::Operator {
+        "/console"
+    } else {
+        "/workstation"
+    };
+    Ok(signed_in(st, token, &v, home))
 }
 
 /// Source URI → institution name, read as the platform (names are reference data).
@@ -260,7 +519,10 @@ a{color:var(--accent)}a:focus,button:focus,input:focus,select:focus,textarea:foc
 .skip{position:absolute;left:-999px}.skip:focus{left:8px;top:8px;background:#fff;padding:4px}
 header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;padding:10px 16px;border-bottom:1px solid var(--line)}
 header .brand{font-weight:700;margin-right:auto}nav a{margin-right:12px}
-main{max-width:960px;margin:0 auto;padding:16px}
+main{max-width:960px;margin:0 auto;padding:16px}main.wide{max-width:1280px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:160px}
+.card .n{font-size:28px;font-weight:700}.card .l{color:var(--muted);font-size:14px}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.late{background:#fdecea}.diff{background:#fff4e5;font-weight:600}
 .item{border-bottom:1px solid var(--line);padding:10px 0}.item .meta{color:var(--muted);font-size:14px}
 .tag{display:inline-block;border:1px solid var(--line);border-radius:4px;padding:0 6px;font-size:13px;margin-right:6px}
 .filters a{margin-right:10px}.filters a[aria-current]{font-weight:700;text-decoration:none;color:var(--fg)}
@@ -276,8 +538,26 @@ button.secondary{background:#fff;color:var(--accent)}
 @media print{header,form,.filters,.noprint{display:none}}
 ";
 
-/// The page frame: language switch, navigation for the signed-in resident, skip link.
+/// Whose pages these are, before anyone signs in (afterwards the session says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Brand {
+    Portal,
+    Console,
+}
+
+/// The page frame: language switch, navigation for whoever is signed in, skip link.
 pub fn page(lang: Lang, title: &str, signed_in: Option<&Session>, content: Markup) -> Markup {
+    framed(lang, title, signed_in, Brand::Portal, content)
+}
+
+/// [`page`] for a given brand.
+pub fn framed(
+    lang: Lang,
+    title: &str,
+    signed_in: Option<&Session>,
+    brand: Brand,
+    content: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang=(lang.code()) {
@@ -288,11 +568,15 @@ pub fn page(lang: Lang, title: &str, signed_in: Option<&Session>, content: Marku
                 style { (PreEscaped(STYLE)) }
             }
             body {
+                @let kind = signed_in.map(|s| s.principal.kind);
+                @let clinician = kind == Some(Kind::Clinician);
+                @let operator = kind == Some(Kind::Operator);
                 a.skip href="#main" { (lang.t("跳到正文", "Skip to content")) }
                 header {
-                    @let clinician = signed_in.is_some_and(|s| s.principal.kind == hutong_access::principal::Kind::Clinician);
                     @if clinician {
                         span.brand { (lang.t("互通 · 医生调阅", "Hutong · Clinician workstation")) }
+                    } @else if operator || brand == Brand::Console {
+                        span.brand { (lang.t("互通 · 平台运营", "Hutong · Operations console")) }
                     } @else {
                         span.brand { (lang.t("互通 · 我的健康档案", "Hutong · My health record")) }
                     }
@@ -300,6 +584,12 @@ pub fn page(lang: Lang, title: &str, signed_in: Option<&Session>, content: Marku
                         @if clinician {
                             nav aria-label=(lang.t("主导航", "Main")) {
                                 a href="/workstation" { (lang.t("查找患者", "Find a person")) }
+                            }
+                        } @else if operator {
+                            nav aria-label=(lang.t("主导航", "Main")) {
+                                @for (href, zh, en) in operator::sections(&s.principal) {
+                                    a href=(href) { (lang.t(zh, en)) }
+                                }
                             }
                         } @else {
                             nav aria-label=(lang.t("主导航", "Main")) {
@@ -317,7 +607,7 @@ pub fn page(lang: Lang, title: &str, signed_in: Option<&Session>, content: Marku
                         (match lang { Lang::Zh => "English", Lang::En => "中文" })
                     }
                 }
-                main id="main" {
+                main id="main" class=[(operator || brand == Brand::Console).then_some("wide")] {
                     h1 { (title) }
                     (content)
                 }

@@ -290,9 +290,11 @@ pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
         if !s.csrf_ok(&f) {
             return StatusCode::FORBIDDEN.into_response();
         }
-        if s.principal.kind == hutong_access::principal::Kind::Clinician {
-            to = "/workstation";
-        }
+        to = match s.principal.kind {
+            hutong_access::principal::Kind::Clinician => "/workstation",
+            hutong_access::principal::Kind::Operator => "/console",
+            _ => to,
+        };
     }
     let mut r = Redirect::to(to).into_response();
     if let Ok(c) = format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0").parse() {
@@ -809,28 +811,7 @@ pub async fn access(
             }
         }
         h2 { (lang.t("谁看过我的档案", "Who viewed my record")) }
-        table {
-            thead { tr {
-                th scope="col" { (lang.t("时间", "When")) }
-                th scope="col" { (lang.t("访问者", "Who")) }
-                th scope="col" { (lang.t("操作", "What")) }
-                th scope="col" { (lang.t("说明", "Note")) }
-            } }
-            tbody {
-                @for e in &events {
-                    @let bg = e["meta"]["tag"].to_string().contains("break-glass");
-                    tr class=[bg.then_some("breakglass")] {
-                        td { (e["recorded"].as_str().and_then(hutong_fhir::date::parse).map(|d| local(d.lo)).unwrap_or_default()) }
-                        td { (e["agent"][0]["who"]["display"].as_str().unwrap_or("")) }
-                        td { (e["subtype"][1]["code"].as_str().unwrap_or("")) }
-                        td {
-                            @if bg { strong { (lang.t("紧急调阅 ", "Emergency access ")) } }
-                            (e["outcomeDesc"].as_str().unwrap_or(""))
-                        }
-                    }
-                }
-            }
-        }
+        (view::audit_table(lang, &events))
     };
     respond(
         StatusCode::OK,

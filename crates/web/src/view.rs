@@ -221,6 +221,125 @@ pub fn trend(lang: Lang, points: &[(i64, f64)], range: Option<(f64, f64)>, unit:
     }
 }
 
+/// A table's head row: (中文, English, numeric) per column.
+pub fn head(lang: Lang, cols: &[(&str, &str, bool)]) -> Markup {
+    html! {
+        thead { tr {
+            @for (zh, en, num) in cols {
+                th.num[*num] scope="col" { (lang.t(zh, en)) }
+            }
+        } }
+    }
+}
+
+/// AuditEvents as a table: when, who, what, and a note; break-glass accesses highlighted.
+pub fn audit_table(lang: Lang, events: &[Value]) -> Markup {
+    html! {
+        table {
+            thead { tr {
+                th scope="col" { (lang.t("时间", "When")) }
+                th scope="col" { (lang.t("访问者", "Who")) }
+                th scope="col" { (lang.t("操作", "What")) }
+                th scope="col" { (lang.t("说明", "Note")) }
+            } }
+            tbody {
+                @for e in events {
+                    @let bg = e["meta"]["tag"].to_string().contains("break-glass");
+                    tr class=[bg.then_some("breakglass")] {
+                        td { (e["recorded"].as_str().and_then(hutong_fhir::date::parse).map(|d| local(d.lo)).unwrap_or_default()) }
+                        td { (e["agent"][0]["who"]["display"].as_str().unwrap_or("")) }
+                        td { (e["subtype"][1]["code"].as_str().unwrap_or("")) }
+                        td {
+                            @if bg { strong { (lang.t("紧急调阅 ", "Emergency access ")) } }
+                            (e["outcomeDesc"].as_str().unwrap_or(""))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stacked bars per slot (accepted below, rejected on top in red), with a label every few
+/// slots: the intake per hour.
+pub fn bars(lang: Lang, labels: &[String], ok: &[u64], bad: &[u64]) -> Markup {
+    let n = ok.len().max(1);
+    let (w, h, pad, foot) = (960.0, 200.0, 40.0, 22.0);
+    let top = ok
+        .iter()
+        .zip(bad)
+        .map(|(a, b)| a + b)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let slot = (w - pad) / n as f64;
+    let y = |v: f64| (h - foot) - v / top * (h - foot - 10.0);
+    let every = n.div_ceil(12).max(1);
+    let total: u64 = ok.iter().chain(bad).sum();
+    let label = format!(
+        "{} {} {}",
+        lang.t("每小时接收量柱状图，共", "Received per hour, total"),
+        total,
+        lang.t("条", "resources")
+    );
+    html! {
+        svg width="100%" viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(label) {
+            text x="2" y="12" font-size="12" fill="#57606a" { (top as u64) }
+            line x1=(pad) x2=(w) y1=(y(0.0)) y2=(y(0.0)) stroke="#d0d7de" {}
+            @for i in 0..ok.len() {
+                @let x = pad + i as f64 * slot + slot * 0.1;
+                @let a = ok[i] as f64;
+                @let b = bad.get(i).copied().unwrap_or(0) as f64;
+                rect x=(format!("{x:.1}")) y=(format!("{:.1}", y(a))) width=(format!("{:.1}", slot * 0.8)) height=(format!("{:.1}", y(0.0) - y(a))) fill="#0b5cad" {
+                    title { (labels.get(i).map(String::as_str).unwrap_or("")) " " (ok[i]) }
+                }
+                @if b > 0.0 {
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", y(a + b))) width=(format!("{:.1}", slot * 0.8)) height=(format!("{:.1}", (y(a) - y(a + b)).max(1.0))) fill="#a40e26" {
+                        title { (labels.get(i).map(String::as_str).unwrap_or("")) " " (lang.t("拒收", "rejected")) " " (b as u64) }
+                    }
+                }
+                @if i % every == 0 {
+                    text x=(format!("{:.1}", x)) y=(h - 6.0) font-size="11" fill="#57606a" { (labels.get(i).map(String::as_str).unwrap_or("")) }
+                }
+            }
+        }
+    }
+}
+
+/// A small line of values (gaps where a value is missing), scaled to `lo..hi`: a trend in a
+/// table cell.
+pub fn sparkline(label: &str, values: &[Option<f64>], lo: f64, hi: f64) -> Markup {
+    let (w, h) = (120.0, 28.0);
+    let n = values.len();
+    if n == 0 {
+        return html! {};
+    }
+    let span = (hi - lo).max(1e-9);
+    let x = |i: usize| {
+        if n == 1 {
+            w / 2.0
+        } else {
+            2.0 + i as f64 / (n - 1) as f64 * (w - 4.0)
+        }
+    };
+    let y = |v: f64| h - 3.0 - (v.clamp(lo, hi) - lo) / span * (h - 6.0);
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+        .collect();
+    html! {
+        svg width=(w) height=(h) viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(label) {
+            polyline fill="none" stroke="#0b5cad" stroke-width="1.5" points=(points.join(" ")) {}
+            @for (i, v) in values.iter().enumerate() {
+                @if let Some(v) = v {
+                    circle cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(*v))) r="2" fill="#0b5cad" {}
+                }
+            }
+        }
+    }
+}
+
 /// The reference range of an Observation.
 pub fn reference_range(v: &Value) -> Option<(f64, f64)> {
     let r = &v["referenceRange"][0];

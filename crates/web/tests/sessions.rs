@@ -1,9 +1,11 @@
 //! The portal's protections over HTTP, without a browser: pages need a resident's session,
 //! the session cookie is HTTP-only and same-site, forms without the session's CSRF token are
 //! refused, a forged session is no session, and a page shows only what the resident's own
-//! authorization shows.
+//! authorization shows. The operations console opens only the sections an operator's roles
+//! hold, takes no other kind of account, and refuses decisions without the form token.
 
-use hutong_access::principal::Principal;
+use hutong_access::accounts::User;
+use hutong_access::principal::{Kind, Principal, Role};
 use hutong_server::{Application, Settings};
 use serde_json::{json, Value};
 
@@ -22,6 +24,8 @@ mod tempdir {
     }
 }
 
+const PASSWORD: &str = "correct horse battery";
+
 async fn start() -> Portal {
     let dir =
         std::env::temp_dir().join(format!("hutong-web-{}-{}", std::process::id(), uuid_like()));
@@ -35,6 +39,32 @@ async fn start() -> Portal {
         .await
         .unwrap()
         .with_routes(hutong_web::routes);
+    for (user, kind, roles, institution) in [
+        ("steward", Kind::Operator, vec![Role::IdentitySteward], None),
+        ("quality", Kind::Operator, vec![Role::QualityOfficer], None),
+        (
+            "doctor",
+            Kind::Clinician,
+            vec![],
+            Some("urn:hutong:org:web"),
+        ),
+    ] {
+        app.engine
+            .access
+            .accounts
+            .add_user(
+                &User {
+                    username: user.into(),
+                    kind,
+                    name: user.into(),
+                    institution: institution.map(String::from),
+                    practitioner: None,
+                    roles,
+                },
+                PASSWORD,
+            )
+            .unwrap();
+    }
     let root = format!("http://127.0.0.1:{}", app.port());
     let platform = app
         .engine
@@ -282,4 +312,125 @@ async fn sessions_csrf_and_the_access_decision_hold_on_pages() {
     assert!(set_cookie(&r, "hutong_session")
         .unwrap()
         .contains("Max-Age=0"));
+}
+
+/// Signs in at the console's form; the answer.
+async fn console_sign_in(p: &Portal, user: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/console/login", p.root))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "username={user}&password={}",
+            PASSWORD.replace(' ', "+")
+        ))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(p: &Portal, path: &str, cookie: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("{}{path}", p.root))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_opens_what_an_operators_roles_hold() {
+    let p = start().await;
+    // Unsigned: the sign-in page, and every section sends there.
+    let (status, page) = get(&p, "/console", "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("运营人员登录"), "{page}");
+    let r = client()
+        .get(format!("{}/console/intake", p.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console");
+    // A clinician's account is not an operator's; a wrong password is refused.
+    let r = console_sign_in(&p, "doctor").await;
+    assert_eq!(r.status(), 403);
+    assert!(set_cookie(&r, "hutong_session").is_none());
+    let r = client()
+        .post(format!("{}/console/login", p.root))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("username=steward&password=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(set_cookie(&r, "hutong_session").is_none());
+
+    let r = console_sign_in(&p, "steward").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console");
+    let steward = value(&set_cookie(&r, "hutong_session").unwrap());
+    let steward = format!("hutong_session={steward}");
+    let (status, page) = get(&p, "/console", &steward).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("/console/identity") && !page.contains("/console/intake"));
+    let (status, page) = get(&p, "/console/identity", &steward).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("队列为空"), "{page}");
+    // Not the steward's: intake, scorecards, work orders.
+    for path in [
+        "/console/intake",
+        "/console/quality",
+        "/console/work-orders",
+    ] {
+        assert_eq!(get(&p, path, &steward).await.0, 403, "{path}");
+    }
+    // A decision without the session's form token changes nothing.
+    let r = client()
+        .post(format!("{}/console/identity/some-task", p.root))
+        .header("cookie", &steward)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("decision=same&reason=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The quality officer: intake and scorecards of what the platform received.
+    put(
+        &p,
+        "Patient/q1",
+        json!({"resourceType": "Patient", "id": "q1", "name": [{"text": "郑洁"}],
+        "birthDate": "1970-02-03", "identifier": [{"system": "urn:mrn:web", "value": "q1"}]}),
+    )
+    .await;
+    let r = console_sign_in(&p, "quality").await;
+    let quality = format!(
+        "hutong_session={}",
+        value(&set_cookie(&r, "hutong_session").unwrap())
+    );
+    let (status, page) = get(&p, "/console/intake?hours=6", &quality).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<svg") && page.contains("数据接入"), "{page}");
+    let (status, page) = get(&p, "/console/intake?hours=9999", &quality).await;
+    assert_eq!(status, 400, "{page}");
+    let (status, page) = get(&p, "/console/quality", &quality).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("全区得分"), "{page}");
+    let r = client()
+        .get(format!("{}/console/quality/export?format=csv", p.root))
+        .header("cookie", &quality)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(r.text().await.unwrap().starts_with("level,source"));
+    let (status, _) = get(&p, "/console/work-orders?show=overdue", &quality).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&p, "/console/identity", &quality).await.0, 403);
+    assert_eq!(get(&p, "/console/audit", &quality).await.0, 403);
 }

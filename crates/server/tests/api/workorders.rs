@@ -637,4 +637,46 @@ async fn scorecards_add_up(app: &TestApp) {
         .send_as(&officer, "GET", "$scorecard?from=yesterday", None, &[])
         .await;
     assert_eq!(bad.status, 400);
+
+    // The same submissions, hour by hour: accepted, rejected, and how late they came.
+    let r = app
+        .send_as(&officer, "GET", "$intake?hours=6", None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["hours"].as_array().unwrap().len(), 6);
+    let row = r.body["institutions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["source"] == A)
+        .unwrap_or_else(|| panic!("{A} in {}", r.body));
+    assert_eq!(row["name"], "西湖医院");
+    let f = &row["figures"];
+    assert_eq!(
+        (&f["received"], &f["rejected"]),
+        (&json!(5), &json!(1)),
+        "{f}"
+    );
+    let per_hour: u64 = f["receivedPerHour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_hour, 5);
+    assert_eq!(f["delay"]["measured"], 5, "each carries a collection time");
+    assert!(r.body["region"]["received"].as_u64().unwrap() >= 5);
+    let r = app.send_as(&a, "GET", "$intake", None, &[]).await;
+    assert_eq!(r.status, 403, "the region's intake is for operators");
+    let r = app
+        .send_as(&officer, "GET", "$intake?hours=0", None, &[])
+        .await;
+    assert_eq!(r.status, 400);
+
+    // A report is kept only until something it counts changes.
+    let card = |r: &crate::helpers::Res| r.body["region"]["received"].as_u64().unwrap();
+    let before = card(&app.send_as(&officer, "GET", "$scorecard", None, &[]).await);
+    create(app, &a, glucose(&pa, 5.2, &ago(1))).await;
+    let after = card(&app.send_as(&officer, "GET", "$scorecard", None, &[]).await);
+    assert_eq!(after, before + 1);
 }
