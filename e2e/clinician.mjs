@@ -65,6 +65,15 @@ try {
   check((await desk.getByRole('heading', { name: '现有诊断' }).count()) === 1, 'the summary shows');
   check((await desk.locator('section li.item').count()) > 0, 'the summary lists items');
   await desk.screenshot({ path: `${shots}/13-summary.png`, fullPage: true });
+  // The full timeline, every item with its institution and collection time.
+  await desk.getByRole('link', { name: '完整时间轴' }).click();
+  await desk.waitForURL(/\/timeline$/);
+  const items = desk.locator('ol.timeline li.item');
+  check((await items.count()) > 0, 'the timeline lists the record');
+  const first = await items.first().innerText();
+  check(first.includes('来源：') && first.includes('采集时间：'), `items show source and collection time: ${first}`);
+  await desk.screenshot({ path: `${shots}/15-timeline.png`, fullPage: true });
+  await desk.goto(personUrl);
 
   // The resident revokes the grant in their portal.
   const resident = await (await browser.newContext({ viewport: { width: 390, height: 844 }, locale: 'zh-CN' })).newPage();

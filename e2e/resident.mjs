@@ -61,6 +61,14 @@ try {
   await page.locator('li.item a').first().click();
   await page.waitForURL(/\/portal\/item\/(Observation|DiagnosticReport)\//);
   await page.screenshot({ path: `${shots}/03-result.png`, fullPage: true });
+  // Restrict it (患者申明特控), see it marked, lift it again.
+  const resultUrl = page.url();
+  await page.getByRole('button', { name: '设为特控' }).click();
+  await page.waitForURL(resultUrl);
+  check((await page.locator('[data-restricted="true"]').count()) === 1, 'the item shows as restricted');
+  await page.getByRole('button', { name: '取消特控' }).click();
+  await page.waitForURL(resultUrl);
+  check((await page.locator('[data-restricted]').count()) === 0, 'the restriction is lifted');
 
   // Report an error on it: a work order to the institution, followed on "my reports".
   await page.getByLabel('问题类型').selectOption('not-mine');
@@ -84,6 +92,17 @@ try {
   await granted.first().getByRole('button', { name: '撤销' }).click();
   await page.waitForURL(`${root}/portal/access`);
   check((await page.locator('tr[data-consent]', { hasText: requester }).count()) === 0, 'the revoked grant is gone');
+  // A standing authorization for another institution (the family doctor's centre, say).
+  const choice = await page.locator('#institution option').evaluateAll(
+    (opts, who) => opts.map((o) => [o.value, o.textContent]).find(([, t]) => t !== who),
+    requester,
+  );
+  await page.getByLabel('授权机构').selectOption(choice[0]);
+  await page.getByRole('button', { name: '授权', exact: true }).click();
+  const standing = page.locator('tr[data-consent]', { hasText: choice[1] }).filter({ hasText: '长期授权' });
+  await standing.first().waitFor();
+  check((await standing.count()) === 1, `one standing authorization for ${choice[1]}`);
+  await page.screenshot({ path: `${shots}/08-standing.png`, fullPage: true });
   // The access history shows who read the record.
   check((await page.locator('table').last().locator('tbody tr').count()) > 0, 'the access history lists reads');
 

@@ -146,7 +146,15 @@ pub fn scope(a: Asker<'_>, grants: &Grants, dir: &dyn Directory, now: i64) -> Sc
             let mut shards = BTreeMap::new();
             shards_of(dir, me, security::ALL, &mut shards);
             for g in grants.in_force_for(&Grantee::Person(me.clone()), now) {
-                shards_of(dir, &g.person, security::opens(g.categories), &mut shards);
+                // A proxy manages the record for the person (approves requests, follows who
+                // viewed it), so the person's authorizations and access records open too.
+                let open = match g.method {
+                    crate::grants::Method::Proxy => {
+                        security::opens(g.categories) | security::ACCESS_RECORD
+                    }
+                    _ => security::opens(g.categories),
+                };
+                shards_of(dir, &g.person, open, &mut shards);
             }
             Scope::rows(RowScope {
                 types,

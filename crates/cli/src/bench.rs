@@ -1304,7 +1304,7 @@ fn portal_figures(
     };
     rep.row(
         &format!(
-            "Clinician workstation on the demo's data ({} residents, after break-glass): find by ID number / person summary, p50 (ms)",
+            "Clinician workstation on the demo's data ({} residents, after break-glass): find by ID number / person summary / full timeline, p50 (ms)",
             staff.clinician_persons
         ),
         f(&staff.clinician),
@@ -1388,6 +1388,7 @@ async fn staff_pages(
     let api = reqwest::Client::new();
     let mut find = Vec::new();
     let mut summary = Vec::new();
+    let mut timeline = Vec::new();
     let chosen: Vec<_> = persons
         .iter()
         .filter(|(_, id)| id.is_some())
@@ -1405,6 +1406,14 @@ async fn staff_pages(
         let id = id.as_deref().unwrap_or("");
         find.push(latency(&desk, &format!("{root}/workstation?id_number={id}"), 9).await?);
         summary.push(latency(&desk, &format!("{root}/workstation/person/{person}"), 9).await?);
+        timeline.push(
+            latency(
+                &desk,
+                &format!("{root}/workstation/person/{person}/timeline"),
+                9,
+            )
+            .await?,
+        );
     }
     let (quality, _) = signed_in_client(root, "/console/login", "quality").await?;
     let (steward, _) = signed_in_client(root, "/console/login", "steward").await?;
@@ -1425,7 +1434,7 @@ async fn staff_pages(
     }
     Ok(Staff {
         clinician_persons: chosen.len(),
-        clinician: vec![median(find), median(summary)],
+        clinician: vec![median(find), median(summary), median(timeline)],
         console,
         scorecard_cold,
         verify,

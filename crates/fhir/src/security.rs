@@ -129,27 +129,54 @@ pub fn bits(resource: &Value) -> u32 {
 }
 
 /// Adds the label of each category in `bits` that the resource does not carry yet.
-pub fn add_labels(resource: &mut Value, bits: u32) {
-    let missing = bits & !self::bits(resource);
-    if missing == 0 {
+/// The label a read shows on an item its resident restricted (患者申明特控). It names no
+/// category: the restriction itself is kept beside the resource, not in what a source sends.
+pub const RESIDENT_RESTRICTED_LABEL: (&str, &str) = (HUTONG_SECURITY, "resident-restricted");
+
+/// Adds [`RESIDENT_RESTRICTED_LABEL`] to a resource about to be read.
+pub fn add_resident_restricted_label(resource: &mut Value) {
+    if is_resident_restricted(resource) {
         return;
     }
-    let Some(obj) = resource.as_object_mut() else {
-        return;
-    };
-    let meta = obj
+    if let Some(arr) = security_labels(resource) {
+        arr.push(serde_json::json!({"system": RESIDENT_RESTRICTED_LABEL.0,
+            "code": RESIDENT_RESTRICTED_LABEL.1, "display": "患者申明特控"}));
+    }
+}
+
+/// `meta.security` of a resource, made if missing.
+fn security_labels(resource: &mut Value) -> Option<&mut Vec<Value>> {
+    let meta = resource
+        .as_object_mut()?
         .entry("meta")
         .or_insert_with(|| Value::Object(Default::default()));
-    let Some(meta) = meta.as_object_mut() else {
-        return;
-    };
     let sec = meta
+        .as_object_mut()?
         .entry("security")
         .or_insert_with(|| Value::Array(Vec::new()));
     if !sec.is_array() {
         *sec = Value::Array(Vec::new());
     }
-    let arr = sec.as_array_mut().expect("array ensured above");
+    sec.as_array_mut()
+}
+
+/// Whether a read resource carries [`RESIDENT_RESTRICTED_LABEL`].
+pub fn is_resident_restricted(resource: &Value) -> bool {
+    resource["meta"]["security"].as_array().is_some_and(|a| {
+        a.iter().any(|l| {
+            l["system"] == RESIDENT_RESTRICTED_LABEL.0 && l["code"] == RESIDENT_RESTRICTED_LABEL.1
+        })
+    })
+}
+
+pub fn add_labels(resource: &mut Value, bits: u32) {
+    let missing = bits & !self::bits(resource);
+    if missing == 0 {
+        return;
+    }
+    let Some(arr) = security_labels(resource) else {
+        return;
+    };
     for c in CATEGORIES.iter().filter(|c| missing & c.bit != 0) {
         arr.push(serde_json::json!({"system": c.label.0, "code": c.label.1}));
     }

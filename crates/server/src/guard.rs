@@ -167,16 +167,26 @@ impl Guard {
             format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
             s.shard,
         );
-        if !hutong_access::mask::IDENTITY_TYPES.contains(&s.rtype.as_str()) {
-            return std::borrow::Cow::Borrowed(&s.body);
-        }
-        let view = self.view(&s.source);
-        if view == View::Full {
+        // The resident's own restriction lives beside the body (it survives the source's new
+        // versions); readers see it as a security label.
+        let restricted = s.sens & hutong_fhir::security::RESIDENT_RESTRICTED != 0;
+        let identity = hutong_access::mask::IDENTITY_TYPES.contains(&s.rtype.as_str());
+        let view = if identity {
+            self.view(&s.source)
+        } else {
+            View::Full
+        };
+        if view == View::Full && !restricted {
             return std::borrow::Cow::Borrowed(&s.body);
         }
         std::borrow::Cow::Owned(match serde_json::from_slice::<serde_json::Value>(&s.body) {
             Ok(mut v) => {
-                hutong_access::mask::apply(&s.rtype, &mut v, view);
+                if view != View::Full {
+                    hutong_access::mask::apply(&s.rtype, &mut v, view);
+                }
+                if restricted {
+                    hutong_fhir::security::add_resident_restricted_label(&mut v);
+                }
                 serde_json::to_vec(&v).unwrap_or_default()
             }
             Err(_) => Vec::new(),

@@ -19,8 +19,29 @@ use crate::error::ApiError;
 use crate::guard::Guard;
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// The part of a resource the delay needs: `meta.extension`.
+#[derive(Default, serde::Deserialize)]
+struct Provenance {
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct Meta {
+    #[serde(default)]
+    extension: Vec<Extension>,
+}
+
+#[derive(serde::Deserialize)]
+struct Extension {
+    #[serde(default)]
+    url: String,
+    #[serde(default, rename = "valueInstant")]
+    value_instant: Option<String>,
+}
 /// The most recent resources of each institution whose upload delay is measured.
-pub const DELAY_SAMPLE: usize = 300;
+pub const DELAY_SAMPLE: usize = 100;
 
 /// One institution's hours.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -120,11 +141,14 @@ pub fn report(engine: &Engine, w: &Window) -> Result<Value, ApiError> {
         .into_iter()
         .flatten()
     {
-        let v = s.json()?;
-        let collected = v["meta"]["extension"]
-            .as_array()
-            .and_then(|a| a.iter().find(|e| e["url"] == COLLECTED_URL))
-            .and_then(|e| e["valueInstant"].as_str())
+        // Only the provenance extension is wanted: the rest of the body is skipped unparsed.
+        let meta: Provenance = serde_json::from_slice(&s.body).unwrap_or_default();
+        let collected = meta
+            .meta
+            .extension
+            .iter()
+            .find(|e| e.url == COLLECTED_URL)
+            .and_then(|e| e.value_instant.as_deref())
             .and_then(hutong_fhir::date::parse);
         if let Some(c) = collected {
             delays.push((s.source.clone(), s.last_updated - c.lo));

@@ -31,22 +31,29 @@ pub async fn home(
 ) -> Response {
     let d = match Desk::or_sign_in(&st, &req, addr, Kind::Clinician) {
         Ok(d) => d,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
-    let get = |k: &str| {
-        d.query
-            .iter()
-            .find(|(x, _)| x == k)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| d.q(k);
     let (idn, name, birth) = (get("id_number"), get("name"), get("birthdate"));
+    let (card, mrn) = (get("health_card"), get("mrn"));
+    let own_mrn =
+        d.s.principal
+            .institution
+            .as_deref()
+            .and_then(hutong_mpi::fhir::mrn_system);
     let mut params: Vec<(&str, String)> = Vec::new();
     if let Some(i) = &idn {
         params.push((
             "identifier",
-            format!("urn:oid:2.16.156.10011.1.3|{}", i.to_uppercase()),
+            format!("{}|{}", hutong_mpi::fhir::ID_SYSTEM, i.to_uppercase()),
         ));
+    } else if let Some(c) = &card {
+        params.push((
+            "identifier",
+            format!("{}|{c}", hutong_mpi::fhir::HEALTH_CARD_SYSTEM),
+        ));
+    } else if let (Some(m), Some(system)) = (&mrn, &own_mrn) {
+        params.push(("identifier", format!("{system}|{m}")));
     } else if let (Some(n), Some(b)) = (&name, &birth) {
         params.push(("name", n.clone()));
         params.push(("birthdate", b.clone()));
@@ -76,6 +83,12 @@ pub async fn home(
         form method="get" action="/workstation" role="search" {
             label for="id_number" { (lang.t("身份证号", "ID number")) }
             input id="id_number" name="id_number" value=(idn.clone().unwrap_or_default()) autocomplete="off";
+            label for="health_card" { (lang.t("居民健康卡号", "Health card number")) }
+            input id="health_card" name="health_card" value=(card.clone().unwrap_or_default()) autocomplete="off";
+            @if own_mrn.is_some() {
+                label for="mrn" { (lang.t("本院病历号", "Our medical record number")) }
+                input id="mrn" name="mrn" value=(mrn.clone().unwrap_or_default()) autocomplete="off";
+            }
             p { (lang.t("或", "or")) }
             label for="name" { (lang.t("姓名", "Name")) }
             input id="name" name="name" value=(name.clone().unwrap_or_default());
@@ -234,6 +247,7 @@ pub async fn person(
         p {
             strong { (person["name"][0]["text"].as_str().unwrap_or("")) }
             " · " (person["gender"].as_str().unwrap_or("")) " · " (person["birthDate"].as_str().unwrap_or(""))
+            " · " a href=(format!("/workstation/person/{id}/timeline")) { (lang.t("完整时间轴", "Full timeline")) }
         }
         @for sec in &sections {
             @let title = sec["title"].as_str().unwrap_or("");
@@ -257,6 +271,45 @@ pub async fn person(
         }
     };
     d.page(StatusCode::OK, lang.t("患者摘要", "Person summary"), body)
+}
+
+/// `GET /workstation/person/{id}/timeline[?kind=…]`: the person's record from every
+/// institution, newest first, each item with its source and collection time — what the
+/// clinician's grant opens, nothing else.
+pub async fn timeline(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let d = match Desk::or_sign_in(&st, &req, addr, Kind::Clinician) {
+        Ok(d) => d,
+        Err(page) => return *page,
+    };
+    let lang = d.lang;
+    let title = lang.t("完整时间轴", "Full timeline");
+    let kind = d.q("kind").filter(|k| view::KINDS.iter().any(|x| x.0 == k));
+    let types = view::types_of(kind.as_deref());
+    let items = match crate::record(&st, &d.s, &id, &d.from, &types, 400).await {
+        Ok(items) => items,
+        Err(e) => {
+            let body = html! {
+                (notice(&e, true))
+                p { a href=(format!("/workstation/person/{id}")) { (lang.t("申请调阅", "Ask for access")) } }
+            };
+            return d.page(StatusCode::FORBIDDEN, title, body);
+        }
+    };
+    let shown = view::of_kind(&items, kind.as_deref(), 300);
+    let names = crate::source_names(&st, &shown).await;
+    let base = format!("/workstation/person/{id}/timeline");
+    let body = html! {
+        p { a href=(format!("/workstation/person/{id}")) { (lang.t("返回摘要", "Back to the summary")) } }
+        (view::kind_filters(lang, &base, kind.as_deref()))
+        @if shown.is_empty() { p { (lang.t("暂无记录。", "Nothing here.")) } }
+        (view::timeline_list(lang, &shown, &names, None))
+    };
+    d.page(StatusCode::OK, title, body)
 }
 
 /// `POST /workstation/person/{id}/request`: a code to the resident's phone, or a request in

@@ -54,6 +54,13 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/portal/logout", post(resident::logout))
         .route("/portal/item/{rtype}/{id}", get(resident::item))
         .route("/portal/item/{rtype}/{id}/report", post(resident::report))
+        .route(
+            "/portal/item/{rtype}/{id}/restrict",
+            post(resident::restrict),
+        )
+        .route("/portal/act", post(resident::act))
+        .route("/portal/grant", post(resident::grant))
+        .route("/portal/proxy", post(resident::proxy))
         .route("/portal/reports", get(resident::reports))
         .route("/portal/access", get(resident::access))
         .route(
@@ -65,6 +72,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/workstation", get(clinician::home))
         .route("/workstation/login", post(clinician::login))
         .route("/workstation/person/{id}", get(clinician::person))
+        .route(
+            "/workstation/person/{id}/timeline",
+            get(clinician::timeline),
+        )
         .route("/workstation/person/{id}/request", post(clinician::request))
         .route(
             "/workstation/person/{id}/break-glass",
@@ -376,7 +387,7 @@ impl Desk {
         req: &Request,
         addr: std::net::SocketAddr,
         kind: Kind,
-    ) -> Result<Desk, Response> {
+    ) -> Result<Desk, Box<Response>> {
         let query = parse_query_string(req.uri().query().unwrap_or(""));
         let lang = Lang::of(req.headers(), &query);
         Desk::of(
@@ -386,7 +397,7 @@ impl Desk {
             addr.ip().to_string(),
             kind,
         )
-        .ok_or_else(|| sign_in_page(lang, kind, StatusCode::OK, &query, None))
+        .ok_or_else(|| Box::new(sign_in_page(lang, kind, StatusCode::OK, &query, None)))
     }
 }
 
@@ -473,6 +484,57 @@ pub(crate) async fn password_sign_in(
         "/workstation"
     };
     Ok(signed_in(st, token, &v, home))
+}
+
+/// `person`'s record as `s` may read it, newest first: at most `limit` items of the `types`
+/// given.
+pub(crate) async fn record(
+    st: &Arc<AppState>,
+    s: &Session,
+    person: &str,
+    from: &str,
+    types: &[&str],
+    limit: usize,
+) -> Result<Vec<Value>, String> {
+    let mut types: Vec<&str> = types.to_vec();
+    types.dedup();
+    let types = types.join(",");
+    let count = limit.to_string();
+    let mut query = vec![("_sort", "-date"), ("_count", count.as_str())];
+    if !types.is_empty() {
+        query.push(("_type", types.as_str()));
+    }
+    let r = call(
+        st,
+        s.principal.clone(),
+        from,
+        "GET",
+        &format!("Person/{person}/$everything"),
+        &query,
+        None,
+    )
+    .await;
+    if r.status != 200 {
+        return Err(problem(&r));
+    }
+    let mut items: Vec<Value> = json_of(&r)["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .filter(|v| view::kind_of(v).is_some())
+        .collect();
+    items.sort_by_key(|v| std::cmp::Reverse(view::when(v).or(view::collected(v))));
+    Ok(items)
+}
+
+/// The names of the institutions `items` came from.
+pub(crate) async fn source_names(st: &Arc<AppState>, items: &[&Value]) -> HashMap<String, String> {
+    let sources = items
+        .iter()
+        .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
+        .collect();
+    names(st, sources).await
 }
 
 /// Source URI → institution name, read as the platform (names are reference data).

@@ -178,7 +178,7 @@ pub async fn home(
 ) -> Response {
     let d = match Desk::or_sign_in(&st, &req, addr, Kind::Operator) {
         Ok(d) => d,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let p = d.s.principal.clone();
     let mut cards: Vec<(String, &str, &str)> = Vec::new();

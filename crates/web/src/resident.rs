@@ -39,8 +39,15 @@ pub(crate) struct Visit {
     query: Vec<(String, String)>,
     lang: Lang,
     s: Session,
+    /// Whose record the pages show: the resident's own, or a family member's they are proxy
+    /// for (chosen at `/portal/act`; the engine decides whether the proxy is in force).
     person: String,
+    /// The signed-in resident's own person.
+    own: String,
 }
+
+/// The cookie naming the family member whose record a proxy is looking at.
+const ACTING: &str = "hutong_for";
 
 /// Every resident page: signed in as a resident, or off to the sign-in page.
 impl axum::extract::FromRequestParts<Arc<AppState>> for Visit {
@@ -58,12 +65,18 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for Visit {
 impl Visit {
     fn of(st: &AppState, headers: &HeaderMap, query: Vec<(String, String)>) -> Option<Visit> {
         let s = Session::of(st, headers)?;
-        let person = s.principal.person.clone()?;
+        let own = s.principal.person.clone()?;
+        let person = crate::cookies(headers)
+            .get(ACTING)
+            .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .cloned()
+            .unwrap_or_else(|| own.clone());
         Some(Visit {
             lang: Lang::of(headers, &query),
             query,
             s,
             person,
+            own,
         })
     }
 
@@ -84,6 +97,48 @@ impl Visit {
         }
         Ok((v, f))
     }
+}
+
+/// When a proxy looks at a family member's record: whose, and the way back to their own.
+fn acting_banner(v: &Visit) -> Markup {
+    if v.person == v.own {
+        return html! {};
+    }
+    let lang = v.lang;
+    html! {
+        div.notice role="status" data-acting=(v.person) {
+            (lang.t("您正在以代理人身份查看家人的健康档案。", "You are looking at a family member's record as their proxy."))
+            form.inline method="post" action="/portal/act" {
+                input type="hidden" name="csrf" value=(v.s.csrf());
+                input type="hidden" name="for" value="";
+                button.secondary type="submit" { (lang.t("返回我的档案", "Back to my record")) }
+            }
+        }
+    }
+}
+
+/// `POST /portal/act` (`for`: a person id, or empty for one's own): whose record the pages
+/// show. Only a choice of view: every page still asks the engine, which opens a family
+/// member's record only under a proxy grant in force.
+pub async fn act(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let (_, f) = match Visit::posted(&st, req).await {
+        Ok(x) => x,
+        Err(refused) => return *refused,
+    };
+    let who = f
+        .get("for")
+        .map(|p| p.trim().to_string())
+        .filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or_default();
+    let mut r = Redirect::to("/portal").into_response();
+    let max_age = if who.is_empty() { 0 } else { 86_400 };
+    if let Ok(c) =
+        format!("{ACTING}={who}; Path=/portal; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+            .parse()
+    {
+        r.headers_mut().append("set-cookie", c);
+    }
+    r
 }
 
 fn error_box(msg: &str) -> Markup {
@@ -306,107 +361,43 @@ pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
 // -- the record -------------------------------------------------------------------------------
 
 /// The resident's record, newest first: at most `limit` items of the `types` given.
-async fn record(
-    st: &Arc<AppState>,
-    s: &Session,
-    person: &str,
-    from: &str,
-    types: &[&str],
-    limit: usize,
-) -> Result<Vec<Value>, String> {
-    let mut types: Vec<&str> = types.to_vec();
-    types.dedup();
-    let types = types.join(",");
-    let count = limit.to_string();
-    let mut query = vec![("_sort", "-date"), ("_count", count.as_str())];
-    if !types.is_empty() {
-        query.push(("_type", types.as_str()));
-    }
-    let r = call(
-        st,
-        s.principal.clone(),
-        from,
-        "GET",
-        &format!("Person/{person}/$everything"),
-        &query,
-        None,
-    )
-    .await;
-    if r.status != 200 {
-        return Err(problem(&r));
-    }
-    let mut items: Vec<Value> = json_of(&r)["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| e["resource"].clone())
-        .filter(|v| view::kind_of(v).is_some())
-        .collect();
-    items.sort_by_key(|v| std::cmp::Reverse(view::when(v).or(view::collected(v))));
-    Ok(items)
-}
-
-fn source_line(lang: Lang, v: &Value, names: &HashMap<String, String>) -> Markup {
-    let src = v["meta"]["source"].as_str().unwrap_or("");
-    html! {
-        span { (lang.t("来源：", "From: ")) (names.get(src).map(String::as_str).unwrap_or(src)) }
-        @if let Some(c) = view::collected(v) {
-            " · " span { (lang.t("采集时间：", "Collected: ")) (local(c)) }
-        }
-    }
-}
-
 pub async fn timeline(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     v: Visit,
 ) -> Response {
+    let banner = acting_banner(&v);
     let Visit {
         query,
         lang,
         s,
         person,
+        ..
     } = v;
     let from = addr.ip().to_string();
     let title = lang.t("我的健康档案", "My health record");
     let kind = q(&query, "kind").filter(|k| KINDS.iter().any(|x| x.0 == *k));
-    let types: Vec<&str> = view::TYPES
-        .iter()
-        .filter(|(_, k)| kind.is_none_or(|want| want == *k))
-        .map(|(t, _)| *t)
-        .collect();
-    let items = match record(&st, &s, &person, &from, &types, 400).await {
+    let types = view::types_of(kind);
+    let items = match crate::record(&st, &s, &person, &from, &types, 400).await {
         Ok(i) => i,
         Err(e) => {
             return respond(
                 StatusCode::FORBIDDEN,
                 &query,
-                page(lang, title, Some(&s), error_box(&e)),
+                page(lang, title, Some(&s), html! { (banner) (error_box(&e)) }),
             )
         }
     };
-    let shown: Vec<&Value> = items
-        .iter()
-        .filter(|v| kind.is_none_or(|k| view::kind_of(v) == Some(k)))
-        .take(300)
-        .collect();
-    let sources: BTreeSet<String> = shown
-        .iter()
-        .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
-        .collect();
-    let names = crate::names(&st, sources).await;
+    let shown = view::of_kind(&items, kind, 300);
+    let names = crate::source_names(&st, &shown).await;
     let body = html! {
+        (banner)
         p.noprint {
             a href="/portal/download" { (lang.t("下载我的档案（FHIR JSON）", "Download my record (FHIR JSON)")) }
             " · "
             a href="/portal/print" { (lang.t("打印版", "Printable page")) }
         }
-        nav.filters aria-label=(lang.t("按类别筛选", "Filter by kind")) {
-            a href="/portal" aria-current=[kind.is_none().then_some("page")] { (lang.t("全部", "All")) }
-            @for (k, _, _) in KINDS {
-                a href=(format!("/portal?kind={k}")) aria-current=[(kind == Some(*k)).then_some("page")] { (kind_label(lang, k)) }
-            }
-        }
+        (view::kind_filters(lang, "/portal", kind))
         @if shown.is_empty() {
             p { (lang.t("暂无记录。", "Nothing here yet.")) }
         }
@@ -431,17 +422,7 @@ pub async fn timeline(
                 }
             }
         } @else {
-            ol.timeline style="list-style:none;padding:0" {
-                @for v in &shown {
-                    li.item {
-                        span.tag { (kind_label(lang, view::kind_of(v).unwrap_or(""))) }
-                        strong { (view::when(v).map(local).unwrap_or_else(|| lang.t("日期不详", "date unknown").to_string())) }
-                        " "
-                        a href=(item_href(v)) { (view::summary(v)) }
-                        div.meta { (source_line(lang, v, &names)) }
-                    }
-                }
-            }
+            (view::timeline_list(lang, &shown, &names, Some(&item_href)))
         }
     };
     respond(StatusCode::OK, &query, page(lang, title, Some(&s), body))
@@ -469,12 +450,8 @@ pub async fn item(
     Path((rtype, id)): Path<(String, String)>,
     v: Visit,
 ) -> Response {
-    let Visit {
-        query,
-        lang,
-        s,
-        person: _,
-    } = v;
+    let mine = v.person == v.own;
+    let Visit { query, lang, s, .. } = v;
     let from = addr.ip().to_string();
     let r = call(
         &st,
@@ -545,7 +522,7 @@ pub async fn item(
         p { span.tag { (kind_label(lang, view::kind_of(&v).unwrap_or(""))) } strong { (view::summary(&v)) } }
         dl {
             dt { (lang.t("时间", "When")) } dd { (view::when(&v).map(local).unwrap_or_default()) }
-            dt { (lang.t("来源机构", "Institution")) } dd { (source_line(lang, &v, &names)) }
+            dt { (lang.t("来源机构", "Institution")) } dd { (view::source_line(lang, &v, &names)) }
             @if let Some((lo, hi)) = view::reference_range(&v) {
                 dt { (lang.t("参考范围", "Reference range")) } dd { (lo) " – " (hi) }
             }
@@ -554,6 +531,22 @@ pub async fn item(
             }
         }
         (chart)
+        @let restricted = hutong_fhir::security::is_resident_restricted(&v);
+        h2 { (lang.t("特控（限制查看）", "Restricted (患者申明特控)")) }
+        @if restricted {
+            p data-restricted="true" { span.tag { (lang.t("已特控", "Restricted")) }
+                (lang.t("其他机构只有在授权明确包含“患者申明特控”时才能看到这条记录。", "Other institutions see this item only under a grant that names restricted items.")) }
+        } @else {
+            p { (lang.t("您可以将这条记录设为特控：其他机构只有在您的授权明确包含特控内容时才能看到。", "You can restrict this item: other institutions then see it only under a grant that names restricted items.")) }
+        }
+        @if mine {
+            form method="post" action=(format!("/portal/item/{rtype}/{id}/restrict")) {
+                input type="hidden" name="csrf" value=(s.csrf());
+                input type="hidden" name="on" value=(if restricted { "0" } else { "1" });
+                @if restricted { button.secondary type="submit" { (lang.t("取消特控", "Lift the restriction")) } }
+                @else { button type="submit" { (lang.t("设为特控", "Restrict this item")) } }
+            }
+        }
         h2 { (lang.t("报告错误", "Report an error")) }
         form method="post" action=(format!("/portal/item/{rtype}/{id}/report")) {
             input type="hidden" name="csrf" value=(s.csrf());
@@ -571,6 +564,45 @@ pub async fn item(
         }
     };
     respond(StatusCode::OK, &query, page(lang, title, Some(&s), body))
+}
+
+/// `POST /portal/item/{type}/{id}/restrict` (`on` = 1 | 0): the resident restricts one of
+/// their items (or lifts it).
+pub async fn restrict(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path((rtype, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let (Visit { query, lang, s, .. }, f) = match Visit::posted(&st, req).await {
+        Ok(x) => x,
+        Err(refused) => return *refused,
+    };
+    let op = if f.get("on").map(String::as_str) == Some("1") {
+        "$restrict"
+    } else {
+        "$unrestrict"
+    };
+    let r = call(
+        &st,
+        s.principal.clone(),
+        &addr.ip().to_string(),
+        "POST",
+        &format!("{rtype}/{id}/{op}"),
+        &[],
+        None,
+    )
+    .await;
+    if r.status >= 300 {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let title = lang.t("记录详情", "Record detail");
+        return respond(
+            status,
+            &query,
+            page(lang, title, Some(&s), error_box(&problem(&r))),
+        );
+    }
+    Redirect::to(&format!("/portal/item/{rtype}/{id}")).into_response()
 }
 
 pub async fn report(
@@ -623,12 +655,7 @@ pub async fn reports(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     v: Visit,
 ) -> Response {
-    let Visit {
-        query,
-        lang,
-        s,
-        person: _,
-    } = v;
+    let Visit { query, lang, s, .. } = v;
     let r = call(
         &st,
         s.principal.clone(),
@@ -721,28 +748,23 @@ pub async fn access(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     v: Visit,
 ) -> Response {
+    let banner = acting_banner(&v);
     let Visit {
         query,
         lang,
         s,
         person,
+        own,
     } = v;
     let from = addr.ip().to_string();
-    let search = |status: &'static str| {
+    let search = |params: Vec<(&'static str, String)>| {
         let st = st.clone();
         let p = s.principal.clone();
         let from = from.clone();
         async move {
-            let r = call(
-                &st,
-                p,
-                &from,
-                "GET",
-                "Consent",
-                &[("status", status), ("_count", "200")],
-                None,
-            )
-            .await;
+            let mut q: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            q.push(("_count", "200"));
+            let r = call(&st, p, &from, "GET", "Consent", &q, None).await;
             json_of(&r)["entry"]
                 .as_array()
                 .into_iter()
@@ -751,8 +773,25 @@ pub async fn access(
                 .collect::<Vec<Value>>()
         }
     };
-    let pending = search("proposed").await;
-    let active = search("active").await;
+    // The grants of the record shown (a proxy also sees their own grants' Consents).
+    let of_record = |list: Vec<Value>| -> Vec<Value> {
+        list.into_iter()
+            .filter(|c| grant_person(c).as_deref() == Some(person.as_str()))
+            .collect()
+    };
+    let pending = of_record(search(vec![("status", "proposed".into())]).await);
+    let active = of_record(search(vec![("status", "active".into())]).await);
+    // Whom the resident is proxy for: grants naming them as the delegate.
+    let delegate = format!("{}|{own}", hutong_access::grants::SID_PERSON);
+    let acting_for: Vec<Value> = search(vec![
+        ("status", "active".into()),
+        ("actor:identifier", delegate),
+    ])
+    .await
+    .into_iter()
+    .filter(|c| grant_person(c).is_some_and(|p| p != own))
+    .collect();
+    let institutions = institutions(&st, &s, &from).await;
     let hist = call(
         &st,
         s.principal.clone(),
@@ -774,6 +813,7 @@ pub async fn access(
         .filter(|e| !matches!(e["subtype"][1]["code"].as_str(), Some("import" | "link")))
         .collect();
     let body = html! {
+        (banner)
         h2 { (lang.t("待处理的调阅申请", "Requests waiting for you")) }
         @if pending.is_empty() { p { (lang.t("没有待处理的申请。", "No requests.")) } }
         ul {
@@ -810,6 +850,46 @@ pub async fn access(
                 }
             }
         }
+        h2 { (lang.t("长期授权", "Standing authorization")) }
+        p { (lang.t("例如“我的家庭医生所在的社区卫生服务中心，长期有效”。可随时撤销。", "For example: \"my family doctor's centre, always\". Revocable at any time.")) }
+        form method="post" action="/portal/grant" {
+            input type="hidden" name="csrf" value=(s.csrf());
+            label for="institution" { (lang.t("授权机构", "Institution")) }
+            select id="institution" name="institution" required {
+                @for (src, name) in &institutions { option value=(src) { (name) } }
+            }
+            (category_boxes(lang, "grant"))
+            label for="grant-end" { (lang.t("有效期至（可不填）", "Until (optional)")) }
+            input id="grant-end" name="end" type="date";
+            button type="submit" { (lang.t("授权", "Authorize")) }
+        }
+        h2 { (lang.t("代理人", "Proxies")) }
+        p { (lang.t("让家人（如子女、照护者）代您管理档案：查看、处理调阅申请。", "Let a family member (a grown child, a carer) manage your record: read it, answer requests.")) }
+        form method="post" action="/portal/proxy" {
+            input type="hidden" name="csrf" value=(s.csrf());
+            label for="proxy-id" { (lang.t("代理人身份证号", "The proxy's ID number")) }
+            input id="proxy-id" name="id_number" required autocomplete="off" pattern="[0-9]{17}[0-9Xx]";
+            (category_boxes(lang, "proxy"))
+            label for="proxy-end" { (lang.t("有效期至（可不填）", "Until (optional)")) }
+            input id="proxy-end" name="end" type="date";
+            button type="submit" { (lang.t("设为代理人", "Make them my proxy")) }
+        }
+        @if !acting_for.is_empty() {
+            h2 { (lang.t("我代理的家人", "Family members I am proxy for")) }
+            ul {
+                @for c in &acting_for {
+                    @let who = grant_person(c).unwrap_or_default();
+                    li.item data-proxy-for=(who) {
+                        (lang.t("家人档案 ", "Record ")) (who) " · " (lang.t("有效期至 ", "until ")) (until(c))
+                        form.inline method="post" action="/portal/act" {
+                            input type="hidden" name="csrf" value=(s.csrf());
+                            input type="hidden" name="for" value=(who);
+                            button.secondary type="submit" { (lang.t("查看其档案", "Open their record")) }
+                        }
+                    }
+                }
+            }
+        }
         h2 { (lang.t("谁看过我的档案", "Who viewed my record")) }
         (view::audit_table(lang, &events))
     };
@@ -823,6 +903,148 @@ pub async fn access(
             body,
         ),
     )
+}
+
+/// Whose record a grant is about (its `grant-person` extension).
+fn grant_person(c: &Value) -> Option<String> {
+    c["extension"].as_array()?.iter().find_map(|e| {
+        e["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/grant-person"))
+            .then(|| e["valueReference"]["reference"].as_str())
+            .flatten()
+            .map(|r| r.trim_start_matches("Person/").to_string())
+    })
+}
+
+/// The sensitive categories a grant may name, as checkboxes.
+fn category_boxes(lang: Lang, prefix: &str) -> Markup {
+    html! {
+        fieldset {
+            legend { (lang.t("同时开放的敏感类别（默认不开放）", "Sensitive categories it also opens (none by default)")) }
+            @for c in hutong_fhir::security::CATEGORIES.iter().filter(|c| hutong_fhir::security::grantable(c.name).is_some()) {
+                @let id = format!("{prefix}-{}", c.name);
+                div {
+                    input type="checkbox" id=(id) name="category" value=(c.name) style="width:auto";
+                    label for=(id) style="display:inline" { " " (c.zh) }
+                }
+            }
+        }
+    }
+}
+
+/// The region's institutions (reference data): source URI → name, by name.
+async fn institutions(st: &Arc<AppState>, s: &Session, from: &str) -> Vec<(String, String)> {
+    let r = call(
+        st,
+        s.principal.clone(),
+        from,
+        "GET",
+        "Organization",
+        &[("_count", "500")],
+        None,
+    )
+    .await;
+    let mut out: Vec<(String, String)> = json_of(&r)["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let o = &e["resource"];
+            let uscc = o["identifier"]
+                .as_array()?
+                .iter()
+                .find(|i| i["system"] == "https://hutong.dev/sid/uscc")?["value"]
+                .as_str()?;
+            Some((
+                format!("urn:hutong:org:{uscc}"),
+                o["name"].as_str().unwrap_or(uscc).to_string(),
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// The form fields of a grant: `end` (a day) and the checked `category`s, as Parameters.
+fn grant_parameters(form_body: &[(String, String)], mut params: Vec<Value>) -> Value {
+    for (k, v) in form_body {
+        match k.as_str() {
+            "category" => params.push(json!({"name": "category", "valueCode": v})),
+            "end" if !v.is_empty() => params.push(json!({"name": "end", "valueDateTime": v})),
+            _ => {}
+        }
+    }
+    json!({"resourceType": "Parameters", "parameter": params})
+}
+
+/// Runs a grant operation for the record shown; back to the access page, or the refusal.
+async fn granting(
+    st: &Arc<AppState>,
+    addr: SocketAddr,
+    req: Request,
+    op: &str,
+    first: impl FnOnce(&HashMap<String, String>) -> Vec<Value>,
+) -> Response {
+    let query = query_of(&req);
+    let headers = req.headers().clone();
+    let Some(v) = Visit::of(st, &headers, query) else {
+        return to_login();
+    };
+    let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let pairs = parse_query_string(std::str::from_utf8(&bytes).unwrap_or(""));
+    let f: HashMap<String, String> = pairs.iter().cloned().collect();
+    if !v.s.csrf_ok(&f) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let body = grant_parameters(&pairs, first(&f));
+    let r = call(
+        st,
+        v.s.principal.clone(),
+        &addr.ip().to_string(),
+        "POST",
+        &format!("Person/{}/{op}", v.person),
+        &[],
+        Some(&body),
+    )
+    .await;
+    if r.status >= 300 {
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let title = v.lang.t("授权与访问记录", "Authorizations & access");
+        return respond(
+            status,
+            &v.query,
+            page(v.lang, title, Some(&v.s), error_box(&problem(&r))),
+        );
+    }
+    Redirect::to("/portal/access").into_response()
+}
+
+/// `POST /portal/grant`: a standing authorization for an institution.
+pub async fn grant(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    granting(&st, addr, req, "$grant", |f| {
+        vec![json!({"name": "institution", "valueString": f.get("institution").cloned().unwrap_or_default()})]
+    })
+    .await
+}
+
+/// `POST /portal/proxy`: another resident, by ID number, becomes proxy for this record.
+pub async fn proxy(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    granting(&st, addr, req, "$grant-proxy", |f| {
+        let id = f.get("id_number").map(|i| i.trim().to_uppercase()).unwrap_or_default();
+        vec![json!({"name": "grantee", "valueString": format!("{}|{id}", hutong_mpi::fhir::ID_SYSTEM)})]
+    })
+    .await
 }
 
 pub async fn consent_action(
@@ -916,9 +1138,10 @@ pub async fn print(
         lang,
         s,
         person,
+        ..
     } = v;
     let all: Vec<&str> = view::TYPES.iter().map(|(t, _)| *t).collect();
-    let items = record(&st, &s, &person, &addr.ip().to_string(), &all, 5000)
+    let items = crate::record(&st, &s, &person, &addr.ip().to_string(), &all, 5000)
         .await
         .unwrap_or_default();
     let sources: BTreeSet<String> = items

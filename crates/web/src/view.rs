@@ -1,6 +1,8 @@
 //! How resources read to people: what kind of item each is, a one-line summary, when it
 //! happened, where it came from, and small charts drawn on the server.
 
+use std::collections::HashMap;
+
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -217,6 +219,73 @@ pub fn trend(lang: Lang, points: &[(i64, f64)], range: Option<(f64, f64)>, unit:
             }
             text x="4" y="14" font-size="12" fill="#57606a" { (trim_number(hi)) " " (unit) }
             text x="4" y=(h - 4.0) font-size="12" fill="#57606a" { (trim_number(lo)) }
+        }
+    }
+}
+
+/// Where an item came from: the institution and when it collected it.
+pub fn source_line(lang: Lang, v: &Value, names: &HashMap<String, String>) -> Markup {
+    let src = v["meta"]["source"].as_str().unwrap_or("");
+    html! {
+        span { (lang.t("来源：", "From: ")) (names.get(src).map(String::as_str).unwrap_or(src)) }
+        @if let Some(c) = collected(v) {
+            " · " span { (lang.t("采集时间：", "Collected: ")) (local(c)) }
+        }
+    }
+}
+
+/// Links that filter a timeline at `base` by kind (`kind` the current one).
+pub fn kind_filters(lang: Lang, base: &str, kind: Option<&str>) -> Markup {
+    html! {
+        nav.filters aria-label=(lang.t("按类别筛选", "Filter by kind")) {
+            a href=(base) aria-current=[kind.is_none().then_some("page")] { (lang.t("全部", "All")) }
+            @for (k, _, _) in KINDS {
+                a href=(format!("{base}?kind={k}")) aria-current=[(kind == Some(*k)).then_some("page")] { (kind_label(lang, k)) }
+            }
+        }
+    }
+}
+
+/// The timeline types of `kind` (every timeline type when `None`).
+pub fn types_of(kind: Option<&str>) -> Vec<&'static str> {
+    TYPES
+        .iter()
+        .filter(|(_, k)| kind.is_none_or(|want| want == *k))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+/// The first `limit` of `items` of `kind` (all when `None`).
+pub fn of_kind<'a>(items: &'a [Value], kind: Option<&str>, limit: usize) -> Vec<&'a Value> {
+    items
+        .iter()
+        .filter(|v| kind.is_none_or(|k| kind_of(v) == Some(k)))
+        .take(limit)
+        .collect()
+}
+
+/// Timeline items, newest first: kind, when, what (a link when `href` gives one), and where
+/// from.
+pub fn timeline_list(
+    lang: Lang,
+    items: &[&Value],
+    names: &HashMap<String, String>,
+    href: Option<&dyn Fn(&Value) -> String>,
+) -> Markup {
+    html! {
+        ol.timeline style="list-style:none;padding:0" {
+            @for v in items {
+                li.item {
+                    span.tag { (kind_label(lang, kind_of(v).unwrap_or(""))) }
+                    strong { (when(v).map(local).unwrap_or_else(|| lang.t("日期不详", "date unknown").to_string())) }
+                    " "
+                    @match href {
+                        Some(h) => { a href=(h(v)) { (summary(v)) } }
+                        None => { (summary(v)) }
+                    }
+                    div.meta { (source_line(lang, v, names)) }
+                }
+            }
         }
     }
 }

@@ -434,3 +434,238 @@ async fn the_console_opens_what_an_operators_roles_hold() {
     assert_eq!(get(&p, "/console/identity", &quality).await.0, 403);
     assert_eq!(get(&p, "/console/audit", &quality).await.0, 403);
 }
+
+/// A FHIR API answer read as the platform.
+async fn api_get(p: &Portal, url: String) -> Value {
+    let r = client()
+        .get(url)
+        .bearer_auth(&p.platform)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+/// The `csrf` form token on a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .expect("a form on the page")
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn post_form(p: &Portal, path: &str, cookie: &str, body: String) -> reqwest::Response {
+    client()
+        .post(format!("{}{path}", p.root))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn residents_restrict_items_authorize_institutions_and_act_as_proxies() {
+    let p = start().await;
+    let mother = hutong_cn::idcard::make(330106, 1950, 4, 2, 22);
+    let son = hutong_cn::idcard::make(330106, 1978, 9, 30, 11);
+    for (id, name, phone, idn) in [
+        ("m1", "沈秀英", "13900003333", &mother),
+        ("s1", "沈立", "13900004444", &son),
+    ] {
+        put(
+            &p,
+            &format!("Patient/{id}"),
+            json!({"resourceType": "Patient", "id": id, "name": [{"text": name}],
+            "birthDate": format!("{}-{}-{}", &idn[6..10], &idn[10..12], &idn[12..14]),
+            "telecom": [{"system": "phone", "value": phone}],
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": idn},
+                           {"system": "urn:mrn:web", "value": id}]}),
+        )
+        .await;
+        put(&p, &format!("Observation/{id}-o"), json!({"resourceType": "Observation", "id": format!("{id}-o"),
+            "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "心率"},
+            "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": "2026-03-01T08:00:00+08:00",
+            "valueQuantity": {"value": 64, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
+        .await;
+        put(&p, &format!("Observation/{id}-p"), json!({"resourceType": "Observation", "id": format!("{id}-p"),
+            "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "心率"},
+            "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": "2026-04-01T08:00:00+08:00",
+            "valueQuantity": {"value": 70, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}))
+        .await;
+    }
+    put(
+        &p,
+        "Organization/fam",
+        json!({"resourceType": "Organization", "id": "fam", "name": "翠苑社区卫生服务中心",
+        "identifier": [{"system": "https://hutong.dev/sid/uscc", "value": "12330106FAM"}]}),
+    )
+    .await;
+    let mum = format!("hutong_session={}", sign_in(&p, "13900003333").await);
+
+    // Restrict an item, see it marked, on the page and through the API.
+    let (status, page) = get(&p, "/portal/item/Observation/m1-o", &mum).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("data-restricted"));
+    let r = post_form(
+        &p,
+        "/portal/item/Observation/m1-o/restrict",
+        &mum,
+        format!("csrf={}&on=1", csrf_of(&page)),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let (_, page) = get(&p, "/portal/item/Observation/m1-o", &mum).await;
+    assert!(page.contains("data-restricted=\"true\""), "{page}");
+    let v: Value = api_get(&p, format!("{}/fhir/Observation/m1-o", p.root)).await;
+    assert!(
+        v["meta"]["security"]
+            .to_string()
+            .contains("resident-restricted"),
+        "{v}"
+    );
+    // Another resident's item is not hers to restrict.
+    let r = post_form(
+        &p,
+        "/portal/item/Observation/s1-o/restrict",
+        &mum,
+        format!("csrf={}&on=1", csrf_of(&page)),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+
+    // A standing authorization for the family doctor's centre, opening mental health.
+    let (_, page) = get(&p, "/portal/access", &mum).await;
+    assert!(page.contains("翠苑社区卫生服务中心"), "{page}");
+    let csrf = csrf_of(&page);
+    let r = post_form(
+        &p,
+        "/portal/grant",
+        &mum,
+        format!("csrf={csrf}&institution=urn%3Ahutong%3Aorg%3A12330106FAM&category=mental-health"),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let (_, page) = get(&p, "/portal/access", &mum).await;
+    assert!(
+        page.contains("长期授权") && page.contains("精神心理"),
+        "{page}"
+    );
+    // An unknown ID number makes nobody a proxy.
+    let r = post_form(
+        &p,
+        "/portal/proxy",
+        &mum,
+        format!("csrf={csrf}&id_number=110101199001011237"),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = post_form(
+        &p,
+        "/portal/proxy",
+        &mum,
+        format!("csrf={csrf}&id_number={son}"),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+
+    // The son, her proxy, opens her record from his access page.
+    let son_cookie = format!("hutong_session={}", sign_in(&p, "13900004444").await);
+    let (_, page) = get(&p, "/portal/access", &son_cookie).await;
+    let person = page
+        .split("data-proxy-for=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the son is proxy for someone: {page}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = post_form(
+        &p,
+        "/portal/act",
+        &son_cookie,
+        format!("csrf={}&for={person}", csrf_of(&page)),
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let acting = set_cookie(&r, "hutong_for").unwrap();
+    assert!(acting.contains("HttpOnly"), "{acting}");
+    let both = format!("{son_cookie}; hutong_for={}", value(&acting));
+    let (status, page) = get(&p, "/portal", &both).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("data-acting") && page.contains("/portal/item/Observation/m1-p"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("/portal/item/Observation/m1-o"),
+        "what she restricted stays hidden from a proxy whose grant does not name it"
+    );
+    assert!(
+        !page.contains("/portal/item/Observation/s1-"),
+        "his own record is not mixed in"
+    );
+    // The mother is not her son's proxy: naming his record shows her nothing of it.
+    let found: Value = api_get(
+        &p,
+        format!(
+            "{}/fhir/Person?identifier=urn:oid:2.16.156.10011.1.3|{son}",
+            p.root
+        ),
+    )
+    .await;
+    let his = found["entry"][0]["resource"]["id"].as_str().unwrap();
+    let forged = format!("{mum}; hutong_for={his}");
+    let (status, page) = get(&p, "/portal", &forged).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(!page.contains("s1-o"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinicians_find_people_by_health_card_and_their_own_record_number() {
+    let p = start().await;
+    put(
+        &p,
+        "Patient/hc1",
+        json!({"resourceType": "Patient", "id": "hc1", "name": [{"text": "郑洁"}],
+        "birthDate": "1970-02-03", "identifier": [
+            {"system": "https://hutong.dev/sid/health-card", "value": "HC20260001"},
+            {"system": "https://hutong.dev/sid/web/mrn", "value": "M77"},
+            {"system": "https://hutong.dev/sid/other/mrn", "value": "M88"}]}),
+    )
+    .await;
+    let r = client()
+        .post(format!("{}/workstation/login", p.root))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "username=doctor&password={}",
+            PASSWORD.replace(' ', "+")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let desk = format!(
+        "hutong_session={}",
+        value(&set_cookie(&r, "hutong_session").unwrap())
+    );
+    for query in ["health_card=HC20260001", "mrn=M77"] {
+        let (status, page) = get(&p, &format!("/workstation?{query}"), &desk).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("/workstation/person/") && page.contains("郑*"),
+            "{query}: found, masked: {page}"
+        );
+        assert!(
+            !page.contains("郑洁"),
+            "{query}: not unmasked before authorization"
+        );
+    }
+    // Another institution's record number is not ours to look up by.
+    let (_, page) = get(&p, "/workstation?mrn=M88", &desk).await;
+    assert!(!page.contains("/workstation/person/"), "{page}");
+}

@@ -326,8 +326,12 @@ fn allowed(w: &World, reader: RSpec, it: &Item) -> bool {
             if r == me {
                 return true;
             }
+            // A proxy manages the record: the person's authorizations and access records
+            // open with the categories the grant names.
             w.in_force.iter().any(|(to, gr, open)| {
-                matches!(to, GSpec::Proxy(x) if *x == me) && *gr == r && it.sens & !open == 0
+                matches!(to, GSpec::Proxy(x) if *x == me)
+                    && *gr == r
+                    && it.sens & !(open | security::ACCESS_RECORD) == 0
             })
         }
         RSpec::Steward => {
