@@ -64,6 +64,7 @@ try {
   await desk.waitForURL(personUrl);
   check((await desk.getByRole('heading', { name: '现有诊断' }).count()) === 1, 'the summary shows');
   check((await desk.locator('section li.item').count()) > 0, 'the summary lists items');
+  check((await desk.locator('section li.item svg[role=img]').count()) > 0, 'latest results come with their trend');
   await desk.screenshot({ path: `${shots}/13-summary.png`, fullPage: true });
   // The full timeline, every item with its institution and collection time.
   await desk.getByRole('link', { name: '完整时间轴' }).click();

@@ -634,26 +634,17 @@ impl Store {
         Ok(out.into_iter().map(|((s, h), n)| (s, h, n)).collect())
     }
 
-    /// The `limit` most recently received current versions (not deleted) from `source` at or
-    /// after `since`, newest first: a sample for measuring upload delays.
-    pub fn latest_received(
-        &self,
-        source: &str,
-        since: i64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
-        let Some(src) = self.catalog().system_id(source) else {
-            return Ok(Vec::new());
-        };
+    /// The `limit` most recently received current versions (not deleted) at or after `since`,
+    /// newest first: a sample for measuring upload delays.
+    pub fn latest_received(&self, since: i64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         let mut c = self.reader()?;
         let rows = c.conn().query(
             &format!(
                 "SELECT s.rid, rr.id, {} FROM res s JOIN res_route rr ON rr.rid = s.rid \
-                 WHERE s.lastmod >= ? AND s.src = ? AND s.deleted = 0 \
-                 ORDER BY s.lastmod DESC LIMIT ?",
+                 WHERE s.lastmod >= ? AND s.deleted = 0 ORDER BY s.lastmod DESC LIMIT ?",
                 write::VERSION_COLS
             ),
-            &[Val::Int(since), Val::Int(src), Val::Int(limit as i64)],
+            &[Val::Int(since), Val::Int(limit as i64)],
         )?;
         let cat = self.catalog();
         let mut out = Vec::with_capacity(rows.len());

@@ -30,8 +30,9 @@ CREATE TABLE IF NOT EXISTS res (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     deleted INTEGER NOT NULL, body BLOB NOT NULL, src INTEGER NOT NULL DEFAULT 0,
     sens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (shard, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS res_type ON res (rtype, lastmod);
-CREATE INDEX IF NOT EXISTS res_lastmod ON res (lastmod);
-CREATE INDEX IF NOT EXISTS res_src_lastmod ON res (src, lastmod);
+DROP INDEX IF EXISTS res_src_lastmod;
+DROP INDEX IF EXISTS res_lastmod;
+CREATE INDEX IF NOT EXISTS res_lastmod_src ON res (lastmod, src);
 CREATE TABLE IF NOT EXISTS res_hist (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     version INTEGER NOT NULL, rtype INTEGER NOT NULL, lastmod INTEGER NOT NULL,
     deleted INTEGER NOT NULL, body BLOB NOT NULL, src INTEGER NOT NULL DEFAULT 0,
@@ -108,8 +109,9 @@ CREATE TABLE IF NOT EXISTS res (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     deleted BIGINT NOT NULL, body BYTEA NOT NULL, src BIGINT NOT NULL DEFAULT 0,
     sens BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (shard, rid));
 CREATE INDEX IF NOT EXISTS res_type ON res (rtype, lastmod);
-CREATE INDEX IF NOT EXISTS res_lastmod ON res (lastmod);
-CREATE INDEX IF NOT EXISTS res_src_lastmod ON res (src, lastmod);
+DROP INDEX IF EXISTS res_src_lastmod;
+DROP INDEX IF EXISTS res_lastmod;
+CREATE INDEX IF NOT EXISTS res_lastmod_src ON res (lastmod, src);
 CREATE TABLE IF NOT EXISTS res_hist (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     version BIGINT NOT NULL, rtype BIGINT NOT NULL, lastmod BIGINT NOT NULL,
     deleted BIGINT NOT NULL, body BYTEA NOT NULL, src BIGINT NOT NULL DEFAULT 0,

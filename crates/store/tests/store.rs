@@ -989,7 +989,7 @@ fn schema_1_stores_are_upgraded(t: &TestStore) {
     seed_scoped(s);
     // Back to schema 1.
     for stmt in [
-        "DROP INDEX res_src_lastmod",
+        "DROP INDEX res_lastmod_src",
         "ALTER TABLE res DROP COLUMN src",
         "ALTER TABLE res DROP COLUMN sens",
         "ALTER TABLE res_hist DROP COLUMN src",

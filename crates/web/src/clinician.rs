@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use hutong_access::principal::Kind;
 use hutong_server::engine::parse_query_string;
 use hutong_server::http::AppState;
-use maud::html;
+use maud::{html, Markup};
 use serde_json::{json, Value};
 
 use crate::view::{self, local};
@@ -222,6 +222,47 @@ pub async fn person(
         .filter_map(|v| v["meta"]["source"].as_str().map(String::from))
         .collect();
     let names = crate::names(&st, sources).await;
+    // Each test's values over time (what the grant opens), for a trend beside its latest result.
+    let obs = d
+        .ask(
+            &st,
+            "GET",
+            &format!("Person/{id}/$everything"),
+            &[("_type", "Observation"), ("_count", "2000")],
+            None,
+        )
+        .await;
+    let mut series: HashMap<String, Vec<(i64, f64)>> = HashMap::new();
+    for e in json_of(&obs)["entry"].as_array().into_iter().flatten() {
+        let o = &e["resource"];
+        if let (Some(k), Some(t), Some(v)) = (
+            test_of(o),
+            view::when(o),
+            o["valueQuantity"]["value"].as_f64(),
+        ) {
+            series.entry(k).or_default().push((t, v));
+        }
+    }
+    for points in series.values_mut() {
+        points.sort_by_key(|p| p.0);
+    }
+    let trend = |v: &Value| -> Markup {
+        let Some(points) = test_of(v)
+            .and_then(|k| series.get(&k))
+            .filter(|p| p.len() > 1)
+        else {
+            return html! {};
+        };
+        let values: Vec<Option<f64>> = points.iter().map(|p| Some(p.1)).collect();
+        let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let label = format!(
+            "{} {}",
+            lang.t("历次结果趋势，共", "Trend over"),
+            points.len()
+        );
+        html! { " " (view::sparkline(&label, &values, lo, hi.max(lo + 1e-9))) }
+    };
     let mine = d.s.principal.institution.clone().unwrap_or_default();
     let sections = entries
         .first()
@@ -263,6 +304,7 @@ pub async fn person(
                             div.meta {
                                 (names.get(src).map(String::as_str).unwrap_or(src))
                                 @if src != mine && title == "Last results" { " " span.tag { (lang.t("外院结果", "from another institution")) } }
+                                @if title == "Last results" { (trend(v)) }
                             }
                         }
                     }
@@ -271,6 +313,12 @@ pub async fn person(
         }
     };
     d.page(StatusCode::OK, lang.t("患者摘要", "Person summary"), body)
+}
+
+/// The test an Observation reports (its first coding), to line up its results over time.
+fn test_of(o: &Value) -> Option<String> {
+    let c = &o["code"]["coding"][0];
+    Some(format!("{}|{}", c["system"].as_str()?, c["code"].as_str()?))
 }
 
 /// `GET /workstation/person/{id}/timeline[?kind=…]`: the person's record from every

@@ -307,7 +307,7 @@ pub async fn intake(State(st): State<Arc<AppState>>, d: Op) -> Response {
                 }
             }
         }
-        p.meta { (lang.t("上传延迟 = 平台接收时间 − 机构采集时间，按各机构最近接收的", "Upload delay = received − the institution's collection time, measured on each institution's "))
+        p.meta { (lang.t("上传延迟 = 平台接收时间 − 机构采集时间，按全区最近接收的", "Upload delay = received − the institution's collection time, measured on the region's "))
             (num(&v["delaySample"])) (lang.t("条计算。", " most recently received resources.")) }
     };
     d.page(StatusCode::OK, lang.t("数据接入", "Intake"), body)
