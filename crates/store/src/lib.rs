@@ -581,37 +581,58 @@ impl Store {
         let Some(t) = cat.type_id(rtype) else {
             return Ok((Vec::new(), after));
         };
-        let mut filter = String::new();
-        if patients_only {
-            filter.push_str(" AND s.shard <> 0");
-        }
-        if let Scope::Rows(r) = scope {
-            filter.push_str(&format!(" AND {}", r.sql_row(&cat, "s")));
-        }
-        let rows = c.conn().query(
-            &format!(
-                "SELECT s.rid, rr.id, {} FROM res s JOIN res_route rr ON rr.rid = s.rid \
-                 WHERE s.rtype = ? AND s.deleted = 0 AND s.lastmod >= ? AND s.rid > ?{filter} \
-                 ORDER BY s.rid LIMIT ?",
-                write::VERSION_COLS
-            ),
-            &[
-                Val::Int(t),
-                Val::Int(since.unwrap_or(i64::MIN)),
-                Val::Int(after),
-                Val::Int(limit as i64),
-            ],
-        )?;
+        // Two steps: the page's keys from the type's index alone (sorting integers, not
+        // rows), then those rows. Sorting the rows themselves by rid would read and sort every
+        // body of the type once per page.
+        let shards = if patients_only {
+            " AND s.shard <> 0"
+        } else {
+            ""
+        };
+        let filter = match scope {
+            Scope::Rows(r) => format!(" AND {}", r.sql_row(&cat, "s")),
+            Scope::All => String::new(),
+        };
         let mut last = after;
-        let mut out = Vec::with_capacity(rows.len());
-        for mut r in rows {
-            last = r[0].int();
-            let id = r[1].text().to_string();
-            let m = write::RowMeta::at(&r, 2);
-            let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
-            out.push(write::stored_from(&cat, m, id, blob)?);
+        let mut out = Vec::new();
+        loop {
+            let keys = c.conn().query(
+                &format!(
+                    "SELECT s.rid FROM res s WHERE s.rtype = ? AND s.lastmod >= ? \
+                     AND s.rid > ?{shards} ORDER BY s.rid LIMIT ?"
+                ),
+                &[
+                    Val::Int(t),
+                    Val::Int(since.unwrap_or(i64::MIN)),
+                    Val::Int(last),
+                    Val::Int(limit as i64),
+                ],
+            )?;
+            let Some(end) = keys.last().map(|k| k[0].int()) else {
+                return Ok((out, last));
+            };
+            last = end;
+            let rids: Vec<i64> = keys.iter().map(|k| k[0].int()).collect();
+            let rows = c.conn().query(
+                &format!(
+                    "SELECT s.rid, rr.id, {} FROM res_route rr JOIN res s \
+                     ON s.shard = rr.shard AND s.rid = rr.rid \
+                     WHERE rr.rid IN ({}) AND s.deleted = 0{filter} ORDER BY s.rid",
+                    write::VERSION_COLS,
+                    scope::int_list(&rids)
+                ),
+                &[],
+            )?;
+            for mut r in rows {
+                let id = r[1].text().to_string();
+                let m = write::RowMeta::at(&r, 2);
+                let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
+                out.push(write::stored_from(&cat, m, id, blob)?);
+            }
+            if !out.is_empty() {
+                return Ok((out, last));
+            }
         }
-        Ok((out, last))
     }
 
     /// Versions received at or after `since` (current and superseded, deletions included),

@@ -233,7 +233,7 @@ impl RowScope {
 
 /// Integers as a SQL list. They are ours (shards, interned ids), never client text, so they
 /// are written inline: a province-sized grant list would overflow bound parameters.
-fn int_list(v: &[i64]) -> String {
+pub(crate) fn int_list(v: &[i64]) -> String {
     if v.is_empty() {
         return "-1".into();
     }
