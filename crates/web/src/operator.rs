@@ -979,7 +979,10 @@ pub async fn audit(State(st): State<Arc<AppState>>, d: Op) -> Response {
     };
     let done = d.q("reviewed");
     let body = html! {
-        @if let Some(x) = &done { (notice(&format!("{} {x}", lang.t("复核结论已记录：", "Review recorded:")), false)) }
+        @if let Some(x) = &done {
+            @let verdict = if x == "justified" { lang.t("合理", "justified") } else { lang.t("不合理", "unjustified") };
+            (notice(&format!("{} {verdict}", lang.t("复核结论已记录：", "Review recorded:")), false))
+        }
         h2 { (lang.t("审计链校验", "Audit chain")) }
         @match &verified {
             None => {
