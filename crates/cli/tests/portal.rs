@@ -53,6 +53,36 @@ fn missing() -> Option<String> {
     None
 }
 
+/// The access token of a staff account signed in through `/auth/login`.
+async fn sign_in(client: &reqwest::Client, root: &str, user: &Value, password: &Value) -> String {
+    let t: Value = client
+        .post(format!("{root}/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{user} signs in: {t}"))
+        .to_string()
+}
+
+/// POSTs a Parameters body to an operation; asserts `status`.
+async fn operate(client: &reqwest::Client, url: String, token: &str, params: Value, status: u16) {
+    let r = client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), status, "{}", r.text().await.unwrap());
+}
+
 /// A GET's JSON answer.
 async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
     let r = client.get(url).bearer_auth(token).send().await.unwrap();
@@ -71,16 +101,13 @@ async fn review_task(
     keep: &str,
 ) -> String {
     let fhir = |path: &str| format!("{root}/fhir/{path}");
-    let steward: Value = client
-        .post(format!("{root}/auth/login"))
-        .json(&json!({"username": "steward", "password": creds["operators"][0]["password"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let steward = steward["access_token"].as_str().expect("steward token");
+    let steward = sign_in(
+        client,
+        root,
+        &json!("steward"),
+        &creds["operators"][0]["password"],
+    )
+    .await;
     let persons: Value = get_json(client, fhir("Person?_count=100"), platform).await;
     let person = persons["entry"]
         .as_array()
@@ -93,23 +120,19 @@ async fn review_task(
         .as_str()
         .unwrap()
         .to_string();
-    let r = client
-        .post(fhir(&format!(
+    operate(
+        client,
+        fhir(&format!(
             "Person/{}/$unlink",
             person["id"].as_str().unwrap()
-        )))
-        .bearer_auth(steward)
-        .header("content-type", "application/fhir+json")
-        .body(
-            json!({"resourceType": "Parameters", "parameter": [
-                {"name": "patient", "valueReference": {"reference": patient}},
-                {"name": "reason", "valueString": "就诊卡疑似借用，待核实"}]})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        )),
+        &steward,
+        json!([
+            {"name": "patient", "valueReference": {"reference": patient}},
+            {"name": "reason", "valueString": "就诊卡疑似借用，待核实"}]),
+        200,
+    )
+    .await;
     // The institution that registered it updates the record.
     let mut record: Value = get_json(client, fhir(&patient), platform).await;
     let inst = creds["institutions"]
@@ -194,31 +217,15 @@ async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() 
 
     // A clinician of the first institution asks for the resident's approval in the app.
     let client = reqwest::Client::new();
-    let t: Value = client
-        .post(format!("{root}/auth/login"))
-        .json(&json!({"username": user, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let doctor = t["access_token"]
-        .as_str()
-        .expect("clinician token")
-        .to_string();
-    let r = client
-        .post(format!("{root}/fhir/Person/{person}/$request-access"))
-        .bearer_auth(&doctor)
-        .header("content-type", "application/fhir+json")
-        .body(
-            json!({"resourceType": "Parameters", "parameter": [{"name": "method", "valueCode": "app"}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let doctor = sign_in(&client, &root, &json!(user), &json!(password)).await;
+    operate(
+        &client,
+        format!("{root}/fhir/Person/{person}/$request-access"),
+        &doctor,
+        json!([{"name": "method", "valueCode": "app"}]),
+        201,
+    )
+    .await;
 
     // For the operators: a break-glass access to review, and a possible duplicate in the
     // identity review queue.
@@ -226,28 +233,15 @@ async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() 
     let creds: Value =
         serde_json::from_slice(&std::fs::read(dir.join("credentials.json")).unwrap()).unwrap();
     let other = &creds["institutions"][1];
-    let t: Value = client
-        .post(format!("{root}/auth/login"))
-        .json(&json!({"username": other["clinician"], "password": other["password"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let emergency = t["access_token"].as_str().expect("clinician token");
-    let r = client
-        .post(format!("{root}/fhir/Person/{person}/$break-glass"))
-        .bearer_auth(emergency)
-        .header("content-type", "application/fhir+json")
-        .body(
-            json!({"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "急诊抢救，患者昏迷"}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let emergency = sign_in(&client, &root, &other["clinician"], &other["password"]).await;
+    operate(
+        &client,
+        format!("{root}/fhir/Person/{person}/$break-glass"),
+        &emergency,
+        json!([{"name": "reason", "valueString": "急诊抢救，患者昏迷"}]),
+        201,
+    )
+    .await;
     let platform = lines
         .iter()
         .find_map(|l| l.strip_prefix("export TOKEN="))

@@ -428,16 +428,7 @@ impl Desk {
         title: (&str, &str),
     ) -> Response {
         let p = json!({"resourceType": "Parameters", "parameter": [{"name": param.0, "valueString": param.1}]});
-        let r = call(
-            st,
-            self.s.principal.clone(),
-            &self.from,
-            "POST",
-            path,
-            &[],
-            Some(&p),
-        )
-        .await;
+        let r = self.ask(st, "POST", path, &[], Some(&p)).await;
         if r.status < 300 {
             return Redirect::to(&format!("/workstation/person/{person}")).into_response();
         }

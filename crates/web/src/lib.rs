@@ -178,14 +178,17 @@ fn csrf_for(secret: &str) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads a submitted form (at most 64 KiB).
-pub async fn form(req: Request) -> HashMap<String, String> {
+/// Reads a submitted form (at most 64 KiB), every field in order (a field may repeat).
+pub async fn form_pairs(req: Request) -> Vec<(String, String)> {
     let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
         .await
         .unwrap_or_default();
     parse_query_string(std::str::from_utf8(&bytes).unwrap_or(""))
-        .into_iter()
-        .collect()
+}
+
+/// Reads a submitted form (at most 64 KiB); of a repeated field, the last.
+pub async fn form(req: Request) -> HashMap<String, String> {
+    form_pairs(req).await.into_iter().collect()
 }
 
 /// Asks the engine as `principal`, as the FHIR API would: the same decision, the same audit.

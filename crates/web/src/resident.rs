@@ -86,16 +86,30 @@ impl Visit {
         st: &AppState,
         req: Request,
     ) -> Result<(Visit, HashMap<String, String>), Box<Response>> {
+        let (v, pairs) = Visit::posted_pairs(st, req).await?;
+        Ok((v, pairs.into_iter().collect()))
+    }
+
+    /// [`Visit::posted`] keeping every field in order (for fields that repeat).
+    async fn posted_pairs(
+        st: &AppState,
+        req: Request,
+    ) -> Result<(Visit, Vec<(String, String)>), Box<Response>> {
         let query = query_of(&req);
         let headers = req.headers().clone();
         let Some(v) = Visit::of(st, &headers, query) else {
             return Err(Box::new(to_login()));
         };
-        let f = form(req).await;
-        if !v.s.csrf_ok(&f) {
+        let pairs = crate::form_pairs(req).await;
+        let token = pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, t)| t);
+        if token != Some(&v.s.csrf()) {
             return Err(Box::new(StatusCode::FORBIDDEN.into_response()));
         }
-        Ok((v, f))
+        Ok((v, pairs))
     }
 }
 
@@ -905,16 +919,9 @@ pub async fn access(
     )
 }
 
-/// Whose record a grant is about (its `grant-person` extension).
+/// Whose record a grant is about.
 fn grant_person(c: &Value) -> Option<String> {
-    c["extension"].as_array()?.iter().find_map(|e| {
-        e["url"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("/grant-person"))
-            .then(|| e["valueReference"]["reference"].as_str())
-            .flatten()
-            .map(|r| r.trim_start_matches("Person/").to_string())
-    })
+    hutong_access::grants::Grant::from_consent(c).map(|g| g.person)
 }
 
 /// The sensitive categories a grant may name, as checkboxes.
@@ -986,19 +993,11 @@ async fn granting(
     op: &str,
     first: impl FnOnce(&HashMap<String, String>) -> Vec<Value>,
 ) -> Response {
-    let query = query_of(&req);
-    let headers = req.headers().clone();
-    let Some(v) = Visit::of(st, &headers, query) else {
-        return to_login();
+    let (v, pairs) = match Visit::posted_pairs(st, req).await {
+        Ok(x) => x,
+        Err(refused) => return *refused,
     };
-    let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let pairs = parse_query_string(std::str::from_utf8(&bytes).unwrap_or(""));
     let f: HashMap<String, String> = pairs.iter().cloned().collect();
-    if !v.s.csrf_ok(&f) {
-        return StatusCode::FORBIDDEN.into_response();
-    }
     let body = grant_parameters(&pairs, first(&f));
     let r = call(
         st,
