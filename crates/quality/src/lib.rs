@@ -196,14 +196,48 @@ pub fn misfiled_encounters(
 /// A content fingerprint: the resource without its id, `meta` and narrative, hashed.
 /// Two submissions with the same fingerprint say the same thing.
 pub fn fingerprint(v: &Value) -> String {
-    let mut copy = v.clone();
-    if let Some(o) = copy.as_object_mut() {
-        o.remove("id");
-        o.remove("meta");
-        o.remove("text");
+    // Hashes the serialised fields without copying the resource. The order is that of the
+    // stored fingerprints, made by removing the three fields from a copy with
+    // `Map::remove` — a swap-remove under `preserve_order` — and serialising the rest.
+    let mut hasher = Sha256::new();
+    match v.as_object() {
+        Some(o) => {
+            let mut fields: Vec<(&String, &Value)> = o.iter().collect();
+            for skip in ["id", "meta", "text"] {
+                if let Some(i) = fields.iter().position(|(k, _)| k.as_str() == skip) {
+                    fields.swap_remove(i);
+                }
+            }
+            hasher.update(b"{");
+            for (i, (k, x)) in fields.into_iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                let _ = serde_json::to_writer(HashWriter(&mut hasher), k);
+                hasher.update(b":");
+                let _ = serde_json::to_writer(HashWriter(&mut hasher), x);
+            }
+            hasher.update(b"}");
+        }
+        None => {
+            let _ = serde_json::to_writer(HashWriter(&mut hasher), v);
+        }
     }
-    let digest = Sha256::digest(copy.to_string().as_bytes());
+    let digest = hasher.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds serialised JSON straight into a hash.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The intake rules in force.

@@ -450,6 +450,31 @@ mod props {
     }
 
     proptest! {
+        /// The fingerprint is the one already stored for existing resources: the hash of a
+        /// copy without id, meta and text, whatever the order of the fields.
+        #[test]
+        fn fingerprint_matches_the_stored_construction(
+            keys in prop::collection::vec(prop_oneof![
+                Just("id".to_string()), Just("meta".to_string()), Just("text".to_string()),
+                "[a-z]{1,6}"], 0..8),
+            values in prop::collection::vec(json_value(), 8),
+        ) {
+            let mut m = serde_json::Map::new();
+            for (k, x) in keys.into_iter().zip(values) {
+                m.insert(k, x);
+            }
+            let v = Value::Object(m);
+            let mut copy = v.clone();
+            if let Some(o) = copy.as_object_mut() {
+                o.remove("id");
+                o.remove("meta");
+                o.remove("text");
+            }
+            let digest = sha2::Sha256::digest(copy.to_string().as_bytes());
+            let expected: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            prop_assert_eq!(fingerprint(&v), expected);
+        }
+
         /// Whatever a source sends, the checker answers with findings and never panics;
         /// every finding names a known rule and a location on the resource's type.
         #[test]

@@ -22,8 +22,8 @@ CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at INTEGER NOT NULL,
     rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, rule TEXT NOT NULL,
     severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL,
-    id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp));
+CREATE TABLE IF NOT EXISTS qc_content (src TEXT NOT NULL, fp INTEGER NOT NULL,
+    rtype TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (src, fp, rtype)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
     at INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
     outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at BIGINT NOT NULL,
     rtype TEXT NOT NULL, id TEXT NOT NULL, version BIGINT NOT NULL, rule TEXT NOT NULL,
     severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL,
-    id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp));
+CREATE TABLE IF NOT EXISTS qc_content (src TEXT NOT NULL, fp BIGINT NOT NULL,
+    rtype TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (src, fp, rtype));
 CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
     at BIGINT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BYTEA NOT NULL,
     outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
@@ -47,12 +47,56 @@ CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
 ";
 
-/// Creates the governance tables (idempotent).
+/// Creates the governance tables (idempotent), and moves the fingerprints of a store made
+/// before they were kept as 64-bit keys (`qc_fp`, hex text) into `qc_content`.
 pub fn open(store: &Store) -> Result<(), StoreError> {
     store.batch_admin(match store.dialect() {
         Dialect::Sqlite => SQLITE,
         Dialect::Postgres => POSTGRES,
-    })
+    })?;
+    let old = match store.dialect() {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'qc_fp'",
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'qc_fp'"
+        },
+    };
+    if store.query_admin(old, &[])?[0][0].int() == 0 {
+        return Ok(());
+    }
+    let rows = store.query_admin("SELECT src, rtype, fp, id FROM qc_fp", &[])?;
+    let insert = insert_ignore(
+        store.dialect(),
+        "qc_content (src, fp, rtype, id) VALUES (?, ?, ?, ?)",
+    );
+    let mut moved = 0usize;
+    store.with_admin_tx(|conn| {
+        for r in &rows {
+            if let Some(fp) = fingerprint_key(r[2].text()) {
+                conn.exec(
+                    &insert,
+                    &[
+                        Val::Text(r[0].text().into()),
+                        Val::Int(fp),
+                        Val::Text(r[1].text().into()),
+                        Val::Text(r[3].text().into()),
+                    ],
+                )?;
+                moved += 1;
+            }
+        }
+        conn.batch("DROP TABLE qc_fp")
+    })?;
+    tracing::info!(moved, "Moved content fingerprints to qc_content.");
+    Ok(())
+}
+
+/// The 64-bit key a content fingerprint (hex) is kept and looked up by: its first 16 hex
+/// digits. Collisions among one source's resources of one type are negligible (2⁻⁶⁴ per
+/// pair) and would only mark a resource as a possible duplicate, which is a warning.
+pub fn fingerprint_key(fp: &str) -> Option<i64> {
+    fp.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .map(|k| k as i64)
 }
 
 /// The verdict on one submission: per resource, its findings and content fingerprint.
@@ -189,18 +233,25 @@ pub fn check(
         .collect();
     let mut content = HashMap::new();
     if checker.rules.severity("duplicate").is_some() && !fps.is_empty() {
-        for chunk in fps.chunks(500) {
+        let by_key: HashMap<i64, &String> = fps
+            .iter()
+            .filter_map(|f| Some((fingerprint_key(f)?, f)))
+            .collect();
+        let keys: Vec<i64> = by_key.keys().copied().collect();
+        for chunk in keys.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let mut params = vec![Val::Text(source.to_string())];
-            params.extend(chunk.iter().map(|f| Val::Text(f.clone())));
+            params.extend(chunk.iter().map(|k| Val::Int(*k)));
             for r in store.query_admin(
-                &format!("SELECT rtype, fp, id FROM qc_fp WHERE src = ? AND fp IN ({marks})"),
+                &format!("SELECT rtype, fp, id FROM qc_content WHERE src = ? AND fp IN ({marks})"),
                 &params,
             )? {
-                content.insert(
-                    (r[0].text().to_string(), r[1].text().to_string()),
-                    r[2].text().to_string(),
-                );
+                if let Some(fp) = by_key.get(&r[1].int()) {
+                    content.insert(
+                        (r[0].text().to_string(), (*fp).clone()),
+                        r[2].text().to_string(),
+                    );
+                }
             }
         }
     }
@@ -419,15 +470,17 @@ pub fn record(
 ) -> Result<(), StoreError> {
     let d = tx.conn().dialect();
     record_findings(tx, source, s, findings)?;
-    tx.conn().exec(
-        &insert_ignore(d, "qc_fp (src, rtype, fp, id) VALUES (?, ?, ?, ?)"),
-        &[
-            Val::Text(source.into()),
-            Val::Text(s.rtype.clone()),
-            Val::Text(fingerprint.into()),
-            Val::Text(s.id.clone()),
-        ],
-    )?;
+    if let Some(fp) = fingerprint_key(fingerprint) {
+        tx.conn().exec(
+            &insert_ignore(d, "qc_content (src, fp, rtype, id) VALUES (?, ?, ?, ?)"),
+            &[
+                Val::Text(source.into()),
+                Val::Int(fp),
+                Val::Text(s.rtype.clone()),
+                Val::Text(s.id.clone()),
+            ],
+        )?;
+    }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
         let order = crate::workorders::NewOrder {
             category: hutong_quality::workorder::Category::WrongPatient,
@@ -468,3 +521,67 @@ pub fn item_json(r: &[Val], with_outcome: bool) -> Value {
 
 pub const ITEM_COLS: &str =
     "qid, src, at, method, path, rules, status, resolved_at, resolution, outcome";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store made before fingerprints were 64-bit keys keeps its duplicates detectable.
+    fn moves_old_fingerprints(store: &Store) {
+        store
+            .batch_admin(
+                "CREATE TABLE qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL, \
+                 id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp))",
+            )
+            .unwrap();
+        let v = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"text": "x"}});
+        let fp = hutong_quality::fingerprint(&v);
+        store
+            .exec_admin(
+                "INSERT INTO qc_fp (src, rtype, fp, id) VALUES (?, ?, ?, ?)",
+                &[
+                    Val::Text("urn:a".into()),
+                    Val::Text("Observation".into()),
+                    Val::Text(fp.clone()),
+                    Val::Text("o1".into()),
+                ],
+            )
+            .unwrap();
+        open(store).unwrap();
+        let gone = match store.dialect() {
+            Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = 'qc_fp'",
+            Dialect::Postgres => "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'qc_fp'",
+        };
+        assert_eq!(store.query_admin(gone, &[]).unwrap()[0][0].int(), 0);
+        // A second copy of the same content from the same source is found as a duplicate;
+        // from another source it is not.
+        let copy = json!({"resourceType": "Observation", "id": "o2", "status": "final",
+            "code": {"text": "x"}});
+        let checker = Checker::default();
+        let dup = |src: &str| {
+            let c = check(store, &checker, src, &[&copy], HashSet::new(), false).unwrap();
+            c.findings[0].iter().any(|f| f.rule == "duplicate")
+        };
+        assert!(dup("urn:a"));
+        assert!(!dup("urn:b"));
+        // Opening again is a no-op.
+        open(store).unwrap();
+        assert!(dup("urn:a"));
+        assert_eq!(fingerprint_key(&fp), fingerprint_key(&hutong_quality::fingerprint(&copy)));
+        assert_eq!(fingerprint_key("short"), None);
+    }
+
+    #[test]
+    fn old_fingerprints_move_sqlite() {
+        let t = hutong_store::testing::sqlite();
+        moves_old_fingerprints(&t.store);
+    }
+
+    #[test]
+    fn old_fingerprints_move_postgres() {
+        if let Some(t) = hutong_store::testing::postgres() {
+            moves_old_fingerprints(&t.store);
+        }
+    }
+}

@@ -197,6 +197,8 @@ pub(crate) struct Inner {
     catalog: RwLock<Catalog>,
     dialect: Dialect,
     written: std::sync::atomic::AtomicU64,
+    /// Resources written since the WAL's size was last looked at.
+    since_restart: std::sync::atomic::AtomicU64,
     training: std::sync::atomic::AtomicBool,
 }
 
@@ -208,7 +210,13 @@ pub struct Store {
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
     PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;
-    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824; PRAGMA wal_autocheckpoint=10000;";
+    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824; PRAGMA wal_autocheckpoint=10000;
+    PRAGMA journal_size_limit=134217728;";
+
+/// How many resources are written between looks at the WAL's length.
+const WAL_CHECK_EVERY: u64 = 5_000;
+/// The WAL length (4 KiB pages) past which it is rewound: 2.5 × the autocheckpoint.
+const WAL_RESTART_FRAMES: i64 = 25_000;
 
 fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
     let c = rusqlite::Connection::open(path)?;
@@ -257,6 +265,7 @@ impl Store {
                 catalog: RwLock::new(catalog),
                 dialect,
                 written: Default::default(),
+                since_restart: Default::default(),
                 training: Default::default(),
             }),
         };
@@ -336,6 +345,7 @@ impl Store {
         match result {
             Ok(r) => match conn.batch("COMMIT") {
                 Ok(()) => {
+                    self.keep_wal_short(conn, written);
                     drop(pooled);
                     self.after_commit(written);
                     if !added.is_empty() {
@@ -374,6 +384,38 @@ impl Store {
 
     /// Trains the body dictionary once enough resources exist (embedded store only: on
     /// PostgreSQL several API nodes would race, and its TOAST compresses large rows anyway).
+    /// Restarts the SQLite WAL once it has grown past [`WAL_RESTART_FRAMES`]. The automatic
+    /// (passive) checkpoint copies frames back but never rewinds the log while some reader
+    /// is inside it, and under a steady stream of short reads (a bulk import's checks, a
+    /// busy API) there always is one: the WAL then grows without bound, and every commit
+    /// appends to fresh file blocks. A RESTART checkpoint waits (busy timeout) for those
+    /// readers to finish, so the next commit writes from the start of the file again.
+    /// Runs on the writer connection right after a commit, so no other writer is in the way.
+    fn keep_wal_short(&self, conn: &mut dyn Conn, written: u64) {
+        use std::sync::atomic::Ordering;
+        if self.inner.dialect != Dialect::Sqlite || written == 0 {
+            return;
+        }
+        let since = self
+            .inner
+            .since_restart
+            .fetch_add(written, Ordering::Relaxed)
+            + written;
+        if since < WAL_CHECK_EVERY {
+            return;
+        }
+        self.inner.since_restart.store(0, Ordering::Relaxed);
+        let frames = match conn.query("PRAGMA wal_checkpoint(PASSIVE)", &[]) {
+            Ok(rows) => rows.first().map(|r| r[1].int()).unwrap_or(0),
+            Err(_) => return,
+        };
+        if frames > WAL_RESTART_FRAMES {
+            if let Err(e) = conn.batch("PRAGMA wal_checkpoint(RESTART)") {
+                tracing::debug!(error = %e, frames, "The WAL could not be restarted yet.");
+            }
+        }
+    }
+
     fn after_commit(&self, written: u64) {
         use std::sync::atomic::Ordering;
         if written == 0 || self.inner.dialect != Dialect::Sqlite {
@@ -1032,6 +1074,26 @@ impl Store {
     pub fn exec_admin(&self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let mut c = self.inner.writer.get()?;
         c.conn().exec(sql, params)
+    }
+
+    /// Runs `f` on bookkeeping tables in one transaction (schema migrations of tables the
+    /// store does not own); rolled back when it fails.
+    pub fn with_admin_tx(
+        &self,
+        f: impl FnOnce(&mut dyn Conn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.inner.writer.get()?;
+        let conn = c.conn();
+        conn.batch("BEGIN")?;
+        match f(&mut *conn) {
+            Ok(()) => conn.batch("COMMIT"),
+            Err(e) => {
+                if conn.batch("ROLLBACK").is_err() {
+                    c.discard();
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn query_admin(&self, sql: &str, params: &[Val]) -> Result<Vec<sql::Row>, StoreError> {
