@@ -568,7 +568,10 @@ mod tests {
         // Opening again is a no-op.
         open(store).unwrap();
         assert!(dup("urn:a"));
-        assert_eq!(fingerprint_key(&fp), fingerprint_key(&hutong_quality::fingerprint(&copy)));
+        assert_eq!(
+            fingerprint_key(&fp),
+            fingerprint_key(&hutong_quality::fingerprint(&copy))
+        );
         assert_eq!(fingerprint_key("short"), None);
     }
 

@@ -222,6 +222,7 @@ fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
     let c = rusqlite::Connection::open(path)?;
     c.execute_batch(SQLITE_PRAGMAS)?;
     c.set_prepared_statement_cache_capacity(256);
+    scope::register(&c)?;
     Ok(Box::new(SqliteConn(c)))
 }
 

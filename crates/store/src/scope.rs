@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::schema::Catalog;
+use crate::sql::Dialect;
 
 /// A reader's view of the store.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ impl RowScope {
     /// SQL true for the rows of the `(shard, rid)` pairs of alias `a` that are visible.
     /// `rtype` is the type of those rows when the caller knows it (a search over one type),
     /// which lets the type tests be settled here rather than per row.
-    pub(crate) fn sql(&self, cat: &Catalog, a: &str, rtype: Option<&str>) -> String {
+    pub(crate) fn sql(&self, cat: &Catalog, d: Dialect, a: &str, rtype: Option<&str>) -> String {
         let mut any: Vec<String> = Vec::new();
         let type_known_ok = rtype.map(|t| self.types.as_ref().is_none_or(|s| s.contains(t)));
         if type_known_ok == Some(false) {
@@ -115,13 +116,13 @@ impl RowScope {
             groups.entry(*open).or_default().push(*shard);
         }
         for (open, shards) in groups {
-            let list = int_list(&shards);
+            let member = shard_in(d, &format!("{a}.shard"), &shards);
             let closed = hutong_fhir::security::ALL & !open;
             if closed == 0 {
-                any.push(format!("{a}.shard IN ({list})"));
+                any.push(member);
             } else {
                 any.push(format!(
-                    "({a}.shard IN ({list}) AND NOT EXISTS (SELECT 1 FROM ix_sens z WHERE \
+                    "({member} AND NOT EXISTS (SELECT 1 FROM ix_sens z WHERE \
                      z.shard = {a}.shard AND z.rid = {a}.rid AND (z.sens & {closed}) <> 0))"
                 ));
             }
@@ -183,6 +184,7 @@ impl RowScope {
         }
         for (open, shards) in groups {
             let closed = hutong_fhir::security::ALL & !open;
+            // A plain list here: the planner may drive a version scan by it.
             any.push(format!(
                 "({s}.shard IN ({}) AND ({s}.sens & {closed}) = 0)",
                 int_list(&shards)
@@ -231,6 +233,66 @@ impl RowScope {
     }
 }
 
+/// The name of the SQLite function [`register`] adds.
+const IN_SET: &str = "hutong_in_set";
+
+/// SQL true when `col` is one of `shards` (sorted, as a `BTreeMap`'s keys are). A grant list
+/// runs to hundreds of shards; on SQLite an `IN (…)` list of that size is built into a
+/// temporary b-tree on every execution of the statement, so the set travels instead as a
+/// blob literal of sorted big-endian integers that [`register`]'s function binary-searches
+/// in place. PostgreSQL hashes a long constant `IN` list itself.
+fn shard_in(d: Dialect, col: &str, shards: &[i64]) -> String {
+    match d {
+        Dialect::Sqlite if shards.len() > 8 => {
+            let mut hex = String::with_capacity(shards.len() * 16);
+            for s in shards {
+                hex.push_str(&format!("{:016x}", *s as u64 ^ SIGN));
+            }
+            format!("{IN_SET}({col}, X'{hex}')")
+        }
+        _ => format!("{col} IN ({})", int_list(shards)),
+    }
+}
+
+/// Flips the sign bit so that signed order is the unsigned order of the big-endian bytes.
+const SIGN: u64 = 1 << 63;
+
+/// Adds the set-membership function [`shard_in`] writes to a SQLite connection.
+pub(crate) fn register(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    c.create_scalar_function(
+        IN_SET,
+        2,
+        FunctionFlags::SQLITE_UTF8
+            | FunctionFlags::SQLITE_DETERMINISTIC
+            | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| {
+            let (ValueRef::Integer(x), ValueRef::Blob(set)) = (ctx.get_raw(0), ctx.get_raw(1))
+            else {
+                return Ok(false);
+            };
+            Ok(in_sorted_set(set, x))
+        },
+    )
+}
+
+/// Whether `x` is in `set`, 8-byte big-endian sign-flipped integers in ascending order.
+fn in_sorted_set(set: &[u8], x: i64) -> bool {
+    let key = (x as u64 ^ SIGN).to_be_bytes();
+    let n = set.len() / 8;
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match set[mid * 8..mid * 8 + 8].cmp(&key[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
 /// Integers as a SQL list. They are ours (shards, interned ids), never client text, so they
 /// are written inline: a province-sized grant list would overflow bound parameters.
 pub(crate) fn int_list(v: &[i64]) -> String {
@@ -243,6 +305,34 @@ pub(crate) fn int_list(v: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_sets_match_in_lists() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        register(&c).unwrap();
+        let shards: Vec<i64> = (0..40)
+            .map(|i: i64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64))
+            .chain([i64::MIN, -1, 1, i64::MAX])
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
+        let set = shard_in(Dialect::Sqlite, "?1", &shards);
+        assert!(set.starts_with(IN_SET), "{set}");
+        let probes = shards
+            .iter()
+            .flat_map(|s| [*s, s.wrapping_add(1), s.wrapping_sub(1)])
+            .chain([0, 2, i64::MIN + 1]);
+        for x in probes {
+            let got: bool = c
+                .query_row(&format!("SELECT {set}"), [x], |r| r.get(0))
+                .unwrap();
+            assert_eq!(got, shards.contains(&x), "{x}");
+        }
+        assert_eq!(
+            shard_in(Dialect::Postgres, "s", &shards[..2]).contains(" IN ("),
+            true
+        );
+    }
 
     #[test]
     fn permits_follows_the_rules() {

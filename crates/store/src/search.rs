@@ -618,7 +618,10 @@ impl Sql<'_> {
         // unseen resource contains.
         let visible = match self.scope {
             Scope::All => String::new(),
-            Scope::Rows(r) => format!(" AND {}", r.sql(self.cat, cond, Some(inner_type))),
+            Scope::Rows(r) => format!(
+                " AND {}",
+                r.sql(self.cat, self.dialect, cond, Some(inner_type))
+            ),
         };
         format!(
             "SELECT {out}.shard, {out}.rid FROM ix_ref f JOIN res_route t ON t.rtype = f.ttype \
@@ -1055,7 +1058,7 @@ pub(crate) fn run(
         wheres.push(format!("(m.shard, m.rid) IN ({s})"));
     }
     if let Scope::Rows(r) = scope {
-        wheres.push(r.sql(cat, "m", Some(&q.rtype)));
+        wheres.push(r.sql(cat, conn.dialect(), "m", Some(&q.rtype)));
     }
     let where_sql = if wheres.is_empty() {
         String::new()

@@ -740,6 +740,40 @@ fn scoped_reads(t: &TestStore) {
         .unwrap();
     assert_eq!(paged.matches.len() + rest.matches.len(), 3);
     assert!(!rest.has_more);
+    // A grant list of hundreds of shards (written differently on SQLite: a sorted set the
+    // store binary-searches) sees exactly the same rows.
+    let many = Scope::rows(hutong_store::RowScope {
+        types: None,
+        sources: ["urn:org:a".to_string()].into(),
+        shards: (1..40)
+            .map(|i| (hutong_store::shard_of(&format!("nobody-{i}")), 0))
+            .chain([(pb, 0)])
+            .collect(),
+        reference: ["Organization".to_string()].into(),
+        everywhere: None,
+    });
+    for params in [
+        &[("code", "x")][..],
+        &[("subject:Patient.identifier", "urn:mrn:b|1")][..],
+        &[("subject:Patient.identifier", "urn:mrn:b|2")][..],
+    ] {
+        assert_eq!(
+            ids_of(&s.search(&q(params), &many).unwrap()),
+            ids_of(&s.search(&q(params), &a).unwrap()),
+            "{params:?}"
+        );
+    }
+    let without_pb = Scope::rows(hutong_store::RowScope {
+        sources: ["urn:org:a".to_string()].into(),
+        shards: (1..40)
+            .map(|i| (hutong_store::shard_of(&format!("nobody-{i}")), 0))
+            .collect(),
+        ..Default::default()
+    });
+    assert_eq!(
+        ids_of(&s.search(&q(&[("code", "x")]), &without_pb).unwrap()),
+        ["a1", "a2"]
+    );
     // Chains look only through visible targets: pc's identifier is not A's to test.
     assert!(ids_of(
         &s.search(&q(&[("subject:Patient.identifier", "urn:mrn:b|2")]), &a)
