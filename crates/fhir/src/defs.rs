@@ -77,33 +77,64 @@ pub enum Derived {
 
 /// Finds the parameters whose values another parameter of the type already indexes.
 fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
-    let snapshot: Vec<(String, ParamType, Option<Expr>)> = m
+    // A composite's values are also shaped by its components: two composites over the same
+    // expression hold the same values only when their components do (kinds and expressions,
+    // whatever the component parameters are called).
+    type Shape = Vec<(ParamType, Expr)>;
+    let snapshot: Vec<(String, ParamType, Option<Expr>, Shape)> = m
         .values()
-        .map(|p| (p.code.clone(), p.kind, p.expr.clone()))
+        .map(|p| {
+            let shape = p
+                .components
+                .iter()
+                .map(|c| (c.kind, c.expr.clone()))
+                .collect();
+            (p.code.clone(), p.kind, p.expr.clone(), shape)
+        })
         .collect();
-    let find = |kind: ParamType, e: &Expr, not: &str| -> Option<String> {
+    let find = |kind: ParamType, e: &Expr, shape: &Shape, not: &str| -> Option<String> {
         snapshot
             .iter()
-            .find(|(c, k, x)| {
-                c != not && *k == kind && x.as_ref() == Some(e) && !c.starts_with('_')
+            .find(|(c, k, x, sh)| {
+                c != not
+                    && *k == kind
+                    && x.as_ref() == Some(e)
+                    && sh == shape
+                    && !c.starts_with('_')
             })
-            .map(|(c, _, _)| c.clone())
+            .map(|(c, _, _, _)| c.clone())
     };
     let mut found = Vec::new();
-    for (code, kind, expr) in &snapshot {
+    for (code, kind, expr, shape) in &snapshot {
         let Some(e) = expr else { continue };
-        if code.starts_with('_') || *kind == ParamType::Composite {
+        if code.starts_with('_') {
             continue;
         }
-        let d = if let Some(base) = find(*kind, e, code).filter(|b| b < code) {
+        let d = if *kind == ParamType::Composite {
+            // `Observation | Observation.component` over the same components as the
+            // `Observation` composite: the resource-level values are that one's rows.
+            match e {
+                Expr::Union(a, _) => {
+                    find(*kind, a, shape, code).map(|base| Derived::Union { base })
+                }
+                _ => None,
+            }
+        } else if let Some(base) = find(*kind, e, shape, code).filter(|b| b < code) {
             Some(Derived::Same { base })
         } else if let Some((inner, target)) = path::as_resolve_filter(e) {
-            find(*kind, inner, code).map(|base| Derived::Restrict {
+            find(*kind, inner, shape, code).map(|base| Derived::Restrict {
                 base,
                 target: target.to_string(),
             })
         } else if let Expr::Union(a, _) = e {
-            find(*kind, a, code).map(|base| Derived::Union { base })
+            // `(x | y) | z | …` parses left-nested: any leading run of its branches may be
+            // another parameter (`value-quantity` leads `combo-value-quantity`).
+            std::iter::successors(Some(&**a), |x| match x {
+                Expr::Union(l, _) => Some(&**l),
+                _ => None,
+            })
+            .find_map(|x| find(*kind, x, shape, code))
+            .map(|base| Derived::Union { base })
         } else {
             None
         };
@@ -306,6 +337,28 @@ mod tests {
             })
         );
         assert!(d.param("Observation", "code").unwrap().derived.is_none());
+        assert_eq!(
+            d.param("Observation", "combo-code-value-quantity")
+                .unwrap()
+                .derived,
+            Some(Derived::Union {
+                base: "code-value-quantity".into()
+            })
+        );
+        assert_eq!(
+            d.param("Observation", "combo-value-quantity")
+                .unwrap()
+                .derived,
+            Some(Derived::Union {
+                base: "value-quantity".into()
+            })
+        );
+        // Same expression, other components: not the same values.
+        assert!(d
+            .param("Observation", "code-value-string")
+            .unwrap()
+            .derived
+            .is_none());
         // The shared clinical-patient expression is cut down to this type's branch.
         assert_eq!(
             d.param("Condition", "patient").unwrap().expr,

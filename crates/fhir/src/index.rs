@@ -462,6 +462,10 @@ mod tests {
         assert_eq!(find(&es, "_tag").len(), 1);
         assert_eq!(find(&es, "_source"), [&IndexValue::Uri("urn:org:1".into())]);
         assert_eq!(find(&es, "code-value-quantity").len(), 1);
+        assert!(
+            find(&es, "combo-code-value-quantity").is_empty(),
+            "served from code-value-quantity's rows"
+        );
         assert!(find(&es, "_id").is_empty());
         assert_eq!(
             compartment_owner("Observation", "o1", &es).as_deref(),

@@ -333,6 +333,20 @@ fn search_kinds(t: &TestStore) {
         search(s, "Observation", &[("code-value-quantity", "4548-4$lt7")]),
         ["o2"]
     );
+    // The combo composite finds the same from the resource-level rows it shares.
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("combo-code-value-quantity", "http://loinc.org|4548-4$gt7")]
+        ),
+        ["o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("combo-value-quantity", "gt7")]),
+        search(s, "Observation", &[("value-quantity", "gt7")]),
+    );
+    assert!(!search(s, "Observation", &[("combo-value-quantity", "gt7")]).is_empty());
     assert_eq!(
         search(s, "Patient", &[("gender:missing", "false")]).len(),
         2
