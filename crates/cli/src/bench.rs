@@ -803,7 +803,7 @@ fn synth_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> 
 }
 
 fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> anyhow::Result<()> {
-    use hutong_mpi::{eval, Thresholds};
+    use hutong_mpi::eval;
     println!(
         "Linking the Patients of a synthetic region of {} residents…",
         args.link_residents
@@ -823,7 +823,7 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
     let mut counts = eval::PairCounts::default();
     for _ in 0..3 {
         let t = Instant::now();
-        let linked = hutong_mpi::link(&input.records, Thresholds::default());
+        let linked = hutong_mpi::link(&input.records, None);
         secs.push(t.elapsed().as_secs_f64());
         counts = eval::pairwise(&linked.clustering.cluster, &truth);
     }
@@ -1019,7 +1019,7 @@ fn febrl_figures(work: &std::path::Path, rep: &mut Report) {
     ] {
         match load(&files) {
             Ok((recs, truth)) => {
-                let linked = hutong_mpi::link(&recs, hutong_mpi::Thresholds::default());
+                let linked = hutong_mpi::link(&recs, None);
                 let c = hutong_mpi::eval::pairwise(&linked.clustering.cluster, &truth);
                 rep.row(
                     &format!(

@@ -37,12 +37,13 @@ pub struct LinkArgs {
     /// Pairs between the thresholds that were not linked: record_a,record_b,log2_odds.
     #[arg(long)]
     review_out: Option<PathBuf>,
-    /// log2 posterior odds for an automatic link.
-    #[arg(long, default_value_t = Thresholds::default().link)]
-    link_threshold: f64,
-    /// log2 posterior odds for the review queue.
-    #[arg(long, default_value_t = Thresholds::default().review)]
-    review_threshold: f64,
+    /// log2 posterior odds for an automatic link (default: 8 for Chinese records, 20 for
+    /// Western ones, whose name and address parts are weighed as separate fields).
+    #[arg(long)]
+    link_threshold: Option<f64>,
+    /// log2 posterior odds for the review queue (default: -2).
+    #[arg(long)]
+    review_threshold: Option<f64>,
 }
 
 const KINDS: &[&str] = &[
@@ -278,11 +279,12 @@ pub fn run(a: &LinkArgs) -> anyhow::Result<()> {
     let read_secs = t0.elapsed().as_secs_f64();
     spinner.set_message(format!("linking {} records…", input.records.len()));
     let t1 = Instant::now();
+    let profile = Thresholds::for_profile(hutong_mpi::compare::profile_of(&input.records));
     let thresholds = Thresholds {
-        link: a.link_threshold,
-        review: a.review_threshold,
+        link: a.link_threshold.unwrap_or(profile.link),
+        review: a.review_threshold.unwrap_or(profile.review),
     };
-    let linked = hutong_mpi::link(&input.records, thresholds);
+    let linked = hutong_mpi::link(&input.records, Some(thresholds));
     let link_secs = t1.elapsed().as_secs_f64();
     spinner.finish_and_clear();
 

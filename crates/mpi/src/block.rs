@@ -55,8 +55,30 @@ pub fn keys(r: &Record, profile: Profile) -> Vec<String> {
                 k.push(format!("fm:{f}{y}{m}"));
             }
         }
-        if let Some(l) = r.place.line.as_ref().filter(|l| l.len() >= 8) {
-            k.push(format!("l:{l}"));
+        if let Some(l) = r.place.line.as_deref().map(crate::compare::joined) {
+            if l.len() >= 8 {
+                k.push(format!("l:{l}"));
+            }
+        }
+        // Family and given names written the other way round, and a locality written
+        // right when its postcode is not: each name part, whichever it is recorded as.
+        if let Some(n) = &r.name {
+            let parts = n
+                .family_py
+                .iter()
+                .take(1)
+                .chain(Some(&n.given_py).filter(|g| !g.is_empty()));
+            for part in parts {
+                if let Some(b) = &birth {
+                    k.push(format!("xb:{part}{b}"));
+                }
+                if let Some(c) = &r.place.city {
+                    k.push(format!("xc:{part}|{c}"));
+                }
+            }
+        }
+        if let (Some(b), Some(c)) = (&birth, &r.place.city) {
+            k.push(format!("bc:{b}|{c}"));
         }
     }
     if let Some(p) = &r.phone {
@@ -92,4 +114,34 @@ pub fn candidates(records: &[Record], profile: Profile) -> Vec<(u32, u32)> {
     pairs.sort_unstable();
     pairs.dedup();
     pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::Raw;
+
+    /// Western files swap family and given names and mistype postcodes in the same record;
+    /// such a pair still meets in some block.
+    #[test]
+    fn swapped_names_with_a_postcode_typo_meet() {
+        let r = |family: &str, given: &str, postcode: &str, line: &str| {
+            Raw {
+                family: Some(family.into()),
+                given: Some(given.into()),
+                birth_date: Some("1982-02-15".into()),
+                city: Some("kinross".into()),
+                postcode: Some(postcode.into()),
+                address_line: Some(line.into()),
+                ..Raw::default()
+            }
+            .normalize()
+        };
+        let a = r("matthews", "harley", "6051", "32 badimara street");
+        let b = r("harley", "matthews", "6015", "32 badimaa street");
+        let ka: std::collections::HashSet<String> =
+            keys(&a, Profile::Western).into_iter().collect();
+        assert!(keys(&b, Profile::Western).iter().any(|k| ka.contains(k)));
+        assert_eq!(candidates(&[a, b], Profile::Western), [(0, 1)]);
+    }
 }

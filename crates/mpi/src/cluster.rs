@@ -24,6 +24,24 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The thresholds for a data set of this profile. The Western profile weighs name and
+    /// address parts as separate fields although they are not independent (a postcode all
+    /// but fixes the state and the locality; a family shares surname and address), so its
+    /// posterior odds run far higher than the evidence warrants: a shared surname and
+    /// postcode alone reach 2¹⁵. Its link threshold was set on FEBRL 3 (no false link from 16
+    /// up) and holds on FEBRL 4; see docs/BENCHMARKS.md.
+    pub fn for_profile(profile: crate::compare::Profile) -> Thresholds {
+        match profile {
+            crate::compare::Profile::Chinese => Thresholds::default(),
+            crate::compare::Profile::Western => Thresholds {
+                link: 20.0,
+                review: -2.0,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ScoredPair {
     pub a: u32,

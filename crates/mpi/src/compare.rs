@@ -163,19 +163,33 @@ pub fn compare_with(a: &Record, b: &Record, profile: Profile) -> Pattern {
             };
             match (parts(a), parts(b)) {
                 (Some((af, ag)), Some((bf, bg))) => {
-                    // Family and given recorded the other way round are the same name.
-                    let swapped = af == bg && ag == bf && af != ag;
-                    p[FAMILY] = Some(if swapped { 3 } else { text_level(&af, &bf) });
-                    p[GIVEN] = Some(if swapped { 3 } else { text_level(&ag, &bg) });
+                    // Family and given recorded the other way round are the same name (with
+                    // whatever typing errors each part has): the better reading counts.
+                    let straight = (text_level(&af, &bf), text_level(&ag, &bg));
+                    let crossed = (text_level(&af, &bg), text_level(&ag, &bf));
+                    let (f, g) = if af != ag
+                        && crossed.0.min(crossed.1) >= 2
+                        && crossed.0 + crossed.1 > straight.0 + straight.1
+                    {
+                        crossed
+                    } else {
+                        straight
+                    };
+                    p[FAMILY] = Some(f);
+                    p[GIVEN] = Some(g);
                 }
                 _ => p[NAME] = both(&a.name, &b.name, name_level),
             }
-            // Addresses share words ("street", "place"): only close agreement counts.
-            p[LINE] = both(&a.place.line, &b.place.line, |x, y| match jw(x, y) {
-                1.0 => 3,
-                s if s >= 0.95 => 2,
-                s if s >= 0.9 => 1,
-                _ => 0,
+            // Addresses share words ("street", "place"): only close agreement counts. Their
+            // parts come in either order and with spaces lost ("munmurra park" /
+            // "munmurrapark"), so the words are also compared sorted and run together.
+            p[LINE] = both(&a.place.line, &b.place.line, |x, y| {
+                match line_similarity(x, y) {
+                    s if s >= 1.0 => 3,
+                    s if s >= 0.95 => 2,
+                    s if s >= 0.9 => 1,
+                    _ => 0,
+                }
             });
             p[CITY] = both(&a.place.city, &b.place.city, |x, y| match jw(x, y) {
                 1.0 => 2,
@@ -196,6 +210,42 @@ pub fn compare_with(a: &Record, b: &Record, profile: Profile) -> Pattern {
         }
     }
     p
+}
+
+/// An address line's words run together.
+pub(crate) fn joined(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.contains(' ') {
+        std::borrow::Cow::Owned(line.split(' ').collect())
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    }
+}
+
+/// How alike two address lines are: the best of the lines as written, their words sorted,
+/// and their words run together (1.0 when any of these is equal).
+fn line_similarity(a: &str, b: &str) -> f64 {
+    if a == b {
+        return 1.0;
+    }
+    let sorted = |s: &str| {
+        let mut w: Vec<&str> = s.split_whitespace().collect();
+        w.sort_unstable();
+        w.join(" ")
+    };
+    let joined = |s: &str| s.split_whitespace().collect::<String>();
+    let plain = jw(a, b);
+    // Reordered or run-together words still share most characters near their places, so a
+    // pair that far apart as written is not worth re-arranging (most pairs the model
+    // samples are strangers).
+    if plain >= 0.95 || plain < 0.7 {
+        return plain;
+    }
+    let (sa, sb) = (sorted(a), sorted(b));
+    let (ja, jb) = (joined(a), joined(b));
+    if sa == sb || ja == jb {
+        return 1.0;
+    }
+    plain.max(jw(&sa, &sb)).max(jw(&ja, &jb))
 }
 
 /// 3: equal; 2: Jaro–Winkler ≥ 0.92; 1: ≥ 0.8; 0: otherwise.
@@ -340,6 +390,10 @@ fn birth_level(a: (u16, u8, u8), b: (u16, u8, u8)) -> u8 {
 }
 
 fn line_level(a: &str, b: &str) -> u8 {
+    // Household contact compares the address as one run of characters (Chinese addresses
+    // are written without spaces; a space typed into one is no difference).
+    let (a, b) = (joined(a), joined(b));
+    let (a, b) = (a.as_ref(), b.as_ref());
     if a == b {
         return 3;
     }
@@ -468,6 +522,41 @@ mod tests {
         );
         assert!(c[FAMILY] < Some(3) && c[FAMILY] > Some(0));
         assert_eq!((c[LINE], c[POSTCODE]), (Some(0), Some(0)));
+        // Swapped and mistyped; address parts in the other order or run together.
+        let d = compare_with(
+            &r(
+                "harley",
+                "matthews",
+                "32 badimara street munmurra park",
+                "6051",
+            ),
+            &r(
+                "matthews",
+                "harely",
+                "32 munmurrapark badimara street",
+                "6015",
+            ),
+            Profile::Western,
+        );
+        assert_eq!(
+            (d[FAMILY], d[GIVEN]),
+            (Some(2), Some(3)),
+            "swapped, one typo"
+        );
+        assert!(d[LINE] >= Some(2), "{:?}", d[LINE]);
+        assert_eq!(
+            line_similarity("31 bamir square corridella", "31 corridella bamir square"),
+            1.0
+        );
+        assert!(line_similarity("12 kent street", "99 hill road") < 0.9);
+        // Two different given names that happen to look like each other's surname do not
+        // swap: both crossed parts must be close.
+        let e = compare_with(
+            &r("green", "joel", "1 a street", "4670"),
+            &r("green", "tiana", "1 a street", "4670"),
+            Profile::Western,
+        );
+        assert_eq!((e[FAMILY], e[GIVEN]), (Some(3), Some(0)));
         // Chinese comparison of the same records keeps the whole name and household contact.
         let q = compare(&a, &b);
         assert_eq!((q[FAMILY], q[GIVEN], q[LINE]), (None, None, None));

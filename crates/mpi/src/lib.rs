@@ -23,9 +23,11 @@ pub struct Linked {
     pub clustering: Clustering,
 }
 
-/// Deduplicates a batch: trains the model on it and clusters it.
-pub fn link(records: &[Record], thresholds: Thresholds) -> Linked {
+/// Deduplicates a batch: trains the model on it and clusters it, with `thresholds` or,
+/// when `None`, those of the batch's profile ([`Thresholds::for_profile`]).
+pub fn link(records: &[Record], thresholds: Option<Thresholds>) -> Linked {
     let profile = compare::profile_of(records);
+    let thresholds = thresholds.unwrap_or_else(|| Thresholds::for_profile(profile));
     let candidates = block::candidates(records, profile);
     let model = Model::train(records, &candidates, profile);
     let scored = cluster::score_pairs(records, &model, &candidates);

@@ -87,6 +87,16 @@ pub fn text(s: &str) -> String {
         .collect()
 }
 
+/// Like [`text`] word by word, the words kept apart by single spaces: address parts come
+/// in either order in some files, which only a comparison of words can see.
+pub fn words(s: &str) -> String {
+    s.split_whitespace()
+        .map(text)
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn id_number(s: &str) -> Option<IdNorm> {
     let cleaned: String = nfkc(s)
         .chars()
@@ -242,7 +252,9 @@ impl Raw {
             birth: clean(&self.birth_date).and_then(date),
             phone: clean(&self.phone).and_then(phone),
             place: Place {
-                line: some(&self.address_line),
+                line: clean(&self.address_line)
+                    .map(words)
+                    .filter(|s| !s.is_empty()),
                 district: some(&self.district),
                 city: some(&self.city),
                 state: some(&self.state),

@@ -50,7 +50,7 @@ fn region_records(residents: u64, seed: u64) -> (Vec<hutong_mpi::Record>, Vec<St
 #[test]
 fn a_synthetic_region_links_with_high_precision_and_recall() {
     let (records, truth) = region_records(3000, 11);
-    let linked = hutong_mpi::link(&records, Thresholds::default());
+    let linked = hutong_mpi::link(&records, None);
     let c = hutong_mpi::eval::pairwise(&linked.clustering.cluster, &truth);
     assert!(
         c.precision() >= 0.998,
@@ -147,7 +147,7 @@ fn clusters_never_join_two_valid_id_numbers_through_a_chain() {
     // Enough background for the model to learn from.
     let (bg, _) = region_records(300, 5);
     records.extend(bg);
-    let linked = hutong_mpi::link(&records, Thresholds::default());
+    let linked = hutong_mpi::link(&records, None);
     let cl = &linked.clustering.cluster;
     assert_ne!(cl[0], cl[2], "two valid, different ID numbers were merged");
 }
