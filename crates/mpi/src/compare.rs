@@ -237,7 +237,7 @@ fn line_similarity(a: &str, b: &str) -> f64 {
     // Reordered or run-together words still share most characters near their places, so a
     // pair that far apart as written is not worth re-arranging (most pairs the model
     // samples are strangers).
-    if plain >= 0.95 || plain < 0.7 {
+    if !(0.7..0.95).contains(&plain) {
         return plain;
     }
     let (sa, sb) = (sorted(a), sorted(b));
