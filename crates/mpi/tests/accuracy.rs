@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use hutong_mpi::{fhir::raw_from_patient, normalize::Raw, Thresholds};
+use hutong_mpi::{fhir::raw_from_patient, normalize::Raw};
 use serde_json::Value;
 
 fn region_records(residents: u64, seed: u64) -> (Vec<hutong_mpi::Record>, Vec<String>) {
