@@ -41,7 +41,8 @@ pub struct LinkArgs {
     /// Western ones, whose name and address parts are weighed as separate fields).
     #[arg(long)]
     link_threshold: Option<f64>,
-    /// log2 posterior odds for the review queue (default: -2).
+    /// log2 posterior odds for the review queue (default: -2 for Chinese records, 10 for
+    /// Western ones).
     #[arg(long)]
     review_threshold: Option<f64>,
 }

@@ -80,6 +80,39 @@ pub fn keys(r: &Record, profile: Profile) -> Vec<String> {
         if let (Some(b), Some(c)) = (&birth, &r.place.city) {
             k.push(format!("bc:{b}|{c}"));
         }
+        // Both name parts mistyped, and the birth date too: the parts' first letters (where
+        // typing errors are rarest) with the postcode or the locality, and the address's
+        // words without its house number.
+        if let Some(n) = &r.name {
+            let head = |s: &str| s.chars().take(3).collect::<String>();
+            if let (Some(f), false) = (n.family_py.first(), n.given_py.is_empty()) {
+                let h = format!("{}{}", head(f), head(&n.given_py));
+                for p in [&r.place.postcode, &r.place.city].into_iter().flatten() {
+                    k.push(format!("hp:{h}|{p}"));
+                }
+            }
+        }
+        if let (Some(l), Some(p)) = (&r.place.line, place) {
+            let street: String = l.chars().filter(|c| c.is_alphabetic()).collect();
+            if street.len() >= 6 {
+                k.push(format!("ls:{street}|{p}"));
+            }
+        }
+        // The address's two longest words (a street or building name typed right when the
+        // rest is not) with the postcode or the locality.
+        if let Some(l) = &r.place.line {
+            let mut w: Vec<&str> = l
+                .split(' ')
+                .filter(|w| w.chars().count() >= 5 && w.chars().all(char::is_alphabetic))
+                .collect();
+            w.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+            w.dedup();
+            for word in w.iter().take(2) {
+                for p in [&r.place.postcode, &r.place.city].into_iter().flatten() {
+                    k.push(format!("lw:{word}|{p}"));
+                }
+            }
+        }
     }
     if let Some(p) = &r.phone {
         k.push(format!("p:{p}"));

@@ -29,14 +29,15 @@ impl Thresholds {
     /// address parts as separate fields although they are not independent (a postcode all
     /// but fixes the state and the locality; a family shares surname and address), so its
     /// posterior odds run far higher than the evidence warrants: a shared surname and
-    /// postcode alone reach 2¹⁵. Its link threshold was set on FEBRL 3 (no false link from 16
-    /// up) and holds on FEBRL 4; see docs/BENCHMARKS.md.
+    /// postcode alone reach 2¹⁵. Its thresholds were set on the FEBRL data sets (no false
+    /// link on FEBRL 3 from 16 up); see docs/BENCHMARKS.md.
     pub fn for_profile(profile: crate::compare::Profile) -> Thresholds {
         match profile {
             crate::compare::Profile::Chinese => Thresholds::default(),
+            // Review keeps the Chinese profile's distance below the link threshold.
             crate::compare::Profile::Western => Thresholds {
                 link: 20.0,
-                review: -2.0,
+                review: 10.0,
             },
         }
     }
