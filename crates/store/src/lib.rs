@@ -210,7 +210,7 @@ pub struct Store {
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
     PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;
-    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824; PRAGMA wal_autocheckpoint=10000;
+    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=68719476736; PRAGMA wal_autocheckpoint=10000;
     PRAGMA journal_size_limit=134217728;";
 
 /// How many resources are written between looks at the WAL's length.

@@ -553,6 +553,15 @@ fn failed_write_leaves_nothing(t: &TestStore) {
     assert!(search(s, "Patient", &[]).is_empty());
 }
 
+/// The embedded store maps the whole database file (the bundled SQLite is built to allow it:
+/// .cargo/config.toml), not just its first 2 GiB.
+#[test]
+fn the_whole_file_is_mapped() {
+    let t = sqlite();
+    let mapped = t.store.query_admin("PRAGMA mmap_size", &[]).unwrap()[0][0].int();
+    assert!(mapped >= 64 << 30, "mmap_size {mapped}");
+}
+
 /// After enough writes the embedded store trains a body dictionary; bodies written before
 /// and after it stay readable, also after reopening.
 #[test]
