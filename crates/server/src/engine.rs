@@ -459,17 +459,41 @@ impl BundleWriter {
             self.out.push(b',');
         }
         self.first = false;
-        let mut e = serde_json::to_vec(&fields).expect("entry serialises");
+        let start = self.out.len();
+        serde_json::to_writer(&mut self.out, &fields).expect("entry serialises");
         if let Some(r) = resource.filter(|r| !r.is_empty()) {
-            e.pop();
-            if e.len() > 1 {
-                e.push(b',');
+            self.out.pop();
+            if self.out.len() - start > 1 {
+                self.out.push(b',');
             }
-            e.extend_from_slice(b"\"resource\":");
-            e.extend_from_slice(r);
-            e.push(b'}');
+            self.out.extend_from_slice(b"\"resource\":");
+            self.out.extend_from_slice(r);
+            self.out.push(b'}');
         }
-        self.out.extend_from_slice(&e);
+    }
+
+    /// Adds a search result entry (`mode` is `match` or `include`), written straight into
+    /// the bundle: a page of a thousand resources is mostly copying their bytes.
+    pub fn search_entry(&mut self, full_url: &str, mode: &str, resource: &[u8]) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(b"{\"fullUrl\":");
+        serde_json::to_writer(&mut self.out, full_url).expect("a string serialises");
+        self.out.extend_from_slice(b",\"search\":{\"mode\":");
+        serde_json::to_writer(&mut self.out, mode).expect("a string serialises");
+        self.out.push(b'}');
+        if !resource.is_empty() {
+            self.out.extend_from_slice(b",\"resource\":");
+            self.out.extend_from_slice(resource);
+        }
+        self.out.push(b'}');
+    }
+
+    /// Room for `n` more entries of `bytes` resource bytes in all.
+    pub fn reserve(&mut self, n: usize, bytes: usize) {
+        self.out.reserve(bytes + n * 128);
     }
 
     pub fn finish(mut self) -> Vec<u8> {
@@ -1081,12 +1105,28 @@ impl Engine {
             .find(|(k, _)| k == "_summary")
             .map(|(_, v)| v.as_str());
         let mut w = BundleWriter::new("searchset", page.total, &links);
+        w.reserve(
+            page.matches.len() + page.included.len(),
+            page.matches
+                .iter()
+                .chain(&page.included)
+                .map(|s| s.body.len())
+                .sum(),
+        );
         for s in &page.matches {
             let body = shape(g.release(s), elements.as_deref(), summary);
-            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "match"}}), Some(&body[..]));
+            w.search_entry(
+                &format!("{}/{}/{}", req.base, s.rtype, s.id),
+                "match",
+                &body,
+            );
         }
         for s in &page.included {
-            w.entry(json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id), "search": {"mode": "include"}}), Some(g.release(s).as_ref()));
+            w.search_entry(
+                &format!("{}/{}/{}", req.base, s.rtype, s.id),
+                "include",
+                g.release(s).as_ref(),
+            );
         }
         if !ignored.is_empty() {
             let oo = Outcome::default().with(

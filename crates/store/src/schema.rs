@@ -258,6 +258,8 @@ pub struct Catalog {
     params: HashMap<(String, String), i64>,
     systems: HashMap<String, i64>,
     system_names: HashMap<i64, String>,
+    /// See [`Catalog::compartment_pids`].
+    compartment: std::sync::OnceLock<(Vec<i64>, Vec<i64>)>,
 }
 
 impl Catalog {
@@ -380,6 +382,34 @@ impl Catalog {
                 (vec![id(base)], Some(self.type_id(target).unwrap_or(-1)))
             }
             Some(hutong_fhir::Derived::Union { base }) => (vec![id(name), id(base)], None),
+        }
+    }
+
+    /// The stored parameter ids through which a resource of `types` (every compartment type
+    /// when empty) is in a Patient's compartment, and their `date` parameters' ids: what
+    /// `$everything` follows. The whole-compartment answer is kept (it only depends on the
+    /// definitions and the ids loaded at open).
+    pub fn compartment_pids(&self, types: &[String]) -> std::borrow::Cow<'_, (Vec<i64>, Vec<i64>)> {
+        let compute = || {
+            let defs = Definitions::get();
+            let (mut pids, mut dates) = (Vec::new(), Vec::new());
+            for t in defs.compartment_types() {
+                if !types.is_empty() && !types.iter().any(|x| x == t) {
+                    continue;
+                }
+                for p in defs.compartment_params(t).unwrap_or(&[]) {
+                    pids.extend(self.pids(t, p).0);
+                }
+                if defs.param(t, "date").is_some() {
+                    dates.extend(self.pids(t, "date").0);
+                }
+            }
+            (pids, dates)
+        };
+        if types.is_empty() {
+            std::borrow::Cow::Borrowed(self.compartment.get_or_init(compute))
+        } else {
+            std::borrow::Cow::Owned(compute())
         }
     }
 

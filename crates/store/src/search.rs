@@ -1180,9 +1180,29 @@ fn fetch_by_keys(
     for (shard, rid) in keys {
         by_shard.entry(*shard).or_default().push(*rid);
     }
-    let mut found: std::collections::HashMap<(i64, i64), Stored> =
-        std::collections::HashMap::with_capacity(keys.len());
-    for (shard, rids) in by_shard {
+    let mut rows: Vec<Vec<Val>> = Vec::with_capacity(keys.len());
+    for (shard, mut rids) in by_shard {
+        rids.sort_unstable();
+        rids.dedup();
+        let (lo, hi) = (rids[0], rids[rids.len() - 1]);
+        if rids.len() > 8 && (hi - lo + 1) as usize <= 2 * rids.len() {
+            // A page of one patient's record is mostly a run of rids in its shard: one range
+            // read, the few rows between dropped here, instead of a list SQLite first sorts
+            // into a temporary b-tree.
+            let found = conn.query(
+                &format!(
+                    "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
+                     WHERE r.shard = ? AND r.rid BETWEEN ? AND ? AND r.deleted = 0"
+                ),
+                &[Val::Int(shard), Val::Int(lo), Val::Int(hi)],
+            )?;
+            rows.extend(
+                found
+                    .into_iter()
+                    .filter(|r| rids.binary_search(&r[1].int()).is_ok()),
+            );
+            continue;
+        }
         for chunk in rids.chunks(500) {
             let mut params = Vec::with_capacity(chunk.len() + 1);
             params.push(Val::Int(shard));
@@ -1192,14 +1212,45 @@ fn fetch_by_keys(
                 "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
                  WHERE r.shard = ? AND r.rid IN ({marks}) AND r.deleted = 0"
             );
-            for row in conn.query(&sql, &params)? {
-                let key = (row[0].int(), row[1].int());
-                found.insert(key, res_row(cat, row)?);
-            }
+            rows.extend(conn.query(&sql, &params)?);
         }
     }
+    let mut found: std::collections::HashMap<(i64, i64), Stored> =
+        decode_rows(cat, rows)?.into_iter().collect();
     Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
 }
+
+/// Rows of [`SELECT_RES`] as stored versions keyed by (shard, rid). Decompressing a page of
+/// a thousand bodies is a good part of `$everything`; a big page is split over two threads.
+fn decode_rows(
+    cat: &Catalog,
+    rows: Vec<Vec<Val>>,
+) -> Result<Vec<(Key, Stored)>, StoreError> {
+    let one = |r: Vec<Val>| {
+        let key = (r[0].int(), r[1].int());
+        res_row(cat, r).map(|s| (key, s))
+    };
+    if rows.len() < PARALLEL_DECODE {
+        return rows.into_iter().map(one).collect();
+    }
+    let mut rows = rows;
+    let second = rows.split_off(rows.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| second.into_iter().map(one).collect::<Result<Vec<_>, _>>());
+        let mut out = rows.into_iter().map(one).collect::<Result<Vec<_>, _>>()?;
+        let rest = other
+            .join()
+            .map_err(|_| StoreError::Corrupt("a body decoder thread panicked".into()))??;
+        out.extend(rest);
+        Ok(out)
+    })
+}
+
+/// A stored row's (shard, rid).
+type Key = (i64, i64);
+
+/// Pages at least this long are decoded on two threads.
+const PARALLEL_DECODE: usize = 256;
 
 fn fetch_by_ids(
     conn: &mut dyn Conn,
@@ -1352,21 +1403,10 @@ pub(crate) fn everything(
     e: &Everything,
     scope: &Scope,
 ) -> Result<Page, StoreError> {
-    let defs = Definitions::get();
     let pt = cat.type_id("Patient").unwrap_or(-1);
-    let mut pids = Vec::new();
-    let mut date_pids = Vec::new();
-    for t in defs.compartment_types() {
-        if !e.types.is_empty() && !e.types.iter().any(|x| x == t) {
-            continue;
-        }
-        for p in defs.compartment_params(t).unwrap_or(&[]) {
-            pids.extend(cat.pids(t, p).0.iter().map(i64::to_string));
-        }
-        if defs.param(t, "date").is_some() {
-            date_pids.extend(cat.pids(t, "date").0.iter().map(i64::to_string));
-        }
-    }
+    let compartment = cat.compartment_pids(&e.types);
+    let pids: Vec<String> = compartment.0.iter().map(i64::to_string).collect();
+    let date_pids: Vec<String> = compartment.1.iter().map(i64::to_string).collect();
     let mut params = vec![Val::Int(pt), Val::Text(e.patient.clone())];
     let mut driver = "SELECT shard, rid FROM res_route WHERE rtype = ? AND id = ?".to_string();
     if !pids.is_empty() {
@@ -1405,8 +1445,7 @@ pub(crate) fn everything(
     let all: Vec<(i64, i64)> = if wheres.len() == 1 {
         // No filters: two index range reads, with the union, the compartment-parameter
         // filter and the ordering done here rather than in temporary B-trees.
-        let wanted: std::collections::HashSet<i64> =
-            pids.iter().filter_map(|p| p.parse().ok()).collect();
+        let wanted: std::collections::HashSet<i64> = compartment.0.iter().copied().collect();
         let mut keys: Vec<(i64, i64)> = conn
             .query(
                 "SELECT shard, rid FROM res_route WHERE rtype = ? AND id = ?",
