@@ -241,6 +241,11 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
     })
 }
 
+/// JSON in and out is allocation-heavy (a 2,000-entry bundle builds and drops millions of
+/// small values); mimalloc's thread-local free lists cut the allocator's share of ingest.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

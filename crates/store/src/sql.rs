@@ -97,14 +97,18 @@ pub trait Conn: Send {
 
 pub struct SqliteConn(pub rusqlite::Connection);
 
-fn to_sqlite(v: &Val) -> rusqlite::types::Value {
-    use rusqlite::types::Value as V;
-    match v {
-        Val::Int(i) => V::Integer(*i),
-        Val::Real(f) => V::Real(*f),
-        Val::Text(s) => V::Text(s.clone()),
-        Val::Blob(b) => V::Blob(b.clone()),
-        Val::Null => V::Null,
+/// Binds a value by reference: text and blobs (bodies, index values) are handed to SQLite
+/// as they are, not copied into an owned value first.
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Val::Int(i) => ValueRef::Integer(*i),
+            Val::Real(f) => ValueRef::Real(*f),
+            Val::Text(s) => ValueRef::Text(s.as_bytes()),
+            Val::Blob(b) => ValueRef::Blob(b),
+            Val::Null => ValueRef::Null,
+        }))
     }
 }
 
@@ -125,13 +129,13 @@ impl Conn for SqliteConn {
     }
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let mut st = self.0.prepare_cached(sql)?;
-        let n = st.execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+        let n = st.execute(rusqlite::params_from_iter(params.iter()))?;
         Ok(n as u64)
     }
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let mut st = self.0.prepare_cached(sql)?;
         let n = st.column_count();
-        let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))?;
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let mut row = Vec::with_capacity(n);
@@ -154,7 +158,7 @@ impl Conn for SqliteConn {
         let sql = insert_sql(table, columns);
         let mut st = self.0.prepare_cached(&sql)?;
         for r in rows {
-            st.execute(rusqlite::params_from_iter(r.iter().map(to_sqlite)))?;
+            st.execute(rusqlite::params_from_iter(r.iter()))?;
         }
         Ok(())
     }
