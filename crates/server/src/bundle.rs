@@ -388,7 +388,7 @@ fn transaction(
             _ => {}
         }
     }
-    let early: Vec<Option<hutong_store::Prepared>> = prepared
+    let mut early: Vec<Option<hutong_store::Prepared>> = prepared
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -405,7 +405,7 @@ fn transaction(
     let results = g.write(engine, |tx| {
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut cache: HashMap<String, String> = HashMap::new();
-        let mut results: Vec<Option<(Value, Option<Vec<u8>>)>> = vec![None; prepared.len()];
+        let mut results: Vec<Option<Out>> = vec![None; prepared.len()];
         let mut written: Vec<hutong_store::Stored> = Vec::new();
         let mut post_ids: Vec<Option<String>> = vec![None; prepared.len()];
         // Pass 1: decide the id of every POST and PUT, so references can point at them.
@@ -420,7 +420,7 @@ fn transaction(
                     };
                     let id = match existing {
                         Some(s) => {
-                            results[i] = Some((
+                            results[i] = Some(Out::Fields(
                                 json!({"response": {"status": "200 OK",
                                     "location": format!("{}/{}/_history/{}", t, s.id, s.version),
                                     "etag": format!("W/\"{}\"", s.version),
@@ -458,7 +458,7 @@ fn transaction(
                         g.may_write(t, Perms::DELETE, Some(&cur)).map_err(|x| entry_error(i, x))?;
                     }
                     let d = tx.delete(t, id, if_match).map_err(|x| entry_error(i, x.into()))?;
-                    results[i] = Some((json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
+                    results[i] = Some(Out::Fields(json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
                     None
                 }
                 ("DELETE", [t]) => {
@@ -466,13 +466,15 @@ fn transaction(
                         g.may_write(t, Perms::DELETE, Some(&found)).map_err(|x| entry_error(i, x))?;
                         tx.delete(t, &found.id, None).map_err(|x| entry_error(i, x.into()))?;
                     }
-                    results[i] = Some((json!({"response": {"status": "200 OK"}}), None));
+                    results[i] = Some(Out::Fields(json!({"response": {"status": "200 OK"}}), None));
                     None
                 }
                 ("POST", [t]) => match &post_ids[i] {
                     None => None, // ifNoneExist matched: nothing to write
+                    // Taken, not copied: should the transaction be retried (a PostgreSQL
+                    // conflict), the entry takes the path below with the same id.
                     Some(_) if early[i].is_some() => {
-                        let p = early[i].clone().expect("checked");
+                        let p = early[i].take().expect("checked");
                         let s = tx.write_prepared(p, true).map_err(|x| entry_error(i, x.into()))?;
                         Some((s, "201 Created"))
                     }
@@ -533,8 +535,8 @@ fn transaction(
                     Some((s, "200 OK"))
                 }
                 ("GET", _) | ("HEAD", _) => {
-                    let r = get_in_tx(tx, req, g, &seg, &e.query).map_err(|x| entry_error(i, x))?;
-                    results[i] = Some(r);
+                    let (f, b) = get_in_tx(tx, req, g, &seg, &e.query).map_err(|x| entry_error(i, x))?;
+                    results[i] = Some(Out::Fields(f, b));
                     None
                 }
                 _ => None,
@@ -549,14 +551,15 @@ fn transaction(
                 if s.rtype == "Appointment" {
                     written.push(s.clone());
                 }
-                results[i] = Some((
-                    json!({"fullUrl": format!("{}/{}/{}", req.base, s.rtype, s.id),
-                        "response": {"status": status,
-                        "location": format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
-                        "etag": format!("W/\"{}\"", s.version),
-                        "lastModified": format_instant(s.last_updated)}}),
+                // Rendered after the commit, outside the writer's turn.
+                results[i] = Some(Out::Written {
+                    rtype: s.rtype,
+                    id: s.id,
+                    version: s.version,
+                    last_updated: s.last_updated,
+                    status,
                     body,
-                ));
+                });
             }
         }
         if let Some((file, chunk)) = &req.import_key {
@@ -570,8 +573,27 @@ fn transaction(
     }
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for r in results {
-        let (fields, body) = r.unwrap_or((json!({"response": {"status": "200 OK"}}), None));
-        w.entry(fields, body.as_deref());
+        match r {
+            Some(Out::Written {
+                rtype,
+                id,
+                version,
+                last_updated,
+                status,
+                body,
+            }) => {
+                w.written_entry(
+                    &format!("{}/{rtype}/{id}", req.base),
+                    status,
+                    &format!("{rtype}/{id}/_history/{version}"),
+                    version,
+                    &format_instant(last_updated),
+                    body.as_deref(),
+                );
+            }
+            Some(Out::Fields(fields, body)) => w.entry(fields, body.as_deref()),
+            None => w.entry(json!({"response": {"status": "200 OK"}}), None),
+        }
     }
     tracing::info!(source = %source, entries = sequence.len(), "Transaction committed.");
     Ok(Resp {
@@ -579,6 +601,22 @@ fn transaction(
         headers: Vec::new(),
         body: Body::Raw(w.finish()),
     })
+}
+
+/// A transaction entry's response, kept until the transaction has committed.
+#[derive(Clone)]
+enum Out {
+    /// The entry's fields other than `resource`, and the resource.
+    Fields(Value, Option<Vec<u8>>),
+    /// A version written: rendered after the commit.
+    Written {
+        rtype: String,
+        id: String,
+        version: i64,
+        last_updated: i64,
+        status: &'static str,
+        body: Option<Vec<u8>>,
+    },
 }
 
 /// The intake rules on every resource a transaction writes: per entry, its findings (`None`

@@ -491,6 +491,42 @@ impl BundleWriter {
         self.out.push(b'}');
     }
 
+    /// Adds the response entry of a version a transaction or batch wrote.
+    pub fn written_entry(
+        &mut self,
+        full_url: &str,
+        status: &str,
+        location: &str,
+        version: i64,
+        last_modified: &str,
+        resource: Option<&[u8]>,
+    ) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        let out = &mut self.out;
+        let text = |out: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(out, s).expect("a string serialises");
+        };
+        out.extend_from_slice(b"{\"fullUrl\":");
+        text(out, full_url);
+        out.extend_from_slice(b",\"response\":{\"status\":");
+        text(out, status);
+        out.extend_from_slice(b",\"location\":");
+        text(out, location);
+        out.extend_from_slice(b",\"etag\":");
+        text(out, &format!("W/\"{version}\""));
+        out.extend_from_slice(b",\"lastModified\":");
+        text(out, last_modified);
+        out.push(b'}');
+        if let Some(r) = resource.filter(|r| !r.is_empty()) {
+            out.extend_from_slice(b",\"resource\":");
+            out.extend_from_slice(r);
+        }
+        out.push(b'}');
+    }
+
     /// Room for `n` more entries of `bytes` resource bytes in all.
     pub fn reserve(&mut self, n: usize, bytes: usize) {
         self.out.reserve(bytes + n * 128);

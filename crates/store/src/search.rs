@@ -1222,10 +1222,7 @@ fn fetch_by_keys(
 
 /// Rows of [`SELECT_RES`] as stored versions keyed by (shard, rid). Decompressing a page of
 /// a thousand bodies is a good part of `$everything`; a big page is split over two threads.
-fn decode_rows(
-    cat: &Catalog,
-    rows: Vec<Vec<Val>>,
-) -> Result<Vec<(Key, Stored)>, StoreError> {
+fn decode_rows(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<(Key, Stored)>, StoreError> {
     let one = |r: Vec<Val>| {
         let key = (r[0].int(), r[1].int());
         res_row(cat, r).map(|s| (key, s))
