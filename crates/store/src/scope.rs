@@ -104,7 +104,16 @@ impl RowScope {
     /// SQL true for the rows of the `(shard, rid)` pairs of alias `a` that are visible.
     /// `rtype` is the type of those rows when the caller knows it (a search over one type),
     /// which lets the type tests be settled here rather than per row.
-    pub(crate) fn sql(&self, cat: &Catalog, d: Dialect, a: &str, rtype: Option<&str>) -> String {
+    /// On SQLite a long shard list travels as a bound parameter, pushed onto `params` at the
+    /// point the returned text goes into the statement.
+    pub(crate) fn sql(
+        &self,
+        cat: &Catalog,
+        d: Dialect,
+        a: &str,
+        rtype: Option<&str>,
+        params: &mut Vec<crate::sql::Val>,
+    ) -> String {
         let mut any: Vec<String> = Vec::new();
         let type_known_ok = rtype.map(|t| self.types.as_ref().is_none_or(|s| s.contains(t)));
         if type_known_ok == Some(false) {
@@ -116,7 +125,7 @@ impl RowScope {
             groups.entry(*open).or_default().push(*shard);
         }
         for (open, shards) in groups {
-            let member = shard_in(d, &format!("{a}.shard"), &shards);
+            let member = shard_in(d, &format!("{a}.shard"), &shards, params);
             let closed = hutong_fhir::security::ALL & !open;
             if closed == 0 {
                 any.push(member);
@@ -239,16 +248,18 @@ const IN_SET: &str = "hutong_in_set";
 /// SQL true when `col` is one of `shards` (sorted, as a `BTreeMap`'s keys are). A grant list
 /// runs to hundreds of shards; on SQLite an `IN (…)` list of that size is built into a
 /// temporary b-tree on every execution of the statement, so the set travels instead as a
-/// blob literal of sorted big-endian integers that [`register`]'s function binary-searches
-/// in place. PostgreSQL hashes a long constant `IN` list itself.
-fn shard_in(d: Dialect, col: &str, shards: &[i64]) -> String {
+/// bound blob of sorted big-endian integers that [`register`]'s function binary-searches in
+/// place (bound, not written into the text: the text stays short and the same for every
+/// scope, so the statement is parsed once). PostgreSQL hashes a long constant `IN` list.
+fn shard_in(d: Dialect, col: &str, shards: &[i64], params: &mut Vec<crate::sql::Val>) -> String {
     match d {
         Dialect::Sqlite if shards.len() > 8 => {
-            let mut hex = String::with_capacity(shards.len() * 16);
+            let mut set = Vec::with_capacity(shards.len() * 8);
             for s in shards {
-                hex.push_str(&format!("{:016x}", *s as u64 ^ SIGN));
+                set.extend_from_slice(&(*s as u64 ^ SIGN).to_be_bytes());
             }
-            format!("{IN_SET}({col}, X'{hex}')")
+            params.push(crate::sql::Val::Blob(set));
+            format!("{IN_SET}({col}, ?)")
         }
         _ => format!("{col} IN ({})", int_list(shards)),
     }
@@ -316,19 +327,25 @@ mod tests {
             .collect::<BTreeSet<i64>>()
             .into_iter()
             .collect();
-        let set = shard_in(Dialect::Sqlite, "?1", &shards);
+        let mut params = Vec::new();
+        let set = shard_in(Dialect::Sqlite, "?1", &shards, &mut params);
         assert!(set.starts_with(IN_SET), "{set}");
+        let crate::sql::Val::Blob(blob) = &params[0] else {
+            panic!("the set is a blob");
+        };
         let probes = shards
             .iter()
             .flat_map(|s| [*s, s.wrapping_add(1), s.wrapping_sub(1)])
             .chain([0, 2, i64::MIN + 1]);
         for x in probes {
             let got: bool = c
-                .query_row(&format!("SELECT {set}"), [x], |r| r.get(0))
+                .query_row(&format!("SELECT {set}"), rusqlite::params![x, blob], |r| {
+                    r.get(0)
+                })
                 .unwrap();
             assert_eq!(got, shards.contains(&x), "{x}");
         }
-        assert!(shard_in(Dialect::Postgres, "s", &shards[..2]).contains(" IN ("));
+        assert!(shard_in(Dialect::Postgres, "s", &shards[..2], &mut params).contains(" IN ("));
     }
 
     #[test]

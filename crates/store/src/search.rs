@@ -620,7 +620,13 @@ impl Sql<'_> {
             Scope::All => String::new(),
             Scope::Rows(r) => format!(
                 " AND {}",
-                r.sql(self.cat, self.dialect, cond, Some(inner_type))
+                r.sql(
+                    self.cat,
+                    self.dialect,
+                    cond,
+                    Some(inner_type),
+                    &mut self.params
+                )
             ),
         };
         format!(
@@ -1058,7 +1064,7 @@ pub(crate) fn run(
         wheres.push(format!("(m.shard, m.rid) IN ({s})"));
     }
     if let Scope::Rows(r) = scope {
-        wheres.push(r.sql(cat, conn.dialect(), "m", Some(&q.rtype)));
+        wheres.push(r.sql(cat, conn.dialect(), "m", Some(&q.rtype), &mut b.params));
     }
     let where_sql = if wheres.is_empty() {
         String::new()
