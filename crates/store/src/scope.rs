@@ -105,7 +105,8 @@ impl RowScope {
     /// `rtype` is the type of those rows when the caller knows it (a search over one type),
     /// which lets the type tests be settled here rather than per row.
     /// On SQLite a long shard list travels as a bound parameter, pushed onto `params` at the
-    /// point the returned text goes into the statement.
+    /// point the returned text goes into the statement. `route` names the alias of the rows'
+    /// `res_route` rows when the caller has joined them (see [`RowScope::needs_route`]).
     pub(crate) fn sql(
         &self,
         cat: &Catalog,
@@ -113,6 +114,7 @@ impl RowScope {
         a: &str,
         rtype: Option<&str>,
         params: &mut Vec<crate::sql::Val>,
+        route: Option<&str>,
     ) -> String {
         let mut any: Vec<String> = Vec::new();
         let type_known_ok = rtype.map(|t| self.types.as_ref().is_none_or(|s| s.contains(t)));
@@ -149,11 +151,16 @@ impl RowScope {
             .filter_map(|s| cat.system_id(s))
             .collect();
         if !src_ids.is_empty() {
-            // The route row is narrow (no body): the cheap place to ask who submitted it.
-            any.push(format!(
-                "EXISTS (SELECT 1 FROM res_route v WHERE v.rid = {a}.rid AND v.src IN ({}))",
-                int_list(&src_ids)
-            ));
+            // The route row is narrow (no body): the cheap place to ask who submitted it —
+            // joined by the caller when it can (a join is a plain seek per row; a correlated
+            // subquery costs a subprogram call on top).
+            any.push(match route {
+                Some(v) => format!("{v}.src IN ({})", int_list(&src_ids)),
+                None => format!(
+                    "EXISTS (SELECT 1 FROM res_route v WHERE v.rid = {a}.rid AND v.src IN ({}))",
+                    int_list(&src_ids)
+                ),
+            });
         }
         match rtype {
             Some(t) if self.reference.contains(t) => any.push(format!("{a}.shard = 0")),
@@ -181,6 +188,11 @@ impl RowScope {
             ),
             _ => visible,
         }
+    }
+
+    /// Whether the test asks who submitted a row (which is on its `res_route` row).
+    pub(crate) fn needs_route(&self, cat: &Catalog) -> bool {
+        self.sources.iter().any(|s| cat.system_id(s).is_some())
     }
 
     /// SQL true for rows of a version table (`res`, `res_hist`) under alias `s`, whose

@@ -625,7 +625,8 @@ impl Sql<'_> {
                     self.dialect,
                     cond,
                     Some(inner_type),
-                    &mut self.params
+                    &mut self.params,
+                    None,
                 )
             ),
         };
@@ -1063,8 +1064,22 @@ pub(crate) fn run(
     for s in subs {
         wheres.push(format!("(m.shard, m.rid) IN ({s})"));
     }
+    let mut from = from;
     if let Scope::Rows(r) = scope {
-        wheres.push(r.sql(cat, conn.dialect(), "m", Some(&q.rtype), &mut b.params));
+        // Every index row's resource has exactly one route row: joining it keeps one row
+        // per match and their (shard, rid) order.
+        let route = r.needs_route(cat).then(|| {
+            from.push_str(" JOIN res_route sv ON sv.rid = m.rid");
+            "sv"
+        });
+        wheres.push(r.sql(
+            cat,
+            conn.dialect(),
+            "m",
+            Some(&q.rtype),
+            &mut b.params,
+            route,
+        ));
     }
     let where_sql = if wheres.is_empty() {
         String::new()
