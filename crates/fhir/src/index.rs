@@ -61,6 +61,20 @@ const NOT_INDEXED: [&str; 4] = ["_id", "_lastUpdated", "_text", "_content"];
 
 /// Extracts every search-index entry for `resource` (of type `rtype`).
 pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
+    extract_where(rtype, resource, |_| true)
+}
+
+/// Extracts the entries of the parameters of one kind only (the clinical dates of a
+/// resource, say, without evaluating its tokens, strings and references).
+pub fn extract_kind(rtype: &str, resource: &Value, kind: ParamType) -> Vec<Entry> {
+    extract_where(rtype, resource, |p| p.kind == kind)
+}
+
+fn extract_where(
+    rtype: &str,
+    resource: &Value,
+    wanted: impl Fn(&SearchParamDef) -> bool,
+) -> Vec<Entry> {
     let defs = Definitions::get();
     let mut out = Vec::new();
     let Some(params) = defs.params(rtype) else {
@@ -68,7 +82,7 @@ pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
     };
     let root = [Item::node(resource)];
     for (code, p) in params {
-        if NOT_INDEXED.contains(&code.as_str()) {
+        if NOT_INDEXED.contains(&code.as_str()) || !wanted(p) {
             continue;
         }
         let Some(expr) = &p.expr else { continue };
@@ -466,6 +480,13 @@ mod tests {
             find(&es, "combo-code-value-quantity").is_empty(),
             "served from code-value-quantity's rows"
         );
+        let dates: Vec<Entry> = es
+            .iter()
+            .filter(|e| matches!(e.value, IndexValue::Date(_)))
+            .cloned()
+            .collect();
+        assert!(!dates.is_empty());
+        assert_eq!(extract_kind("Observation", &obs, ParamType::Date), dates);
         assert!(find(&es, "_id").is_empty());
         assert_eq!(
             compartment_owner("Observation", "o1", &es).as_deref(),

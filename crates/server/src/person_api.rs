@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use hutong_fhir::index::{extract, IndexValue};
+use hutong_fhir::index::{extract_kind, IndexValue};
 use hutong_fhir::IssueCode;
 use hutong_store::search::Everything;
 use hutong_store::{Query, Stored};
@@ -342,7 +342,7 @@ pub(crate) fn person_resources(
 /// The clinical time of a resource: the earliest of its date search values (the patient's
 /// birth for a Patient), else none.
 fn clinical_time(s: &Stored, v: &Value) -> Option<i64> {
-    extract(&s.rtype, v)
+    extract_kind(&s.rtype, v, hutong_fhir::ParamType::Date)
         .into_iter()
         .filter_map(|e| match e.value {
             IndexValue::Date(r) if e.param != "death-date" => Some(r.lo),
