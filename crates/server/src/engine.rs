@@ -453,12 +453,31 @@ impl BundleWriter {
         BundleWriter { out, first: true }
     }
 
-    /// Adds an entry: its JSON fields other than `resource`, then the resource bytes.
-    pub fn entry(&mut self, fields: Value, resource: Option<&[u8]>) {
+    /// Starts the next entry: the separator before all but the first.
+    fn next_entry(&mut self) {
         if !self.first {
             self.out.push(b',');
         }
         self.first = false;
+    }
+
+    /// Ends an entry whose other fields are written: `,"resource":…}` (without an empty
+    /// resource).
+    fn end_entry(&mut self, resource: Option<&[u8]>) {
+        if let Some(r) = resource.filter(|r| !r.is_empty()) {
+            self.out.extend_from_slice(b",\"resource\":");
+            self.out.extend_from_slice(r);
+        }
+        self.out.push(b'}');
+    }
+
+    fn text(&mut self, s: &str) {
+        serde_json::to_writer(&mut self.out, s).expect("a string serialises");
+    }
+
+    /// Adds an entry: its JSON fields other than `resource`, then the resource bytes.
+    pub fn entry(&mut self, fields: Value, resource: Option<&[u8]>) {
+        self.next_entry();
         let start = self.out.len();
         serde_json::to_writer(&mut self.out, &fields).expect("entry serialises");
         if let Some(r) = resource.filter(|r| !r.is_empty()) {
@@ -475,20 +494,13 @@ impl BundleWriter {
     /// Adds a search result entry (`mode` is `match` or `include`), written straight into
     /// the bundle: a page of a thousand resources is mostly copying their bytes.
     pub fn search_entry(&mut self, full_url: &str, mode: &str, resource: &[u8]) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
+        self.next_entry();
         self.out.extend_from_slice(b"{\"fullUrl\":");
-        serde_json::to_writer(&mut self.out, full_url).expect("a string serialises");
+        self.text(full_url);
         self.out.extend_from_slice(b",\"search\":{\"mode\":");
-        serde_json::to_writer(&mut self.out, mode).expect("a string serialises");
+        self.text(mode);
         self.out.push(b'}');
-        if !resource.is_empty() {
-            self.out.extend_from_slice(b",\"resource\":");
-            self.out.extend_from_slice(resource);
-        }
-        self.out.push(b'}');
+        self.end_entry(Some(resource));
     }
 
     /// Adds the response entry of a version a transaction or batch wrote.
@@ -501,30 +513,19 @@ impl BundleWriter {
         last_modified: &str,
         resource: Option<&[u8]>,
     ) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        let out = &mut self.out;
-        let text = |out: &mut Vec<u8>, s: &str| {
-            serde_json::to_writer(out, s).expect("a string serialises");
-        };
-        out.extend_from_slice(b"{\"fullUrl\":");
-        text(out, full_url);
-        out.extend_from_slice(b",\"response\":{\"status\":");
-        text(out, status);
-        out.extend_from_slice(b",\"location\":");
-        text(out, location);
-        out.extend_from_slice(b",\"etag\":");
-        text(out, &format!("W/\"{version}\""));
-        out.extend_from_slice(b",\"lastModified\":");
-        text(out, last_modified);
-        out.push(b'}');
-        if let Some(r) = resource.filter(|r| !r.is_empty()) {
-            out.extend_from_slice(b",\"resource\":");
-            out.extend_from_slice(r);
-        }
-        out.push(b'}');
+        self.next_entry();
+        self.out.extend_from_slice(b"{\"fullUrl\":");
+        self.text(full_url);
+        self.out.extend_from_slice(b",\"response\":{\"status\":");
+        self.text(status);
+        self.out.extend_from_slice(b",\"location\":");
+        self.text(location);
+        self.out.extend_from_slice(b",\"etag\":");
+        self.text(&format!("W/\"{version}\""));
+        self.out.extend_from_slice(b",\"lastModified\":");
+        self.text(last_modified);
+        self.out.push(b'}');
+        self.end_entry(resource);
     }
 
     /// Room for `n` more entries of `bytes` resource bytes in all.

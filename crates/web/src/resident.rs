@@ -159,6 +159,23 @@ fn error_box(msg: &str) -> Markup {
     html! { div.notice.error role="alert" { (msg) } }
 }
 
+/// The page that says why the engine refused: its status (`fallback` when that is no HTTP
+/// status) and its message, under `title`.
+fn refusal(
+    lang: Lang,
+    query: &[(String, String)],
+    s: &Session,
+    title: &str,
+    r: &hutong_server::engine::Resp,
+    fallback: StatusCode,
+) -> Response {
+    respond(
+        StatusCode::from_u16(r.status).unwrap_or(fallback),
+        query,
+        page(lang, title, Some(s), error_box(&problem(r))),
+    )
+}
+
 // -- signing in -------------------------------------------------------------------------------
 
 fn login_form(lang: Lang, pre: &str, err: Option<&str>) -> Markup {
@@ -479,12 +496,7 @@ pub async fn item(
     .await;
     let title = lang.t("记录详情", "Record detail");
     if r.status != 200 {
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::NOT_FOUND);
-        return respond(
-            status,
-            &query,
-            page(lang, title, Some(&s), error_box(&problem(&r))),
-        );
+        return refusal(lang, &query, &s, title, &r, StatusCode::NOT_FOUND);
     }
     let v = json_of(&r);
     let src: BTreeSet<String> = v["meta"]["source"]
@@ -608,13 +620,8 @@ pub async fn restrict(
     )
     .await;
     if r.status >= 300 {
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
         let title = lang.t("记录详情", "Record detail");
-        return respond(
-            status,
-            &query,
-            page(lang, title, Some(&s), error_box(&problem(&r))),
-        );
+        return refusal(lang, &query, &s, title, &r, StatusCode::BAD_REQUEST);
     }
     Redirect::to(&format!("/portal/item/{rtype}/{id}")).into_response()
 }
@@ -650,11 +657,7 @@ pub async fn report(
         return Redirect::to("/portal/reports?sent=1").into_response();
     }
     let title = lang.t("报告错误", "Report an error");
-    respond(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
-        &query,
-        page(lang, title, Some(&s), error_box(&problem(&r))),
-    )
+    refusal(lang, &query, &s, title, &r, StatusCode::BAD_REQUEST)
 }
 
 fn state_label(lang: Lang, code: &str) -> String {
@@ -1010,13 +1013,8 @@ async fn granting(
     )
     .await;
     if r.status >= 300 {
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
         let title = v.lang.t("授权与访问记录", "Authorizations & access");
-        return respond(
-            status,
-            &v.query,
-            page(v.lang, title, Some(&v.s), error_box(&problem(&r))),
-        );
+        return refusal(v.lang, &v.query, &v.s, title, &r, StatusCode::BAD_REQUEST);
     }
     Redirect::to("/portal/access").into_response()
 }
@@ -1073,16 +1071,8 @@ pub async fn consent_action(
     if r.status < 300 {
         return Redirect::to("/portal/access").into_response();
     }
-    respond(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
-        &query,
-        page(
-            lang,
-            lang.t("授权", "Authorization"),
-            Some(&s),
-            error_box(&problem(&r)),
-        ),
-    )
+    let title = lang.t("授权", "Authorization");
+    refusal(lang, &query, &s, title, &r, StatusCode::BAD_REQUEST)
 }
 
 // -- taking the record away --------------------------------------------------------------------
