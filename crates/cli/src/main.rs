@@ -119,6 +119,11 @@ struct ServeArgs {
     /// when persons are read or matched).
     #[arg(long, env = "HUTONG_LINK_INTERVAL_MS")]
     link_interval_ms: Option<u64>,
+    /// Where the identity (matching) index lives: `memory` (rebuilt from the Patients at
+    /// start; the embedded default) or `database` (shared by every node, kept across
+    /// restarts; the default on PostgreSQL).
+    #[arg(long, env = "HUTONG_MPI_INDEX", value_parser = ["memory", "database"])]
+    mpi_index: Option<String>,
 }
 
 /// The configuration file's shape; every key optional.
@@ -134,6 +139,8 @@ struct FileConfig {
     default_source: Option<String>,
     /// Milliseconds between background linking runs (0: link only on demand).
     link_interval_ms: Option<u64>,
+    /// Where the identity index lives: "memory" or "database".
+    mpi_index: Option<hutong_server::matching::IndexKind>,
     /// Trust rank per source (`meta.source`) for the person's golden record.
     #[serde(default)]
     source_trust: std::collections::HashMap<String, i32>,
@@ -216,6 +223,11 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
             None => Some(std::time::Duration::from_secs(2)),
         },
         source_trust: f.source_trust.clone(),
+        mpi_index: match s.and_then(|s| s.mpi_index.as_deref()) {
+            Some("memory") => Some(hutong_server::matching::IndexKind::Memory),
+            Some(_) => Some(hutong_server::matching::IndexKind::Database),
+            None => f.mpi_index,
+        },
         thresholds: {
             let d = hutong_mpi::Thresholds::default();
             hutong_mpi::Thresholds {

@@ -42,7 +42,7 @@ pub const MAX_LEVELS: usize = 5;
 /// Which fields a data set is compared on. Chinese registrations are compared on whole
 /// names and household contact; Western files, whose names and addresses come in parts with
 /// independent errors, on the parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Profile {
     Chinese,
     Western,

@@ -2,11 +2,9 @@
 //! same blocking keys, comparators and model as batch linkage, over compact structures
 //! (hashed keys → slots), so a single match touches only its candidate blocks.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
-use crate::block::{keys, MAX_BLOCK};
+use crate::block::{hashed_keys, MAX_BLOCK};
 use crate::compare::{compare_with, known_apart};
 use crate::model::Model;
 use crate::normalize::Record;
@@ -43,7 +41,7 @@ struct Entry {
     id: String,
     version: i64,
     record: Record,
-    keys: Vec<u64>,
+    keys: Vec<i64>,
 }
 
 pub struct Index {
@@ -51,16 +49,10 @@ pub struct Index {
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
     slot_of: HashMap<String, u32>,
-    blocks: HashMap<u64, Vec<u32>>,
+    blocks: HashMap<i64, Vec<u32>>,
     /// log2 posterior odds for `certain` and `probable`.
     pub certain: f64,
     pub probable: f64,
-}
-
-fn hash_key(k: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    k.hash(&mut h);
-    h.finish()
 }
 
 impl Index {
@@ -97,10 +89,7 @@ impl Index {
             self.blocks.clear();
             for (slot, e) in self.entries.iter_mut().enumerate() {
                 if let Some(e) = e {
-                    e.keys = keys(&e.record, self.model.profile)
-                        .iter()
-                        .map(|k| hash_key(k))
-                        .collect();
+                    e.keys = hashed_keys(&e.record, self.model.profile);
                     for k in &e.keys {
                         self.blocks.entry(*k).or_default().push(slot as u32);
                     }
@@ -121,10 +110,7 @@ impl Index {
             return;
         }
         self.remove(id);
-        let keys: Vec<u64> = keys(&record, self.model.profile)
-            .iter()
-            .map(|k| hash_key(k))
-            .collect();
+        let keys = hashed_keys(&record, self.model.profile);
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -179,8 +165,8 @@ impl Index {
     /// `possible` (the review threshold minus a margin), at most `limit`.
     pub fn matches(&self, record: &Record, limit: usize) -> Vec<Match> {
         let mut slots: Vec<u32> = Vec::new();
-        for k in keys(record, self.model.profile) {
-            if let Some(v) = self.blocks.get(&hash_key(&k)) {
+        for k in hashed_keys(record, self.model.profile) {
+            if let Some(v) = self.blocks.get(&k) {
                 if v.len() <= MAX_BLOCK {
                     slots.extend_from_slice(v);
                 }
@@ -188,35 +174,57 @@ impl Index {
         }
         slots.sort_unstable();
         slots.dedup();
-        let prior = self.model.prior();
-        let mut out: Vec<Match> = slots
+        let candidates = slots
             .into_iter()
             .filter_map(|s| self.entries[s as usize].as_ref())
-            .filter(|e| !known_apart(record, &e.record))
-            .filter_map(|e| {
-                let odds = prior
-                    + self
-                        .model
-                        .score(record, &compare_with(record, &e.record, self.model.profile));
-                let grade = if odds >= self.certain {
-                    Grade::Certain
-                } else if odds >= self.probable {
-                    Grade::Probable
-                } else if odds >= self.probable - 6.0 {
-                    Grade::Possible
-                } else {
-                    return None;
-                };
-                Some(Match {
-                    id: e.id.clone(),
-                    odds,
-                    probability: 1.0 / (1.0 + (-odds).exp2()),
-                    grade,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| b.odds.total_cmp(&a.odds).then_with(|| a.id.cmp(&b.id)));
-        out.truncate(limit);
-        out
+            .map(|e| (e.id.as_str(), &e.record));
+        rank(
+            &self.model,
+            (self.certain, self.probable),
+            record,
+            candidates,
+            self.model.name_count(record),
+            limit,
+        )
     }
+}
+
+/// Weighs each candidate against `record` and keeps those down to `possible` (the review
+/// threshold minus a margin), best first, at most `limit`: the decision every index makes
+/// the same way, wherever its candidates come from. `thresholds` are (certain, probable) in
+/// log2 posterior odds; `name_count` is how common `record`'s name is (records, of how many).
+pub fn rank<'a>(
+    model: &Model,
+    (certain, probable): (f64, f64),
+    record: &Record,
+    candidates: impl Iterator<Item = (&'a str, &'a Record)>,
+    name_count: Option<(f64, f64)>,
+    limit: usize,
+) -> Vec<Match> {
+    let prior = model.prior();
+    let mut out: Vec<Match> = candidates
+        .filter(|(_, r)| !known_apart(record, r))
+        .filter_map(|(id, r)| {
+            let pattern = compare_with(record, r, model.profile);
+            let odds = prior + model.score_counted(&pattern, name_count);
+            let grade = if odds >= certain {
+                Grade::Certain
+            } else if odds >= probable {
+                Grade::Probable
+            } else if odds >= probable - 6.0 {
+                Grade::Possible
+            } else {
+                return None;
+            };
+            Some(Match {
+                id: id.to_string(),
+                odds,
+                probability: 1.0 / (1.0 + (-odds).exp2()),
+                grade,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.odds.total_cmp(&a.odds).then_with(|| a.id.cmp(&b.id)));
+    out.truncate(limit);
+    out
 }

@@ -11,16 +11,20 @@ use crate::compare::{
 };
 use crate::normalize::Record;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     /// The fields this model compares on.
     pub profile: Profile,
-    pub m: [[f64; MAX_LEVELS]; FIELDS],
-    pub u: [[f64; MAX_LEVELS]; FIELDS],
+    // The full path: serde's derive declares a `FIELDS` of its own in the same scope.
+    pub m: [[f64; MAX_LEVELS]; crate::compare::FIELDS],
+    pub u: [[f64; MAX_LEVELS]; crate::compare::FIELDS],
     /// Estimated share of candidate pairs that are matches.
     pub p: f64,
-    /// Records per exact normalised name, and the record count, for term frequencies.
+    /// Records per exact normalised name, and the record count, for term frequencies. Not
+    /// kept with a stored model: an index in the database counts names itself.
+    #[serde(skip)]
     name_counts: HashMap<String, u32>,
+    #[serde(skip)]
     n: f64,
     pub em_iterations: usize,
 }
@@ -221,15 +225,28 @@ impl Model {
     }
 
     /// The pair's match weight: the sum of field weights, with the exact-name weight taken
-    /// from that name's frequency.
+    /// from that name's frequency among the records the model was trained on.
     pub fn score(&self, a: &Record, pattern: &Pattern) -> f64 {
+        self.score_counted(pattern, self.name_count(a))
+    }
+
+    /// How many of the training records carry `a`'s exact name, of how many.
+    pub fn name_count(&self, a: &Record) -> Option<(f64, f64)> {
+        a.name
+            .as_ref()
+            .and_then(|n| self.name_counts.get(&n.text))
+            .map(|&c| (f64::from(c), self.n))
+    }
+
+    /// The pair's match weight with the exact-name weight from `name`: how many records
+    /// carry the first record's name, of how many (`None`: the field's own weight).
+    pub fn score_counted(&self, pattern: &Pattern, name: Option<(f64, f64)>) -> f64 {
         let mut w = 0.0;
         for (f, level) in pattern.iter().enumerate() {
             let Some(l) = *level else { continue };
             if f == NAME && l as usize == LEVELS[NAME] - 1 {
-                let count = a.name.as_ref().and_then(|n| self.name_counts.get(&n.text));
-                if let Some(&c) = count {
-                    let u = (f64::from(c) / self.n).max(1.0 / self.n);
+                if let Some((c, n)) = name.filter(|&(c, n)| c > 0.0 && n > 0.0) {
+                    let u = (c / n).max(1.0 / n);
                     w += (self.m[f][l as usize].max(1e-9) / u).log2();
                     continue;
                 }

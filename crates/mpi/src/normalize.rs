@@ -4,15 +4,16 @@
 //! sex, and address parts.
 
 use hutong_cn::{hanzi, idcard::IdNumber, nfkc};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Sex {
     Male,
     Female,
 }
 
 /// An ID number as recorded: the 18-character form when valid, the cleaned text otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdNorm {
     pub text: String,
     pub valid: bool,
@@ -21,7 +22,7 @@ pub struct IdNorm {
 /// A name made comparable across scripts: Han names are simplified and carry their pinyin
 /// (every reading of the surname's first character, since 曾 单 解 朴 区 仇 have surname
 /// readings of their own); Latin names (pinyin or Western) are lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Name {
     /// Full name without spaces (family first for Han names).
     pub text: String,
@@ -35,7 +36,7 @@ pub struct Name {
 }
 
 /// The parts of an address that locate a person: free text and administrative parts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Place {
     pub line: Option<String>,
     pub district: Option<String>,
@@ -63,7 +64,7 @@ pub struct Raw {
 }
 
 /// A normalised record, ready for blocking and comparison.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub id_number: Option<IdNorm>,
     pub name: Option<Name>,

@@ -25,6 +25,7 @@ pub mod guard;
 pub mod http;
 pub mod intake;
 pub mod matching;
+pub mod mpi_store;
 pub mod operations;
 pub mod person_api;
 pub mod persons;
@@ -61,6 +62,9 @@ pub struct Settings {
     pub source_trust: std::collections::HashMap<String, i32>,
     /// Decision thresholds of person linking (log2 posterior odds).
     pub thresholds: hutong_mpi::Thresholds,
+    /// Where the identity index lives; `None`: in memory on the embedded store, in the
+    /// database on PostgreSQL.
+    pub mpi_index: Option<matching::IndexKind>,
     /// The keyring; by default `keys.json` in the data directory (embedded store) or
     /// `./hutong-keys.json` (PostgreSQL).
     pub keys_file: Option<PathBuf>,
@@ -93,6 +97,7 @@ impl Settings {
             link_interval: Some(std::time::Duration::from_secs(2)),
             source_trust: Default::default(),
             thresholds: Default::default(),
+            mpi_index: None,
             keys_file: None,
             policy: Default::default(),
             dev_outbox: false,
@@ -278,6 +283,9 @@ impl Application {
             settings.thresholds.link
         );
         engine.matcher.set_thresholds(settings.thresholds);
+        if let Some(kind) = settings.mpi_index {
+            engine.matcher.set_index_kind(kind);
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(period) = settings.link_interval {
             let e = engine.clone();

@@ -1,26 +1,109 @@
-//! Patient matching against the live store (`Patient/$match`): an in-memory index of every
-//! current Patient, built on first use and caught up from the Patient history before each
-//! match, so every write path (REST, transactions, bulk import, another process) is seen
-//! without hooks. The model is re-estimated by EM from the store's own Patients as they
-//! grow; until there are enough, starting values are used.
+//! Patient matching against the live store (`Patient/$match`) and the linker that gives
+//! every Patient its person. The index of every current Patient is either in memory (the
+//! embedded default: built on first use from the Patients) or in the database (the default
+//! on PostgreSQL: [`crate::mpi_store`], shared by every API node and kept across restarts);
+//! either way it is caught up from the Patient history before each match, so every write
+//! path (REST, transactions, bulk import, another process) is seen without hooks. The model
+//! is re-estimated by EM from the store's own Patients as they grow; until there are
+//! enough, starting values are used.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use hutong_mpi::index::{Index, Match};
-use hutong_mpi::{block, fhir::raw_from_patient, Model};
+use hutong_mpi::{block, fhir::raw_from_patient, Model, Record};
 use hutong_store::{Scope, Store, StoreError, Stored};
 
+use crate::mpi_store::{Put, StoredIndex};
 use crate::persons::Registry;
 
 /// Patients needed before EM is trusted over the starting values.
 const TRAIN_AT: usize = 1_000;
 /// Writes may commit a little after the time they were stamped: re-read this much history.
 const OVERLAP_MS: i64 = 5_000;
+/// Patients indexed per transaction when a database index is first built.
+const BUILD_PAGE: usize = 5_000;
+
+/// Where the matching index lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// In this process, rebuilt from the Patients when the server starts: fastest, for a
+    /// city's worth of residents on one machine.
+    Memory,
+    /// In the database: nothing per person in the API node, nothing rebuilt on restart.
+    Database,
+}
+
+impl IndexKind {
+    /// Memory on the embedded store, the database on PostgreSQL.
+    pub fn default_for(d: hutong_store::sql::Dialect) -> IndexKind {
+        match d {
+            hutong_store::sql::Dialect::Sqlite => IndexKind::Memory,
+            hutong_store::sql::Dialect::Postgres => IndexKind::Database,
+        }
+    }
+}
+
+/// What linking decisions read from the index: a Patient's normalised record and the
+/// Patients that may be the same person. A database index that fails to answer answers
+/// "nothing" and keeps the error ([`Idx::take_error`]); whoever decided on such an answer
+/// throws the decision away.
+pub trait Candidates {
+    fn record(&self, patient: &str) -> Option<Record>;
+    fn matches(&self, record: &Record, limit: usize) -> Vec<Match>;
+}
+
+impl Candidates for Index {
+    fn record(&self, patient: &str) -> Option<Record> {
+        self.get(patient).cloned()
+    }
+    fn matches(&self, record: &Record, limit: usize) -> Vec<Match> {
+        Index::matches(self, record, limit)
+    }
+}
+
+/// The index, wherever it lives.
+enum Idx {
+    Memory(Index),
+    Stored(StoredIndex),
+}
+
+impl Idx {
+    fn candidates(&self) -> &dyn Candidates {
+        match self {
+            Idx::Memory(i) => i,
+            Idx::Stored(s) => s,
+        }
+    }
+
+    fn take_error(&self) -> Option<StoreError> {
+        match self {
+            Idx::Memory(_) => None,
+            Idx::Stored(s) => s.take_error(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Idx::Memory(i) => i.len(),
+            Idx::Stored(s) => s.len(),
+        }
+    }
+
+    fn set_thresholds(&mut self, t: hutong_mpi::Thresholds) {
+        let (c, p) = match self {
+            Idx::Memory(i) => (&mut i.certain, &mut i.probable),
+            Idx::Stored(s) => (&mut s.certain, &mut s.probable),
+        };
+        (*c, *p) = (t.link, t.review);
+    }
+}
 
 #[derive(Default)]
 struct State {
-    index: Option<Index>,
+    index: Option<Idx>,
+    kind: Option<IndexKind>,
     synced: i64,
     trained_at: usize,
     registry: Option<Registry>,
@@ -86,8 +169,11 @@ impl Matcher {
         let record = raw_from_patient(patient).normalize();
         let index = st.index.as_ref().expect("built by sync");
         let self_id = patient["id"].as_str().map(|id| format!("Patient/{id}"));
-        Ok(index
-            .matches(&record, limit + 1)
+        let found = index.candidates().matches(&record, limit + 1);
+        if let Some(e) = index.take_error() {
+            return Err(e);
+        }
+        Ok(found
             .into_iter()
             .filter(|m| Some(&m.id) != self_id.as_ref())
             .take(limit)
@@ -141,7 +227,7 @@ impl Matcher {
         &self,
         store: &Store,
         audit: &hutong_audit::Entry,
-        f: impl FnOnce(&mut Registry, &Index) -> Result<T, String>,
+        f: impl FnOnce(&mut Registry, &dyn Candidates) -> Result<T, String>,
     ) -> Result<Result<T, String>, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.change_locked(&mut st, store, audit, f);
@@ -154,7 +240,7 @@ impl Matcher {
         st: &mut State,
         store: &Store,
         audit: &hutong_audit::Entry,
-        f: impl FnOnce(&mut Registry, &Index) -> Result<T, String>,
+        f: impl FnOnce(&mut Registry, &dyn Candidates) -> Result<T, String>,
     ) -> Result<Result<T, String>, StoreError> {
         sync(st, store)?;
         let State {
@@ -163,7 +249,12 @@ impl Matcher {
         let (Some(index), Some(reg)) = (index.as_ref(), registry.as_mut()) else {
             return Ok(Err("the person registry is not available".into()));
         };
-        let out = f(reg, index);
+        let out = f(reg, index.candidates());
+        if let Some(e) = index.take_error() {
+            reg.discard_pending();
+            st.registry = None;
+            return Err(e);
+        }
         if out.is_err() {
             reg.discard_pending();
             st.registry = None;
@@ -198,10 +289,19 @@ impl Matcher {
     pub fn set_thresholds(&self, t: hutong_mpi::Thresholds) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(index) = st.index.as_mut() {
-            index.certain = t.link;
-            index.probable = t.review;
+            index.set_thresholds(t);
         }
         st.thresholds = t;
+    }
+
+    /// Chooses where the index lives (before first use; by default by the backend).
+    pub fn set_index_kind(&self, kind: IndexKind) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.kind != Some(kind) {
+            st.kind = Some(kind);
+            st.index = None;
+            st.registry = None;
+        }
     }
 
     /// How many Patients are indexed (after catching up).
@@ -209,82 +309,200 @@ impl Matcher {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         sync(&mut st, store)?;
         self.publish(&mut st);
-        Ok(st.index.as_ref().map_or(0, Index::len))
+        Ok(st.index.as_ref().map_or(0, Idx::len))
     }
 }
 
-fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
-    let mut changed: Vec<(String, bool)> = Vec::new();
-    if let Some(index) = st.index.as_mut() {
-        changed = catch_up(index, &mut st.synced, store)?;
-    } else {
-        let mut index = Index::new(Model::starting());
-        index.certain = st.thresholds.link;
-        index.probable = st.thresholds.review;
-        let mut after = i64::MIN;
-        let mut newest = i64::MIN;
-        loop {
-            let (page, last) = store.scan("Patient", None, false, after, 5_000, &Scope::All)?;
-            if page.is_empty() {
-                break;
-            }
-            for s in &page {
+/// Builds the index on first use: in memory from every Patient; in the database from what
+/// it already holds, or from every Patient when it was never built. Returns the Patients to
+/// give persons to.
+fn open_index(st: &mut State, store: &Store) -> Result<Vec<(String, bool)>, StoreError> {
+    let kind = *st
+        .kind
+        .get_or_insert_with(|| IndexKind::default_for(store.dialect()));
+    let mut changed = Vec::new();
+    let mut newest = i64::MIN;
+    let idx = match kind {
+        IndexKind::Memory => {
+            let mut index = Index::new(Model::starting());
+            for_each_patient(store, |s| {
                 newest = newest.max(s.last_updated);
                 if let Some(r) = record_of(s) {
                     let id = format!("Patient/{}", s.id);
                     index.upsert(&id, s.version, r);
                     changed.push((id, false));
                 }
-            }
-            after = last;
+                Ok(())
+            })?;
+            st.trained_at = 0;
+            Idx::Memory(index)
         }
-        st.index = Some(index);
-        st.synced = newest;
+        IndexKind::Database => {
+            let mut index = StoredIndex::open(store, st.thresholds)?;
+            match index.mark("synced")? {
+                Some(t) => newest = t,
+                None => {
+                    let mut page: Vec<Put> = Vec::new();
+                    for_each_patient(store, |s| {
+                        newest = newest.max(s.last_updated);
+                        if let Some(record) = record_of(s) {
+                            let id = format!("Patient/{}", s.id);
+                            changed.push((id.clone(), false));
+                            page.push(Put {
+                                id,
+                                version: s.version,
+                                record,
+                            });
+                        }
+                        if page.len() >= BUILD_PAGE {
+                            index.apply(std::mem::take(&mut page), &[], None)?;
+                        }
+                        Ok(())
+                    })?;
+                    // The mark last: a build cut short starts again from the Patients.
+                    index.apply(page, &[], Some(newest))?;
+                    if !changed.is_empty() {
+                        tracing::info!(
+                            patients = changed.len(),
+                            "Built the identity index in the database."
+                        );
+                    }
+                }
+            }
+            st.trained_at = index.trained_at();
+            Idx::Stored(index)
+        }
+    };
+    st.index = Some(idx);
+    st.index
+        .as_mut()
+        .expect("just set")
+        .set_thresholds(st.thresholds);
+    st.synced = newest;
+    Ok(changed)
+}
+
+fn for_each_patient(
+    store: &Store,
+    mut f: impl FnMut(&Stored) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut after = i64::MIN;
+    loop {
+        let (page, last) = store.scan("Patient", None, false, after, 5_000, &Scope::All)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for s in &page {
+            f(s)?;
+        }
+        after = last;
     }
+}
+
+/// Re-estimates the model once the index has doubled since it was last estimated.
+fn retrain(st: &mut State) -> Result<(), StoreError> {
+    let Some(index) = st.index.as_mut() else {
+        return Ok(());
+    };
+    let n = index.len();
+    if n < TRAIN_AT || n < 2 * st.trained_at {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    match index {
+        Idx::Memory(index) => {
+            let records: Vec<Record> = index.records().map(|(_, r)| r.clone()).collect();
+            let profile = hutong_mpi::compare::profile_of(&records);
+            let candidates = block::candidates(&records, profile);
+            index.set_model(Model::train(&records, &candidates, profile));
+        }
+        Idx::Stored(index) => {
+            // Another node may have done it already.
+            index.refresh()?;
+            if n < 2 * index.trained_at() {
+                st.trained_at = index.trained_at();
+                return Ok(());
+            }
+            let (records, candidates) = index.training_set()?;
+            let profile = hutong_mpi::compare::profile_of(&records);
+            index.set_model(Model::train(&records, &candidates, profile), n)?;
+        }
+    }
+    st.trained_at = n;
+    tracing::info!(
+        patients = n,
+        seconds = started.elapsed().as_secs_f64(),
+        "Re-estimated the matching model from the store's Patients."
+    );
+    Ok(())
+}
+
+fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
+    let mut changed = if st.index.is_none() {
+        open_index(st, store)?
+    } else {
+        Vec::new()
+    };
+    // A database index opened as it was left catches up with what was written since.
+    let index = st.index.as_mut().expect("opened above");
+    changed.extend(catch_up(index, &mut st.synced, store)?);
+    retrain(st)?;
     let State {
         index,
-        trained_at,
         registry,
         persons_synced,
         trust,
+        synced,
         ..
     } = st;
     let Some(index) = index.as_mut() else {
         return Ok(());
     };
-    if index.len() >= TRAIN_AT && index.len() >= 2 * *trained_at {
-        let records: Vec<hutong_mpi::Record> = index.records().map(|(_, r)| r.clone()).collect();
-        let profile = hutong_mpi::compare::profile_of(&records);
-        let candidates = block::candidates(&records, profile);
-        index.set_model(Model::train(&records, &candidates, profile));
-        *trained_at = index.len();
-        tracing::info!(
-            patients = index.len(),
-            "Re-estimated the matching model from the store's Patients."
-        );
-    }
     if registry.is_none() {
         *persons_synced = hutong_fhir::date::now_ms();
         let mut reg = Registry::load(store)?;
         reg.trust = trust.clone();
         *registry = Some(reg);
         // Every Patient is looked at again: whatever changed while the registry was away.
-        changed = index
-            .records()
-            .map(|(id, _)| (id.to_string(), false))
-            .collect();
+        // A database index says up to when that was done; the rest were placed before.
+        changed = match index {
+            Idx::Memory(index) => index
+                .records()
+                .map(|(id, _)| (id.to_string(), false))
+                .collect(),
+            Idx::Stored(s) => {
+                let since = s
+                    .mark("linked")?
+                    .unwrap_or(i64::MIN)
+                    .saturating_sub(OVERLAP_MS);
+                let mut seen = std::collections::HashSet::new();
+                let mut v: Vec<(String, bool)> = changed
+                    .into_iter()
+                    .filter(|(id, _)| seen.insert(id.clone()))
+                    .collect();
+                for k in store.changes_since("Patient", since)? {
+                    let id = format!("Patient/{}", k.id);
+                    if seen.insert(id.clone()) {
+                        v.push((id, false));
+                    }
+                }
+                v
+            }
+        };
     }
     let reg = registry.as_mut().expect("loaded above");
     let result = link_changed(reg, index, store, persons_synced, &changed);
-    if result.is_err() {
-        *registry = None;
+    match (&result, &*index) {
+        (Err(_), _) => *registry = None,
+        (Ok(()), Idx::Stored(s)) if !changed.is_empty() => s.set_mark("linked", *synced)?,
+        _ => {}
     }
     result
 }
 
 fn link_changed(
     reg: &mut Registry,
-    index: &Index,
+    index: &Idx,
     store: &Store,
     persons_synced: &mut i64,
     changed: &[(String, bool)],
@@ -296,7 +514,11 @@ fn link_changed(
         if *deleted {
             reg.remove(id);
         } else {
-            reg.assign(index, id);
+            reg.assign(index.candidates(), id);
+            if let Some(e) = index.take_error() {
+                reg.discard_pending();
+                return Err(e);
+            }
         }
         reg.maybe_flush(store, &audit)?;
     }
@@ -311,34 +533,147 @@ fn link_changed(
     Ok(())
 }
 
-/// Applies the Patient versions written since the last sync, oldest first, so that a
-/// deletion after an update wins. Returns the Patients that changed (and whether deleted).
+/// Applies the Patient versions written since the last sync: for each Patient its latest
+/// (so a deletion after an update wins, and a re-creation after a deletion). Returns the
+/// Patients that changed (and whether deleted).
 fn catch_up(
-    index: &mut Index,
+    index: &mut Idx,
     synced: &mut i64,
     store: &Store,
 ) -> Result<Vec<(String, bool)>, StoreError> {
-    let mut changed = Vec::new();
     // Versions alone first; only those the index has not seen are read.
     let since = synced.saturating_sub(OVERLAP_MS);
-    for k in store.changes_since("Patient", since)? {
-        *synced = (*synced).max(k.last_updated);
-        let id = format!("Patient/{}", k.id);
-        if index.version(&id).is_some_and(|v| v >= k.version) {
+    let keys = store.changes_since("Patient", since)?;
+    let newest = keys.iter().map(|k| k.last_updated).fold(*synced, i64::max);
+    let mut latest: HashMap<&str, &hutong_store::VersionKey> = HashMap::new();
+    for k in &keys {
+        latest.insert(k.id.as_str(), k);
+    }
+    let mut latest: Vec<&hutong_store::VersionKey> = latest.into_values().collect();
+    latest.sort_by_key(|k| (k.last_updated, k.version));
+    let ids: Vec<String> = latest.iter().map(|k| format!("Patient/{}", k.id)).collect();
+    let known: HashMap<String, i64> = match index {
+        Idx::Memory(i) => ids
+            .iter()
+            .filter_map(|id| i.version(id).map(|v| (id.clone(), v)))
+            .collect(),
+        Idx::Stored(s) => {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            s.versions(&refs)?
+        }
+    };
+    let (mut changed, mut puts, mut removes) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, id) in latest.into_iter().zip(ids) {
+        if known.get(&id).is_some_and(|&v| v >= k.version) {
             continue;
         }
         if k.deleted {
-            index.remove(&id);
-            changed.push((id, true));
+            if known.contains_key(&id) {
+                removes.push(id.clone());
+                changed.push((id, true));
+            }
         } else if let Some(s) = store
             .vread("Patient", &k.id, k.version, &Scope::All)?
             .found()
         {
-            if let Some(r) = record_of(&s) {
-                index.upsert(&id, s.version, r);
-                changed.push((id, false));
+            if let Some(record) = record_of(&s) {
+                changed.push((id.clone(), false));
+                puts.push(Put {
+                    id,
+                    version: s.version,
+                    record,
+                });
             }
         }
     }
+    match index {
+        Idx::Memory(i) => {
+            for id in &removes {
+                i.remove(id);
+            }
+            for p in puts {
+                i.upsert(&p.id, p.version, p.record);
+            }
+        }
+        Idx::Stored(s) => {
+            if !puts.is_empty() || !removes.is_empty() || newest > *synced {
+                s.apply(puts, &removes, Some(newest))?;
+            }
+        }
+    }
+    *synced = newest;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hutong_store::testing::{self, AUDIT};
+    use serde_json::json;
+
+    fn patient(name: &str, id_number: &str, phone: &str) -> serde_json::Value {
+        json!({"resourceType": "Patient", "name": [{"text": name}], "gender": "female",
+            "birthDate": "1990-04-08", "telecom": [{"system": "phone", "value": phone}],
+            "identifier": [{"system": hutong_mpi::fhir::ID_SYSTEM, "value": id_number}]})
+    }
+
+    fn put(store: &Store, id: &str, v: serde_json::Value) {
+        store
+            .write(&AUDIT, |tx| tx.update("Patient", id, v.clone(), None))
+            .unwrap();
+    }
+
+    fn found(m: &Matcher, store: &Store, p: &serde_json::Value) -> Vec<String> {
+        m.matches(store, p, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The database index is opened as it was left and catches up with what was written
+    /// while no matcher ran.
+    #[test]
+    fn a_database_index_is_kept_across_restarts_and_catches_up() {
+        let mut stores = vec![testing::sqlite()];
+        stores.extend(testing::postgres());
+        for t in stores {
+            let store = &t.store;
+            let id = hutong_cn::idcard::make(330106, 1990, 4, 8, 22);
+            let other = hutong_cn::idcard::make(330106, 1990, 4, 8, 35);
+            let mut a = patient("欧阳雪", &id, "13800000001");
+            a["id"] = json!("a");
+            put(store, "a", a.clone());
+            put(store, "b", patient("歐陽雪", &id, "13800000002"));
+            put(store, "c", patient("欧阳雪", &id, "13800000003"));
+            let m = Matcher::default();
+            m.set_index_kind(IndexKind::Database);
+            assert_eq!(m.indexed(store).unwrap(), 3);
+            assert_eq!(found(&m, store, &a), ["Patient/b", "Patient/c"]);
+            let person =
+                |m: &Matcher, p: &str| m.view(store, |r| r.person_of(p).map(String::from)).unwrap();
+            let pa = person(&m, "Patient/a");
+            assert!(pa.is_some());
+            assert_eq!(person(&m, "Patient/b"), pa);
+            drop(m);
+
+            // Written while no matcher runs: c deleted, b now someone else, d new.
+            store
+                .write(&AUDIT, |tx| tx.delete("Patient", "c", None))
+                .unwrap();
+            put(store, "b", patient("欧阳雪", &other, "13800000002"));
+            put(store, "d", patient("欧阳雪", &id, "13800000004"));
+            let m = Matcher::default();
+            m.set_index_kind(IndexKind::Database);
+            assert_eq!(found(&m, store, &a), ["Patient/d"]);
+            assert_eq!(person(&m, "Patient/d"), pa, "d joins a's person");
+            let mut d = patient("欧阳雪", &id, "13800000004");
+            d["id"] = json!("d");
+            assert_eq!(
+                found(&m, store, &d),
+                ["Patient/a"],
+                "b's new ID number is another person's"
+            );
+        }
+    }
 }

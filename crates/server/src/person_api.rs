@@ -131,7 +131,7 @@ fn author(g: &Guard, p: &Params) -> String {
 fn change<T>(
     engine: &Engine,
     g: &Guard,
-    f: impl FnOnce(&mut Registry, &hutong_mpi::index::Index) -> Result<T, String>,
+    f: impl FnOnce(&mut Registry, &dyn crate::matching::Candidates) -> Result<T, String>,
 ) -> Result<T, ApiError> {
     let mut entry = g.entry();
     entry.outcome = 200;

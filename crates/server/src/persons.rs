@@ -18,7 +18,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_mpi::compare::known_apart;
-use hutong_mpi::index::{Grade, Index};
+use hutong_mpi::index::Grade;
+
+use crate::matching::Candidates;
 use hutong_store::{Scope, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
@@ -261,7 +263,7 @@ impl Registry {
     }
 
     /// Why two persons must not be merged automatically, if anything says so.
-    fn merge_blocker(&self, index: &Index, a: &str, b: &str) -> Option<String> {
+    fn merge_blocker(&self, index: &dyn Candidates, a: &str, b: &str) -> Option<String> {
         let (Some(ea), Some(eb)) = (self.persons.get(a), self.persons.get(b)) else {
             return Some("unknown person".into());
         };
@@ -276,8 +278,8 @@ impl Registry {
                         x.patient, y.patient
                     ));
                 }
-                if let (Some(rx), Some(ry)) = (index.get(&x.patient), index.get(&y.patient)) {
-                    if known_apart(rx, ry) {
+                if let (Some(rx), Some(ry)) = (index.record(&x.patient), index.record(&y.patient)) {
+                    if known_apart(&rx, &ry) {
                         return Some(format!(
                             "{} and {} are known to be different people",
                             x.patient, y.patient
@@ -312,17 +314,17 @@ impl Registry {
     }
 
     /// Decides where a new or changed Patient belongs.
-    pub fn assign(&mut self, index: &Index, patient: &str) {
+    pub fn assign(&mut self, index: &dyn Candidates, patient: &str) {
         let current = self.person_of.get(patient).cloned();
         let pinned = current
             .as_ref()
             .and_then(|c| self.persons.get(c))
             .is_some_and(|e| e.links.iter().any(|l| l.patient == patient && l.manual));
-        let Some(record) = index.get(patient) else {
+        let Some(record) = index.record(patient) else {
             return;
         };
         let matches: Vec<_> = index
-            .matches(record, 20)
+            .matches(&record, 20)
             .into_iter()
             .filter(|m| m.id != patient)
             .collect();
@@ -536,7 +538,7 @@ impl Registry {
     /// Puts `patient` into `person`, placed by `author`.
     pub fn link(
         &mut self,
-        index: &Index,
+        index: &dyn Candidates,
         person: &str,
         patient: &str,
         author: &str,
@@ -544,15 +546,18 @@ impl Registry {
         force: bool,
     ) -> Result<(), String> {
         self.active_person(person)?;
-        if !self.person_of.contains_key(patient) && index.get(patient).is_none() {
+        let rp = index.record(patient);
+        if !self.person_of.contains_key(patient) && rp.is_none() {
             return Err(format!("{patient} is not known"));
         }
         if !force {
-            if let Some(rp) = index.get(patient) {
+            if let Some(rp) = rp {
                 let e = &self.persons[person];
                 for l in &e.links {
                     if l.patient != patient
-                        && index.get(&l.patient).is_some_and(|r| known_apart(rp, r))
+                        && index
+                            .record(&l.patient)
+                            .is_some_and(|r| known_apart(&rp, &r))
                     {
                         return Err(format!(
                             "{patient} and {} have different valid ID numbers or are twins or \
