@@ -342,7 +342,7 @@ pub fn audit(s: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
                 Some(p) => Some(
                     engine
                         .matcher
-                        .view(&engine.store, |r| r.patients(p))?
+                        .patients_of(&engine.store, p)?
                         .iter()
                         .map(|x| hutong_store::shard_of(x.trim_start_matches("Patient/")))
                         .collect(),

@@ -184,7 +184,7 @@ fn grant_everyone(engine: &hutong_server::Engine) -> anyhow::Result<usize> {
             break;
         }
         for p in &page {
-            let patients = engine.matcher.view(&engine.store, |r| r.patients(&p.id))?;
+            let patients = engine.matcher.patients_of(&engine.store, &p.id)?;
             let Some(first) = patients.first() else {
                 continue;
             };
@@ -642,12 +642,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
         // whole record from every institution.
         let e = engine.clone();
         let p = format!("Patient/{pid}");
-        let person = tokio::task::spawn_blocking(move || {
-            e.matcher
-                .view(&e.store, |r| r.person_of(&p).map(String::from))
-        })
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("the patient has no person"))?;
+        let person = tokio::task::spawn_blocking(move || e.matcher.person_of(&e.store, &p))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the patient has no person"))?;
         let resident = resident_token(&engine, &person, 6 * 3600);
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(

@@ -305,9 +305,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             move || -> anyhow::Result<(Option<String>, String)> {
                 engine.matcher.sync(&engine.store)?;
                 let person = match first {
-                    Some(p) => engine
-                        .matcher
-                        .view(&engine.store, |reg| reg.person_of(&p).map(String::from))?,
+                    Some(p) => engine.matcher.person_of(&engine.store, &p)?,
                     None => None,
                 };
                 // The number the institutions have on record (a child's may be a guardian's).

@@ -104,7 +104,7 @@ fn phone_of(person: &Value) -> Option<String> {
 fn patients_of(engine: &Engine, person: &str) -> Result<Vec<String>, ApiError> {
     Ok(engine
         .matcher
-        .view(&engine.store, |reg| reg.patients(person))?
+        .patients_of(&engine.store, person)?
         .into_iter()
         .map(|p| p.trim_start_matches("Patient/").to_string())
         .collect())
@@ -938,9 +938,9 @@ pub fn after_write(engine: &Engine, g: &Guard, s: &Stored) -> Result<(), ApiErro
         return Ok(());
     };
     engine.matcher.sync(&engine.store)?;
-    let Some(person) = engine.matcher.view(&engine.store, |r| {
-        r.person_of(&format!("Patient/{patient}")).map(String::from)
-    })?
+    let Some(person) = engine
+        .matcher
+        .person_of(&engine.store, &format!("Patient/{patient}"))?
     else {
         return Ok(());
     };

@@ -488,9 +488,10 @@ fn persons_with_phone(st: &AppState, phone: &str) -> Result<Vec<(String, Value)>
         for s in page.matches {
             if t == "Person" {
                 ids.insert(s.id);
-            } else if let Some(p) = engine.matcher.view(&engine.store, |r| {
-                r.person_of(&format!("Patient/{}", s.id)).map(String::from)
-            })? {
+            } else if let Some(p) = engine
+                .matcher
+                .person_of(&engine.store, &format!("Patient/{}", s.id))?
+            {
                 ids.insert(p);
             }
         }

@@ -114,18 +114,56 @@ struct State {
 
 /// Which Patients make up each person, as the access decision reads it: a copy of the
 /// registry's links, updated whenever they change, readable without waiting for linking.
+/// With a lazy registry (the database index) it holds only what was read: a person it does
+/// not hold is read from the store, kept until it changes.
 #[derive(Default)]
 pub struct Links {
     patients: HashMap<String, Vec<String>>,
     generation: u64,
+    store: Option<Store>,
+    read: Mutex<HashMap<String, Vec<String>>>,
 }
+
+/// Persons read into a lazy directory before it starts over.
+const READ_KEEP: usize = 200_000;
 
 /// A read view of [`Links`].
 pub struct LinkView<'a>(RwLockReadGuard<'a, Links>);
 
 impl hutong_access::Directory for LinkView<'_> {
     fn patients_of(&self, person: &str) -> Vec<String> {
-        self.0.patients.get(person).cloned().unwrap_or_default()
+        if let Some(p) = self.0.patients.get(person) {
+            return p.clone();
+        }
+        let Some(store) = &self.0.store else {
+            return Vec::new();
+        };
+        let mut read = self.0.read.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = read.get(person) {
+            return p.clone();
+        }
+        // A person that cannot be read has no Patients for this decision: less access, never
+        // more.
+        let found = match store.read("Person", person, &Scope::All) {
+            Ok(l) => l.found(),
+            Err(e) => {
+                tracing::warn!(person, error = %e, "Reading a person's links failed.");
+                return Vec::new();
+            }
+        };
+        let patients: Vec<String> = found
+            .filter(|s| !s.deleted)
+            .and_then(|s| s.json().ok())
+            .map(|v| crate::persons::patients_in(&v))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| x.trim_start_matches("Patient/").to_string())
+            .collect();
+        if read.len() >= READ_KEEP {
+            read.clear();
+        }
+        read.insert(person.to_string(), patients.clone());
+        patients
     }
 }
 
@@ -206,6 +244,19 @@ impl Matcher {
         }
         let touched = std::mem::take(&mut reg.touched);
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = reg.lazy_store() {
+            // What changed is forgotten and read again when asked.
+            links.store.get_or_insert(store);
+            let read = links.read.get_mut().unwrap_or_else(|e| e.into_inner());
+            for p in &touched {
+                read.remove(p);
+            }
+            for p in &touched {
+                links.patients.remove(p);
+            }
+            links.generation += 1;
+            return;
+        }
         for p in touched {
             let pts: Vec<String> = reg
                 .patients(&p)
@@ -250,7 +301,7 @@ impl Matcher {
             return Ok(Err("the person registry is not available".into()));
         };
         let out = f(reg, index.candidates());
-        if let Some(e) = index.take_error() {
+        if let Some(e) = index.take_error().or_else(|| reg.take_error()) {
             reg.discard_pending();
             st.registry = None;
             return Err(e);
@@ -264,15 +315,41 @@ impl Matcher {
             st.registry = None;
             return Err(e);
         }
+        reg.evict();
         Ok(out)
     }
 
-    /// Reads the caught-up registry.
-    pub fn view<T>(&self, store: &Store, f: impl FnOnce(&Registry) -> T) -> Result<T, StoreError> {
+    /// The Patients of a person (`Patient/{id}`), caught up.
+    pub fn patients_of(&self, store: &Store, person: &str) -> Result<Vec<String>, StoreError> {
+        self.view_of(store, &[person], &[], |reg| reg.patients(person))
+    }
+
+    /// The person of a Patient (`Patient/{id}`), caught up.
+    pub fn person_of(&self, store: &Store, patient: &str) -> Result<Option<String>, StoreError> {
+        self.view_of(store, &[], &[patient], |reg| {
+            reg.person_of(patient).map(String::from)
+        })
+    }
+
+    /// Reads the caught-up registry after reading in `persons` and the persons of `patients`
+    /// (a lazy registry holds only what it was asked about).
+    pub fn view_of<T>(
+        &self,
+        store: &Store,
+        persons: &[&str],
+        patients: &[&str],
+        f: impl FnOnce(&Registry) -> T,
+    ) -> Result<T, StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         sync(&mut st, store)?;
         self.publish(&mut st);
-        Ok(f(st.registry.as_ref().expect("built by sync")))
+        let reg = st.registry.as_mut().expect("built by sync");
+        reg.page_persons(persons);
+        reg.page_patients(patients);
+        if let Some(e) = reg.take_error() {
+            return Err(e);
+        }
+        Ok(f(reg))
     }
 
     /// Sets the source trust ranks used for the golden record.
@@ -460,7 +537,10 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
     };
     if registry.is_none() {
         *persons_synced = hutong_fhir::date::now_ms();
-        let mut reg = Registry::load(store)?;
+        let mut reg = match index {
+            Idx::Memory(_) => Registry::load(store)?,
+            Idx::Stored(_) => Registry::load_lazy(store)?,
+        };
         reg.trust = trust.clone();
         *registry = Some(reg);
         // Every Patient is looked at again: whatever changed while the registry was away.
@@ -515,14 +595,16 @@ fn link_changed(
             reg.remove(id);
         } else {
             reg.assign(index.candidates(), id);
-            if let Some(e) = index.take_error() {
-                reg.discard_pending();
-                return Err(e);
-            }
+        }
+        if let Some(e) = index.take_error().or_else(|| reg.take_error()) {
+            reg.discard_pending();
+            return Err(e);
         }
         reg.maybe_flush(store, &audit)?;
+        reg.evict();
     }
     reg.flush(store, &audit)?;
+    reg.evict();
     if changed.len() > 1_000 {
         tracing::info!(
             patients = changed.len(),
@@ -650,8 +732,7 @@ mod tests {
             m.set_index_kind(IndexKind::Database);
             assert_eq!(m.indexed(store).unwrap(), 3);
             assert_eq!(found(&m, store, &a), ["Patient/b", "Patient/c"]);
-            let person =
-                |m: &Matcher, p: &str| m.view(store, |r| r.person_of(p).map(String::from)).unwrap();
+            let person = |m: &Matcher, p: &str| m.person_of(store, p).unwrap();
             let pa = person(&m, "Patient/a");
             assert!(pa.is_some());
             assert_eq!(person(&m, "Patient/b"), pa);
@@ -667,6 +748,15 @@ mod tests {
             m.set_index_kind(IndexKind::Database);
             assert_eq!(found(&m, store, &a), ["Patient/d"]);
             assert_eq!(person(&m, "Patient/d"), pa, "d joins a's person");
+            // Between decisions the node holds no person; the access decision's directory
+            // reads a person's links from the store.
+            assert_eq!(m.view_of(store, &[], &[], |r| r.held()).unwrap(), 0);
+            let pa = pa.unwrap();
+            let (dir, _) = m.directory();
+            let mut linked = hutong_access::Directory::patients_of(&dir, &pa);
+            linked.sort();
+            assert_eq!(linked, ["a", "b", "d"]);
+            drop(dir);
             let mut d = patient("欧阳雪", &id, "13800000004");
             d["id"] = json!("d");
             assert_eq!(

@@ -312,9 +312,7 @@ pub(crate) fn person_resources(
         Lookup::Hidden => return Err(g.hidden(&format!("Person/{person}"))),
         _ => return Err(ApiError::not_found(format!("Person/{person} is not known"))),
     };
-    let patients = engine
-        .matcher
-        .view(&engine.store, |reg| reg.patients(person))?;
+    let patients = engine.matcher.patients_of(&engine.store, person)?;
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut out = Vec::new();
     for p in patients {
@@ -689,19 +687,22 @@ pub fn pix(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         .iter()
         .map(|s| format!("Patient/{}", s.id))
         .collect();
-    let (persons, linked) = engine.matcher.view(&engine.store, |reg| {
-        let mut persons = Vec::new();
-        let mut linked = Vec::new();
-        for s in &sources {
-            if let Some(p) = reg.person_of(s) {
-                if !persons.contains(&p.to_string()) {
-                    persons.push(p.to_string());
-                    linked.extend(reg.patients(p));
+    let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let (persons, linked) = engine
+        .matcher
+        .view_of(&engine.store, &[], &source_refs, |reg| {
+            let mut persons = Vec::new();
+            let mut linked = Vec::new();
+            for s in &sources {
+                if let Some(p) = reg.person_of(s) {
+                    if !persons.contains(&p.to_string()) {
+                        persons.push(p.to_string());
+                        linked.extend(reg.patients(p));
+                    }
                 }
             }
-        }
-        (persons, linked)
-    })?;
+            (persons, linked)
+        })?;
     let mut params = Vec::new();
     let mut seen = HashSet::new();
     for p in &linked {

@@ -91,6 +91,24 @@ pub struct Registry {
     /// Persons whose links changed since the matcher last published them to the access
     /// decision's directory.
     pub touched: BTreeSet<String>,
+    /// Set when the registry holds only the persons its decisions need (province scale,
+    /// the database index): the rest stay in the store, read when a decision names them.
+    lazy: Option<hutong_store::Store>,
+    /// The first error reading persons in since the last [`Registry::take_error`]; whoever
+    /// decided on what was read throws the decision away.
+    failed: Option<StoreError>,
+    /// A lazy registry's last known version of persons it let go, so that catching up does
+    /// not report them changed again (which would empty the directory's cache each time).
+    versions: HashMap<String, i64>,
+}
+
+/// The Patients a stored Person links (`Patient/{id}`).
+pub fn patients_in(v: &Value) -> Vec<String> {
+    entry_of(v, 0)
+        .links
+        .into_iter()
+        .map(|l| l.patient)
+        .collect()
 }
 
 /// Parses the links of a stored Person.
@@ -131,6 +149,91 @@ impl Registry {
             }
             after = last;
         }
+        reg.load_tasks(store)?;
+        Ok(reg)
+    }
+
+    /// A registry that reads persons in as decisions need them, for a store with more
+    /// persons than an API node should hold: the review Tasks only are loaded.
+    pub fn load_lazy(store: &hutong_store::Store) -> Result<Registry, StoreError> {
+        let mut reg = Registry {
+            lazy: Some(store.clone()),
+            ..Registry::default()
+        };
+        reg.load_tasks(store)?;
+        Ok(reg)
+    }
+
+    /// The store a lazy registry reads persons from.
+    pub fn lazy_store(&self) -> Option<hutong_store::Store> {
+        self.lazy.clone()
+    }
+
+    /// How many persons are held in memory.
+    pub fn held(&self) -> usize {
+        self.persons.len()
+    }
+
+    /// The error met reading persons in, if any, since the last call.
+    pub fn take_error(&mut self) -> Option<StoreError> {
+        self.failed.take()
+    }
+
+    /// Reads in the person of each of `patients` (a lazy registry; nothing otherwise).
+    pub fn page_patients(&mut self, patients: &[&str]) {
+        let Some(store) = self.lazy.clone() else {
+            return;
+        };
+        for p in patients {
+            if self.failed.is_some() || self.person_of.contains_key(*p) {
+                continue;
+            }
+            let found =
+                hutong_store::Query::parse("Person", &[("link".into(), p.to_string())], true)
+                    .map_err(StoreError::from)
+                    .and_then(|q| store.search(&q, &Scope::All));
+            match found {
+                Ok(page) => {
+                    for s in &page.matches {
+                        self.load_person(s, false);
+                    }
+                }
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+
+    /// Reads in these persons (a lazy registry; nothing otherwise).
+    pub fn page_persons(&mut self, persons: &[&str]) {
+        let Some(store) = self.lazy.clone() else {
+            return;
+        };
+        for p in persons {
+            if self.failed.is_some() || self.persons.contains_key(*p) {
+                continue;
+            }
+            match store.read("Person", p, &Scope::All) {
+                Ok(found) => {
+                    if let Some(s) = found.found() {
+                        self.load_person(&s, false);
+                    }
+                }
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+
+    /// Lets a lazy registry's persons go once it has nothing unwritten: each decision reads
+    /// in what it needs, so a node holds no more than one batch of decisions' persons.
+    pub fn evict(&mut self) {
+        if self.lazy.is_some() && !self.is_dirty() {
+            self.persons.clear();
+            self.person_of.clear();
+        }
+    }
+
+    fn load_tasks(&mut self, store: &hutong_store::Store) -> Result<(), StoreError> {
+        let reg = self;
         let mut after = i64::MIN;
         loop {
             let (page, last) = store.scan("Task", None, false, after, 5_000, &Scope::All)?;
@@ -144,11 +247,17 @@ impl Registry {
             }
             after = last;
         }
-        Ok(reg)
+        Ok(())
     }
 
     /// Takes in a Person version written elsewhere (or read back from history).
     pub fn apply_person(&mut self, s: &Stored) {
+        self.load_person(s, true);
+    }
+
+    /// Takes in a Person version; `changed`: its links may differ from what the access
+    /// decision's directory holds.
+    fn load_person(&mut self, s: &Stored, changed: bool) {
         if self
             .persons
             .get(&s.id)
@@ -178,7 +287,9 @@ impl Registry {
             self.person_of.insert(l.patient.clone(), s.id.clone());
         }
         self.persons.insert(s.id.clone(), e);
-        self.touched.insert(s.id.clone());
+        if changed {
+            self.touched.insert(s.id.clone());
+        }
     }
 
     pub fn apply_task(&mut self, v: &Value) {
@@ -315,6 +426,7 @@ impl Registry {
 
     /// Decides where a new or changed Patient belongs.
     pub fn assign(&mut self, index: &dyn Candidates, patient: &str) {
+        self.page_patients(&[patient]);
         let current = self.person_of.get(patient).cloned();
         let pinned = current
             .as_ref()
@@ -328,6 +440,8 @@ impl Registry {
             .into_iter()
             .filter(|m| m.id != patient)
             .collect();
+        let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
+        self.page_patients(&ids);
         // The persons this record certainly belongs to, strongest first.
         let mut targets: Vec<(String, String, f64)> = Vec::new();
         for m in matches.iter().filter(|m| m.grade == Grade::Certain) {
@@ -434,6 +548,7 @@ impl Registry {
 
     /// A Patient was deleted: its link goes.
     pub fn remove(&mut self, patient: &str) {
+        self.page_patients(&[patient]);
         if let Some(p) = self.person_of.remove(patient) {
             if let Some(e) = self.persons.get_mut(&p) {
                 e.links.retain(|l| l.patient != patient);
@@ -513,6 +628,12 @@ impl Registry {
                     if let Some(e) = self.persons.get_mut(&id) {
                         e.version = v;
                     }
+                    if self.lazy.is_some() {
+                        if self.versions.len() >= 100_000 {
+                            self.versions.clear();
+                        }
+                        self.versions.insert(id, v);
+                    }
                 }
                 Ok(())
             }
@@ -545,6 +666,8 @@ impl Registry {
         reason: &str,
         force: bool,
     ) -> Result<(), String> {
+        self.page_persons(&[person]);
+        self.page_patients(&[patient]);
         self.active_person(person)?;
         let rp = index.record(patient);
         if !self.person_of.contains_key(patient) && rp.is_none() {
@@ -591,6 +714,7 @@ impl Registry {
         author: &str,
         reason: &str,
     ) -> Result<String, String> {
+        self.page_persons(&[person]);
         self.active_person(person)?;
         if self.person_of.get(patient).map(String::as_str) != Some(person) {
             return Err(format!("{patient} is not linked to Person/{person}"));
@@ -609,6 +733,7 @@ impl Registry {
         author: &str,
         reason: &str,
     ) -> Result<(), String> {
+        self.page_persons(&[target, source]);
         self.active_person(target)?;
         self.active_person(source)?;
         if target == source {
@@ -629,6 +754,8 @@ impl Registry {
         author: &str,
         reason: &str,
     ) -> Result<String, String> {
+        self.page_persons(&[person]);
+        self.page_persons(&into.into_iter().collect::<Vec<_>>());
         self.active_person(person)?;
         if patients.is_empty() {
             return Err("split needs at least one patient".into());
@@ -664,6 +791,7 @@ impl Registry {
         author: &str,
         reason: &str,
     ) -> Result<(), String> {
+        self.page_patients(&[a, b]);
         if same {
             let (Some(pa), Some(pb)) = (
                 self.person_of.get(a).cloned(),
@@ -878,6 +1006,17 @@ pub fn catch_up(
     let from = since.saturating_sub(5_000);
     for k in store.changes_since("Person", from)? {
         *since = (*since).max(k.last_updated);
+        if reg.lazy.is_some() && !reg.persons.contains_key(&k.id) {
+            // Not held here: read in when a decision needs it; the directory forgets it.
+            if reg.versions.get(&k.id).is_none_or(|v| *v < k.version) {
+                if reg.versions.len() >= 100_000 {
+                    reg.versions.clear();
+                }
+                reg.versions.insert(k.id.clone(), k.version);
+                reg.touched.insert(k.id);
+            }
+            continue;
+        }
         if reg
             .persons
             .get(&k.id)

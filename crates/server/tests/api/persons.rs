@@ -42,6 +42,36 @@ fn patient(p: &Pt) -> Value {
     v
 }
 
+/// The test on the embedded default (the index and the persons in memory) and again with
+/// the database index (the province configuration: persons read in as decisions need them).
+macro_rules! on_both_indexes {
+    ($name:ident) => {
+        paste_tests!($name);
+    };
+}
+
+macro_rules! paste_tests {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory_index() {
+                super::on(stringify!($name), spawn_app().await).await
+            }
+
+            #[tokio::test]
+            async fn database_index() {
+                let app = crate::helpers::spawn_app_with(|s| {
+                    s.mpi_index = Some(hutong_server::matching::IndexKind::Database)
+                })
+                .await;
+                super::on(stringify!($name), app).await
+            }
+        }
+    };
+}
+
 async fn create(app: &TestApp, source: &str, v: Value) -> String {
     let t = v["resourceType"].as_str().unwrap().to_string();
     let r = app
@@ -90,9 +120,8 @@ async fn op(app: &TestApp, path: &str, body: Value) -> Res {
     app.post(path, body).await
 }
 
-#[tokio::test]
-async fn each_patient_gets_one_person_with_a_golden_record() {
-    let app = spawn_app().await;
+on_both_indexes!(each_patient_gets_one_person_with_a_golden_record);
+async fn each_patient_gets_one_person_with_a_golden_record_on(app: TestApp) {
     let id = hutong_cn::idcard::make(330106, 1990, 4, 8, 22);
     let a1 = create(
         &app,
@@ -254,9 +283,8 @@ async fn each_patient_gets_one_person_with_a_golden_record() {
     assert_eq!(linked(&person_of(&app, &a1).await), vec![a1.clone()]);
 }
 
-#[tokio::test]
-async fn link_unlink_merge_and_split_are_recorded_and_reversible() {
-    let app = spawn_app().await;
+on_both_indexes!(link_unlink_merge_and_split_are_recorded_and_reversible);
+async fn link_unlink_merge_and_split_are_recorded_and_reversible_on(app: TestApp) {
     let mk = |name: &'static str, birth: &'static str, mrn: &'static str, phone: &'static str| {
         patient(&Pt {
             name,
@@ -431,9 +459,8 @@ async fn link_unlink_merge_and_split_are_recorded_and_reversible() {
     }
 }
 
-#[tokio::test]
-async fn a_sound_rule_refuses_a_link_unless_forced() {
-    let app = spawn_app().await;
+on_both_indexes!(a_sound_rule_refuses_a_link_unless_forced);
+async fn a_sound_rule_refuses_a_link_unless_forced_on(app: TestApp) {
     let id1 = hutong_cn::idcard::make(330106, 1990, 4, 8, 22);
     let id2 = hutong_cn::idcard::make(330106, 1990, 4, 8, 24);
     let mk = |id: &str, mrn: &'static str| {
@@ -482,9 +509,8 @@ async fn a_sound_rule_refuses_a_link_unless_forced() {
     assert_eq!(r.status, 404);
 }
 
-#[tokio::test]
-async fn a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest() {
-    let app = spawn_app().await;
+on_both_indexes!(a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest);
+async fn a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest_on(app: TestApp) {
     let id = hutong_cn::idcard::make(330102, 1962, 7, 11, 13);
     // The hospital knows the ID number and an old address; the clinic knows the phone and the
     // new address, wrote the name in pinyin, the day off by one and the sex wrong: a
@@ -599,9 +625,8 @@ async fn a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest() {
     assert_eq!(r.status, 409, "decided once");
 }
 
-#[tokio::test]
-async fn the_persons_record_spans_institutions_in_time_order_with_a_summary() {
-    let app = spawn_app().await;
+on_both_indexes!(the_persons_record_spans_institutions_in_time_order_with_a_summary);
+async fn the_persons_record_spans_institutions_in_time_order_with_a_summary_on(app: TestApp) {
     let id = hutong_cn::idcard::make(330106, 1970, 2, 2, 31);
     let mk = |mrn: &'static str| {
         patient(&Pt {
@@ -903,5 +928,27 @@ fn unit_of(loinc: &str) -> &'static str {
         "%"
     } else {
         "mmol/L"
+    }
+}
+
+/// Runs the named test body.
+async fn on(name: &str, app: TestApp) {
+    match name {
+        "each_patient_gets_one_person_with_a_golden_record" => {
+            each_patient_gets_one_person_with_a_golden_record_on(app).await
+        }
+        "link_unlink_merge_and_split_are_recorded_and_reversible" => {
+            link_unlink_merge_and_split_are_recorded_and_reversible_on(app).await
+        }
+        "a_sound_rule_refuses_a_link_unless_forced" => {
+            a_sound_rule_refuses_a_link_unless_forced_on(app).await
+        }
+        "a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest" => {
+            a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest_on(app).await
+        }
+        "the_persons_record_spans_institutions_in_time_order_with_a_summary" => {
+            the_persons_record_spans_institutions_in_time_order_with_a_summary_on(app).await
+        }
+        _ => unreachable!("no test {name}"),
     }
 }
