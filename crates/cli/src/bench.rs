@@ -936,6 +936,15 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
     if let Some(server) = &args.postgres {
         database_match_figures(server, &index, &probes, rep)?;
     }
+    if index.len() > MEMORY_REGISTRY_MAX {
+        // Beside the index, every person in memory needs more than this machine has at ten
+        // million (the run was stopped by the OOM killer): that size is the database index's.
+        println!(
+            "Skipping match-and-link in memory: {} persons are past the in-memory registry's {MEMORY_REGISTRY_MAX}.",
+            index.len()
+        );
+        return Ok(());
+    }
 
     // Match *and link*: every indexed record is first given its person (as the server's
     // linker does), then each probe arrives as a new Patient: indexed, matched, and placed
@@ -974,6 +983,9 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
     );
     Ok(())
 }
+
+/// Persons past which the bench does not give every indexed record its person in memory.
+const MEMORY_REGISTRY_MAX: usize = 2_000_000;
 
 /// The single match against the identity index in PostgreSQL, the province configuration:
 /// the same persons as the memory figure, indexed by the server's own code, measured at a
