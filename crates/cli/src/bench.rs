@@ -70,6 +70,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Latencies (ms) as "p50 / p99".
+fn p50_p99(mut lat: Vec<f64>) -> String {
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    format!("{:.3} / {p99:.3}", lat[lat.len() / 2])
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -922,14 +929,12 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         std::hint::black_box(index.matches(p, 10));
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
     rep.row(
         &format!(
             "Match one Patient against {} indexed persons: p50 / p99 (ms)",
             index.len()
         ),
-        format!("{:.3} / {:.3}", lat[lat.len() / 2], p99),
+        p50_p99(lat),
         "p99 ≤ 2",
     );
 
@@ -966,14 +971,12 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         reg.assign(&index, &id);
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
     rep.row(
         &format!(
             "Match and link one new Patient with {} persons: p50 / p99 (ms)",
             ids.len()
         ),
-        format!("{:.3} / {:.3}", lat[lat.len() / 2], p99),
+        p50_p99(lat),
         "p99 ≤ 2",
     );
     rep.row(
@@ -1038,13 +1041,11 @@ fn database_match_figures(
             if let Some(e) = stored.take_error() {
                 return Err(e.into());
             }
-            lat.sort_by(|a, b| a.total_cmp(b));
-            let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
             rep.row(
                 &format!(
                     "Match one Patient against {upto} persons, index in PostgreSQL 15: p50 / p99 (ms)"
                 ),
-                format!("{:.3} / {:.3}", lat[lat.len() / 2], p99),
+                p50_p99(lat),
                 "p99 ≤ 2",
             );
         }

@@ -288,7 +288,7 @@ impl StoredIndex {
                     marks(params.len())
                 );
                 for r in c.query(&sql, &params)? {
-                    let keys = blob_keys(&r[4].clone().into_blob());
+                    let keys = blob_keys(r[4].blob());
                     old.insert(
                         (r[0].int(), r[1].text().to_string()),
                         (r[2].int(), r[3].int(), keys),
@@ -423,10 +423,10 @@ impl StoredIndex {
             self.store.with_admin_tx(|c| {
                 for r in &page {
                     let (s, id) = (r[0].int(), r[1].text().to_string());
-                    let Some(rec) = decode(&r[3].clone().into_blob()) else {
+                    let Some(rec) = decode(r[3].blob()) else {
                         continue;
                     };
-                    unblock(c, s, &blob_keys(&r[2].clone().into_blob()))?;
+                    unblock(c, s, &blob_keys(r[2].blob()))?;
                     let keys = hashed_keys(&rec, profile);
                     let idh = id_hash(&rec);
                     let rows: Vec<Row> = keys
@@ -464,7 +464,7 @@ impl StoredIndex {
         let mut slot: HashMap<String, u32> = HashMap::new();
         let mut records: Vec<Record> = Vec::new();
         for r in rows {
-            if let Some(rec) = decode(&r[1].clone().into_blob()) {
+            if let Some(rec) = decode(r[1].blob()) {
                 slot.insert(r[0].text().to_string(), records.len() as u32);
                 records.push(rec);
             }
@@ -544,9 +544,7 @@ impl StoredIndex {
             "SELECT rec FROM mpi_entry WHERE shard = ? AND patient = ?",
             &[Val::Int(shard(patient)), Val::Text(patient.into())],
         )?;
-        Ok(r.into_iter()
-            .next()
-            .and_then(|r| decode(&r[0].clone().into_blob())))
+        Ok(r.into_iter().next().and_then(|r| decode(r[0].blob())))
     }
 
     /// The error a lookup met since the last call, if any.

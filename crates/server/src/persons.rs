@@ -181,43 +181,48 @@ impl Registry {
 
     /// Reads in the person of each of `patients` (a lazy registry; nothing otherwise).
     pub fn page_patients(&mut self, patients: &[&str]) {
-        let Some(store) = self.lazy.clone() else {
-            return;
-        };
-        for p in patients {
-            if self.failed.is_some() || self.person_of.contains_key(*p) {
-                continue;
-            }
-            let found =
-                hutong_store::Query::parse("Person", &[("link".into(), p.to_string())], true)
-                    .map_err(StoreError::from)
-                    .and_then(|q| store.search(&q, &Scope::All));
-            match found {
-                Ok(page) => {
-                    for s in &page.matches {
-                        self.load_person(s, false);
-                    }
-                }
-                Err(e) => self.failed = Some(e),
-            }
-        }
+        self.page_in(
+            patients,
+            |reg, p| reg.person_of.contains_key(p),
+            |store, p| {
+                let q = hutong_store::Query::parse("Person", &[("link".into(), p.into())], true)?;
+                Ok(store.search(&q, &Scope::All)?.matches)
+            },
+        );
     }
 
     /// Reads in these persons (a lazy registry; nothing otherwise).
     pub fn page_persons(&mut self, persons: &[&str]) {
+        self.page_in(
+            persons,
+            |reg, p| reg.persons.contains_key(p),
+            |store, p| {
+                Ok(store
+                    .read("Person", p, &Scope::All)?
+                    .found()
+                    .into_iter()
+                    .collect())
+            },
+        );
+    }
+
+    /// Reads in, for each wanted id the registry does not `hold`, the Persons `fetch` finds;
+    /// the first failure is kept for [`Registry::take_error`] and stops further reads.
+    fn page_in(
+        &mut self,
+        wanted: &[&str],
+        hold: impl Fn(&Registry, &str) -> bool,
+        fetch: impl Fn(&hutong_store::Store, &str) -> Result<Vec<Stored>, StoreError>,
+    ) {
         let Some(store) = self.lazy.clone() else {
             return;
         };
-        for p in persons {
-            if self.failed.is_some() || self.persons.contains_key(*p) {
+        for id in wanted {
+            if self.failed.is_some() || hold(self, id) {
                 continue;
             }
-            match store.read("Person", p, &Scope::All) {
-                Ok(found) => {
-                    if let Some(s) = found.found() {
-                        self.load_person(&s, false);
-                    }
-                }
+            match fetch(&store, id) {
+                Ok(found) => found.iter().for_each(|s| self.load_person(s, false)),
                 Err(e) => self.failed = Some(e),
             }
         }

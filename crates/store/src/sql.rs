@@ -35,6 +35,14 @@ impl Val {
             _ => "",
         }
     }
+    /// The bytes of a blob (or text), without copying them.
+    pub fn blob(&self) -> &[u8] {
+        match self {
+            Val::Blob(b) => b,
+            Val::Text(s) => s.as_bytes(),
+            _ => &[],
+        }
+    }
     pub fn into_blob(self) -> Vec<u8> {
         match self {
             Val::Blob(b) => b,
