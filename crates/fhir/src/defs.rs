@@ -62,6 +62,10 @@ pub struct SearchParamDef {
     /// Set when this parameter's values are those of another parameter of the same type, so
     /// they are stored once (see [`Derived`]).
     pub derived: Option<Derived>,
+    /// A composite over the resource itself whose components are parameters of the type
+    /// (`Observation`'s `code-value-quantity` is its `code` and its `value-quantity`): it is
+    /// answered by intersecting those parameters' rows and stores none of its own.
+    pub split: bool,
 }
 
 /// How a parameter is served from another one's index rows.
@@ -160,6 +164,31 @@ fn derive(m: &mut BTreeMap<String, SearchParamDef>) {
     }
 }
 
+/// Marks the composites that [`SearchParamDef::split`] describes. Only components of kinds
+/// whose parameter holds exactly the component's values qualify (`Observation.value-string`
+/// also indexes a CodeableConcept's text, which `code-value-string` does not mean).
+fn split(rtype: &str, m: &mut BTreeMap<String, SearchParamDef>) {
+    let split: Vec<String> = m
+        .values()
+        .filter(|p| {
+            p.kind == ParamType::Composite
+                && p.expression.trim() == rtype
+                && p.components.iter().all(|c| {
+                    matches!(
+                        c.kind,
+                        ParamType::Token | ParamType::Quantity | ParamType::Date
+                    ) && m.get(&c.code).is_some_and(|own| own.kind == c.kind)
+                })
+        })
+        .map(|p| p.code.clone())
+        .collect();
+    for code in split {
+        if let Some(p) = m.get_mut(&code) {
+            p.split = true;
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawComponent {
     code: String,
@@ -240,6 +269,7 @@ impl Definitions {
                 targets: p.target.clone(),
                 components,
                 derived: None,
+                split: false,
             })
         };
         for p in &raw.search_parameters {
@@ -260,6 +290,7 @@ impl Definitions {
                 m.entry(p.code.clone()).or_insert(build(p, t)?);
             }
             derive(m);
+            split(t, m);
         }
         Ok(Definitions {
             types: raw.resource_types,
@@ -337,6 +368,17 @@ mod tests {
             })
         );
         assert!(d.param("Observation", "code").unwrap().derived.is_none());
+        let split = |t: &str, c: &str| d.param(t, c).unwrap().split;
+        assert!(split("Observation", "code-value-quantity"));
+        assert!(split("Observation", "code-value-concept"));
+        assert!(split("Observation", "code-value-date"));
+        assert!(
+            !split("Observation", "code-value-string"),
+            "value-string means more"
+        );
+        assert!(!split("Observation", "combo-code-value-quantity"));
+        assert!(!split("Observation", "component-code-value-quantity"));
+        assert!(!split("Observation", "code"));
         assert_eq!(
             d.param("Observation", "combo-code-value-quantity")
                 .unwrap()

@@ -56,8 +56,9 @@ pub struct Entry {
     pub value: IndexValue,
 }
 
-/// Parameters whose values live in the resource table itself, not the index.
-const NOT_INDEXED: [&str; 4] = ["_id", "_lastUpdated", "_text", "_content"];
+/// Parameters whose values live in the resource table itself, not the index (`_source` is
+/// the version's interned submitter, `res.src`).
+const NOT_INDEXED: [&str; 5] = ["_id", "_lastUpdated", "_source", "_text", "_content"];
 
 /// Extracts every search-index entry for `resource` (of type `rtype`).
 pub fn extract(rtype: &str, resource: &Value) -> Vec<Entry> {
@@ -81,6 +82,9 @@ fn extract_where(
         return out;
     };
     let root = [Item::node(resource)];
+    // The values of split composites: not stored, but a `base | more` composite built on
+    // one must still leave out what its base covers.
+    let mut shadow = Vec::new();
     for (code, p) in params {
         if NOT_INDEXED.contains(&code.as_str()) || !wanted(p) {
             continue;
@@ -97,7 +101,12 @@ fn extract_where(
             continue;
         }
         if p.kind == ParamType::Composite {
-            composite(p, &items, &root, &mut out);
+            composite(
+                p,
+                &items,
+                &root,
+                if p.split { &mut shadow } else { &mut out },
+            );
             continue;
         }
         for it in &items {
@@ -105,19 +114,30 @@ fn extract_where(
         }
     }
     // Entries per resource are few (tens): a quadratic dedup beats hashing formatted keys.
-    let mut unique: Vec<Entry> = Vec::with_capacity(out.len());
-    for e in out {
-        if unique.contains(&e) {
-            continue;
+    // A `base | more` parameter keeps only the values its base does not already have, so
+    // every base's entries go in first: parameters are visited in code order, and a union
+    // may sort before its base (`combo-value-quantity` before `value-quantity`).
+    let union_base = |e: &Entry| match params.get(&e.param).map(|p| &p.derived) {
+        Some(Some(Derived::Union { base })) => Some(base.clone()),
+        _ => None,
+    };
+    let (unions, plain): (Vec<Entry>, Vec<Entry>) =
+        out.into_iter().partition(|e| union_base(e).is_some());
+    let mut unique: Vec<Entry> = Vec::with_capacity(plain.len() + unions.len());
+    for e in plain {
+        if !unique.contains(&e) {
+            unique.push(e);
         }
-        // A `base | more` parameter keeps only the values its base does not already have.
-        if let Some(Some(Derived::Union { base })) = params.get(&e.param).map(|p| &p.derived) {
-            if unique
+    }
+    for e in unions {
+        let base = union_base(&e);
+        if unique.contains(&e)
+            || unique
                 .iter()
-                .any(|u| &u.param == base && u.value == e.value)
-            {
-                continue;
-            }
+                .chain(&shadow)
+                .any(|u| Some(&u.param) == base.as_ref() && u.value == e.value)
+        {
+            continue;
         }
         unique.push(e);
     }
@@ -474,12 +494,29 @@ mod tests {
         assert!(find(&es, "combo-code").is_empty());
         assert_eq!(find(&es, "value-quantity").len(), 1);
         assert_eq!(find(&es, "_tag").len(), 1);
-        assert_eq!(find(&es, "_source"), [&IndexValue::Uri("urn:org:1".into())]);
-        assert_eq!(find(&es, "code-value-quantity").len(), 1);
+        assert!(
+            find(&es, "_source").is_empty(),
+            "served from the version's src"
+        );
+        assert!(
+            find(&es, "combo-value-quantity").is_empty(),
+            "served from value-quantity's rows, though it sorts first"
+        );
+        assert!(
+            find(&es, "code-value-quantity").is_empty(),
+            "served from the rows of code and value-quantity"
+        );
         assert!(
             find(&es, "combo-code-value-quantity").is_empty(),
-            "served from code-value-quantity's rows"
+            "the resource-level pairs are code-value-quantity's"
         );
+        // A component's pairs are the combo composite's own.
+        let mut with_component = obs.clone();
+        with_component["component"] = json!([{"code": {"coding": [{"system": "http://loinc.org",
+            "code": "8480-6"}]}, "valueQuantity": {"value": 120, "code": "mm[Hg]"}}]);
+        let es = extract("Observation", &with_component);
+        assert_eq!(find(&es, "combo-code-value-quantity").len(), 1);
+        assert_eq!(find(&es, "component-code-value-quantity").len(), 1);
         let dates: Vec<Entry> = es
             .iter()
             .filter(|e| matches!(e.value, IndexValue::Date(_)))

@@ -22,8 +22,7 @@ CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at INTEGER NOT NULL,
     rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, rule TEXT NOT NULL,
     severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_content (src TEXT NOT NULL, fp INTEGER NOT NULL,
-    rtype TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (src, fp, rtype)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS qc_seen (k INTEGER NOT NULL PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
     at INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
     outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
@@ -37,8 +36,7 @@ CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at BIGINT NOT NULL,
     rtype TEXT NOT NULL, id TEXT NOT NULL, version BIGINT NOT NULL, rule TEXT NOT NULL,
     severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_content (src TEXT NOT NULL, fp BIGINT NOT NULL,
-    rtype TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (src, fp, rtype));
+CREATE TABLE IF NOT EXISTS qc_seen (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
     at BIGINT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BYTEA NOT NULL,
     outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
@@ -47,47 +45,80 @@ CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
 ";
 
-/// Creates the governance tables (idempotent), and moves the fingerprints of a store made
-/// before they were kept as 64-bit keys (`qc_fp`, hex text) into `qc_content`.
+/// Creates the governance tables (idempotent), and moves the content fingerprints of a
+/// store made before they were kept as one 64-bit key per row (`qc_fp`, hex text; then
+/// `qc_content`, source, type and id as text) into `qc_seen`.
 pub fn open(store: &Store) -> Result<(), StoreError> {
     store.batch_admin(match store.dialect() {
         Dialect::Sqlite => SQLITE,
         Dialect::Postgres => POSTGRES,
     })?;
-    let old = match store.dialect() {
-        Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'qc_fp'",
-        Dialect::Postgres => {
-            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'qc_fp'"
-        },
-    };
-    if store.query_admin(old, &[])?[0][0].int() == 0 {
-        return Ok(());
-    }
-    let rows = store.query_admin("SELECT src, rtype, fp, id FROM qc_fp", &[])?;
-    let insert = insert_ignore(
-        store.dialect(),
-        "qc_content (src, fp, rtype, id) VALUES (?, ?, ?, ?)",
-    );
-    let mut moved = 0usize;
-    store.with_admin_tx(|conn| {
-        for r in &rows {
-            if let Some(fp) = fingerprint_key(r[2].text()) {
-                conn.exec(
-                    &insert,
-                    &[
-                        Val::Text(r[0].text().into()),
-                        Val::Int(fp),
-                        Val::Text(r[1].text().into()),
-                        Val::Text(r[3].text().into()),
-                    ],
-                )?;
-                moved += 1;
-            }
+    for (table, fp_is_hex) in [("qc_fp", true), ("qc_content", false)] {
+        let exists = match store.dialect() {
+            Dialect::Sqlite => format!(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() \
+                 AND tablename = '{table}'"
+            ),
+        };
+        if store.query_admin(&exists, &[])?[0][0].int() == 0 {
+            continue;
         }
-        conn.batch("DROP TABLE qc_fp")
-    })?;
-    tracing::info!(moved, "Moved content fingerprints to qc_content.");
+        let rows = store.query_admin(&format!("SELECT src, rtype, fp, id FROM {table}"), &[])?;
+        let insert = seen_insert(store.dialect());
+        let mut moved = 0usize;
+        store.with_admin_tx(|conn| {
+            for r in &rows {
+                let fp = if fp_is_hex {
+                    fingerprint_key(r[2].text())
+                } else {
+                    Some(r[2].int())
+                };
+                if let Some(fp) = fp {
+                    let (src, rtype, id) = (r[0].text(), r[1].text(), r[3].text());
+                    conn.exec(&insert, &seen_params(src, rtype, fp, id))?;
+                    moved += 1;
+                }
+            }
+            conn.batch(&format!("DROP TABLE {table}"))
+        })?;
+        tracing::info!(
+            moved,
+            from = table,
+            "Moved content fingerprints to qc_seen."
+        );
+    }
     Ok(())
+}
+
+/// The statement that records a content fingerprint: one row of two integers per accepted
+/// resource, keyed by [`seen_key`], naming the resource by its storage id.
+fn seen_insert(d: Dialect) -> String {
+    insert_ignore(
+        d,
+        &format!(
+            "qc_seen (k, rid) SELECT ?, r.rid FROM res_route r WHERE r.rtype = \
+             (SELECT cid FROM catalog WHERE kind = {} AND name = ?) AND r.id = ?",
+            hutong_store::schema::KIND_TYPE
+        ),
+    )
+}
+
+fn seen_params(source: &str, rtype: &str, fp: i64, id: &str) -> [Val; 3] {
+    [
+        Val::Int(seen_key(source, rtype, fp)),
+        Val::Text(rtype.into()),
+        Val::Text(id.into()),
+    ]
+}
+
+/// The key of a fingerprint as seen from one source for one type: the first submission of
+/// the same content by the same source is what a later one duplicates. A collision (2⁻⁶⁴
+/// per pair) would only mark a resource as a possible duplicate, which is a warning.
+fn seen_key(source: &str, rtype: &str, fp: i64) -> i64 {
+    hutong_mpi::block::key_hash(&format!("{source}\u{0}{rtype}\u{0}{fp:016x}"))
 }
 
 /// The 64-bit key a content fingerprint (hex) is kept and looked up by: its first 16 hex
@@ -233,24 +264,27 @@ pub fn check(
         .collect();
     let mut content = HashMap::new();
     if checker.rules.severity("duplicate").is_some() && !fps.is_empty() {
-        let by_key: HashMap<i64, &String> = fps
+        let by_key: HashMap<i64, (&str, &String)> = resources
             .iter()
-            .filter_map(|f| Some((fingerprint_key(f)?, f)))
+            .zip(&fps)
+            .filter_map(|(v, f)| {
+                let rtype = v["resourceType"].as_str()?;
+                Some((seen_key(source, rtype, fingerprint_key(f)?), (rtype, f)))
+            })
             .collect();
         let keys: Vec<i64> = by_key.keys().copied().collect();
         for chunk in keys.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
-            let mut params = vec![Val::Text(source.to_string())];
-            params.extend(chunk.iter().map(|k| Val::Int(*k)));
+            let params: Vec<Val> = chunk.iter().map(|k| Val::Int(*k)).collect();
             for r in store.query_admin(
-                &format!("SELECT rtype, fp, id FROM qc_content WHERE src = ? AND fp IN ({marks})"),
+                &format!(
+                    "SELECT q.k, r.id FROM qc_seen q JOIN res_route r ON r.rid = q.rid \
+                     WHERE q.k IN ({marks})"
+                ),
                 &params,
             )? {
-                if let Some(fp) = by_key.get(&r[1].int()) {
-                    content.insert(
-                        (r[0].text().to_string(), (*fp).clone()),
-                        r[2].text().to_string(),
-                    );
+                if let Some((rtype, fp)) = by_key.get(&r[0].int()) {
+                    content.insert((rtype.to_string(), (*fp).clone()), r[1].text().to_string());
                 }
             }
         }
@@ -471,15 +505,8 @@ pub fn record(
     let d = tx.conn().dialect();
     record_findings(tx, source, s, findings)?;
     if let Some(fp) = fingerprint_key(fingerprint) {
-        tx.conn().exec(
-            &insert_ignore(d, "qc_content (src, fp, rtype, id) VALUES (?, ?, ?, ?)"),
-            &[
-                Val::Text(source.into()),
-                Val::Int(fp),
-                Val::Text(s.rtype.clone()),
-                Val::Text(s.id.clone()),
-            ],
-        )?;
+        tx.conn()
+            .exec(&seen_insert(d), &seen_params(source, &s.rtype, fp, &s.id))?;
     }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
         let order = crate::workorders::NewOrder {
@@ -526,48 +553,70 @@ pub const ITEM_COLS: &str =
 mod tests {
     use super::*;
 
-    /// A store made before fingerprints were 64-bit keys keeps its duplicates detectable.
-    fn moves_old_fingerprints(store: &Store) {
-        store
-            .batch_admin(
-                "CREATE TABLE qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL, \
-                 id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp))",
-            )
-            .unwrap();
+    /// A store made before fingerprints were one row of two integers (`qc_fp`: hex text;
+    /// `qc_content`: source, type and id as text) keeps its duplicates detectable.
+    fn moves_old_fingerprints(store: &Store, legacy: &str) {
         let v = json!({"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"text": "x"}});
+        store
+            .write(&hutong_store::testing::AUDIT, |tx| {
+                tx.update("Observation", "o1", v.clone(), None)
+            })
+            .unwrap();
         let fp = hutong_quality::fingerprint(&v);
+        let (create, fp_val) = if legacy == "qc_fp" {
+            (
+                "CREATE TABLE qc_fp (src TEXT NOT NULL, rtype TEXT NOT NULL, fp TEXT NOT NULL, \
+                 id TEXT NOT NULL, PRIMARY KEY (src, rtype, fp))",
+                Val::Text(fp.clone()),
+            )
+        } else {
+            (
+                "CREATE TABLE qc_content (src TEXT NOT NULL, fp BIGINT NOT NULL, \
+                 rtype TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (src, fp, rtype))",
+                Val::Int(fingerprint_key(&fp).unwrap()),
+            )
+        };
+        store.batch_admin(create).unwrap();
         store
             .exec_admin(
-                "INSERT INTO qc_fp (src, rtype, fp, id) VALUES (?, ?, ?, ?)",
+                &format!("INSERT INTO {legacy} (src, rtype, fp, id) VALUES (?, ?, ?, ?)"),
                 &[
                     Val::Text("urn:a".into()),
                     Val::Text("Observation".into()),
-                    Val::Text(fp.clone()),
+                    fp_val,
                     Val::Text("o1".into()),
                 ],
             )
             .unwrap();
         open(store).unwrap();
         let gone = match store.dialect() {
-            Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = 'qc_fp'",
-            Dialect::Postgres => "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'qc_fp'",
+            Dialect::Sqlite => {
+                format!("SELECT COUNT(*) FROM sqlite_master WHERE name = '{legacy}'")
+            }
+            Dialect::Postgres => {
+                format!("SELECT COUNT(*) FROM pg_tables WHERE tablename = '{legacy}'")
+            }
         };
-        assert_eq!(store.query_admin(gone, &[]).unwrap()[0][0].int(), 0);
-        // A second copy of the same content from the same source is found as a duplicate;
-        // from another source it is not.
+        assert_eq!(store.query_admin(&gone, &[]).unwrap()[0][0].int(), 0);
+        // A second copy of the same content from the same source is found as a duplicate
+        // of the first, by id; from another source it is not.
         let copy = json!({"resourceType": "Observation", "id": "o2", "status": "final",
             "code": {"text": "x"}});
         let checker = Checker::default();
         let dup = |src: &str| {
             let c = check(store, &checker, src, &[&copy], HashSet::new(), false).unwrap();
-            c.findings[0].iter().any(|f| f.rule == "duplicate")
+            c.findings[0]
+                .iter()
+                .find(|f| f.rule == "duplicate")
+                .map(|f| f.en.clone())
         };
-        assert!(dup("urn:a"));
-        assert!(!dup("urn:b"));
+        let found = dup("urn:a").expect("a duplicate");
+        assert!(found.contains("o1"), "{found}");
+        assert_eq!(dup("urn:b"), None);
         // Opening again is a no-op.
         open(store).unwrap();
-        assert!(dup("urn:a"));
+        assert!(dup("urn:a").is_some());
         assert_eq!(
             fingerprint_key(&fp),
             fingerprint_key(&hutong_quality::fingerprint(&copy))
@@ -577,14 +626,18 @@ mod tests {
 
     #[test]
     fn old_fingerprints_move_sqlite() {
-        let t = hutong_store::testing::sqlite();
-        moves_old_fingerprints(&t.store);
+        for legacy in ["qc_fp", "qc_content"] {
+            let t = hutong_store::testing::sqlite();
+            moves_old_fingerprints(&t.store, legacy);
+        }
     }
 
     #[test]
     fn old_fingerprints_move_postgres() {
-        if let Some(t) = hutong_store::testing::postgres() {
-            moves_old_fingerprints(&t.store);
+        for legacy in ["qc_fp", "qc_content"] {
+            if let Some(t) = hutong_store::testing::postgres() {
+                moves_old_fingerprints(&t.store, legacy);
+            }
         }
     }
 }

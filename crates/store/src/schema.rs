@@ -244,9 +244,9 @@ pub fn mark_current(conn: &mut dyn Conn) -> Result<(), StoreError> {
 }
 
 /// Catalog kinds.
-const KIND_TYPE: i64 = 1;
+pub const KIND_TYPE: i64 = 1;
 const KIND_PARAM: i64 = 2;
-const KIND_SYSTEM: i64 = 3;
+pub(crate) const KIND_SYSTEM: i64 = 3;
 
 /// Interned ids, loaded once per process and extended as new code systems appear.
 #[derive(Debug, Default, Clone)]

@@ -766,6 +766,80 @@ impl Sql<'_> {
         modifier: Option<&str>,
         values: &[String],
     ) -> String {
+        if code == "_source" {
+            return self.source_param(rtype, modifier, values);
+        }
+        if kind == ParamType::Composite {
+            if let Some((base, own_rows)) = split_base(rtype, code) {
+                return self.split_composite(rtype, code, base, own_rows, modifier, values);
+            }
+        }
+        self.param_rows(rtype, code, kind, modifier, values)
+    }
+
+    /// A split composite (`hutong_fhir::SearchParamDef::split`), or a `base | more` one whose
+    /// base is split: each `first$second` value is the resources where the first component's
+    /// parameter matches `first` and the second's matches `second`; a union composite adds
+    /// the pairs it stores itself (of `Observation.component`, say).
+    fn split_composite(
+        &mut self,
+        rtype: &str,
+        code: &str,
+        base: &'static hutong_fhir::SearchParamDef,
+        own_rows: bool,
+        modifier: Option<&str>,
+        values: &[String],
+    ) -> String {
+        let [first, second] = &base.components[..] else {
+            return "SELECT shard, rid FROM res WHERE 1 = 0".into();
+        };
+        let both = |this: &mut Self, a: &[String], b: &[String], m: Option<&str>| {
+            let x = this.param(rtype, &first.code, first.kind, m, a);
+            let y = this.param(rtype, &second.code, second.kind, m, b);
+            format!(
+                "SELECT shard, rid FROM (SELECT shard, rid FROM ({x}) x \
+                 INTERSECT SELECT shard, rid FROM ({y}) y) b"
+            )
+        };
+        if modifier == Some("missing") {
+            let t = self.type_id(rtype);
+            let no = ["false".to_string()];
+            let mut present = both(self, &no, &no, Some("missing"));
+            if own_rows {
+                let own = self.param_rows(rtype, code, ParamType::Composite, Some("missing"), &no);
+                present = format!("{present} UNION {own}");
+            }
+            return if values.first().map(String::as_str) == Some("true") {
+                format!(
+                    "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
+                     NOT IN ({present})"
+                )
+            } else {
+                present
+            };
+        }
+        let mut parts = Vec::new();
+        if own_rows {
+            parts.push(self.param_rows(rtype, code, ParamType::Composite, modifier, values));
+        }
+        for v in values {
+            match v.split_once('$') {
+                Some((a, b)) => parts.push(both(self, &[a.to_string()], &[b.to_string()], None)),
+                None => parts.push("SELECT shard, rid FROM res WHERE 1 = 0".into()),
+            }
+        }
+        parts.join(" UNION ")
+    }
+
+    /// A parameter's rows in its index table.
+    fn param_rows(
+        &mut self,
+        rtype: &str,
+        code: &str,
+        kind: ParamType,
+        modifier: Option<&str>,
+        values: &[String],
+    ) -> String {
         let pid = self.pid(rtype, code);
         let table = match kind {
             ParamType::String => "ix_str",
@@ -939,6 +1013,51 @@ impl Sql<'_> {
             );
         }
         body
+    }
+
+    /// `_source` is answered from the version's interned submitter (`res.src`), which the
+    /// write stamps from `meta.source`, rather than from an index row per resource.
+    fn source_param(&mut self, rtype: &str, modifier: Option<&str>, values: &[String]) -> String {
+        let t = self.type_id(rtype);
+        if modifier == Some("missing") {
+            // A version stored without `meta.source` has the empty source, id 0.
+            let missing = values.first().map(String::as_str) == Some("true");
+            return format!(
+                "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND src {} 0",
+                if missing { "=" } else { "<>" }
+            );
+        }
+        let mut preds = Vec::new();
+        for v in values {
+            preds.push(match modifier {
+                Some("below") => format!(
+                    "name LIKE {} ESCAPE '\\'",
+                    self.p(format!("{}%", like_escape(v)))
+                ),
+                Some("above") => {
+                    let mut prefixes = Vec::new();
+                    let mut acc = String::new();
+                    for (i, seg) in v.split('/').enumerate() {
+                        if i > 0 {
+                            acc.push('/');
+                        }
+                        acc.push_str(seg);
+                        prefixes.push(acc.clone());
+                    }
+                    let marks: Vec<&str> = prefixes.into_iter().map(|p| self.p(p)).collect();
+                    format!("name IN ({})", marks.join(","))
+                }
+                _ => format!("name = {}", self.p(v.as_str())),
+            });
+        }
+        let sources = format!(
+            "SELECT cid FROM catalog WHERE kind = {} AND ({})",
+            crate::schema::KIND_SYSTEM,
+            preds.join(" OR ")
+        );
+        format!(
+            "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND src IN ({sources})"
+        )
     }
 
     fn ref_pred(&mut self, type_mod: Option<&str>, v: &str) -> String {
@@ -1163,6 +1282,23 @@ pub(crate) fn run(
     page.included = includes(conn, cat, &matches, &q.includes, scope)?;
     page.matches = matches;
     Ok(page)
+}
+
+/// For a composite served by splitting (see `Sql::split_composite`): the split
+/// definition, and whether `code` also has rows of its own (a `base | more` composite).
+fn split_base(rtype: &str, code: &str) -> Option<(&'static hutong_fhir::SearchParamDef, bool)> {
+    let defs = Definitions::get();
+    let p = defs.param(rtype, code)?;
+    if p.split {
+        return Some((p, false));
+    }
+    match &p.derived {
+        Some(hutong_fhir::Derived::Union { base }) => defs
+            .param(rtype, base)
+            .filter(|b| b.split)
+            .map(|b| (b, true)),
+        _ => None,
+    }
 }
 
 /// True when a condition's sub-select yields each resource at most once: a single

@@ -347,6 +347,111 @@ fn search_kinds(t: &TestStore) {
         search(s, "Observation", &[("value-quantity", "gt7")]),
     );
     assert!(!search(s, "Observation", &[("combo-value-quantity", "gt7")]).is_empty());
+    // Resource-level composites are their two parameters on the same resource: the pair
+    // must be one resource's, not a code from one and a value from another.
+    assert_eq!(
+        search(s, "Observation", &[("code-value-quantity", "2345-7$gt7")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[(
+                "code-value-quantity",
+                "4548-4$gt7|http://unitsofmeasure.org|%,2345-7$lt6"
+            )]
+        ),
+        ["o1", "o3"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[(
+                "code-value-quantity",
+                "4548-4$gt7|http://unitsofmeasure.org|mg"
+            )]
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("code-value-quantity:missing", "false")]
+        )
+        .len(),
+        3
+    );
+    assert_eq!(
+        search(s, "Observation", &[("code-value-concept:missing", "true")]).len(),
+        3
+    );
+    put(
+        s,
+        "Observation",
+        "bp",
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "valueCodeableConcept": {"coding": [{"system": "urn:v", "code": "high"}]},
+            "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 150, "code": "mm[Hg]"}}]}),
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("code-value-concept", "85354-9$urn:v|high")]
+        ),
+        ["bp"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("code-value-concept", "85354-9$urn:v|low")]
+        ),
+        Vec::<String>::new()
+    );
+    // The combo composite: the component's pair from its own rows, the resource's from
+    // the split.
+    for v in ["8480-6$gt140", "85354-9$urn:v|high"] {
+        let param = if v.contains("urn:v") {
+            "combo-code-value-concept"
+        } else {
+            "combo-code-value-quantity"
+        };
+        assert_eq!(
+            search(s, "Observation", &[(param, v)]),
+            ["bp"],
+            "{param}={v}"
+        );
+    }
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("combo-code-value-quantity", "8480-6$gt140,4548-4$gt7")]
+        ),
+        ["bp", "o1"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("component-code-value-quantity", "8480-6$gt140")]
+        ),
+        ["bp"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("combo-code-value-quantity:missing", "true")]
+        ),
+        Vec::<String>::new()
+    );
     assert_eq!(
         search(s, "Patient", &[("gender:missing", "false")]).len(),
         2
@@ -358,6 +463,67 @@ fn search_kinds(t: &TestStore) {
     assert_eq!(
         search(s, "Patient", &[("address:missing", "true")]).len(),
         2
+    );
+    // `_source` is the submitter stamped on the current version (served from `res.src`).
+    for (id, src) in [("src1", "urn:org:a/ward/1"), ("src2", "urn:org:b")] {
+        put(
+            s,
+            "Encounter",
+            id,
+            json!({"resourceType": "Encounter", "status": "finished", "meta": {"source": src}}),
+        );
+    }
+    put(
+        s,
+        "Encounter",
+        "src3",
+        json!({"resourceType": "Encounter", "status": "finished"}),
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source", "urn:org:b")]),
+        ["src2"]
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source", "urn:org:a")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source:below", "urn:org:a/")]),
+        ["src1"]
+    );
+    assert_eq!(
+        search(
+            s,
+            "Encounter",
+            &[("_source:above", "urn:org:a/ward/1/bed/3")]
+        ),
+        ["src1"]
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source:missing", "true")]),
+        ["src3"]
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source:missing", "false")]),
+        ["src1", "src2"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("_source", "urn:org:b")]),
+        Vec::<String>::new()
+    );
+    put(
+        s,
+        "Encounter",
+        "src2",
+        json!({"resourceType": "Encounter", "status": "finished", "meta": {"source": "urn:org:c"}}),
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source", "urn:org:b")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(s, "Encounter", &[("_source", "urn:org:c,urn:org:b")]),
+        ["src2"]
     );
     assert_eq!(search(s, "Patient", &[("_id", "p1,p9")]), ["p1"]);
     assert_eq!(
