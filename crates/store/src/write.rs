@@ -163,6 +163,8 @@ pub struct Tx<'a> {
     pending: [Vec<Row>; 7],
     /// What this transaction wrote, for its audit entry.
     pub(crate) changes: Vec<Change>,
+    /// Shards whose owner this transaction has already checked (see [`Tx::claim_shard`]).
+    owners: HashMap<i64, String>,
 }
 
 /// Buffered index rows that trigger a flush (bounds memory for huge transactions).
@@ -191,7 +193,41 @@ impl<'a> Tx<'a> {
             written: 0,
             pending: Default::default(),
             changes: Vec::new(),
+            owners: HashMap::new(),
         }
+    }
+
+    /// Makes sure `shard` belongs to Patient `patient` and to no other. A shard is a 64-bit
+    /// hash of the Patient id, and the access decision opens records by shard: two ids
+    /// with the same hash — by chance, or crafted by a submitter who knows another
+    /// patient's id — would put one patient's records in the other's. The first Patient id
+    /// written into a shard owns it (`shard_owner`); anything filed under another id with
+    /// the same shard is refused, and the transaction with it.
+    fn claim_shard(&mut self, shard: i64, patient: &str) -> Result<(), StoreError> {
+        if let Some(owner) = self.owners.get(&shard) {
+            return check_owner(owner, patient);
+        }
+        let lookup = "SELECT patient FROM shard_owner WHERE shard = ?";
+        let mut found = self.conn.query(lookup, &[Val::Int(shard)])?;
+        if found.is_empty() {
+            let sql = crate::schema::insert_ignore(
+                self.conn.dialect(),
+                "shard_owner (shard, patient) VALUES (?, ?)",
+            );
+            let inserted = self
+                .conn
+                .exec(&sql, &[Val::Int(shard), Val::Text(patient.to_string())])?;
+            if inserted == 0 {
+                // Another writer claimed it meanwhile (PostgreSQL): compare with theirs.
+                found = self.conn.query(lookup, &[Val::Int(shard)])?;
+            }
+        }
+        let owner = found
+            .first()
+            .map_or_else(|| patient.to_string(), |r| r[0].text().to_string());
+        check_owner(&owner, patient)?;
+        self.owners.insert(shard, owner);
+        Ok(())
     }
 
     /// The transaction's connection, for tables other crates keep beside the FHIR data
@@ -542,6 +578,9 @@ impl<'a> Tx<'a> {
             (None, Some(c)) if deleted => c.shard,
             (None, _) => 0,
         };
+        if let Some(p) = &owner {
+            self.claim_shard(shard, p)?;
+        }
         let rid = match &cur {
             Some(c) => {
                 self.conn.exec(
@@ -792,6 +831,18 @@ const INDEX_COLUMNS: [&[&str]; 7] = [
     &["shard", "rid", "pid", "k", "lo", "hi", "v"],
     &["shard", "rid", "sens"],
 ];
+
+fn check_owner(owner: &str, patient: &str) -> Result<(), StoreError> {
+    if owner == patient {
+        return Ok(());
+    }
+    // The other patient's id is not named: it is not the submitter's to learn.
+    Err(StoreError::Conflict(format!(
+        "Patient/{patient} cannot be filed: its id hashes to the storage key of another \
+         patient already on the platform, and records of two patients must never share one; \
+         submit it under another Patient id"
+    )))
+}
 
 fn check_match(cur: &Option<Current>, if_match: Option<i64>) -> Result<(), StoreError> {
     if let Some(expected) = if_match {

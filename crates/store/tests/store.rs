@@ -27,6 +27,7 @@ both!(
     audit_entries_commit_with_their_changes,
     resident_restriction_is_sticky,
     schema_1_stores_are_upgraded,
+    shards_have_one_owner,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
@@ -1246,4 +1247,70 @@ fn schema_1_stores_are_upgraded(t: &TestStore) {
         Some(2),
         "the mental-health item is known as such again"
     );
+}
+
+/// A shard is a hash of the Patient id and the access decision opens records by shard: an
+/// id whose hash another patient already holds (by chance, or crafted) is refused, with
+/// everything in its transaction, and the other patient is not named.
+fn shards_have_one_owner(t: &TestStore) {
+    use hutong_store::sql::Val;
+    let s = &t.store;
+    seed(s);
+    let owner = |shard: i64| {
+        s.query_admin(
+            "SELECT patient FROM shard_owner WHERE shard = ?",
+            &[Val::Int(shard)],
+        )
+        .unwrap()
+        .first()
+        .map(|r| r[0].text().to_string())
+    };
+    assert_eq!(owner(hutong_store::shard_of("p1")).as_deref(), Some("p1"));
+    // Stand-in for a colliding id: "evil"'s shard is already another patient's.
+    s.exec_admin(
+        "INSERT INTO shard_owner (shard, patient) VALUES (?, 'victim')",
+        &[Val::Int(hutong_store::shard_of("evil"))],
+    )
+    .unwrap();
+    let obs = |id: &str, patient: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": id}, "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    let refused = s
+        .write(&AUDIT, |tx| {
+            tx.update("Observation", "mine", obs("mine", "p1"), None)?;
+            tx.update("Observation", "theirs", obs("theirs", "evil"), None)
+        })
+        .unwrap_err();
+    match &refused {
+        StoreError::Conflict(m) => {
+            assert!(m.contains("Patient/evil") && !m.contains("victim"), "{m}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    for id in ["mine", "theirs"] {
+        assert!(
+            s.read("Observation", id, &ALL).unwrap().found().is_none(),
+            "{id} must not be half-written"
+        );
+    }
+    assert!(matches!(
+        s.write(&AUDIT, |tx| tx.update(
+            "Patient",
+            "evil",
+            json!({"resourceType": "Patient"}),
+            None
+        )),
+        Err(StoreError::Conflict(_))
+    ));
+    // The rightful patient's writes go on.
+    put(s, "Observation", "mine", obs("mine", "p1"));
+    // A store made before shards had owners: its Patients claim theirs when it opens.
+    s.exec_admin("DELETE FROM shard_owner", &[]).unwrap();
+    s.exec_admin("DELETE FROM meta WHERE k = 'shard_owner'", &[])
+        .unwrap();
+    drop(Store::open(&t.location).unwrap());
+    assert_eq!(owner(hutong_store::shard_of("p1")).as_deref(), Some("p1"));
+    assert_eq!(owner(hutong_store::shard_of("p2")).as_deref(), Some("p2"));
+    assert_eq!(owner(hutong_store::shard_of("evil")), None);
 }
