@@ -78,7 +78,7 @@ pub fn open(store: &Store) -> Result<(), StoreError> {
                 };
                 if let Some(fp) = fp {
                     let (src, rtype, id) = (r[0].text(), r[1].text(), r[3].text());
-                    conn.exec(&insert, &seen_params(src, rtype, fp, id))?;
+                    conn.exec(insert, &seen_params(src, rtype, fp, id))?;
                     moved += 1;
                 }
             }
@@ -94,21 +94,29 @@ pub fn open(store: &Store) -> Result<(), StoreError> {
 }
 
 /// The statement that records a content fingerprint: one row of two integers per accepted
-/// resource, keyed by [`seen_key`], naming the resource by its storage id.
-fn seen_insert(d: Dialect) -> String {
-    insert_ignore(
-        d,
-        &format!(
-            "qc_seen (k, rid) SELECT ?, r.rid FROM res_route r WHERE r.rtype = \
-             (SELECT cid FROM catalog WHERE kind = {} AND name = ?) AND r.id = ?",
-            hutong_store::schema::KIND_TYPE
-        ),
-    )
+/// resource, keyed by [`seen_key`], naming the resource by its storage id. It is run for every
+/// accepted resource, so it is a constant (the catalog kind is a parameter).
+fn seen_insert(d: Dialect) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [sqlite, postgres] = SQL.get_or_init(|| {
+        [Dialect::Sqlite, Dialect::Postgres].map(|d| {
+            insert_ignore(
+                d,
+                "qc_seen (k, rid) SELECT ?, r.rid FROM res_route r WHERE r.rtype = \
+                 (SELECT cid FROM catalog WHERE kind = ? AND name = ?) AND r.id = ?",
+            )
+        })
+    });
+    match d {
+        Dialect::Sqlite => sqlite,
+        Dialect::Postgres => postgres,
+    }
 }
 
-fn seen_params(source: &str, rtype: &str, fp: i64, id: &str) -> [Val; 3] {
+fn seen_params(source: &str, rtype: &str, fp: i64, id: &str) -> [Val; 4] {
     [
         Val::Int(seen_key(source, rtype, fp)),
+        Val::Int(hutong_store::schema::KIND_TYPE),
         Val::Text(rtype.into()),
         Val::Text(id.into()),
     ]
@@ -506,7 +514,7 @@ pub fn record(
     record_findings(tx, source, s, findings)?;
     if let Some(fp) = fingerprint_key(fingerprint) {
         tx.conn()
-            .exec(&seen_insert(d), &seen_params(source, &s.rtype, fp, &s.id))?;
+            .exec(seen_insert(d), &seen_params(source, &s.rtype, fp, &s.id))?;
     }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
         let order = crate::workorders::NewOrder {

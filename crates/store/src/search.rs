@@ -942,28 +942,7 @@ impl Sql<'_> {
                     }
                     _ => self.token_pred(v),
                 },
-                ParamType::Uri => match modifier {
-                    Some("below") => {
-                        format!(
-                            "code LIKE {} ESCAPE '\\'",
-                            self.p(format!("{}%", like_escape(v)))
-                        )
-                    }
-                    Some("above") => {
-                        let mut prefixes = Vec::new();
-                        let mut acc = String::new();
-                        for (i, seg) in v.split('/').enumerate() {
-                            if i > 0 {
-                                acc.push('/');
-                            }
-                            acc.push_str(seg);
-                            prefixes.push(acc.clone());
-                        }
-                        let marks: Vec<&str> = prefixes.into_iter().map(|p| self.p(p)).collect();
-                        format!("code IN ({})", marks.join(","))
-                    }
-                    _ => format!("code = {}", self.p(v.as_str())),
-                },
+                ParamType::Uri => self.uri_pred("code", modifier, v),
                 ParamType::Date => match parse_prefixed_date(code, v) {
                     Ok((p, r)) => self.date_pred(p, r, "lo", "hi"),
                     Err(_) => "1 = 0".into(),
@@ -1015,6 +994,31 @@ impl Sql<'_> {
         body
     }
 
+    /// A uri value against column `col`: equal, `:below` (a prefix of it), or `:above` (it
+    /// is a prefix of the value, at `/` boundaries).
+    fn uri_pred(&mut self, col: &str, modifier: Option<&str>, v: &str) -> String {
+        match modifier {
+            Some("below") => format!(
+                "{col} LIKE {} ESCAPE '\\'",
+                self.p(format!("{}%", like_escape(v)))
+            ),
+            Some("above") => {
+                let mut prefixes = Vec::new();
+                let mut acc = String::new();
+                for (i, seg) in v.split('/').enumerate() {
+                    if i > 0 {
+                        acc.push('/');
+                    }
+                    acc.push_str(seg);
+                    prefixes.push(acc.clone());
+                }
+                let marks: Vec<&str> = prefixes.into_iter().map(|p| self.p(p)).collect();
+                format!("{col} IN ({})", marks.join(","))
+            }
+            _ => format!("{col} = {}", self.p(v)),
+        }
+    }
+
     /// `_source` is answered from the version's interned submitter (`res.src`), which the
     /// write stamps from `meta.source`, rather than from an index row per resource.
     fn source_param(&mut self, rtype: &str, modifier: Option<&str>, values: &[String]) -> String {
@@ -1027,29 +1031,10 @@ impl Sql<'_> {
                 if missing { "=" } else { "<>" }
             );
         }
-        let mut preds = Vec::new();
-        for v in values {
-            preds.push(match modifier {
-                Some("below") => format!(
-                    "name LIKE {} ESCAPE '\\'",
-                    self.p(format!("{}%", like_escape(v)))
-                ),
-                Some("above") => {
-                    let mut prefixes = Vec::new();
-                    let mut acc = String::new();
-                    for (i, seg) in v.split('/').enumerate() {
-                        if i > 0 {
-                            acc.push('/');
-                        }
-                        acc.push_str(seg);
-                        prefixes.push(acc.clone());
-                    }
-                    let marks: Vec<&str> = prefixes.into_iter().map(|p| self.p(p)).collect();
-                    format!("name IN ({})", marks.join(","))
-                }
-                _ => format!("name = {}", self.p(v.as_str())),
-            });
-        }
+        let preds: Vec<String> = values
+            .iter()
+            .map(|v| self.uri_pred("name", modifier, v))
+            .collect();
         let sources = format!(
             "SELECT cid FROM catalog WHERE kind = {} AND ({})",
             crate::schema::KIND_SYSTEM,
