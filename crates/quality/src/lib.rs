@@ -400,10 +400,8 @@ impl Checker {
             found: Vec::new(),
         };
         if out.on("reference") {
-            let mut refs = Vec::new();
-            collect_references(v, String::new(), &mut refs);
-            for (at, r) in refs {
-                let Some((t, id)) = literal(&r) else { continue };
+            for (at, r) in collect_references(v) {
+                let Some((t, id)) = literal(r) else { continue };
                 if !ctx.exists(t, id) {
                     out.add(
                         "reference",
@@ -919,46 +917,89 @@ fn data_set(obj: &Map<String, Value>, out: &mut Out) {
 
 /// Every literal reference in a resource, with its location (contained resources and
 /// absolute, logical or fragment references are skipped).
-fn collect_references(v: &Value, at: String, out: &mut Vec<(String, String)>) {
+/// One step of the path to a value: an element name or an array position.
+enum Step<'a> {
+    Key(&'a str),
+    At(usize),
+}
+
+/// Calls `found` with the path and text of every `reference` in `v` (outside `contained`
+/// and `meta`). The path is kept as steps and only written out for a reference: the walk
+/// visits every element of every resource a bulk load checks.
+fn walk_references<'a>(
+    v: &'a Value,
+    path: &mut Vec<Step<'a>>,
+    found: &mut dyn FnMut(&[Step<'a>], &'a str),
+) {
     match v {
         Value::Object(o) => {
             if let Some(Value::String(r)) = o.get("reference") {
-                out.push((
-                    format!("{at}.reference")
-                        .trim_start_matches('.')
-                        .to_string(),
-                    r.clone(),
-                ));
+                path.push(Step::Key("reference"));
+                found(path, r);
+                path.pop();
             }
             for (k, x) in o {
                 if k == "contained" || k == "reference" || k == "meta" {
                     continue;
                 }
-                let here = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                collect_references(x, here, out);
+                if matches!(x, Value::Object(_) | Value::Array(_)) {
+                    path.push(Step::Key(k));
+                    walk_references(x, path, found);
+                    path.pop();
+                }
             }
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                collect_references(x, format!("{at}[{i}]"), out);
+                path.push(Step::At(i));
+                walk_references(x, path, found);
+                path.pop();
             }
         }
         _ => {}
     }
 }
 
+/// `code.coding[0].system`, as a finding's expression gives it.
+fn path_text(path: &[Step]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Step::At(i) => {
+                s.push('[');
+                s.push_str(&i.to_string());
+                s.push(']');
+            }
+        }
+    }
+    s
+}
+
+/// Every `reference` of a resource with its path.
+fn collect_references(v: &Value) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    walk_references(v, &mut Vec::new(), &mut |path, r| {
+        out.push((path_text(path), r))
+    });
+    out
+}
+
 /// Every relative literal reference of a resource as (type, id): what the `reference` rule
 /// needs resolved.
 pub fn references(v: &Value) -> Vec<(String, String)> {
     let mut refs = Vec::new();
-    collect_references(v, String::new(), &mut refs);
-    refs.iter()
-        .filter_map(|(_, r)| literal(r).map(|(t, id)| (t.to_string(), id.to_string())))
-        .collect()
+    walk_references(v, &mut Vec::new(), &mut |_, r| {
+        if let Some((t, id)) = literal(r) {
+            refs.push((t.to_string(), id.to_string()));
+        }
+    });
+    refs
 }
 
 /// `Type/id` of a relative literal reference.
