@@ -915,8 +915,6 @@ fn data_set(obj: &Map<String, Value>, out: &mut Out) {
     }
 }
 
-/// Every literal reference in a resource, with its location (contained resources and
-/// absolute, logical or fragment references are skipped).
 /// One step of the path to a value: an element name or an array position.
 enum Step<'a> {
     Key(&'a str),
@@ -981,7 +979,8 @@ fn path_text(path: &[Step]) -> String {
     s
 }
 
-/// Every `reference` of a resource with its path.
+/// Every `reference` of a resource with its location, contained resources left out; the
+/// callers keep the literal ones (absolute, logical and fragment references are skipped).
 fn collect_references(v: &Value) -> Vec<(String, &str)> {
     let mut out = Vec::new();
     walk_references(v, &mut Vec::new(), &mut |path, r| {
