@@ -1065,8 +1065,8 @@ fn scaled_record(base: &[hutong_mpi::Record], i: usize, chars: &NameChars) -> hu
     if let Some(family) = r
         .name
         .as_ref()
+        .filter(|n| n.han)
         .and_then(|n| n.family.clone())
-        .filter(|_| r.name.as_ref().is_some_and(|n| n.han))
     {
         let n = if unit(i, "n") < 1.0 / 7.0 { 1 } else { 2 };
         let given: String = (0..n)
