@@ -76,6 +76,9 @@ pub struct Entry {
     /// Patient shards the entry is about (indexed, not part of the JSON).
     #[serde(skip)]
     pub subjects: Vec<i64>,
+    /// Entities touched past the first [`MAX_ENTITIES`]: counted, never named.
+    #[serde(skip)]
+    pub unlisted: usize,
 }
 
 /// Entities listed in one entry at most. A larger read (a search, `$everything`) is recorded
@@ -84,21 +87,36 @@ pub struct Entry {
 pub const MAX_ENTITIES: usize = 100;
 
 impl Entry {
+    /// Records an entity read or acted on. Past [`MAX_ENTITIES`] it is only counted, so a
+    /// large read does not name thousands of resources the stored entry leaves out.
+    pub fn add_entity(&mut self, name: impl FnOnce() -> String) {
+        if self.entities.len() < MAX_ENTITIES {
+            self.entities.push(name());
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Entities read or acted on, listed or not.
+    pub fn entity_count(&self) -> usize {
+        self.entities.len() + self.unlisted
+    }
+
     /// The store's form of the entry.
     pub fn to_store(&self) -> AuditEntry {
         let mut subjects: Vec<i64> = self.subjects.iter().copied().filter(|s| *s != 0).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        let entry = if self.entities.len() > MAX_ENTITIES {
+        let entry = if self.entity_count() > MAX_ENTITIES {
             let mut e = Entry {
-                entities: self.entities[..MAX_ENTITIES].to_vec(),
+                entities: self.entities[..MAX_ENTITIES.min(self.entities.len())].to_vec(),
                 detail: Some(format!(
                     "{}{} resources; the first {MAX_ENTITIES} are listed",
                     self.detail
                         .as_ref()
                         .map(|d| format!("{d}; "))
                         .unwrap_or_default(),
-                    self.entities.len()
+                    self.entity_count()
                 )),
                 ..Entry::default()
             };
@@ -290,5 +308,26 @@ mod tests {
         e.entities.clear();
         e.subjects.clear();
         assert_eq!(Entry::parse(&e.to_store().entry).unwrap(), e);
+    }
+
+    #[test]
+    fn entities_past_the_cap_are_counted_not_named() {
+        let mut e = Entry::default();
+        let mut named = 0;
+        for i in 0..MAX_ENTITIES + 900 {
+            e.add_entity(|| {
+                named += 1;
+                format!("Observation/{i}/_history/1")
+            });
+        }
+        assert_eq!(named, MAX_ENTITIES);
+        assert_eq!(e.entity_count(), MAX_ENTITIES + 900);
+        let back = Entry::parse(&e.to_store().entry).unwrap();
+        assert_eq!(back.entities.len(), MAX_ENTITIES);
+        assert_eq!(back.entities[0], "Observation/0/_history/1");
+        assert!(back
+            .detail
+            .unwrap()
+            .starts_with(&format!("{} resources", MAX_ENTITIES + 900)));
     }
 }

@@ -435,6 +435,10 @@ pub struct BundleWriter {
     first: bool,
 }
 
+/// The bytes of a search entry besides its URL's parts and its resource:
+/// `{"fullUrl":"//","search":{"mode":"include"},"resource":}` and the separating comma.
+const ENTRY_FRAME: usize = 57;
+
 impl BundleWriter {
     pub fn new(kind: &str, total: Option<u64>, links: &[(&str, String)]) -> BundleWriter {
         let mut head = json!({"resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "meta": {"lastUpdated": format_instant(now_ms())}, "type": kind});
@@ -491,15 +495,32 @@ impl BundleWriter {
         }
     }
 
-    /// Adds a search result entry (`mode` is `match` or `include`), written straight into
-    /// the bundle: a page of a thousand resources is mostly copying their bytes.
-    pub fn search_entry(&mut self, full_url: &str, mode: &str, resource: &[u8]) {
+    /// Writes `s` as the inside of a JSON string: as it is when nothing in it needs escaping
+    /// (ids and type names never do), escaped otherwise.
+    fn string_content(&mut self, s: &str) {
+        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.extend_from_slice(s.as_bytes());
+        } else {
+            let quoted = serde_json::to_string(s).expect("a string serialises");
+            self.out
+                .extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        }
+    }
+
+    /// Adds a search result entry for `rtype/id` under `base` (`mode` is `match` or
+    /// `include`), written straight into the bundle: a page of a thousand resources is mostly
+    /// copying their bytes.
+    pub fn search_entry(&mut self, base: &str, rtype: &str, id: &str, mode: &str, resource: &[u8]) {
         self.next_entry();
-        self.out.extend_from_slice(b"{\"fullUrl\":");
-        self.text(full_url);
-        self.out.extend_from_slice(b",\"search\":{\"mode\":");
-        self.text(mode);
-        self.out.push(b'}');
+        self.out.extend_from_slice(b"{\"fullUrl\":\"");
+        self.string_content(base);
+        self.out.push(b'/');
+        self.string_content(rtype);
+        self.out.push(b'/');
+        self.string_content(id);
+        self.out.extend_from_slice(b"\",\"search\":{\"mode\":\"");
+        self.string_content(mode);
+        self.out.extend_from_slice(b"\"}");
         self.end_entry(Some(resource));
     }
 
@@ -528,9 +549,9 @@ impl BundleWriter {
         self.end_entry(resource);
     }
 
-    /// Room for `n` more entries of `bytes` resource bytes in all.
-    pub fn reserve(&mut self, n: usize, bytes: usize) {
-        self.out.reserve(bytes + n * 128);
+    /// Room for `bytes` more.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
     }
 
     pub fn finish(mut self) -> Vec<u8> {
@@ -1142,28 +1163,20 @@ impl Engine {
             .find(|(k, _)| k == "_summary")
             .map(|(_, v)| v.as_str());
         let mut w = BundleWriter::new("searchset", page.total, &links);
+        // The whole page in one allocation: growing a megabyte buffer copies it.
         w.reserve(
-            page.matches.len() + page.included.len(),
             page.matches
                 .iter()
                 .chain(&page.included)
-                .map(|s| s.body.len())
+                .map(|s| s.body.len() + req.base.len() + s.rtype.len() + s.id.len() + ENTRY_FRAME)
                 .sum(),
         );
         for s in &page.matches {
             let body = shape(g.release(s), elements.as_deref(), summary);
-            w.search_entry(
-                &format!("{}/{}/{}", req.base, s.rtype, s.id),
-                "match",
-                &body,
-            );
+            w.search_entry(&req.base, &s.rtype, &s.id, "match", &body);
         }
         for s in &page.included {
-            w.search_entry(
-                &format!("{}/{}/{}", req.base, s.rtype, s.id),
-                "include",
-                g.release(s).as_ref(),
-            );
+            w.search_entry(&req.base, &s.rtype, &s.id, "include", g.release(s).as_ref());
         }
         if !ignored.is_empty() {
             let oo = Outcome::default().with(
@@ -1406,6 +1419,24 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn search_entries_are_json_whatever_the_base(base in "(\\PC|[\"\\\\]){0,40}", id in "[A-Za-z0-9.-]{1,64}") {
+            let body = br#"{"resourceType":"Observation"}"#;
+            let mut w = BundleWriter::new("searchset", Some(1), &[]);
+            w.reserve(body.len() + base.len() + "Observation".len() + id.len() + ENTRY_FRAME);
+            let reserved = w.out.capacity();
+            w.search_entry(&base, "Observation", &id, "include", body);
+            if !base.contains(['"', '\\']) {
+                // The frame estimate holds a whole entry: the page is never copied to grow.
+                prop_assert_eq!(w.out.capacity(), reserved);
+            }
+            let v: Value = serde_json::from_slice(&w.finish()).unwrap();
+            let e = &v["entry"][0];
+            prop_assert_eq!(e["fullUrl"].as_str().unwrap(), format!("{base}/Observation/{id}"));
+            prop_assert_eq!(&e["search"]["mode"], "include");
+            prop_assert_eq!(&e["resource"]["resourceType"], "Observation");
+        }
+
         #[test]
         fn json_parser_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_json(&b);

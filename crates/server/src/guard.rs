@@ -74,6 +74,7 @@ impl Guard {
             from,
             request,
             entities: Vec::new(),
+            unlisted: 0,
             detail: None,
             subjects: Vec::new(),
         };
@@ -147,9 +148,15 @@ impl Guard {
 
     /// Records an entity the request touched without returning it (a person acted on).
     pub fn touch(&self, entity: String, shard: i64) {
+        self.touch_with(|| entity, shard);
+    }
+
+    /// Records an entity, naming it only if the audit entry will list it.
+    fn touch_with(&self, entity: impl FnOnce() -> String, shard: i64) {
         self.with(|e| {
-            e.entities.push(entity);
-            if shard != 0 {
+            e.add_entity(entity);
+            // A page of one record is one shard over and over: kept once in a row.
+            if shard != 0 && e.subjects.last() != Some(&shard) {
                 e.subjects.push(shard);
             }
         });
@@ -163,8 +170,8 @@ impl Guard {
     /// The bytes of a stored resource as this reader may see them, recorded in the audit
     /// entry. Every resource in a response goes through here.
     pub fn release<'a>(&self, s: &'a Stored) -> std::borrow::Cow<'a, [u8]> {
-        self.touch(
-            format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
+        self.touch_with(
+            || format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
             s.shard,
         );
         // The resident's own restriction lives beside the body (it survives the source's new

@@ -666,11 +666,10 @@ impl Store {
                 ),
                 &[],
             )?;
-            for mut r in rows {
+            for r in rows {
                 let id = r[1].text().to_string();
                 let m = write::RowMeta::at(&r, 2);
-                let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
-                out.push(write::stored_from(&cat, m, id, blob)?);
+                out.push(write::stored_from(&cat, m, id, r[9].blob())?);
             }
             if !out.is_empty() {
                 return Ok((out, last));
@@ -712,11 +711,10 @@ impl Store {
         )?;
         let cat = self.catalog();
         let mut out = Vec::with_capacity(rows.len());
-        for mut r in rows {
+        for r in rows {
             let id = r[1].text().to_string();
             let m = write::RowMeta::at(&r, 2);
-            let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
-            out.push(write::stored_from(&cat, m, id, blob)?);
+            out.push(write::stored_from(&cat, m, id, r[9].blob())?);
         }
         Ok(out)
     }

@@ -11,7 +11,7 @@ use hutong_fhir::{Definitions, ParamType, Reference};
 
 use crate::schema::Catalog;
 use crate::scope::Scope;
-use crate::sql::{Conn, Dialect, Val};
+use crate::sql::{Cells, Conn, Dialect, Val};
 use crate::write::{stored_from, RowMeta};
 use crate::{StoreError, Stored};
 
@@ -1115,15 +1115,27 @@ impl Sql<'_> {
 const SELECT_RES: &str =
     "r.shard, r.rid, r.rtype, r.version, r.lastmod, r.deleted, r.shard, r.src, r.sens, r.body, rr.id";
 
-/// A row selected as [`SELECT_RES`] as a stored version.
-fn res_row(cat: &Catalog, mut r: Vec<Val>) -> Result<Stored, StoreError> {
-    let m = RowMeta::at(&r, 2);
-    let blob = std::mem::replace(&mut r[9], Val::Null).into_blob();
-    stored_from(cat, m, r[10].text().to_string(), blob)
+/// A row selected as [`SELECT_RES`], read in place: its key and the stored version, the body
+/// decompressed straight from the driver's buffer.
+fn res_cells(cat: &Catalog, r: &dyn Cells) -> Result<(Key, Stored), StoreError> {
+    let m = RowMeta::at(r, 2);
+    let s = stored_from(cat, m, r.text(10).to_string(), r.blob(9))?;
+    Ok(((r.int(0), r.int(1)), s))
 }
 
-fn to_stored(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<Stored>, StoreError> {
-    rows.into_iter().map(|r| res_row(cat, r)).collect()
+/// The stored versions a query selecting [`SELECT_RES`] returns, in its order.
+fn select_res(
+    conn: &mut dyn Conn,
+    cat: &Catalog,
+    sql: &str,
+    params: &[Val],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut out = Vec::new();
+    conn.query_each(sql, params, &mut |r| {
+        out.push(res_cells(cat, r)?.1);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Runs a query: the page of matches, the total, and the included resources.
@@ -1322,7 +1334,7 @@ fn fetch_by_keys(
     for (shard, rid) in keys {
         by_shard.entry(*shard).or_default().push(*rid);
     }
-    let mut rows: Vec<Vec<Val>> = Vec::with_capacity(keys.len());
+    let mut found: Vec<(Key, Stored)> = Vec::with_capacity(keys.len());
     for (shard, mut rids) in by_shard {
         rids.sort_unstable();
         rids.dedup();
@@ -1331,18 +1343,25 @@ fn fetch_by_keys(
             // A page of one patient's record is mostly a run of rids in its shard: one range
             // read, the few rows between dropped here, instead of a list SQLite first sorts
             // into a temporary b-tree.
-            let found = conn.query(
+            // Rows come in rid order, so one cursor over the wanted rids picks them out.
+            let mut next = 0;
+            conn.query_each(
                 &format!(
                     "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
-                     WHERE r.shard = ? AND r.rid BETWEEN ? AND ? AND r.deleted = 0"
+                     WHERE r.shard = ? AND r.rid BETWEEN ? AND ? AND r.deleted = 0 ORDER BY r.rid"
                 ),
                 &[Val::Int(shard), Val::Int(lo), Val::Int(hi)],
+                &mut |r| {
+                    let rid = r.int(1);
+                    while next < rids.len() && rids[next] < rid {
+                        next += 1;
+                    }
+                    if rids.get(next) == Some(&rid) {
+                        found.push(res_cells(cat, r)?);
+                    }
+                    Ok(())
+                },
             )?;
-            rows.extend(
-                found
-                    .into_iter()
-                    .filter(|r| rids.binary_search(&r[1].int()).is_ok()),
-            );
             continue;
         }
         for chunk in rids.chunks(500) {
@@ -1354,42 +1373,24 @@ fn fetch_by_keys(
                 "SELECT {SELECT_RES} FROM res r JOIN res_route rr ON rr.rid = r.rid \
                  WHERE r.shard = ? AND r.rid IN ({marks}) AND r.deleted = 0"
             );
-            rows.extend(conn.query(&sql, &params)?);
+            conn.query_each(&sql, &params, &mut |r| {
+                found.push(res_cells(cat, r)?);
+                Ok(())
+            })?;
         }
     }
-    let mut found: std::collections::HashMap<(i64, i64), Stored> =
-        decode_rows(cat, rows)?.into_iter().collect();
-    Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
-}
-
-/// Rows of [`SELECT_RES`] as stored versions keyed by (shard, rid). Decompressing a page of
-/// a thousand bodies is a good part of `$everything`; a big page is split over two threads.
-fn decode_rows(cat: &Catalog, rows: Vec<Vec<Val>>) -> Result<Vec<(Key, Stored)>, StoreError> {
-    let one = |r: Vec<Val>| {
-        let key = (r[0].int(), r[1].int());
-        res_row(cat, r).map(|s| (key, s))
-    };
-    if rows.len() < PARALLEL_DECODE {
-        return rows.into_iter().map(one).collect();
-    }
-    let mut rows = rows;
-    let second = rows.split_off(rows.len() / 2);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| second.into_iter().map(one).collect::<Result<Vec<_>, _>>());
-        let mut out = rows.into_iter().map(one).collect::<Result<Vec<_>, _>>()?;
-        let rest = other
-            .join()
-            .map_err(|_| StoreError::Corrupt("a body decoder thread panicked".into()))??;
-        out.extend(rest);
-        Ok(out)
-    })
+    // Back into the order asked for (a sort, a page), each key once.
+    found.sort_unstable_by_key(|(k, _)| *k);
+    let (at, mut rows): (Vec<Key>, Vec<Option<Stored>>) =
+        found.into_iter().map(|(k, s)| (k, Some(s))).unzip();
+    Ok(keys
+        .iter()
+        .filter_map(|k| at.binary_search(k).ok().and_then(|i| rows[i].take()))
+        .collect())
 }
 
 /// A stored row's (shard, rid).
 type Key = (i64, i64);
-
-/// Pages at least this long are decoded on two threads.
-const PARALLEL_DECODE: usize = 256;
 
 fn fetch_by_ids(
     conn: &mut dyn Conn,
@@ -1410,7 +1411,7 @@ fn fetch_by_ids(
              WHERE r.deleted = 0 AND ({})",
             marks.join(" OR ")
         );
-        out.extend(to_stored(cat, conn.query(&sql, &params)?)?);
+        out.extend(select_res(conn, cat, &sql, &params)?);
     }
     Ok(out)
 }
@@ -1492,7 +1493,7 @@ fn includes(
                         pids.join(","),
                         marks.join(" OR ")
                     );
-                    found.extend(to_stored(cat, conn.query(&sql, &ps)?)?);
+                    found.extend(select_res(conn, cat, &sql, &ps)?);
                 }
             } else {
                 // What the frontier's `source` resources point at.
@@ -1584,7 +1585,16 @@ pub(crate) fn everything(
     let all: Vec<(i64, i64)> = if wheres.len() == 1 {
         // No filters: two index range reads, with the union, the compartment-parameter
         // filter and the ordering done here rather than in temporary B-trees.
-        let wanted: std::collections::HashSet<i64> = compartment.0.iter().copied().collect();
+        // Search parameter ids are small catalog numbers: a table, not a set.
+        let known: Vec<usize> = compartment
+            .0
+            .iter()
+            .filter_map(|p| usize::try_from(*p).ok())
+            .collect();
+        let mut wanted = vec![false; known.iter().max().map_or(0, |m| m + 1)];
+        for &p in &known {
+            wanted[p] = true;
+        }
         let mut keys: Vec<(i64, i64)> = conn
             .query(
                 "SELECT shard, rid FROM res_route WHERE rtype = ? AND id = ?",
@@ -1593,15 +1603,16 @@ pub(crate) fn everything(
             .iter()
             .map(|r| (r[0].int(), r[1].int()))
             .collect();
-        keys.extend(
-            conn.query(
-                "SELECT shard, rid, pid FROM ix_ref WHERE tid = ? AND ttype = ?",
-                &[Val::Text(e.patient.clone()), Val::Int(pt)],
-            )?
-            .iter()
-            .filter(|r| wanted.contains(&r[2].int()))
-            .map(|r| (r[0].int(), r[1].int())),
-        );
+        conn.query_each(
+            "SELECT shard, rid, pid FROM ix_ref WHERE tid = ? AND ttype = ?",
+            &[Val::Text(e.patient.clone()), Val::Int(pt)],
+            &mut |r| {
+                if usize::try_from(r.int(2)).is_ok_and(|p| wanted.get(p) == Some(&true)) {
+                    keys.push((r.int(0), r.int(1)));
+                }
+                Ok(())
+            },
+        )?;
         keys.sort_unstable();
         keys.dedup();
         keys

@@ -80,6 +80,30 @@ impl From<Vec<u8>> for Val {
 
 pub type Row = Vec<Val>;
 
+/// One result row's cells, borrowed from the driver: read in place by the paths that go
+/// through many rows (a page of bodies, a person's keys) instead of copied into a [`Row`].
+/// A cell of another type reads as 0 or empty, as [`Val`]'s accessors do.
+pub trait Cells {
+    fn int(&self, i: usize) -> i64;
+    fn text(&self, i: usize) -> &str;
+    fn blob(&self, i: usize) -> &[u8];
+}
+
+impl Cells for Row {
+    fn int(&self, i: usize) -> i64 {
+        self.get(i).map_or(0, Val::int)
+    }
+    fn text(&self, i: usize) -> &str {
+        self.get(i).map_or("", Val::text)
+    }
+    fn blob(&self, i: usize) -> &[u8] {
+        self.get(i).map_or(&[], Val::blob)
+    }
+}
+
+/// What [`Conn::query_each`] calls for each row.
+pub type EachRow<'f> = dyn FnMut(&dyn Cells) -> Result<(), StoreError> + 'f;
+
 /// Which SQL dialect a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -92,6 +116,15 @@ pub trait Conn: Send {
     fn dialect(&self) -> Dialect;
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+    /// Runs a query and hands each row to `f` in turn, stopping at the first error.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Val],
+        f: &mut EachRow<'_>,
+    ) -> Result<(), StoreError> {
+        self.query(sql, params)?.iter().try_for_each(|r| f(r))
+    }
     /// Inserts many rows into `table` (columns in order). Every row has the same shape, and
     /// no value is NULL.
     fn insert_rows(
@@ -128,6 +161,28 @@ impl rusqlite::ToSql for Val {
     }
 }
 
+impl Cells for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> i64 {
+        match self.get_ref(i) {
+            Ok(rusqlite::types::ValueRef::Integer(v)) => v,
+            Ok(rusqlite::types::ValueRef::Real(f)) => f as i64,
+            _ => 0,
+        }
+    }
+    fn text(&self, i: usize) -> &str {
+        match self.get_ref(i) {
+            Ok(rusqlite::types::ValueRef::Text(t)) => std::str::from_utf8(t).unwrap_or(""),
+            _ => "",
+        }
+    }
+    fn blob(&self, i: usize) -> &[u8] {
+        match self.get_ref(i) {
+            Ok(rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)) => b,
+            _ => &[],
+        }
+    }
+}
+
 fn from_sqlite(v: rusqlite::types::ValueRef) -> Val {
     use rusqlite::types::ValueRef as V;
     match v {
@@ -161,6 +216,19 @@ impl Conn for SqliteConn {
             out.push(row);
         }
         Ok(out)
+    }
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Val],
+        f: &mut EachRow<'_>,
+    ) -> Result<(), StoreError> {
+        let mut st = self.0.prepare_cached(sql)?;
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+        while let Some(r) = rows.next()? {
+            f(r)?;
+        }
+        Ok(())
     }
     fn insert_rows(
         &mut self,

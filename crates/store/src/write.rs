@@ -11,7 +11,7 @@ use crate::codec::Codec;
 use crate::schema::Catalog;
 use crate::scope::Scope;
 use crate::search::{self, Page, Query};
-use crate::sql::{Conn, Row, Val};
+use crate::sql::{Cells, Conn, Row, Val};
 use crate::{shard_of, HistoryScope, StoreError, Stored};
 
 /// A version made ready for storage — JSON with `meta`, its compressed form, its index
@@ -872,15 +872,15 @@ pub(crate) const VERSION_COLS: &str =
 
 impl RowMeta {
     /// Reads the seven meta columns of [`VERSION_COLS`] starting at `at`.
-    pub(crate) fn at(r: &[Val], at: usize) -> RowMeta {
+    pub(crate) fn at(r: &(impl Cells + ?Sized), at: usize) -> RowMeta {
         RowMeta {
-            rtype: r[at].int(),
-            version: r[at + 1].int(),
-            lastmod: r[at + 2].int(),
-            deleted: r[at + 3].int() != 0,
-            shard: r[at + 4].int(),
-            src: r[at + 5].int(),
-            sens: r[at + 6].int() as u32,
+            rtype: r.int(at),
+            version: r.int(at + 1),
+            lastmod: r.int(at + 2),
+            deleted: r.int(at + 3) != 0,
+            shard: r.int(at + 4),
+            src: r.int(at + 5),
+            sens: r.int(at + 6) as u32,
         }
     }
 }
@@ -889,7 +889,7 @@ pub(crate) fn stored_from(
     cat: &Catalog,
     m: RowMeta,
     id: String,
-    blob: Vec<u8>,
+    blob: &[u8],
 ) -> Result<Stored, StoreError> {
     Ok(Stored {
         rtype: cat.type_name(m.rtype).unwrap_or("").to_string(),
@@ -897,7 +897,7 @@ pub(crate) fn stored_from(
         version: m.version,
         last_updated: m.lastmod,
         deleted: m.deleted,
-        body: cat.codec.decompress(&blob)?,
+        body: cat.codec.decompress(blob)?,
         shard: m.shard,
         source: cat.system_name(m.src).unwrap_or("").to_string(),
         sens: m.sens,
@@ -905,10 +905,9 @@ pub(crate) fn stored_from(
 }
 
 /// A row of [`VERSION_COLS`] (then nothing else) as a stored version of `id`.
-fn version_row(cat: &Catalog, id: &str, mut r: Vec<Val>) -> Result<Stored, StoreError> {
+fn version_row(cat: &Catalog, id: &str, r: Vec<Val>) -> Result<Stored, StoreError> {
     let m = RowMeta::at(&r, 0);
-    let blob = std::mem::replace(&mut r[7], Val::Null).into_blob();
-    stored_from(cat, m, id.to_string(), blob)
+    stored_from(cat, m, id.to_string(), r[7].blob())
 }
 
 pub(crate) fn read_current(
@@ -1022,11 +1021,10 @@ pub(crate) fn history(
         &params,
     )?;
     let mut out = Vec::with_capacity(rows.len());
-    for mut r in rows {
+    for r in rows {
         let id = r[0].text().to_string();
         let m = RowMeta::at(&r, 1);
-        let blob = std::mem::replace(&mut r[8], Val::Null).into_blob();
-        out.push(stored_from(cat, m, id, blob)?);
+        out.push(stored_from(cat, m, id, r[8].blob())?);
     }
     Ok((out, Some(total[0][0].int() as u64)))
 }
