@@ -31,6 +31,9 @@ pub struct ImportReport {
     /// Loaded, but a reference still points at nothing once every file is in:
     /// (file, line, what) — recorded as `reference` findings for the source's scorecard.
     pub unresolved: Vec<(String, usize, String)>,
+    /// Resources whose references were checked again after the load (they pointed into a
+    /// file not loaded yet, or at nothing).
+    pub rechecked: u64,
 }
 
 /// Progress callback: bytes read so far, resources loaded so far.
@@ -189,6 +192,7 @@ fn deferred_references(
     if pending.is_empty() || engine.checker.rules.severity("reference").is_none() {
         return Ok(());
     }
+    report.rechecked = pending.len() as u64;
     let mut only = (*engine.checker).clone();
     for r in hutong_quality::RULES {
         if *r != "reference" {
@@ -260,6 +264,9 @@ struct Item {
     fingerprint: String,
     /// Its `Type/id` when a reference did not resolve yet (checked again after the load).
     unresolved: Option<(String, String)>,
+    /// Its `Type/id` when a reference resolved only into a chunk still in flight (checked
+    /// again after the load should an earlier chunk fail to commit).
+    provisional: Option<(String, String)>,
     line: usize,
 }
 
@@ -268,6 +275,29 @@ struct Chunk {
     items: Vec<Item>,
     rejected: Vec<(usize, String)>,
     bytes: u64,
+}
+
+/// The ids the reader thread prepared in the chunks that may not be committed yet: those the
+/// channel holds and the one being committed. A patient's record often spans two chunks;
+/// without these, every reference into the previous chunk would look dangling and wait for
+/// the deferred check, which re-reads the resource after the load.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<HashSet<(String, String)>>);
+
+/// Chunks in flight: the channel's capacity plus the one being committed.
+const IN_FLIGHT: usize = 3;
+
+impl InFlight {
+    fn holds(&self, key: &(String, String)) -> bool {
+        self.0.iter().any(|ids| ids.contains(key))
+    }
+
+    fn push(&mut self, ids: HashSet<(String, String)>) {
+        if self.0.len() == IN_FLIGHT {
+            self.0.pop_front();
+        }
+        self.0.push_back(ids);
+    }
 }
 
 /// Loads one NDJSON file as a two-stage pipeline: a reader thread parses, validates, stamps,
@@ -287,14 +317,15 @@ fn import_ndjson(
 ) -> std::io::Result<u64> {
     let file = std::fs::File::open(f)?;
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Chunk>>(2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Chunk>>(IN_FLIGHT - 1);
         let reader_thread = std::thread::Builder::new().name("prepare".into());
         let _reader = reader_thread.spawn_scoped(scope, move || {
             let reader = BufReader::new(file);
             let mut lines: Vec<(usize, String)> = Vec::with_capacity(CHUNK);
             let mut no = 0i64;
             let mut bytes = 0u64;
-            let send = |no: i64, lines: &mut Vec<(usize, String)>, bytes: u64| -> bool {
+            let mut in_flight = InFlight::default();
+            let mut send = |no: i64, lines: &mut Vec<(usize, String)>, bytes: u64| -> bool {
                 let chunk = if done.contains(&no) {
                     Chunk {
                         no,
@@ -303,7 +334,7 @@ fn import_ndjson(
                         bytes,
                     }
                 } else {
-                    prepare_chunk(engine, no, lines, source, bytes)
+                    prepare_chunk(engine, no, lines, source, bytes, &mut in_flight)
                 };
                 lines.clear();
                 tx.send(Ok(chunk)).is_ok()
@@ -332,6 +363,7 @@ fn import_ndjson(
                 send(no, &mut lines, bytes);
             }
         });
+        let mut failed = false;
         for chunk in rx {
             let chunk = chunk?;
             bytes_done += chunk.bytes;
@@ -339,7 +371,7 @@ fn import_ndjson(
                 report.skipped_chunks += 1;
                 continue;
             }
-            commit_chunk(engine, name, key, source, chunk, report, pending);
+            failed |= !commit_chunk(engine, name, key, source, chunk, report, pending, failed);
             progress(bytes_done, report.loaded);
         }
         Ok(bytes_done)
@@ -347,7 +379,9 @@ fn import_ndjson(
 }
 
 /// Commits a prepared chunk in one transaction (its warnings recorded with it, the chunk
-/// marked done), and remembers what still has to resolve its references.
+/// marked done), and remembers what still has to resolve its references — including, after
+/// an earlier chunk `failed`, what resolved only into chunks in flight. Whether it committed.
+#[allow(clippy::too_many_arguments)]
 fn commit_chunk(
     engine: &Engine,
     name: &str,
@@ -356,7 +390,8 @@ fn commit_chunk(
     chunk: Chunk,
     report: &mut ImportReport,
     pending: &mut Vec<Pending>,
-) {
+    failed: bool,
+) -> bool {
     for (line, why) in chunk.rejected {
         report.rejected.push((name.to_string(), line, why));
     }
@@ -374,7 +409,11 @@ fn commit_chunk(
         Ok(()) => {
             report.loaded += n;
             for it in &chunk.items {
-                if let Some((rtype, id)) = &it.unresolved {
+                let recheck = it
+                    .unresolved
+                    .as_ref()
+                    .or(it.provisional.as_ref().filter(|_| failed));
+                if let Some((rtype, id)) = recheck {
                     pending.push(Pending {
                         file: name.to_string(),
                         line: it.line,
@@ -384,12 +423,16 @@ fn commit_chunk(
                 }
             }
         }
-        Err(e) => report.rejected.push((
-            name.to_string(),
-            0,
-            format!("chunk {} not loaded: {}", chunk.no, e.message()),
-        )),
+        Err(e) => {
+            report.rejected.push((
+                name.to_string(),
+                0,
+                format!("chunk {} not loaded: {}", chunk.no, e.message()),
+            ));
+            return false;
+        }
     }
+    true
 }
 
 fn prepare_chunk(
@@ -398,6 +441,7 @@ fn prepare_chunk(
     lines: &[(usize, String)],
     source: &str,
     bytes: u64,
+    in_flight: &mut InFlight,
 ) -> Chunk {
     let now = now_ms();
     let mut chunk = Chunk {
@@ -426,12 +470,13 @@ fn prepare_chunk(
             ))
         })
         .collect();
-    let checked = match crate::intake::check(
+    let checked = match crate::intake::check_with(
         &engine.store,
         &engine.checker,
         source,
         &resources,
         local,
+        &|key| in_flight.holds(key),
         true,
     ) {
         Ok(c) => c,
@@ -439,13 +484,17 @@ fn prepare_chunk(
             for (n, _, _) in &parsed {
                 chunk.rejected.push((*n, e.message().to_string()));
             }
+            in_flight.push(HashSet::new());
             return chunk;
         }
     };
-    for (((n, t, v), mut findings), fingerprint) in parsed
+    // What this chunk will hold once committed: its resources that pass, by the ids they came with.
+    let mut ids = HashSet::new();
+    for ((((n, t, v), mut findings), fingerprint), provisional) in parsed
         .into_iter()
         .zip(checked.findings)
         .zip(checked.fingerprints)
+        .zip(checked.provisional)
     {
         let dangling = findings.iter().any(|f| f.rule == "reference");
         findings.retain(|f| f.rule != "reference");
@@ -481,20 +530,31 @@ fn prepare_chunk(
             (Some(id), true) => Some((t.clone(), id.clone())),
             _ => None,
         };
+        let provisional = match (&id, provisional && !dangling) {
+            (Some(id), true) => Some((t.clone(), id.clone())),
+            _ => None,
+        };
         match engine.store.prepare(&t, id.as_deref(), v) {
-            Ok(prepared) => chunk.items.push(Item {
-                prepared,
-                fresh,
-                findings,
-                fingerprint,
-                unresolved,
-                line: n,
-            }),
+            Ok(prepared) => {
+                if let Some(id) = id {
+                    ids.insert((t.clone(), id));
+                }
+                chunk.items.push(Item {
+                    prepared,
+                    fresh,
+                    findings,
+                    fingerprint,
+                    unresolved,
+                    provisional,
+                    line: n,
+                })
+            }
             Err(e) => chunk
                 .rejected
                 .push((n, ApiError::from(e).message().to_string())),
         }
     }
+    in_flight.push(ids);
     chunk
 }
 
@@ -610,8 +670,15 @@ fn load_json_file(
         .enumerate()
         .map(|(i, item)| (i, item.to_string()))
         .collect();
-    let chunk = prepare_chunk(engine, 0, &lines, source, bytes.len() as u64);
-    commit_chunk(engine, name, key, source, chunk, report, pending);
+    let chunk = prepare_chunk(
+        engine,
+        0,
+        &lines,
+        source,
+        bytes.len() as u64,
+        &mut InFlight::default(),
+    );
+    commit_chunk(engine, name, key, source, chunk, report, pending, false);
 }
 
 /// Writes every current resource (of `types`, or all) as `Type.ndjson` files under `out`.

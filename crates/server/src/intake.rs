@@ -143,6 +143,9 @@ pub fn fingerprint_key(fp: &str) -> Option<i64> {
 pub struct Checked {
     pub findings: Vec<Vec<Finding>>,
     pub fingerprints: Vec<String>,
+    /// Per resource: whether a reference of it resolved only to a provisional resource (see
+    /// [`check_with`]).
+    pub provisional: Vec<bool>,
 }
 
 impl Checked {
@@ -245,20 +248,52 @@ pub fn check(
     local: HashSet<(String, String)>,
     references: bool,
 ) -> Result<Checked, ApiError> {
+    check_with(
+        store,
+        checker,
+        source,
+        resources,
+        local,
+        &|_| false,
+        references,
+    )
+}
+
+/// [`check`], with references to what `provisional` holds counted as resolved and reported
+/// in [`Checked::provisional`]: a bulk load's chunks still on their way to the database,
+/// which the caller checks again should one of them fail to commit.
+pub fn check_with(
+    store: &Store,
+    checker: &Checker,
+    source: &str,
+    resources: &[&Value],
+    local: HashSet<(String, String)>,
+    provisional: &dyn Fn(&(String, String)) -> bool,
+    references: bool,
+) -> Result<Checked, ApiError> {
     let now = now_ms();
-    let mut out = Checked::default();
+    let mut out = Checked {
+        provisional: vec![false; resources.len()],
+        ..Checked::default()
+    };
     // Everything referenced that the submission does not hold, fetched per type.
     let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+    let mut existing = HashSet::new();
     if references && checker.rules.severity("reference").is_some() {
-        for v in resources {
-            for (t, id) in hutong_quality::references(v) {
-                if !local.contains(&(t.clone(), id.clone())) {
-                    wanted.entry(t).or_default().push(id);
+        for (i, v) in resources.iter().enumerate() {
+            for key in hutong_quality::references(v) {
+                if local.contains(&key) {
+                    continue;
                 }
+                if provisional(&key) {
+                    out.provisional[i] = true;
+                    existing.insert(key);
+                    continue;
+                }
+                wanted.entry(key.0).or_default().push(key.1);
             }
         }
     }
-    let mut existing = HashSet::new();
     for (t, mut ids) in wanted {
         ids.sort();
         ids.dedup();

@@ -398,6 +398,16 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
             + "\n",
     )
     .unwrap();
+    // A record longer than a chunk: what points into the chunk before (still on its way to
+    // the database as the next is checked) resolves then, without a second look.
+    let mut big = json!({"resourceType": "Patient", "id": "qb-big", "name": [{"text": "钱多"}],
+        "birthDate": "1980-02-02", "identifier": [{"system": "urn:mrn:qb", "value": "2"}]})
+    .to_string();
+    for i in 0..hutong_server::bulk::CHUNK + 200 {
+        big.push('\n');
+        big.push_str(&obs(&format!("qb-big-{i}"), "qb-big"));
+    }
+    std::fs::write(dir.join("0-long.ndjson"), big + "\n").unwrap();
     // A collection bundle goes through the same rules: the mg/dL glucose is rejected.
     std::fs::write(
         dir.join("3-collection.json"),
@@ -412,7 +422,14 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
     let report = tokio::task::block_in_place(|| {
         hutong_server::bulk::import(&app.engine, &files, A, &|_, _| {}).unwrap()
     });
-    assert_eq!(report.loaded, 4, "{:?}", report.rejected);
+    assert_eq!(
+        report.loaded,
+        4 + 1 + hutong_server::bulk::CHUNK as u64 + 200,
+        "{:?}",
+        report.rejected
+    );
+    // Only the two Observations of the first file, whose Patient came later (or never).
+    assert_eq!(report.rechecked, 2);
     assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
     assert!(
         report.rejected[0].2.contains("value-plausible"),
