@@ -361,6 +361,58 @@ async fn latency(client: &reqwest::Client, url: &str, runs: usize) -> anyhow::Re
     Ok(median(v))
 }
 
+/// The timed clients' own thread and single-threaded runtime. A real client does not run on
+/// the server's runtime: here it would take the server's two workers' time to receive and
+/// read each answer (a megabyte for `$everything`), and that time would count as the
+/// server's.
+struct ClientSide {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClientSide {
+    fn start() -> anyhow::Result<ClientSide> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-client".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })?;
+        Ok(ClientSide {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `work` on the clients' runtime; every request of a client must go through here,
+    /// as its connections belong to the runtime that opened them.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.handle.spawn(work).await?
+    }
+}
+
+impl Drop for ClientSide {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     let work = args.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("hutong-bench-{}", std::process::id()))
@@ -604,47 +656,58 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             .map(|s| s.id.clone())
             .collect();
         anyhow::ensure!(!sample.is_empty(), "the patient has no Observations");
-        let readers = [&platform, &own, &granted];
-        // Reads by id, the three readers interleaved so that noise falls on all alike.
-        let mut reads: [Vec<f64>; 3] = Default::default();
-        let mut rng = Rng::new(7);
-        for round in 0..3000 {
-            let id = &sample[rng.below(sample.len() as u64) as usize];
-            let who = round % 3;
-            let t = Instant::now();
-            let r = readers[who]
-                .get(format!("{base}/Observation/{id}"))
-                .send()
-                .await?;
-            let status = r.status();
-            let _ = r.bytes().await?;
-            anyhow::ensure!(status.is_success(), "read as reader {who}: {status}");
-            if round >= 300 {
-                reads[who].push(ms(t.elapsed()));
-            }
-        }
-        let everything = interleaved(
-            &readers,
-            &format!("{base}/Patient/{pid}/$everything?_count=1000"),
-            60,
-        )
-        .await?;
-        let token = interleaved(
-            &readers,
-            &format!("{base}/Observation?code=http://loinc.org|4548-4&_count=100&_total=none"),
-            200,
-        )
-        .await?;
         let mrn = patients[0].json()?["identifier"][0]["value"]
             .as_str()
             .unwrap_or("")
             .to_string();
-        let rare = latency(
-            &own,
-            &format!("{base}/Patient?identifier=https://hutong.dev/id/bench-mrn|{mrn}"),
-            200,
-        )
-        .await?;
+        let clients = ClientSide::start()?;
+        let (reads, everything, token, rare) = clients
+            .run({
+                let (base, own, pid) = (base.clone(), own.clone(), pid.clone());
+                async move {
+                    let readers = [&platform, &own, &granted];
+                    // Reads by id, the three readers interleaved so that noise falls on all alike.
+                    let mut reads: [Vec<f64>; 3] = Default::default();
+                    let mut rng = Rng::new(7);
+                    for round in 0..3000 {
+                        let id = &sample[rng.below(sample.len() as u64) as usize];
+                        let who = round % 3;
+                        let t = Instant::now();
+                        let r = readers[who]
+                            .get(format!("{base}/Observation/{id}"))
+                            .send()
+                            .await?;
+                        let status = r.status();
+                        let _ = r.bytes().await?;
+                        anyhow::ensure!(status.is_success(), "read as reader {who}: {status}");
+                        if round >= 300 {
+                            reads[who].push(ms(t.elapsed()));
+                        }
+                    }
+                    let everything = interleaved(
+                        &readers,
+                        &format!("{base}/Patient/{pid}/$everything?_count=1000"),
+                        60,
+                    )
+                    .await?;
+                    let token = interleaved(
+                        &readers,
+                        &format!(
+                            "{base}/Observation?code=http://loinc.org|4548-4&_count=100&_total=none"
+                        ),
+                        200,
+                    )
+                    .await?;
+                    let rare = latency(
+                        &own,
+                        &format!("{base}/Patient?identifier=https://hutong.dev/id/bench-mrn|{mrn}"),
+                        200,
+                    )
+                    .await?;
+                    Ok::<_, anyhow::Error>((reads, everything, token, rare))
+                }
+            })
+            .await?;
         // The resident portal, as the person of that patient signed in: the timeline is their
         // whole record from every institution.
         let e = engine.clone();
@@ -667,10 +730,15 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             .await?;
         let portal_items = page.matches("<li class=\"item\"").count();
         anyhow::ensure!(portal_items > 0, "the portal timeline is empty");
-        let mut portal = Vec::new();
-        for path in ["/portal", "/portal/access"] {
-            portal.push(latency(&browser, &format!("{root}{path}"), 30).await?);
-        }
+        let portal = clients
+            .run(async move {
+                let mut portal = Vec::new();
+                for path in ["/portal", "/portal/access"] {
+                    portal.push(latency(&browser, &format!("{root}{path}"), 30).await?);
+                }
+                Ok::<_, anyhow::Error>(portal)
+            })
+            .await?;
         Ok::<_, anyhow::Error>(Latencies {
             reads: reads.map(median),
             everything,
