@@ -2,8 +2,12 @@
 //! parameters, code systems) that keeps index rows small.
 //!
 //! Province scale (see docs/ARCHITECTURE.md): every clinical table carries `shard` — a 64-bit
-//! hash of the Patient whose compartment owns the row — first in its primary key, so a
-//! distributed PostgreSQL (Citus) can distribute on it and keep one patient's rows together.
+//! hash of the Patient whose compartment owns the row — in its primary key, so a distributed
+//! PostgreSQL (Citus) can distribute on it and keep one patient's rows together. Bodies,
+//! versions, dates, strings and sensitivity lead with it (read per resource: `$everything`,
+//! sorting); the token, reference, number, composite and code-text tables lead with the value
+//! and hold one copy only, for size: a resource's rows there are found again from its body
+//! (see `write::Tx::unindex`), never by `(shard, rid)`.
 //! `res_route` (logical id → shard, rid) is keyed by the logical id, and `catalog` is a small
 //! reference table.
 
@@ -15,7 +19,8 @@ use crate::sql::{Conn, Dialect, Val};
 use crate::StoreError;
 
 /// 2: `src` and `sens` on versions, `ix_sens`, the audit trail.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: value-first, single-copy `ix_tok`, `ix_ref`, `ix_num`, `ix_comp`; code texts in `ix_txt`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -43,10 +48,11 @@ CREATE TABLE IF NOT EXISTS ix_str (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, norm TEXT NOT NULL, raw TEXT NOT NULL,
     PRIMARY KEY (shard, rid, pid, norm, raw)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_str_v ON ix_str (pid, norm);
+CREATE TABLE IF NOT EXISTS ix_txt (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
+    pid INTEGER NOT NULL, norm TEXT NOT NULL, PRIMARY KEY (pid, norm, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_tok (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, sid INTEGER NOT NULL, code TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, sid, code)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_tok_v ON ix_tok (pid, code, sid);
+    PRIMARY KEY (pid, code, sid, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_date (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     PRIMARY KEY (shard, rid, pid, lo, hi)) WITHOUT ROWID;
@@ -54,16 +60,13 @@ CREATE INDEX IF NOT EXISTS ix_date_lo ON ix_date (pid, lo);
 CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (pid, hi);
 CREATE TABLE IF NOT EXISTS ix_ref (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, ttype INTEGER NOT NULL, tid TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, ttype, tid)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_ref_t ON ix_ref (tid, ttype, pid);
+    PRIMARY KEY (tid, ttype, pid, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_num (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, sid INTEGER NOT NULL,
-    code TEXT NOT NULL, PRIMARY KEY (shard, rid, pid, lo, hi, sid, code)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_num_v ON ix_num (pid, lo);
+    code TEXT NOT NULL, PRIMARY KEY (pid, lo, hi, sid, code, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_comp (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, k TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
-    v TEXT NOT NULL, PRIMARY KEY (shard, rid, pid, k, lo, hi, v)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ix_comp_v ON ix_comp (pid, k);
+    v TEXT NOT NULL, PRIMARY KEY (pid, k, lo, hi, v, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_sens (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     sens INTEGER NOT NULL, PRIMARY KEY (shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (part INTEGER NOT NULL, seq INTEGER NOT NULL,
@@ -123,10 +126,11 @@ CREATE TABLE IF NOT EXISTS ix_str (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, norm TEXT NOT NULL, raw TEXT NOT NULL,
     PRIMARY KEY (shard, rid, pid, norm, raw));
 CREATE INDEX IF NOT EXISTS ix_str_v ON ix_str (pid, norm text_pattern_ops);
+CREATE TABLE IF NOT EXISTS ix_txt (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
+    pid BIGINT NOT NULL, norm TEXT NOT NULL, PRIMARY KEY (pid, norm, shard, rid));
 CREATE TABLE IF NOT EXISTS ix_tok (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, sid BIGINT NOT NULL, code TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, sid, code));
-CREATE INDEX IF NOT EXISTS ix_tok_v ON ix_tok (pid, code, sid);
+    PRIMARY KEY (pid, code, sid, shard, rid));
 CREATE TABLE IF NOT EXISTS ix_date (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL,
     PRIMARY KEY (shard, rid, pid, lo, hi));
@@ -134,16 +138,13 @@ CREATE INDEX IF NOT EXISTS ix_date_lo ON ix_date (pid, lo);
 CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (pid, hi);
 CREATE TABLE IF NOT EXISTS ix_ref (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, ttype BIGINT NOT NULL, tid TEXT NOT NULL,
-    PRIMARY KEY (shard, rid, pid, ttype, tid));
-CREATE INDEX IF NOT EXISTS ix_ref_t ON ix_ref (tid, ttype, pid);
+    PRIMARY KEY (tid, ttype, pid, shard, rid));
 CREATE TABLE IF NOT EXISTS ix_num (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, hi DOUBLE PRECISION NOT NULL,
-    sid BIGINT NOT NULL, code TEXT NOT NULL, PRIMARY KEY (shard, rid, pid, lo, hi, sid, code));
-CREATE INDEX IF NOT EXISTS ix_num_v ON ix_num (pid, lo);
+    sid BIGINT NOT NULL, code TEXT NOT NULL, PRIMARY KEY (pid, lo, hi, sid, code, shard, rid));
 CREATE TABLE IF NOT EXISTS ix_comp (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     pid BIGINT NOT NULL, k TEXT NOT NULL, lo DOUBLE PRECISION NOT NULL,
-    hi DOUBLE PRECISION NOT NULL, v TEXT NOT NULL, PRIMARY KEY (shard, rid, pid, k, lo, hi, v));
-CREATE INDEX IF NOT EXISTS ix_comp_v ON ix_comp (pid, k);
+    hi DOUBLE PRECISION NOT NULL, v TEXT NOT NULL, PRIMARY KEY (pid, k, lo, hi, v, shard, rid));
 CREATE TABLE IF NOT EXISTS ix_sens (shard BIGINT NOT NULL, rid BIGINT NOT NULL,
     sens BIGINT NOT NULL, PRIMARY KEY (shard, rid));
 CREATE TABLE IF NOT EXISTS audit (part BIGINT NOT NULL, seq BIGINT NOT NULL,
@@ -197,16 +198,18 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
         // No meta table: a new database.
         Err(_) => None,
     };
-    let migrate = match existing.as_deref() {
-        None => false,
-        Some("1") => true,
-        Some(v) if v == SCHEMA_VERSION.to_string() => false,
-        Some(v) => {
-            return Err(StoreError::Schema(format!(
-                "database schema version {v} but this build uses {SCHEMA_VERSION}"
-            )))
-        }
+    let from = match existing.as_deref() {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=SCHEMA_VERSION).contains(&n) => Some(n),
+            _ => {
+                return Err(StoreError::Schema(format!(
+                    "database schema version {v} but this build uses {SCHEMA_VERSION}"
+                )))
+            }
+        },
     };
+    let migrate = from == Some(1);
     if migrate {
         // Version 1 → 2: who submitted each version and its sensitivity, as columns.
         for table in ["res", "res_hist", "res_route"] {
@@ -225,9 +228,30 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
             }
         }
     }
+    let to_v3 = from.is_some_and(|v| v < 3);
+    let sqlite = conn.dialect() == Dialect::Sqlite;
+    if to_v3 && sqlite {
+        // SQLite cannot change a primary key: the old tables step aside for new ones, all in
+        // one transaction so that a crash leaves the version 2 store as it was.
+        conn.batch("BEGIN IMMEDIATE")?;
+        for (table, index) in VALUE_FIRST {
+            conn.batch(&format!(
+                "DROP INDEX IF EXISTS {index}; ALTER TABLE {table} RENAME TO {table}_v2;"
+            ))?;
+        }
+    }
     match conn.dialect() {
         Dialect::Sqlite => conn.batch(SQLITE)?,
         Dialect::Postgres => conn.batch(POSTGRES)?,
+    }
+    if to_v3 {
+        to_value_first(conn)?;
+        if !migrate {
+            mark_current(conn)?;
+        }
+        if sqlite {
+            conn.batch("COMMIT")?;
+        }
     }
     if existing.is_none() {
         let sql = insert_ignore(conn.dialect(), "meta (k, v) VALUES ('schema', ?)");
@@ -257,6 +281,57 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
         )?;
     }
     Ok(migrate)
+}
+
+/// The tables that lead with the value from version 3, and the value index each had before.
+const VALUE_FIRST: [(&str, &str); 4] = [
+    ("ix_tok", "ix_tok_v"),
+    ("ix_ref", "ix_ref_t"),
+    ("ix_num", "ix_num_v"),
+    ("ix_comp", "ix_comp_v"),
+];
+
+/// Version 2 → 3: the token, reference, number and composite rows move to value-first keys
+/// (their second copy goes), and code texts move from `ix_str` to `ix_txt`. On SQLite this
+/// runs inside the transaction that renamed the old tables; on PostgreSQL it is one
+/// multi-statement batch, which the server runs as one transaction.
+fn to_value_first(conn: &mut dyn Conn) -> Result<(), StoreError> {
+    let columns = [
+        "shard, rid, pid, sid, code",
+        "shard, rid, pid, ttype, tid",
+        "shard, rid, pid, lo, hi, sid, code",
+        "shard, rid, pid, k, lo, hi, v",
+    ];
+    let keys = [
+        "pid, code, sid, shard, rid",
+        "tid, ttype, pid, shard, rid",
+        "pid, lo, hi, sid, code, shard, rid",
+        "pid, k, lo, hi, v, shard, rid",
+    ];
+    let d = conn.dialect();
+    let mut sql = String::new();
+    for (((table, index), cols), key) in VALUE_FIRST.iter().zip(columns).zip(keys) {
+        sql.push_str(&match d {
+            Dialect::Sqlite => format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {table}_v2; DROP TABLE {table}_v2;\n"
+            ),
+            Dialect::Postgres => format!(
+                "DROP INDEX IF EXISTS {index}; ALTER TABLE {table} DROP CONSTRAINT {table}_pkey; \
+                 ALTER TABLE {table} ADD PRIMARY KEY ({key});\n"
+            ),
+        });
+    }
+    let texts = format!("SELECT cid FROM catalog WHERE kind = {KIND_PARAM} AND name LIKE '%:text'");
+    sql.push_str(&insert_ignore(
+        d,
+        &format!(
+            "ix_txt (shard, rid, pid, norm) SELECT shard, rid, pid, norm FROM ix_str \
+             WHERE pid IN ({texts})"
+        ),
+    ));
+    sql.push_str(";\n");
+    sql.push_str(&format!("DELETE FROM ix_str WHERE pid IN ({texts});"));
+    conn.batch(&sql)
 }
 
 /// Records that the schema is the current version (after a migration's backfill).

@@ -927,7 +927,7 @@ impl Sql<'_> {
                 ParamType::String => self.string_pred(modifier, v),
                 ParamType::Token => match modifier {
                     Some("text") => {
-                        table = "ix_str";
+                        table = "ix_txt";
                         pid = self.pid(rtype, &format!("{code}:text"));
                         self.string_pred(Some("contains"), v)
                     }
@@ -1216,8 +1216,10 @@ pub(crate) fn run(
     let defs = Definitions::get();
     let mut cols = Vec::new();
     let mut order = Vec::new();
+    // Sort keys in the value-first tables cannot be looked up per match: they are gathered
+    // in one pass over the parameter's rows and the matches sorted here.
+    let mut passes: Vec<(usize, bool, String)> = Vec::new();
     for (i, (code, desc)) in q.sort.iter().enumerate() {
-        let dir = if *desc { "DESC" } else { "ASC" };
         let agg = if *desc { "MAX" } else { "MIN" };
         let expr = match code.as_str() {
             "_lastUpdated" => {
@@ -1243,33 +1245,102 @@ pub(crate) fn run(
                     ParamType::Reference => ("ix_ref", "tid"),
                     _ => continue,
                 };
-                format!(
-                    "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = m.shard AND x.rid = m.rid AND x.pid IN ({}))",
-                    pids.join(",")
-                )
+                let pids = pids.join(",");
+                if matches!(table, "ix_date" | "ix_str") {
+                    // Keyed by resource: one seek per match. The unary `+` keeps SQLite off
+                    // the value index, which serves MIN/MAX by `pid` alone and so scanned
+                    // every row of the parameter for each match (seconds for one patient).
+                    format!(
+                        "(SELECT {agg}(x.{col}) FROM {table} x WHERE x.shard = m.shard \
+                         AND x.rid = m.rid AND +x.pid IN ({pids}))"
+                    )
+                } else {
+                    passes.push((
+                        cols.len(),
+                        *desc,
+                        format!("SELECT shard, rid, {col} FROM {table} WHERE pid IN ({pids})"),
+                    ));
+                    "NULL".to_string()
+                }
             }
         };
+        order.push((cols.len(), *desc));
         cols.push(format!("{expr} AS s{i}"));
-        order.push(format!("(q.s{i} IS NULL), q.s{i} {dir}"));
     }
-    order.push("q.shard, q.rid".into());
     let extra = if cols.is_empty() {
         String::new()
     } else {
         format!(", {}", cols.join(", "))
     };
-    let sql = format!(
-        "SELECT shard, rid FROM (SELECT m.shard, m.rid{extra} {base}) q ORDER BY {} LIMIT ? OFFSET ?",
-        order.join(", ")
-    );
     let mut params = b.params;
-    params.push(Val::Int(q.count as i64 + 1));
-    params.push(Val::Int(q.offset as i64));
-    let mut keys: Vec<(i64, i64)> = conn
-        .query(&sql, &params)?
-        .iter()
-        .map(|r| (r[0].int(), r[1].int()))
-        .collect();
+    let mut keys: Vec<(i64, i64)> = if passes.is_empty() {
+        let mut by: Vec<String> = order
+            .iter()
+            .map(|(c, desc)| {
+                let dir = if *desc { "DESC" } else { "ASC" };
+                format!("(q.s{c} IS NULL), q.s{c} {dir}")
+            })
+            .collect();
+        by.push("q.shard, q.rid".into());
+        let sql = format!(
+            "SELECT shard, rid FROM (SELECT m.shard, m.rid{extra} {base}) q \
+             ORDER BY {} LIMIT ? OFFSET ?",
+            by.join(", ")
+        );
+        params.push(Val::Int(q.count as i64 + 1));
+        params.push(Val::Int(q.offset as i64));
+        conn.query(&sql, &params)?
+            .iter()
+            .map(|r| (r[0].int(), r[1].int()))
+            .collect()
+    } else {
+        let mut rows = conn.query(&format!("SELECT m.shard, m.rid{extra} {base}"), &params)?;
+        let at: std::collections::HashMap<(i64, i64), usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(n, r)| ((r[0].int(), r[1].int()), n))
+            .collect();
+        for (c, desc, sql) in &passes {
+            let col = 2 + c;
+            conn.query_each(sql, &[], &mut |r| {
+                if let Some(&n) = at.get(&(r.int(0), r.int(1))) {
+                    let v = r.val(2);
+                    let keep = &mut rows[n][col];
+                    let better = match compare(&v, keep) {
+                        _ if matches!(keep, Val::Null) => true,
+                        std::cmp::Ordering::Less => !desc,
+                        std::cmp::Ordering::Greater => *desc,
+                        std::cmp::Ordering::Equal => false,
+                    };
+                    if better {
+                        *keep = v;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        rows.sort_by(|a, b| {
+            for (c, desc) in &order {
+                let (x, y) = (&a[2 + c], &b[2 + c]);
+                let o = match (matches!(x, Val::Null), matches!(y, Val::Null)) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    (false, false) if *desc => compare(y, x),
+                    (false, false) => compare(x, y),
+                };
+                if o.is_ne() {
+                    return o;
+                }
+            }
+            (a[0].int(), a[1].int()).cmp(&(b[0].int(), b[1].int()))
+        });
+        rows.iter()
+            .skip(q.offset)
+            .take(q.count + 1)
+            .map(|r| (r[0].int(), r[1].int()))
+            .collect()
+    };
     if keys.len() > q.count {
         keys.truncate(q.count);
         page.has_more = true;
@@ -1279,6 +1350,23 @@ pub(crate) fn run(
     page.included = includes(conn, cat, &matches, &q.includes, scope)?;
     page.matches = matches;
     Ok(page)
+}
+
+/// Sort-key order as SQL has it for one column's values: numbers by value, text by bytes.
+fn compare(a: &Val, b: &Val) -> std::cmp::Ordering {
+    match (a, b) {
+        (Val::Int(x), Val::Int(y)) => x.cmp(y),
+        (Val::Text(x), Val::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Val::Int(_) | Val::Real(_), Val::Int(_) | Val::Real(_)) => {
+            let f = |v: &Val| match v {
+                Val::Int(i) => *i as f64,
+                Val::Real(r) => *r,
+                _ => 0.0,
+            };
+            f(a).total_cmp(&f(b))
+        }
+        _ => std::cmp::Ordering::Equal,
+    }
 }
 
 /// For a composite served by splitting (see `Sql::split_composite`): the split
@@ -1496,24 +1584,33 @@ fn includes(
                     found.extend(select_res(conn, cat, &sql, &ps)?);
                 }
             } else {
-                // What the frontier's `source` resources point at.
+                // What the frontier's `source` resources point at, read from their bodies
+                // (the reference rows are keyed by target, not by source).
+                let wanted: HashSet<i64> = params
+                    .iter()
+                    .flat_map(|p| cat.pids(&inc.source, p).0)
+                    .collect();
                 let mut keys = Vec::new();
                 for s in frontier.iter().filter(|s| s.rtype == inc.source) {
-                    let rows = conn.query(
-                        &format!(
-                            "SELECT f.ttype, f.tid FROM ix_ref f JOIN res_route rr ON rr.shard = f.shard \
-                             AND rr.rid = f.rid WHERE rr.rtype = ? AND rr.id = ? AND f.pid IN ({})",
-                            pids.join(",")
-                        ),
-                        &[Val::Int(cat.type_id(&s.rtype).unwrap_or(-1)), Val::Text(s.id.clone())],
-                    )?;
-                    for r in rows {
-                        let t = r[0].int();
-                        let tname = cat.type_name(t).unwrap_or("");
-                        if t == 0 || inc.target.as_deref().is_some_and(|x| x != tname) {
+                    let body = s.json()?;
+                    for e in hutong_fhir::index::extract_kind(&s.rtype, &body, ParamType::Reference)
+                    {
+                        let hutong_fhir::index::IndexValue::Reference { rtype: tname, id } =
+                            e.value
+                        else {
+                            continue;
+                        };
+                        if tname.is_empty()
+                            || inc.target.as_deref().is_some_and(|x| x != tname)
+                            || !cat
+                                .param_id(&s.rtype, &e.param)
+                                .is_some_and(|p| wanted.contains(&p))
+                        {
                             continue;
                         }
-                        keys.push((t, r[1].text().to_string()));
+                        if let Some(t) = cat.type_id(&tname) {
+                            keys.push((t, id));
+                        }
                     }
                 }
                 keys.sort();
@@ -1574,9 +1671,9 @@ pub(crate) fn everything(
         // Resources with a clinical date outside [start, end) are left out; undated ones stay.
         let dp = date_pids.join(",");
         wheres.push(format!(
-            "(NOT EXISTS (SELECT 1 FROM ix_date d WHERE d.shard = r.shard AND d.rid = r.rid AND d.pid IN ({dp})) \
+            "(NOT EXISTS (SELECT 1 FROM ix_date d WHERE d.shard = r.shard AND d.rid = r.rid AND +d.pid IN ({dp})) \
              OR EXISTS (SELECT 1 FROM ix_date d WHERE d.shard = r.shard AND d.rid = r.rid \
-             AND d.pid IN ({dp}) AND d.hi > ? AND d.lo < ?))"
+             AND +d.pid IN ({dp}) AND d.hi > ? AND d.lo < ?))"
         ));
         params.push(Val::Int(e.start.unwrap_or(i64::MIN)));
         params.push(Val::Int(e.end.unwrap_or(i64::MAX)));

@@ -87,6 +87,8 @@ pub trait Cells {
     fn int(&self, i: usize) -> i64;
     fn text(&self, i: usize) -> &str;
     fn blob(&self, i: usize) -> &[u8];
+    /// The cell as an owned value, whatever its type.
+    fn val(&self, i: usize) -> Val;
 }
 
 impl Cells for Row {
@@ -98,6 +100,9 @@ impl Cells for Row {
     }
     fn blob(&self, i: usize) -> &[u8] {
         self.get(i).map_or(&[], Val::blob)
+    }
+    fn val(&self, i: usize) -> Val {
+        self.get(i).cloned().unwrap_or(Val::Null)
     }
 }
 
@@ -180,6 +185,9 @@ impl Cells for rusqlite::Row<'_> {
             Ok(rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)) => b,
             _ => &[],
         }
+    }
+    fn val(&self, i: usize) -> Val {
+        self.get_ref(i).map_or(Val::Null, from_sqlite)
     }
 }
 

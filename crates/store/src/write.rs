@@ -160,7 +160,7 @@ pub struct Tx<'a> {
     /// Versions written, for the store's dictionary-training trigger.
     pub(crate) written: u64,
     /// Index rows not yet written, per index table.
-    pending: [Vec<Row>; 7],
+    pending: [Vec<Row>; 8],
     /// What this transaction wrote, for its audit entry.
     pub(crate) changes: Vec<Change>,
     /// Shards whose owner this transaction has already checked (see [`Tx::claim_shard`]).
@@ -265,20 +265,17 @@ impl<'a> Tx<'a> {
             let sealed = self.cat.codec.encode(rtype, &plain)?;
             let current = r[0].int() == 0;
             if current {
-                // The index rows too: identifying values become keyed hashes.
+                // The index rows too: identifying values become keyed hashes. The rows there
+                // are were written in the clear (before encryption) or blinded: both go.
                 let v: Value = serde_json::from_slice(&plain)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let mut entries = extract(rtype, &v);
+                let clear = extract(rtype, &v);
+                let mut entries = clear.clone();
                 if let Some(prot) = self.cat.codec.protector() {
                     blind_entries(prot.as_ref(), rtype, &mut entries);
                 }
-                self.flush()?;
-                for table in &INDEX_TABLES[..6] {
-                    self.conn.exec(
-                        &format!("DELETE FROM {table} WHERE shard = ? AND rid = ?"),
-                        &key,
-                    )?;
-                }
+                self.unindex(rtype, cur.shard, cur.rid, &clear)?;
+                self.unindex(rtype, cur.shard, cur.rid, &entries)?;
                 self.insert_index(rtype, cur.shard, cur.rid, &entries)?;
                 self.conn.exec(
                     "UPDATE res SET body = ? WHERE shard = ? AND rid = ?",
@@ -583,20 +580,31 @@ impl<'a> Tx<'a> {
         }
         let rid = match &cur {
             Some(c) => {
+                let key = [Val::Int(c.shard), Val::Int(c.rid)];
+                let old = if c.deleted {
+                    // A deleted version has no index rows.
+                    Vec::new()
+                } else {
+                    let rows = self
+                        .conn
+                        .query("SELECT body FROM res WHERE shard = ? AND rid = ?", &key)?;
+                    match rows.into_iter().next() {
+                        Some(mut r) => {
+                            let blob = std::mem::replace(&mut r[0], Val::Null).into_blob();
+                            self.stored_entries(rtype, &blob)?
+                        }
+                        None => Vec::new(),
+                    }
+                };
                 self.conn.exec(
                     "INSERT INTO res_hist (shard, rid, version, rtype, lastmod, deleted, body, \
                      src, sens) SELECT shard, rid, version, rtype, lastmod, deleted, body, src, \
                      sens FROM res WHERE shard = ? AND rid = ?",
-                    &[Val::Int(c.shard), Val::Int(c.rid)],
+                    &key,
                 )?;
-                // The old version's rows may still be buffered in this transaction.
-                self.flush()?;
-                for table in INDEX_TABLES {
-                    self.conn.exec(
-                        &format!("DELETE FROM {table} WHERE shard = ? AND rid = ?"),
-                        &[Val::Int(c.shard), Val::Int(c.rid)],
-                    )?;
-                }
+                self.unindex(rtype, c.shard, c.rid, &old)?;
+                self.conn
+                    .exec("DELETE FROM ix_sens WHERE shard = ? AND rid = ?", &key)?;
                 if c.src != src {
                     // The route carries the current submitter, for the access decision.
                     self.conn.exec(
@@ -685,7 +693,85 @@ impl<'a> Tx<'a> {
         rid: i64,
         entries: &[hutong_fhir::index::Entry],
     ) -> Result<(), StoreError> {
-        let mut rows: [Vec<Row>; 7] = Default::default();
+        let rows = self.index_rows(rtype, shard, rid, entries, true)?;
+        for (pending, new) in self.pending.iter_mut().zip(rows) {
+            pending.extend(new);
+        }
+        if self.pending.iter().map(Vec::len).sum::<usize>() >= FLUSH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the index rows `entries` gave a resource (other than its sensitivity row).
+    /// The value-first tables have no `(shard, rid)` key to find them by: each row is
+    /// computed again, exactly as [`Tx::insert_index`] wrote it, and deleted by its key.
+    fn unindex(
+        &mut self,
+        rtype: &str,
+        shard: i64,
+        rid: i64,
+        entries: &[hutong_fhir::index::Entry],
+    ) -> Result<(), StoreError> {
+        // The rows may still be buffered in this transaction.
+        self.flush()?;
+        let key = [Val::Int(shard), Val::Int(rid)];
+        for (i, table) in INDEX_TABLES.iter().enumerate() {
+            if BY_RESOURCE[i] && *table != "ix_sens" {
+                self.conn.exec(
+                    &format!("DELETE FROM {table} WHERE shard = ? AND rid = ?"),
+                    &key,
+                )?;
+            }
+        }
+        let rows = self.index_rows(rtype, shard, rid, entries, false)?;
+        for (i, rows) in rows.iter().enumerate() {
+            if BY_RESOURCE[i] || rows.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "DELETE FROM {} WHERE {}",
+                INDEX_TABLES[i],
+                INDEX_COLUMNS[i]
+                    .iter()
+                    .map(|c| format!("{c} = ?"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            for r in rows {
+                self.conn.exec(&sql, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index entries of a stored body, as they were computed when it was written.
+    fn stored_entries(
+        &self,
+        rtype: &str,
+        blob: &[u8],
+    ) -> Result<Vec<hutong_fhir::index::Entry>, StoreError> {
+        let plain = self.cat.codec.decompress(blob)?;
+        let v: Value =
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut entries = extract(rtype, &v);
+        if let Some(prot) = self.cat.codec.protector() {
+            blind_entries(prot.as_ref(), rtype, &mut entries);
+        }
+        Ok(entries)
+    }
+
+    /// The index rows of `entries`, per table of [`INDEX_TABLES`]. With `intern` false (rows
+    /// to delete) a code system the catalog does not know yields no row: none can exist.
+    fn index_rows(
+        &mut self,
+        rtype: &str,
+        shard: i64,
+        rid: i64,
+        entries: &[hutong_fhir::index::Entry],
+        intern: bool,
+    ) -> Result<[Vec<Row>; 8], StoreError> {
+        let mut rows: [Vec<Row>; 8] = Default::default();
         let (s, r) = (Val::Int(shard), Val::Int(rid));
         for e in entries {
             let Some(pid) = self.cat.param_id(rtype, &e.param) else {
@@ -707,7 +793,9 @@ impl<'a> Tx<'a> {
                 ]),
                 IndexValue::Token { system, code, text } => {
                     if !code.is_empty() {
-                        let sid = self.cat.intern_system(self.conn, system, self.added)?;
+                        let Some(sid) = self.system(system, intern)? else {
+                            continue;
+                        };
                         rows[1].push(vec![
                             s.clone(),
                             r.clone(),
@@ -718,12 +806,11 @@ impl<'a> Tx<'a> {
                     }
                     if !text.is_empty() {
                         if let Some(tp) = self.cat.param_id(rtype, &format!("{}:text", e.param)) {
-                            rows[0].push(vec![
+                            rows[7].push(vec![
                                 s.clone(),
                                 r.clone(),
                                 Val::Int(tp),
                                 Val::Text(text.clone()),
-                                Val::Text(String::new()),
                             ]);
                         }
                     }
@@ -762,7 +849,9 @@ impl<'a> Tx<'a> {
                     system,
                     code,
                 } => {
-                    let sid = self.cat.intern_system(self.conn, system, self.added)?;
+                    let Some(sid) = self.system(system, intern)? else {
+                        continue;
+                    };
                     rows[4].push(vec![
                         s.clone(),
                         r.clone(),
@@ -796,13 +885,17 @@ impl<'a> Tx<'a> {
                 }
             }
         }
-        for (pending, new) in self.pending.iter_mut().zip(rows) {
-            pending.extend(new);
+        Ok(rows)
+    }
+
+    fn system(&mut self, system: &str, intern: bool) -> Result<Option<i64>, StoreError> {
+        if intern {
+            self.cat
+                .intern_system(self.conn, system, self.added)
+                .map(Some)
+        } else {
+            Ok(self.cat.system_id(system))
         }
-        if self.pending.iter().map(Vec::len).sum::<usize>() >= FLUSH_ROWS {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     /// Writes the buffered index rows. Buffering turns a bundle's thousands of row inserts
@@ -819,10 +912,10 @@ impl<'a> Tx<'a> {
     }
 }
 
-const INDEX_TABLES: [&str; 7] = [
-    "ix_str", "ix_tok", "ix_date", "ix_ref", "ix_num", "ix_comp", "ix_sens",
+const INDEX_TABLES: [&str; 8] = [
+    "ix_str", "ix_tok", "ix_date", "ix_ref", "ix_num", "ix_comp", "ix_sens", "ix_txt",
 ];
-const INDEX_COLUMNS: [&[&str]; 7] = [
+const INDEX_COLUMNS: [&[&str]; 8] = [
     &["shard", "rid", "pid", "norm", "raw"],
     &["shard", "rid", "pid", "sid", "code"],
     &["shard", "rid", "pid", "lo", "hi"],
@@ -830,7 +923,11 @@ const INDEX_COLUMNS: [&[&str]; 7] = [
     &["shard", "rid", "pid", "lo", "hi", "sid", "code"],
     &["shard", "rid", "pid", "k", "lo", "hi", "v"],
     &["shard", "rid", "sens"],
+    &["shard", "rid", "pid", "norm"],
 ];
+/// Whether a table's key leads with `(shard, rid)`, so that a resource's rows are deleted by
+/// that prefix; the others lead with the value (see `schema`).
+const BY_RESOURCE: [bool; 8] = [true, false, true, false, false, false, true, false];
 
 fn check_owner(owner: &str, patient: &str) -> Result<(), StoreError> {
     if owner == patient {

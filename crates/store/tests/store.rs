@@ -27,6 +27,8 @@ both!(
     audit_entries_commit_with_their_changes,
     resident_restriction_is_sticky,
     schema_1_stores_are_upgraded,
+    schema_2_stores_are_upgraded,
+    index_rows_follow_the_current_version,
     shards_have_one_owner,
 );
 
@@ -633,6 +635,38 @@ fn sorting_and_paging(t: &TestStore) {
         search(s, "Observation", &[("_sort", "subject,-date")]),
         ["o2", "o1", "o3"]
     );
+    // Amounts and codes live in the value-first tables: sorted in memory after one pass.
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "value-quantity")]),
+        ["o3", "o2", "o1"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "-value-quantity")]),
+        ["o1", "o2", "o3"]
+    );
+    assert_eq!(
+        search(s, "Observation", &[("_sort", "code,-date")]),
+        ["o3", "o2", "o1"]
+    );
+    let page = s
+        .search(
+            &Query::parse(
+                "Observation",
+                &[
+                    ("_sort".into(), "-value-quantity".into()),
+                    ("_count".into(), "1".into()),
+                    ("_offset".into(), "1".into()),
+                ],
+                true,
+            )
+            .unwrap(),
+            &ALL,
+        )
+        .unwrap();
+    assert_eq!(
+        (page.matches[0].id.as_str(), page.has_more, page.total),
+        ("o2", true, Some(3))
+    );
     let params = |off: &str| {
         vec![
             ("_count".to_string(), "2".to_string()),
@@ -1226,7 +1260,10 @@ fn schema_1_stores_are_upgraded(t: &TestStore) {
         s.exec_admin(stmt, &[]).unwrap();
     }
     let reopened = Store::open(&t.location).unwrap();
-    assert_eq!(reopened.meta("schema").unwrap().as_deref(), Some("2"));
+    assert_eq!(
+        reopened.meta("schema").unwrap(),
+        Some(hutong_store::schema::SCHEMA_VERSION.to_string())
+    );
     let b = Scope::rows(hutong_store::RowScope {
         sources: ["urn:org:b".to_string()].into(),
         ..Default::default()
@@ -1247,6 +1284,228 @@ fn schema_1_stores_are_upgraded(t: &TestStore) {
         Some(2),
         "the mental-health item is known as such again"
     );
+}
+
+/// A store written by schema 2 (token, reference, number and composite rows keyed by resource
+/// with a second copy keyed by value; code texts among the strings) is rebuilt into the
+/// value-first tables when opened, and searches as before.
+fn schema_2_stores_are_upgraded(t: &TestStore) {
+    use hutong_store::sql::Dialect;
+    let s = &t.store;
+    seed(s);
+    let before = [
+        search(s, "Observation", &[("code", "http://loinc.org|4548-4")]),
+        search(s, "Observation", &[("subject", "Patient/p1")]),
+        search(s, "Observation", &[("value-quantity", "gt7")]),
+        search(s, "Observation", &[("code:text", "lab")]),
+        search(s, "Observation", &[("code-value-quantity", "4548-4$lt7")]),
+    ];
+    assert_eq!(before[0], ["o1", "o2"]);
+    let texts = s.query_admin("SELECT COUNT(*) FROM ix_txt", &[]).unwrap()[0][0].int();
+    assert!(texts > 0, "code texts are indexed");
+    // Back to schema 2's layout.
+    let old = [
+        (
+            "ix_tok",
+            "shard, rid, pid, sid, code",
+            "ix_tok_v ON ix_tok (pid, code, sid)",
+        ),
+        (
+            "ix_ref",
+            "shard, rid, pid, ttype, tid",
+            "ix_ref_t ON ix_ref (tid, ttype, pid)",
+        ),
+        (
+            "ix_num",
+            "shard, rid, pid, lo, hi, sid, code",
+            "ix_num_v ON ix_num (pid, lo)",
+        ),
+        (
+            "ix_comp",
+            "shard, rid, pid, k, lo, hi, v",
+            "ix_comp_v ON ix_comp (pid, k)",
+        ),
+    ];
+    for (table, key, index) in old {
+        let stmts = match s.dialect() {
+            Dialect::Sqlite => vec![
+                format!("CREATE TABLE {table}_old AS SELECT * FROM {table}"),
+                format!("DROP TABLE {table}"),
+                format!(
+                    "CREATE TABLE {table} ({}, PRIMARY KEY ({key})) WITHOUT ROWID",
+                    key.split(", ")
+                        .map(|c| format!("{c} NOT NULL"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("INSERT INTO {table} ({key}) SELECT {key} FROM {table}_old"),
+                format!("DROP TABLE {table}_old"),
+                format!("CREATE INDEX {index}"),
+            ],
+            Dialect::Postgres => vec![
+                format!("ALTER TABLE {table} DROP CONSTRAINT {table}_pkey"),
+                format!("ALTER TABLE {table} ADD PRIMARY KEY ({key})"),
+                format!("CREATE INDEX {index}"),
+            ],
+        };
+        for stmt in stmts {
+            s.exec_admin(&stmt, &[]).unwrap();
+        }
+    }
+    for stmt in [
+        "INSERT INTO ix_str (shard, rid, pid, norm, raw) SELECT shard, rid, pid, norm, '' FROM ix_txt",
+        "DROP TABLE ix_txt",
+        "UPDATE meta SET v = '2' WHERE k = 'schema'",
+    ] {
+        s.exec_admin(stmt, &[]).unwrap();
+    }
+    let reopened = Store::open(&t.location).unwrap();
+    assert_eq!(
+        reopened.meta("schema").unwrap(),
+        Some(hutong_store::schema::SCHEMA_VERSION.to_string())
+    );
+    let after = [
+        search(
+            &reopened,
+            "Observation",
+            &[("code", "http://loinc.org|4548-4")],
+        ),
+        search(&reopened, "Observation", &[("subject", "Patient/p1")]),
+        search(&reopened, "Observation", &[("value-quantity", "gt7")]),
+        search(&reopened, "Observation", &[("code:text", "lab")]),
+        search(
+            &reopened,
+            "Observation",
+            &[("code-value-quantity", "4548-4$lt7")],
+        ),
+    ];
+    assert_eq!(before, after);
+    let count = |sql: &str| reopened.query_admin(sql, &[]).unwrap()[0][0].int();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ix_txt"),
+        texts,
+        "code texts moved"
+    );
+    let text_pids = "SELECT cid FROM catalog WHERE name LIKE '%:text'";
+    assert_eq!(
+        count(&format!(
+            "SELECT COUNT(*) FROM ix_str WHERE pid IN ({text_pids})"
+        )),
+        0
+    );
+    // The old value indexes are gone; updates still find and replace their rows.
+    let indexes = match reopened.dialect() {
+        Dialect::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' \
+             AND name IN ('ix_tok_v', 'ix_ref_t', 'ix_num_v', 'ix_comp_v')"
+        }
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM pg_indexes \
+             WHERE indexname IN ('ix_tok_v', 'ix_ref_t', 'ix_num_v', 'ix_comp_v')"
+        }
+    };
+    assert_eq!(count(indexes), 0);
+    let mut o1 = reopened
+        .read("Observation", "o1", &ALL)
+        .unwrap()
+        .found()
+        .unwrap()
+        .json()
+        .unwrap();
+    o1["code"]["coding"][0]["code"] = json!("2345-7");
+    put(&reopened, "Observation", "o1", o1);
+    assert_eq!(
+        search(
+            &reopened,
+            "Observation",
+            &[("code", "http://loinc.org|4548-4")]
+        ),
+        ["o2"]
+    );
+}
+
+/// The value-first index tables have no key by resource: a resource's rows there are found
+/// again from its stored body. Whatever versions come and go, no row outlives its version.
+fn index_rows_follow_the_current_version(t: &TestStore) {
+    let s = &t.store;
+    let obs = |code: &str, text: &str, patient: &str, value: f64| {
+        json!({"resourceType": "Observation", "status": "final",
+            "subject": {"reference": format!("Patient/{patient}")},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}], "text": text},
+            "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "%"},
+            "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "%"}}]})
+    };
+    for p in ["p1", "p2"] {
+        put(
+            s,
+            "Patient",
+            p,
+            json!({"resourceType": "Patient", "gender": "male"}),
+        );
+    }
+    let tables = ["ix_tok", "ix_ref", "ix_num", "ix_comp", "ix_txt"];
+    let counts = || {
+        tables.map(|t| {
+            s.query_admin(&format!("SELECT COUNT(*) FROM {t}"), &[])
+                .unwrap()[0][0]
+                .int()
+        })
+    };
+    let patients = counts();
+    put(s, "Observation", "a", obs("4548-4", "HbA1c", "p1", 7.2));
+    put(s, "Observation", "b", obs("2345-7", "Glucose", "p1", 5.4));
+    let two = counts();
+    assert!(
+        two.iter().zip(patients).all(|(n, p)| *n > p),
+        "every table has rows of the Observations: {two:?}"
+    );
+    // New values everywhere (and another patient: the resource moves shard), twice.
+    put(
+        s,
+        "Observation",
+        "a",
+        obs("718-7", "Hemoglobin", "p2", 13.1),
+    );
+    put(
+        s,
+        "Observation",
+        "a",
+        obs("789-8", "Erythrocytes", "p2", 4.7),
+    );
+    assert_eq!(counts(), two, "the old versions' rows are gone");
+    for (param, value) in [
+        ("code", "4548-4"),
+        ("code", "718-7"),
+        ("subject", "Patient/p1"),
+        ("value-quantity", "7.2"),
+        ("code:text", "hba1c"),
+        ("code:text", "hemoglobin"),
+        ("code-value-quantity", "4548-4$7.2"),
+        ("code-value-quantity", "718-7$13.1"),
+    ] {
+        let found = search(s, "Observation", &[(param, value)]);
+        assert!(
+            !found.contains(&"a".to_string()),
+            "{param}={value} still finds a: {found:?}"
+        );
+    }
+    assert_eq!(search(s, "Observation", &[("code", "789-8")]), ["a"]);
+    assert_eq!(
+        search(s, "Observation", &[("subject", "Patient/p2")]),
+        ["a"]
+    );
+    assert_eq!(search(s, "Observation", &[("code:text", "erythro")]), ["a"]);
+    // Deleting leaves nothing of a resource; so does rewriting it within one transaction.
+    s.write(&AUDIT, |tx| {
+        tx.update("Observation", "b", obs("1-8", "One", "p2", 1.0), None)?;
+        tx.update("Observation", "b", obs("2-6", "Two", "p1", 2.0), None)?;
+        tx.delete("Observation", "b", None)
+    })
+    .unwrap();
+    s.write(&AUDIT, |tx| tx.delete("Observation", "a", None))
+        .unwrap();
+    assert_eq!(counts(), patients, "{tables:?}");
 }
 
 /// A shard is a hash of the Patient id and the access decision opens records by shard: an
