@@ -1466,8 +1466,11 @@ the rate is entries committed per wall-clock second. Each bundle is one database
 - Import: one NDJSON file through the same code as `hutong import` (chunks of 1,000 resources, one transaction each, \
 resumable).\n\
 - Size: the SQLite file after a WAL checkpoint, against the bytes of the NDJSON that was loaded.\n\
-- Latencies: medians of sequential HTTP requests (client in the same process) against the imported store, read as \
-the institution that submitted the data (its own submissions).\n\
+- Latencies: medians of sequential HTTP requests against the imported store, read as the institution that \
+submitted the data (its own submissions). The client runs in the bench's process but on a thread and \
+single-threaded runtime of its own, as any real client is apart from the server: on the server's runtime it took \
+the server's two workers' time to receive and read each answer (a megabyte for `$everything`), and that time \
+counted as the server's.\n\
 - Access checks: the same reads as three readers — the platform (every row visible, no row checks), the submitting \
 institution (own-source checks), and a clinician of another institution reading under residents' grants (one grant \
 per resident in force: shard and sensitivity checks, hundreds of shards in the scope). Reads by id are interleaved \
