@@ -412,11 +412,12 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
         }
     };
     let (me, all) = person_resources(engine, g, person, &filter)?;
-    let mut keyed: Vec<(Option<i64>, i64, Stored)> = Vec::with_capacity(all.len());
-    for s in all {
-        let v = s.json()?;
-        keyed.push((clinical_time(&s, &v), s.last_updated, s));
-    }
+    let times = engine.store.clinical_times(&all)?;
+    let mut keyed: Vec<(Option<i64>, i64, Stored)> = all
+        .into_iter()
+        .zip(times)
+        .map(|(s, t)| (t, s.last_updated, s))
+        .collect();
     keyed.sort_by(|a, b| {
         (a.0.is_none(), a.0, a.1, &a.2.rtype, &a.2.id).cmp(&(
             b.0.is_none(),

@@ -599,6 +599,52 @@ impl Store {
         Query::parse(rtype, params, strict)
     }
 
+    /// The clinical time of each of `items` (current versions already read, and so already
+    /// released by the access decision): the earliest `lo` of its date index rows, a death
+    /// date aside — what `fhir::index::extract_kind(.., Date)` would give from its body — or
+    /// none when it has no date. One index range per shard instead of parsing every body: a
+    /// person's timeline orders thousands of resources to show a page of them.
+    pub fn clinical_times(&self, items: &[Stored]) -> Result<Vec<Option<i64>>, StoreError> {
+        let cat = self.catalog();
+        let defs = hutong_fhir::Definitions::get();
+        let skip: Vec<String> = defs
+            .resource_types()
+            .iter()
+            .filter_map(|t| cat.param_id(t, "death-date"))
+            .map(|p| p.to_string())
+            .collect();
+        let skip = if skip.is_empty() {
+            String::new()
+        } else {
+            format!(" AND +d.pid NOT IN ({})", skip.join(","))
+        };
+        let mut shards: Vec<i64> = items.iter().map(|s| s.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut earliest: HashMap<(i64, String), i64> = HashMap::new();
+        let mut c = self.reader()?;
+        for shard in shards {
+            c.conn().query_each(
+                &format!(
+                    "SELECT r.rtype, r.id, MIN(d.lo) FROM ix_date d JOIN res_route r \
+                     ON r.rid = d.rid WHERE d.shard = ?{skip} GROUP BY d.rid, r.rtype, r.id"
+                ),
+                &[Val::Int(shard)],
+                &mut |r| {
+                    earliest.insert((r.int(0), r.text(1).to_string()), r.int(2));
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(items
+            .iter()
+            .map(|s| {
+                let t = cat.type_id(&s.rtype)?;
+                earliest.get(&(t, s.id.clone())).copied()
+            })
+            .collect())
+    }
+
     /// Every resource in a Patient's compartment (and the Patient) that `scope` lets the
     /// reader see, oldest first.
     pub fn everything(&self, req: &search::Everything, scope: &Scope) -> Result<Page, StoreError> {

@@ -29,6 +29,7 @@ both!(
     schema_1_stores_are_upgraded,
     schema_2_stores_are_upgraded,
     index_rows_follow_the_current_version,
+    clinical_times_come_from_the_index,
     shards_have_one_owner,
 );
 
@@ -1506,6 +1507,64 @@ fn index_rows_follow_the_current_version(t: &TestStore) {
     s.write(&AUDIT, |tx| tx.delete("Observation", "a", None))
         .unwrap();
     assert_eq!(counts(), patients, "{tables:?}");
+}
+
+/// A record's timeline orders by each resource's earliest clinical date (a death date
+/// aside): read from the date index, it must be what the body's date values give.
+fn clinical_times_come_from_the_index(t: &TestStore) {
+    use hutong_fhir::index::{extract_kind, IndexValue};
+    let s = &t.store;
+    seed(s);
+    put(
+        s,
+        "Patient",
+        "p1",
+        json!({"resourceType": "Patient", "birthDate": "1990-01-01",
+            "deceasedDateTime": "1980-01-01T00:00:00Z"}),
+    );
+    put(
+        s,
+        "Condition",
+        "c1",
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+            "onsetPeriod": {"start": "2021-05-01", "end": "2021-06-01"},
+            "recordedDate": "2021-04-02T10:00:00+08:00"}),
+    );
+    put(
+        s,
+        "Encounter",
+        "e1",
+        json!({"resourceType": "Encounter", "status": "finished",
+            "subject": {"reference": "Patient/p1"}}),
+    );
+    let mut e = hutong_store::search::Everything {
+        patient: "p1".into(),
+        count: 100,
+        ..Default::default()
+    };
+    let mut items = s.everything(&e, &ALL).unwrap().matches;
+    e.patient = "p2".into();
+    items.extend(s.everything(&e, &ALL).unwrap().matches);
+    assert!(items.len() >= 6, "{}", items.len());
+    let from_bodies: Vec<Option<i64>> = items
+        .iter()
+        .map(|i| {
+            extract_kind(&i.rtype, &i.json().unwrap(), hutong_fhir::ParamType::Date)
+                .into_iter()
+                .filter_map(|e| match e.value {
+                    IndexValue::Date(r) if e.param != "death-date" => Some(r.lo),
+                    _ => None,
+                })
+                .min()
+        })
+        .collect();
+    assert_eq!(s.clinical_times(&items).unwrap(), from_bodies);
+    assert!(from_bodies.contains(&None), "an undated Encounter");
+    let born = hutong_fhir::date::parse("1990-01-01").unwrap().lo;
+    assert!(
+        from_bodies.contains(&Some(born)),
+        "a death date is not a clinical time"
+    );
 }
 
 /// A shard is a hash of the Patient id and the access decision opens records by shard: an
