@@ -1306,13 +1306,12 @@ pub(crate) fn run(
                 if let Some(&n) = at.get(&(r.int(0), r.int(1))) {
                     let v = r.val(2);
                     let keep = &mut rows[n][col];
-                    let better = match compare(&v, keep) {
-                        _ if matches!(keep, Val::Null) => true,
-                        std::cmp::Ordering::Less => !desc,
-                        std::cmp::Ordering::Greater => *desc,
-                        std::cmp::Ordering::Equal => false,
+                    let wanted = if *desc {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Less
                     };
-                    if better {
+                    if matches!(keep, Val::Null) || compare(&v, keep) == wanted {
                         *keep = v;
                     }
                 }
