@@ -811,8 +811,8 @@ impl Sql<'_> {
             }
             return if values.first().map(String::as_str) == Some("true") {
                 format!(
-                    "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
-                     NOT IN ({present})"
+                    "{} EXCEPT SELECT shard, rid FROM ({present}) p",
+                    all_of_type(t)
                 )
             } else {
                 present
@@ -858,8 +858,8 @@ impl Sql<'_> {
             let t = self.type_id(rtype);
             return if values.first().map(String::as_str) == Some("true") {
                 format!(
-                    "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
-                     NOT IN (SELECT shard, rid FROM {table} WHERE pid IN ({pid}){restrict})"
+                    "{} EXCEPT SELECT shard, rid FROM {table} WHERE pid IN ({pid}){restrict}",
+                    all_of_type(t)
                 )
             } else {
                 format!("SELECT shard, rid FROM {table} WHERE pid IN ({pid}){restrict}")
@@ -986,10 +986,7 @@ impl Sql<'_> {
         );
         if modifier == Some("not") {
             let t = self.type_id(rtype);
-            return format!(
-                "SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0 AND (shard, rid) \
-                 NOT IN ({body})"
-            );
+            return format!("{} EXCEPT {body}", all_of_type(t));
         }
         body
     }
@@ -1136,6 +1133,14 @@ fn select_res(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The current resources of a type, as the left side of `EXCEPT` for `:not` and
+/// `:missing=true`. `EXCEPT` rather than `(shard, rid) NOT IN (…)`: SQLite ran the row-value
+/// `NOT IN` against the subquery once per resource of the type — 89 s for `code:not` over
+/// 148,000 Observations — where `EXCEPT` reads each side once.
+fn all_of_type(t: i64) -> String {
+    format!("SELECT shard, rid FROM res WHERE rtype = {t} AND deleted = 0")
 }
 
 /// Runs a query: the page of matches, the total, and the included resources.
