@@ -24,6 +24,7 @@
 pub mod audit;
 pub mod codec;
 mod pool;
+mod postings;
 pub mod schema;
 pub mod scope;
 pub mod search;
@@ -223,6 +224,7 @@ fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
     c.execute_batch(SQLITE_PRAGMAS)?;
     c.set_prepared_statement_cache_capacity(256);
     scope::register(&c)?;
+    postings::register(&c)?;
     Ok(Box::new(SqliteConn(c)))
 }
 

@@ -7,7 +7,8 @@
 //! versions, dates, strings and sensitivity lead with it (read per resource: `$everything`,
 //! sorting); the token, reference, number, composite and code-text tables lead with the value
 //! and hold one copy only, for size: a resource's rows there are found again from its body
-//! (see `write::Tx::unindex`), never by `(shard, rid)`.
+//! (see `write::Tx::unindex`), never by `(shard, rid)`. On SQLite the token, reference and
+//! code-text rows are posting lists behind views of the same names (`crate::postings`).
 //! `res_route` (logical id → shard, rid) is keyed by the logical id, and `catalog` is a small
 //! reference table.
 
@@ -15,12 +16,15 @@ use std::collections::HashMap;
 
 use hutong_fhir::Definitions;
 
+use crate::postings;
 use crate::sql::{Conn, Dialect, Val};
 use crate::StoreError;
 
 /// 2: `src` and `sens` on versions, `ix_sens`, the audit trail.
 /// 3: value-first, single-copy `ix_tok`, `ix_ref`, `ix_num`, `ix_comp`; code texts in `ix_txt`.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4: on SQLite, `ix_tok`, `ix_ref` and `ix_txt` as posting lists (`crate::postings`);
+///    nothing changes on PostgreSQL.
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -48,19 +52,11 @@ CREATE TABLE IF NOT EXISTS ix_str (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, norm TEXT NOT NULL, raw TEXT NOT NULL,
     PRIMARY KEY (shard, rid, pid, norm, raw)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_str_v ON ix_str (pid, norm);
-CREATE TABLE IF NOT EXISTS ix_txt (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
-    pid INTEGER NOT NULL, norm TEXT NOT NULL, PRIMARY KEY (pid, norm, shard, rid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_tok (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
-    pid INTEGER NOT NULL, sid INTEGER NOT NULL, code TEXT NOT NULL,
-    PRIMARY KEY (pid, code, sid, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_date (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     PRIMARY KEY (shard, rid, pid, lo, hi)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_date_lo ON ix_date (pid, lo);
 CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (pid, hi);
-CREATE TABLE IF NOT EXISTS ix_ref (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
-    pid INTEGER NOT NULL, ttype INTEGER NOT NULL, tid TEXT NOT NULL,
-    PRIMARY KEY (tid, ttype, pid, shard, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_num (shard INTEGER NOT NULL, rid INTEGER NOT NULL,
     pid INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, sid INTEGER NOT NULL,
     code TEXT NOT NULL, PRIMARY KEY (pid, lo, hi, sid, code, shard, rid)) WITHOUT ROWID;
@@ -229,23 +225,51 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
         }
     }
     let to_v3 = from.is_some_and(|v| v < 3);
+    let to_v4 = from.is_some_and(|v| v < 4);
     let sqlite = conn.dialect() == Dialect::Sqlite;
-    if to_v3 && sqlite {
+    if to_v4 && sqlite {
         // SQLite cannot change a primary key: the old tables step aside for new ones, all in
-        // one transaction so that a crash leaves the version 2 store as it was.
+        // one transaction so that a crash leaves the older store as it was.
         conn.batch("BEGIN IMMEDIATE")?;
-        for (table, index) in VALUE_FIRST {
-            conn.batch(&format!(
-                "DROP INDEX IF EXISTS {index}; ALTER TABLE {table} RENAME TO {table}_v2;"
-            ))?;
+        // A table already in the new layout (a posting-list view) stays as it is.
+        if to_v3 {
+            for (table, index) in VALUE_FIRST {
+                if sqlite_table(conn, table)? {
+                    conn.batch(&format!(
+                        "DROP INDEX IF EXISTS {index}; ALTER TABLE {table} RENAME TO {table}_v2;"
+                    ))?;
+                }
+            }
+        } else {
+            for g in &postings::GROUPED {
+                if sqlite_table(conn, g.view)? {
+                    conn.batch(&format!("ALTER TABLE {0} RENAME TO {0}_v3;", g.view))?;
+                }
+            }
         }
     }
     match conn.dialect() {
-        Dialect::Sqlite => conn.batch(SQLITE)?,
+        Dialect::Sqlite => conn.batch(&format!("{SQLITE}{}", postings::ddl()))?,
         Dialect::Postgres => conn.batch(POSTGRES)?,
     }
     if to_v3 {
         to_value_first(conn)?;
+    } else if to_v4 && sqlite {
+        // Version 3 → 4: a row per resource becomes a posting list per value and shard.
+        for g in &postings::GROUPED {
+            if !sqlite_table(conn, &format!("{}_v3", g.view))? {
+                continue;
+            }
+            let cols = g.key.join(", ");
+            postings::regroup(
+                conn,
+                g,
+                &format!("SELECT {cols}, rid FROM {}_v3 ORDER BY {cols}, rid", g.view),
+            )?;
+            conn.batch(&format!("DROP TABLE {}_v3", g.view))?;
+        }
+    }
+    if to_v4 {
         if !migrate {
             mark_current(conn)?;
         }
@@ -310,28 +334,63 @@ fn to_value_first(conn: &mut dyn Conn) -> Result<(), StoreError> {
     ];
     let d = conn.dialect();
     let mut sql = String::new();
+    let texts = format!("SELECT cid FROM catalog WHERE kind = {KIND_PARAM} AND name LIKE '%:text'");
     for (((table, index), cols), key) in VALUE_FIRST.iter().zip(columns).zip(keys) {
-        sql.push_str(&match d {
-            Dialect::Sqlite => format!(
+        sql.push_str(&match (d, postings::grouped(table)) {
+            (Dialect::Sqlite, _) if !sqlite_table(conn, &format!("{table}_v2"))? => String::new(),
+            (Dialect::Sqlite, Some(g)) => {
+                let group = g.key.join(", ");
+                postings::regroup(
+                    conn,
+                    g,
+                    &format!("SELECT {group}, rid FROM {table}_v2 ORDER BY {group}, rid"),
+                )?;
+                format!("DROP TABLE {table}_v2;\n")
+            }
+            (Dialect::Sqlite, None) => format!(
                 "INSERT INTO {table} ({cols}) SELECT {cols} FROM {table}_v2; DROP TABLE {table}_v2;\n"
             ),
-            Dialect::Postgres => format!(
+            (Dialect::Postgres, _) => format!(
                 "DROP INDEX IF EXISTS {index}; ALTER TABLE {table} DROP CONSTRAINT {table}_pkey; \
                  ALTER TABLE {table} ADD PRIMARY KEY ({key});\n"
             ),
         });
     }
-    let texts = format!("SELECT cid FROM catalog WHERE kind = {KIND_PARAM} AND name LIKE '%:text'");
-    sql.push_str(&insert_ignore(
-        d,
-        &format!(
-            "ix_txt (shard, rid, pid, norm) SELECT shard, rid, pid, norm FROM ix_str \
-             WHERE pid IN ({texts})"
-        ),
-    ));
-    sql.push_str(";\n");
+    match d {
+        Dialect::Sqlite => {
+            let g = postings::grouped("ix_txt").expect("code texts are grouped on SQLite");
+            postings::regroup(
+                conn,
+                g,
+                &format!(
+                    "SELECT pid, norm, shard, rid FROM ix_str WHERE pid IN ({texts}) \
+                     ORDER BY pid, norm, shard, rid"
+                ),
+            )?;
+        }
+        Dialect::Postgres => {
+            sql.push_str(&insert_ignore(
+                d,
+                &format!(
+                    "ix_txt (shard, rid, pid, norm) SELECT shard, rid, pid, norm FROM ix_str \
+                     WHERE pid IN ({texts})"
+                ),
+            ));
+            sql.push_str(";\n");
+        }
+    }
     sql.push_str(&format!("DELETE FROM ix_str WHERE pid IN ({texts});"));
     conn.batch(&sql)
+}
+
+/// Whether SQLite has a table (not a view) of that name.
+fn sqlite_table(conn: &mut dyn Conn, name: &str) -> Result<bool, StoreError> {
+    Ok(!conn
+        .query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            &[Val::Text(name.to_string())],
+        )?
+        .is_empty())
 }
 
 /// Records that the schema is the current version (after a migration's backfill).

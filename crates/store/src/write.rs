@@ -729,6 +729,10 @@ impl<'a> Tx<'a> {
             if BY_RESOURCE[i] || rows.is_empty() {
                 continue;
             }
+            if let Some(g) = self.grouped(INDEX_TABLES[i]) {
+                crate::postings::apply(self.conn, g, INDEX_COLUMNS[i], rows, false)?;
+                continue;
+            }
             let sql = format!(
                 "DELETE FROM {} WHERE {}",
                 INDEX_TABLES[i],
@@ -888,6 +892,14 @@ impl<'a> Tx<'a> {
         Ok(rows)
     }
 
+    /// The posting-list table behind `table` on the embedded store (see `postings`).
+    fn grouped(&self, table: &str) -> Option<&'static crate::postings::Grouped> {
+        match self.conn.dialect() {
+            crate::sql::Dialect::Sqlite => crate::postings::grouped(table),
+            crate::sql::Dialect::Postgres => None,
+        }
+    }
+
     fn system(&mut self, system: &str, intern: bool) -> Result<Option<i64>, StoreError> {
         if intern {
             self.cat
@@ -905,7 +917,10 @@ impl<'a> Tx<'a> {
         for (i, table) in INDEX_TABLES.iter().enumerate() {
             if !self.pending[i].is_empty() {
                 let rows = std::mem::take(&mut self.pending[i]);
-                self.conn.insert_rows(table, INDEX_COLUMNS[i], &rows)?;
+                match self.grouped(table) {
+                    Some(g) => crate::postings::apply(self.conn, g, INDEX_COLUMNS[i], &rows, true)?,
+                    None => self.conn.insert_rows(table, INDEX_COLUMNS[i], &rows)?,
+                }
             }
         }
         Ok(())

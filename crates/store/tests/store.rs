@@ -28,6 +28,8 @@ both!(
     resident_restriction_is_sticky,
     schema_1_stores_are_upgraded,
     schema_2_stores_are_upgraded,
+    schema_3_stores_become_posting_lists,
+    long_posting_lists_page_in_order,
     index_rows_follow_the_current_version,
     clinical_times_come_from_the_index,
     shards_have_one_owner,
@@ -1331,7 +1333,7 @@ fn schema_2_stores_are_upgraded(t: &TestStore) {
         let stmts = match s.dialect() {
             Dialect::Sqlite => vec![
                 format!("CREATE TABLE {table}_old AS SELECT * FROM {table}"),
-                format!("DROP TABLE {table}"),
+                drop_sqlite_table(s, table),
                 format!(
                     "CREATE TABLE {table} ({}, PRIMARY KEY ({key})) WITHOUT ROWID",
                     key.split(", ")
@@ -1350,15 +1352,18 @@ fn schema_2_stores_are_upgraded(t: &TestStore) {
             ],
         };
         for stmt in stmts {
-            s.exec_admin(&stmt, &[]).unwrap();
+            s.batch_admin(&stmt).unwrap();
         }
     }
     for stmt in [
-        "INSERT INTO ix_str (shard, rid, pid, norm, raw) SELECT shard, rid, pid, norm, '' FROM ix_txt",
-        "DROP TABLE ix_txt",
-        "UPDATE meta SET v = '2' WHERE k = 'schema'",
+        "INSERT INTO ix_str (shard, rid, pid, norm, raw) SELECT shard, rid, pid, norm, '' FROM ix_txt".to_string(),
+        match s.dialect() {
+            Dialect::Sqlite => drop_sqlite_table(s, "ix_txt"),
+            Dialect::Postgres => "DROP TABLE ix_txt".to_string(),
+        },
+        "UPDATE meta SET v = '2' WHERE k = 'schema'".to_string(),
     ] {
-        s.exec_admin(stmt, &[]).unwrap();
+        s.batch_admin(&stmt).unwrap();
     }
     let reopened = Store::open(&t.location).unwrap();
     assert_eq!(
@@ -1422,6 +1427,207 @@ fn schema_2_stores_are_upgraded(t: &TestStore) {
             &[("code", "http://loinc.org|4548-4")]
         ),
         ["o2"]
+    );
+}
+
+/// Drops an index table of the embedded store: a posting-list view with its chunks, or a
+/// plain table.
+fn drop_sqlite_table(s: &Store, table: &str) -> String {
+    let view = s
+        .query_admin(
+            "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
+            &[hutong_store::sql::Val::Text(table.to_string())],
+        )
+        .unwrap();
+    if view.is_empty() {
+        format!("DROP TABLE {table}")
+    } else {
+        format!("DROP VIEW {table}; DROP TABLE {table}_g")
+    }
+}
+
+/// A schema 3 embedded store (a row per resource in the token, reference and code-text
+/// tables) is rebuilt into posting lists when opened: same answers, and writes after it find
+/// and replace their rows.
+fn schema_3_stores_become_posting_lists(t: &TestStore) {
+    use hutong_store::sql::Dialect;
+    let s = &t.store;
+    if s.dialect() != Dialect::Sqlite {
+        return;
+    }
+    seed(s);
+    let queries: [(&str, &str); 5] = [
+        ("code", "http://loinc.org|4548-4"),
+        ("subject", "Patient/p1"),
+        ("code:text", "lab"),
+        ("status", "final"),
+        ("code:not", "http://loinc.org|4548-4"),
+    ];
+    let before: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| search(s, "Observation", &[*q]))
+        .collect();
+    let count = |s: &Store, t: &str| {
+        s.query_admin(&format!("SELECT COUNT(*) FROM {t}"), &[])
+            .unwrap()[0][0]
+            .int()
+    };
+    let tables = [
+        (
+            "ix_tok",
+            "shard, rid, pid, sid, code",
+            "pid, code, sid, shard, rid",
+        ),
+        (
+            "ix_ref",
+            "shard, rid, pid, ttype, tid",
+            "tid, ttype, pid, shard, rid",
+        ),
+        ("ix_txt", "shard, rid, pid, norm", "pid, norm, shard, rid"),
+    ];
+    let rows: Vec<i64> = tables.iter().map(|(t, ..)| count(s, t)).collect();
+    assert!(rows.iter().all(|n| *n > 0), "{rows:?}");
+    for (table, cols, key) in tables {
+        s.batch_admin(&format!(
+            "CREATE TABLE {table}_rows AS SELECT {cols} FROM {table}; \
+             DROP VIEW {table}; DROP TABLE {table}_g; \
+             CREATE TABLE {table} ({}, PRIMARY KEY ({key})) WITHOUT ROWID; \
+             INSERT INTO {table} ({cols}) SELECT {cols} FROM {table}_rows; \
+             DROP TABLE {table}_rows;",
+            cols.split(", ")
+                .map(|c| format!("{c} NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .unwrap();
+    }
+    s.exec_admin("UPDATE meta SET v = '3' WHERE k = 'schema'", &[])
+        .unwrap();
+    let reopened = Store::open(&t.location).unwrap();
+    assert_eq!(
+        reopened.meta("schema").unwrap(),
+        Some(hutong_store::schema::SCHEMA_VERSION.to_string())
+    );
+    let kinds = reopened
+        .query_admin(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' \
+             AND name IN ('ix_tok', 'ix_ref', 'ix_txt')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(kinds[0][0].int(), 3, "the row tables became posting lists");
+    let after: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| search(&reopened, "Observation", &[*q]))
+        .collect();
+    assert_eq!(before, after);
+    let again: Vec<i64> = tables.iter().map(|(t, ..)| count(&reopened, t)).collect();
+    assert_eq!(rows, again, "every row is in a posting list");
+    let mut o1 = reopened
+        .read("Observation", "o1", &ALL)
+        .unwrap()
+        .found()
+        .unwrap()
+        .json()
+        .unwrap();
+    o1["code"]["coding"][0]["code"] = json!("2345-7");
+    put(&reopened, "Observation", "o1", o1);
+    assert_eq!(
+        search(
+            &reopened,
+            "Observation",
+            &[("code", "http://loinc.org|4548-4")]
+        ),
+        ["o2"]
+    );
+    assert_eq!(
+        count(&reopened, "ix_tok"),
+        rows[0],
+        "the update replaced its token rows"
+    );
+}
+
+/// A value shared by thousands of one patient's resources fills many posting-list chunks on
+/// the embedded store (a row table elsewhere): pages come in storage order with nothing
+/// skipped or repeated, and resources leaving it — deleted or recoded, from the middle of a
+/// chunk, from a chunk's start, whole runs — leave no trace, on both backends.
+fn long_posting_lists_page_in_order(t: &TestStore) {
+    let s = &t.store;
+    put(s, "Patient", "p", json!({"resourceType": "Patient"}));
+    let obs = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}})
+    };
+    let ids: Vec<String> = (0..3000).map(|i| format!("o{i:04}")).collect();
+    s.write(&AUDIT, |tx| {
+        for id in &ids {
+            tx.update("Observation", id, obs("8480-6"), None)?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    let pages = |s: &Store| {
+        let mut got: Vec<String> = Vec::new();
+        let mut total = None;
+        loop {
+            let q = Query::parse(
+                "Observation",
+                &[
+                    ("code".into(), "http://loinc.org|8480-6".into()),
+                    ("subject".into(), "Patient/p".into()),
+                    ("_count".into(), "250".into()),
+                    ("_offset".into(), got.len().to_string()),
+                    ("_total".into(), "accurate".into()),
+                ],
+                true,
+            )
+            .unwrap();
+            let page = s.search(&q, &ALL).unwrap();
+            total = total.or(page.total);
+            assert!(
+                !page.matches.is_empty() || !page.has_more,
+                "a page that says more follows is empty, after {}",
+                got.len()
+            );
+            got.extend(page.matches.iter().map(|m| m.id.clone()));
+            if !page.has_more {
+                break;
+            }
+        }
+        (got, total.unwrap())
+    };
+    // One shard, rids in the order written: storage order is id order here.
+    let (got, total) = pages(s);
+    assert_eq!((got.len(), total), (3000, 3000));
+    assert_eq!(got, ids);
+    let mut kept: Vec<String> = Vec::new();
+    s.write(&AUDIT, |tx| {
+        for (i, id) in ids.iter().enumerate() {
+            if i % 7 == 3 || (1200..1700).contains(&i) {
+                tx.delete("Observation", id, None)?;
+            } else if i % 11 == 0 {
+                tx.update("Observation", id, obs("8462-4"), None)?;
+            } else {
+                kept.push(id.clone());
+            }
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    let (got, total) = pages(s);
+    assert_eq!(total as usize, kept.len());
+    assert_eq!(got, kept);
+    assert_eq!(
+        search(
+            s,
+            "Observation",
+            &[("code", "http://loinc.org|8462-4"), ("_count", "1000")]
+        )
+        .len(),
+        (0..3000)
+            .filter(|i| i % 11 == 0 && i % 7 != 3 && !(1200..1700).contains(i))
+            .count()
     );
 }
 
