@@ -303,18 +303,47 @@ pub(crate) fn apply(
 }
 
 /// Rebuilds a grouped table from `select`, a query yielding the group key's columns then
-/// `rid`, ordered by them (a migration from row tables).
+/// `rid`, ordered by them (a migration from row tables into an empty grouped table). Rows are
+/// packed as they stream in, so memory holds the chunks (a tenth of the rows' size), not
+/// the rows.
 pub(crate) fn regroup(conn: &mut dyn Conn, g: &Grouped, select: &str) -> Result<(), StoreError> {
+    type Chunks = Vec<(Vec<Part>, i64, Vec<u8>)>;
+    fn close(key: &[Part], rids: &mut Vec<i64>, chunks: &mut Chunks) {
+        rids.dedup();
+        for (first, blob) in pack(rids) {
+            chunks.push((key.to_vec(), first, blob));
+        }
+        rids.clear();
+    }
     let width = g.key.len();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut columns: Vec<&str> = g.key.to_vec();
-    columns.push("rid");
+    let mut chunks: Chunks = Vec::new();
+    let mut key: Option<Vec<Part>> = None;
+    let mut rids: Vec<i64> = Vec::new();
     conn.query_each(select, &[], &mut |r| {
-        rows.push((0..=width).map(|i| r.val(i)).collect());
+        let k: Vec<Part> = (0..width).map(|i| Part::of(&r.val(i))).collect();
+        if key.as_ref() != Some(&k) {
+            if let Some(done) = key.take() {
+                close(&done, &mut rids, &mut chunks);
+            }
+            key = Some(k);
+        }
+        rids.push(r.int(width));
         Ok(())
     })?;
-    for part in rows.chunks(100_000) {
-        apply(conn, g, &columns, part, true)?;
+    if let Some(done) = key {
+        close(&done, &mut rids, &mut chunks);
+    }
+    let put = format!(
+        "INSERT OR REPLACE INTO {}_g ({}, first, rids) VALUES ({}?, ?)",
+        g.view,
+        g.key.join(", "),
+        "?, ".repeat(width)
+    );
+    for (key, first, blob) in chunks {
+        let mut p: Vec<Val> = key.iter().map(Part::val).collect();
+        p.push(Val::Int(first));
+        p.push(Val::Blob(blob));
+        conn.exec(&put, &p)?;
     }
     Ok(())
 }
