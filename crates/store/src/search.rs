@@ -1718,8 +1718,11 @@ pub(crate) fn everything(
         keys.dedup();
         keys
     } else {
+        // CROSS JOIN: SQLite keeps the patient's keys as the outer loop whatever it estimates
+        // (driving from `res` meant reading every resource of the `_type`s); PostgreSQL
+        // plans it as any inner join.
         let base = format!(
-            "FROM ({driver}) m JOIN res r ON r.shard = m.shard AND r.rid = m.rid WHERE {}",
+            "FROM ({driver}) m CROSS JOIN res r WHERE r.shard = m.shard AND r.rid = m.rid AND {}",
             wheres.join(" AND ")
         );
         conn.query(
