@@ -93,7 +93,7 @@ fn column_type(c: &str) -> &'static str {
     }
 }
 
-/// Appends `rid` as an unsigned LEB128 varint.
+/// Appends `v` as an unsigned LEB128 varint.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -103,7 +103,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Ascending rids, delta-coded: the first as itself, then each difference from the one before.
-pub fn encode(rids: &[i64]) -> Vec<u8> {
+pub(crate) fn encode(rids: &[i64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(rids.len() * 2);
     let mut prev = 0i64;
     for &r in rids {
@@ -115,7 +115,7 @@ pub fn encode(rids: &[i64]) -> Vec<u8> {
 
 /// The rids of a chunk, ascending. A truncated or overlong varint ends the list there (a
 /// damaged chunk loses its tail rather than yielding rids that were never written).
-pub fn decode(blob: &[u8]) -> Vec<i64> {
+pub(crate) fn decode(blob: &[u8]) -> Vec<i64> {
     let mut out = Vec::with_capacity(blob.len());
     let mut it = Rids::new(blob);
     while let Some(r) = it.next_rid() {
