@@ -273,30 +273,52 @@ pub(crate) fn apply(
                 .into_iter()
                 .map(|r| (r[0].int(), r[1].blob().to_vec())),
         );
-        let mut held: Vec<i64> = old.iter().flat_map(|(_, b)| decode(b)).collect();
-        if add {
-            held.extend_from_slice(&rids);
-            held.sort_unstable();
-            held.dedup();
-        } else {
-            held.retain(|r| rids.binary_search(r).is_err());
-        }
-        let new = pack(&held);
-        for (first, blob) in &old {
-            if !new.iter().any(|(f, b)| f == first && b == blob) {
-                let mut p = kv.clone();
-                p.push(Val::Int(*first));
-                conn.exec(&delete, &p)?;
-            }
-        }
-        for (first, blob) in new {
-            if old.iter().any(|(f, b)| *f == first && *b == blob) {
+        // Each rid goes to the chunk it falls in (the first chunk when it is below them all),
+        // and only the chunks that change are re-packed: a full chunk between two touched
+        // ones is never rewritten.
+        let mut lists: Vec<Vec<i64>> = old.iter().map(|(_, b)| decode(b)).collect();
+        let mut touched = vec![false; old.len()];
+        if lists.is_empty() {
+            if add {
+                lists.push(Vec::new());
+                touched.push(true);
+            } else {
                 continue;
             }
-            let mut p = kv.clone();
-            p.push(Val::Int(first));
-            p.push(Val::Blob(blob));
-            conn.exec(&put, &p)?;
+        }
+        for &rid in &rids {
+            let i = old
+                .partition_point(|(first, _)| *first <= rid)
+                .saturating_sub(1);
+            let list = &mut lists[i];
+            match (list.binary_search(&rid), add) {
+                (Err(at), true) => list.insert(at, rid),
+                (Ok(at), false) => {
+                    list.remove(at);
+                }
+                _ => continue,
+            }
+            touched[i] = true;
+        }
+        for (i, list) in lists.iter().enumerate() {
+            if !touched[i] {
+                continue;
+            }
+            let new = pack(list);
+            // A chunk whose first rid changed (or that emptied) leaves its old key.
+            if let Some((first, _)) = old.get(i) {
+                if !new.iter().any(|(f, _)| f == first) {
+                    let mut p = kv.clone();
+                    p.push(Val::Int(*first));
+                    conn.exec(&delete, &p)?;
+                }
+            }
+            for (first, blob) in new {
+                let mut p = kv.clone();
+                p.push(Val::Int(first));
+                p.push(Val::Blob(blob));
+                conn.exec(&put, &p)?;
+            }
         }
     }
     Ok(())
