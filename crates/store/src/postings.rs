@@ -263,16 +263,12 @@ pub(crate) fn apply(
         let mut old: Vec<(i64, Vec<u8>)> = conn
             .query(&floor, &params)?
             .into_iter()
-            .map(|r| (r[0].int(), r[1].blob().to_vec()))
+            .map(chunk_of)
             .collect();
         let mut params = kv.clone();
         params.push(Val::Int(old.first().map_or(lo - 1, |c| c.0)));
         params.push(Val::Int(hi));
-        old.extend(
-            conn.query(&after, &params)?
-                .into_iter()
-                .map(|r| (r[0].int(), r[1].blob().to_vec())),
-        );
+        old.extend(conn.query(&after, &params)?.into_iter().map(chunk_of));
         // Each rid goes to the chunk it falls in (the first chunk when it is below them all),
         // and only the chunks that change are re-packed: a full chunk between two touched
         // ones is never rewritten.
@@ -324,11 +320,18 @@ pub(crate) fn apply(
     Ok(())
 }
 
-/// Rebuilds a grouped table from `select`, a query yielding the group key's columns then
-/// `rid`, ordered by them (a migration from row tables into an empty grouped table). Rows are
-/// packed as they stream in, so memory holds the chunks (a tenth of the rows' size), not
-/// the rows.
-pub(crate) fn regroup(conn: &mut dyn Conn, g: &Grouped, select: &str) -> Result<(), StoreError> {
+/// A `(first, rids)` row, the blob moved out rather than copied.
+fn chunk_of(row: Row) -> (i64, Vec<u8>) {
+    let mut cells = row.into_iter();
+    let first = cells.next().map_or(0, |v| v.int());
+    (first, cells.next().map(Val::into_blob).unwrap_or_default())
+}
+
+/// Rebuilds a grouped table from row-per-resource rows: `source` is what follows `FROM`
+/// (a table, with a WHERE clause if need be) and has the group key's columns and `rid`
+/// (a migration into an empty grouped table). Rows are packed as they stream in, so memory
+/// holds the chunks (a tenth of the rows' size), not the rows.
+pub(crate) fn regroup(conn: &mut dyn Conn, g: &Grouped, source: &str) -> Result<(), StoreError> {
     type Chunks = Vec<(Vec<Part>, i64, Vec<u8>)>;
     fn close(key: &[Part], rids: &mut Vec<i64>, chunks: &mut Chunks) {
         rids.dedup();
@@ -341,7 +344,9 @@ pub(crate) fn regroup(conn: &mut dyn Conn, g: &Grouped, select: &str) -> Result<
     let mut chunks: Chunks = Vec::new();
     let mut key: Option<Vec<Part>> = None;
     let mut rids: Vec<i64> = Vec::new();
-    conn.query_each(select, &[], &mut |r| {
+    let cols = g.key.join(", ");
+    let select = format!("SELECT {cols}, rid FROM {source} ORDER BY {cols}, rid");
+    conn.query_each(&select, &[], &mut |r| {
         let k: Vec<Part> = (0..width).map(|i| Part::of(&r.val(i))).collect();
         if key.as_ref() != Some(&k) {
             if let Some(done) = key.take() {

@@ -260,12 +260,7 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
             if !sqlite_table(conn, &format!("{}_v3", g.view))? {
                 continue;
             }
-            let cols = g.key.join(", ");
-            postings::regroup(
-                conn,
-                g,
-                &format!("SELECT {cols}, rid FROM {}_v3 ORDER BY {cols}, rid", g.view),
-            )?;
+            postings::regroup(conn, g, &format!("{}_v3", g.view))?;
             conn.batch(&format!("DROP TABLE {}_v3", g.view))?;
         }
     }
@@ -339,12 +334,7 @@ fn to_value_first(conn: &mut dyn Conn) -> Result<(), StoreError> {
         sql.push_str(&match (d, postings::grouped(table)) {
             (Dialect::Sqlite, _) if !sqlite_table(conn, &format!("{table}_v2"))? => String::new(),
             (Dialect::Sqlite, Some(g)) => {
-                let group = g.key.join(", ");
-                postings::regroup(
-                    conn,
-                    g,
-                    &format!("SELECT {group}, rid FROM {table}_v2 ORDER BY {group}, rid"),
-                )?;
+                postings::regroup(conn, g, &format!("{table}_v2"))?;
                 format!("DROP TABLE {table}_v2;\n")
             }
             (Dialect::Sqlite, None) => format!(
@@ -359,14 +349,7 @@ fn to_value_first(conn: &mut dyn Conn) -> Result<(), StoreError> {
     match d {
         Dialect::Sqlite => {
             let g = postings::grouped("ix_txt").expect("code texts are grouped on SQLite");
-            postings::regroup(
-                conn,
-                g,
-                &format!(
-                    "SELECT pid, norm, shard, rid FROM ix_str WHERE pid IN ({texts}) \
-                     ORDER BY pid, norm, shard, rid"
-                ),
-            )?;
+            postings::regroup(conn, g, &format!("ix_str WHERE pid IN ({texts})"))?;
         }
         Dialect::Postgres => {
             sql.push_str(&insert_ignore(

@@ -1411,7 +1411,13 @@ fn schema_2_stores_are_upgraded(t: &TestStore) {
         }
     };
     assert_eq!(count(indexes), 0);
-    let mut o1 = reopened
+    recode_o1(&reopened);
+}
+
+/// After an upgrade, an update of the seeded `o1` to another code finds and replaces its old
+/// token rows: the old code then matches `o2` alone.
+fn recode_o1(s: &Store) {
+    let mut o1 = s
         .read("Observation", "o1", &ALL)
         .unwrap()
         .found()
@@ -1419,13 +1425,9 @@ fn schema_2_stores_are_upgraded(t: &TestStore) {
         .json()
         .unwrap();
     o1["code"]["coding"][0]["code"] = json!("2345-7");
-    put(&reopened, "Observation", "o1", o1);
+    put(s, "Observation", "o1", o1);
     assert_eq!(
-        search(
-            &reopened,
-            "Observation",
-            &[("code", "http://loinc.org|4548-4")]
-        ),
+        search(s, "Observation", &[("code", "http://loinc.org|4548-4")]),
         ["o2"]
     );
 }
@@ -1523,23 +1525,7 @@ fn schema_3_stores_become_posting_lists(t: &TestStore) {
     assert_eq!(before, after);
     let again: Vec<i64> = tables.iter().map(|(t, ..)| count(&reopened, t)).collect();
     assert_eq!(rows, again, "every row is in a posting list");
-    let mut o1 = reopened
-        .read("Observation", "o1", &ALL)
-        .unwrap()
-        .found()
-        .unwrap()
-        .json()
-        .unwrap();
-    o1["code"]["coding"][0]["code"] = json!("2345-7");
-    put(&reopened, "Observation", "o1", o1);
-    assert_eq!(
-        search(
-            &reopened,
-            "Observation",
-            &[("code", "http://loinc.org|4548-4")]
-        ),
-        ["o2"]
-    );
+    recode_o1(&reopened);
     assert_eq!(
         count(&reopened, "ix_tok"),
         rows[0],
