@@ -4,6 +4,7 @@
 //! the category. The rules are data (`data/sensitivity.json`), replaceable by a file of the
 //! same shape (`sensitivity_rules` in the configuration).
 
+use hutong_fhir::json::Fields;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -94,7 +95,7 @@ impl Classifier {
             match v {
                 Value::Object(o) => {
                     if let (Some(Value::String(s)), Some(Value::String(code))) =
-                        (o.get("system"), o.get("code"))
+                        (o.field("system"), o.field("code"))
                     {
                         *bits |= c.of_coding(s, code);
                     }

@@ -1,6 +1,7 @@
 //! Extraction of search-index values from a resource, driven by the R4 search-parameter
 //! definitions. The store persists these rows; search compares against them.
 
+use crate::json::Fields;
 use serde_json::Value;
 
 use crate::date::{self, Range};
@@ -193,42 +194,40 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                 );
             }
         }
-        ParamType::Token => {
-            let of_type = format!("{code}:of-type");
-            match it {
-                Item::Bool(b) => push(code, tok("", &b.to_string(), "")),
-                Item::Str(s) => push(code, tok("", s, "")),
-                Item::Node { v, .. } => match v {
-                    Value::String(s) => push(code, tok("", s, "")),
-                    Value::Bool(b) => push(code, tok("", &b.to_string(), "")),
-                    Value::Number(n) => push(code, tok("", &n.to_string(), "")),
-                    Value::Object(o) => {
-                        if let Some(codings) = o.get("coding").and_then(Value::as_array) {
-                            for c in codings {
-                                push(code, coding(c));
-                            }
-                            if let Some(t) = o.get("text").and_then(Value::as_str) {
-                                push(code, tok("", "", t));
-                            }
-                        } else if let Some(value) = o.get("value").and_then(Value::as_str) {
-                            let sys = o.get("system").and_then(Value::as_str).unwrap_or("");
-                            push(code, tok(sys, value, ""));
-                            let types = o.get("type").and_then(|t| t.get("coding"));
-                            for t in types.and_then(Value::as_array).into_iter().flatten() {
-                                let ts = t.get("system").and_then(Value::as_str).unwrap_or("");
-                                if let Some(tc) = t.get("code").and_then(Value::as_str) {
-                                    push(&of_type, tok(ts, &format!("{tc}|{value}"), ""));
-                                }
-                            }
-                        } else if o.contains_key("code") || o.contains_key("system") {
-                            push(code, coding(v));
+        ParamType::Token => match it {
+            Item::Bool(b) => push(code, tok("", &b.to_string(), "")),
+            Item::Str(s) => push(code, tok("", s, "")),
+            Item::Node { v, .. } => match v {
+                Value::String(s) => push(code, tok("", s, "")),
+                Value::Bool(b) => push(code, tok("", &b.to_string(), "")),
+                Value::Number(n) => push(code, tok("", &n.to_string(), "")),
+                Value::Object(o) => {
+                    if let Some(codings) = o.field("coding").and_then(Value::as_array) {
+                        for c in codings {
+                            push(code, coding(c));
                         }
+                        if let Some(t) = o.field("text").and_then(Value::as_str) {
+                            push(code, tok("", "", t));
+                        }
+                    } else if let Some(value) = o.field("value").and_then(Value::as_str) {
+                        let sys = o.field("system").and_then(Value::as_str).unwrap_or("");
+                        push(code, tok(sys, value, ""));
+                        let types = o.field("type").and_then(|t| t.field("coding"));
+                        let of_type = format!("{code}:of-type");
+                        for t in types.and_then(Value::as_array).into_iter().flatten() {
+                            let ts = t.field("system").and_then(Value::as_str).unwrap_or("");
+                            if let Some(tc) = t.field("code").and_then(Value::as_str) {
+                                push(&of_type, tok(ts, &format!("{tc}|{value}"), ""));
+                            }
+                        }
+                    } else if o.contains_key("code") || o.contains_key("system") {
+                        push(code, coding(v));
                     }
-                    _ => {}
-                },
-                Item::Resolved(_) => {}
-            }
-        }
+                }
+                _ => {}
+            },
+            Item::Resolved(_) => {}
+        },
         ParamType::Date => {
             if let Item::Node { v, .. } = it {
                 if let Some(r) = date_range(v) {
@@ -238,7 +237,7 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
         }
         ParamType::Reference => {
             if let Item::Node { v, .. } = it {
-                let r = v.get("reference").and_then(Value::as_str).or(v.as_str());
+                let r = v.field("reference").and_then(Value::as_str).or(v.as_str());
                 if let Some(r) = r {
                     match Reference::parse(r) {
                         Some(p) => push(
@@ -258,9 +257,9 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                         None => {}
                     }
                 }
-                if let Some(ident) = v.get("identifier") {
-                    let sys = ident.get("system").and_then(Value::as_str).unwrap_or("");
-                    if let Some(val) = ident.get("value").and_then(Value::as_str) {
+                if let Some(ident) = v.field("identifier") {
+                    let sys = ident.field("system").and_then(Value::as_str).unwrap_or("");
+                    if let Some(val) = ident.field("value").and_then(Value::as_str) {
                         push(&format!("{code}:identifier"), tok(sys, val, ""));
                     }
                 }
@@ -332,7 +331,7 @@ fn tok(system: &str, code: &str, text: &str) -> IndexValue {
 }
 
 fn coding(c: &Value) -> IndexValue {
-    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+    let s = |k: &str| c.field(k).and_then(Value::as_str).unwrap_or("");
     tok(s("system"), s("code"), s("display"))
 }
 
@@ -357,7 +356,7 @@ fn collect_strings(v: &Value, out: &mut Vec<String>, depth: usize) {
         Value::Array(a) if depth < 3 => a.iter().for_each(|x| collect_strings(x, out, depth + 1)),
         Value::Object(o) if depth < 3 => {
             for k in STRING_PARTS {
-                if let Some(x) = o.get(k) {
+                if let Some(x) = o.field(k) {
                     collect_strings(x, out, depth + 1);
                 }
             }
@@ -371,8 +370,11 @@ fn date_range(v: &Value) -> Option<Range> {
         Value::String(s) => date::parse(s),
         Value::Object(o) => {
             if o.contains_key("start") || o.contains_key("end") {
-                let lo = o.get("start").and_then(Value::as_str).and_then(date::parse);
-                let hi = o.get("end").and_then(Value::as_str).and_then(date::parse);
+                let lo = o
+                    .field("start")
+                    .and_then(Value::as_str)
+                    .and_then(date::parse);
+                let hi = o.field("end").and_then(Value::as_str).and_then(date::parse);
                 return Some(Range {
                     lo: lo.map_or(i64::MIN, |r| r.lo),
                     hi: hi.map_or(i64::MAX, |r| r.hi),
@@ -380,7 +382,7 @@ fn date_range(v: &Value) -> Option<Range> {
             }
             // Timing: its events, or the bounds of its repeat.
             let events: Vec<Range> = o
-                .get("event")
+                .field("event")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -392,8 +394,8 @@ fn date_range(v: &Value) -> Option<Range> {
                     hi: events.iter().map(|r| r.hi).max()?,
                 });
             }
-            o.get("repeat")
-                .and_then(|r| r.get("boundsPeriod"))
+            o.field("repeat")
+                .and_then(|r| r.field("boundsPeriod"))
                 .and_then(date_range)
         }
         _ => None,
@@ -401,7 +403,7 @@ fn date_range(v: &Value) -> Option<Range> {
 }
 
 fn quantity(v: &Value) -> Option<IndexValue> {
-    let s = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |o: &Value, k: &str| o.field(k).and_then(Value::as_str).unwrap_or("").to_string();
     match v {
         Value::Number(n) => {
             let x = n.as_f64()?;
@@ -413,7 +415,7 @@ fn quantity(v: &Value) -> Option<IndexValue> {
             })
         }
         Value::Object(o) => {
-            if let Some(x) = o.get("value").and_then(Value::as_f64) {
+            if let Some(x) = o.field("value").and_then(Value::as_f64) {
                 let (system, code) = if o.contains_key("currency") {
                     ("urn:iso:std:iso:4217".to_string(), s(v, "currency"))
                 } else {
@@ -429,19 +431,19 @@ fn quantity(v: &Value) -> Option<IndexValue> {
             }
             // Range: low/high bounds (either may be open).
             let low = o
-                .get("low")
-                .and_then(|l| l.get("value"))
+                .field("low")
+                .and_then(|l| l.field("value"))
                 .and_then(Value::as_f64);
             let high = o
-                .get("high")
-                .and_then(|h| h.get("value"))
+                .field("high")
+                .and_then(|h| h.field("value"))
                 .and_then(Value::as_f64);
             if low.is_none() && high.is_none() {
                 return None;
             }
             let unit = o
-                .get("low")
-                .or(o.get("high"))
+                .field("low")
+                .or(o.field("high"))
                 .cloned()
                 .unwrap_or(Value::Null);
             let c = s(&unit, "code");

@@ -7,6 +7,7 @@
 //! - [`date`]: FHIR date/dateTime/instant parsing into half-open millisecond ranges.
 //! - [`index`]: extraction of search-index values from a resource.
 //! - [`id`]: validated ids and references.
+//! - [`json`]: field lookup sized for FHIR's small objects.
 //! - [`security`]: sensitivity labels (`meta.security`) as the bits the access decision uses.
 //! - [`validate`]: structural validation against the R4 StructureDefinitions.
 //! - [`outcome`]: OperationOutcome construction, the shape of every error Hutong returns.
@@ -17,6 +18,7 @@ pub mod date;
 pub mod defs;
 pub mod id;
 pub mod index;
+pub mod json;
 pub mod outcome;
 pub mod path;
 pub mod security;

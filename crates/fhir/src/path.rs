@@ -3,6 +3,7 @@
 //! `as`/`is`, `=`/`!=`, `and`/`or` and literals. Every expression in the R4 definitions parses
 //! (a unit test checks), so an unknown construct is a definitions change, caught at build.
 
+use crate::json::Fields;
 use serde_json::Value;
 
 use crate::id::Reference;
@@ -426,11 +427,18 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
                 else {
                     continue;
                 };
-                let rt = o.get("resourceType").and_then(Value::as_str);
+                // Element names start in lower case, type names in upper case: only a type
+                // name can select the resource itself.
+                let type_step = name.starts_with(|c: char| c.is_ascii_uppercase());
+                let rt = if type_step {
+                    o.field("resourceType").and_then(Value::as_str)
+                } else {
+                    None
+                };
                 let is_base = matches!(name.as_str(), "Resource" | "DomainResource");
                 if rt == Some(name.as_str()) || (is_base && rt.is_some()) {
                     out.push(it.clone());
-                } else if let Some(x) = o.get(name.as_str()) {
+                } else if let Some(x) = crate::json::get(o, name) {
                     push_flat(&mut out, x, None);
                 } else if name.starts_with(|c: char| c.is_ascii_lowercase()) {
                     for (k, x) in o {
@@ -522,10 +530,13 @@ fn same(a: &Item, b: &Item) -> bool {
 
 fn resolve_type(i: &Item) -> Option<String> {
     let Item::Node { v, .. } = i else { return None };
-    if let Some(t) = v.get("type").and_then(Value::as_str) {
+    if let Some(t) = v.field("type").and_then(Value::as_str) {
         return Some(t.to_string());
     }
-    let r = v.get("reference").and_then(Value::as_str).or(v.as_str())?;
+    let r = v
+        .field("reference")
+        .and_then(Value::as_str)
+        .or(v.as_str())?;
     Reference::parse(r).map(|r| r.rtype)
 }
 
@@ -538,7 +549,7 @@ fn is_type(i: &Item, t: &str) -> bool {
             if let Some(c) = choice {
                 return c.eq_ignore_ascii_case(t);
             }
-            if let Some(rt) = v.get("resourceType").and_then(Value::as_str) {
+            if let Some(rt) = v.field("resourceType").and_then(Value::as_str) {
                 return rt == t;
             }
             // Not reached through a choice element: the element's declared type is the only

@@ -7,6 +7,7 @@
 //! decision can exclude sensitive rows in the database, and a grant names the categories it
 //! opens as the same labels.
 
+use crate::json::Fields;
 use serde_json::Value;
 
 pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
@@ -115,14 +116,16 @@ pub fn bits_of_label(system: &str, code: &str) -> u32 {
 
 /// The category bits of a resource's `meta.security` labels.
 pub fn bits(resource: &Value) -> u32 {
-    resource["meta"]["security"]
+    resource
+        .at("meta")
+        .at("security")
         .as_array()
         .into_iter()
         .flatten()
         .map(|c| {
             bits_of_label(
-                c["system"].as_str().unwrap_or(""),
-                c["code"].as_str().unwrap_or(""),
+                c.at("system").as_str().unwrap_or(""),
+                c.at("code").as_str().unwrap_or(""),
             )
         })
         .fold(0, |a, b| a | b)
@@ -162,11 +165,16 @@ fn security_labels(resource: &mut Value) -> Option<&mut Vec<Value>> {
 
 /// Whether a read resource carries [`RESIDENT_RESTRICTED_LABEL`].
 pub fn is_resident_restricted(resource: &Value) -> bool {
-    resource["meta"]["security"].as_array().is_some_and(|a| {
-        a.iter().any(|l| {
-            l["system"] == RESIDENT_RESTRICTED_LABEL.0 && l["code"] == RESIDENT_RESTRICTED_LABEL.1
+    resource
+        .at("meta")
+        .at("security")
+        .as_array()
+        .is_some_and(|a| {
+            a.iter().any(|l| {
+                l.at("system") == RESIDENT_RESTRICTED_LABEL.0
+                    && l.at("code") == RESIDENT_RESTRICTED_LABEL.1
+            })
         })
-    })
 }
 
 pub fn add_labels(resource: &mut Value, bits: u32) {

@@ -6,7 +6,7 @@
 //! Invariants written in FHIRPath (e.g. `pat-1`), fixed values and profiles are not checked
 //! here; the intake rules of data governance add what the platform needs on top.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -57,12 +57,14 @@ struct Element {
     value_set: Option<String>,
 }
 
+/// Looked up once per element of every resource checked: foldhash, not SipHash (the keys are
+/// the specification's own names, not input).
 struct Structures {
     /// parent path → its child elements.
-    children: HashMap<String, Vec<Element>>,
-    kinds: HashMap<String, (String, bool)>,
-    primitives: HashMap<String, Option<Regex>>,
-    value_sets: HashMap<String, HashSet<String>>,
+    children: foldhash::HashMap<String, Vec<Element>>,
+    kinds: foldhash::HashMap<String, (String, bool)>,
+    primitives: foldhash::HashMap<String, Option<Regex>>,
+    value_sets: foldhash::HashMap<String, foldhash::HashSet<String>>,
 }
 
 fn structures() -> &'static Structures {
@@ -70,8 +72,8 @@ fn structures() -> &'static Structures {
     S.get_or_init(|| {
         let raw: RawStructures =
             serde_json::from_str(STRUCTURE_JSON).expect("embedded structure tables are valid");
-        let mut children: HashMap<String, Vec<Element>> = HashMap::new();
-        let mut kinds = HashMap::new();
+        let mut children: foldhash::HashMap<String, Vec<Element>> = Default::default();
+        let mut kinds: foldhash::HashMap<String, (String, bool)> = Default::default();
         for (tname, t) in raw.types {
             kinds.insert(tname.clone(), (t.kind, t.is_abstract));
             for (path, min, max, types, vs) in t.elements {
@@ -123,84 +125,111 @@ pub fn validate(resource: &Value) -> Vec<Finding> {
     let mut v = Validator {
         s: structures(),
         out: Vec::new(),
+        loc: String::with_capacity(64),
     };
-    v.resource(resource, "");
+    v.resource(resource);
     v.out
 }
 
+/// Walks a resource. `loc` is the location of the value being checked, grown and cut back
+/// as the walk descends and returns, so that a conformant resource — nearly every one —
+/// costs no allocation per element.
 struct Validator {
     s: &'static Structures,
     out: Vec<Finding>,
+    loc: String,
 }
 
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
+/// Whether `rest` is `ty` with its first letter in upper case (`Quantity` for `valueQuantity`).
+fn is_upper_first(ty: &str, rest: &str) -> bool {
+    let (t, r) = (ty.as_bytes(), rest.as_bytes());
+    t.len() == r.len() && !t.is_empty() && t[0].to_ascii_uppercase() == r[0] && t[1..] == r[1..]
+}
+
+/// The element of `kids` that JSON property `name` (without a leading `_`) stands for, and
+/// the type it has there.
+fn element<'k>(kids: &'k [Element], name: &str) -> Option<(&'k Element, &'k str)> {
+    kids.iter().find_map(|e| {
+        if e.choice {
+            let rest = name.strip_prefix(e.name.as_str())?;
+            let t = e.types.iter().find(|t| is_upper_first(t, rest))?;
+            Some((e, t.as_str()))
+        } else if e.name == name {
+            Some((e, e.types.first().map_or("", String::as_str)))
+        } else {
+            None
+        }
+    })
 }
 
 impl Validator {
-    fn push(&mut self, location: &str, code: IssueCode, message: String) {
+    fn push(&mut self, code: IssueCode, message: String) {
         self.out.push(Finding {
-            location: location.to_string(),
+            location: self.loc.clone(),
             code,
             message,
         });
     }
 
-    fn resource(&mut self, v: &Value, loc: &str) {
+    /// Runs `f` with `.key` appended to the location.
+    fn at_key(&mut self, key: &str, f: impl FnOnce(&mut Self)) {
+        let mark = self.loc.len();
+        self.loc.push('.');
+        self.loc.push_str(key);
+        f(self);
+        self.loc.truncate(mark);
+    }
+
+    /// Runs `f` with `[i]` appended to the location.
+    fn at_index(&mut self, i: usize, f: impl FnOnce(&mut Self)) {
+        use std::fmt::Write;
+        let mark = self.loc.len();
+        let _ = write!(self.loc, "[{i}]");
+        f(self);
+        self.loc.truncate(mark);
+    }
+
+    fn resource(&mut self, v: &Value) {
         let Some(obj) = v.as_object() else {
             self.push(
-                loc,
                 IssueCode::Structure,
                 "a resource must be a JSON object".into(),
             );
             return;
         };
-        let rtype = obj
-            .get("resourceType")
+        let rtype = crate::json::get(obj, "resourceType")
             .and_then(Value::as_str)
             .unwrap_or("");
         match self.s.kinds.get(rtype) {
             Some((kind, false)) if kind == "resource" => {}
             _ => {
                 self.push(
-                    loc,
                     IssueCode::Structure,
                     format!("'{rtype}' is not an R4 resource type"),
                 );
                 return;
             }
         }
-        let loc = if loc.is_empty() {
-            rtype.to_string()
-        } else {
-            loc.to_string()
-        };
-        self.object(obj, rtype, &loc, true);
+        if self.loc.is_empty() {
+            self.loc.push_str(rtype);
+        }
+        self.object(obj, rtype, true);
     }
 
     /// Validates an object whose element definitions are the children of `path`.
-    fn object(&mut self, obj: &Map<String, Value>, path: &str, loc: &str, is_resource: bool) {
+    fn object(&mut self, obj: &Map<String, Value>, path: &str, is_resource: bool) {
         if obj.is_empty() {
             self.push(
-                loc,
                 IssueCode::Structure,
                 "an element must not be empty (ele-1)".into(),
             );
             return;
         }
-        let Some(kids) = self.s.children.get(path) else {
-            self.push(
-                loc,
-                IssueCode::Structure,
-                format!("no definition for {path}"),
-            );
+        let s = self.s;
+        let Some(kids) = s.children.get(path) else {
+            self.push(IssueCode::Structure, format!("no definition for {path}"));
             return;
         };
-        let mut seen: HashSet<&str> = HashSet::new();
         for (key, value) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -209,74 +238,62 @@ impl Validator {
                 Some(k) => (k, true),
                 None => (key.as_str(), false),
             };
-            let found = kids.iter().find_map(|e| {
-                if e.choice {
-                    let rest = name.strip_prefix(e.name.as_str())?;
-                    let t = e.types.iter().find(|t| upper_first(t) == rest)?;
-                    Some((e, t.clone()))
-                } else if e.name == name {
-                    Some((e, e.types.first().cloned().unwrap_or_default()))
-                } else {
-                    None
+            self.at_key(key, |this| {
+                let Some((el, ty)) = element(kids, name) else {
+                    this.push(IssueCode::Structure, format!("unknown element '{key}'"));
+                    return;
+                };
+                if underscore {
+                    this.primitive_extension(el, ty, value);
+                    return;
+                }
+                match (value, el.many) {
+                    (Value::Array(items), true) => {
+                        if items.is_empty() {
+                            this.push(
+                                IssueCode::Structure,
+                                "arrays must not be empty (ele-1)".into(),
+                            );
+                        }
+                        for (i, item) in items.iter().enumerate() {
+                            if item.is_null() && this.is_primitive(ty) {
+                                // Allowed when `_name` carries the value's extension.
+                                continue;
+                            }
+                            this.at_index(i, |this| this.value(el, ty, item));
+                        }
+                    }
+                    (Value::Array(_), false) => this.push(
+                        IssueCode::Structure,
+                        format!("'{key}' has at most one value and must not be an array"),
+                    ),
+                    (_, true) => this.push(
+                        IssueCode::Structure,
+                        format!("'{key}' repeats and must be an array"),
+                    ),
+                    (v, false) => this.value(el, ty, v),
                 }
             });
-            let here = format!("{loc}.{key}");
-            let Some((el, ty)) = found else {
-                self.push(
-                    &here,
-                    IssueCode::Structure,
-                    format!("unknown element '{key}'"),
-                );
-                continue;
-            };
-            seen.insert(el.name.as_str());
-            if underscore {
-                self.primitive_extension(el, &ty, value, &here);
-                continue;
-            }
-            match (value, el.many) {
-                (Value::Array(items), true) => {
-                    if items.is_empty() {
-                        self.push(
-                            &here,
-                            IssueCode::Structure,
-                            "arrays must not be empty (ele-1)".into(),
-                        );
-                    }
-                    for (i, item) in items.iter().enumerate() {
-                        if item.is_null() && self.is_primitive(&ty) {
-                            // Allowed when `_name` carries the value's extension.
-                            continue;
-                        }
-                        self.value(el, &ty, item, &format!("{here}[{i}]"));
-                    }
-                }
-                (Value::Array(_), false) => self.push(
-                    &here,
-                    IssueCode::Structure,
-                    format!("'{key}' has at most one value and must not be an array"),
-                ),
-                (_, true) => self.push(
-                    &here,
-                    IssueCode::Structure,
-                    format!("'{key}' repeats and must be an array"),
-                ),
-                (v, false) => self.value(el, &ty, v, &here),
-            }
         }
-        for e in kids {
-            if e.min > 0 && !seen.contains(e.name.as_str()) {
-                let name = if e.choice {
-                    format!("{}[x]", e.name)
-                } else {
-                    e.name.clone()
-                };
-                self.push(
-                    &format!("{loc}.{name}"),
+        for e in kids.iter().filter(|e| e.min > 0) {
+            let present = obj.keys().any(|k| {
+                let name = k.strip_prefix('_').unwrap_or(k);
+                element(std::slice::from_ref(e), name).is_some()
+            });
+            if present {
+                continue;
+            }
+            let name = if e.choice {
+                format!("{}[x]", e.name)
+            } else {
+                e.name.clone()
+            };
+            self.at_key(&name, |this| {
+                this.push(
                     IssueCode::Required,
                     format!("'{name}' is required (minimum cardinality {})", e.min),
-                );
-            }
+                )
+            });
         }
     }
 
@@ -284,20 +301,18 @@ impl Validator {
         self.s.primitives.contains_key(ty)
     }
 
-    fn primitive_extension(&mut self, el: &Element, ty: &str, v: &Value, loc: &str) {
+    fn primitive_extension(&mut self, el: &Element, ty: &str, v: &Value) {
         if !self.is_primitive(ty) {
             self.push(
-                loc,
                 IssueCode::Structure,
                 format!("'{}' is not a primitive element", el.name),
             );
             return;
         }
-        let one = |this: &mut Self, v: &Value, loc: &str| match v {
-            Value::Object(o) => this.object(o, "Element", loc, false),
+        let one = |this: &mut Self, v: &Value| match v {
+            Value::Object(o) => this.object(o, "Element", false),
             Value::Null => {}
             _ => this.push(
-                loc,
                 IssueCode::Structure,
                 "a primitive's extension must be an object".into(),
             ),
@@ -305,61 +320,59 @@ impl Validator {
         match v {
             Value::Array(items) => {
                 for (i, it) in items.iter().enumerate() {
-                    one(self, it, &format!("{loc}[{i}]"));
+                    self.at_index(i, |this| one(this, it));
                 }
             }
-            v => one(self, v, loc),
+            v => one(self, v),
         }
     }
 
-    fn value(&mut self, el: &Element, ty: &str, v: &Value, loc: &str) {
+    fn value(&mut self, el: &Element, ty: &str, v: &Value) {
         if let Some(target) = ty.strip_prefix('#') {
             return match v {
-                Value::Object(o) => self.object(o, target, loc, false),
-                _ => self.push(loc, IssueCode::Structure, "expected an object".into()),
+                Value::Object(o) => self.object(o, target, false),
+                _ => self.push(IssueCode::Structure, "expected an object".into()),
             };
         }
         if ty == "Resource" {
-            return self.resource(v, loc);
+            return self.resource(v);
         }
         if let Some(re) = self.s.primitives.get(ty) {
-            return self.primitive(el, ty, re.as_ref(), v, loc);
+            return self.primitive(el, ty, re.as_ref(), v);
         }
         let Value::Object(o) = v else {
-            self.push(loc, IssueCode::Structure, format!("expected a {ty} object"));
+            self.push(IssueCode::Structure, format!("expected a {ty} object"));
             return;
         };
         // Backbone elements (and Element-typed containers) define their children inline.
         let inline =
             (ty == "BackboneElement" || ty == "Element") && self.s.children.contains_key(&el.path);
         if inline {
-            self.object(o, &el.path, loc, false);
+            self.object(o, &el.path, false);
         } else {
-            self.object(o, ty, loc, false);
+            self.object(o, ty, false);
         }
     }
 
-    fn primitive(&mut self, el: &Element, ty: &str, re: Option<&Regex>, v: &Value, loc: &str) {
-        let text = match (ty, v) {
-            ("boolean", Value::Bool(b)) => b.to_string(),
+    fn primitive(&mut self, el: &Element, ty: &str, re: Option<&Regex>, v: &Value) {
+        let text: std::borrow::Cow<str> = match (ty, v) {
+            ("boolean", Value::Bool(b)) => b.to_string().into(),
             ("integer" | "positiveInt" | "unsignedInt", Value::Number(n))
                 if n.is_i64() || n.is_u64() =>
             {
-                n.to_string()
+                n.to_string().into()
             }
-            ("decimal", Value::Number(n)) => n.to_string(),
+            ("decimal", Value::Number(n)) => n.to_string().into(),
             ("boolean" | "integer" | "positiveInt" | "unsignedInt" | "decimal", _) => {
                 self.push(
-                    loc,
                     IssueCode::Structure,
                     format!("a {ty} must be a JSON {}", json_kind(ty)),
                 );
                 return;
             }
-            (_, Value::String(s)) => s.clone(),
+            (_, Value::String(s)) => s.as_str().into(),
             _ => {
                 self.push(
-                    loc,
                     IssueCode::Structure,
                     format!("a {ty} must be a JSON string"),
                 );
@@ -368,7 +381,6 @@ impl Validator {
         };
         if text.is_empty() || (ty != "xhtml" && text.trim().is_empty()) {
             self.push(
-                loc,
                 IssueCode::Structure,
                 "a value must not be empty (ele-1)".into(),
             );
@@ -376,19 +388,14 @@ impl Validator {
         }
         if let Some(re) = re {
             if !re.is_match(&text) {
-                self.push(
-                    loc,
-                    IssueCode::Value,
-                    format!("'{text}' is not a valid {ty}"),
-                );
+                self.push(IssueCode::Value, format!("'{text}' is not a valid {ty}"));
                 return;
             }
         }
         if let Some(vs) = &el.value_set {
             if let Some(codes) = self.s.value_sets.get(vs) {
-                if !codes.contains(&text) {
+                if !codes.contains(text.as_ref()) {
                     self.push(
-                        loc,
                         IssueCode::CodeInvalid,
                         format!("'{text}' is not in the required value set {vs}"),
                     );

@@ -14,6 +14,7 @@ pub mod rules;
 pub mod scorecard;
 pub mod workorder;
 
+use hutong_fhir::json::Fields;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -124,20 +125,22 @@ pub struct Dose {
 impl Dose {
     /// The dose an Immunization records, if it says which vaccine and which dose.
     pub fn of(v: &Value) -> Option<Dose> {
-        if v["resourceType"] != "Immunization" {
+        if v.at("resourceType") != "Immunization" {
             return None;
         }
-        let vaccine = v["vaccineCode"]["coding"][0]["code"]
+        let vaccine = v.at("vaccineCode").at("coding")[0]
+            .at("code")
             .as_str()
-            .or(v["vaccineCode"]["text"].as_str())?
+            .or(v.at("vaccineCode").at("text").as_str())?
             .to_string();
-        let p = &v["protocolApplied"][0];
-        let number = p["doseNumberPositiveInt"]
+        let p = &v.at("protocolApplied")[0];
+        let number = p
+            .at("doseNumberPositiveInt")
             .as_u64()
-            .or_else(|| p["doseNumberString"].as_str()?.trim().parse().ok())?
+            .or_else(|| p.at("doseNumberString").as_str()?.trim().parse().ok())?
             as u32;
         Some(Dose {
-            id: v["id"].as_str().unwrap_or("").to_string(),
+            id: v.at("id").as_str().unwrap_or("").to_string(),
             vaccine,
             number,
             at_ms: clinical_time_ms(v)?,
@@ -164,8 +167,10 @@ pub fn misfiled_encounters(
     for v in resources {
         let subject = ["subject", "patient"]
             .iter()
-            .find_map(|k| v[*k]["reference"].as_str());
-        let enc = v["encounter"]["reference"]
+            .find_map(|k| v[*k].at("reference").as_str());
+        let enc = v
+            .at("encounter")
+            .at("reference")
             .as_str()
             .and_then(|r| r.strip_prefix("Encounter/"));
         if let (Some(s), Some(e)) = (subject, enc) {
@@ -196,10 +201,11 @@ pub fn misfiled_encounters(
 /// A content fingerprint: the resource without its id, `meta` and narrative, hashed.
 /// Two submissions with the same fingerprint say the same thing.
 pub fn fingerprint(v: &Value) -> String {
-    // Hashes the serialised fields without copying the resource. The order is that of the
-    // stored fingerprints, made by removing the three fields from a copy with
+    // Serialises the fields without copying the resource, into one buffer hashed at once
+    // (fed token by token, the hash's own buffering cost more than the hashing). The order is
+    // that of the stored fingerprints, made by removing the three fields from a copy with
     // `Map::remove` — a swap-remove under `preserve_order` — and serialising the rest.
-    let mut hasher = Sha256::new();
+    let mut buf = Vec::with_capacity(1024);
     match v.as_object() {
         Some(o) => {
             let mut fields: Vec<(&String, &Value)> = o.iter().collect();
@@ -208,37 +214,31 @@ pub fn fingerprint(v: &Value) -> String {
                     fields.swap_remove(i);
                 }
             }
-            hasher.update(b"{");
+            buf.push(b'{');
             for (i, (k, x)) in fields.into_iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    buf.push(b',');
                 }
-                let _ = serde_json::to_writer(HashWriter(&mut hasher), k);
-                hasher.update(b":");
-                let _ = serde_json::to_writer(HashWriter(&mut hasher), x);
+                let _ = serde_json::to_writer(&mut buf, k);
+                buf.push(b':');
+                let _ = serde_json::to_writer(&mut buf, x);
             }
-            hasher.update(b"}");
+            buf.push(b'}');
         }
         None => {
-            let _ = serde_json::to_writer(HashWriter(&mut hasher), v);
+            let _ = serde_json::to_writer(&mut buf, v);
         }
     }
-    let digest = hasher.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let digest = Sha256::digest(&buf);
+    let mut hex = String::with_capacity(32);
+    for b in &digest[..16] {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
 
-/// Feeds serialised JSON straight into a hash.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The intake rules in force.
 #[derive(Debug, Clone, Default)]
@@ -310,17 +310,19 @@ fn years_between(from: i64, to: i64) -> i64 {
 /// missing or in the future (the Patient's own error, which `birth-date` reports) — then
 /// the one written into a valid ID number.
 pub fn birth_of(patient: &Value) -> Option<String> {
-    let given = patient["birthDate"]
+    let given = patient
+        .at("birthDate")
         .as_str()
         .filter(|b| date::parse(b).is_some_and(|d| d.lo <= date::now_ms()));
     if let Some(b) = given {
         return Some(b.to_string());
     }
-    patient["identifier"]
+    patient
+        .at("identifier")
         .as_array()?
         .iter()
-        .filter(|i| i["system"] == ID_SYSTEM)
-        .filter_map(|i| hutong_cn::idcard::IdNumber::parse(i["value"].as_str()?).ok())
+        .filter(|i| i.at("system") == ID_SYSTEM)
+        .filter_map(|i| hutong_cn::idcard::IdNumber::parse(i.at("value").as_str()?).ok())
         .map(|id| {
             let (y, m, d) = id.birth_date();
             format!("{y:04}-{m:02}-{d:02}")
@@ -332,14 +334,14 @@ pub fn birth_of(patient: &Value) -> Option<String> {
 /// element present. Timeliness and reconciliation days are measured from it.
 pub fn clinical_time_ms(v: &Value) -> Option<i64> {
     let obj = v.as_object()?;
-    let rtype = obj.get("resourceType")?.as_str()?;
+    let rtype = obj.field("resourceType")?.as_str()?;
     CLINICAL_TIMES.iter().find_map(|key| {
         if *key == "date" && !matches!(rtype, "ClinicalImpression" | "DocumentReference") {
             return None;
         }
-        let s = match obj.get(*key)? {
+        let s = match obj.field(key)? {
             Value::String(s) => s.as_str(),
-            Value::Object(p) => p.get("start")?.as_str()?,
+            Value::Object(p) => p.field("start")?.as_str()?,
             _ => return None,
         };
         date::parse(s).map(|d| d.lo)
@@ -354,7 +356,7 @@ impl Checker {
     /// The checks that need only the resource: structure, identity data, dates, units,
     /// codes and the platform's data set. `received_ms` is when the platform received it.
     pub fn check(&self, v: &Value, received_ms: i64) -> Vec<Finding> {
-        let rtype = v["resourceType"].as_str().unwrap_or("");
+        let rtype = v.at("resourceType").as_str().unwrap_or("");
         let mut out = Out {
             rules: &self.rules,
             rtype,
@@ -393,7 +395,17 @@ impl Checker {
     /// The checks against what the platform holds: references resolve, a record's patient is
     /// its encounter's patient, the same content was not already submitted.
     pub fn check_context(&self, v: &Value, ctx: &dyn Context) -> Vec<Finding> {
-        let rtype = v["resourceType"].as_str().unwrap_or("");
+        self.check_context_with(v, ctx, None)
+    }
+
+    /// [`Checker::check_context`] with the resource's [`fingerprint`] when the caller has it.
+    pub fn check_context_with(
+        &self,
+        v: &Value,
+        ctx: &dyn Context,
+        fingerprint: Option<&str>,
+    ) -> Vec<Finding> {
+        let rtype = v.at("resourceType").as_str().unwrap_or("");
         let mut out = Out {
             rules: &self.rules,
             rtype,
@@ -416,7 +428,7 @@ impl Checker {
         if out.on("patient-timeline") && rtype != "Patient" {
             let patient = ["subject", "patient"]
                 .iter()
-                .find_map(|k| v[*k]["reference"].as_str()?.strip_prefix("Patient/"));
+                .find_map(|k| v[*k].at("reference").as_str()?.strip_prefix("Patient/"));
             if let (Some(p), Some(at)) = (patient, clinical_time_ms(v)) {
                 let birth = ctx.patient_birth(p);
                 // A day's slack: the birth date is a local date, clinical times are instants.
@@ -429,7 +441,7 @@ impl Checker {
                         "patient-timeline",
                         ["subject", "patient"]
                             .into_iter()
-                            .find(|k| v.get(*k).is_some())
+                            .find(|k| v.field(k).is_some())
                             .unwrap_or("subject"),
                         format!(
                             "Dated {}, before Patient/{p} was born ({}): filed to the wrong patient, or a wrong date.",
@@ -447,7 +459,9 @@ impl Checker {
             }
         }
         if out.on("dose-repeated") {
-            let patient = v["patient"]["reference"]
+            let patient = v
+                .at("patient")
+                .at("reference")
                 .as_str()
                 .and_then(|r| r.strip_prefix("Patient/"));
             if let (Some(d), Some(p)) = (Dose::of(v), patient) {
@@ -477,12 +491,14 @@ impl Checker {
             }
         }
         if out.on("vaccine-age") {
-            let patient = v["patient"]["reference"]
+            let patient = v
+                .at("patient")
+                .at("reference")
                 .as_str()
                 .and_then(|r| r.strip_prefix("Patient/"));
             let vaccine = [
-                v["vaccineCode"]["coding"][0]["code"].as_str(),
-                v["vaccineCode"]["text"].as_str(),
+                v.at("vaccineCode").at("coding")[0].at("code").as_str(),
+                v.at("vaccineCode").at("text").as_str(),
             ]
             .into_iter()
             .flatten()
@@ -512,7 +528,8 @@ impl Checker {
             }
         }
         if out.on("encounter-subject") && rtype == "Encounter" {
-            if let Some(id) = v["id"]
+            if let Some(id) = v
+                .at("id")
                 .as_str()
                 .filter(|id| ctx.encounter_misfiled(id).is_some())
             {
@@ -528,8 +545,10 @@ impl Checker {
         if out.on("encounter-subject") {
             let subject = ["subject", "patient"]
                 .iter()
-                .find_map(|k| v[*k]["reference"].as_str());
-            let enc = v["encounter"]["reference"]
+                .find_map(|k| v[*k].at("reference").as_str());
+            let enc = v
+                .at("encounter")
+                .at("reference")
                 .as_str()
                 .and_then(|r| r.strip_prefix("Encounter/"));
             if let (Some(subject), Some(enc)) = (subject, enc) {
@@ -546,7 +565,7 @@ impl Checker {
                     ),
                 };
                 if let Some(expected) = expected.filter(|e| e != subject) {
-                    let field = if v.get("subject").is_some() {
+                    let field = if v.field("subject").is_some() {
                         "subject"
                     } else {
                         "patient"
@@ -562,8 +581,11 @@ impl Checker {
             }
         }
         if out.on("duplicate") {
-            let fp = fingerprint(v);
-            let own = v["id"].as_str().unwrap_or("");
+            let fp = match fingerprint {
+                Some(f) => std::borrow::Cow::Borrowed(f),
+                None => std::borrow::Cow::Owned(self::fingerprint(v)),
+            };
+            let own = v.at("id").as_str().unwrap_or("");
             if let Some(other) = ctx.same_content(rtype, &fp) {
                 if other != own {
                     out.add(
@@ -581,7 +603,7 @@ impl Checker {
 }
 
 fn patient(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
-    let birth = obj.get("birthDate").and_then(Value::as_str);
+    let birth = obj.field("birthDate").and_then(Value::as_str);
     if let Some(b) = birth {
         if let Some(r) = date::parse(b) {
             if r.lo > received_ms {
@@ -595,12 +617,12 @@ fn patient(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
             }
         }
     }
-    let ids = obj.get("identifier").and_then(Value::as_array);
+    let ids = obj.field("identifier").and_then(Value::as_array);
     for (i, ident) in ids.into_iter().flatten().enumerate() {
-        if ident["system"] != ID_SYSTEM {
+        if ident.at("system") != ID_SYSTEM {
             continue;
         }
-        let Some(value) = ident["value"].as_str() else {
+        let Some(value) = ident.at("value").as_str() else {
             continue;
         };
         match hutong_cn::idcard::IdNumber::parse(value) {
@@ -629,11 +651,11 @@ fn patient(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
 }
 
 fn collected_ms(obj: &Map<String, Value>) -> Option<i64> {
-    obj.get("meta")?["extension"]
+    obj.field("meta")?["extension"]
         .as_array()?
         .iter()
-        .find(|e| e["url"] == COLLECTED_URL)
-        .and_then(|e| e["valueInstant"].as_str())
+        .find(|e| e.at("url") == COLLECTED_URL)
+        .and_then(|e| e.at("valueInstant").as_str())
         .and_then(date::parse)
         .map(|r| r.lo)
 }
@@ -644,7 +666,7 @@ fn times(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
         .min(received_ms)
         .saturating_add(out.rules.clinical_tolerance_ms);
     for key in CLINICAL_TIMES {
-        let Some(x) = obj.get(*key) else { continue };
+        let Some(x) = obj.field(key) else { continue };
         // A `date` element is clinical time only on some types (not e.g. on a Bundle).
         if *key == "date" && !matches!(out.rtype, "ClinicalImpression" | "DocumentReference") {
             continue;
@@ -652,8 +674,8 @@ fn times(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
         let (start, end) = match x {
             Value::String(s) => (Some(s.as_str()), None),
             Value::Object(p) => (
-                p.get("start").and_then(Value::as_str),
-                p.get("end").and_then(Value::as_str),
+                p.field("start").and_then(Value::as_str),
+                p.field("end").and_then(Value::as_str),
             ),
             _ => continue,
         };
@@ -714,40 +736,40 @@ fn capitalise(s: &str) -> String {
 
 /// The LOINC code of an observation-like element, if it has one.
 fn loinc_of(code: &Value) -> Option<&str> {
-    code["coding"]
+    code.at("coding")
         .as_array()?
         .iter()
-        .find(|c| c["system"] == codes::LOINC)
-        .and_then(|c| c["code"].as_str())
+        .find(|c| c.at("system") == codes::LOINC)
+        .and_then(|c| c.at("code").as_str())
 }
 
 fn quantities(obj: &Map<String, Value>, out: &mut Out) {
     let mut items: Vec<(String, Option<&str>, &Value)> = Vec::new();
-    if let Some(q) = obj.get("valueQuantity") {
+    if let Some(q) = obj.field("valueQuantity") {
         items.push((
             "valueQuantity".into(),
-            obj.get("code").and_then(loinc_of),
+            obj.field("code").and_then(loinc_of),
             q,
         ));
     }
     for (i, c) in obj
-        .get("component")
+        .field("component")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
     {
-        if let Some(q) = c.get("valueQuantity") {
+        if let Some(q) = c.field("valueQuantity") {
             items.push((
                 format!("component[{i}].valueQuantity"),
-                loinc_of(&c["code"]),
+                loinc_of(&c.at("code")),
                 q,
             ));
         }
     }
     for (at, loinc, q) in items {
-        let unit = q["code"].as_str().or_else(|| q["unit"].as_str());
-        let ucum = q.get("system").is_none_or(|s| s == codes::UCUM);
+        let unit = q.at("code").as_str().or_else(|| q.at("unit").as_str());
+        let ucum = q.field("system").is_none_or(|s| s == codes::UCUM);
         if let (Some(u), true) = (unit, ucum) {
             if let Some(problem) = codes::ucum_problem(u) {
                 out.add(
@@ -781,7 +803,7 @@ fn quantities(obj: &Map<String, Value>, out: &mut Out) {
                 continue;
             }
         }
-        if let Some(x) = q["value"].as_f64() {
+        if let Some(x) = q.at("value").as_f64() {
             if x < test.min || x > test.max {
                 out.add(
                     "value-plausible",
@@ -804,30 +826,31 @@ fn quantities(obj: &Map<String, Value>, out: &mut Out) {
 fn codes(obj: &Map<String, Value>, out: &mut Out) {
     let mut concepts: Vec<(String, &Value)> = Vec::new();
     for key in ["code", "vaccineCode", "medicationCodeableConcept"] {
-        if let Some(c) = obj.get(key) {
+        if let Some(c) = obj.field(key) {
             concepts.push((key.into(), c));
         }
     }
     for (i, c) in obj
-        .get("component")
+        .field("component")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
     {
-        concepts.push((format!("component[{i}].code"), &c["code"]));
+        concepts.push((format!("component[{i}].code"), &c.at("code")));
     }
     for (at, concept) in concepts {
-        for (j, coding) in concept["coding"]
+        for (j, coding) in concept
+            .at("coding")
             .as_array()
             .into_iter()
             .flatten()
             .enumerate()
         {
-            let Some(code) = coding["code"].as_str() else {
+            let Some(code) = coding.at("code").as_str() else {
                 continue;
             };
-            let problem = match coding["system"].as_str() {
+            let problem = match coding.at("system").as_str() {
                 Some(codes::LOINC) => codes::loinc_problem(code),
                 Some(codes::ICD10) => codes::icd10_problem(code),
                 _ => None,
@@ -853,13 +876,13 @@ fn has_element(obj: &Map<String, Value>, name: &str) -> bool {
                 && k.as_bytes()[base.len()].is_ascii_uppercase()
                 && !v.is_null()
         }),
-        None => obj.get(name).is_some_and(|v| !v.is_null()),
+        None => obj.field(name).is_some_and(|v| !v.is_null()),
     }
 }
 
 /// How many of the data set's recommended elements a resource fills, of how many.
 pub fn recommended_filled(v: &Value, rules: &Rules) -> (u32, u32) {
-    let (Some(obj), Some(rtype)) = (v.as_object(), v["resourceType"].as_str()) else {
+    let (Some(obj), Some(rtype)) = (v.as_object(), v.at("resourceType").as_str()) else {
         return (0, 0);
     };
     let Some(names) = rules.recommended.get(rtype) else {
@@ -891,15 +914,15 @@ fn data_set(obj: &Map<String, Value>, out: &mut Out) {
         }
     }
     let inpatient = out.rtype == "Encounter"
-        && obj.get("class").is_some_and(|c| c["code"] == "IMP")
-        && obj.get("status").is_some_and(|s| s == "finished");
+        && obj.field("class").is_some_and(|c| c.at("code") == "IMP")
+        && obj.field("status").is_some_and(|s| s == "finished");
     if rules.inpatient_diagnoses && inpatient {
         let uses: Vec<&str> = obj
-            .get("diagnosis")
+            .field("diagnosis")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|d| d["use"]["coding"][0]["code"].as_str())
+            .filter_map(|d| d.at("use").at("coding")[0].at("code").as_str())
             .collect();
         for (code, en, zh) in [("AD", "admission", "入院"), ("DD", "discharge", "出院")] {
             if !uses.contains(&code) {
@@ -931,7 +954,7 @@ fn walk_references<'a>(
 ) {
     match v {
         Value::Object(o) => {
-            if let Some(Value::String(r)) = o.get("reference") {
+            if let Some(Value::String(r)) = o.field("reference") {
                 path.push(Step::Key("reference"));
                 found(path, r);
                 path.pop();

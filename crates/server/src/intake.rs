@@ -4,6 +4,7 @@
 //! submission is kept in a quarantine its source can list, download and resubmit; warnings
 //! are recorded beside the accepted version, in the same transaction.
 
+use hutong_fhir::json::Fields;
 use std::collections::{HashMap, HashSet};
 
 use hutong_fhir::date::now_ms;
@@ -185,7 +186,7 @@ impl Context for Held<'_> {
             Ok(hutong_store::Lookup::Found(s)) if !s.deleted => s
                 .json()
                 .ok()
-                .and_then(|v| v["subject"]["reference"].as_str().map(String::from)),
+                .and_then(|v| v.at("subject").at("reference").as_str().map(String::from)),
             _ => None,
         }
     }
@@ -311,7 +312,7 @@ pub fn check_with(
             .iter()
             .zip(&fps)
             .filter_map(|(v, f)| {
-                let rtype = v["resourceType"].as_str()?;
+                let rtype = v.at("resourceType").as_str()?;
                 Some((seen_key(source, rtype, fingerprint_key(f)?), (rtype, f)))
             })
             .collect();
@@ -334,11 +335,11 @@ pub fn check_with(
     }
     let encounters = resources
         .iter()
-        .filter(|v| v["resourceType"] == "Encounter")
+        .filter(|v| v.at("resourceType") == "Encounter")
         .filter_map(|v| {
             Some((
-                v["id"].as_str()?.to_string(),
-                v["subject"]["reference"].as_str().map(String::from),
+                v.at("id").as_str()?.to_string(),
+                v.at("subject").at("reference").as_str().map(String::from),
             ))
         })
         .collect();
@@ -346,7 +347,8 @@ pub fn check_with(
     for v in resources {
         if let (Some(d), Some(p)) = (
             Dose::of(v),
-            v["patient"]["reference"]
+            v.at("patient")
+                .at("reference")
                 .as_str()
                 .and_then(|r| r.strip_prefix("Patient/")),
         ) {
@@ -365,8 +367,13 @@ pub fn check_with(
         births: std::cell::RefCell::new(
             resources
                 .iter()
-                .filter(|v| v["resourceType"] == "Patient")
-                .filter_map(|v| Some((v["id"].as_str()?.to_string(), hutong_quality::birth_of(v))))
+                .filter(|v| v.at("resourceType") == "Patient")
+                .filter_map(|v| {
+                    Some((
+                        v.at("id").as_str()?.to_string(),
+                        hutong_quality::birth_of(v),
+                    ))
+                })
                 .collect(),
         ),
     };
@@ -384,10 +391,10 @@ pub fn check_with(
     };
     for (v, fp) in resources.iter().zip(&fps) {
         let mut f = checker.check(v, now);
-        f.extend(context.check_context(v, &held));
+        f.extend(context.check_context_with(v, &held, Some(fp)));
         // A later copy in the same submission is a duplicate of the first.
-        let rtype = v["resourceType"].as_str().unwrap_or("").to_string();
-        let id = v["id"].as_str().unwrap_or("").to_string();
+        let rtype = v.at("resourceType").as_str().unwrap_or("").to_string();
+        let id = v.at("id").as_str().unwrap_or("").to_string();
         held.content.entry((rtype, fp.clone())).or_insert(id);
         out.findings.push(f);
         out.fingerprints.push(fp.clone());
@@ -406,7 +413,7 @@ pub fn issue(f: &Finding, at: Option<&str>) -> Issue {
         },
         None => f.expression.clone(),
     };
-    let code = match v["code"].as_str() {
+    let code = match v.at("code").as_str() {
         Some("structure") => IssueCode::Structure,
         Some("not-found") => IssueCode::NotFound,
         Some("duplicate") => IssueCode::Duplicate,
@@ -415,12 +422,12 @@ pub fn issue(f: &Finding, at: Option<&str>) -> Issue {
         _ => IssueCode::BusinessRule,
     };
     let mut extra = serde_json::Map::new();
-    extra.insert("extension".into(), v["extension"].clone());
-    extra.insert("details".into(), v["details"].clone());
+    extra.insert("extension".into(), v.at("extension").clone());
+    extra.insert("details".into(), v.at("details").clone());
     Issue {
         severity: f.severity.as_str(),
         code,
-        diagnostics: v["diagnostics"].as_str().unwrap_or("").to_string(),
+        diagnostics: v.at("diagnostics").as_str().unwrap_or("").to_string(),
         expression: Some(expression),
         extra: Some(extra),
     }

@@ -397,7 +397,11 @@ pub struct Catalog {
     pub codec: std::sync::Arc<crate::codec::Codec>,
     types: HashMap<String, i64>,
     type_names: HashMap<i64, String>,
-    params: HashMap<(String, String), i64>,
+    /// type → parameter → id; nested so a lookup borrows its keys (it runs for every index
+    /// entry written).
+    params: HashMap<String, HashMap<String, i64>>,
+    /// type → token parameter → the id of its `:text` rows.
+    text_params: HashMap<String, HashMap<String, i64>>,
     systems: HashMap<String, i64>,
     system_names: HashMap<i64, String>,
     /// See [`Catalog::compartment_pids`].
@@ -426,7 +430,7 @@ impl Catalog {
                     _ => {}
                 }
                 for n in names {
-                    if !cat.params.contains_key(&(t.clone(), n.clone())) {
+                    if cat.param_id(t, &n).is_none() {
                         wanted.push((KIND_PARAM, format!("{t}.{n}")));
                     }
                 }
@@ -474,7 +478,16 @@ impl Catalog {
                 }
                 KIND_PARAM => {
                     if let Some((t, p)) = name.split_once('.') {
-                        cat.params.insert((t.to_string(), p.to_string()), cid);
+                        if let Some(base) = p.strip_suffix(":text") {
+                            cat.text_params
+                                .entry(t.to_string())
+                                .or_default()
+                                .insert(base.to_string(), cid);
+                        }
+                        cat.params
+                            .entry(t.to_string())
+                            .or_default()
+                            .insert(p.to_string(), cid);
                     }
                 }
                 _ => {
@@ -501,7 +514,12 @@ impl Catalog {
     }
 
     pub fn param_id(&self, t: &str, code: &str) -> Option<i64> {
-        self.params.get(&(t.to_string(), code.to_string())).copied()
+        self.params.get(t)?.get(code).copied()
+    }
+
+    /// `param_id(t, "{code}:text")`, without building the name.
+    pub fn text_param_id(&self, t: &str, code: &str) -> Option<i64> {
+        self.text_params.get(t)?.get(code).copied()
     }
 
     /// The stored parameter ids that serve search parameter `code` (which may carry a

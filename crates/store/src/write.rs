@@ -809,7 +809,7 @@ impl<'a> Tx<'a> {
                         ]);
                     }
                     if !text.is_empty() {
-                        if let Some(tp) = self.cat.param_id(rtype, &format!("{}:text", e.param)) {
+                        if let Some(tp) = self.cat.text_param_id(rtype, &e.param) {
                             rows[7].push(vec![
                                 s.clone(),
                                 r.clone(),
