@@ -762,7 +762,7 @@ fn quantities(obj: &Map<String, Value>, out: &mut Out) {
         if let Some(q) = c.field("valueQuantity") {
             items.push((
                 format!("component[{i}].valueQuantity"),
-                loinc_of(&c.at("code")),
+                loinc_of(c.at("code")),
                 q,
             ));
         }
@@ -837,7 +837,7 @@ fn codes(obj: &Map<String, Value>, out: &mut Out) {
         .flatten()
         .enumerate()
     {
-        concepts.push((format!("component[{i}].code"), &c.at("code")));
+        concepts.push((format!("component[{i}].code"), c.at("code")));
     }
     for (at, concept) in concepts {
         for (j, coding) in concept
