@@ -67,6 +67,12 @@ enum Cmd {
         /// The submitting institution recorded as meta.source.
         #[arg(long, env = "HUTONG_SOURCE")]
         source: Option<String>,
+        /// The value indexes on dates and strings (embedded store): `auto` drops them during
+        /// a load larger than the store (and 64 MiB) and builds them once at its end —
+        /// faster, and searches on those parameters are slower until then; `defer` always
+        /// does; `keep` never does.
+        #[arg(long, value_enum, default_value = "auto")]
+        indexes: IndexMode,
     },
     /// Write every current resource as NDJSON files (one per type).
     Export {
@@ -279,10 +285,10 @@ fn main() -> anyhow::Result<()> {
             app.run_until(hutong_server::shutdown_signal()).await?;
             Ok(())
         }),
-        Cmd::Import { paths, source } => {
+        Cmd::Import { paths, source, indexes } => {
             let s = settings(&cli.common, &fc, None)?;
             let source = source.or(fc.default_source.clone()).unwrap_or_else(|| DEFAULT_SOURCE.into());
-            import(&s, &paths, &source)
+            import(&s, &paths, &source, indexes.into())
         }
         Cmd::Export { out, types, since } => {
             let s = settings(&cli.common, &fc, None)?;
@@ -346,7 +352,29 @@ fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
     )
 }
 
-fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IndexMode {
+    Auto,
+    Defer,
+    Keep,
+}
+
+impl From<IndexMode> for hutong_server::bulk::Indexes {
+    fn from(m: IndexMode) -> Self {
+        match m {
+            IndexMode::Auto => Self::Auto,
+            IndexMode::Defer => Self::Defer,
+            IndexMode::Keep => Self::Keep,
+        }
+    }
+}
+
+fn import(
+    s: &Settings,
+    paths: &[PathBuf],
+    source: &str,
+    indexes: hutong_server::bulk::Indexes,
+) -> anyhow::Result<()> {
     if paths.is_empty() {
         anyhow::bail!("nothing to import: give NDJSON files, bundles or directories");
     }
@@ -370,7 +398,7 @@ fn import(s: &Settings, paths: &[PathBuf], source: &str) -> anyhow::Result<()> {
         let rate = n as f64 / t0.elapsed().as_secs_f64().max(1e-3);
         bar.set_message(format!("{n} resources, {rate:.0}/s"));
     };
-    let report = hutong_server::bulk::import(&engine, &files, source, &progress)?;
+    let report = hutong_server::bulk::import_with(&engine, &files, source, indexes, &progress)?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     println!(

@@ -1167,6 +1167,32 @@ impl Store {
         }
     }
 
+    /// For a bulk load much larger than what the store holds: drops the value indexes that
+    /// cost most per row written ([`schema::DEFERRABLE`]), to be built once, sorted, by
+    /// [`Store::build_value_indexes`] when the load is done. Searches stay correct meanwhile
+    /// (slower on those parameters); if the process dies first, the next open builds them.
+    /// Whether anything was dropped (nothing on PostgreSQL, whose indexes stay as they are).
+    pub fn defer_value_indexes(&self) -> Result<bool, StoreError> {
+        if self.inner.dialect != Dialect::Sqlite {
+            return Ok(false);
+        }
+        let mut w = self.inner.writer.get()?;
+        let sql: String = schema::DEFERRABLE
+            .iter()
+            .map(|ix| format!("DROP INDEX IF EXISTS {ix};"))
+            .collect();
+        w.conn().batch(&sql)?;
+        Ok(true)
+    }
+
+    /// Builds the value indexes [`Store::defer_value_indexes`] dropped (every missing index
+    /// of the schema, in fact: the same statements as opening the store).
+    pub fn build_value_indexes(&self) -> Result<(), StoreError> {
+        let mut w = self.inner.writer.get()?;
+        schema::create(w.conn())?;
+        Ok(())
+    }
+
     /// Checkpoints the SQLite WAL into the main file (no-op on PostgreSQL).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         if self.inner.dialect == Dialect::Sqlite {

@@ -33,6 +33,7 @@ both!(
     index_rows_follow_the_current_version,
     clinical_times_come_from_the_index,
     shards_have_one_owner,
+    deferred_value_indexes,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
@@ -1837,4 +1838,74 @@ fn shards_have_one_owner(t: &TestStore) {
     assert_eq!(owner(hutong_store::shard_of("p1")).as_deref(), Some("p1"));
     assert_eq!(owner(hutong_store::shard_of("p2")).as_deref(), Some("p2"));
     assert_eq!(owner(hutong_store::shard_of("evil")), None);
+}
+
+/// A bulk load may drop the value indexes on dates and strings and build them at its end:
+/// answers stay the same meanwhile (rows written then included), and a store closed before
+/// they were built (a killed load) gets them back when opened.
+fn deferred_value_indexes(t: &TestStore) {
+    use hutong_store::sql::Dialect;
+    let s = &t.store;
+    seed(s);
+    let queries: [(&str, &str, &str); 5] = [
+        ("Patient", "birthdate", "1990"),
+        ("Patient", "birthdate", "lt1990-01-01"),
+        ("Patient", "name", "zoe"),
+        ("Observation", "date", "ge2024-02-01"),
+        ("Observation", "date", "lt2024-03"),
+    ];
+    let answers = |s: &Store| -> Vec<Vec<String>> {
+        queries
+            .iter()
+            .map(|(t, p, v)| search(s, t, &[(*p, *v)]))
+            .collect()
+    };
+    let indexes = |s: &Store| {
+        let names: Vec<String> = hutong_store::schema::DEFERRABLE
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect();
+        s.query_admin(
+            &format!(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ({})",
+                names.join(", ")
+            ),
+            &[],
+        )
+        .unwrap()[0][0]
+            .int()
+    };
+    let before = answers(s);
+    assert_eq!(before[0], ["p1"]);
+    assert_eq!(before[3], ["o2", "o3"]);
+    let sqlite = s.dialect() == Dialect::Sqlite;
+    assert_eq!(s.defer_value_indexes().unwrap(), sqlite);
+    if !sqlite {
+        // PostgreSQL keeps its indexes; building them again is a no-op.
+        s.build_value_indexes().unwrap();
+        assert_eq!(answers(s), before);
+        return;
+    }
+    assert_eq!(indexes(s), 0);
+    assert_eq!(answers(s), before);
+    // Written while they are gone, found once they are back.
+    put(
+        s,
+        "Patient",
+        "p3",
+        json!({"resourceType": "Patient", "name": [{"family": "Zoe"}], "birthDate": "1990-06-01"}),
+    );
+    s.build_value_indexes().unwrap();
+    assert_eq!(indexes(s), 3);
+    assert_eq!(search(s, "Patient", &[("birthdate", "1990")]), ["p1", "p3"]);
+    assert_eq!(search(s, "Patient", &[("name", "zoe")]), ["p2", "p3"]);
+    // A load killed before it built them: the next open does.
+    s.defer_value_indexes().unwrap();
+    assert_eq!(indexes(s), 0);
+    let reopened = Store::open(&t.location).unwrap();
+    assert_eq!(indexes(&reopened), 3);
+    assert_eq!(
+        search(&reopened, "Patient", &[("birthdate", "1990")]),
+        ["p1", "p3"]
+    );
 }

@@ -29,7 +29,8 @@ on_both!(
     rejections_are_explained_quarantined_and_resubmitted,
     warnings_are_recorded_and_validate_reports,
     vaccinations_are_checked_against_the_record,
-    bulk_loads_check_references_once_every_file_is_in
+    bulk_loads_check_references_once_every_file_is_in,
+    bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes
 );
 
 const A: &str = "urn:hutong:org:91330100QA";
@@ -449,5 +450,82 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
     });
     let ids: Vec<&str> = rows.iter().map(|r| r[0].text()).collect();
     assert_eq!(ids, ["qb-o2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A load begun in the 1,000-line chunks of earlier versions resumes in those (its
+/// `import_done` rows count them) and loads nothing twice; a load that defers the value
+/// indexes answers date and string searches like one that keeps them.
+async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestApp) {
+    use hutong_server::bulk::{import_with, Indexes};
+    let dir = std::env::temp_dir().join(format!(
+        "hutong-bulk-resume-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // No ids: a line loaded twice would be a second Patient.
+    let line = |i: usize| {
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn:qr", "value": format!("r{i}")}],
+            "name": [{"family": "孙", "given": [format!("{i}")]}], "birthDate": format!("19{:02}-03-04", i % 100)})
+        .to_string()
+            + "\n"
+    };
+    let first: String = (0..2000).map(line).collect();
+    let all: String = (0..2500).map(line).collect();
+    std::fs::write(dir.join("first.ndjson"), &first).unwrap();
+    let whole = dir.join("whole.ndjson");
+    std::fs::write(&whole, &all).unwrap();
+    let engine = &app.engine;
+    let count = |q: &str| {
+        let q = hutong_store::Query::parse(
+            "Patient",
+            &hutong_server::engine::parse_query_string(q),
+            true,
+        )
+        .unwrap();
+        engine
+            .store
+            .search(&q, &hutong_store::Scope::All)
+            .unwrap()
+            .total
+            .unwrap()
+    };
+    tokio::task::block_in_place(|| {
+        // An earlier version loaded the first two 1,000-line chunks of `whole`, then died.
+        let r = import_with(
+            engine,
+            &[dir.join("first.ndjson")],
+            A,
+            Indexes::Keep,
+            &|_, _| {},
+        )
+        .unwrap();
+        assert_eq!(r.loaded, 2000);
+        let legacy = format!(
+            "{}#{}",
+            std::fs::canonicalize(&whole).unwrap().display(),
+            all.len()
+        );
+        engine
+            .store
+            .write(&hutong_store::testing::AUDIT, |tx| {
+                tx.mark_done(&legacy, 0)?;
+                tx.mark_done(&legacy, 1)
+            })
+            .unwrap();
+        let r = import_with(engine, &[whole.clone()], A, Indexes::Defer, &|_, _| {}).unwrap();
+        assert_eq!((r.loaded, r.skipped_chunks), (500, 2), "{:?}", r.rejected);
+        assert_eq!(count("identifier=urn:mrn:qr|r0"), 1);
+        assert_eq!(count("identifier=urn:mrn:qr|r2499"), 1);
+        assert_eq!(count("family=孙"), 2500);
+        // Values written while the indexes were away: 1907-03-04 for r7, r107, …, r2407.
+        assert_eq!(count("birthdate=1907-03-04&family=孙"), 25);
+        assert_eq!(count("birthdate=lt1901&family=孙"), 25);
+        // Nothing left to do, in the new chunks either.
+        let again = import_with(engine, &[whole.clone()], A, Indexes::Auto, &|_, _| {}).unwrap();
+        assert_eq!(again.loaded, 0);
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
