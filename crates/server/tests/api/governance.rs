@@ -515,7 +515,14 @@ async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestA
                 tx.mark_done(&legacy, 1)
             })
             .unwrap();
-        let r = import_with(engine, &[whole.clone()], A, Indexes::Defer, &|_, _| {}).unwrap();
+        let r = import_with(
+            engine,
+            std::slice::from_ref(&whole),
+            A,
+            Indexes::Defer,
+            &|_, _| {},
+        )
+        .unwrap();
         assert_eq!((r.loaded, r.skipped_chunks), (500, 2), "{:?}", r.rejected);
         assert_eq!(count("identifier=urn:mrn:qr|r0"), 1);
         assert_eq!(count("identifier=urn:mrn:qr|r2499"), 1);
@@ -524,7 +531,14 @@ async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestA
         assert_eq!(count("birthdate=1907-03-04&family=孙"), 25);
         assert_eq!(count("birthdate=lt1901&family=孙"), 25);
         // Nothing left to do, in the new chunks either.
-        let again = import_with(engine, &[whole.clone()], A, Indexes::Auto, &|_, _| {}).unwrap();
+        let again = import_with(
+            engine,
+            std::slice::from_ref(&whole),
+            A,
+            Indexes::Auto,
+            &|_, _| {},
+        )
+        .unwrap();
         assert_eq!(again.loaded, 0);
     });
     let _ = std::fs::remove_dir_all(&dir);
