@@ -91,20 +91,60 @@ pub fn open(store: &Store) -> Result<(), StoreError> {
             "Moved content fingerprints to qc_seen."
         );
     }
-    Ok(())
+    bucket_seen(store)
+}
+
+/// Gives the keys of a store made before [`seen_key`] had buckets theirs (from the routes of
+/// the resources they name), once; a key keeps its low 48 bits.
+fn bucket_seen(store: &Store) -> Result<(), StoreError> {
+    let done = "SELECT v FROM meta WHERE k = 'qc_seen_buckets'";
+    if !store.query_admin(done, &[])?.is_empty() {
+        return Ok(());
+    }
+    let d = store.dialect();
+    let table = match d {
+        Dialect::Sqlite => {
+            "CREATE TABLE qc_seen_b (k INTEGER NOT NULL PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID"
+        }
+        Dialect::Postgres => {
+            "CREATE TABLE qc_seen_b (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL)"
+        }
+    };
+    let copy = insert_ignore(
+        d,
+        &format!(
+            "qc_seen_b (k, rid) SELECT {} | (q.k & {}), q.rid FROM qc_seen q \
+             JOIN res_route r ON r.rid = q.rid",
+            bucket_sql("r"),
+            (1i64 << SEEN_HASH_BITS) - 1
+        ),
+    );
+    let mark = insert_ignore(d, "meta (k, v) VALUES ('qc_seen_buckets', 'done')");
+    store.with_admin_tx(|conn| {
+        conn.batch(table)?;
+        conn.exec(&copy, &[])?;
+        conn.batch("DROP TABLE qc_seen")?;
+        conn.batch("ALTER TABLE qc_seen_b RENAME TO qc_seen")?;
+        conn.exec(&mark, &[])?;
+        Ok(())
+    })
 }
 
 /// The statement that records a content fingerprint: one row of two integers per accepted
-/// resource, keyed by [`seen_key`], naming the resource by its storage id. It is run for every
-/// accepted resource, so it is a constant (the catalog kind is a parameter).
+/// resource, keyed by [`seen_key`] (its bucket taken from the resource's route), naming the
+/// resource by its storage id. It is run for every accepted resource, so it is a constant
+/// (the catalog kind is a parameter).
 fn seen_insert(d: Dialect) -> &'static str {
     static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
     let [sqlite, postgres] = SQL.get_or_init(|| {
         [Dialect::Sqlite, Dialect::Postgres].map(|d| {
             insert_ignore(
                 d,
-                "qc_seen (k, rid) SELECT ?, r.rid FROM res_route r WHERE r.rtype = \
-                 (SELECT cid FROM catalog WHERE kind = ? AND name = ?) AND r.id = ?",
+                &format!(
+                    "qc_seen (k, rid) SELECT {} | ?, r.rid FROM res_route r WHERE r.rtype = \
+                     (SELECT cid FROM catalog WHERE kind = ? AND name = ?) AND r.id = ?",
+                    bucket_sql("r")
+                ),
             )
         })
     });
@@ -116,18 +156,52 @@ fn seen_insert(d: Dialect) -> &'static str {
 
 fn seen_params(source: &str, rtype: &str, fp: i64, id: &str) -> [Val; 4] {
     [
-        Val::Int(seen_key(source, rtype, fp)),
+        Val::Int(seen_hash(source, rtype, fp)),
         Val::Int(hutong_store::schema::KIND_TYPE),
         Val::Text(rtype.into()),
         Val::Text(id.into()),
     ]
 }
 
+/// Bits of a [`seen_key`] below its bucket.
+const SEEN_HASH_BITS: u32 = 48;
+
 /// The key of a fingerprint as seen from one source for one type: the first submission of
-/// the same content by the same source is what a later one duplicates. A collision (2⁻⁶⁴
-/// per pair) would only mark a resource as a possible duplicate, which is a warning.
-fn seen_key(source: &str, rtype: &str, fp: i64) -> i64 {
-    hutong_mpi::block::key_hash(&format!("{source}\u{0}{rtype}\u{0}{fp:016x}"))
+/// the same content by the same source is what a later one duplicates. Its top 16 bits are
+/// a bucket — the low bits of the shard of the patient the content is filed under (0 for
+/// Patients, whose own id is their shard and is not part of their content) — so that a
+/// patient's records, written together, land on a few neighbouring pages of `qc_seen`
+/// instead of one random page each (a quarter of the pages an import chunk dirtied). Below
+/// it, 48 bits of a hash of source, type and fingerprint: a collision among one bucket's
+/// resources (2⁻⁴⁸ per pair) would only mark a resource as a possible duplicate, a warning.
+fn seen_key(source: &str, rtype: &str, fp: i64, shard: i64) -> i64 {
+    let bucket = if rtype == "Patient" {
+        0
+    } else {
+        shard as u64 & 0xffff
+    };
+    ((bucket << SEEN_HASH_BITS) as i64) | seen_hash(source, rtype, fp)
+}
+
+fn seen_hash(source: &str, rtype: &str, fp: i64) -> i64 {
+    let h = hutong_mpi::block::key_hash(&format!("{source}\u{0}{rtype}\u{0}{fp:016x}"));
+    (h as u64 & ((1 << SEEN_HASH_BITS) - 1)) as i64
+}
+
+/// [`seen_key`]'s bucket in SQL, from the route `r` of the resource.
+fn bucket_sql(r: &str) -> String {
+    format!(
+        "((CASE WHEN {r}.rtype = (SELECT cid FROM catalog WHERE kind = {} AND name = 'Patient') \
+         THEN 0 ELSE {r}.shard & 65535 END) << {SEEN_HASH_BITS})",
+        hutong_store::schema::KIND_TYPE
+    )
+}
+
+/// The shard of the patient `v`'s content files it under, as the store will compute it.
+fn content_shard(rtype: &str, v: &Value) -> i64 {
+    let refs = hutong_fhir::index::extract_kind(rtype, v, hutong_fhir::ParamType::Reference);
+    hutong_fhir::index::compartment_owner(rtype, "", &refs)
+        .map_or(0, |p| hutong_store::shard_of(&p))
 }
 
 /// The 64-bit key a content fingerprint (hex) is kept and looked up by: its first 16 hex
@@ -313,7 +387,11 @@ pub fn check_with(
             .zip(&fps)
             .filter_map(|(v, f)| {
                 let rtype = v.at("resourceType").as_str()?;
-                Some((seen_key(source, rtype, fingerprint_key(f)?), (rtype, f)))
+                let shard = content_shard(rtype, v);
+                Some((
+                    seen_key(source, rtype, fingerprint_key(f)?, shard),
+                    (rtype, f),
+                ))
             })
             .collect();
         let keys: Vec<i64> = by_key.keys().copied().collect();
@@ -672,6 +750,63 @@ mod tests {
             fingerprint_key(&hutong_quality::fingerprint(&copy))
         );
         assert_eq!(fingerprint_key("short"), None);
+    }
+
+    /// Keys written before they had buckets (a full 64-bit hash) are given theirs when the
+    /// store is opened, so content submitted before the upgrade is still found again.
+    fn rebuckets_old_keys(store: &Store) {
+        open(store).unwrap();
+        let patient = json!({"resourceType": "Patient", "id": "p1", "name": [{"text": "王芳"}]});
+        let obs = |id: &str| {
+            json!({"resourceType": "Observation", "id": id, "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}})
+        };
+        store
+            .write(&hutong_store::testing::AUDIT, |tx| {
+                tx.update("Patient", "p1", patient.clone(), None)?;
+                tx.update("Observation", "o1", obs("o1"), None)
+            })
+            .unwrap();
+        assert_ne!(content_shard("Observation", &obs("o1")), 0);
+        let fp = fingerprint_key(&hutong_quality::fingerprint(&obs("o1"))).unwrap();
+        let old_key = hutong_mpi::block::key_hash(&format!("urn:a\u{0}Observation\u{0}{fp:016x}"));
+        store
+            .exec_admin(
+                "INSERT INTO qc_seen (k, rid) SELECT ?, rid FROM res_route WHERE id = 'o1'",
+                &[Val::Int(old_key)],
+            )
+            .unwrap();
+        store
+            .exec_admin("DELETE FROM meta WHERE k = 'qc_seen_buckets'", &[])
+            .unwrap();
+        let checker = Checker::default();
+        let copy = obs("o2");
+        let dup = || {
+            let c = check(store, &checker, "urn:a", &[&copy], HashSet::new(), false).unwrap();
+            c.findings[0].iter().any(|f| f.rule == "duplicate")
+        };
+        assert!(!dup(), "an old key is not found by a bucketed lookup");
+        open(store).unwrap();
+        assert!(dup());
+        let keys = store.query_admin("SELECT k FROM qc_seen", &[]).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            keys[0][0].int(),
+            seen_key(
+                "urn:a",
+                "Observation",
+                fp,
+                content_shard("Observation", &copy)
+            )
+        );
+    }
+
+    #[test]
+    fn old_keys_get_buckets() {
+        rebuckets_old_keys(&hutong_store::testing::sqlite().store);
+        if let Some(t) = hutong_store::testing::postgres() {
+            rebuckets_old_keys(&t.store);
+        }
     }
 
     #[test]
