@@ -169,6 +169,28 @@ pub fn compartment_owner(rtype: &str, id: &str, entries: &[Entry]) -> Option<Str
     })
 }
 
+/// [`compartment_owner`] of `resource` as its content alone determines it, evaluating only
+/// the compartment's parameters (a few of a type's many): what the intake rules need to know
+/// where a submission will be filed before it is indexed.
+pub fn content_owner(rtype: &str, resource: &Value) -> Option<String> {
+    let defs = Definitions::get();
+    let params = defs.compartment_params(rtype)?;
+    let stored: Vec<&str> = params
+        .iter()
+        .map(
+            |p| match defs.param(rtype, p).and_then(|d| d.derived.as_ref()) {
+                Some(Derived::Same { base }) | Some(Derived::Restrict { base, .. }) => {
+                    base.as_str()
+                }
+                _ => p.as_str(),
+            },
+        )
+        .collect();
+    let id = resource.at("id").as_str().unwrap_or("");
+    let entries = extract_where(rtype, resource, |p| stored.contains(&p.code.as_str()));
+    compartment_owner(rtype, id, &entries)
+}
+
 fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
     let mut push = |param: &str, value: IndexValue| {
         out.push(Entry {
@@ -455,6 +477,62 @@ fn quantity(v: &Value) -> Option<IndexValue> {
             })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_owner_is_the_compartment_owner() {
+        let cases = [
+            (
+                "Observation",
+                json!({"resourceType": "Observation", "id": "o", "status": "final",
+                "code": {"text": "x"}, "performer": [{"reference": "Practitioner/d"}],
+                "subject": {"reference": "Patient/p1"}}),
+            ),
+            (
+                "Encounter",
+                json!({"resourceType": "Encounter", "id": "e", "status": "finished",
+                "class": {"code": "AMB"}, "subject": {"reference": "Patient/p2"}}),
+            ),
+            (
+                "MedicationRequest",
+                json!({"resourceType": "MedicationRequest", "id": "m",
+                "status": "active", "intent": "order", "subject": {"reference": "Patient/p3"},
+                "requester": {"reference": "Patient/p4"}}),
+            ),
+            ("Patient", json!({"resourceType": "Patient", "id": "p5"})),
+            (
+                "Organization",
+                json!({"resourceType": "Organization", "id": "g", "name": "x"}),
+            ),
+            (
+                "Observation",
+                json!({"resourceType": "Observation", "id": "o2", "status": "final",
+                "code": {"text": "x"}}),
+            ),
+        ];
+        for (t, v) in cases {
+            let id = v["id"].as_str().unwrap();
+            assert_eq!(
+                content_owner(t, &v),
+                compartment_owner(t, id, &extract(t, &v)),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            content_owner("MedicationRequest", &cases_owner()),
+            Some("p3".into())
+        );
+    }
+
+    fn cases_owner() -> Value {
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "requester": {"reference": "Patient/p4"}, "subject": {"reference": "Patient/p3"}})
     }
 }
 

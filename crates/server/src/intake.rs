@@ -199,9 +199,7 @@ fn bucket_sql(r: &str) -> String {
 
 /// The shard of the patient `v`'s content files it under, as the store will compute it.
 fn content_shard(rtype: &str, v: &Value) -> i64 {
-    let refs = hutong_fhir::index::extract_kind(rtype, v, hutong_fhir::ParamType::Reference);
-    hutong_fhir::index::compartment_owner(rtype, "", &refs)
-        .map_or(0, |p| hutong_store::shard_of(&p))
+    hutong_fhir::index::content_owner(rtype, v).map_or(0, |p| hutong_store::shard_of(&p))
 }
 
 /// The 64-bit key a content fingerprint (hex) is kept and looked up by: its first 16 hex
