@@ -419,7 +419,7 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
         Expr::Bool(b) => vec![Item::Bool(*b)],
         Expr::Child(on, name) => {
             let mut out = Vec::new();
-            for it in eval(on, focus) {
+            for it in input(on, focus, resource).iter() {
                 let Item::Node {
                     v: Value::Object(o),
                     ..
@@ -454,7 +454,7 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
             out
         }
         Expr::Call(on, f) => {
-            let input = eval(on, focus);
+            let input = input(on, focus, resource).into_owned();
             match f {
                 Func::OfType(t) => input.into_iter().filter(|i| is_type(i, t)).collect(),
                 Func::Where(cond) => input
@@ -514,6 +514,42 @@ pub fn eval_in<'a>(e: &Expr, focus: &[Item<'a>], resource: &[Item<'a>]) -> Vec<I
             .into_iter()
             .filter(|i| is_type(i, t))
             .collect(),
+    }
+}
+
+/// What `on` evaluates to over `focus`: `focus` itself, borrowed, when `on` is `$this` — the
+/// start of every path, so most steps save a copy of their input.
+fn input<'a, 'f>(
+    on: &Expr,
+    focus: &'f [Item<'a>],
+    resource: &[Item<'a>],
+) -> std::borrow::Cow<'f, [Item<'a>]> {
+    match on {
+        Expr::This => std::borrow::Cow::Borrowed(focus),
+        // `Observation.code` over Observations: the type step selects the whole focus.
+        Expr::Child(inner, t)
+            if **inner == Expr::This
+                && t.starts_with(|c: char| c.is_ascii_uppercase())
+                && focus.iter().all(|i| is_resource_of(i, t)) =>
+        {
+            std::borrow::Cow::Borrowed(focus)
+        }
+        _ => std::borrow::Cow::Owned(eval_in(on, focus, resource)),
+    }
+}
+
+/// Whether `i` is a resource that the type step `t` selects as a whole.
+fn is_resource_of(i: &Item, t: &str) -> bool {
+    let Item::Node {
+        v: Value::Object(o),
+        ..
+    } = i
+    else {
+        return false;
+    };
+    match o.field("resourceType").and_then(Value::as_str) {
+        Some(rt) => rt == t || matches!(t, "Resource" | "DomainResource"),
+        None => false,
     }
 }
 
