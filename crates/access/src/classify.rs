@@ -4,11 +4,12 @@
 //! the category. The rules are data (`data/sensitivity.json`), replaceable by a file of the
 //! same shape (`sensitivity_rules` in the configuration).
 
-use hutong_fhir::json::Fields;
 use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use hutong_fhir::json::Fields;
 
 #[derive(Debug, Deserialize)]
 struct RuleFile {

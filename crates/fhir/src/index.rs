@@ -1,12 +1,12 @@
 //! Extraction of search-index values from a resource, driven by the R4 search-parameter
 //! definitions. The store persists these rows; search compares against them.
 
-use crate::json::Fields;
 use serde_json::Value;
 
 use crate::date::{self, Range};
 use crate::defs::{Definitions, Derived, ParamType, SearchParamDef};
 use crate::id::Reference;
+use crate::json::Fields;
 use crate::normalize_string;
 use crate::path::{eval, eval_in, Item};
 

@@ -21,21 +21,6 @@ pub fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     }
 }
 
-/// The value of `key` in `v` when `v` is an object.
-#[inline]
-pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(o) => get(o, key),
-        _ => None,
-    }
-}
-
-/// The string at `key` in `v`.
-#[inline]
-pub fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    field(v, key).and_then(Value::as_str)
-}
-
 static NULL: Value = Value::Null;
 
 /// [`get`] as methods, for the hot paths that read resources: `v.field("code")` in place of
@@ -51,9 +36,13 @@ pub trait Fields {
 }
 
 impl Fields for Value {
+    /// `None` unless `self` is an object.
     #[inline]
     fn field(&self, key: &str) -> Option<&Value> {
-        field(self, key)
+        match self {
+            Value::Object(o) => get(o, key),
+            _ => None,
+        }
     }
 }
 
@@ -73,9 +62,9 @@ mod tests {
     #[test]
     fn finds_fields_in_small_and_large_objects() {
         let small = json!({"system": "s", "code": "c"});
-        assert_eq!(str_at(&small, "code"), Some("c"));
-        assert_eq!(field(&small, "display"), None);
-        assert_eq!(field(&json!("text"), "code"), None);
+        assert_eq!(small.field("code"), Some(&json!("c")));
+        assert_eq!(small.field("display"), None);
+        assert_eq!(json!("text").field("code"), None);
         let large: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
         assert_eq!(get(&large, "k33"), Some(&json!(33)));
         assert_eq!(get(&large, "k40"), None);

@@ -3,10 +3,10 @@
 //! `as`/`is`, `=`/`!=`, `and`/`or` and literals. Every expression in the R4 definitions parses
 //! (a unit test checks), so an unknown construct is a definitions change, caught at build.
 
-use crate::json::Fields;
 use serde_json::Value;
 
 use crate::id::Reference;
+use crate::json::Fields;
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]

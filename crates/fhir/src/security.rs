@@ -7,8 +7,9 @@
 //! decision can exclude sensitive rows in the database, and a grant names the categories it
 //! opens as the same labels.
 
-use crate::json::Fields;
 use serde_json::Value;
+
+use crate::json::Fields;
 
 pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 pub const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";

@@ -14,11 +14,11 @@ pub mod rules;
 pub mod scorecard;
 pub mod workorder;
 
-use hutong_fhir::json::Fields;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use hutong_fhir::date;
+use hutong_fhir::json::Fields;
 pub use rules::{Rules, RulesError, Severity, RULES};
 
 /// The platform extension on `meta` that records when the source collected the data.

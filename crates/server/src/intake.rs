@@ -4,10 +4,10 @@
 //! submission is kept in a quarantine its source can list, download and resubmit; warnings
 //! are recorded beside the accepted version, in the same transaction.
 
-use hutong_fhir::json::Fields;
 use std::collections::{HashMap, HashSet};
 
 use hutong_fhir::date::now_ms;
+use hutong_fhir::json::Fields;
 use hutong_fhir::outcome::Issue;
 use hutong_fhir::{IssueCode, Outcome};
 use hutong_quality::{Checker, Context, Dose, Finding, Severity};
