@@ -369,13 +369,8 @@ async fn vaccinations_are_checked_against_the_record(app: &TestApp) {
 }
 
 async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
-    let dir = std::env::temp_dir().join(format!(
-        "hutong-bulk-refs-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = hutong_store::testing::TempDir::new("bulk-refs");
+    let dir = tmp.0.clone();
     let obs = |id: &str, patient: &str| {
         let mut o = glucose(patient, 5.5);
         o["id"] = json!(id);
@@ -450,7 +445,6 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
     });
     let ids: Vec<&str> = rows.iter().map(|r| r[0].text()).collect();
     assert_eq!(ids, ["qb-o2"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A load begun in the 1,000-line chunks of earlier versions resumes in those (its
@@ -458,13 +452,8 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
 /// indexes answers date and string searches like one that keeps them.
 async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestApp) {
     use hutong_server::bulk::{import_with, Indexes};
-    let dir = std::env::temp_dir().join(format!(
-        "hutong-bulk-resume-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = hutong_store::testing::TempDir::new("bulk-resume");
+    let dir = tmp.0.clone();
     // No ids: a line loaded twice would be a second Patient.
     let line = |i: usize| {
         json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn:qr", "value": format!("r{i}")}],
@@ -541,5 +530,4 @@ async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestA
         .unwrap();
         assert_eq!(again.loaded, 0);
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }
