@@ -22,6 +22,7 @@
 //! - Every clinical row carries `shard` (the owning Patient's hash) first in its key.
 
 pub mod audit;
+mod checkpointer;
 pub mod codec;
 mod pool;
 mod postings;
@@ -198,9 +199,10 @@ pub(crate) struct Inner {
     catalog: RwLock<Catalog>,
     dialect: Dialect,
     written: std::sync::atomic::AtomicU64,
-    /// Resources written since the WAL's size was last looked at.
-    since_restart: std::sync::atomic::AtomicU64,
     training: std::sync::atomic::AtomicBool,
+    /// The embedded store's checkpoint thread (declared last: it is joined after the
+    /// connections close).
+    checkpointer: Option<checkpointer::Checkpointer>,
 }
 
 /// The store handle; cheap to clone, shared across threads.
@@ -211,13 +213,8 @@ pub struct Store {
 
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
     PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;
-    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=68719476736; PRAGMA wal_autocheckpoint=10000;
+    PRAGMA temp_store=MEMORY; PRAGMA mmap_size=68719476736; PRAGMA wal_autocheckpoint=0;
     PRAGMA journal_size_limit=134217728;";
-
-/// How many resources are written between looks at the WAL's length.
-const WAL_CHECK_EVERY: u64 = 5_000;
-/// The WAL length (4 KiB pages) past which it is rewound: 2.5 × the autocheckpoint.
-const WAL_RESTART_FRAMES: i64 = 25_000;
 
 fn open_sqlite(path: &Path) -> Result<Box<dyn Conn>, StoreError> {
     let c = rusqlite::Connection::open(path)?;
@@ -236,14 +233,14 @@ fn open_pg(url: &str) -> Result<Box<dyn Conn>, StoreError> {
 impl Store {
     /// Opens (creating if needed) the store at `loc`.
     pub fn open(loc: &Location) -> Result<Store, StoreError> {
-        let (writer, readers, dialect) = match loc {
+        let (writer, readers, dialect, file) = match loc {
             Location::Sqlite(dir) => {
                 std::fs::create_dir_all(dir)?;
                 let file = dir.join("hutong.db");
-                let f1 = file.clone();
+                let (f1, f2) = (file.clone(), file.clone());
                 let writer = Pool::new(1, Box::new(move || open_sqlite(&f1)));
-                let readers = Pool::new(8, Box::new(move || open_sqlite(&file)));
-                (writer, readers, Dialect::Sqlite)
+                let readers = Pool::new(8, Box::new(move || open_sqlite(&f2)));
+                (writer, readers, Dialect::Sqlite, Some(file))
             }
             Location::Postgres(url) => {
                 let u1 = url.clone();
@@ -252,13 +249,18 @@ impl Store {
                 // so a long import never starves reads.
                 let writer = Pool::new(4, Box::new(move || open_pg(&u1)));
                 let readers = Pool::new(8, Box::new(move || open_pg(&u2)));
-                (writer, readers, Dialect::Postgres)
+                (writer, readers, Dialect::Postgres, None)
             }
         };
         let (catalog, migrate) = {
             let mut c = writer.get()?;
             let migrate = schema::create(c.conn())?;
             (Catalog::load(c.conn())?, migrate)
+        };
+        // Opened once the schema exists, so it never sees the database half-made.
+        let checkpointer = match &file {
+            Some(f) => Some(checkpointer::Checkpointer::start(open_sqlite(f)?)?),
+            None => None,
         };
         tracing::info!(backend = ?dialect, "Store opened.");
         let store = Store {
@@ -268,8 +270,8 @@ impl Store {
                 catalog: RwLock::new(catalog),
                 dialect,
                 written: Default::default(),
-                since_restart: Default::default(),
                 training: Default::default(),
+                checkpointer,
             }),
         };
         if migrate {
@@ -348,8 +350,10 @@ impl Store {
         match result {
             Ok(r) => match conn.batch("COMMIT") {
                 Ok(()) => {
-                    self.keep_wal_short(conn, written);
                     drop(pooled);
+                    if let Some(c) = &self.inner.checkpointer {
+                        c.committed(written);
+                    }
                     self.after_commit(written);
                     if !added.is_empty() {
                         self.inner
@@ -387,38 +391,6 @@ impl Store {
 
     /// Trains the body dictionary once enough resources exist (embedded store only: on
     /// PostgreSQL several API nodes would race, and its TOAST compresses large rows anyway).
-    /// Restarts the SQLite WAL once it has grown past [`WAL_RESTART_FRAMES`]. The automatic
-    /// (passive) checkpoint copies frames back but never rewinds the log while some reader
-    /// is inside it, and under a steady stream of short reads (a bulk import's checks, a
-    /// busy API) there always is one: the WAL then grows without bound, and every commit
-    /// appends to fresh file blocks. A RESTART checkpoint waits (busy timeout) for those
-    /// readers to finish, so the next commit writes from the start of the file again.
-    /// Runs on the writer connection right after a commit, so no other writer is in the way.
-    fn keep_wal_short(&self, conn: &mut dyn Conn, written: u64) {
-        use std::sync::atomic::Ordering;
-        if self.inner.dialect != Dialect::Sqlite || written == 0 {
-            return;
-        }
-        let since = self
-            .inner
-            .since_restart
-            .fetch_add(written, Ordering::Relaxed)
-            + written;
-        if since < WAL_CHECK_EVERY {
-            return;
-        }
-        self.inner.since_restart.store(0, Ordering::Relaxed);
-        let frames = match conn.query("PRAGMA wal_checkpoint(PASSIVE)", &[]) {
-            Ok(rows) => rows.first().map(|r| r[1].int()).unwrap_or(0),
-            Err(_) => return,
-        };
-        if frames > WAL_RESTART_FRAMES {
-            if let Err(e) = conn.batch("PRAGMA wal_checkpoint(RESTART)") {
-                tracing::debug!(error = %e, frames, "The WAL could not be restarted yet.");
-            }
-        }
-    }
-
     fn after_commit(&self, written: u64) {
         use std::sync::atomic::Ordering;
         if written == 0 || self.inner.dialect != Dialect::Sqlite {
