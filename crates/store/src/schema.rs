@@ -397,20 +397,25 @@ pub const KIND_TYPE: i64 = 1;
 const KIND_PARAM: i64 = 2;
 pub(crate) const KIND_SYSTEM: i64 = 3;
 
+/// The catalog's tables, looked up for every index row written: foldhash (randomly seeded)
+/// rather than SipHash, whose cost showed in a bulk load's writer. Their keys are the
+/// platform's own definitions and the code systems its sources use.
+type Lookup<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Interned ids, loaded once per process and extended as new code systems appear.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// The body compressor (shared by every copy of the catalog).
     pub codec: std::sync::Arc<crate::codec::Codec>,
-    types: HashMap<String, i64>,
-    type_names: HashMap<i64, String>,
+    types: Lookup<String, i64>,
+    type_names: Lookup<i64, String>,
     /// type → parameter → id; nested so a lookup borrows its keys (it runs for every index
     /// entry written).
-    params: HashMap<String, HashMap<String, i64>>,
+    params: Lookup<String, Lookup<String, i64>>,
     /// type → token parameter → the id of its `:text` rows.
-    text_params: HashMap<String, HashMap<String, i64>>,
-    systems: HashMap<String, i64>,
-    system_names: HashMap<i64, String>,
+    text_params: Lookup<String, Lookup<String, i64>>,
+    systems: Lookup<String, i64>,
+    system_names: Lookup<i64, String>,
     /// See [`Catalog::compartment_pids`].
     compartment: std::sync::OnceLock<(Vec<i64>, Vec<i64>)>,
 }
