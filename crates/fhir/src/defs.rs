@@ -66,6 +66,10 @@ pub struct SearchParamDef {
     /// (`Observation`'s `code-value-quantity` is its `code` and its `value-quantity`): it is
     /// answered by intersecting those parameters' rows and stores none of its own.
     pub split: bool,
+    /// `{code}:of-type` and `{code}:identifier`: the names of the token rows that serve
+    /// those modifiers, made once so that index entries borrow them.
+    pub of_type: String,
+    pub identifier: String,
 }
 
 /// How a parameter is served from another one's index rows.
@@ -270,6 +274,8 @@ impl Definitions {
                 components,
                 derived: None,
                 split: false,
+                of_type: format!("{}:of-type", p.code),
+                identifier: format!("{}:identifier", p.code),
             })
         };
         for p in &raw.search_parameters {

@@ -52,8 +52,8 @@ pub enum IndexValue {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// The parameter code; `code:identifier` / `code:of-type` for the derived token rows that
-    /// serve those modifiers.
-    pub param: String,
+    /// serve those modifiers. Borrowed from the definitions: a resource has tens of entries.
+    pub param: &'static str,
     pub value: IndexValue,
 }
 
@@ -111,15 +111,15 @@ fn extract_where(
             continue;
         }
         for it in &items {
-            values(p.kind, code, it, &mut out);
+            values(p.kind, Names::of(p), it, &mut out);
         }
     }
     // Entries per resource are few (tens): a quadratic dedup beats hashing formatted keys.
     // A `base | more` parameter keeps only the values its base does not already have, so
     // every base's entries go in first: parameters are visited in code order, and a union
     // may sort before its base (`combo-value-quantity` before `value-quantity`).
-    let union_base = |e: &Entry| match params.get(&e.param).map(|p| &p.derived) {
-        Some(Some(Derived::Union { base })) => Some(base.clone()),
+    let union_base = |e: &Entry| match params.get(e.param).map(|p| &p.derived) {
+        Some(Some(Derived::Union { base })) => Some(base.as_str()),
         _ => None,
     };
     let (unions, plain): (Vec<Entry>, Vec<Entry>) =
@@ -136,7 +136,7 @@ fn extract_where(
             || unique
                 .iter()
                 .chain(&shadow)
-                .any(|u| Some(&u.param) == base.as_ref() && u.value == e.value)
+                .any(|u| Some(u.param) == base && u.value == e.value)
         {
             continue;
         }
@@ -191,13 +191,34 @@ pub fn content_owner(rtype: &str, resource: &Value) -> Option<String> {
     compartment_owner(rtype, id, &entries)
 }
 
-fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
-    let mut push = |param: &str, value: IndexValue| {
-        out.push(Entry {
-            param: param.to_string(),
-            value,
-        });
+/// The names a parameter's entries are filed under.
+#[derive(Clone, Copy)]
+struct Names {
+    code: &'static str,
+    of_type: &'static str,
+    identifier: &'static str,
+}
+
+impl Names {
+    fn of(p: &'static SearchParamDef) -> Names {
+        Names {
+            code: &p.code,
+            of_type: &p.of_type,
+            identifier: &p.identifier,
+        }
+    }
+
+    /// For a composite's components, whose entries are not filed.
+    const NONE: Names = Names {
+        code: "",
+        of_type: "",
+        identifier: "",
     };
+}
+
+fn values(kind: ParamType, names: Names, it: &Item, out: &mut Vec<Entry>) {
+    let code = names.code;
+    let mut push = |param: &'static str, value: IndexValue| out.push(Entry { param, value });
     match kind {
         ParamType::String => {
             let mut s = Vec::new();
@@ -235,11 +256,10 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                         let sys = o.field("system").and_then(Value::as_str).unwrap_or("");
                         push(code, tok(sys, value, ""));
                         let types = o.field("type").and_then(|t| t.field("coding"));
-                        let of_type = format!("{code}:of-type");
                         for t in types.and_then(Value::as_array).into_iter().flatten() {
                             let ts = t.field("system").and_then(Value::as_str).unwrap_or("");
                             if let Some(tc) = t.field("code").and_then(Value::as_str) {
-                                push(&of_type, tok(ts, &format!("{tc}|{value}"), ""));
+                                push(names.of_type, tok(ts, &format!("{tc}|{value}"), ""));
                             }
                         }
                     } else if o.contains_key("code") || o.contains_key("system") {
@@ -282,7 +302,7 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
                 if let Some(ident) = v.field("identifier") {
                     let sys = ident.field("system").and_then(Value::as_str).unwrap_or("");
                     if let Some(val) = ident.field("value").and_then(Value::as_str) {
-                        push(&format!("{code}:identifier"), tok(sys, val, ""));
+                        push(names.identifier, tok(sys, val, ""));
                     }
                 }
             }
@@ -307,7 +327,12 @@ fn values(kind: ParamType, code: &str, it: &Item, out: &mut Vec<Entry>) {
     }
 }
 
-fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out: &mut Vec<Entry>) {
+fn composite<'a>(
+    p: &'static SearchParamDef,
+    items: &[Item<'a>],
+    root: &[Item<'a>],
+    out: &mut Vec<Entry>,
+) {
     let [first, second] = p.components.as_slice() else {
         return;
     };
@@ -318,11 +343,11 @@ fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out:
         let focus = [it.clone()];
         let mut keys = Vec::new();
         for f in eval_in(&first.expr, &focus, root) {
-            values(ParamType::Token, "", &f, &mut keys);
+            values(ParamType::Token, Names::NONE, &f, &mut keys);
         }
         let mut seconds = Vec::new();
         for s in eval_in(&second.expr, &focus, root) {
-            values(second.kind, "", &s, &mut seconds);
+            values(second.kind, Names::NONE, &s, &mut seconds);
         }
         for k in &keys {
             let IndexValue::Token { system, code, .. } = &k.value else {
@@ -333,7 +358,7 @@ fn composite<'a>(p: &SearchParamDef, items: &[Item<'a>], root: &[Item<'a>], out:
             }
             for s in &seconds {
                 out.push(Entry {
-                    param: p.code.clone(),
+                    param: &p.code,
                     value: IndexValue::Composite {
                         key: format!("{system}|{code}"),
                         second: Box::new(s.value.clone()),

@@ -99,7 +99,7 @@ fn blind_entries(
     use crate::codec::BLIND_PREFIX_CHARS;
     let mut out = Vec::with_capacity(entries.len());
     for e in entries.drain(..) {
-        let base = e.param.split(':').next().unwrap_or(&e.param);
+        let base = e.param.split(':').next().unwrap_or(e.param);
         if !p.blinds(rtype, base) {
             out.push(e);
             continue;
@@ -115,7 +115,7 @@ fn blind_entries(
                 }
                 for pre in prefixes {
                     out.push(hutong_fhir::index::Entry {
-                        param: e.param.clone(),
+                        param: e.param,
                         value: IndexValue::String {
                             norm: p.blind("prefix", &pre),
                             raw: String::new(),
@@ -123,7 +123,7 @@ fn blind_entries(
                     });
                 }
                 out.push(hutong_fhir::index::Entry {
-                    param: e.param.clone(),
+                    param: e.param,
                     value: IndexValue::String {
                         norm: p.blind("exact", &raw),
                         raw: String::new(),
@@ -133,7 +133,7 @@ fn blind_entries(
             IndexValue::Token { system, code, .. } => {
                 if !code.is_empty() {
                     out.push(hutong_fhir::index::Entry {
-                        param: e.param.clone(),
+                        param: e.param,
                         value: IndexValue::Token {
                             system,
                             code: p.blind("token", &code),
