@@ -388,7 +388,7 @@ fn transaction(
             _ => {}
         }
     }
-    let mut early: Vec<Option<hutong_store::Prepared>> = prepared
+    let early: Vec<Option<hutong_store::Prepared>> = prepared
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -398,7 +398,7 @@ fn transaction(
             if !rewrite_local(&mut r, &local, &pending) {
                 return None;
             }
-            engine.store.prepare(t, Some(id), r).ok()
+            engine.store.prepare(t, Some(id), &mut r).ok()
         })
         .collect();
 
@@ -471,10 +471,10 @@ fn transaction(
                 }
                 ("POST", [t]) => match &post_ids[i] {
                     None => None, // ifNoneExist matched: nothing to write
-                    // Taken, not copied: should the transaction be retried (a PostgreSQL
-                    // conflict), the entry takes the path below with the same id.
+                    // Borrowed: a transaction retried after a conflict (PostgreSQL) writes
+                    // it again.
                     Some(_) if early[i].is_some() => {
-                        let p = early[i].take().expect("checked");
+                        let p = early[i].as_ref().expect("checked");
                         let s = tx.write_prepared(p, true).map_err(|x| entry_error(i, x.into()))?;
                         Some((s, "201 Created"))
                     }

@@ -379,11 +379,13 @@ impl Store {
     }
 
     /// Prepares a new resource (version 1) outside any transaction; see [`Prepared`].
+    /// `res` is stamped in place with its id and `meta`, and stays the caller's (to drop
+    /// where it was made: a bulk load frees each resource on the thread that parsed it).
     pub fn prepare(
         &self,
         rtype: &str,
         id: Option<&str>,
-        res: Value,
+        res: &mut Value,
     ) -> Result<Prepared, StoreError> {
         let codec = self.catalog().codec.clone();
         Prepared::new(&codec, rtype, id, res)

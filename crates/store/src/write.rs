@@ -39,7 +39,7 @@ impl Prepared {
         codec: &Codec,
         rtype: &str,
         id: Option<&str>,
-        res: Value,
+        res: &mut Value,
     ) -> Result<Prepared, StoreError> {
         let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), String::from);
         Prepared::build(codec, rtype, &id, 1, now_ms(), Some(res))
@@ -51,7 +51,7 @@ impl Prepared {
         id: &str,
         version: i64,
         now: i64,
-        res: Option<Value>,
+        res: Option<&mut Value>,
     ) -> Result<Prepared, StoreError> {
         let mut p = Prepared {
             rtype: rtype.to_string(),
@@ -65,7 +65,7 @@ impl Prepared {
             source: String::new(),
             sens: 0,
         };
-        let Some(mut r) = res else { return Ok(p) };
+        let Some(r) = res else { return Ok(p) };
         let obj = r
             .as_object_mut()
             .ok_or_else(|| StoreError::Invalid("a resource must be a JSON object".into()))?;
@@ -476,8 +476,9 @@ impl<'a> Tx<'a> {
 
     /// Writes a version prepared outside the transaction (see [`Prepared`]). When the id
     /// already exists the resource becomes its next version; `fresh` skips that lookup for
-    /// ids the caller has just generated.
-    pub fn write_prepared(&mut self, p: Prepared, fresh: bool) -> Result<Stored, StoreError> {
+    /// ids the caller has just generated. It is borrowed: a transaction retried after a
+    /// conflict writes it again.
+    pub fn write_prepared(&mut self, p: &Prepared, fresh: bool) -> Result<Stored, StoreError> {
         if !fresh {
             // Claim the id; only when it is taken do we pay for reading the current version.
             let t = self.type_id(&p.rtype)?;
@@ -515,8 +516,7 @@ impl<'a> Tx<'a> {
         if cur.is_some() {
             let v: Value =
                 serde_json::from_slice(&p.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let (rtype, id) = (p.rtype.clone(), p.id.clone());
-            return self.put(&rtype, &id, cur, Some(v));
+            return self.put(&p.rtype, &p.id, cur, Some(v));
         }
         self.written += 1;
         self.put_prepared(None, p, None)
@@ -530,15 +530,16 @@ impl<'a> Tx<'a> {
         res: Option<Value>,
     ) -> Result<Stored, StoreError> {
         let version = cur.as_ref().map_or(1, |c| c.version + 1);
-        let p = Prepared::build(&self.cat.codec, rtype, id, version, self.now, res)?;
+        let mut res = res;
+        let p = Prepared::build(&self.cat.codec, rtype, id, version, self.now, res.as_mut())?;
         self.written += 1;
-        self.put_prepared(cur, p, None)
+        self.put_prepared(cur, &p, None)
     }
 
     fn put_prepared(
         &mut self,
         cur: Option<Current>,
-        p: Prepared,
+        p: &Prepared,
         claimed_rid: Option<i64>,
     ) -> Result<Stored, StoreError> {
         let Prepared {
@@ -553,7 +554,7 @@ impl<'a> Tx<'a> {
             source,
             sens,
         } = p;
-        let (rtype, id) = (rtype.as_str(), id.as_str());
+        let (rtype, id, version, now, sens) = (rtype.as_str(), id.as_str(), *version, *now, *sens);
         let t = self.type_id(rtype)?;
         let deleted = body.is_empty();
         // A deletion keeps the submitter of the version it ends; a resident's restriction
@@ -653,7 +654,7 @@ impl<'a> Tx<'a> {
                 Val::Int(version),
                 Val::Int(now),
                 Val::Int(deleted as i64),
-                Val::Blob(compressed),
+                Val::Blob(compressed.clone()),
                 Val::Int(src),
                 Val::Int(sens as i64),
             ],
@@ -675,12 +676,12 @@ impl<'a> Tx<'a> {
             version,
             last_updated: now,
             deleted,
-            body,
+            body: body.clone(),
             shard,
             source: if deleted {
                 self.cat.system_name(src).unwrap_or("").to_string()
             } else {
-                source
+                source.clone()
             },
             sens,
         })
