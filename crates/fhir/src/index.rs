@@ -86,6 +86,8 @@ fn extract_where(
     // The values of split composites: not stored, but a `base | more` composite built on
     // one must still leave out what its base covers.
     let mut shadow = Vec::new();
+    // The entries of `base | more` parameters, with their base.
+    let mut unions: Vec<(Entry, &str)> = Vec::new();
     for (code, p) in params {
         if NOT_INDEXED.contains(&code.as_str()) || !wanted(p) {
             continue;
@@ -101,42 +103,44 @@ fn extract_where(
         if items.is_empty() {
             continue;
         }
-        if p.kind == ParamType::Composite {
-            composite(
-                p,
-                &items,
-                &root,
-                if p.split { &mut shadow } else { &mut out },
-            );
+        if p.split {
+            composite(p, &items, &root, &mut shadow);
             continue;
         }
-        for it in &items {
-            values(p.kind, Names::of(p), it, &mut out);
+        let from = out.len();
+        if p.kind == ParamType::Composite {
+            composite(p, &items, &root, &mut out);
+        } else {
+            for it in &items {
+                values(p.kind, Names::of(p), it, &mut out);
+            }
+        }
+        if let Some(Derived::Union { base }) = &p.derived {
+            for e in out.split_off(from) {
+                if e.param == p.code {
+                    unions.push((e, base.as_str()));
+                } else {
+                    out.push(e);
+                }
+            }
         }
     }
     // Entries per resource are few (tens): a quadratic dedup beats hashing formatted keys.
     // A `base | more` parameter keeps only the values its base does not already have, so
     // every base's entries go in first: parameters are visited in code order, and a union
     // may sort before its base (`combo-value-quantity` before `value-quantity`).
-    let union_base = |e: &Entry| match params.get(e.param).map(|p| &p.derived) {
-        Some(Some(Derived::Union { base })) => Some(base.as_str()),
-        _ => None,
-    };
-    let (unions, plain): (Vec<Entry>, Vec<Entry>) =
-        out.into_iter().partition(|e| union_base(e).is_some());
-    let mut unique: Vec<Entry> = Vec::with_capacity(plain.len() + unions.len());
-    for e in plain {
+    let mut unique: Vec<Entry> = Vec::with_capacity(out.len() + unions.len());
+    for e in out {
         if !unique.contains(&e) {
             unique.push(e);
         }
     }
-    for e in unions {
-        let base = union_base(&e);
+    for (e, base) in unions {
         if unique.contains(&e)
             || unique
                 .iter()
                 .chain(&shadow)
-                .any(|u| Some(u.param) == base && u.value == e.value)
+                .any(|u| u.param == base && u.value == e.value)
         {
             continue;
         }

@@ -15,7 +15,14 @@ const SCAN: usize = 16;
 #[inline]
 pub fn get<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     if o.len() <= SCAN {
-        o.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        // Length and first byte settle most mismatches without a call to memcmp.
+        let want = key.as_bytes();
+        o.iter()
+            .find(|(k, _)| {
+                let k = k.as_bytes();
+                k.len() == want.len() && k.first() == want.first() && k == want
+            })
+            .map(|(_, v)| v)
     } else {
         o.get(key)
     }
