@@ -1607,7 +1607,7 @@ fn includes(
                         if tname.is_empty()
                             || inc.target.as_deref().is_some_and(|x| x != tname)
                             || !cat
-                                .param_id(&s.rtype, &e.param)
+                                .param_id(&s.rtype, e.param)
                                 .is_some_and(|p| wanted.contains(&p))
                         {
                             continue;

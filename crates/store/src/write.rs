@@ -76,12 +76,12 @@ impl Prepared {
         }
         meta["versionId"] = Value::String(version.to_string());
         meta["lastUpdated"] = Value::String(format_instant(now));
-        p.entries = extract(rtype, &r);
+        p.entries = extract(rtype, r);
         if let Some(prot) = codec.protector() {
             blind_entries(prot.as_ref(), rtype, &mut p.entries);
         }
         p.source = r["meta"]["source"].as_str().unwrap_or("").to_string();
-        p.sens = hutong_fhir::security::bits(&r);
+        p.sens = hutong_fhir::security::bits(r);
         p.body = serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?;
         p.compressed = codec.encode(rtype, &p.body)?;
         p.owner = compartment_owner(rtype, id, &p.entries);
@@ -562,13 +562,10 @@ impl<'a> Tx<'a> {
         let (src, sens) = match &cur {
             Some(c) if deleted => (c.src, 0),
             Some(c) => (
-                self.cat.intern_system(self.conn, &source, self.added)?,
+                self.cat.intern_system(self.conn, source, self.added)?,
                 sens | (c.sens & hutong_fhir::security::RESIDENT_RESTRICTED),
             ),
-            None => (
-                self.cat.intern_system(self.conn, &source, self.added)?,
-                sens,
-            ),
+            None => (self.cat.intern_system(self.conn, source, self.added)?, sens),
         };
         // A deleted version stays in the shard it was in.
         let shard = match (&owner, &cur) {
@@ -659,7 +656,7 @@ impl<'a> Tx<'a> {
                 Val::Int(sens as i64),
             ],
         )?;
-        self.insert_index(rtype, shard, rid, &entries)?;
+        self.insert_index(rtype, shard, rid, entries)?;
         if sens != 0 && !deleted {
             self.pending[6].push(vec![Val::Int(shard), Val::Int(rid), Val::Int(sens as i64)]);
         }
@@ -779,7 +776,7 @@ impl<'a> Tx<'a> {
         let mut rows: [Vec<Row>; 8] = Default::default();
         let (s, r) = (Val::Int(shard), Val::Int(rid));
         for e in entries {
-            let Some(pid) = self.cat.param_id(rtype, &e.param) else {
+            let Some(pid) = self.cat.param_id(rtype, e.param) else {
                 continue;
             };
             let p = Val::Int(pid);
@@ -810,7 +807,7 @@ impl<'a> Tx<'a> {
                         ]);
                     }
                     if !text.is_empty() {
-                        if let Some(tp) = self.cat.text_param_id(rtype, &e.param) {
+                        if let Some(tp) = self.cat.text_param_id(rtype, e.param) {
                             rows[7].push(vec![
                                 s.clone(),
                                 r.clone(),
