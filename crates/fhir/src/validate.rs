@@ -149,8 +149,13 @@ fn is_upper_first(ty: &str, rest: &str) -> bool {
 /// The element of `kids` that JSON property `name` (without a leading `_`) stands for, and
 /// the type it has there.
 fn element<'k>(kids: &'k [Element], name: &str) -> Option<(&'k Element, &'k str)> {
+    // The first byte settles most mismatches before a string comparison (a resource's
+    // elements are scanned for each of its properties).
+    let first = name.as_bytes().first();
     kids.iter().find_map(|e| {
-        if e.choice {
+        if e.name.as_bytes().first() != first {
+            None
+        } else if e.choice {
             let rest = name.strip_prefix(e.name.as_str())?;
             let t = e.types.iter().find(|t| is_upper_first(t, rest))?;
             Some((e, t.as_str()))
@@ -379,7 +384,7 @@ impl Validator {
                 return;
             }
         };
-        if text.is_empty() || (ty != "xhtml" && text.trim().is_empty()) {
+        if text.is_empty() || (ty != "xhtml" && text.chars().all(char::is_whitespace)) {
             self.push(
                 IssueCode::Structure,
                 "a value must not be empty (ele-1)".into(),
