@@ -428,7 +428,7 @@ impl Checker {
         if out.on("patient-timeline") && rtype != "Patient" {
             let patient = ["subject", "patient"]
                 .iter()
-                .find_map(|k| v[*k].at("reference").as_str()?.strip_prefix("Patient/"));
+                .find_map(|k| v.at(k).at("reference").as_str()?.strip_prefix("Patient/"));
             if let (Some(p), Some(at)) = (patient, clinical_time_ms(v)) {
                 let birth = ctx.patient_birth(p);
                 // A day's slack: the birth date is a local date, clinical times are instants.
@@ -651,7 +651,8 @@ fn patient(obj: &Map<String, Value>, received_ms: i64, out: &mut Out) {
 }
 
 fn collected_ms(obj: &Map<String, Value>) -> Option<i64> {
-    obj.field("meta")?["extension"]
+    obj.field("meta")?
+        .field("extension")?
         .as_array()?
         .iter()
         .find(|e| e.at("url") == COLLECTED_URL)

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use hutong_fhir::date::now_ms;
+use hutong_fhir::json::Fields;
 use hutong_fhir::Definitions;
 use hutong_store::sql::Val;
 use serde_json::Value;
@@ -597,8 +598,8 @@ fn check_chunk(
         .iter()
         .filter_map(|v| {
             Some((
-                v["resourceType"].as_str()?.to_string(),
-                v["id"].as_str()?.to_string(),
+                v.at("resourceType").as_str()?.to_string(),
+                v.at("id").as_str()?.to_string(),
             ))
         })
         .collect();
@@ -634,7 +635,7 @@ fn check_chunk(
             let located: Vec<(Option<String>, &hutong_quality::Finding)> =
                 findings.iter().map(|f| (None, f)).collect();
             let body = serde_json::to_vec(&v).unwrap_or_default();
-            let path = match v.get("id").and_then(Value::as_str) {
+            let path = match v.at("id").as_str() {
                 Some(id) => format!("{t}/{id}"),
                 None => t.clone(),
             };
@@ -656,7 +657,7 @@ fn check_chunk(
                 .push((n, format!("{} — {}", why.join("; "), qid)));
             continue;
         }
-        let id = v.get("id").and_then(Value::as_str).map(String::from);
+        let id = v.at("id").as_str().map(String::from);
         let unresolved = match (&id, dangling) {
             (Some(id), true) => Some((t.clone(), id.clone())),
             _ => None,
@@ -725,11 +726,7 @@ fn parse_line(
     now: i64,
 ) -> Result<(String, Value), ApiError> {
     let mut v = crate::engine::parse_json(bytes)?;
-    let t = v
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let t = v.at("resourceType").as_str().unwrap_or("").to_string();
     if !Definitions::get().is_resource_type(&t) {
         return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hutong_access::principal::{Kind, Perms, Principal};
 use hutong_access::Access;
 use hutong_fhir::date::{format_http, format_instant, now_ms};
+use hutong_fhir::json::Fields;
 use hutong_fhir::{is_valid_id, Definitions, IssueCode, Outcome};
 use hutong_store::search::Everything;
 use hutong_store::{HistoryScope, Lookup, Page, Query, Scope, Store, Stored, Tx};
@@ -197,7 +198,7 @@ pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), Ap
             "A resource must be a JSON object",
         ));
     };
-    match obj.get("resourceType").and_then(Value::as_str) {
+    match obj.field("resourceType").and_then(Value::as_str) {
         None => {
             return Err(
                 ApiError::new(400, IssueCode::Required, "The resource has no resourceType")
@@ -212,7 +213,7 @@ pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), Ap
         }
         Some(_) => {}
     }
-    match (obj.get("id"), id) {
+    match (obj.field("id"), id) {
         (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
             Err(ApiError::bad_request(format!(
                 "The resource id '{body_id}' does not match the id in the URL '{url_id}'"
