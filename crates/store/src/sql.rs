@@ -121,6 +121,11 @@ pub trait Conn: Send {
     fn dialect(&self) -> Dialect;
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+    /// Runs `INSERT … RETURNING rid` (possibly `OR IGNORE` / `ON CONFLICT DO NOTHING`) into a
+    /// table whose integer key is `rid`: the new row's, `None` when nothing was inserted.
+    fn insert_rid(&mut self, sql: &str, params: &[Val]) -> Result<Option<i64>, StoreError> {
+        Ok(self.query(sql, params)?.first().map(|r| r[0].int()))
+    }
     /// Runs a query and hands each row to `f` in turn, stopping at the first error.
     fn query_each(
         &mut self,
@@ -210,6 +215,16 @@ impl Conn for SqliteConn {
         let mut st = self.0.prepare_cached(sql)?;
         let n = st.execute(rusqlite::params_from_iter(params.iter()))?;
         Ok(n as u64)
+    }
+    /// SQLite gathers a statement's RETURNING rows in a temporary table before handing them
+    /// out; here `rid` is the table's INTEGER PRIMARY KEY, its rowid, which the insert alone
+    /// tells.
+    fn insert_rid(&mut self, sql: &str, params: &[Val]) -> Result<Option<i64>, StoreError> {
+        let plain = sql
+            .strip_suffix(" RETURNING rid")
+            .ok_or_else(|| StoreError::Invalid(format!("not an INSERT … RETURNING rid: {sql}")))?;
+        let n = self.exec(plain, params)?;
+        Ok((n == 1).then(|| self.0.last_insert_rowid()))
     }
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let mut st = self.0.prepare_cached(sql)?;

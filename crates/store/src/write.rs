@@ -493,7 +493,7 @@ impl<'a> Tx<'a> {
                      ON CONFLICT DO NOTHING RETURNING rid"
                 }
             };
-            let rows = self.conn.query(
+            let claimed = self.conn.insert_rid(
                 sql,
                 &[
                     Val::Int(t),
@@ -502,8 +502,7 @@ impl<'a> Tx<'a> {
                     Val::Int(src),
                 ],
             )?;
-            if let Some(r) = rows.first() {
-                let rid = r[0].int();
+            if let Some(rid) = claimed {
                 self.written += 1;
                 return self.put_prepared(None, p, Some(rid));
             }
@@ -628,15 +627,15 @@ impl<'a> Tx<'a> {
                 c.rid
             }
             None if claimed_rid.is_some() => claimed_rid.unwrap_or_default(),
-            None => {
-                let rows = self.conn.query(
+            None => self
+                .conn
+                .insert_rid(
                     "INSERT INTO res_route (rtype, id, shard, src) VALUES (?, ?, ?, ?) RETURNING rid",
                     &[Val::Int(t), Val::Text(id.to_string()), Val::Int(shard), Val::Int(src)],
-                )?;
-                rows.first().map(|r| r[0].int()).ok_or_else(|| {
+                )?
+                .ok_or_else(|| {
                     StoreError::Corrupt("insert into res_route returned no id".into())
-                })?
-            }
+                })?,
         };
         self.conn.exec(
             "INSERT INTO res (shard, rid, rtype, version, lastmod, deleted, body, src, sens) \
