@@ -4,7 +4,7 @@
 //! the category. The rules are data (`data/sensitivity.json`), replaceable by a file of the
 //! same shape (`sensitivity_rules` in the configuration).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -27,21 +27,37 @@ struct RuleDef {
 }
 
 /// The compiled rules: per code system, exact codes and prefixes with their category bits.
+/// Every coding of every resource submitted is looked up here, most of them in systems no
+/// rule names, which one hash of the system settles.
 #[derive(Debug, Default)]
 pub struct Classifier {
-    exact: HashMap<(String, String), u32>,
-    prefixes: HashMap<String, Vec<(String, u32)>>,
+    systems: foldhash::HashMap<String, SystemRules>,
+}
+
+#[derive(Debug, Default)]
+struct SystemRules {
+    exact: foldhash::HashMap<String, u32>,
+    prefixes: Vec<(String, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("sensitivity rules: {0}")]
 pub struct RuleError(String);
 
-fn fold(code: &str) -> String {
-    code.chars()
-        .filter(|c| *c != '.')
-        .flat_map(char::to_uppercase)
-        .collect()
+/// A code as the rules compare it: without dots, in upper case (`f32.9` is `F329`).
+fn fold(code: &str) -> Cow<'_, str> {
+    if code
+        .bytes()
+        .all(|b| b != b'.' && !b.is_ascii_lowercase() && b.is_ascii())
+    {
+        return Cow::Borrowed(code);
+    }
+    Cow::Owned(
+        code.chars()
+            .filter(|c| *c != '.')
+            .flat_map(char::to_uppercase)
+            .collect(),
+    )
 }
 
 impl Classifier {
@@ -58,14 +74,12 @@ impl Classifier {
             let bit = hutong_fhir::security::grantable(&r.category)
                 .ok_or_else(|| RuleError(format!("unknown category '{}'", r.category)))?
                 .bit;
+            let system = c.systems.entry(r.system).or_default();
             for code in r.codes {
-                *c.exact.entry((r.system.clone(), fold(&code))).or_default() |= bit;
+                *system.exact.entry(fold(&code).into_owned()).or_default() |= bit;
             }
             for p in r.prefixes {
-                c.prefixes
-                    .entry(r.system.clone())
-                    .or_default()
-                    .push((fold(&p), bit));
+                system.prefixes.push((fold(&p).into_owned(), bit));
             }
         }
         Ok(c)
@@ -73,13 +87,12 @@ impl Classifier {
 
     /// The category bits of one coding.
     pub fn of_coding(&self, system: &str, code: &str) -> u32 {
+        let Some(rules) = self.systems.get(system) else {
+            return 0;
+        };
         let code = fold(code);
-        let mut bits = self
-            .exact
-            .get(&(system.to_string(), code.clone()))
-            .copied()
-            .unwrap_or(0);
-        for (p, bit) in self.prefixes.get(system).into_iter().flatten() {
+        let mut bits = rules.exact.get(code.as_ref()).copied().unwrap_or(0);
+        for (p, bit) in &rules.prefixes {
             if code.starts_with(p.as_str()) {
                 bits |= bit;
             }
