@@ -130,10 +130,10 @@ fn bucket_seen(store: &Store) -> Result<(), StoreError> {
     })
 }
 
-/// The statement that records a content fingerprint: one row of two integers per accepted
-/// resource, keyed by [`seen_key`] (its bucket taken from the resource's route), naming the
-/// resource by its storage id. It is run for every accepted resource, so it is a constant
-/// (the catalog kind is a parameter).
+/// The statement that records the content fingerprint of a resource named by type and id
+/// (moving the fingerprints of an older store): one row of two integers, keyed by
+/// [`seen_key`] (its bucket taken from the resource's route), naming the resource by its
+/// storage id. A version just written is recorded by [`seen_put`], its key at hand.
 fn seen_insert(d: Dialect) -> &'static str {
     static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
     let [sqlite, postgres] = SQL.get_or_init(|| {
@@ -151,6 +151,15 @@ fn seen_insert(d: Dialect) -> &'static str {
     match d {
         Dialect::Sqlite => sqlite,
         Dialect::Postgres => postgres,
+    }
+}
+
+/// Records the fingerprint key of a version just written: the row [`seen_insert`] makes,
+/// from the version's own shard and rid. It runs for every accepted resource.
+fn seen_put(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "INSERT OR IGNORE INTO qc_seen (k, rid) VALUES (?, ?)",
+        Dialect::Postgres => "INSERT INTO qc_seen (k, rid) VALUES (?, ?) ON CONFLICT DO NOTHING",
     }
 }
 
@@ -631,8 +640,10 @@ pub fn record(
     let d = tx.conn().dialect();
     record_findings(tx, source, s, findings)?;
     if let Some(fp) = fingerprint_key(fingerprint) {
+        // The version's own key (shard and rid) is at hand: no lookup of its route.
+        let key = seen_key(source, &s.rtype, fp, s.shard);
         tx.conn()
-            .exec(seen_insert(d), &seen_params(source, &s.rtype, fp, &s.id))?;
+            .exec(seen_put(d), &[Val::Int(key), Val::Int(s.rid)])?;
     }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
         let order = crate::workorders::NewOrder {

@@ -117,6 +117,8 @@ pub struct Stored {
     pub body: Vec<u8>,
     /// The Patient shard it is filed under (0: not in any Patient's compartment).
     pub shard: i64,
+    /// Its row id: with `shard`, the key of its rows (the same for all its versions).
+    pub rid: i64,
     /// Who submitted it (`meta.source`).
     pub source: String,
     /// Sensitive-category bits (`hutong_fhir::security`).
@@ -691,7 +693,7 @@ impl Store {
             for r in rows {
                 let id = r[1].text().to_string();
                 let m = write::RowMeta::at(&r, 2);
-                out.push(write::stored_from(&cat, m, id, r[9].blob())?);
+                out.push(write::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
             }
             if !out.is_empty() {
                 return Ok((out, last));
@@ -736,7 +738,7 @@ impl Store {
         for r in rows {
             let id = r[1].text().to_string();
             let m = write::RowMeta::at(&r, 2);
-            out.push(write::stored_from(&cat, m, id, r[9].blob())?);
+            out.push(write::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
         }
         Ok(out)
     }

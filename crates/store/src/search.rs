@@ -1116,7 +1116,7 @@ const SELECT_RES: &str =
 /// decompressed straight from the driver's buffer.
 fn res_cells(cat: &Catalog, r: &dyn Cells) -> Result<(Key, Stored), StoreError> {
     let m = RowMeta::at(r, 2);
-    let s = stored_from(cat, m, r.text(10).to_string(), r.blob(9))?;
+    let s = stored_from(cat, m, r.int(1), r.text(10).to_string(), r.blob(9))?;
     Ok(((r.int(0), r.int(1)), s))
 }
 

@@ -674,6 +674,7 @@ impl<'a> Tx<'a> {
             deleted,
             body: body.clone(),
             shard,
+            rid,
             source: if deleted {
                 self.cat.system_name(src).unwrap_or("").to_string()
             } else {
@@ -997,6 +998,7 @@ impl RowMeta {
 pub(crate) fn stored_from(
     cat: &Catalog,
     m: RowMeta,
+    rid: i64,
     id: String,
     blob: &[u8],
 ) -> Result<Stored, StoreError> {
@@ -1008,15 +1010,16 @@ pub(crate) fn stored_from(
         deleted: m.deleted,
         body: cat.codec.decompress(blob)?,
         shard: m.shard,
+        rid,
         source: cat.system_name(m.src).unwrap_or("").to_string(),
         sens: m.sens,
     })
 }
 
-/// A row of [`VERSION_COLS`] (then nothing else) as a stored version of `id`.
+/// A row of [`VERSION_COLS`] then `s.rid` as a stored version of `id`.
 fn version_row(cat: &Catalog, id: &str, r: Vec<Val>) -> Result<Stored, StoreError> {
     let m = RowMeta::at(&r, 0);
-    stored_from(cat, m, id.to_string(), r[7].blob())
+    stored_from(cat, m, r[8].int(), id.to_string(), r[7].blob())
 }
 
 pub(crate) fn read_current(
@@ -1030,7 +1033,7 @@ pub(crate) fn read_current(
     };
     let rows = conn.query(
         &format!(
-            "SELECT {VERSION_COLS} FROM res_route r \
+            "SELECT {VERSION_COLS}, s.rid FROM res_route r \
              JOIN res s ON s.shard = r.shard AND s.rid = r.rid WHERE r.rtype = ? AND r.id = ?"
         ),
         &[Val::Int(t), Val::Text(id.to_string())],
@@ -1053,10 +1056,10 @@ pub(crate) fn read_version(
     };
     let rows = conn.query(
         &format!(
-            "SELECT {VERSION_COLS} FROM res_route r \
+            "SELECT {VERSION_COLS}, s.rid FROM res_route r \
              JOIN res s ON s.shard = r.shard AND s.rid = r.rid \
              WHERE r.rtype = ? AND r.id = ? AND s.version = ? \
-             UNION ALL SELECT {VERSION_COLS} FROM res_route r \
+             UNION ALL SELECT {VERSION_COLS}, s.rid FROM res_route r \
              JOIN res_hist s ON s.shard = r.shard AND s.rid = r.rid \
              WHERE r.rtype = ? AND r.id = ? AND s.version = ?"
         ),
@@ -1133,7 +1136,7 @@ pub(crate) fn history(
     for r in rows {
         let id = r[0].text().to_string();
         let m = RowMeta::at(&r, 1);
-        out.push(stored_from(cat, m, id, r[8].blob())?);
+        out.push(stored_from(cat, m, r[9].int(), id, r[8].blob())?);
     }
     Ok((out, Some(total[0][0].int() as u64)))
 }
