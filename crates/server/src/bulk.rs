@@ -383,9 +383,9 @@ impl<T> Chunk<T> {
 }
 
 /// The ids the intake rules passed in the chunks that may not be committed yet: those in the
-/// channels, the one being prepared and the one being committed. A patient's record often spans two chunks;
-/// without these, every reference into the previous chunk would look dangling and wait for
-/// the deferred check, which re-reads the resource after the load.
+/// channels, the one being prepared and the one being committed. A patient's record often
+/// spans two chunks; without these, every reference into the previous chunk would look
+/// dangling and wait for the deferred check, which re-reads the resource after the load.
 #[derive(Default)]
 struct InFlight(std::collections::VecDeque<HashSet<(String, String)>>);
 
