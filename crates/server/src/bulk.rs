@@ -585,7 +585,7 @@ fn check_chunk(
     chunk.items.reserve(lines.len());
     let mut parsed: Vec<(usize, String, Value)> = Vec::with_capacity(lines.len());
     for (n, line) in lines {
-        match parse_line(engine, line.as_bytes(), source, now) {
+        match parse_line(engine, line, source, now) {
             Ok((t, v)) => parsed.push((*n, t, v)),
             Err(e) => chunk.rejected.push((*n, e.message().to_string())),
         }
@@ -721,11 +721,11 @@ fn prepare_chunk(engine: &Engine, checked: Chunk<Passed>) -> (Chunk<Item>, Vec<V
 /// A line's resource, parsed, of a known type, its content classified and stamped.
 fn parse_line(
     engine: &Engine,
-    bytes: &[u8],
+    line: &str,
     source: &str,
     now: i64,
 ) -> Result<(String, Value), ApiError> {
-    let mut v = crate::engine::parse_json(bytes)?;
+    let mut v = crate::engine::parse_json_str(line)?;
     let t = v.at("resourceType").as_str().unwrap_or("").to_string();
     if !Definitions::get().is_resource_type(&t) {
         return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));

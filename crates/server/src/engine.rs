@@ -150,23 +150,38 @@ pub struct Engine {
 /// Parses a JSON body, reporting the line and column of a syntax error.
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            400,
-            IssueCode::Structure,
-            "The request body is empty; a FHIR JSON resource was expected.",
-        ));
+        return Err(empty_body());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            IssueCode::Structure,
-            format!(
-                "Malformed JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
+    serde_json::from_slice(body).map_err(malformed)
+}
+
+/// [`parse_json`] of text already known to be UTF-8 (a line of a file read as text), whose
+/// strings the parser then need not check again.
+pub fn parse_json_str(body: &str) -> Result<Value, ApiError> {
+    if body.bytes().all(|b| b.is_ascii_whitespace()) {
+        return Err(empty_body());
+    }
+    serde_json::from_str(body).map_err(malformed)
+}
+
+fn empty_body() -> ApiError {
+    ApiError::new(
+        400,
+        IssueCode::Structure,
+        "The request body is empty; a FHIR JSON resource was expected.",
+    )
+}
+
+fn malformed(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        400,
+        IssueCode::Structure,
+        format!(
+            "Malformed JSON at line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        ),
+    )
 }
 
 fn check_type(rtype: &str) -> Result<(), ApiError> {
