@@ -559,6 +559,55 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Adds and removals in batches keep what a set of rids would, read back through
+        /// the view — chunks split, shrink, empty and change their first rid on the way.
+        #[test]
+        fn apply_keeps_what_a_set_would(
+            ops in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(1i64..20_000, 1..400)),
+                1..12,
+            )
+        ) {
+            let c = rusqlite::Connection::open_in_memory().unwrap();
+            register(&c).unwrap();
+            c.execute_batch(&ddl()).unwrap();
+            let mut conn = crate::sql::SqliteConn(c);
+            let g = grouped("ix_tok").unwrap();
+            let cols = ["shard", "rid", "pid", "sid", "code"];
+            let mut model = std::collections::BTreeSet::new();
+            for (add, rids) in ops {
+                let rows: Vec<Row> = rids
+                    .iter()
+                    .map(|r| {
+                        vec![Val::Int(7), Val::Int(*r), Val::Int(1), Val::Int(0), Val::Text("c".into())]
+                    })
+                    .collect();
+                apply(&mut conn, g, &cols, &rows, add).unwrap();
+                for r in rids {
+                    if add {
+                        model.insert(r);
+                    } else {
+                        model.remove(&r);
+                    }
+                }
+            }
+            let got: Vec<i64> = conn
+                .query(
+                    "SELECT rid FROM ix_tok WHERE pid = 1 AND code = 'c' AND sid = 0 \
+                     AND shard = 7 ORDER BY rid",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r[0].int())
+                .collect();
+            prop_assert_eq!(got, model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn close_rids_take_a_byte_each() {
         let rids: Vec<i64> = (1_000_000..1_000_500).collect();
