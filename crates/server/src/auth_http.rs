@@ -48,7 +48,11 @@ impl RateLimit {
 }
 
 fn outcome(status: u16, code: IssueCode, msg: impl Into<String>) -> Response {
-    let e = ApiError::new(status, code, msg);
+    error_response(ApiError::new(status, code, msg))
+}
+
+fn error_response(e: ApiError) -> Response {
+    let status = e.status;
     let mut r = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         [("content-type", "application/fhir+json; charset=utf-8")],
@@ -135,17 +139,8 @@ async fn fields(req: Request) -> Result<(HeaderMap, HashMap<String, String>), Re
         .to_ascii_lowercase();
     let mut map = HashMap::new();
     if ct.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            outcome(
-                400,
-                IssueCode::Structure,
-                format!(
-                    "Malformed JSON at line {}, column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| error_response(crate::engine::malformed(e)))?;
         for (k, x) in v.as_object().into_iter().flatten() {
             if let Some(s) = x.as_str() {
                 map.insert(k.clone(), s.to_string());

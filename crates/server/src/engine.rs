@@ -172,7 +172,8 @@ fn empty_body() -> ApiError {
     )
 }
 
-fn malformed(e: serde_json::Error) -> ApiError {
+/// The 400 a JSON body that does not parse gets, with where it broke.
+pub(crate) fn malformed(e: serde_json::Error) -> ApiError {
     ApiError::new(
         400,
         IssueCode::Structure,
