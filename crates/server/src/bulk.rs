@@ -331,12 +331,10 @@ fn deferred_references(
     Ok(())
 }
 
-/// A resource the intake rules passed, with their warnings and content fingerprint to
-/// record with it.
-struct Passed {
-    rtype: String,
-    id: Option<String>,
-    resource: Value,
+/// What the intake rules concluded of a resource they passed, carried with it to the commit:
+/// their warnings and its content fingerprint to record, and whether its references are to
+/// be checked again after the load.
+struct Verdict {
     findings: Vec<hutong_quality::Finding>,
     fingerprint: String,
     /// Its `Type/id` when a reference did not resolve yet (checked again after the load).
@@ -347,15 +345,19 @@ struct Passed {
     line: usize,
 }
 
+/// A resource the intake rules passed.
+struct Passed {
+    rtype: String,
+    id: Option<String>,
+    resource: Value,
+    verdict: Verdict,
+}
+
 /// A passed resource made ready to write: stamped, indexed and compressed.
 struct Item {
     prepared: hutong_store::Prepared,
     fresh: bool,
-    findings: Vec<hutong_quality::Finding>,
-    fingerprint: String,
-    unresolved: Option<(String, String)>,
-    provisional: Option<(String, String)>,
-    line: usize,
+    verdict: Verdict,
 }
 
 /// A chunk on its way through the pipeline: `T` is [`Passed`] after the intake rules,
@@ -535,7 +537,13 @@ fn commit_chunk(
     let r = engine.store.write(&audit.hook(), |tx| {
         for it in &chunk.items {
             let s = tx.write_prepared(&it.prepared, it.fresh)?;
-            engine.keep(tx, source, &s, &it.findings, &it.fingerprint)?;
+            engine.keep(
+                tx,
+                source,
+                &s,
+                &it.verdict.findings,
+                &it.verdict.fingerprint,
+            )?;
         }
         tx.mark_done(key, chunk.no)?;
         Ok::<_, ApiError>(())
@@ -543,7 +551,7 @@ fn commit_chunk(
     match r {
         Ok(()) => {
             report.loaded += n;
-            for it in &chunk.items {
+            for Item { verdict: it, .. } in &chunk.items {
                 let recheck = it
                     .unresolved
                     .as_ref()
@@ -673,11 +681,13 @@ fn check_chunk(
             rtype: t,
             id,
             resource: v,
-            findings,
-            fingerprint,
-            unresolved,
-            provisional,
-            line: n,
+            verdict: Verdict {
+                findings,
+                fingerprint,
+                unresolved,
+                provisional,
+                line: n,
+            },
         });
     }
     in_flight.push(ids);
@@ -701,17 +711,13 @@ fn prepare_chunk(engine: &Engine, checked: Chunk<Passed>) -> (Chunk<Item>, Vec<V
             Ok(prepared) => chunk.items.push(Item {
                 prepared,
                 fresh,
-                findings: p.findings,
-                fingerprint: p.fingerprint,
-                unresolved: p.unresolved,
-                provisional: p.provisional,
-                line: p.line,
+                verdict: p.verdict,
             }),
             Err(e) => {
                 chunk.dropped = true;
                 chunk
                     .rejected
-                    .push((p.line, ApiError::from(e).message().to_string()));
+                    .push((p.verdict.line, ApiError::from(e).message().to_string()));
             }
         }
     }
