@@ -115,6 +115,7 @@ impl Access {
         if !force && now - synced.1 < SYNC_EVERY_MS {
             return Ok(());
         }
+        self.sync_revocations()?;
         // Writes may commit a little after they were stamped: look back a few seconds, but
         // read only the versions not seen yet.
         let since = if synced.0 == i64::MIN {
@@ -152,6 +153,45 @@ impl Access {
                 .insert(k.id.clone(), k.version);
         }
         *synced = (newest, now);
+        Ok(())
+    }
+
+    /// Learns the revocations recorded by any node (or the command line).
+    fn sync_revocations(&self) -> Result<(), StoreError> {
+        let now = hutong_fhir::date::now_ms() / 1000;
+        let rows = match self.accounts.revocations(now) {
+            Ok(r) => r,
+            Err(AuthError::Store(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
+        for (k, at, until) in rows {
+            if let Some(jti) = k.strip_prefix("jti:") {
+                self.tokens.revoke_id(jti, until);
+            } else if let Some(key) = k.strip_prefix("sub:") {
+                self.tokens.revoke_principal(key, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a token out: it is refused from now on, on every node.
+    pub fn revoke_token(&self, token: &str) -> Result<(), AuthError> {
+        let (jti, exp) = self
+            .tokens
+            .revoke(token)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        self.accounts
+            .record_revocation(&format!("jti:{jti}"), 0, exp)
+    }
+
+    /// Disables a client and every token it holds, at once.
+    pub fn disable_client(&self, client_id: &str) -> Result<(), AuthError> {
+        self.accounts.disable_client(client_id)?;
+        let now = hutong_fhir::date::now_ms() / 1000;
+        for kind in [Kind::System, Kind::Platform] {
+            self.tokens
+                .revoke_principal(&token::principal_key(kind, client_id), now);
+        }
         Ok(())
     }
 

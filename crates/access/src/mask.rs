@@ -130,11 +130,22 @@ pub fn apply(rtype: &str, v: &mut Value, view: View) -> bool {
     if view == View::Full || !IDENTITY_TYPES.contains(&rtype) {
         return false;
     }
-    mask_identifiers(&mut v["identifier"]);
-    mask_telecom(&mut v["telecom"]);
-    mask_addresses(&mut v["address"]);
-    for c in v["contact"].as_array_mut().into_iter().flatten() {
-        mask_telecom(&mut c["telecom"]);
+    // `get_mut`, never `v["…"]`: indexing a map for writing inserts `null` where the element
+    // is absent, and FHIR JSON has no nulls.
+    if let Some(x) = v.get_mut("identifier") {
+        mask_identifiers(x);
+    }
+    if let Some(x) = v.get_mut("telecom") {
+        mask_telecom(x);
+    }
+    if let Some(x) = v.get_mut("address") {
+        mask_addresses(x);
+    }
+    let contacts = v.get_mut("contact").and_then(Value::as_array_mut);
+    for c in contacts.into_iter().flatten() {
+        if let Some(t) = c.get_mut("telecom") {
+            mask_telecom(t);
+        }
         if let Some(n) = c.get_mut("name") {
             let mut arr = json!([n.take()]);
             mask_names(&mut arr);
@@ -145,7 +156,9 @@ pub fn apply(rtype: &str, v: &mut Value, view: View) -> bool {
         }
     }
     if view == View::Masked {
-        mask_names(&mut v["name"]);
+        if let Some(n) = v.get_mut("name") {
+            mask_names(n);
+        }
         if let Some(o) = v.as_object_mut() {
             o.remove("photo");
             // The year of birth is enough to tell namesakes apart.
@@ -222,5 +235,22 @@ mod tests {
         }
         let mut obs = json!({"resourceType": "Observation"});
         assert!(!apply("Observation", &mut obs, View::Masked));
+    }
+
+    /// FHIR JSON has no nulls: masking adds nothing that was not there.
+    #[test]
+    fn masking_adds_no_nulls() {
+        let bare = json!({"resourceType": "Patient", "id": "p", "gender": "female",
+            "contact": [{"relationship": [{"text": "母亲"}]}]});
+        for view in [View::Treatment, View::Masked] {
+            for (t, mut v) in [
+                ("Patient", bare.clone()),
+                ("Person", json!({"resourceType": "Person", "id": "x"})),
+            ] {
+                apply(t, &mut v, view);
+                let text = v.to_string();
+                assert!(!text.contains("null"), "{view:?} {t}: {text}");
+            }
+        }
     }
 }

@@ -40,3 +40,29 @@ pub fn run(store: &Store, sign: Signer<'_>) -> Result<usize, StoreError> {
     }
     Ok(n)
 }
+
+/// Every checkpoint of every partition, as published for witnesses (`GET /audit/checkpoints`,
+/// `hutong audit checkpoints`): hashes and signatures only, nothing about anyone. A witness
+/// that keeps a copy can later prove that no signed checkpoint — and so no entry it
+/// covers — was removed or replaced ([`crate::verify::against_witness`]).
+pub fn published(store: &Store) -> Result<Vec<serde_json::Value>, StoreError> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (part, _, _) in store.audit_heads()? {
+        for c in store.checkpoints(part)? {
+            out.push(serde_json::json!({
+                "part": c.part,
+                "seq": c.seq,
+                "hash": hex(&c.hash),
+                "ts": c.ts,
+                "kid": c.kid,
+                "sig": base64::engine::general_purpose::STANDARD.encode(&c.sig),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

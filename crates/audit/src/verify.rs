@@ -32,6 +32,8 @@ pub enum Problem {
     BadSignature { part: i64, seq: i64 },
     /// The entry a checkpoint pinned is gone or differs: the chain up to it was rewritten.
     Rewritten { part: i64, seq: i64 },
+    /// A checkpoint a witness copied is no longer in the store, or differs there.
+    Unwitnessed { part: i64, seq: i64 },
 }
 
 impl Problem {
@@ -40,7 +42,8 @@ impl Problem {
             Problem::Altered { part, seq }
             | Problem::Inserted { part, seq }
             | Problem::BadSignature { part, seq }
-            | Problem::Rewritten { part, seq } => (part, seq),
+            | Problem::Rewritten { part, seq }
+            | Problem::Unwitnessed { part, seq } => (part, seq),
             Problem::Deleted { part, from, .. } => (part, from),
             Problem::Head {
                 part,
@@ -95,6 +98,10 @@ impl fmt::Display for Problem {
                 f,
                 "entry {part}/{seq} differs from the signed checkpoint: the trail up to it was rewritten"
             ),
+            Problem::Unwitnessed { part, seq } => write!(
+                f,
+                "the checkpoint at entry {part}/{seq} that a witness holds is missing or different in the store: checkpoints were removed or replaced"
+            ),
         }
     }
 }
@@ -116,6 +123,41 @@ impl Report {
     pub fn intact(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// Intact, and every entry covered by a signed checkpoint. Entries after the last
+    /// checkpoint are protected by the chain alone: whoever can write the database can
+    /// change, remove or append them and recompute the chain, so they are unproven.
+    pub fn proven(&self) -> bool {
+        self.intact() && self.unsigned == 0
+    }
+}
+
+/// Checks the store's checkpoints against a witness's copy of them (as
+/// [`crate::checkpoint::published`] gave it): each must still be there, unchanged. Adds what
+/// differs to `report`.
+pub fn against_witness(
+    store: &Store,
+    witness: &[serde_json::Value],
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let key = |c: &serde_json::Value| {
+        ["part", "seq", "hash", "ts", "kid", "sig"].map(|k| c[k].to_string())
+    };
+    let now: std::collections::HashSet<[String; 6]> = crate::checkpoint::published(store)?
+        .iter()
+        .map(key)
+        .collect();
+    for c in witness {
+        if !now.contains(&key(c)) {
+            report.problems.push(Problem::Unwitnessed {
+                part: c["part"].as_i64().unwrap_or(0),
+                seq: c["seq"].as_i64().unwrap_or(0),
+            });
+        }
+    }
+    report.problems.sort_by_key(|p| p.position());
+    report.problems.dedup();
+    Ok(())
 }
 
 /// Verifies every partition.

@@ -120,10 +120,20 @@ pub enum KeysCmd {
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Prove the audit trail intact, or name the first entry altered, inserted or deleted.
-    Verify,
+    /// Prove the audit trail intact, or name the first entry altered, inserted or deleted
+    /// (exit status 1); entries after the last signed checkpoint are reported as unproven
+    /// (exit status 2: `hutong audit checkpoint` signs them, as the server does every
+    /// `checkpoint_seconds`).
+    Verify {
+        /// A witness's copy of the checkpoints (`GET /audit/checkpoints`, or `hutong audit
+        /// checkpoints`): each must still be in the store, unchanged.
+        #[arg(long)]
+        witness: Option<std::path::PathBuf>,
+    },
     /// Sign a checkpoint of every partition that moved.
     Checkpoint,
+    /// Print every signed checkpoint as JSON, for a witness to keep outside the platform.
+    Checkpoints,
     /// Print recent entries (all, or about one person) as AuditEvents.
     Show {
         #[arg(long)]
@@ -192,7 +202,7 @@ pub fn access(s: &Settings, cmd: AccessCmd) -> anyhow::Result<()> {
             ("rotate-secret", format!("rotate the secret of client {id}"))
         }
         AccessCmd::DisableClient { id } => {
-            a.disable_client(&id)?;
+            engine.access.disable_client(&id)?;
             ("disable-client", format!("disable client {id}"))
         }
         AccessCmd::Clients => {
@@ -272,6 +282,9 @@ pub fn access(s: &Settings, cmd: AccessCmd) -> anyhow::Result<()> {
     };
     engine.audit.record(entry(action, what));
     engine.audit.flush(std::time::Duration::from_secs(10));
+    // What the command line wrote is signed at once: no unsigned tail waits for a server.
+    hutong_server::access_api::checkpoint(&engine)
+        .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
     Ok(())
 }
 
@@ -307,22 +320,47 @@ pub fn keys(s: &Settings, cmd: KeysCmd) -> anyhow::Result<()> {
         }
     };
     store.append_audit(&[entry("keys", what).to_store()])?;
+    hutong_server::access_api::checkpoint_store(&store, &keys)
+        .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
     Ok(())
 }
 
 pub fn audit(s: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
-    let engine = crate::engine(s)?;
+    let engine = crate::existing_engine(s)?;
     match cmd {
-        AuditCmd::Verify => {
-            let r = hutong_server::access_api::verify_report(&engine)
+        AuditCmd::Verify { witness } => {
+            let mut r = hutong_server::access_api::verify_report(&engine)
                 .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
+            if let Some(w) = &witness {
+                let text = std::fs::read_to_string(w)
+                    .with_context(|| format!("reading the witness file {}", w.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", w.display()))?;
+                let list = v["checkpoints"]
+                    .as_array()
+                    .or(v.as_array())
+                    .with_context(|| {
+                        format!(
+                            "{} holds no checkpoints (as GET /audit/checkpoints gives them)",
+                            w.display()
+                        )
+                    })?;
+                hutong_audit::verify::against_witness(&engine.store, list, &mut r)?;
+                println!("{} checkpoint(s) held by the witness checked.", list.len());
+            }
             println!(
                 "{} entries in {} partition(s), {} signed checkpoint(s); {} entries after the last checkpoint.",
                 r.entries, r.partitions, r.checkpoints, r.unsigned
             );
-            if r.intact() {
+            if r.proven() {
                 println!("The audit trail is intact.");
                 Ok(())
+            } else if r.intact() {
+                println!(
+                    "UNPROVEN: the chain holds, but {} entries after the last signed checkpoint are protected by the chain alone (whoever can write the database could have changed, removed or appended them). `hutong audit checkpoint` signs them.",
+                    r.unsigned
+                );
+                std::process::exit(2);
             } else {
                 println!("The audit trail has been tampered with:");
                 for p in &r.problems {
@@ -330,6 +368,14 @@ pub fn audit(s: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{}", r.problems[0])
             }
+        }
+        AuditCmd::Checkpoints => {
+            let list = hutong_audit::checkpoint::published(&engine.store)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"checkpoints": list}))?
+            );
+            Ok(())
         }
         AuditCmd::Checkpoint => {
             let n = hutong_server::access_api::checkpoint(&engine)

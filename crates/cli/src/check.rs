@@ -195,7 +195,14 @@ pub fn run(args: &CheckArgs, checker: &Checker) -> anyhow::Result<()> {
         println!("{rule:<20} {e:>8} {w:>8}");
     }
     if let Some(truth) = &args.truth {
-        score(truth, &resources, &flagged)?;
+        // Scoring the rules against injected defects: rejections are what is measured.
+        return score(truth, &resources, &flagged);
+    }
+    // A gate before sending: it fails when the platform would refuse anything.
+    if rejected > 0 || unreadable > 0 {
+        anyhow::bail!(
+            "{rejected} resources would be rejected and {unreadable} lines are not JSON: correct them before sending"
+        );
     }
     Ok(())
 }

@@ -295,7 +295,7 @@ fn main() -> anyhow::Result<()> {
             let since = since
                 .map(|v| hutong_fhir::date::parse(&v).map(|r| r.lo).with_context(|| format!("invalid --since '{v}'")))
                 .transpose()?;
-            let engine = engine(&s)?;
+            let engine = existing_engine(&s)?;
             let t0 = Instant::now();
             let written = hutong_server::bulk::export(&engine, &out, &types, since)?;
             let total: u64 = written.iter().map(|(_, n)| n).sum();
@@ -308,7 +308,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Reconcile(args) => {
             let s = settings(&cli.common, &fc, None)?;
-            let engine = engine(&s)?;
+            let engine = existing_engine(&s)?;
             reconcile::run(&args, engine)
         }
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)?),
@@ -331,6 +331,27 @@ fn redact(db: &str) -> String {
         }
         _ => db.to_string(),
     }
+}
+
+/// Refuses when no store has been made where the settings point: a command that reads a
+/// store must not create an empty one (and its keyring) and report on that.
+fn require_store(s: &Settings) -> anyhow::Result<()> {
+    let loc = s.location();
+    let there = hutong_store::Store::exists(&loc)
+        .with_context(|| format!("looking for a store at {}", redact(&s.database)))?;
+    if !there {
+        anyhow::bail!(
+            "there is no Hutong store at {}: give its directory with --data-dir (or HUTONG_DATA_DIR) or its database with HUTONG_DATABASE_URL",
+            redact(&s.database)
+        );
+    }
+    Ok(())
+}
+
+/// The engine over an existing store (see [`require_store`]).
+pub(crate) fn existing_engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
+    require_store(s)?;
+    engine(s)
 }
 
 /// The engine over the configured store, for commands that work on it directly (as the

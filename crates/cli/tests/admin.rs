@@ -144,3 +144,61 @@ fn audit_verify_catches_an_edited_row_and_keys_rotate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The tail after the last signed checkpoint is not reported intact, what the command line
+/// writes is signed at once, a witness's copy of the checkpoints shows removed ones, and
+/// verifying where there is no store refuses instead of making one.
+#[test]
+fn the_audit_tail_is_signed_or_unproven_and_witnessed() {
+    let dir = std::env::temp_dir().join(format!("hutong-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let nothing = hutong(&dir.join("empty"), &["audit", "verify"]);
+    assert!(!nothing.status.success());
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("there is no Hutong store"),
+        "{nothing:?}"
+    );
+    assert!(!dir.join("empty").join("hutong.db").exists(), "no store was made");
+    // A command-line write is signed: verify proves it.
+    let added = hutong(
+        &data,
+        &["access", "add-client", "--id", "his-t", "--institution", "urn:hutong:org:T"],
+    );
+    assert!(added.status.success(), "{added:?}");
+    let ok = hutong(&data, &["audit", "verify"]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    let witness = hutong(&data, &["audit", "checkpoints"]);
+    assert!(witness.status.success());
+    let copy = dir.join("witness.json");
+    std::fs::write(&copy, stdout(&witness)).unwrap();
+    // Entries appended behind the platform's back are unproven, not intact.
+    {
+        let store =
+            hutong_store::Store::open(&hutong_store::Location::Sqlite(data.clone())).unwrap();
+        let e = hutong_audit::Entry {
+            ts: 1,
+            action: "read".into(),
+            request: "forged".into(),
+            ..Default::default()
+        };
+        store.append_audit(&[e.to_store()]).unwrap();
+    }
+    let tail = hutong(&data, &["audit", "verify"]);
+    assert_eq!(tail.status.code(), Some(2), "{}", stdout(&tail));
+    assert!(stdout(&tail).contains("UNPROVEN"), "{}", stdout(&tail));
+    // Checkpoints removed (and the trail cut back to hide it) show against the witness.
+    {
+        let store =
+            hutong_store::Store::open(&hutong_store::Location::Sqlite(data.clone())).unwrap();
+        let _ = store.exec_admin("DROP TRIGGER IF EXISTS audit_checkpoint_no_delete", &[]);
+        store.exec_admin("DELETE FROM audit_checkpoint", &[]).unwrap();
+    }
+    let w = hutong(
+        &data,
+        &["audit", "verify", "--witness", copy.to_str().unwrap()],
+    );
+    assert_eq!(w.status.code(), Some(1), "{}", stdout(&w));
+    assert!(stdout(&w).contains("witness holds"), "{}", stdout(&w));
+    let _ = std::fs::remove_dir_all(&dir);
+}

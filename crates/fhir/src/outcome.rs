@@ -25,6 +25,7 @@ pub enum IssueCode {
     Incomplete,
     CodeInvalid,
     BusinessRule,
+    Throttled,
 }
 
 impl IssueCode {
@@ -50,6 +51,7 @@ impl IssueCode {
             IssueCode::Incomplete => "incomplete",
             IssueCode::CodeInvalid => "code-invalid",
             IssueCode::BusinessRule => "business-rule",
+            IssueCode::Throttled => "throttled",
         }
     }
 }

@@ -110,6 +110,12 @@ pub trait Context {
     fn doses(&self, _patient: &str) -> Vec<Dose> {
         Vec::new()
     }
+    /// Whether the reader of the findings may not read `rtype/id`. A rule still weighs what
+    /// the platform holds there, but its message then says only that such a record exists,
+    /// never what it holds (a birth date, a dose, whose encounter it is).
+    fn hidden(&self, _rtype: &str, _id: &str) -> bool {
+        false
+    }
 }
 
 /// One recorded vaccine dose, as [`Context::doses`] gives it.
@@ -418,8 +424,8 @@ impl Checker {
                     out.add(
                         "reference",
                         &at,
-                        format!("The reference {r} does not resolve: there is no {t}/{id} on the platform or in this submission."),
-                        format!("引用 {r} 无法解析：平台和本次提交中都没有 {t}/{id}。"),
+                        format!("The reference {r} does not resolve: there is no {t}/{id} in this submission, nor on the platform among the records you may read."),
+                        format!("引用 {r} 无法解析：本次提交中没有 {t}/{id}，平台上您有权查看的记录中也没有。"),
                         "Submit the referenced resource first (or in the same transaction), or correct the reference.",
                     );
                 }
@@ -437,22 +443,27 @@ impl Checker {
                     .and_then(date::parse)
                     .map(|b| b.lo - 86_400_000);
                 if born.is_some_and(|b| at < b) {
+                    let when = date::format_instant(at);
+                    let (en, zh) = if ctx.hidden("Patient", p) {
+                        (
+                            format!("Dated {when}, before the birth date the platform holds for Patient/{p} (in a record you may not read): filed to the wrong patient, or a wrong date."),
+                            format!("记录时间 {when} 早于平台所载患者 Patient/{p} 的出生日期（您无权查看该记录）：疑似归档到错误的患者，或日期有误。"),
+                        )
+                    } else {
+                        let b = birth.as_deref().unwrap_or("");
+                        (
+                            format!("Dated {when}, before Patient/{p} was born ({b}): filed to the wrong patient, or a wrong date."),
+                            format!("记录时间 {when} 早于患者 Patient/{p} 的出生日期（{b}）：疑似归档到错误的患者，或日期有误。"),
+                        )
+                    };
                     out.add(
                         "patient-timeline",
                         ["subject", "patient"]
                             .into_iter()
                             .find(|k| v.field(k).is_some())
                             .unwrap_or("subject"),
-                        format!(
-                            "Dated {}, before Patient/{p} was born ({}): filed to the wrong patient, or a wrong date.",
-                            date::format_instant(at),
-                            birth.as_deref().unwrap_or("")
-                        ),
-                        format!(
-                            "记录时间 {} 早于患者 Patient/{p} 的出生日期（{}）：疑似归档到错误的患者，或日期有误。",
-                            date::format_instant(at),
-                            birth.as_deref().unwrap_or("")
-                        ),
+                        en,
+                        zh,
                         "Check which patient the record belongs to, and its date.",
                     );
                 }
@@ -474,17 +485,33 @@ impl Checker {
                         && (!seasonal || (o.at_ms - d.at_ms).abs() < 300 * 86_400_000)
                 });
                 if let Some(o) = earlier {
+                    let (en, zh) = if ctx.hidden("Immunization", &o.id) {
+                        (
+                            format!(
+                                "This dose conflicts with a record of Patient/{p} on the platform that you may not read: a repeated record, or filed to the wrong patient."
+                            ),
+                            format!(
+                                "该剂次与平台上患者 Patient/{p} 的一条您无权查看的记录冲突：重复记录，或疑似归档到错误的患者。"
+                            ),
+                        )
+                    } else {
+                        let day = &date::format_instant(o.at_ms)[..10];
+                        (
+                            format!(
+                                "Patient/{p} already has dose {} of {} (Immunization/{}, {day}): a repeated record, or filed to the wrong patient.",
+                                d.number, d.vaccine, o.id
+                            ),
+                            format!(
+                                "患者 Patient/{p} 已有 {} 第 {} 剂接种记录（Immunization/{}，{day}）：重复记录，或疑似归档到错误的患者。",
+                                d.vaccine, d.number, o.id
+                            ),
+                        )
+                    };
                     out.add(
                         "dose-repeated",
                         "protocolApplied[0]",
-                        format!(
-                            "Patient/{p} already has dose {} of {} (Immunization/{}, {}): a repeated record, or filed to the wrong patient.",
-                            d.number, d.vaccine, o.id, &date::format_instant(o.at_ms)[..10]
-                        ),
-                        format!(
-                            "患者 Patient/{p} 已有 {} 第 {} 剂接种记录（Immunization/{}，{}）：重复记录，或疑似归档到错误的患者。",
-                            d.vaccine, d.number, o.id, &date::format_instant(o.at_ms)[..10]
-                        ),
+                        en,
+                        zh,
                         "Check the child's vaccination card: correct the dose number or the patient.",
                     );
                 }
@@ -511,16 +538,23 @@ impl Checker {
                     .and_then(date::parse)
                     .map(|b| years_between(b.lo, at));
                 if let Some(age) = age.filter(|a| *a >= vac.until_years as i64) {
+                    // The age is the birth date's: not said to a reader who may not read it.
+                    let at_age = if ctx.hidden("Patient", p) {
+                        ("at the age the platform holds for the patient (in a record you may not read)".to_string(),
+                         "的年龄（依据平台所载、您无权查看的出生日期）".to_string())
+                    } else {
+                        (format!("at age {age}"), format!("于 {age} 岁"))
+                    };
                     out.add(
                         "vaccine-age",
                         "patient",
                         format!(
-                            "{} ({}) at age {age}: the immunization programme does not give it from age {} — someone else's vaccination, or a wrong date.",
-                            vac.zh, vac.code, vac.until_years
+                            "{} ({}) {}: the immunization programme does not give it from age {} — someone else's vaccination, or a wrong date.",
+                            vac.zh, vac.code, at_age.0, vac.until_years
                         ),
                         format!(
-                            "{} 于 {age} 岁接种：国家免疫规划自 {} 岁起不再接种该疫苗，疑似他人的接种记录或日期有误。",
-                            vac.zh, vac.until_years
+                            "{} 接种{}：国家免疫规划自 {} 岁起不再接种该疫苗，疑似他人的接种记录或日期有误。",
+                            vac.zh, at_age.1, vac.until_years
                         ),
                         "Check the vaccination card: the patient, or the date.",
                     );
@@ -570,11 +604,26 @@ impl Checker {
                     } else {
                         "patient"
                     };
+                    // Whose encounter it is, when the reader may not read the encounter, is
+                    // not theirs to learn: only that it is someone else's.
+                    let (en, zh) = if ctx.encounter_misfiled(enc).is_none()
+                        && ctx.hidden("Encounter", enc)
+                    {
+                        (
+                            format!("Filed under {subject}, but its encounter Encounter/{enc} belongs to another patient (in a record you may not read): possibly filed to the wrong patient."),
+                            format!("记录归属 {subject}，但其就诊 Encounter/{enc} 属于另一名患者（您无权查看该记录）：疑似归档到错误的患者。"),
+                        )
+                    } else {
+                        (
+                            format!("Filed under {subject}, but {whose} {expected}'s: possibly filed to the wrong patient."),
+                            format!("记录归属 {subject}，但其就诊 Encounter/{enc} 的归属（或其其他记录）为 {expected}：疑似归档到错误的患者。"),
+                        )
+                    };
                     out.add(
                         "encounter-subject",
                         field,
-                        format!("Filed under {subject}, but {whose} {expected}'s: possibly filed to the wrong patient."),
-                        format!("记录归属 {subject}，但其就诊 Encounter/{enc} 的归属（或其其他记录）为 {expected}：疑似归档到错误的患者。"),
+                        en,
+                        zh,
                         "Check which patient the record belongs to and resubmit it under that patient.",
                     );
                 }
@@ -588,11 +637,22 @@ impl Checker {
             let own = v.at("id").as_str().unwrap_or("");
             if let Some(other) = ctx.same_content(rtype, &fp) {
                 if other != own {
+                    let (en, zh) = if ctx.hidden(rtype, &other) {
+                        (
+                            "The same content was already submitted by this source.".to_string(),
+                            "相同内容已由本来源提交过。".to_string(),
+                        )
+                    } else {
+                        (
+                            format!("The same content was already submitted as {rtype}/{other}."),
+                            format!("相同内容已作为 {rtype}/{other} 提交过。"),
+                        )
+                    };
                     out.add(
                         "duplicate",
                         "",
-                        format!("The same content was already submitted as {rtype}/{other}."),
-                        format!("相同内容已作为 {rtype}/{other} 提交过。"),
+                        en,
+                        zh,
                         "Do not resend a record under a new id; update the existing one instead.",
                     );
                 }

@@ -158,16 +158,54 @@ fn hours(p: &Params, default_ms: i64) -> Result<i64, ApiError> {
     }
 }
 
-fn category_text(bits: u32) -> String {
+/// The longest grant a code read out over the phone may give: anything longer is a decision
+/// the resident takes in the app, where they see what they approve.
+const SMS_MAX_MS: i64 = 24 * 3_600_000;
+/// Access requests one requester may make in an hour.
+const REQUESTS_PER_REQUESTER_HOUR: i64 = 20;
+/// Requests a resident may receive in an hour, and in a day.
+const REQUESTS_PER_RESIDENT_HOUR: i64 = 5;
+const REQUESTS_PER_RESIDENT_DAY: i64 = 12;
+/// Requests from other institutions open at once for one resident.
+const OPEN_REQUESTS_PER_RESIDENT: usize = 3;
+
+/// The lockout subject of wrong codes over all of one grantee's requests to one resident.
+fn guesses_key(grantee: &str, person: &str) -> String {
+    format!("grant-guess:{grantee}:{person}")
+}
+
+/// A duration as a resident reads it: "2小时", "3天".
+fn duration_text(ms: i64) -> String {
+    let hours = (ms + 3_599_999) / 3_600_000;
+    if hours >= 48 && hours % 24 == 0 {
+        format!("{}天", hours / 24)
+    } else {
+        format!("{hours}小时")
+    }
+}
+
+/// What a grant opens, as the resident reads it.
+fn scope_text(bits: u32) -> String {
     let names: Vec<&str> = security::CATEGORIES
         .iter()
         .filter(|c| bits & c.bit != 0)
         .map(|c| c.zh)
         .collect();
     if names.is_empty() {
-        String::new()
+        "一般诊疗记录（不含敏感类别）".to_string()
     } else {
-        format!("（含{}）", names.join("、"))
+        format!("一般诊疗记录及敏感类别：{}", names.join("、"))
+    }
+}
+
+fn throttled(e: AuthError, what: &str) -> ApiError {
+    match e {
+        AuthError::Locked(until) => ApiError::new(
+            429,
+            IssueCode::Throttled,
+            format!("Too many access requests {what}: try again after {until}"),
+        ),
+        other => auth_error(other),
     }
 }
 
@@ -357,6 +395,13 @@ pub fn request_access(
     };
     let cats = categories(&p)?;
     let duration = hours(&p, engine.access.policy.grant_ms)?;
+    if method == Method::Sms && duration > SMS_MAX_MS {
+        return Err(unprocessable(format!(
+            "A code read out by the resident grants at most {} hours; for {} hours ask for approval in the app (method=app), where the resident sees what they approve",
+            SMS_MAX_MS / 3_600_000,
+            duration / 3_600_000
+        )));
+    }
     let pv = person_json(engine, person)?;
     let patients = patients_of(engine, person)?;
     let Some(patient) = patients.first().cloned() else {
@@ -369,6 +414,68 @@ pub fn request_access(
         ));
     }
     let now = now_ms();
+    // Nobody may flood a resident with requests and codes: limits per requester and per
+    // resident (kept in the store: they hold across API nodes), one open request per
+    // institution (a new one withdraws the last), a few institutions' at once.
+    let accounts = &engine.access.accounts;
+    accounts
+        .throttle(
+            &format!("access-request:by:{}", g.principal.label()),
+            REQUESTS_PER_REQUESTER_HOUR,
+            3_600_000,
+        )
+        .map_err(|e| throttled(e, "from you"))?;
+    let pending: Vec<Grant> = {
+        let grants = engine
+            .access
+            .grants
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        grants
+            .of_person(person)
+            .into_iter()
+            .filter(|x| x.status == Status::Proposed && x.end.is_none_or(|e| e > now))
+            .cloned()
+            .collect()
+    };
+    let mine = Grantee::Institution(inst.clone());
+    let others = pending
+        .iter()
+        .filter(|x| x.grantee != mine)
+        .map(|x| &x.grantee)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if others >= OPEN_REQUESTS_PER_RESIDENT {
+        return Err(ApiError::new(
+            429,
+            IssueCode::Throttled,
+            format!("The resident already has {others} open access requests from other institutions: try again when they are decided"),
+        ));
+    }
+    accounts
+        .throttle(
+            &format!("access-request:to:{person}"),
+            REQUESTS_PER_RESIDENT_HOUR,
+            3_600_000,
+        )
+        .map_err(|e| throttled(e, "to this resident"))?;
+    accounts
+        .throttle(
+            &format!("access-request:to-day:{person}"),
+            REQUESTS_PER_RESIDENT_DAY,
+            86_400_000,
+        )
+        .map_err(|e| throttled(e, "to this resident today"))?;
+    // Wrong codes count across requests: a new request brings no fresh guesses.
+    accounts
+        .check_attempts(&guesses_key(&inst, person))
+        .map_err(auth_error)?;
+    for mut old in pending.into_iter().filter(|x| x.grantee == mine) {
+        old.status = Status::Rejected;
+        old.reason = Some("withdrawn: superseded by a newer request".into());
+        old.recorded = now;
+        save(engine, g, &old, None)?;
+    }
     let name = institution_name(engine, &inst);
     let grant = Grant {
         id: uuid::Uuid::new_v4().to_string(),
@@ -386,7 +493,13 @@ pub fn request_access(
         reason: p.string("reason"),
         recorded: now,
     };
-    let who = name.unwrap_or(inst);
+    let who = name.unwrap_or(inst.clone());
+    // The message says who asks, for what and for how long: the resident decides on that.
+    let asker = match (&g.principal.kind, &g.principal.name) {
+        (Kind::Clinician, Some(n)) => format!("{who}{n}医生"),
+        _ => who.clone(),
+    };
+    let what = format!("{}，期限{}", scope_text(cats), duration_text(duration));
     let mut v = save(engine, g, &grant, None)?;
     match method {
         Method::Sms => {
@@ -397,8 +510,7 @@ pub fn request_access(
                 .issue_code("grant", &grant.id)
                 .map_err(auth_error)?;
             let text = format!(
-                "【互通】{who}请求调阅您的健康档案{}，验证码{code}，5分钟内有效。如非本人就诊，请勿告知他人。",
-                category_text(cats)
+                "【互通】{asker}请求调阅您的健康档案：{what}。验证码{code}，5分钟内有效。同意才告知医生；如非本人就诊，请勿告知他人。"
             );
             engine
                 .access
@@ -411,8 +523,7 @@ pub fn request_access(
         }
         _ => {
             let text = format!(
-                "【互通】{who}请求调阅您的健康档案{}，请在互通 App 中批准或拒绝。",
-                category_text(cats)
+                "【互通】{asker}请求调阅您的健康档案：{what}。请在互通 App 中查看并批准或拒绝。"
             );
             engine
                 .access
@@ -452,7 +563,20 @@ pub fn verify_code(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Re
     }
     let p = Params::parse(req, "$verify-code")?;
     let code = p.required("code", "$verify-code")?;
-    if let Err(e) = engine.access.accounts.check_code("grant", id, &code) {
+    let guesses = match &grant.grantee {
+        Grantee::Institution(i) | Grantee::Person(i) => guesses_key(i, &grant.person),
+    };
+    let accounts = &engine.access.accounts;
+    let checked = accounts
+        .check_attempts(&guesses)
+        .and_then(|_| accounts.check_code("grant", id, &code));
+    match &checked {
+        Ok(()) => accounts.attempt(&guesses, true),
+        Err(AuthError::BadCredentials(_)) => accounts.attempt(&guesses, false),
+        Err(_) => Ok(()),
+    }
+    .map_err(auth_error)?;
+    if let Err(e) = checked {
         if matches!(e, AuthError::Locked(_)) {
             grant.status = Status::Rejected;
             grant.recorded = now_ms();
@@ -1005,10 +1129,13 @@ fn audit_bundle(
     count: usize,
     offset: usize,
 ) -> Resp {
-    let link = |off: usize| format!("{path}?_count={count}&_offset={off}");
+    let link = |off: usize| crate::engine::page_link(path, &req.query, count, off);
     let mut links = vec![("self", link(offset))];
     if offset + rows.len() < total as usize {
         links.push(("next", link(offset + count)));
+    }
+    if offset > 0 {
+        links.push(("previous", link(offset.saturating_sub(count))));
     }
     let mut w = BundleWriter::new("searchset", Some(total), &links);
     for r in rows {
@@ -1191,13 +1318,21 @@ pub fn verify_report(engine: &Engine) -> Result<hutong_audit::verify::Report, Ap
 
 /// Signs a checkpoint of every partition that moved.
 pub fn checkpoint(engine: &Engine) -> Result<usize, ApiError> {
-    let keys = engine.access.keys.clone();
+    checkpoint_store(&engine.store, &engine.access.keys)
+}
+
+/// [`checkpoint`] on a store and keyring (commands that open no engine).
+pub fn checkpoint_store(
+    store: &hutong_store::Store,
+    keys: &std::sync::Arc<std::sync::RwLock<hutong_access::Keyring>>,
+) -> Result<usize, ApiError> {
+    let keys = keys.clone();
     let sign = move |msg: &[u8]| {
         let k = keys.read().unwrap_or_else(|e| e.into_inner());
         let key = k.signing();
         (key.kid.clone(), key.pair.sign(msg).as_ref().to_vec())
     };
-    Ok(hutong_audit::checkpoint::run(&engine.store, &sign)?)
+    Ok(hutong_audit::checkpoint::run(store, &sign)?)
 }
 
 fn verify_trail(engine: &Engine) -> Result<Resp, ApiError> {

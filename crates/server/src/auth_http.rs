@@ -247,6 +247,48 @@ pub async fn token(
     }
 }
 
+/// `POST /auth/revoke` (RFC 7009): signs a token out (`token`, or the bearer token when the
+/// form names none). It is refused from then on, on every node; as the RFC asks, the answer
+/// is 200 whether or not the token was valid.
+pub async fn revoke(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (from, headers, f) = match admit(&st, addr, req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let Some(token) = f.get("token").cloned().or(bearer) else {
+        return outcome(400, IssueCode::Required, "token is required");
+    };
+    let who = st
+        .engine
+        .access
+        .tokens
+        .verify(&token)
+        .map(|p| crate::guard::who(&p))
+        .unwrap_or_default();
+    let engine = st.engine.clone();
+    let r = tokio::task::spawn_blocking(move || engine.access.revoke_token(&token)).await;
+    let (status, detail) = match r {
+        Ok(Ok(())) => (200, None),
+        Ok(Err(e)) => (200, Some(format!("not revoked: {e}"))),
+        Err(_) => (500, Some("internal error".to_string())),
+    };
+    audit(&st, &from, "revoke", who, status, detail);
+    if status == 200 {
+        StatusCode::OK.into_response()
+    } else {
+        outcome(500, IssueCode::Exception, "Internal error while revoking")
+    }
+}
+
 /// `POST /auth/login`: a clinician or operator signs in with user name and password.
 pub async fn login(
     State(st): State<Arc<AppState>>,
@@ -658,6 +700,7 @@ pub async fn smart_configuration(State(st): State<Arc<AppState>>, headers: Heade
         "issuer": root,
         "jwks_uri": format!("{root}/.well-known/jwks.json"),
         "token_endpoint": format!("{root}/auth/token"),
+        "revocation_endpoint": format!("{root}/auth/revoke"),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "grant_types_supported": ["client_credentials"],
         "scopes_supported": ["system/*.cruds", "user/*.cruds", "patient/*.rs"],
@@ -677,6 +720,24 @@ pub async fn jwks(State(st): State<Arc<AppState>>) -> Response {
         .unwrap_or_else(|e| e.into_inner())
         .jwks();
     axum::Json(keys).into_response()
+}
+
+/// `GET /audit/checkpoints`: every signed checkpoint of the audit trail (hashes and
+/// signatures, nothing about anyone), for witnesses outside the platform to copy; with the
+/// public keys (`/.well-known/jwks.json`) anyone can check them, and `hutong audit verify
+/// --witness FILE` proves none was removed or replaced since the copy was taken.
+pub async fn checkpoints(State(st): State<Arc<AppState>>) -> Response {
+    let engine = st.engine.clone();
+    match tokio::task::spawn_blocking(move || hutong_audit::checkpoint::published(&engine.store))
+        .await
+    {
+        Ok(Ok(list)) => axum::Json(json!({"checkpoints": list})).into_response(),
+        _ => outcome(
+            500,
+            IssueCode::Exception,
+            "The checkpoints could not be read",
+        ),
+    }
 }
 
 /// `GET /dev/outbox[?to=…]`: the development message gateway's outbox (SMS and app

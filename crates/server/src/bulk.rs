@@ -614,6 +614,7 @@ fn check_chunk(
     let checked = match crate::intake::check_with(
         &engine.store,
         &engine.checker,
+        &hutong_store::Scope::All,
         source,
         &resources,
         local,

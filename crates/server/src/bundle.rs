@@ -115,6 +115,28 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
         .collect()
 }
 
+/// A Bundle's `fullUrl`s are unique (R4 bdl-7): two entries claiming one identity would
+/// leave references to it ambiguous.
+fn distinct_full_urls(entries: &[Entry]) -> Result<(), ApiError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for e in entries {
+        if let Some(f) = &e.full_url {
+            if let Some(first) = seen.insert(f, e.index) {
+                return Err(entry_error(
+                    e.index,
+                    ApiError::new(
+                        400,
+                        IssueCode::Duplicate,
+                        format!("has the fullUrl {f} of entry {first} too: fullUrls are unique in a Bundle"),
+                    ),
+                )
+                .with_expression(format!("Bundle.entry[{}].fullUrl", e.index)));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Handles `POST /` with a Bundle.
 pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     let bundle = parse_json(&req.body)?;
@@ -125,6 +147,7 @@ pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> 
         .with_expression("resourceType"));
     }
     let entries = parse_entries(&bundle, &req.base)?;
+    distinct_full_urls(&entries)?;
     match bundle.get("type").and_then(Value::as_str) {
         Some("transaction") => {
             g.act("transaction");
@@ -336,11 +359,15 @@ fn transaction(
                     g.may_write(t, Perms::CREATE, None)
                         .map_err(|x| entry_error(e.index, x))?;
                 }
+                g.may_file_now(&engine.store, t, r)
+                    .map_err(|x| entry_error(e.index, x))?;
                 engine.intake(r, &source, now);
             }
             ("PUT", [t, id]) => {
                 let r = e.resource.as_mut().expect("checked in parse_entries");
                 check_resource(r, t, Some(id)).map_err(|x| entry_error(e.index, x))?;
+                g.may_file_now(&engine.store, t, r)
+                    .map_err(|x| entry_error(e.index, x))?;
                 engine.intake(r, &source, now);
             }
             ("DELETE", [_]) | ("DELETE", [_, _]) | ("GET", _) | ("HEAD", _) | ("PATCH", [_, _]) => {
@@ -358,7 +385,7 @@ fn transaction(
         prepared.push(e);
     }
     // The intake rules over the whole transaction: one error rejects all of it.
-    let (findings, fingerprints) = govern(engine, req, &source, &prepared)?;
+    let (findings, fingerprints) = govern(engine, req, g, &source, &prepared)?;
     let mut sequence: Vec<usize> = (0..prepared.len()).collect();
     sequence.sort_by_key(|&i| (order(&prepared[i].method), i));
 
@@ -408,6 +435,22 @@ fn transaction(
         let mut results: Vec<Option<Out>> = vec![None; prepared.len()];
         let mut written: Vec<hutong_store::Stored> = Vec::new();
         let mut post_ids: Vec<Option<String>> = vec![None; prepared.len()];
+        // Each resource is changed once in a transaction (R4 §3.1.0.11.2): two entries that
+        // resolve to the same identity — by URL or by conditions — fail it.
+        let mut touched: HashMap<(String, String), usize> = HashMap::new();
+        let mut claim = |t: &str, id: &str, i: usize| -> Result<(), ApiError> {
+            match touched.insert((t.to_string(), id.to_string()), i) {
+                Some(first) => Err(entry_error(
+                    i,
+                    ApiError::new(
+                        400,
+                        IssueCode::Duplicate,
+                        format!("changes {t}/{id}, which entry {first} changes too: a transaction changes each resource once"),
+                    ),
+                )),
+                None => Ok(()),
+            }
+        };
         // Pass 1: decide the id of every POST and PUT, so references can point at them.
         for &i in &sequence {
             let e = &prepared[i];
@@ -454,15 +497,20 @@ fn transaction(
             let if_match = e.if_match.as_deref().map(crate::engine::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
             let stored = match (e.method.as_str(), seg.as_slice()) {
                 ("DELETE", [t, id]) => {
-                    if let Some(cur) = tx.read(t, id).map_err(|x| entry_error(i, x.into()))? {
-                        g.may_write(t, Perms::DELETE, Some(&cur)).map_err(|x| entry_error(i, x))?;
+                    claim(t, id, i)?;
+                    match tx.read(t, id).map_err(|x| entry_error(i, x.into()))? {
+                        Some(cur) => g.may_write(t, Perms::DELETE, Some(&cur)),
+                        None => g.may(t, Perms::DELETE),
                     }
+                    .map_err(|x| entry_error(i, x))?;
                     let d = tx.delete(t, id, if_match).map_err(|x| entry_error(i, x.into()))?;
                     results[i] = Some(Out::Fields(json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
                     None
                 }
                 ("DELETE", [t]) => {
+                    g.may(t, Perms::DELETE).map_err(|x| entry_error(i, x))?;
                     if let Some(found) = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))? {
+                        claim(t, &found.id, i)?;
                         g.may_write(t, Perms::DELETE, Some(&found)).map_err(|x| entry_error(i, x))?;
                         tx.delete(t, &found.id, None).map_err(|x| entry_error(i, x.into()))?;
                     }
@@ -475,12 +523,16 @@ fn transaction(
                     // it again.
                     Some(_) if early[i].is_some() => {
                         let p = early[i].as_ref().expect("checked");
+                        if let Some(r) = &e.resource {
+                            g.may_file(tx, t, r).map_err(|x| entry_error(i, x))?;
+                        }
                         let s = tx.write_prepared(p, true).map_err(|x| entry_error(i, x.into()))?;
                         Some((s, "201 Created"))
                     }
                     Some(id) => {
                         let mut r = e.resource.clone().expect("checked");
                         rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
+                        g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
                         let s = tx.insert_fresh(t, id, r).map_err(|x| entry_error(i, x.into()))?;
                         Some((s, "201 Created"))
                     }
@@ -489,6 +541,7 @@ fn transaction(
                     let mut r = e.resource.clone().expect("checked");
                     rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
                     check_owner(g, tx, t, id).map_err(|x| entry_error(i, x))?;
+                    g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
                     let (s, created) = tx.update(t, id, r, if_match).map_err(|x| entry_error(i, x.into()))?;
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
@@ -496,6 +549,7 @@ fn transaction(
                     let mut r = e.resource.clone().expect("checked");
                     rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
                     let found = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))?;
+                    g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
                     let (s, created) = match found {
                         Some(f) => {
                             g.may_write(t, Perms::UPDATE, Some(&f)).map_err(|x| entry_error(i, x))?;
@@ -512,9 +566,7 @@ fn transaction(
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PATCH", [t, id]) => {
-                    let cur = tx.read(t, id).map_err(|x| entry_error(i, x.into()))?.filter(|s| !s.deleted && g.scope.permits_stored(s)).ok_or_else(|| {
-                        entry_error(i, ApiError::not_found(format!("{t}/{id} is not known")))
-                    })?;
+                    let cur = crate::engine::visible_in(g, tx, t, id).map_err(|x| entry_error(i, x))?;
                     g.may_write(t, Perms::UPDATE, Some(&cur)).map_err(|x| entry_error(i, x))?;
                     let patch_doc = match &e.resource {
                         Some(Value::Object(b)) if b.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
@@ -531,6 +583,7 @@ fn transaction(
                     json_patch::patch(&mut doc, &patch)
                         .map_err(|x| entry_error(i, ApiError::new(422, IssueCode::Processing, format!("The patch cannot be applied: {x}"))))?;
                     engine.intake(&mut doc, &source, now);
+                    g.may_file(tx, t, &doc).map_err(|x| entry_error(i, x))?;
                     let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;
                     Some((s, "200 OK"))
                 }
@@ -542,6 +595,7 @@ fn transaction(
                 _ => None,
             };
             if let Some((s, status)) = stored {
+                claim(&s.rtype, &s.id, i)?;
                 if let Some(f) = &findings[i] {
                     engine.keep(
                 tx,
@@ -626,6 +680,7 @@ enum Out {
 fn govern(
     engine: &Engine,
     req: &Req,
+    g: &Guard,
     source: &str,
     entries: &[Entry],
 ) -> Result<(Vec<Option<Vec<hutong_quality::Finding>>>, Vec<String>), ApiError> {
@@ -646,6 +701,7 @@ fn govern(
     let checked = crate::intake::check(
         &engine.store,
         &engine.checker,
+        &g.filing_scope(),
         source,
         &resources,
         local,

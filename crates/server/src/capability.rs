@@ -54,9 +54,16 @@ fn build() -> Value {
                 .filter(|(_, p)| supported(p.kind, &p.expression, p.components.len()) || p.code == "_id" || p.code == "_lastUpdated")
                 .map(|(code, p)| json!({"name": code, "type": p.kind.as_str()}))
                 .collect();
+            // The audit trail is written by the platform alone and read through its own
+            // search (no versions, no history): nothing else is offered on it.
+            let offered: Vec<Value> = if t == "AuditEvent" {
+                ["read", "search-type"].iter().map(|i| json!({"code": i})).collect()
+            } else {
+                interactions.iter().map(|i| json!({"code": i})).collect()
+            };
             let mut r = json!({
                 "type": t,
-                "interaction": interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+                "interaction": offered,
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": true,
@@ -68,7 +75,19 @@ fn build() -> Value {
                 "searchRevInclude": ["*"],
                 "searchParam": params,
             });
-            let mut ops = vec![json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/type-export"})];
+            if t == "AuditEvent" {
+                let o = r.as_object_mut().expect("an object");
+                for k in ["updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete", "readHistory"] {
+                    o.remove(k);
+                }
+                r["versioning"] = json!("no-version");
+                r["documentation"] = json!("Written by the platform only, one entry per access or change; create, update, patch and delete are refused (405).");
+            }
+            let mut ops = Vec::new();
+            // Patient's export is the patient-level one, listed below (once).
+            if t != "Patient" {
+                ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/type-export"}));
+            }
             if t == "Patient" {
                 ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
                 ops.push(json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}));

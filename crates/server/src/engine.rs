@@ -110,6 +110,11 @@ impl Resp {
             body: Body::Json(v),
         }
     }
+    /// A JSON body that is not a FHIR resource (the platform's own lists), labelled as what
+    /// it is: `application/json`, not `application/fhir+json`.
+    pub fn plain_json(status: u16, v: Value) -> Resp {
+        Resp::json(status, v).header("Content-Type", "application/json; charset=utf-8")
+    }
     pub fn error(e: &ApiError) -> Resp {
         Resp::json(e.status, e.outcome.to_json())
     }
@@ -229,6 +234,16 @@ pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), Ap
         }
         Some(_) => {}
     }
+    if rtype == "AuditEvent" {
+        return Err(ApiError::new(
+            405,
+            IssueCode::NotSupported,
+            "AuditEvent is written by the platform alone, one entry per access or change; it cannot be submitted, changed or deleted",
+        ));
+    }
+    if let Some((at, what)) = bad_string(v, &mut String::from(rtype)) {
+        return Err(ApiError::new(400, IssueCode::Value, what).with_expression(&at));
+    }
     match (obj.field("id"), id) {
         (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
             Err(ApiError::bad_request(format!(
@@ -249,6 +264,73 @@ pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), Ap
         }
     }
     Ok(())
+}
+
+/// The longest string a resource may carry, but for base64 `data` (attachments), which the
+/// body limit bounds.
+pub const MAX_STRING: usize = 1 << 20;
+
+/// The first string of `v` FHIR forbids — one with a character below U+0020 other than tab,
+/// carriage return and line feed — or that is longer than
+/// [`MAX_STRING`]: its location (`at`, grown and cut back during the walk) and what is wrong.
+fn bad_string(v: &Value, at: &mut String) -> Option<(String, String)> {
+    match v {
+        Value::String(s) => {
+            let data = at.ends_with(".data");
+            if s.len() > MAX_STRING && !data {
+                return Some((
+                    at.clone(),
+                    format!(
+                        "A string of {} bytes at {at}: strings are limited to {MAX_STRING} bytes (large content belongs in an Attachment's data or a Binary)",
+                        s.len()
+                    ),
+                ));
+            }
+            // R4 §2.1.28.0.1: no code points below 32 but tab, carriage return, line feed.
+            if let Some(c) = s
+                .bytes()
+                .find(|b| *b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'))
+            {
+                return Some((
+                    at.clone(),
+                    format!(
+                        "The string at {at} contains the control character U+{:04X}, which FHIR strings may not contain",
+                        c as u32
+                    ),
+                ));
+            }
+            None
+        }
+        Value::Array(a) => {
+            let len = at.len();
+            for (i, x) in a.iter().enumerate() {
+                at.push_str(&format!("[{i}]"));
+                let found = bad_string(x, at);
+                at.truncate(len);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        Value::Object(o) => {
+            let len = at.len();
+            for (k, x) in o {
+                if matches!(x, Value::Bool(_) | Value::Number(_) | Value::Null) {
+                    continue;
+                }
+                at.push('.');
+                at.push_str(k);
+                let found = bad_string(x, at);
+                at.truncate(len);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Stamps provenance: the submitting institution and the collection time.
@@ -333,6 +415,30 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `k=v&…` of a request's parameters, percent-encoded.
+pub fn query_string(q: &[(String, String)]) -> String {
+    q.iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The link to one page of a list: the request's own parameters (its filters) with its
+/// paging parameters replaced. Every list that pages links through here, so no `next`
+/// link drops the filters that made the list.
+pub fn page_link(path: &str, query: &[(String, String)], count: usize, offset: usize) -> String {
+    let mut kept: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "_count" && k != "_offset")
+        .cloned()
+        .collect();
+    kept.push(("_count".into(), count.to_string()));
+    if offset > 0 {
+        kept.push(("_offset".into(), offset.to_string()));
+    }
+    format!("{path}?{}", query_string(&kept))
 }
 
 pub fn percent_encode(s: &str) -> String {
@@ -673,6 +779,13 @@ impl Engine {
                 IssueCode::NotSupported,
                 "System-level search needs a resource type; use /{type}?…",
             )),
+            (m, ["AuditEvent", ..]) if m != "GET" && !req.segments.iter().any(|s| s.starts_with('$')) => {
+                Err(ApiError::new(
+                    405,
+                    IssueCode::NotSupported,
+                    format!("{m} is not allowed on AuditEvent: the audit trail is written by the platform alone, one entry per access or change, and is never changed or deleted"),
+                ))
+            }
             ("GET", ["AuditEvent"]) | ("GET", ["AuditEvent", _]) => {
                 crate::access_api::audit_events(self, req, g)
             }
@@ -872,6 +985,7 @@ impl Engine {
     fn govern(
         &self,
         req: &Req,
+        g: &Guard,
         v: &Value,
     ) -> Result<(Vec<hutong_quality::Finding>, String), ApiError> {
         let source = self.source_of(req);
@@ -879,7 +993,19 @@ impl Engine {
         if let (Some(t), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) {
             local.insert((t.to_string(), id.to_string()));
         }
-        let mut c = crate::intake::check(&self.store, &self.checker, &source, &[v], local, true)?;
+        // Refused for where it would be filed before the rules run (and quarantine it).
+        if let Some(t) = v["resourceType"].as_str() {
+            g.may_file_now(&self.store, t, v)?;
+        }
+        let mut c = crate::intake::check(
+            &self.store,
+            &self.checker,
+            &g.filing_scope(),
+            &source,
+            &[v],
+            local,
+            true,
+        )?;
         let found = c.findings.pop().unwrap_or_default();
         if hutong_quality::rejects(&found) {
             let f: Vec<(Option<String>, &hutong_quality::Finding)> =
@@ -903,7 +1029,7 @@ impl Engine {
         if let Some(o) = v.as_object_mut() {
             o.remove("id");
         }
-        let (found, fp) = self.govern(req, &v)?;
+        let (found, fp) = self.govern(req, g, &v)?;
         let source = self.source_of(req);
         let cond = req.header("if-none-exist").map(parse_query_string);
         let (s, created) = g.write(self, |tx| {
@@ -912,6 +1038,7 @@ impl Engine {
                     return Ok::<_, ApiError>((found, false));
                 }
             }
+            g.may_file(tx, t, &v)?;
             let s = tx.create(t, None, v.clone())?;
             self.keep(tx, &source, &s, &found, &fp)?;
             Ok((s, true))
@@ -924,11 +1051,12 @@ impl Engine {
 
     fn update(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let v = self.body_resource(req, t, Some(id))?;
-        let (found, fp) = self.govern(req, &v)?;
+        let (found, fp) = self.govern(req, g, &v)?;
         let source = self.source_of(req);
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let (s, created) = g.write(self, |tx| {
             check_owner(g, tx, t, id)?;
+            g.may_file(tx, t, &v)?;
             let (s, created) = tx.update(t, id, v.clone(), if_match)?;
             self.keep(tx, &source, &s, &found, &fp)?;
             Ok::<_, ApiError>((s, created))
@@ -947,7 +1075,7 @@ impl Engine {
         check_resource(&v, t, None)?;
         let mut v = v;
         self.intake(&mut v, &self.source_of(req), now_ms());
-        let (found, fp) = self.govern(req, &v)?;
+        let (found, fp) = self.govern(req, g, &v)?;
         let source = self.source_of(req);
         let (s, created) = g.write(self, |tx| {
             let q = Query::parse(t, &req.query, true)?;
@@ -959,6 +1087,7 @@ impl Engine {
                     if let Some(id) = &id {
                         check_owner(g, tx, t, id)?;
                     }
+                    g.may_file(tx, t, &v)?;
                     let s = tx.create(t, id.as_deref(), v.clone())?;
                     self.keep(tx, &source, &s, &found, &fp)?;
                     Ok::<_, ApiError>((s, true))
@@ -972,6 +1101,7 @@ impl Engine {
                         }
                     }
                     g.may_write(t, Perms::UPDATE, Some(one))?;
+                    g.may_file(tx, t, &v)?;
                     let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
                     self.keep(tx, &source, &s, &found, &fp)?;
                     Ok((s, false))
@@ -998,10 +1128,7 @@ impl Engine {
         let rejected: std::cell::RefCell<Option<(Value, Vec<hutong_quality::Finding>)>> =
             Default::default();
         let r = g.write(self, |tx| {
-            let cur = tx
-                .read(t, id)?
-                .filter(|s| !s.deleted && g.scope.permits_stored(s))
-                .ok_or_else(|| ApiError::not_found(format!("{t}/{id} is not known")))?;
+            let cur = visible_in(g, tx, t, id)?;
             g.may_write(t, Perms::UPDATE, Some(&cur))?;
             let mut doc = cur.json()?;
             json_patch::patch(&mut doc, &patch).map_err(|e| {
@@ -1013,9 +1140,17 @@ impl Engine {
             })?;
             check_resource(&doc, t, Some(id))?;
             self.intake(&mut doc, &source, now_ms());
+            g.may_file(tx, t, &doc)?;
             let local = [(t.to_string(), id.to_string())].into();
-            let mut c =
-                crate::intake::check(&self.store, &self.checker, &source, &[&doc], local, true)?;
+            let mut c = crate::intake::check(
+                &self.store,
+                &self.checker,
+                &g.filing_scope(),
+                &source,
+                &[&doc],
+                local,
+                true,
+            )?;
             if c.rejects() {
                 let findings = c.findings.pop().unwrap_or_default();
                 *rejected.borrow_mut() = Some((doc, findings));
@@ -1079,6 +1214,8 @@ impl Engine {
                 "A conditional delete needs search parameters",
             ));
         }
+        // Refused before the search: whether anything matched is not the question.
+        g.may(t, Perms::DELETE)?;
         let deleted = g.write(self, |tx| {
             let q = Query::parse(t, &req.query, true)?;
             let page = tx.search(&q.probe(), &g.scope)?;
@@ -1152,18 +1289,7 @@ impl Engine {
         page: &Page,
         ignored: &[String],
     ) -> Resp {
-        let qs = |off: usize| {
-            let mut parts: Vec<String> = canonical
-                .iter()
-                .filter(|(k, _)| k != "_count")
-                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-                .collect();
-            parts.push(format!("_count={count}"));
-            if off > 0 {
-                parts.push(format!("_offset={off}"));
-            }
-            format!("{path}?{}", parts.join("&"))
-        };
+        let qs = |off: usize| page_link(path, canonical, count, off);
         let mut links = vec![("self", qs(offset))];
         if page.has_more {
             links.push(("next", qs(offset + count)));
@@ -1251,11 +1377,14 @@ impl Engine {
             HistoryScope::Type(t) => format!("{}/{t}/_history", req.base),
             HistoryScope::System => format!("{}/_history", req.base),
         };
-        let mut links = vec![("self", format!("{path}?_count={count}&_offset={offset}"))];
+        let mut links = vec![("self", page_link(&path, &req.query, count, offset))];
         if has_more {
+            links.push(("next", page_link(&path, &req.query, count, offset + count)));
+        }
+        if offset > 0 {
             links.push((
-                "next",
-                format!("{path}?_count={count}&_offset={}", offset + count),
+                "previous",
+                page_link(&path, &req.query, count, offset.saturating_sub(count)),
             ));
         }
         let mut w = BundleWriter::new("history", total, &links);
@@ -1356,18 +1485,30 @@ impl Engine {
     }
 }
 
+/// The current version of `t/id` inside a write, if this reader may see it: 404 when it is
+/// not there (or deleted), 403 when it is hidden — as a read would answer.
+pub fn visible_in(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<Stored, ApiError> {
+    match tx.read(t, id)? {
+        Some(s) if !s.deleted && g.scope.permits_stored(&s) => Ok(s),
+        Some(s) if !s.deleted => Err(g.hidden(&format!("{t}/{id}"))),
+        _ => Err(ApiError::not_found(format!("{t}/{id} is not known"))),
+    }
+}
+
 /// Checks that the requester may write `t/id` given who submitted its current version
 /// (platform principals skip the lookup: they may write anything their scopes allow).
 pub fn check_owner(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<(), ApiError> {
-    if g.principal.kind == Kind::Platform {
-        return g.may(t, Perms::UPDATE);
-    }
+    // Work orders change only through their operations, whoever asks (else the Task and
+    // the work-order queue would disagree).
     if t == "Task" && crate::workorders::is_work_order_id(tx, id)? {
         return Err(ApiError::new(
             403,
             IssueCode::Forbidden,
             "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment",
         ));
+    }
+    if g.principal.kind == Kind::Platform {
+        return g.may(t, Perms::UPDATE);
     }
     match tx.source_of(t, id)? {
         Some(src) => hutong_access::decision::may_write(g.asker(), t, Perms::UPDATE, Some(&src))

@@ -213,7 +213,7 @@ impl Guard {
         existing: Option<&Stored>,
     ) -> Result<(), ApiError> {
         // Work orders move through their lifecycle operations, which check who may do what.
-        if rtype == "Task" && self.principal.kind != hutong_access::principal::Kind::Platform {
+        if rtype == "Task" {
             if let Some(s) = existing {
                 if s.json().is_ok_and(|v| crate::workorders::is_work_order(&v)) {
                     return Err(forbidden(hutong_access::Refusal(
@@ -229,6 +229,79 @@ impl Guard {
             existing.map(|s| s.source.as_str()),
         )
         .map_err(forbidden)
+    }
+
+    /// Whether this requester may file `v` where its content puts it. A record about a
+    /// patient joins that resident's record, so writing it needs what reading the patient
+    /// needs (the writer's own registration of them, or the resident's grant): otherwise an
+    /// institution could add to — or, by a wrong subject, pollute — a record it may not see.
+    /// A patient not on the platform (yet) is left to the reference rule.
+    pub fn may_file(
+        &self,
+        tx: &mut Tx<'_>,
+        rtype: &str,
+        v: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        self.may_file_with(rtype, v, |id| Ok(tx.read("Patient", id)?))
+    }
+
+    /// [`Guard::may_file`] before the write's transaction, from the store (so that a write
+    /// refused for this is refused before the intake rules run and quarantine it).
+    pub fn may_file_now(
+        &self,
+        store: &hutong_store::Store,
+        rtype: &str,
+        v: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        self.may_file_with(rtype, v, |id| {
+            Ok(store
+                .read("Patient", id, &hutong_store::Scope::All)?
+                .found())
+        })
+    }
+
+    fn may_file_with(
+        &self,
+        rtype: &str,
+        v: &serde_json::Value,
+        patient_of: impl FnOnce(&str) -> Result<Option<Stored>, ApiError>,
+    ) -> Result<(), ApiError> {
+        if rtype == "Task" && crate::workorders::is_work_order(v) {
+            return Err(forbidden(hutong_access::Refusal(
+                "A work order is opened with $work-order and changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment, not by writing the Task".into(),
+            )));
+        }
+        let scope = self.filing_scope();
+        if scope.is_all() || rtype == "Patient" {
+            return Ok(());
+        }
+        let Some(patient) = hutong_fhir::index::content_owner(rtype, v) else {
+            return Ok(());
+        };
+        match patient_of(&patient)? {
+            Some(p) if !p.deleted && !scope.permits_stored(&p) => Err(ApiError::new(
+                403,
+                IssueCode::Forbidden,
+                format!(
+                    "Patient/{patient} is not in the records you are authorized to read, so you \
+                     may not add to their record ({rtype} filed under them). Register the \
+                     patient as your own, or ask the resident for authorization \
+                     (Person/{{id}}/$request-access)."
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The records this requester's submissions may refer to and be filed under: what it
+    /// may read — but the appointment platform (a booking client) books for every
+    /// resident, so its Appointments may name anyone (its scopes keep it to Appointments).
+    pub fn filing_scope(&self) -> Scope {
+        if self.principal.booking {
+            Scope::All
+        } else {
+            self.scope.clone()
+        }
     }
 
     /// A read the scope hides: 403, naming the way in.

@@ -48,6 +48,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/auth/token", post(auth::token))
         .route("/auth/login", post(auth::login))
+        .route("/auth/revoke", post(auth::revoke))
         .route("/auth/otp", post(auth::otp_send))
         .route("/auth/otp/verify", post(auth::otp_verify))
         .route("/auth/password", post(auth::resident_password))
@@ -60,6 +61,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(auth::smart_configuration),
         )
         .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/audit/checkpoints", get(auth::checkpoints))
         .route("/dev/outbox", get(auth::outbox))
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))

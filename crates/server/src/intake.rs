@@ -239,6 +239,13 @@ impl Checked {
 /// What the platform holds, fetched in a few queries for a whole submission.
 struct Held<'a> {
     store: &'a Store,
+    /// The submitter's view: what the findings' messages may cite.
+    scope: &'a Scope,
+    /// What the rules read that the submitter may not (`Type/id`), filled as it is read.
+    hidden: std::cell::RefCell<HashSet<(String, String)>>,
+    /// Whether the submitter may read what its own source submitted (residents and
+    /// operators submit under the platform's default source, whose records they may not).
+    source_visible: bool,
     local: HashSet<(String, String)>,
     existing: HashSet<(String, String)>,
     encounters: HashMap<String, Option<String>>,
@@ -249,6 +256,17 @@ struct Held<'a> {
     /// The submission's own vaccine doses per patient, and the platform's (read once).
     batch_doses: HashMap<String, Vec<Dose>>,
     doses: std::cell::RefCell<HashMap<String, Vec<Dose>>>,
+}
+
+impl Held<'_> {
+    /// Remembers a stored resource a rule read as hidden when the submitter may not read it.
+    fn note_visibility(&self, s: &Stored) {
+        if !self.scope.permits_stored(s) {
+            self.hidden
+                .borrow_mut()
+                .insert((s.rtype.clone(), s.id.clone()));
+        }
+    }
 }
 
 impl Context for Held<'_> {
@@ -264,12 +282,22 @@ impl Context for Held<'_> {
             return s.clone();
         }
         match self.store.read("Encounter", id, &Scope::All) {
-            Ok(hutong_store::Lookup::Found(s)) if !s.deleted => s
-                .json()
-                .ok()
-                .and_then(|v| v.at("subject").at("reference").as_str().map(String::from)),
+            Ok(hutong_store::Lookup::Found(s)) if !s.deleted => {
+                self.note_visibility(&s);
+                s.json()
+                    .ok()
+                    .and_then(|v| v.at("subject").at("reference").as_str().map(String::from))
+            }
             _ => None,
         }
+    }
+    fn hidden(&self, rtype: &str, id: &str) -> bool {
+        if !self.source_visible && self.content.values().any(|other| other == id) {
+            return true;
+        }
+        self.hidden
+            .borrow()
+            .contains(&(rtype.to_string(), id.to_string()))
     }
     fn patient_birth(&self, id: &str) -> Option<String> {
         if let Some(b) = self.births.borrow().get(id) {
@@ -277,6 +305,7 @@ impl Context for Held<'_> {
         }
         let b = match self.store.read("Patient", id, &Scope::All) {
             Ok(hutong_store::Lookup::Found(s)) if !s.deleted => {
+                self.note_visibility(&s);
                 s.json().ok().and_then(|v| hutong_quality::birth_of(&v))
             }
             _ => None,
@@ -300,6 +329,7 @@ impl Context for Held<'_> {
         let page = q.ok().and_then(|q| self.store.search(&q, &Scope::All).ok());
         if let Some(page) = page {
             for s in page.matches {
+                self.note_visibility(&s);
                 if let Some(d) = s.json().ok().as_ref().and_then(Dose::of) {
                     if !out.iter().any(|o| o.id == d.id) {
                         out.push(d);
@@ -325,6 +355,7 @@ impl Context for Held<'_> {
 pub fn check(
     store: &Store,
     checker: &Checker,
+    scope: &Scope,
     source: &str,
     resources: &[&Value],
     local: HashSet<(String, String)>,
@@ -333,6 +364,7 @@ pub fn check(
     check_with(
         store,
         checker,
+        scope,
         source,
         resources,
         local,
@@ -344,9 +376,15 @@ pub fn check(
 /// [`check`], with references to what `provisional` holds counted as resolved and reported
 /// in [`Checked::provisional`]: a bulk load's chunks still on their way to the database,
 /// which the caller checks again should one of them fail to commit.
+///
+/// `scope` is the submitter's view: the rules decide on everything the platform holds, but
+/// a reference resolves only to what the submitter may read (else whether any id exists
+/// would show through), and a finding cites only what the submitter may read.
+#[allow(clippy::too_many_arguments)]
 pub fn check_with(
     store: &Store,
     checker: &Checker,
+    scope: &Scope,
     source: &str,
     resources: &[&Value],
     local: HashSet<(String, String)>,
@@ -379,7 +417,7 @@ pub fn check_with(
     for (t, mut ids) in wanted {
         ids.sort();
         ids.dedup();
-        for id in store.existing(&t, &ids)? {
+        for id in store.existing_visible(&t, &ids, scope)? {
             existing.insert((t.clone(), id));
         }
     }
@@ -440,8 +478,15 @@ pub fn check_with(
             batch_doses.entry(p.to_string()).or_default().push(d);
         }
     }
+    let source_visible = match scope {
+        Scope::All => true,
+        Scope::Rows(r) => r.sources.contains(source),
+    };
     let mut held = Held {
         store,
+        scope,
+        hidden: Default::default(),
+        source_visible,
         local,
         existing,
         encounters,
@@ -742,7 +787,16 @@ mod tests {
             "code": {"text": "x"}});
         let checker = Checker::default();
         let dup = |src: &str| {
-            let c = check(store, &checker, src, &[&copy], HashSet::new(), false).unwrap();
+            let c = check(
+                store,
+                &checker,
+                &Scope::All,
+                src,
+                &[&copy],
+                HashSet::new(),
+                false,
+            )
+            .unwrap();
             c.findings[0]
                 .iter()
                 .find(|f| f.rule == "duplicate")
@@ -791,7 +845,16 @@ mod tests {
         let checker = Checker::default();
         let copy = obs("o2");
         let dup = || {
-            let c = check(store, &checker, "urn:a", &[&copy], HashSet::new(), false).unwrap();
+            let c = check(
+                store,
+                &checker,
+                &Scope::All,
+                "urn:a",
+                &[&copy],
+                HashSet::new(),
+                false,
+            )
+            .unwrap();
             c.findings[0].iter().any(|f| f.rule == "duplicate")
         };
         assert!(!dup(), "an old key is not found by a bucketed lookup");

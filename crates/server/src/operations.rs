@@ -241,7 +241,13 @@ fn kick_off(engine: &Engine, req: &Req, g: &Guard, level: ExportLevel) -> Result
         ));
     }
     let job = uuid::Uuid::new_v4().to_string();
-    let request_url = format!("{}/{}", req.base, req.segments.join("/"));
+    // The request as made, parameters included: the manifest's `request` must say which
+    // types and since when.
+    let mut request_url = format!("{}/{}", req.base, req.segments.join("/"));
+    if !req.query.is_empty() {
+        request_url.push('?');
+        request_url.push_str(&crate::engine::query_string(&req.query));
+    }
     let now = now_ms();
     let record = JobRequest {
         url: request_url.clone(),
@@ -328,7 +334,13 @@ fn run_export(
     for t in types {
         let mut after = 0;
         let mut count = 0u64;
-        let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
+        // Beside each file, per line, what the access decision needs to judge it again when
+        // the file is fetched (shard, sensitivity, source, id): a grant revoked after the
+        // export ran closes its lines.
+        let mut file: Option<(
+            std::io::BufWriter<std::fs::File>,
+            std::io::BufWriter<std::fs::File>,
+        )> = None;
         loop {
             let (batch, last) = engine
                 .store
@@ -337,24 +349,28 @@ fn run_export(
             if batch.is_empty() {
                 break;
             }
-            let f = match &mut file {
+            let (f, k) = match &mut file {
                 Some(f) => f,
                 None => {
                     let f = std::fs::File::create(dir.join(format!("{t}.ndjson")))
                         .map_err(|e| e.to_string())?;
-                    file.insert(std::io::BufWriter::new(f))
+                    let k = std::fs::File::create(dir.join(format!("{t}.keys")))
+                        .map_err(|e| e.to_string())?;
+                    file.insert((std::io::BufWriter::new(f), std::io::BufWriter::new(k)))
                 }
             };
             for s in &batch {
                 f.write_all(&g.release(s))
                     .and_then(|_| f.write_all(b"\n"))
+                    .and_then(|_| writeln!(k, "{}\t{}\t{}\t{}", s.shard, s.sens, s.source, s.id))
                     .map_err(|e| e.to_string())?;
                 count += 1;
             }
             after = last;
         }
-        if let Some(mut f) = file {
+        if let Some((mut f, mut k)) = file {
             f.flush().map_err(|e| e.to_string())?;
+            k.flush().map_err(|e| e.to_string())?;
             output.push(json!({"type": t, "url": format!("{base}/$export-file/{job}/{t}.ndjson"), "count": count}));
         }
     }
@@ -381,13 +397,21 @@ fn job_row(engine: &Engine, g: &Guard, job: &str) -> Result<(String, String), Ap
         .next()
         .ok_or_else(|| ApiError::not_found(format!("No export job {job}")))?;
     let owner: Option<JobRequest> = serde_json::from_str(r[2].text()).ok();
-    let mine = owner.is_some_and(|o| {
-        o.principal.kind == g.principal.kind && o.principal.subject == g.principal.subject
-    });
+    // The whole principal: two institutions' systems may well share a subject name.
+    let mine = owner.is_some_and(|o| same_principal(&o.principal, &g.principal));
     if !mine && g.principal.kind != Kind::Platform {
         return Err(ApiError::not_found(format!("No export job {job}")));
     }
     Ok((r[0].text().to_string(), r[1].text().to_string()))
+}
+
+/// Whether two principals are the same requester (not merely the same subject name).
+fn same_principal(a: &Principal, b: &Principal) -> bool {
+    a.kind == b.kind
+        && a.subject == b.subject
+        && a.institution == b.institution
+        && a.person == b.person
+        && a.practitioner == b.practitioner
 }
 
 fn status(engine: &Engine, g: &Guard, job: &str) -> Result<Resp, ApiError> {
@@ -401,7 +425,8 @@ fn status(engine: &Engine, g: &Guard, job: &str) -> Result<Resp, ApiError> {
             ],
             body: Body::Empty,
         }),
-        "done" => Ok(Resp::json(
+        // The Bulk Data manifest is plain JSON, not a FHIR resource.
+        "done" => Ok(Resp::plain_json(
             200,
             serde_json::from_str(&result).unwrap_or(Value::Null),
         )),
@@ -436,8 +461,38 @@ fn file(engine: &Engine, g: &Guard, job: &str, name: &str) -> Result<Resp, ApiEr
             "No file {name} in export {job}"
         )));
     }
-    let bytes = std::fs::read(export_dir(engine).join(job).join(name))
-        .map_err(|_| ApiError::not_found(format!("No file {name} in export {job}")))?;
+    let dir = export_dir(engine).join(job);
+    let missing = || ApiError::not_found(format!("No file {name} in export {job}"));
+    let bytes = std::fs::read(dir.join(name)).map_err(|_| missing())?;
+    let keys = std::fs::read_to_string(dir.join(format!("{t}.keys"))).map_err(|_| missing())?;
+    // The decision is taken again now, line by line, with the grants in force: an export
+    // does not outlive the authorization it was made under. Each line released is recorded.
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut withheld = 0usize;
+    for (line, key) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .zip(keys.lines())
+    {
+        let mut k = key.splitn(4, '\t');
+        let shard: i64 = k.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let sens: u32 = k.next().and_then(|x| x.parse().ok()).unwrap_or(u32::MAX);
+        let source = k.next().unwrap_or("");
+        let id = k.next().unwrap_or("");
+        if g.scope.permits(t, shard, source, sens) {
+            g.touch(format!("{t}/{id}"), shard);
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        } else {
+            withheld += 1;
+        }
+    }
+    if withheld > 0 {
+        g.note(format!(
+            "{withheld} line(s) of {name} withheld: no longer in the records the requester may read"
+        ));
+    }
+    let bytes = out;
     Ok(Resp {
         status: 200,
         headers: vec![("Content-Type".into(), "application/fhir+ndjson".into())],

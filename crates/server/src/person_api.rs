@@ -436,25 +436,7 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
     }
     let total = keyed.len() as u64 + 1;
     let path = format!("{}/Person/{person}/$everything", req.base);
-    let qs = |off: usize| {
-        let mut parts: Vec<String> = req
-            .query
-            .iter()
-            .filter(|(k, _)| k != "_offset" && k != "_count")
-            .map(|(k, v)| {
-                format!(
-                    "{}={}",
-                    crate::engine::percent_encode(k),
-                    crate::engine::percent_encode(v)
-                )
-            })
-            .collect();
-        parts.push(format!("_count={count}"));
-        if off > 0 {
-            parts.push(format!("_offset={off}"));
-        }
-        format!("{path}?{}", parts.join("&"))
-    };
+    let qs = |off: usize| crate::engine::page_link(&path, &req.query, count, off);
     let mut links = vec![("self", qs(offset))];
     if offset + count < total as usize {
         links.push(("next", qs(offset + count)));

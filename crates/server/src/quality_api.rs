@@ -51,7 +51,15 @@ pub fn validate(engine: &Engine, req: &Req, g: &Guard, t: &str) -> Result<Resp, 
     if let Some(id) = v["id"].as_str() {
         local.insert((t.to_string(), id.to_string()));
     }
-    let c = intake::check(&engine.store, &engine.checker, &source, &[&v], local, true)?;
+    let c = intake::check(
+        &engine.store,
+        &engine.checker,
+        &g.filing_scope(),
+        &source,
+        &[&v],
+        local,
+        true,
+    )?;
     let findings = c.findings.into_iter().next().unwrap_or_default();
     Ok(Resp::json(200, hutong_quality::outcome(&findings)))
 }
@@ -155,7 +163,10 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         .map(|r| intake::item_json(r, false))
         .collect();
     g.note(format!("{} quarantined submissions listed", items.len()));
-    Ok(Resp::json(200, json!({"total": total, "items": items})))
+    Ok(Resp::plain_json(
+        200,
+        json!({"total": total, "items": items}),
+    ))
 }
 
 /// `GET $quarantine/{id}`: the item with the outcome that rejected it.
@@ -163,7 +174,7 @@ pub fn show(engine: &Engine, g: &Guard, qid: &str) -> Result<Resp, ApiError> {
     g.act("quarantine");
     let r = item(engine, g, qid)?;
     g.note(format!("quarantine item {qid} read"));
-    Ok(Resp::json(200, intake::item_json(&r, true)))
+    Ok(Resp::plain_json(200, intake::item_json(&r, true)))
 }
 
 /// `GET $quarantine/{id}/body`: the submission exactly as the source sent it.

@@ -211,7 +211,7 @@ pub fn submit(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         )
     })?;
     let run = run(engine, g, &source, &m)?;
-    Ok(Resp::json(200, run_json(&run, &source, &m)))
+    Ok(Resp::plain_json(200, run_json(&run, &source, &m)))
 }
 
 /// `GET $reconcile[?source=…][&_count]`: the runs, newest first (without their lists).
@@ -248,7 +248,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                    "days": r[9].int()})
         })
         .collect();
-    Ok(Resp::json(200, json!({"items": items})))
+    Ok(Resp::plain_json(200, json!({"items": items})))
 }
 
 /// `GET $reconcile/{id}`: a run with its lists.
@@ -263,7 +263,7 @@ pub fn show(engine: &Engine, g: &Guard, id: &str) -> Result<Resp, ApiError> {
         .into_iter()
         .find(|r| officer(g) || own.as_deref() == Some(r[0].text()))
         .ok_or_else(|| ApiError::not_found(format!("No reconciliation {id}")))?;
-    Ok(Resp::json(
+    Ok(Resp::plain_json(
         200,
         serde_json::from_str(r[1].text()).unwrap_or(Value::Null),
     ))

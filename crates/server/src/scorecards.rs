@@ -388,7 +388,7 @@ pub fn card(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     ));
     let format = q("format").unwrap_or_else(|| "json".into());
     match format.as_str() {
-        "json" | "application/json" => Ok(Resp::json(200, report.json())),
+        "json" | "application/json" => Ok(Resp::plain_json(200, report.json())),
         "csv" | "text/csv" => Ok(Resp {
             status: 200,
             headers: vec![

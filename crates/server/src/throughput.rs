@@ -237,7 +237,7 @@ pub fn op(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     let w = Window::ending(now_ms(), hours);
     let v = report(engine, &w)?;
     g.note(format!("intake of the last {hours} hours"));
-    Ok(Resp::json(200, v))
+    Ok(Resp::plain_json(200, v))
 }
 
 #[cfg(test)]

@@ -632,7 +632,10 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         })
         .collect();
     g.note(format!("{} work orders listed", items.len()));
-    Ok(Resp::json(200, json!({"total": total, "items": items})))
+    Ok(Resp::plain_json(
+        200,
+        json!({"total": total, "items": items}),
+    ))
 }
 
 /// What a sweep did.
@@ -653,7 +656,7 @@ pub fn sweep_op(engine: &Engine, g: &Guard) -> Result<Resp, ApiError> {
     }
     let s = sweep(engine, now_ms())?;
     g.note(format!("{} escalated, {} opened", s.escalated, s.opened));
-    Ok(Resp::json(
+    Ok(Resp::plain_json(
         200,
         json!({"escalated": s.escalated, "opened": s.opened}),
     ))

@@ -233,6 +233,19 @@ fn open_pg(url: &str) -> Result<Box<dyn Conn>, StoreError> {
 }
 
 impl Store {
+    /// Whether a store has been made at `loc` (commands that only read one must not make
+    /// an empty one and report on it).
+    pub fn exists(loc: &Location) -> Result<bool, StoreError> {
+        match loc {
+            Location::Sqlite(dir) => Ok(dir.join("hutong.db").is_file()),
+            Location::Postgres(url) => {
+                let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+                let row = c.query_one("SELECT to_regclass('res') IS NOT NULL", &[])?;
+                Ok(row.get::<_, bool>(0))
+            }
+        }
+    }
+
     /// Opens (creating if needed) the store at `loc`.
     pub fn open(loc: &Location) -> Result<Store, StoreError> {
         let (writer, readers, dialect, file) = match loc {
@@ -480,9 +493,28 @@ impl Store {
         rtype: &str,
         ids: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.existing_visible(rtype, ids, &Scope::All)
+    }
+
+    /// [`Store::existing`], of those `scope` lets the reader see: to a reader, a resource
+    /// they may not read does not exist (else whether any id exists would show through).
+    pub fn existing_visible(
+        &self,
+        rtype: &str,
+        ids: &[String],
+        scope: &Scope,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         let mut found = std::collections::HashSet::new();
-        let Some(t) = self.catalog().type_id(rtype) else {
-            return Ok(found);
+        let (t, filter) = {
+            let cat = self.catalog();
+            let Some(t) = cat.type_id(rtype) else {
+                return Ok(found);
+            };
+            let filter = match scope {
+                Scope::Rows(r) => format!(" AND {}", r.sql_row(&cat, "s")),
+                Scope::All => String::new(),
+            };
+            (t, filter)
         };
         let mut c = self.reader()?;
         for chunk in ids.chunks(500) {
@@ -492,7 +524,8 @@ impl Store {
             let rows = c.conn().query(
                 &format!(
                     "SELECT r.id FROM res_route r JOIN res s ON s.shard = r.shard \
-                     AND s.rid = r.rid WHERE r.rtype = ? AND r.id IN ({marks}) AND s.deleted = 0"
+                     AND s.rid = r.rid WHERE r.rtype = ? AND r.id IN ({marks}) AND s.deleted = 0\
+                     {filter}"
                 ),
                 &params,
             )?;

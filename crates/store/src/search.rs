@@ -252,6 +252,18 @@ impl Query {
                     });
                 }
                 n if RESULT_PARAMS.contains(&n) => {}
+                // Full-text search is not offered: asked for, it is an unknown parameter
+                // (an error when strict, reported as ignored otherwise), never a silent
+                // empty result.
+                "_text" | "_content" if strict => {
+                    return Err(SearchError::Unsupported(format!(
+                        "{name} (full-text search) is not supported: search by the elements' own parameters (e.g. code, name, value-string)"
+                    )))
+                }
+                "_text" | "_content" => {
+                    q.ignored.push(k.clone());
+                    continue;
+                }
                 _ => match parse_cond(rtype, k, v) {
                     Ok(c) => q.conds.push(c),
                     Err(SearchError::UnknownParam { .. }) if !strict => {

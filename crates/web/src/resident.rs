@@ -381,6 +381,14 @@ pub async fn logout(State(st): State<Arc<AppState>>, req: Request) -> Response {
             hutong_access::principal::Kind::Operator => "/console",
             _ => to,
         };
+        // Signing out ends the token itself, not just the cookie: a copy of it (taken from
+        // the browser, or used as a Bearer token) is refused from now on.
+        let engine = st.engine.clone();
+        let token = s.token.clone();
+        let revoked = tokio::task::spawn_blocking(move || engine.access.revoke_token(&token)).await;
+        if !matches!(revoked, Ok(Ok(()))) {
+            tracing::error!("A session's token could not be revoked at sign-out.");
+        }
     }
     let mut r = Redirect::to(to).into_response();
     if let Ok(c) = format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0").parse() {

@@ -45,40 +45,40 @@ on_both!(
 
 /// Grants by code or approval last 1.5 s here, so that expiry can be seen; flows that ask
 /// for longer say so (`hours`).
-fn short_grants(s: &mut hutong_server::Settings) {
+pub(crate) fn short_grants(s: &mut hutong_server::Settings) {
     s.policy.grant_ms = 1_500;
 }
 
-const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
-const A: &str = "urn:hutong:org:91330100A";
-const B: &str = "urn:hutong:org:91330100B";
-const C: &str = "urn:hutong:org:91330100C";
-const ICD: &str = "http://hl7.org/fhir/sid/icd-10";
-const ID_NUMBER: &str = "330106199004080222";
-const OTHER_ID: &str = "330106198502024325";
-const PHONE: &str = "13812345678";
+pub(crate) const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+pub(crate) const A: &str = "urn:hutong:org:91330100A";
+pub(crate) const B: &str = "urn:hutong:org:91330100B";
+pub(crate) const C: &str = "urn:hutong:org:91330100C";
+pub(crate) const ICD: &str = "http://hl7.org/fhir/sid/icd-10";
+pub(crate) const ID_NUMBER: &str = "330106199004080222";
+pub(crate) const OTHER_ID: &str = "330106198502024325";
+pub(crate) const PHONE: &str = "13812345678";
 
 /// One resident registered at A and B (same ID number: one person), with an ordinary
 /// result at each, a depression diagnosis at B, and another resident only at B.
-struct Region {
-    pa: String,
-    pb: String,
-    person: String,
-    obs_a: String,
-    obs_b: String,
-    psy_b: String,
-    other: String,
-    other_obs: String,
+pub(crate) struct Region {
+    pub(crate) pa: String,
+    pub(crate) pb: String,
+    pub(crate) person: String,
+    pub(crate) obs_a: String,
+    pub(crate) obs_b: String,
+    pub(crate) psy_b: String,
+    pub(crate) other: String,
+    pub(crate) other_obs: String,
 }
 
-async fn create_as(app: &TestApp, token: &str, v: Value) -> String {
+pub(crate) async fn create_as(app: &TestApp, token: &str, v: Value) -> String {
     let t = v["resourceType"].as_str().unwrap().to_string();
     let r = app.send_as(token, "POST", &t, Some(v), &[]).await;
     assert_eq!(r.status, 201, "{}", r.body);
     r.body["id"].as_str().unwrap().to_string()
 }
 
-fn patient(mrn: &str, id_number: Option<&str>, name: &str) -> Value {
+pub(crate) fn patient(mrn: &str, id_number: Option<&str>, name: &str) -> Value {
     let birth = if id_number == Some(OTHER_ID) {
         "1985-02-02"
     } else {
@@ -94,7 +94,7 @@ fn patient(mrn: &str, id_number: Option<&str>, name: &str) -> Value {
         "address": [{"line": ["文三路 8 号"], "district": "西湖区", "city": "杭州市"}]})
 }
 
-fn observation(patient: &str, code: &str) -> Value {
+pub(crate) fn observation(patient: &str, code: &str) -> Value {
     // HbA1c in %, glucose in mmol/L: the platform's units for them.
     let (unit, value) = match code {
         "4548-4" => ("%", 6.1),
@@ -108,7 +108,7 @@ fn observation(patient: &str, code: &str) -> Value {
         "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}})
 }
 
-async fn region(app: &TestApp) -> Region {
+pub(crate) async fn region(app: &TestApp) -> Region {
     // The organisations, as reference data.
     for (id, uscc, name) in [
         ("a", "91330100A", "甲医院"),
@@ -164,11 +164,11 @@ async fn region(app: &TestApp) -> Region {
     }
 }
 
-fn params(p: Vec<Value>) -> Value {
+pub(crate) fn params(p: Vec<Value>) -> Value {
     json!({"resourceType": "Parameters", "parameter": p})
 }
 
-async fn outbox(app: &TestApp, to: &str) -> Vec<String> {
+pub(crate) async fn outbox(app: &TestApp, to: &str) -> Vec<String> {
     app.flush_audit();
     let r = app
         .client
@@ -185,7 +185,7 @@ async fn outbox(app: &TestApp, to: &str) -> Vec<String> {
         .collect()
 }
 
-fn code_in(text: &str) -> String {
+pub(crate) fn code_in(text: &str) -> String {
     let i = text
         .find("验证码")
         .or_else(|| text.find("验证码是"))
@@ -198,7 +198,7 @@ fn code_in(text: &str) -> String {
 }
 
 /// A's clinician asks for access by SMS and enters the code the resident receives.
-async fn grant_by_sms(app: &TestApp, r: &Region, categories: &[&str]) -> String {
+pub(crate) async fn grant_by_sms(app: &TestApp, r: &Region, categories: &[&str]) -> String {
     let dr = app.clinician(A);
     let mut p = vec![
         json!({"name": "method", "valueCode": "sms"}),
@@ -235,7 +235,7 @@ async fn grant_by_sms(app: &TestApp, r: &Region, categories: &[&str]) -> String 
     consent
 }
 
-async fn status_as(app: &TestApp, token: &str, path: &str) -> u16 {
+pub(crate) async fn status_as(app: &TestApp, token: &str, path: &str) -> u16 {
     app.send_as(token, "GET", path, None, &[]).await.status
 }
 
@@ -1106,11 +1106,12 @@ async fn appointments_booked_through_the_platform_open_the_visit_window(app: &Te
         status_as(app, &c, &format!("Observation/{}", r.obs_b)).await,
         403
     );
-    // An institution booking for itself opens nothing.
+    // An institution cannot book for itself a patient it may not read (a write about a
+    // patient needs what a read needs), and trying opens nothing.
     let self_booked = app
         .send_as(&app.system(C), "POST", "Appointment", Some(appt), &[])
         .await;
-    assert_eq!(self_booked.status, 201);
+    assert_eq!(self_booked.status, 403, "{}", self_booked.body);
     assert_eq!(
         status_as(app, &c, &format!("Observation/{}", r.obs_b)).await,
         403

@@ -10,5 +10,6 @@ mod errors;
 mod governance;
 mod matching;
 mod persons;
+mod probe;
 mod search;
 mod workorders;
