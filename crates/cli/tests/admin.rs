@@ -159,11 +159,21 @@ fn the_audit_tail_is_signed_or_unproven_and_witnessed() {
         String::from_utf8_lossy(&nothing.stderr).contains("there is no Hutong store"),
         "{nothing:?}"
     );
-    assert!(!dir.join("empty").join("hutong.db").exists(), "no store was made");
+    assert!(
+        !dir.join("empty").join("hutong.db").exists(),
+        "no store was made"
+    );
     // A command-line write is signed: verify proves it.
     let added = hutong(
         &data,
-        &["access", "add-client", "--id", "his-t", "--institution", "urn:hutong:org:T"],
+        &[
+            "access",
+            "add-client",
+            "--id",
+            "his-t",
+            "--institution",
+            "urn:hutong:org:T",
+        ],
     );
     assert!(added.status.success(), "{added:?}");
     let ok = hutong(&data, &["audit", "verify"]);
@@ -192,7 +202,9 @@ fn the_audit_tail_is_signed_or_unproven_and_witnessed() {
         let store =
             hutong_store::Store::open(&hutong_store::Location::Sqlite(data.clone())).unwrap();
         let _ = store.exec_admin("DROP TRIGGER IF EXISTS audit_checkpoint_no_delete", &[]);
-        store.exec_admin("DELETE FROM audit_checkpoint", &[]).unwrap();
+        store
+            .exec_admin("DELETE FROM audit_checkpoint", &[])
+            .unwrap();
     }
     let w = hutong(
         &data,

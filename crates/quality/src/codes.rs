@@ -144,6 +144,41 @@ pub fn lab_tests() -> &'static HashMap<String, LabTest> {
     })
 }
 
+/// One way to bring a catalogued test's value into the platform's unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversion {
+    pub to: String,
+    pub factor: f64,
+}
+
+/// The conversion of test `loinc`'s value from `unit` to the platform's unit, if the
+/// platform makes it (`data/unit-conversions.tsv`): a row for the test itself first, then
+/// one for any test in that unit.
+pub fn conversion(loinc: &str, unit: &str) -> Option<Conversion> {
+    type Table = HashMap<(String, String), Conversion>;
+    static T: OnceLock<Table> = OnceLock::new();
+    let table = T.get_or_init(|| {
+        include_str!("../data/unit-conversions.tsv")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let c = Conversion {
+                    to: f[2].into(),
+                    factor: f[3].parse().expect("conversion factors are numbers"),
+                };
+                ((f[0].to_string(), format!("{}>{}", f[1], f[2])), c)
+            })
+            .collect()
+    });
+    let test = lab_tests().get(loinc)?;
+    let key = format!("{unit}>{}", test.unit);
+    table
+        .get(&(loinc.to_string(), key.clone()))
+        .or_else(|| table.get(&("*".to_string(), key)))
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,71 @@ pub const HINT_URL: &str = "https://hutong.dev/fhir/StructureDefinition/issue-hi
 
 const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
 
+/// The extension on a converted `valueQuantity` that keeps the quantity as the source sent
+/// it (see [`normalise`]).
+pub const ORIGINAL_QUANTITY_URL: &str =
+    "https://hutong.dev/fhir/StructureDefinition/original-quantity";
+
+/// Brings catalogued tests' quantities sent in another convertible unit into the platform's
+/// unit (`data/unit-conversions.tsv`): the value converted (to six significant digits, as
+/// precise as any instrument), the unit the platform's, and the quantity as sent kept in an
+/// `original-quantity` extension. Search and charts then see one unit per test; the
+/// `unit-converted` rule records a warning. Units it cannot convert are left for the
+/// `unit-expected` rule to reject. Returns how many quantities it converted.
+pub fn normalise(v: &mut Value) -> usize {
+    let mut n = 0;
+    let top = v.get("code").and_then(loinc_of).map(String::from);
+    if let (Some(l), Some(q)) = (top, v.get_mut("valueQuantity")) {
+        n += convert_quantity(&l, q) as usize;
+    }
+    if let Some(cs) = v.get_mut("component").and_then(Value::as_array_mut) {
+        for c in cs {
+            let l = c.get("code").and_then(loinc_of).map(String::from);
+            if let (Some(l), Some(q)) = (l, c.get_mut("valueQuantity")) {
+                n += convert_quantity(&l, q) as usize;
+            }
+        }
+    }
+    n
+}
+
+fn convert_quantity(loinc: &str, q: &mut Value) -> bool {
+    let ucum = q.get("system").is_none_or(|s| s == codes::UCUM);
+    let unit = q
+        .get("code")
+        .or_else(|| q.get("unit"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let (Some(unit), Some(x), true) = (unit, q.get("value").and_then(Value::as_f64), ucum) else {
+        return false;
+    };
+    let Some(c) = codes::conversion(loinc, &unit).filter(|c| c.to != unit) else {
+        return false;
+    };
+    let original = q.clone();
+    let converted = round_significant(x * c.factor, 6);
+    let Some(o) = q.as_object_mut() else {
+        return false;
+    };
+    o.insert("value".into(), json!(converted));
+    o.insert("unit".into(), json!(c.to));
+    o.insert("system".into(), json!(codes::UCUM));
+    o.insert("code".into(), json!(c.to));
+    let ext = o.entry("extension").or_insert_with(|| json!([]));
+    if let Some(a) = ext.as_array_mut() {
+        a.push(json!({"url": ORIGINAL_QUANTITY_URL, "valueQuantity": original}));
+    }
+    true
+}
+
+fn round_significant(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 /// One rule's verdict on one place in a resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -829,6 +894,29 @@ fn quantities(obj: &Map<String, Value>, out: &mut Out) {
         }
     }
     for (at, loinc, q) in items {
+        let original = q
+            .field("extension")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|e| e.at("url") == ORIGINAL_QUANTITY_URL))
+            .map(|e| e.at("valueQuantity"));
+        if let Some(o) = original {
+            let sent = format!(
+                "{} {}",
+                o.at("value"),
+                o.at("code")
+                    .as_str()
+                    .or(o.at("unit").as_str())
+                    .unwrap_or("")
+            );
+            let now = format!("{} {}", q.at("value"), q.at("code").as_str().unwrap_or(""));
+            out.add(
+                "unit-converted",
+                &format!("{at}.value"),
+                format!("Sent as {sent}; converted to the platform's unit: {now}. The value as sent is kept in the original-quantity extension."),
+                format!("原值 {sent} 已换算为平台单位：{now}；原值保留在 original-quantity 扩展中。"),
+                "Nothing to do; sending the platform's unit avoids the conversion.",
+            );
+        }
         let unit = q.at("code").as_str().or_else(|| q.at("unit").as_str());
         let ucum = q.field("system").is_none_or(|s| s == codes::UCUM);
         if let (Some(u), true) = (unit, ucum) {

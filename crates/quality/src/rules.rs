@@ -18,6 +18,7 @@ pub const RULES: &[&str] = &[
     "clinical-time",
     "unit-ucum",
     "unit-expected",
+    "unit-converted",
     "value-plausible",
     "code-valid",
     "reference",

@@ -495,3 +495,49 @@ mod props {
         }
     }
 }
+
+/// Units other exporters send for catalogued tests are converted, the value as sent kept;
+/// what cannot be converted is left for `unit-expected`; the platform's own unit is untouched.
+#[test]
+fn convertible_units_are_normalised_and_recorded() {
+    let checker = Checker::default();
+    for (loinc, value, unit, want, want_unit) in [
+        ("718-7", 13.2, "g/dL", 132.0, "g/L"),
+        ("6690-2", 6.4, "10*3/uL", 6.4, "10*9/L"),
+        ("777-3", 251.0, "10*3/uL", 251.0, "10*9/L"),
+        ("2345-7", 99.0, "mg/dL", 5.495, "mmol/L"),
+        ("14682-9", 1.1, "mg/dL", 97.24, "umol/L"),
+    ] {
+        let mut v = obs(loinc, value, unit);
+        assert_eq!(normalise(&mut v), 1, "{loinc}");
+        let q = &v["valueQuantity"];
+        assert_eq!(q["code"], want_unit);
+        assert!(
+            (q["value"].as_f64().unwrap() - want).abs() < want * 1e-3,
+            "{q}"
+        );
+        assert_eq!(q["extension"][0]["url"], ORIGINAL_QUANTITY_URL);
+        assert_eq!(q["extension"][0]["valueQuantity"]["code"], unit);
+        let found = checker.check(&v, NOW);
+        assert!(!rejects(&found), "{loinc}: {found:?}");
+        assert!(
+            found.iter().any(|f| f.rule == "unit-converted"),
+            "{found:?}"
+        );
+    }
+    // The platform's unit, and a unit it cannot convert, are left as they are.
+    let mut same = obs("718-7", 132.0, "g/L");
+    assert_eq!(normalise(&mut same), 0);
+    let mut odd = obs("718-7", 8.2, "mmol/L");
+    assert_eq!(normalise(&mut odd), 0);
+    let found = checker.check(&odd, NOW);
+    assert!(found
+        .iter()
+        .any(|f| f.rule == "unit-expected" && f.severity == Severity::Error));
+    // Components too (a blood-pressure panel in kPa is not converted, in mm[Hg] untouched).
+    let mut bp = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]});
+    assert_eq!(normalise(&mut bp), 0);
+}

@@ -751,6 +751,8 @@ impl Engine {
     /// submits.
     pub fn intake(&self, v: &mut Value, source: &str, now: i64) {
         self.access.classifier.label(v);
+        // Catalogued tests sent in a convertible unit are stored in the platform's.
+        hutong_quality::normalise(v);
         stamp(v, source, now);
     }
 

