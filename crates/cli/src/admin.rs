@@ -67,6 +67,11 @@ pub struct AddClient {
     /// The client id.
     #[arg(long)]
     id: String,
+    /// Reserve resource ids beginning with this prefix for the client's institution (its
+    /// own id scheme, e.g. `d01-`): no other source may create a resource under such an id.
+    /// An institution's unified social credit code followed by `-` is its own already.
+    #[arg(long = "id-prefix")]
+    id_prefix: Vec<String>,
     /// The institution it submits for, as its source URI (urn:hutong:org:<USCC>).
     #[arg(long)]
     institution: Option<String>,
@@ -188,6 +193,14 @@ pub fn access(s: &Settings, cmd: AccessCmd) -> anyhow::Result<()> {
                 scopes: Scopes::parse(&c.scope),
                 booking: c.booking,
             })?;
+            for p in &c.id_prefix {
+                let source = c
+                    .institution
+                    .as_deref()
+                    .context("--id-prefix needs the client's --institution")?;
+                a.claim_namespace(p, source)?;
+                println!("ids beginning with {p} are reserved for {source}");
+            }
             println!("client_id:     {}", c.id);
             println!("client_secret: {secret}");
             println!("(shown once: only a hash is kept)");

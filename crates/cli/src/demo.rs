@@ -164,6 +164,8 @@ pub(crate) fn accounts(
             scopes: Scopes::parse("system/*.cruds"),
             booking: false,
         })?;
+        // The generator's ids are `<code>-…`: reserved for the institution that uses them.
+        a.claim_namespace(&format!("{}-", i.code), &i.source)?;
         let user = format!("doctor.{}", i.code);
         a.add_user(
             &User {

@@ -540,7 +540,7 @@ fn transaction(
                 ("PUT", [t, id]) => {
                     let mut r = e.resource.clone().expect("checked");
                     rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
-                    check_owner(g, tx, t, id).map_err(|x| entry_error(i, x))?;
+                    check_owner(engine, g, tx, t, id).map_err(|x| entry_error(i, x))?;
                     g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
                     let (s, created) = tx.update(t, id, r, if_match).map_err(|x| entry_error(i, x.into()))?;
                     Some((s, if created { "201 Created" } else { "200 OK" }))

@@ -1057,7 +1057,7 @@ impl Engine {
         let source = self.source_of(req);
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let (s, created) = g.write(self, |tx| {
-            check_owner(g, tx, t, id)?;
+            check_owner(self, g, tx, t, id)?;
             g.may_file(tx, t, &v)?;
             let (s, created) = tx.update(t, id, v.clone(), if_match)?;
             self.keep(tx, &source, &s, &found, &fp)?;
@@ -1087,7 +1087,7 @@ impl Engine {
                     g.may_write(t, Perms::CREATE, None)?;
                     let id = v.get("id").and_then(Value::as_str).map(String::from);
                     if let Some(id) = &id {
-                        check_owner(g, tx, t, id)?;
+                        check_owner(self, g, tx, t, id)?;
                     }
                     g.may_file(tx, t, &v)?;
                     let s = tx.create(t, id.as_deref(), v.clone())?;
@@ -1499,7 +1499,13 @@ pub fn visible_in(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<Store
 
 /// Checks that the requester may write `t/id` given who submitted its current version
 /// (platform principals skip the lookup: they may write anything their scopes allow).
-pub fn check_owner(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<(), ApiError> {
+pub fn check_owner(
+    engine: &Engine,
+    g: &Guard,
+    tx: &mut Tx<'_>,
+    t: &str,
+    id: &str,
+) -> Result<(), ApiError> {
     // Work orders change only through their operations, whoever asks (else the Task and
     // the work-order queue would disagree).
     if t == "Task" && crate::workorders::is_work_order_id(tx, id)? {
@@ -1515,7 +1521,21 @@ pub fn check_owner(g: &Guard, tx: &mut Tx<'_>, t: &str, id: &str) -> Result<(), 
     match tx.source_of(t, id)? {
         Some(src) => hutong_access::decision::may_write(g.asker(), t, Perms::UPDATE, Some(&src))
             .map_err(|r| ApiError::new(403, IssueCode::Forbidden, r.0)),
-        None => g.may_write(t, Perms::CREATE, None),
+        None => {
+            g.may_write(t, Perms::CREATE, None)?;
+            // A new id in another institution's namespace would be taken from it: its own
+            // later writes there would be refused.
+            let mine = g.principal.institution.as_deref();
+            match engine.access.accounts.namespace_of(id) {
+                Ok(Some(owner)) if Some(owner.as_str()) != mine => Err(ApiError::new(
+                    403,
+                    IssueCode::Forbidden,
+                    format!("The id {id} is in the namespace of {owner}: create resources under ids of your own (your namespace, a UUID, or POST for one the platform assigns)"),
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(ApiError::new(500, IssueCode::Exception, e.to_string())),
+            }
+        }
     }
 }
 

@@ -43,6 +43,7 @@ on_both!(
     strings_fhir_forbids_are_refused,
     lists_page_with_their_filters_and_say_what_they_are,
     third_party_bundles_load_under_the_default_rules,
+    one_source_cannot_take_another_sources_ids,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -814,4 +815,79 @@ async fn third_party_bundles_load_under_the_default_rules(app: &TestApp) {
         .await;
     assert_eq!(found.status, 200, "{}", found.body);
     assert_eq!(found.body["total"], hb.body["total"], "searched in g/L");
+}
+
+/// One source cannot take the ids another will use: an institution's namespace (its unified
+/// social credit code and `-`, or a prefix registered for it) is its own to create in.
+async fn one_source_cannot_take_another_sources_ids(app: &TestApp) {
+    let r = region(app).await;
+    let engine = app.engine.clone();
+    tokio::task::spawn_blocking(move || engine.access.accounts.claim_namespace("b-", B))
+        .await
+        .unwrap()
+        .unwrap();
+    let engine = app.engine.clone();
+    let overlap =
+        tokio::task::spawn_blocking(move || engine.access.accounts.claim_namespace("b-x", A))
+            .await
+            .unwrap();
+    assert!(overlap.is_err(), "a prefix inside another's is refused");
+    let (a, b) = (app.system(A), app.system(B));
+    let squat = |id: &str, patient: &str| {
+        let mut o = observation(patient, "4548-4");
+        o["id"] = json!(id);
+        o
+    };
+    // A takes B's next id: refused, alone and inside a transaction.
+    let res = app
+        .send_as(
+            &a,
+            "PUT",
+            "Observation/b-1001",
+            Some(squat("b-1001", &r.pa)),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    assert!(res.diagnostics().contains("namespace"), "{}", res.body);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": squat("b-1002", &r.pa), "request": {"method": "PUT", "url": "Observation/b-1002"}}]});
+    assert_eq!(
+        app.send_as(&a, "POST", "", Some(bundle), &[]).await.status,
+        403
+    );
+    // A valid credit code's namespace is its institution's without registering it.
+    let code = hutong_cn::uscc::make('1', '2', 330106, 12345678);
+    let foreign = format!("{code}-7");
+    let res = app
+        .send_as(
+            &a,
+            "PUT",
+            &format!("Observation/{foreign}"),
+            Some(squat(&foreign, &r.pa)),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    // B writes its ids, and A its own (unreserved ids and UUIDs stay open to their first writer).
+    let res = app
+        .send_as(
+            &b,
+            "PUT",
+            "Observation/b-1001",
+            Some(squat("b-1001", &r.pb)),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let res = app
+        .send_as(
+            &a,
+            "PUT",
+            "Observation/a-1001",
+            Some(squat("a-1001", &r.pa)),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.body);
 }
