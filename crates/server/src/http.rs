@@ -107,6 +107,9 @@ fn authenticate(
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
+/// The longest request URI (path and query) the FHIR API takes.
+pub const MAX_URI: usize = 16 * 1024;
+
 fn to_response(r: Resp) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut content_type = FHIR_JSON.to_string();
@@ -160,6 +163,18 @@ async fn fhir(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    // A URI past this limit is answered here, with an OperationOutcome that says what to do,
+    // well before the HTTP layer's own (64 KiB), which closes with a bare 414.
+    let uri_len = parts.uri.path().len() + parts.uri.query().map_or(0, str::len);
+    if uri_len > MAX_URI {
+        return to_response(Resp::error(&ApiError::new(
+            414,
+            IssueCode::TooLong,
+            format!(
+                "The request URI is {uri_len} bytes; the limit is {MAX_URI}: send a long search as POST {{type}}/_search with the parameters in a form body"
+            ),
+        )));
+    }
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
     let segments: Vec<String> = path

@@ -675,6 +675,11 @@ async fn strings_fhir_forbids_are_refused(app: &TestApp) {
     ok["code"]["text"] = json!("HbA1c\t糖化\r\n血红蛋白");
     let res = app.send_as(&a, "POST", "Observation", Some(ok), &[]).await;
     assert_eq!(res.status, 201, "{}", res.body);
+    // A URI too long is told so, as an OperationOutcome, with the way to send it.
+    let long = format!("Observation?code={}", "x".repeat(20_000));
+    let res = app.get(&long).await;
+    assert_eq!(res.status, 414);
+    assert!(res.diagnostics().contains("_search"), "{}", res.body);
     // Full-text search is not offered: said so, never an empty result.
     let res = app
         .send(
