@@ -4,6 +4,7 @@
 //! - [`defs`]: the R4 definitions Hutong uses (resource types, search parameters, the Patient
 //!   compartment), generated from the official bundles by `tools/gen-fhir-defs.py` and embedded.
 //! - [`path`]: the subset of FHIRPath that R4 search-parameter expressions use.
+//! - [`patch`]: FHIRPath Patch (a `Parameters` of add, insert, delete, replace, move).
 //! - [`date`]: FHIR date/dateTime/instant parsing into half-open millisecond ranges.
 //! - [`index`]: extraction of search-index values from a resource.
 //! - [`id`]: validated ids and references.
@@ -20,6 +21,7 @@ pub mod id;
 pub mod index;
 pub mod json;
 pub mod outcome;
+pub mod patch;
 pub mod path;
 pub mod security;
 pub mod validate;

@@ -167,6 +167,29 @@ fn element<'k>(kids: &'k [Element], name: &str) -> Option<(&'k Element, &'k str)
     })
 }
 
+/// Whether the element at the JSON property path `keys` (array positions left out) of a
+/// `rtype` repeats, per the R4 definitions; `None` when the path names no element.
+pub fn repeats(rtype: &str, keys: &[&str]) -> Option<bool> {
+    let s = structures();
+    let mut path = rtype.to_string();
+    let mut many = None;
+    for key in keys {
+        let kids = s.children.get(&path)?;
+        let (el, ty) = element(kids, key)?;
+        many = Some(el.many);
+        path = match ty.strip_prefix('#') {
+            Some(target) => target.to_string(),
+            None if (ty == "BackboneElement" || ty == "Element")
+                && s.children.contains_key(&el.path) =>
+            {
+                el.path.clone()
+            }
+            None => ty.to_string(),
+        };
+    }
+    many
+}
+
 impl Validator {
     fn push(&mut self, code: IssueCode, message: String) {
         self.out.push(Finding {

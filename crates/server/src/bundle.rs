@@ -575,13 +575,11 @@ fn transaction(
                             parse_json(&raw).map_err(|x| entry_error(i, x))?
                         }
                         Some(v) => v.clone(),
-                        None => return Err(entry_error(i, ApiError::bad_request("PATCH needs a JSON Patch"))),
+                        None => return Err(entry_error(i, ApiError::bad_request("PATCH needs a JSON Patch (as a Binary) or a FHIRPath Patch (a Parameters)"))),
                     };
-                    let patch: json_patch::Patch = serde_json::from_value(patch_doc)
-                        .map_err(|x| entry_error(i, ApiError::bad_request(format!("Invalid JSON Patch: {x}"))))?;
+                    let patch = crate::engine::Patch::parse(patch_doc).map_err(|x| entry_error(i, x))?;
                     let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
-                    json_patch::patch(&mut doc, &patch)
-                        .map_err(|x| entry_error(i, ApiError::new(422, IssueCode::Processing, format!("The patch cannot be applied: {x}"))))?;
+                    patch.apply(&mut doc).map_err(|x| entry_error(i, x))?;
                     engine.intake(&mut doc, &source, now);
                     g.may_file(tx, t, &doc).map_err(|x| entry_error(i, x))?;
                     let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;

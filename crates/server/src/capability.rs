@@ -142,7 +142,7 @@ fn build() -> Value {
         "software": {"name": "Hutong", "version": env!("CARGO_PKG_VERSION")},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

@@ -1120,9 +1120,7 @@ impl Engine {
     }
 
     fn patch(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
-        let patch_doc = parse_json(&req.body)?;
-        let patch: json_patch::Patch = serde_json::from_value(patch_doc)
-            .map_err(|e| ApiError::bad_request(format!("Invalid JSON Patch: {e}")))?;
+        let patch = Patch::parse(parse_json(&req.body)?)?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let source = self.source_of(req);
         // A patch's result is checked like any submission; a rejected one is quarantined
@@ -1133,13 +1131,7 @@ impl Engine {
             let cur = visible_in(g, tx, t, id)?;
             g.may_write(t, Perms::UPDATE, Some(&cur))?;
             let mut doc = cur.json()?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| {
-                ApiError::new(
-                    422,
-                    IssueCode::Processing,
-                    format!("The patch cannot be applied: {e}"),
-                )
-            })?;
+            patch.apply(&mut doc)?;
             check_resource(&doc, t, Some(id))?;
             self.intake(&mut doc, &source, now_ms());
             g.may_file(tx, t, &doc)?;
@@ -1484,6 +1476,46 @@ impl Engine {
             &page,
             &[],
         ))
+    }
+}
+
+/// A patch as a request carries it: JSON Patch (an array of operations), or FHIRPath Patch
+/// (a `Parameters` resource), the two formats R4 defines for JSON.
+pub enum Patch {
+    Json(json_patch::Patch),
+    FhirPath(Value),
+}
+
+impl Patch {
+    pub fn parse(v: Value) -> Result<Patch, ApiError> {
+        if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+            return Ok(Patch::FhirPath(v));
+        }
+        serde_json::from_value(v).map(Patch::Json).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Invalid JSON Patch: {e} (or send a FHIRPath Patch: a Parameters resource)"
+            ))
+        })
+    }
+
+    /// Applies the patch to `doc` (which the caller throws away on an error).
+    pub fn apply(&self, doc: &mut Value) -> Result<(), ApiError> {
+        let cannot = |e: String| {
+            ApiError::new(
+                422,
+                IssueCode::Processing,
+                format!("The patch cannot be applied: {e}"),
+            )
+        };
+        match self {
+            Patch::Json(p) => json_patch::patch(doc, p).map_err(|e| cannot(e.to_string())),
+            Patch::FhirPath(p) => hutong_fhir::patch::apply(doc, p).map_err(|e| match e {
+                hutong_fhir::patch::PatchError::Malformed(_) => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => cannot(e.to_string()),
+            }),
+        }
     }
 }
 

@@ -146,7 +146,11 @@ fn media_ok(method: &str, ct: Option<&str>, path_is_search: bool) -> bool {
         .trim()
         .to_ascii_lowercase();
     match method {
-        "PATCH" => matches!(mime.as_str(), "application/json-patch+json"),
+        // JSON Patch, or FHIRPath Patch (a Parameters resource).
+        "PATCH" => matches!(
+            mime.as_str(),
+            "application/json-patch+json" | "application/fhir+json" | "application/json"
+        ),
         "POST" if path_is_search => mime == "application/x-www-form-urlencoded",
         "POST" | "PUT" => matches!(
             mime.as_str(),
@@ -238,7 +242,7 @@ async fn fhir(
             415,
             IssueCode::NotSupported,
             format!(
-                "Unsupported media type '{}': send application/fhir+json (PATCH: application/json-patch+json)",
+                "Unsupported media type '{}': send application/fhir+json (PATCH: application/json-patch+json for JSON Patch, application/fhir+json for FHIRPath Patch)",
                 headers.get("content-type").map(String::as_str).unwrap_or("")
             ),
         )));

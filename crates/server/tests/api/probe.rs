@@ -44,6 +44,7 @@ on_both!(
     lists_page_with_their_filters_and_say_what_they_are,
     third_party_bundles_load_under_the_default_rules,
     one_source_cannot_take_another_sources_ids,
+    fhirpath_patch_is_supported,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -895,4 +896,78 @@ async fn one_source_cannot_take_another_sources_ids(app: &TestApp) {
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.body);
+}
+
+/// FHIRPath Patch — the R4 patch format for FHIR JSON besides JSON Patch — alone and inside a
+/// transaction; its result is checked like any submission.
+async fn fhirpath_patch_is_supported(app: &TestApp) {
+    let r = region(app).await;
+    let a = app.system(A);
+    let op = |kind: &str, path: &str, value: Option<Value>| {
+        let mut parts = vec![
+            json!({"name": "type", "valueCode": kind}),
+            json!({"name": "path", "valueString": path}),
+        ];
+        if let Some(v) = value {
+            parts.push(v);
+        }
+        json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]})
+    };
+    let url = format!("Observation/{}", r.obs_a);
+    let res = app
+        .send_as(
+            &a,
+            "PATCH",
+            &url,
+            Some(op(
+                "replace",
+                "Observation.status",
+                Some(json!({"name": "value", "valueCode": "amended"})),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(app.get(&url).await.body["status"], "amended");
+    // An invalid result is refused as a PUT of it would be.
+    let res = app
+        .send_as(
+            &a,
+            "PATCH",
+            &url,
+            Some(op(
+                "replace",
+                "Observation.status",
+                Some(json!({"name": "value", "valueCode": "bogus"})),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    let res = app
+        .send_as(
+            &a,
+            "PATCH",
+            &url,
+            Some(op("replace", "Observation.nothing.exists()", None)),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+    assert!(res.diagnostics().contains("not supported"), "{}", res.body);
+    // In a transaction.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": op("add", "Observation", Some(json!({"name": "value", "part": [{"name": "text", "valueString": "复查"}]}))),
+         "request": {"method": "PATCH", "url": url}}]});
+    let bundle = {
+        let mut b = bundle;
+        b["entry"][0]["resource"]["parameter"][0]["part"]
+            .as_array_mut()
+            .unwrap()
+            .insert(2, json!({"name": "name", "valueString": "note"}));
+        b
+    };
+    let res = app.send_as(&a, "POST", "", Some(bundle), &[]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(app.get(&url).await.body["note"][0]["text"], "复查");
 }
