@@ -408,7 +408,25 @@ impl<'a> Tx<'a> {
 
     /// Reads the current version inside the transaction (sees its own writes).
     pub fn read(&mut self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
-        read_current(self.conn, self.cat, rtype, id)
+        let mut found = read_current(self.conn, self.cat, rtype, id)?;
+        // A source first seen in this transaction is not in the shared catalog yet: its
+        // name is among the transaction's own additions (else a version it just wrote would
+        // read as submitted by nobody, and fail the writer's own-source check).
+        if let Some(s) = found
+            .as_mut()
+            .filter(|s| s.source.is_empty() && !self.added.is_empty())
+        {
+            let rows = self.conn.query(
+                "SELECT src FROM res WHERE shard = ? AND rid = ?",
+                &[Val::Int(s.shard), Val::Int(s.rid)],
+            )?;
+            if let Some(src) = rows.first().map(|r| r[0].int()) {
+                if let Some((name, _)) = self.added.iter().find(|(_, v)| **v == src) {
+                    s.source = name.clone();
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Searches inside the transaction (sees its own writes), within `scope`.

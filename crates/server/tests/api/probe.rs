@@ -45,6 +45,7 @@ on_both!(
     third_party_bundles_load_under_the_default_rules,
     one_source_cannot_take_another_sources_ids,
     fhirpath_patch_is_supported,
+    a_new_source_files_under_its_own_new_patient,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -970,4 +971,19 @@ async fn fhirpath_patch_is_supported(app: &TestApp) {
     let res = app.send_as(&a, "POST", "", Some(bundle), &[]).await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(app.get(&url).await.body["note"][0]["text"], "复查");
+}
+
+/// An institution's first transaction — its Patient and the records filed under it, by
+/// client-assigned ids — is its own record: nothing about it needs a grant.
+async fn a_new_source_files_under_its_own_new_patient(app: &TestApp) {
+    let fresh = app.system("urn:hutong:org:91330100NEW");
+    let mut p = crate::access::patient("n1", None, "林小红");
+    p["id"] = json!("n-1");
+    let mut o = observation("n-1", "4548-4");
+    o["id"] = json!("n-1-o");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": p, "request": {"method": "PUT", "url": "Patient/n-1"}},
+        {"resource": o, "request": {"method": "PUT", "url": "Observation/n-1-o"}}]});
+    let res = app.send_as(&fresh, "POST", "", Some(bundle), &[]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
 }
