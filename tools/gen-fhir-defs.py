@@ -185,6 +185,25 @@ def write_structures():
           f"{len(out['valueSets'])} required value sets -> {OUT}/r4-structure.json")
 
 
+# The core operations the server implements: their definitions are served at
+# OperationDefinition/{id}, as the CapabilityStatement's canonicals name them.
+CORE_OPERATIONS = ["Patient-everything", "Patient-match", "Resource-validate"]
+
+
+def write_operations():
+    ops = {
+        e["resource"]["id"]: e["resource"]
+        for e in load("profiles-resources.json")["entry"]
+        if e["resource"]["resourceType"] == "OperationDefinition"
+    }
+    out = [ops[i] for i in CORE_OPERATIONS]
+    with open(os.path.join(OUT, "r4-operations.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        f.write("\n")
+    print(f"{len(out)} operation definitions -> {OUT}/r4-operations.json")
+
+
 if __name__ == "__main__":
     main()
     write_structures()
+    write_operations()

@@ -8,6 +8,37 @@ use serde_json::{json, Value};
 
 static CACHED: OnceLock<Value> = OnceLock::new();
 
+/// The OperationDefinitions the CapabilityStatement's canonicals name, by id: the R4 core
+/// ones the server implements (from the specification) and the platform's own
+/// (`data/operations.json`), so that a client can read each at `OperationDefinition/{id}`
+/// or find it by `url`.
+pub fn operation_definitions() -> &'static [Value] {
+    static DEFS: OnceLock<Vec<Value>> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        let mut all: Vec<Value> = serde_json::from_str(hutong_fhir::defs::R4_OPERATIONS_JSON)
+            .expect("the embedded core operation definitions are JSON");
+        let own: Vec<Value> = serde_json::from_str(include_str!("../data/operations.json"))
+            .expect("the platform's operation definitions are JSON");
+        all.extend(own);
+        all
+    })
+}
+
+/// The OperationDefinition with this id, if it is one of [`operation_definitions`].
+pub fn operation_definition(id: &str) -> Option<&'static Value> {
+    operation_definitions()
+        .iter()
+        .find(|d| d.get("id").and_then(Value::as_str) == Some(id))
+}
+
+/// Those whose canonical URL is `url`.
+pub fn operation_definitions_by_url(url: &str) -> Vec<&'static Value> {
+    operation_definitions()
+        .iter()
+        .filter(|d| d.get("url").and_then(Value::as_str) == Some(url))
+        .collect()
+}
+
 /// Parameters the engine cannot evaluate (no expression, or a special type).
 fn supported(kind: ParamType, expression: &str, components: usize) -> bool {
     !expression.is_empty()
@@ -86,7 +117,9 @@ fn build() -> Value {
             let mut ops = Vec::new();
             // Patient's export is the patient-level one, listed below (once).
             if t != "Patient" {
-                ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/type-export"}));
+                // Bulk Data v2 defines system and patient (and group) export only: the
+                // type-level one is the platform's own, on the same parameters.
+                ops.push(json!({"name": "export", "definition": "https://hutong.dev/fhir/OperationDefinition/type-export"}));
             }
             if t == "Patient" {
                 ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
@@ -156,4 +189,51 @@ fn build() -> Value {
                           {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"}]
         }]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation the CapabilityStatement names by a canonical of this server or of the
+    /// R4 core resolves to a definition the server serves, which is valid R4 and says the
+    /// same code; the Bulk Data and IHE canonicals are their publishers'.
+    #[test]
+    fn every_named_operation_is_defined_here_or_by_its_publisher() {
+        let cap = statement("http://h/fhir");
+        let mut named: Vec<(String, String)> = Vec::new();
+        for r in cap["rest"][0]["resource"].as_array().unwrap() {
+            for o in r["operation"].as_array().unwrap() {
+                named.push((
+                    o["name"].as_str().unwrap().into(),
+                    o["definition"].as_str().unwrap().into(),
+                ));
+            }
+        }
+        for o in cap["rest"][0]["operation"].as_array().unwrap() {
+            named.push((
+                o["name"].as_str().unwrap().into(),
+                o["definition"].as_str().unwrap().into(),
+            ));
+        }
+        for (name, url) in &named {
+            if url.starts_with("https://hutong.dev/")
+                || url.starts_with("http://hl7.org/fhir/OperationDefinition/")
+            {
+                let defs = operation_definitions_by_url(url);
+                assert_eq!(defs.len(), 1, "{url} is not defined here");
+                assert_eq!(defs[0]["code"], name.as_str(), "{url}");
+            } else {
+                assert!(
+                    url.starts_with("http://hl7.org/fhir/uv/bulkdata/")
+                        || url.starts_with("https://profiles.ihe.net/"),
+                    "{url}: whose canonical is this?"
+                );
+            }
+        }
+        for d in operation_definitions() {
+            let found = hutong_fhir::validate::validate(d);
+            assert!(found.is_empty(), "{}: {found:?}", d["id"]);
+        }
+    }
 }

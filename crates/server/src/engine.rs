@@ -771,6 +771,41 @@ impl Engine {
                 g.act("capabilities");
                 Ok(Resp::json(200, crate::capability::statement(&req.base)))
             }
+            // The definitions of the operations the CapabilityStatement names are the
+            // server's own (read-only; the store holds any others).
+            ("GET", ["OperationDefinition", id])
+                if crate::capability::operation_definition(id).is_some() =>
+            {
+                g.act("read");
+                let d = crate::capability::operation_definition(id).expect("checked");
+                Ok(Resp::json(200, d.clone()))
+            }
+            ("GET", ["OperationDefinition"])
+                if req.query.iter().any(|(k, v)| {
+                    k == "url" && !crate::capability::operation_definitions_by_url(v).is_empty()
+                }) =>
+            {
+                g.act("search");
+                let url = req
+                    .query
+                    .iter()
+                    .find(|(k, _)| k == "url")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                let found = crate::capability::operation_definitions_by_url(url);
+                let link = format!("{}/OperationDefinition?url={}", req.base, percent_encode(url));
+                let mut w = BundleWriter::new("searchset", Some(found.len() as u64), &[("self", link)]);
+                for d in found {
+                    let id = d["id"].as_str().unwrap_or("");
+                    let body = serde_json::to_vec(d).unwrap_or_default();
+                    w.search_entry(&req.base, "OperationDefinition", id, "match", &body);
+                }
+                Ok(Resp {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Body::Raw(w.finish()),
+                })
+            }
             ("POST", []) => crate::bundle::process(self, req, g),
             ("GET", ["_history"]) => {
                 g.act("history");

@@ -44,12 +44,22 @@ impl Params {
 
     pub(crate) fn string(&self, name: &str) -> Option<String> {
         self.all(name).find_map(|p| {
-            ["valueString", "valueCode"]
-                .iter()
-                .find_map(|k| p[*k].as_str())
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
+            // The text-like value types: a date, time or URI is taken as written (the
+            // operation parses it), so a client may send `end` as a valueDate.
+            [
+                "valueString",
+                "valueCode",
+                "valueDate",
+                "valueDateTime",
+                "valueInstant",
+                "valueUri",
+                "valueId",
+            ]
+            .iter()
+            .find_map(|k| p[*k].as_str())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
         })
     }
 

@@ -750,6 +750,51 @@ fn method_label(lang: Lang, c: &Value) -> &'static str {
     }
 }
 
+/// What a request asks for, as the resident decides on it: how long, and which sensitive
+/// categories besides the ordinary records.
+fn asked(lang: Lang, c: &Value) -> String {
+    let period = &c["provision"]["period"];
+    let ms = |k: &str| {
+        period[k]
+            .as_str()
+            .and_then(hutong_fhir::date::parse)
+            .map(|d| d.lo)
+    };
+    let hours = match (ms("start"), ms("end")) {
+        (Some(a), Some(b)) if b > a => Some((b - a + 3_599_999) / 3_600_000),
+        _ => None,
+    };
+    let how_long = match hours {
+        Some(h) if h >= 48 && h % 24 == 0 => lang
+            .t(&format!("{} 天", h / 24), &format!("{} days", h / 24))
+            .to_string(),
+        Some(h) => lang
+            .t(&format!("{h} 小时"), &format!("{h} hours"))
+            .to_string(),
+        None => lang.t("直至撤销", "until revoked").to_string(),
+    };
+    let cats: Vec<&str> = c["provision"]["securityLabel"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["display"].as_str())
+        .collect();
+    let what = if cats.is_empty() {
+        lang.t(
+            "一般诊疗记录（不含敏感类别）",
+            "ordinary records (no sensitive categories)",
+        )
+        .to_string()
+    } else {
+        format!(
+            "{}{}",
+            lang.t("一般诊疗记录及：", "ordinary records and: "),
+            cats.join("、")
+        )
+    };
+    format!("{}{how_long}；{what}", lang.t("期限 ", "for "))
+}
+
 fn until(c: &Value) -> String {
     c["provision"]["period"]["end"]
         .as_str()
@@ -846,6 +891,7 @@ pub async fn access(
                 li.item data-consent=(c["id"].as_str().unwrap_or("")) {
                     strong { (grantee(c)) } " " span.tag { (method_label(lang, c)) }
                     (lang.t("申请调阅您的健康档案", "asks to read your health record"))
+                    div.asked { (asked(lang, c)) }
                     div {
                         (consent_button(&s, c["id"].as_str().unwrap_or(""), "approve", lang.t("同意", "Approve"), true))
                         (consent_button(&s, c["id"].as_str().unwrap_or(""), "deny", lang.t("拒绝", "Deny"), false))

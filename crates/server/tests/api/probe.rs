@@ -46,6 +46,7 @@ on_both!(
     one_source_cannot_take_another_sources_ids,
     fhirpath_patch_is_supported,
     a_new_source_files_under_its_own_new_patient,
+    operation_definitions_are_readable,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -986,4 +987,38 @@ async fn a_new_source_files_under_its_own_new_patient(app: &TestApp) {
         {"resource": o, "request": {"method": "PUT", "url": "Observation/n-1-o"}}]});
     let res = app.send_as(&fresh, "POST", "", Some(bundle), &[]).await;
     assert_eq!(res.status, 200, "{}", res.body);
+}
+
+/// The CapabilityStatement's operation canonicals are readable on the server.
+async fn operation_definitions_are_readable(app: &TestApp) {
+    let cap = app.get("metadata").await.body;
+    let person = cap["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Person")
+        .unwrap()
+        .clone();
+    let url = person["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "request-access")
+        .unwrap()["definition"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = url.rsplit('/').next().unwrap();
+    let d = app.get(&format!("OperationDefinition/{id}")).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_eq!(d.body["url"], url.as_str());
+    assert_eq!(d.body["code"], "request-access");
+    let found = app.get(&format!("OperationDefinition?url={url}")).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert_eq!(found.body["total"], 1);
+    let core = app.get("OperationDefinition/Patient-everything").await;
+    assert_eq!(
+        core.body["url"],
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+    );
 }
