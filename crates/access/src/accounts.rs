@@ -425,6 +425,14 @@ impl Accounts {
             "UPDATE auth_user SET password = ? WHERE username = ?",
             &[Val::Text(hash_secret(password)), Val::Text(username.into())],
         )?;
+        // A new password ends the sessions signed in with the old one (every API node
+        // learns it within a second). Tokens issued in the second of the change survive, so
+        // that signing in with the new password at once is not refused (iat is in seconds).
+        let before = hutong_fhir::date::now_ms() / 1000 - 1;
+        for kind in [Kind::Clinician, Kind::Operator] {
+            let key = crate::token::principal_key(kind, username);
+            self.record_revocation(&format!("sub:{key}"), before, i64::MAX)?;
+        }
         Ok(())
     }
 

@@ -567,6 +567,59 @@ async fn signed_out_and_disabled_tokens_are_refused_at_once(app: &TestApp) {
         .send_as(&his, "POST", "Observation", Some(obs), &[])
         .await;
     assert_eq!(w.status, 401, "{}", w.body);
+    // A new password ends the sessions of the old one, on every node (here: at the next
+    // catch-up with the store, which nodes make every second).
+    let engine = app.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        engine.access.accounts.add_user(
+            &hutong_access::accounts::User {
+                username: "dr.wang".into(),
+                kind: Kind::Clinician,
+                name: "王医生".into(),
+                institution: Some(A.into()),
+                practitioner: None,
+                roles: vec![],
+            },
+            "first password",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let login = |pw: &'static str| {
+        let c = app.client.clone();
+        let url = format!("{}/auth/login", app.root);
+        async move {
+            let r = c
+                .post(url)
+                .form(&[("username", "dr.wang"), ("password", pw)])
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let old = login("first password").await;
+    assert_eq!(app.send_as(&old, "GET", &path, None, &[]).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let engine = app.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        engine
+            .access
+            .accounts
+            .set_password("dr.wang", "second password")?;
+        engine
+            .access
+            .sync_grants(&engine.store, true)
+            .map_err(hutong_access::AuthError::Store)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(app.send_as(&old, "GET", &path, None, &[]).await.status, 401);
+    let new = login("second password").await;
+    assert_eq!(app.send_as(&new, "GET", &path, None, &[]).await.status, 200);
 }
 
 async fn audit_events_and_work_orders_are_written_by_the_platform_only(app: &TestApp) {
