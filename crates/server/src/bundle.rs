@@ -165,9 +165,43 @@ pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> 
     }
 }
 
+/// The patch a PATCH entry carries: JSON Patch as a `Binary` (its `data`, base64), or a
+/// FHIRPath Patch (`Parameters`) as it is — the same for batches and transactions.
+fn patch_body(resource: Option<&Value>) -> Result<Value, ApiError> {
+    match resource {
+        Some(Value::Object(b))
+            if b.get("resourceType").and_then(Value::as_str) == Some("Binary") =>
+        {
+            let data = b.get("data").and_then(Value::as_str).unwrap_or("");
+            let raw = base64_decode(data)
+                .ok_or_else(|| ApiError::bad_request("Binary.data is not base64"))?;
+            parse_json(&raw)
+        }
+        Some(v) => Ok(v.clone()),
+        None => Err(ApiError::bad_request(
+            "PATCH needs a JSON Patch (as a Binary) or a FHIRPath Patch (a Parameters)",
+        )),
+    }
+}
+
 fn batch(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Resp {
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for e in entries {
+        let body = if e.method == "PATCH" {
+            match patch_body(e.resource.as_ref()) {
+                Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
+                Err(err) => {
+                    let (fields, body) = entry_response(&Resp::error(&err));
+                    w.entry(fields, body.as_deref());
+                    continue;
+                }
+            }
+        } else {
+            e.resource
+                .as_ref()
+                .map(|r| serde_json::to_vec(r).unwrap_or_default())
+                .unwrap_or_default()
+        };
         let mut sub = Req {
             method: if e.method == "HEAD" {
                 "GET".into()
@@ -182,11 +216,7 @@ fn batch(engine: &Engine, req: &Req, entries: Vec<Entry>) -> Resp {
                 .collect(),
             query: e.query.clone(),
             headers: req.headers.clone(),
-            body: e
-                .resource
-                .as_ref()
-                .map(|r| serde_json::to_vec(r).unwrap_or_default())
-                .unwrap_or_default(),
+            body,
             base: req.base.clone(),
             source: req.source.clone(),
             import_key: None,
@@ -429,6 +459,10 @@ fn transaction(
         })
         .collect();
 
+    // A PATCH entry whose result the intake rules reject: the transaction fails, and the
+    // submission is quarantined once it has rolled back, as any rejected one is.
+    let patch_rejected: std::cell::RefCell<Option<(usize, Vec<hutong_quality::Finding>)>> =
+        Default::default();
     let results = g.write(engine, |tx| {
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut cache: HashMap<String, String> = HashMap::new();
@@ -568,21 +602,32 @@ fn transaction(
                 ("PATCH", [t, id]) => {
                     let cur = crate::engine::visible_in(g, tx, t, id).map_err(|x| entry_error(i, x))?;
                     g.may_write(t, Perms::UPDATE, Some(&cur)).map_err(|x| entry_error(i, x))?;
-                    let patch_doc = match &e.resource {
-                        Some(Value::Object(b)) if b.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
-                            let data = b.get("data").and_then(Value::as_str).unwrap_or("");
-                            let raw = base64_decode(data).ok_or_else(|| entry_error(i, ApiError::bad_request("Binary.data is not base64")))?;
-                            parse_json(&raw).map_err(|x| entry_error(i, x))?
-                        }
-                        Some(v) => v.clone(),
-                        None => return Err(entry_error(i, ApiError::bad_request("PATCH needs a JSON Patch (as a Binary) or a FHIRPath Patch (a Parameters)"))),
-                    };
+                    let patch_doc = patch_body(e.resource.as_ref()).map_err(|x| entry_error(i, x))?;
                     let patch = crate::engine::Patch::parse(patch_doc).map_err(|x| entry_error(i, x))?;
                     let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
                     patch.apply(&mut doc).map_err(|x| entry_error(i, x))?;
+                    // The result is a submission like any other: the envelope, the filing
+                    // check and the intake rules, as the PATCH interaction alone checks it.
+                    check_resource(&doc, t, Some(id)).map_err(|x| entry_error(i, x))?;
                     engine.intake(&mut doc, &source, now);
                     g.may_file(tx, t, &doc).map_err(|x| entry_error(i, x))?;
+                    // What the transaction writes resolves the patched resource's references.
+                    let mut local: std::collections::HashSet<(String, String)> = ids
+                        .values()
+                        .filter_map(|r| r.split_once('/'))
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .collect();
+                    local.insert((t.to_string(), id.to_string()));
+                    let mut c = crate::intake::check(&engine.store, &engine.checker, &g.filing_scope(), &source, &[&doc], local, true)
+                        .map_err(|x| entry_error(i, x))?;
+                    let found = c.findings.pop().unwrap_or_default();
+                    if hutong_quality::rejects(&found) {
+                        *patch_rejected.borrow_mut() = Some((i, found));
+                        return Err(ApiError::new(422, IssueCode::BusinessRule, "rejected by the intake rules"));
+                    }
+                    let fp = c.fingerprints.pop().unwrap_or_default();
                     let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;
+                    engine.keep(tx, &source, &s, &found, &fp)?;
                     Some((s, "200 OK"))
                 }
                 ("GET", _) | ("HEAD", _) => {
@@ -618,8 +663,21 @@ fn transaction(
             tx.mark_done(file, *chunk)?;
         }
         Ok::<_, ApiError>((results, written))
-    })?;
-    let (results, written) = results;
+    });
+    if let Some((i, findings)) = patch_rejected.into_inner() {
+        let at = format!("Bundle.entry[{}].resource", prepared[i].index);
+        let located: Vec<(Option<String>, &hutong_quality::Finding)> =
+            findings.iter().map(|f| (Some(at.clone()), f)).collect();
+        return Err(crate::intake::rejected(
+            &engine.store,
+            &source,
+            "POST",
+            "",
+            &req.body,
+            &located,
+        ));
+    }
+    let (results, written) = results?;
     for s in &written {
         crate::access_api::after_write(engine, g, s)?;
     }

@@ -47,6 +47,7 @@ on_both!(
     fhirpath_patch_is_supported,
     a_new_source_files_under_its_own_new_patient,
     operation_definitions_are_readable,
+    every_write_path_refuses_an_invalid_result_alike,
 );
 
 fn settings(s: &mut hutong_server::Settings) {
@@ -1073,5 +1074,145 @@ async fn operation_definitions_are_readable(app: &TestApp) {
     assert_eq!(
         core.body["url"],
         "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+    );
+}
+
+/// Every interaction that writes a resource — create, conditional create, update,
+/// conditional update, JSON Patch, FHIRPath Patch — alone, as a batch entry and inside a
+/// transaction: an invalid result (`Observation.status` "bogus") is refused the same way,
+/// 422 naming the rule and the place, and nothing is written.
+async fn every_write_path_refuses_an_invalid_result_alike(app: &TestApp) {
+    let r = region(app).await;
+    let a = app.system(A);
+    let mut bad = observation(&r.pa, "4548-4");
+    bad["status"] = json!("bogus");
+    let mut bad_put = bad.clone();
+    bad_put["id"] = json!("a-bad-1");
+    let target = format!("Observation/{}", r.obs_a);
+    let json_patch = json!([{"op": "replace", "path": "/status", "value": "bogus"}]);
+    let fhirpath_patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.status"},
+        {"name": "value", "valueCode": "bogus"}]}]});
+    let binary = |p: &Value| {
+        use base64::Engine as _;
+        json!({"resourceType": "Binary", "contentType": "application/json-patch+json",
+            "data": base64::engine::general_purpose::STANDARD.encode(p.to_string())})
+    };
+    // (name, method, url, body, If-None-Exist, body inside a bundle)
+    let cases: Vec<(&str, &str, String, Value, Option<&str>, Value)> = vec![
+        (
+            "create",
+            "POST",
+            "Observation".into(),
+            bad.clone(),
+            None,
+            bad.clone(),
+        ),
+        (
+            "conditional create",
+            "POST",
+            "Observation".into(),
+            bad.clone(),
+            Some("identifier=urn:x|none"),
+            bad.clone(),
+        ),
+        (
+            "update",
+            "PUT",
+            "Observation/a-bad-1".into(),
+            bad_put.clone(),
+            None,
+            bad_put.clone(),
+        ),
+        (
+            "conditional update",
+            "PUT",
+            "Observation?identifier=urn:x|none".into(),
+            bad.clone(),
+            None,
+            bad.clone(),
+        ),
+        (
+            "JSON Patch",
+            "PATCH",
+            target.clone(),
+            json_patch.clone(),
+            None,
+            binary(&json_patch),
+        ),
+        (
+            "FHIRPath Patch",
+            "PATCH",
+            target.clone(),
+            fhirpath_patch.clone(),
+            None,
+            fhirpath_patch.clone(),
+        ),
+    ];
+    let before = app.get(&target).await.body["meta"]["versionId"].clone();
+    for (name, method, url, body, cond, entry_body) in cases {
+        // Alone.
+        let res = if method == "PATCH" && body.is_array() {
+            let rb = app
+                .client
+                .patch(format!("{}/{url}", app.base))
+                .bearer_auth(&a)
+                .header("content-type", "application/json-patch+json")
+                .body(body.to_string());
+            app.finish(rb).await
+        } else {
+            let h: Vec<(&str, &str)> = cond.map(|c| ("If-None-Exist", c)).into_iter().collect();
+            app.send_as(&a, method, &url, Some(body.clone()), &h).await
+        };
+        assert_eq!(res.status, 422, "{name} alone: {}", res.body);
+        assert!(
+            res.body.to_string().contains("Observation.status"),
+            "{name}: {}",
+            res.body
+        );
+        let mut request = json!({"method": method, "url": url});
+        if let Some(c) = cond {
+            request["ifNoneExist"] = json!(c);
+        }
+        let entry = json!({"resource": entry_body, "request": request});
+        // As a batch entry.
+        let b = app
+            .send_as(
+                &a,
+                "POST",
+                "",
+                Some(json!({"resourceType": "Bundle", "type": "batch", "entry": [entry.clone()]})),
+                &[],
+            )
+            .await;
+        assert_eq!(b.status, 200, "{name} batch: {}", b.body);
+        assert!(
+            b.body["entry"][0]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("422"),
+            "{name} batch: {}",
+            b.body
+        );
+        // Inside a transaction.
+        let t = app
+            .send_as(
+                &a,
+                "POST",
+                "",
+                Some(json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})),
+                &[],
+            )
+            .await;
+        assert_eq!(t.status, 422, "{name} transaction: {}", t.body);
+        assert!(t.body.to_string().contains("status"), "{name}: {}", t.body);
+    }
+    // Nothing was written by any of them.
+    assert_eq!(app.get(&target).await.body["meta"]["versionId"], before);
+    assert_eq!(app.get("Observation/a-bad-1").await.status, 404);
+    assert_eq!(
+        app.get("Observation?status=bogus").await.body["total"],
+        0,
+        "no bogus status stored"
     );
 }
