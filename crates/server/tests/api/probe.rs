@@ -1099,7 +1099,8 @@ async fn every_write_path_refuses_an_invalid_result_alike(app: &TestApp) {
             "data": base64::engine::general_purpose::STANDARD.encode(p.to_string())})
     };
     // (name, method, url, body, If-None-Exist, body inside a bundle)
-    let cases: Vec<(&str, &str, String, Value, Option<&str>, Value)> = vec![
+    type Case<'a> = (&'a str, &'a str, String, Value, Option<&'a str>, Value);
+    let cases: Vec<Case> = vec![
         (
             "create",
             "POST",
