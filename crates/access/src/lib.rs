@@ -37,7 +37,7 @@ pub use decision::{Asker, Directory, Refusal};
 pub use grants::{Grant, Grantee, Grants, Method, Status};
 pub use keys::Keyring;
 pub use mask::View;
-pub use principal::{Kind, Perms, Principal, Role, Scopes};
+pub use principal::{Capability, Kind, Perms, Principal, Role, Scopes};
 
 /// Durations of grants.
 #[derive(Debug, Clone)]

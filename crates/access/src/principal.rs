@@ -68,6 +68,56 @@ impl Role {
     }
 }
 
+/// What a principal may do among the platform's own operations — beyond reading and
+/// writing resources, which the access decision governs. [`Principal::can`] is the one
+/// table of who may do what; ARCHITECTURE.md shows the same table, and a test holds the two
+/// together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Every source's quarantine, scorecards, reconciliations and work-order queue; the
+    /// work-order sweep.
+    OverseeQuality,
+    /// Link, unlink, merge and split persons; decide review Tasks.
+    ManageIdentity,
+    /// Make someone a resident's proxy on documents (with a recorded reason).
+    AssignProxy,
+    /// Review break-glass accesses.
+    ReviewBreakGlass,
+    /// Read the audit trail and any resident's access history; verify the chain.
+    ReadAuditTrail,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 5] = [
+        Capability::OverseeQuality,
+        Capability::ManageIdentity,
+        Capability::AssignProxy,
+        Capability::ReviewBreakGlass,
+        Capability::ReadAuditTrail,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::OverseeQuality => "oversee-quality",
+            Capability::ManageIdentity => "manage-identity",
+            Capability::AssignProxy => "assign-proxy",
+            Capability::ReviewBreakGlass => "review-break-glass",
+            Capability::ReadAuditTrail => "read-audit-trail",
+        }
+    }
+
+    /// The operator roles that hold it (the platform's own services hold every one).
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Capability::OverseeQuality => &[Role::QualityOfficer, Role::Administrator],
+            Capability::ManageIdentity => &[Role::IdentitySteward],
+            Capability::AssignProxy => &[Role::IdentitySteward, Role::Administrator],
+            Capability::ReviewBreakGlass => &[Role::PrivacyOfficer],
+            Capability::ReadAuditTrail => &[Role::Auditor, Role::PrivacyOfficer],
+        }
+    }
+}
+
 /// The interactions a scope allows, SMART v2 style (`c r u d s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Perms(u8);
@@ -312,6 +362,12 @@ impl Principal {
         self.kind == Kind::Operator && self.roles.contains(&r)
     }
 
+    /// Whether this principal holds `c` (see [`Capability`]): the platform's services
+    /// always, operators by role, nobody else.
+    pub fn can(&self, c: Capability) -> bool {
+        self.kind == Kind::Platform || c.roles().iter().any(|r| self.has_role(*r))
+    }
+
     /// A short label for logs and messages: `clinician dr.li@urn:hutong:org:…`.
     pub fn label(&self) -> String {
         match &self.institution {
@@ -371,6 +427,72 @@ mod tests {
             let text = format!("{c}/{t}.{letters}");
             let s = Scope::parse(&text).unwrap();
             prop_assert_eq!(s.to_string(), text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod capability_table {
+    use super::*;
+
+    /// ARCHITECTURE.md's table of who may do what is the code's: every cell, both ways.
+    #[test]
+    fn the_documented_table_is_the_one_in_force() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ARCHITECTURE.md"),
+        )
+        .unwrap();
+        let rows: Vec<Vec<String>> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| capability |"))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect();
+        let header = &rows[0];
+        let who = |col: &str| -> Principal {
+            let (kind, roles) = match col {
+                "platform" => (Kind::Platform, vec![]),
+                "clinician" => (Kind::Clinician, vec![]),
+                "system" => (Kind::System, vec![]),
+                "resident" => (Kind::Resident, vec![]),
+                r => (Kind::Operator, vec![Role::parse(r).expect("a role column")]),
+            };
+            Principal {
+                kind,
+                subject: "s".into(),
+                name: None,
+                institution: None,
+                practitioner: None,
+                person: None,
+                roles,
+                scopes: Scopes::default(),
+                booking: false,
+            }
+        };
+        let mut seen = Vec::new();
+        for row in &rows[2..] {
+            let c = Capability::ALL
+                .into_iter()
+                .find(|c| c.as_str() == row[0])
+                .unwrap_or_else(|| panic!("unknown capability {}", row[0]));
+            seen.push(c);
+            for (col, cell) in header.iter().zip(row).skip(1) {
+                let want = cell == "yes";
+                assert_eq!(who(col).can(c), want, "{} for {col}", row[0]);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            Capability::ALL.len(),
+            "every capability has a row"
+        );
+        for r in Role::ALL {
+            assert!(header.iter().any(|h| h == r.as_str()), "a column for {r:?}");
         }
     }
 }

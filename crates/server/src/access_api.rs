@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use hutong_access::grants::{Grant, Grantee, Method, Status, ACCESS_SOURCE};
-use hutong_access::principal::{Kind, Perms, Role};
+use hutong_access::principal::{Capability, Kind, Perms};
 use hutong_access::{AuthError, View};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::security;
@@ -19,7 +19,7 @@ use hutong_store::{Lookup, Query, Scope, Stored};
 use serde_json::{json, Value};
 
 use crate::engine::{stamp, Body, BundleWriter, Engine, Req, Resp};
-use crate::error::ApiError;
+use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::person_api::{check_id, Params};
 
@@ -27,10 +27,6 @@ use crate::person_api::{check_id, Params};
 pub const ACCESS_CS: &str = "https://hutong.dev/fhir/CodeSystem/access";
 pub const BREAK_GLASS_REVIEW: &str = "break-glass-review";
 const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
-
-fn forbidden(msg: impl Into<String>) -> ApiError {
-    ApiError::new(403, IssueCode::Forbidden, msg)
-}
 
 fn unprocessable(msg: impl Into<String>) -> ApiError {
     ApiError::new(422, IssueCode::Processing, msg)
@@ -743,9 +739,7 @@ pub fn standing_grant(
 /// reason (a guardian's claim checked against documents).
 pub fn grant_proxy(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Resp, ApiError> {
     g.act("grant");
-    let operator = (g.principal.has_role(Role::IdentitySteward)
-        || g.principal.has_role(Role::Administrator))
-        && g.reason.is_some();
+    let operator = g.principal.can(Capability::AssignProxy) && g.reason.is_some();
     let own = g.principal.kind == Kind::Resident && g.principal.person.as_deref() == Some(person);
     if !own && !operator && g.principal.kind != Kind::Platform {
         return Err(forbidden(
@@ -881,7 +875,7 @@ pub fn break_glass(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Resul
 /// force is ended.
 pub fn review(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Resp, ApiError> {
     g.act("review");
-    if !g.principal.has_role(Role::PrivacyOfficer) && g.principal.kind != Kind::Platform {
+    if !g.principal.can(Capability::ReviewBreakGlass) {
         return Err(forbidden("Break-glass reviews are for the privacy officer"));
     }
     check_id(id)?;
@@ -1207,10 +1201,7 @@ pub fn access_history(
 ) -> Result<Resp, ApiError> {
     g.act("access-history");
     check_id(person)?;
-    let allowed = acts_for(engine, g, person)
-        || g.principal.has_role(Role::Auditor)
-        || g.principal.has_role(Role::PrivacyOfficer)
-        || g.principal.kind == Kind::Platform;
+    let allowed = acts_for(engine, g, person) || g.principal.can(Capability::ReadAuditTrail);
     if !allowed {
         return Err(forbidden(
             "The access history of a record is for its resident, the privacy officer and auditors",
@@ -1239,10 +1230,7 @@ pub fn access_history(
 }
 
 fn auditor(g: &Guard) -> Result<(), ApiError> {
-    if g.principal.has_role(Role::Auditor)
-        || g.principal.has_role(Role::PrivacyOfficer)
-        || g.principal.kind == Kind::Platform
-    {
+    if g.principal.can(Capability::ReadAuditTrail) {
         Ok(())
     } else {
         Err(forbidden(

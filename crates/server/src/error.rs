@@ -18,6 +18,11 @@ impl hutong_store::TxError for ApiError {
     }
 }
 
+/// A 403: the requester may not do this (the message says who may, or how to ask).
+pub fn forbidden(msg: impl Into<String>) -> ApiError {
+    ApiError::new(403, IssueCode::Forbidden, msg)
+}
+
 impl ApiError {
     pub fn new(status: u16, code: IssueCode, msg: impl Into<String>) -> ApiError {
         ApiError {

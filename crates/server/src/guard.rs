@@ -376,5 +376,5 @@ fn purpose_of(p: &Principal, reason: Option<&str>) -> Option<&'static str> {
 }
 
 fn forbidden(r: hutong_access::Refusal) -> ApiError {
-    ApiError::new(403, IssueCode::Forbidden, r.0)
+    crate::error::forbidden(r.0)
 }

@@ -13,7 +13,7 @@ use hutong_store::search::Everything;
 use hutong_store::{Query, Stored};
 use serde_json::{json, Value};
 
-use hutong_access::principal::{Kind, Role};
+use hutong_access::principal::{Capability, Kind};
 use hutong_store::{Lookup, Scope};
 
 use crate::engine::{parse_json, Body, BundleWriter, Engine, Req, Resp};
@@ -111,7 +111,7 @@ pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
 /// Link management is for identity stewards (and the platform itself).
 fn steward(g: &Guard, op: &str) -> Result<(), ApiError> {
     g.act(op.trim_start_matches('$'));
-    if g.principal.kind == Kind::Platform || g.principal.has_role(Role::IdentitySteward) {
+    if g.principal.can(Capability::ManageIdentity) {
         Ok(())
     } else {
         Err(ApiError::new(

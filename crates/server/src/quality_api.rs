@@ -3,25 +3,19 @@
 //! A source sees its own quarantine; the platform's quality officers and administrators see
 //! every source's.
 
-use hutong_access::principal::{Kind, Role};
+use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::IssueCode;
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
 use crate::engine::{check_resource, parse_json, Body, Engine, Req, Resp};
-use crate::error::ApiError;
+use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::intake;
 
-fn forbidden(msg: &str) -> ApiError {
-    ApiError::new(403, IssueCode::Forbidden, msg)
-}
-
 /// Whether the asker oversees every source's data quality.
 fn officer(g: &Guard) -> bool {
-    g.principal.kind == Kind::Platform
-        || g.principal.has_role(Role::QualityOfficer)
-        || g.principal.has_role(Role::Administrator)
+    g.principal.can(Capability::OverseeQuality)
 }
 
 /// `POST [type]/$validate`: the resource (or a Parameters with a `resource`) checked

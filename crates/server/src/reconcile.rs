@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use hutong_access::principal::{Kind, Role};
+use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::IssueCode;
 use hutong_quality::reconcile::{compare, Differences, Item, Manifest};
@@ -158,9 +158,7 @@ pub fn run(engine: &Engine, g: &Guard, source: &str, m: &Manifest) -> Result<Run
 }
 
 fn officer(g: &Guard) -> bool {
-    g.principal.kind == Kind::Platform
-        || g.principal.has_role(Role::QualityOfficer)
-        || g.principal.has_role(Role::Administrator)
+    g.principal.can(Capability::OverseeQuality)
 }
 
 /// The source a request reconciles: the asker's institution; officers name one (`source`).

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hutong_access::principal::{Kind, Role};
+use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{self, format_instant, now_ms};
 use hutong_fhir::{Definitions, IssueCode};
 use hutong_quality::reconcile::day_of_ms;
@@ -359,9 +359,7 @@ pub fn card(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
             )));
         }
     }
-    let officer = g.principal.kind == Kind::Platform
-        || g.principal.has_role(Role::QualityOfficer)
-        || g.principal.has_role(Role::Administrator);
+    let officer = g.principal.can(Capability::OverseeQuality);
     let only = match (&g.principal.kind, &g.principal.institution, q("source")) {
         _ if officer => q("source"),
         (Kind::System | Kind::Clinician, Some(i), s) if s.as_ref().is_none_or(|s| s == i) => {

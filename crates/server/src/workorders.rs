@@ -9,7 +9,7 @@
 //! `qc_work_order` indexes the orders (state, due date, who reported) for the queues and
 //! the escalation sweep; it is written in the same transaction as the Task.
 
-use hutong_access::principal::{Kind, Role};
+use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::{security, IssueCode};
 use hutong_quality::workorder::{transition, Action, Category, Parties, Policy, State};
@@ -18,7 +18,7 @@ use hutong_store::{Scope, Store, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
 use crate::engine::{stamp, Engine, Req, Resp};
-use crate::error::ApiError;
+use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::person_api::{check_id, Params};
 
@@ -178,15 +178,9 @@ fn state_json(s: State) -> Value {
            "text": s.label()})
 }
 
-fn forbidden(msg: impl Into<String>) -> ApiError {
-    ApiError::new(403, IssueCode::Forbidden, msg)
-}
-
 /// Quality officers and administrators (and the platform's own services).
 pub(crate) fn operator(g: &Guard) -> bool {
-    g.principal.kind == Kind::Platform
-        || g.principal.has_role(Role::QualityOfficer)
-        || g.principal.has_role(Role::Administrator)
+    g.principal.can(Capability::OverseeQuality)
 }
 
 fn priority_param(p: &Params, default: &str) -> Result<String, ApiError> {

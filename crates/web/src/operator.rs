@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use hutong_access::principal::{Kind, Principal, Role};
+use hutong_access::principal::{Capability, Kind, Principal};
 use hutong_server::access_api::{ACCESS_CS, BREAK_GLASS_REVIEW};
 use hutong_server::engine::{parse_query_string, Body};
 use hutong_server::http::AppState;
@@ -30,11 +30,11 @@ use crate::{call_why, form, json_of, notice, problem, Desk, Lang};
 const HOME: &str = "/console";
 
 fn quality(p: &Principal) -> bool {
-    p.has_role(Role::QualityOfficer) || p.has_role(Role::Administrator)
+    p.can(Capability::OverseeQuality)
 }
 
 fn auditing(p: &Principal) -> bool {
-    p.has_role(Role::Auditor) || p.has_role(Role::PrivacyOfficer)
+    p.can(Capability::ReadAuditTrail)
 }
 
 /// The console's sections `p`'s roles open: (path, 中文, English).
@@ -45,7 +45,7 @@ pub fn sections(p: &Principal) -> Vec<(&'static str, &'static str, &'static str)
         out.push(("/console/quality", "质控评分", "Quality"));
         out.push(("/console/work-orders", "工单", "Work orders"));
     }
-    if p.has_role(Role::IdentitySteward) {
+    if p.can(Capability::ManageIdentity) {
         out.push(("/console/identity", "身份复核", "Identity"));
     }
     if auditing(p) {
@@ -185,11 +185,11 @@ pub async fn home(
     if quality(&p) {
         cards.extend(order_counts(&d, &st).await);
     }
-    if p.has_role(Role::IdentitySteward) {
+    if p.can(Capability::ManageIdentity) {
         let n = waiting(&d, &st, format!("{IDENTITY_CS}|{REVIEW_CODE}")).await;
         cards.push((n, "待复核的疑似重复", "Possible duplicates to review"));
     }
-    if p.has_role(Role::PrivacyOfficer) {
+    if p.can(Capability::ReviewBreakGlass) {
         let n = waiting(&d, &st, format!("{ACCESS_CS}|{BREAK_GLASS_REVIEW}")).await;
         cards.push((n, "待复核的紧急调阅", "Break-glass accesses to review"));
     }
@@ -566,7 +566,7 @@ fn score_of(t: &Value) -> f64 {
 /// `GET /console/identity`: the review queue of possible duplicates, likeliest first, and
 /// the recent decisions of stewards (merges, splits, unlinks).
 pub async fn identity(State(st): State<Arc<AppState>>, d: Op) -> Response {
-    if !d.s.principal.has_role(Role::IdentitySteward) {
+    if !d.s.principal.can(Capability::ManageIdentity) {
         return d.not_yours();
     }
     let lang = d.lang;
@@ -768,7 +768,7 @@ pub async fn pair(State(st): State<Arc<AppState>>, Path(task): Path<String>, d: 
 }
 
 async fn pair_page(st: &Arc<AppState>, d: &Desk, task: &str, err: Option<String>) -> Response {
-    if !d.s.principal.has_role(Role::IdentitySteward) {
+    if !d.s.principal.can(Capability::ManageIdentity) {
         return d.not_yours();
     }
     let lang = d.lang;
@@ -944,7 +944,7 @@ pub async fn audit(State(st): State<Arc<AppState>>, d: Op) -> Response {
             })
             .collect()
     };
-    let reviews = if p.has_role(Role::PrivacyOfficer) {
+    let reviews = if p.can(Capability::ReviewBreakGlass) {
         let code = format!("{ACCESS_CS}|{BREAK_GLASS_REVIEW}");
         let r = d
             .ask(
