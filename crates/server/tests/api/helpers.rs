@@ -317,3 +317,24 @@ impl TestApp {
         assert!(self.engine.audit.flush(std::time::Duration::from_secs(10)));
     }
 }
+
+/// Declares each named flow (an `async fn(&TestApp)` of the calling module) as two tests: on
+/// the embedded store and on PostgreSQL, the server's settings adjusted by `$settings`.
+#[macro_export]
+macro_rules! on_both_with {
+    ($settings:path; $($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() {
+                let app = $crate::helpers::spawn_app_with($settings).await;
+                super::$name(&app).await;
+            } )*
+        }
+        mod on_postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() {
+                if let Some(app) = $crate::helpers::spawn_pg_app_with($settings).await {
+                    super::$name(&app).await;
+                }
+            } )*
+        }
+    };
+}

@@ -11,25 +11,8 @@ use crate::access::{
 };
 use crate::helpers::TestApp;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() {
-                let app = crate::helpers::spawn_app_with(super::settings).await;
-                super::$name(&app).await;
-            } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() {
-                if let Some(app) = crate::helpers::spawn_pg_app_with(super::settings).await {
-                    super::$name(&app).await;
-                }
-            } )*
-        }
-    };
-}
-
-on_both!(
+crate::on_both_with!(
+    super::settings;
     intake_messages_cite_only_what_the_reader_may_read,
     writes_about_a_patient_need_the_right_to_read_them,
     hidden_and_read_only_writes_answer_as_reads_do,
@@ -900,16 +883,13 @@ async fn one_source_cannot_take_another_sources_ids(app: &TestApp) {
         o["id"] = json!(id);
         o
     };
+    let put = |token: String, id: String, patient: String| async move {
+        let body = squat(&id, &patient);
+        app.send_as(&token, "PUT", &format!("Observation/{id}"), Some(body), &[])
+            .await
+    };
     // A takes B's next id: refused, alone and inside a transaction.
-    let res = app
-        .send_as(
-            &a,
-            "PUT",
-            "Observation/b-1001",
-            Some(squat("b-1001", &r.pa)),
-            &[],
-        )
-        .await;
+    let res = put(a.clone(), "b-1001".into(), r.pa.clone()).await;
     assert_eq!(res.status, 403, "{}", res.body);
     assert!(res.diagnostics().contains("namespace"), "{}", res.body);
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -921,36 +901,12 @@ async fn one_source_cannot_take_another_sources_ids(app: &TestApp) {
     // A valid credit code's namespace is its institution's without registering it.
     let code = hutong_cn::uscc::make('1', '2', 330106, 12345678);
     let foreign = format!("{code}-7");
-    let res = app
-        .send_as(
-            &a,
-            "PUT",
-            &format!("Observation/{foreign}"),
-            Some(squat(&foreign, &r.pa)),
-            &[],
-        )
-        .await;
+    let res = put(a.clone(), foreign.clone(), r.pa.clone()).await;
     assert_eq!(res.status, 403, "{}", res.body);
     // B writes its ids, and A its own (unreserved ids and UUIDs stay open to their first writer).
-    let res = app
-        .send_as(
-            &b,
-            "PUT",
-            "Observation/b-1001",
-            Some(squat("b-1001", &r.pb)),
-            &[],
-        )
-        .await;
+    let res = put(b.clone(), "b-1001".into(), r.pb.clone()).await;
     assert_eq!(res.status, 201, "{}", res.body);
-    let res = app
-        .send_as(
-            &a,
-            "PUT",
-            "Observation/a-1001",
-            Some(squat("a-1001", &r.pa)),
-            &[],
-        )
-        .await;
+    let res = put(a.clone(), "a-1001".into(), r.pa.clone()).await;
     assert_eq!(res.status, 201, "{}", res.body);
 }
 
@@ -970,35 +926,20 @@ async fn fhirpath_patch_is_supported(app: &TestApp) {
         json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]})
     };
     let url = format!("Observation/{}", r.obs_a);
-    let res = app
-        .send_as(
-            &a,
-            "PATCH",
-            &url,
-            Some(op(
-                "replace",
-                "Observation.status",
-                Some(json!({"name": "value", "valueCode": "amended"})),
-            )),
-            &[],
-        )
-        .await;
+    let set_status = |code: &'static str| {
+        let body = op(
+            "replace",
+            "Observation.status",
+            Some(json!({"name": "value", "valueCode": code})),
+        );
+        let (a, url) = (a.clone(), url.clone());
+        async move { app.send_as(&a, "PATCH", &url, Some(body), &[]).await }
+    };
+    let res = set_status("amended").await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(app.get(&url).await.body["status"], "amended");
     // An invalid result is refused as a PUT of it would be.
-    let res = app
-        .send_as(
-            &a,
-            "PATCH",
-            &url,
-            Some(op(
-                "replace",
-                "Observation.status",
-                Some(json!({"name": "value", "valueCode": "bogus"})),
-            )),
-            &[],
-        )
-        .await;
+    let res = set_status("bogus").await;
     assert_eq!(res.status, 422, "{}", res.body);
     let res = app
         .send_as(
