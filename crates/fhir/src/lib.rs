@@ -11,6 +11,7 @@
 //! - [`json`]: field lookup sized for FHIR's small objects.
 //! - [`security`]: sensitivity labels (`meta.security`) as the bits the access decision uses.
 //! - [`validate`]: structural validation against the R4 StructureDefinitions.
+//! - [`vocab`]: the identifier systems and extension URLs shared by every crate.
 //! - [`outcome`]: OperationOutcome construction, the shape of every error Hutong returns.
 //!
 //! Architecture invariant: nothing in this crate does I/O; it is pure functions over JSON.
@@ -25,6 +26,7 @@ pub mod patch;
 pub mod path;
 pub mod security;
 pub mod validate;
+pub mod vocab;
 
 pub use defs::{Definitions, Derived, ParamType, SearchParamDef};
 pub use id::{is_valid_id, Reference};

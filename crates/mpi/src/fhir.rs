@@ -4,11 +4,7 @@ use serde_json::Value;
 
 use crate::normalize::Raw;
 
-/// The identifier system of the resident ID number (居民身份证).
-pub const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
-
-/// The identifier system of the resident health card (居民健康卡).
-pub const HEALTH_CARD_SYSTEM: &str = "https://hutong.dev/sid/health-card";
+pub use hutong_fhir::vocab::{HEALTH_CARD_SYSTEM, ID_SYSTEM};
 
 /// The identifier system of an institution's medical record numbers (病历号), from its source
 /// URI (`urn:hutong:org:{unified social credit code}`).

@@ -22,14 +22,14 @@ use hutong_fhir::json::Fields;
 pub use rules::{Rules, RulesError, Severity, RULES};
 
 /// The platform extension on `meta` that records when the source collected the data.
-pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
+pub use hutong_fhir::vocab::COLLECTED_URL;
 /// The code system of the rule ids in OperationOutcome issues.
 pub const RULE_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/intake-rule";
 /// The issue extensions carrying the Chinese message and the fix hint.
 pub const MESSAGE_ZH_URL: &str = "https://hutong.dev/fhir/StructureDefinition/issue-message-zh";
 pub const HINT_URL: &str = "https://hutong.dev/fhir/StructureDefinition/issue-hint";
 
-const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+use hutong_fhir::vocab::ID_SYSTEM;
 
 /// The extension on a converted `valueQuantity` that keeps the quantity as the source sent
 /// it (see [`normalise`]).

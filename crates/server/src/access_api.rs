@@ -26,7 +26,7 @@ use crate::person_api::{check_id, Params};
 /// Codes of the platform's access Tasks.
 pub const ACCESS_CS: &str = "https://hutong.dev/fhir/CodeSystem/access";
 pub const BREAK_GLASS_REVIEW: &str = "break-glass-review";
-const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
+use hutong_fhir::vocab::USCC_SYSTEM;
 
 fn unprocessable(msg: impl Into<String>) -> ApiError {
     ApiError::new(422, IssueCode::Processing, msg)

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::guard::Guard;
 
 /// The platform extension on `meta` that records when the source collected the data (采集时间).
-pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
+pub use hutong_fhir::vocab::COLLECTED_URL;
 
 /// A request as the engine sees it.
 #[derive(Debug, Clone)]
@@ -200,7 +200,9 @@ fn check_type(rtype: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+/// A logical id as R4 defines it (1–64 of `A-Za-z0-9-.`), or a 400 saying so: the one check
+/// every path uses.
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())
     } else {

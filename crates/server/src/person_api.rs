@@ -100,13 +100,7 @@ impl Params {
     }
 }
 
-pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
-    if hutong_fhir::is_valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!("Invalid id '{id}'")))
-    }
-}
+pub(crate) use crate::engine::check_id;
 
 /// Link management is for identity stewards (and the platform itself).
 fn steward(g: &Guard, op: &str) -> Result<(), ApiError> {

@@ -325,7 +325,7 @@ pub(crate) fn organizations(
             let v = s.json()?;
             let Some(uscc) = v["identifier"].as_array().and_then(|ids| {
                 ids.iter()
-                    .find(|i| i["system"] == "https://hutong.dev/sid/uscc")
+                    .find(|i| i["system"] == hutong_fhir::vocab::USCC_SYSTEM)
                     .and_then(|i| i["value"].as_str())
             }) else {
                 continue;

@@ -25,7 +25,7 @@ use crate::person_api::{check_id, Params};
 pub const WO_CS: &str = "https://hutong.dev/fhir/CodeSystem/work-order";
 pub const WO_STATE_CS: &str = "https://hutong.dev/fhir/CodeSystem/work-order-state";
 pub const WO_CATEGORY_CS: &str = "https://hutong.dev/fhir/CodeSystem/work-order-category";
-const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
+use hutong_fhir::vocab::USCC_SYSTEM;
 
 const SQLITE: &str = "
 CREATE TABLE IF NOT EXISTS qc_work_order (src TEXT NOT NULL, id TEXT NOT NULL,

@@ -14,9 +14,7 @@ use crate::tables::*;
 use crate::time::{age, At};
 use crate::Config;
 
-pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
-pub const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
-pub const HEALTH_CARD_SYSTEM: &str = "https://hutong.dev/sid/health-card";
+pub use hutong_fhir::vocab::{COLLECTED_URL, HEALTH_CARD_SYSTEM, ID_SYSTEM};
 
 /// One generated resource.
 pub struct Out {

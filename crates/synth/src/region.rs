@@ -348,7 +348,7 @@ impl Region {
                     "resourceType": "Organization",
                     "id": inst.code,
                     "identifier": [{
-                        "system": "https://hutong.dev/sid/uscc",
+                        "system": hutong_fhir::vocab::USCC_SYSTEM,
                         "type": {"text": "统一社会信用代码"},
                         "value": inst.uscc
                     }],

@@ -1018,7 +1018,7 @@ async fn institutions(st: &Arc<AppState>, s: &Session, from: &str) -> Vec<(Strin
             let uscc = o["identifier"]
                 .as_array()?
                 .iter()
-                .find(|i| i["system"] == "https://hutong.dev/sid/uscc")?["value"]
+                .find(|i| i["system"] == hutong_fhir::vocab::USCC_SYSTEM)?["value"]
                 .as_str()?;
             Some((
                 format!("urn:hutong:org:{uscc}"),

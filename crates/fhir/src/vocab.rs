@@ -1,0 +1,15 @@
+//! The identifier systems and extension URLs every crate of the platform uses: defined once
+//! here, so a change of one cannot leave two crates disagreeing about what they write and
+//! what they look for.
+
+/// The resident identity card number (居民身份证号, GB 11643): the national OID.
+pub const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+
+/// The regional health card (居民健康卡) number.
+pub const HEALTH_CARD_SYSTEM: &str = "https://hutong.dev/sid/health-card";
+
+/// An organisation's unified social credit code (统一社会信用代码, GB 32100).
+pub const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
+
+/// The `meta` extension recording when the source collected the data (采集时间).
+pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
