@@ -187,12 +187,8 @@ impl Access {
     /// Disables a client and every token it holds, at once.
     pub fn disable_client(&self, client_id: &str) -> Result<(), AuthError> {
         self.accounts.disable_client(client_id)?;
-        let now = hutong_fhir::date::now_ms() / 1000;
-        for kind in [Kind::System, Kind::Platform] {
-            self.tokens
-                .revoke_principal(&token::principal_key(kind, client_id), now);
-        }
-        Ok(())
+        // What the accounts recorded, taken in here now rather than at the next catch-up.
+        Ok(self.sync_revocations()?)
     }
 
     fn versions_seen(&self, k: &hutong_store::VersionKey) -> bool {

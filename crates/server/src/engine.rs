@@ -306,7 +306,8 @@ fn bad_string(v: &Value, at: &mut String) -> Option<(String, String)> {
         Value::Array(a) => {
             let len = at.len();
             for (i, x) in a.iter().enumerate() {
-                at.push_str(&format!("[{i}]"));
+                // Written in place: this walk runs over every resource an import loads.
+                let _ = std::fmt::Write::write_fmt(at, format_args!("[{i}]"));
                 let found = bad_string(x, at);
                 at.truncate(len);
                 if found.is_some() {

@@ -179,36 +179,20 @@ async fn writes_about_a_patient_need_the_right_to_read_them(app: &TestApp) {
         "nothing of the transaction was written"
     );
     // A's own patient and, under the resident's grant, their other registrations: allowed.
-    let ok = app
-        .send_as(
-            &a,
-            "POST",
-            "Observation",
-            Some(observation(&r.pa, "2345-7")),
-            &[],
-        )
-        .await;
+    let post = |patient: String| {
+        let a = a.clone();
+        async move {
+            let body = observation(&patient, "2345-7");
+            app.send_as(&a, "POST", "Observation", Some(body), &[])
+                .await
+        }
+    };
+    let ok = post(r.pa.clone()).await;
     assert_eq!(ok.status, 201, "{}", ok.body);
-    let b_reg = app
-        .send_as(
-            &a,
-            "POST",
-            "Observation",
-            Some(observation(&r.pb, "2345-7")),
-            &[],
-        )
-        .await;
+    let b_reg = post(r.pb.clone()).await;
     assert_eq!(b_reg.status, 403, "no grant yet: {}", b_reg.body);
     grant_by_sms(app, &r, &[]).await;
-    let b_reg = app
-        .send_as(
-            &a,
-            "POST",
-            "Observation",
-            Some(observation(&r.pb, "2345-7")),
-            &[],
-        )
-        .await;
+    let b_reg = post(r.pb.clone()).await;
     assert_eq!(b_reg.status, 201, "under the grant: {}", b_reg.body);
 }
 
