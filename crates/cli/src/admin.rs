@@ -296,7 +296,7 @@ pub fn access(s: &Settings, cmd: AccessCmd) -> anyhow::Result<()> {
     engine.audit.record(entry(action, what));
     engine.audit.flush(std::time::Duration::from_secs(10));
     // What the command line wrote is signed at once: no unsigned tail waits for a server.
-    hutong_server::access_api::checkpoint(&engine)
+    hutong_server::consent::trail::checkpoint(&engine)
         .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
     Ok(())
 }
@@ -333,7 +333,7 @@ pub fn keys(s: &Settings, cmd: KeysCmd) -> anyhow::Result<()> {
         }
     };
     store.append_audit(&[entry("keys", what).to_store()])?;
-    hutong_server::access_api::checkpoint_store(&store, &keys)
+    hutong_server::consent::trail::checkpoint_store(&store, &keys)
         .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
     Ok(())
 }
@@ -342,7 +342,7 @@ pub fn audit(s: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
     let engine = crate::existing_engine(s)?;
     match cmd {
         AuditCmd::Verify { witness } => {
-            let mut r = hutong_server::access_api::verify_report(&engine)
+            let mut r = hutong_server::consent::trail::verify_report(&engine)
                 .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
             if let Some(w) = &witness {
                 let text = std::fs::read_to_string(w)
@@ -391,7 +391,7 @@ pub fn audit(s: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCmd::Checkpoint => {
-            let n = hutong_server::access_api::checkpoint(&engine)
+            let n = hutong_server::consent::trail::checkpoint(&engine)
                 .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
             println!("Signed {n} checkpoint(s).");
             Ok(())

@@ -215,7 +215,7 @@ fn grant_everyone(engine: &hutong_server::Engine) -> anyhow::Result<usize> {
                 reason: None,
                 recorded: now,
             };
-            hutong_server::access_api::record_grant(engine, &g)
+            hutong_server::consent::record_grant(engine, &g)
                 .map_err(|e| anyhow::anyhow!(e.message().to_string()))?;
             n += 1;
         }
@@ -569,7 +569,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     // Three loads into fresh stores, the median reported (one load swung by a tenth with
     // the host's other tenants); the last store is kept for the figures that follow.
     let import_dir = work.join("import");
-    let files = hutong_server::bulk::collect_files(std::slice::from_ref(&nd_dir))?;
+    let files = hutong_server::engine::bulk::collect_files(std::slice::from_ref(&nd_dir))?;
     let mut rates = Vec::new();
     let mut loaded = 0;
     let mut kept = None;
@@ -593,7 +593,8 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
             Default::default(),
         )?;
         let t0 = Instant::now();
-        let report = hutong_server::bulk::import(&engine, &files, BENCH_SOURCE, &|_, _| {})?;
+        let report =
+            hutong_server::engine::bulk::import(&engine, &files, BENCH_SOURCE, &|_, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
         anyhow::ensure!(
             report.rejected.is_empty(),
@@ -1046,7 +1047,7 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
     // (joined to a person, starting one, or queued for review). The Person write that
     // follows is one small transaction, measured by the write figures above.
     println!("Giving {} indexed records their persons…", index.len());
-    let mut reg = hutong_server::persons::Registry::default();
+    let mut reg = hutong_link::persons::Registry::default();
     let ids: Vec<String> = index.records().map(|(id, _)| id.to_string()).collect();
     let t = Instant::now();
     for id in &ids {
@@ -1197,8 +1198,8 @@ fn database_match_figures(
     probes: &[&hutong_mpi::Record],
     rep: &mut Report,
 ) -> anyhow::Result<()> {
-    use hutong_server::matching::Candidates;
-    use hutong_server::mpi_store::{Put, StoredIndex};
+    use hutong_link::matching::Candidates;
+    use hutong_link::mpi_store::{Put, StoredIndex};
     let db = format!("hutong_bench_mpi_{}", std::process::id());
     let admin = format!("{server}/postgres");
     let mut c = postgres_admin(&admin)?;

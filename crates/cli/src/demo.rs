@@ -69,7 +69,7 @@ pub(crate) fn load(
     }
     let mut files = Vec::new();
     for (source, paths) in &batches {
-        files.push((source, hutong_server::bulk::collect_files(paths)?));
+        files.push((source, hutong_server::engine::bulk::collect_files(paths)?));
     }
     let total: u64 = files
         .iter()
@@ -94,7 +94,7 @@ pub(crate) fn load(
             let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-3);
             bar.set_message(format!("{done} resources, {rate:.0}/s"));
         };
-        let report = hutong_server::bulk::import(engine, &f, source, &progress)?;
+        let report = hutong_server::engine::bulk::import(engine, &f, source, &progress)?;
         base.0 += f
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok())
@@ -382,7 +382,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             println!("  then POST the code to Consent/{{id}}/$verify-code; or $break-glass with a reason.");
         }
         println!("  {base}/AuditEvent?_count=20                 the audit trail (auditors); $verify proves it intact");
-        println!("  {base}/Task?code={}|{}&status=requested", hutong_server::persons::IDENTITY_CS, hutong_server::persons::REVIEW_CODE);
+        println!("  {base}/Task?code={}|{}&status=requested", hutong_link::persons::IDENTITY_CS, hutong_link::persons::REVIEW_CODE);
         println!("                                              possible duplicates waiting for review");
         println!("  {base}/Observation?code=http://loinc.org|4548-4&_sort=-date&_count=10");
         println!("  {base}/Encounter?class=IMP&_include=Encounter:subject&_count=5");

@@ -146,7 +146,7 @@ struct FileConfig {
     /// Milliseconds between background linking runs (0: link only on demand).
     link_interval_ms: Option<u64>,
     /// Where the identity index lives: "memory" or "database".
-    mpi_index: Option<hutong_server::matching::IndexKind>,
+    mpi_index: Option<hutong_link::matching::IndexKind>,
     /// Trust rank per source (`meta.source`) for the person's golden record.
     #[serde(default)]
     source_trust: std::collections::HashMap<String, i32>,
@@ -230,8 +230,8 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
         },
         source_trust: f.source_trust.clone(),
         mpi_index: match s.and_then(|s| s.mpi_index.as_deref()) {
-            Some("memory") => Some(hutong_server::matching::IndexKind::Memory),
-            Some(_) => Some(hutong_server::matching::IndexKind::Database),
+            Some("memory") => Some(hutong_link::matching::IndexKind::Memory),
+            Some(_) => Some(hutong_link::matching::IndexKind::Database),
             None => f.mpi_index,
         },
         thresholds: {
@@ -297,7 +297,7 @@ fn main() -> anyhow::Result<()> {
                 .transpose()?;
             let engine = existing_engine(&s)?;
             let t0 = Instant::now();
-            let written = hutong_server::bulk::export(&engine, &out, &types, since)?;
+            let written = hutong_server::engine::bulk::export(&engine, &out, &types, since)?;
             let total: u64 = written.iter().map(|(_, n)| n).sum();
             for (t, n) in &written {
                 println!("{t:>28}  {n}");
@@ -380,7 +380,7 @@ enum IndexMode {
     Keep,
 }
 
-impl From<IndexMode> for hutong_server::bulk::Indexes {
+impl From<IndexMode> for hutong_server::engine::bulk::Indexes {
     fn from(m: IndexMode) -> Self {
         match m {
             IndexMode::Auto => Self::Auto,
@@ -394,12 +394,12 @@ fn import(
     s: &Settings,
     paths: &[PathBuf],
     source: &str,
-    indexes: hutong_server::bulk::Indexes,
+    indexes: hutong_server::engine::bulk::Indexes,
 ) -> anyhow::Result<()> {
     if paths.is_empty() {
         anyhow::bail!("nothing to import: give NDJSON files, bundles or directories");
     }
-    let files = hutong_server::bulk::collect_files(paths)?;
+    let files = hutong_server::engine::bulk::collect_files(paths)?;
     let total: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -419,7 +419,8 @@ fn import(
         let rate = n as f64 / t0.elapsed().as_secs_f64().max(1e-3);
         bar.set_message(format!("{n} resources, {rate:.0}/s"));
     };
-    let report = hutong_server::bulk::import_with(&engine, &files, source, indexes, &progress)?;
+    let report =
+        hutong_server::engine::bulk::import_with(&engine, &files, source, indexes, &progress)?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     println!(

@@ -42,7 +42,7 @@ pub struct ReconcileArgs {
 
 /// Reads every resource of the files (bundle entries included).
 fn resources(paths: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
-    let files = hutong_server::bulk::collect_files(paths)?;
+    let files = hutong_server::engine::bulk::collect_files(paths)?;
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::File::open(&f).with_context(|| format!("reading {}", f.display()))?;
@@ -112,7 +112,7 @@ pub fn run(args: &ReconcileArgs, engine: Engine) -> anyhow::Result<()> {
         }
     };
     let g = hutong_server::guard::Guard::platform(&engine, "hutong reconcile", "reconcile");
-    let run = hutong_server::reconcile::run(&engine, &g, &args.source, &manifest)
+    let run = hutong_server::governance::reconcile::run(&engine, &g, &args.source, &manifest)
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     g.finish(&engine, 200, None);
     engine.audit.flush(std::time::Duration::from_secs(10));

@@ -166,8 +166,8 @@ async fn review_task(
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let code = format!(
         "{}|{}",
-        hutong_server::persons::IDENTITY_CS,
-        hutong_server::persons::REVIEW_CODE
+        hutong_link::persons::IDENTITY_CS,
+        hutong_link::persons::REVIEW_CODE
     );
     for _ in 0..60 {
         let found: Value = client

@@ -13,3 +13,25 @@ pub const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
 
 /// The `meta` extension recording when the source collected the data (采集时间).
 pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
+
+/// Stamps provenance on a submitted resource: the submitting institution (`meta.source`) and
+/// the collection time, unless the source recorded its own.
+pub fn stamp(v: &mut serde_json::Value, source: &str, now_ms: i64) {
+    use serde_json::{json, Value};
+    let Some(obj) = v.as_object_mut() else { return };
+    let meta = obj.entry("meta").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    meta.insert("source".into(), Value::String(source.to_string()));
+    let exts = meta.entry("extension").or_insert_with(|| json!([]));
+    if !exts.is_array() {
+        *exts = json!([]);
+    }
+    let arr = exts.as_array_mut().expect("array ensured above");
+    if !arr.iter().any(|e| e["url"] == COLLECTED_URL) {
+        arr.push(
+            json!({"url": COLLECTED_URL, "valueInstant": crate::date::format_instant(now_ms)}),
+        );
+    }
+}

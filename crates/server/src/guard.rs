@@ -215,7 +215,9 @@ impl Guard {
         // Work orders move through their lifecycle operations, which check who may do what.
         if rtype == "Task" {
             if let Some(s) = existing {
-                if s.json().is_ok_and(|v| crate::workorders::is_work_order(&v)) {
+                if s.json()
+                    .is_ok_and(|v| crate::governance::orders::is_work_order(&v))
+                {
                     return Err(forbidden(hutong_access::Refusal(
                         "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment".into(),
                     )));
@@ -266,7 +268,7 @@ impl Guard {
         v: &serde_json::Value,
         patient_of: impl FnOnce(&str) -> Result<Option<Stored>, ApiError>,
     ) -> Result<(), ApiError> {
-        if rtype == "Task" && crate::workorders::is_work_order(v) {
+        if rtype == "Task" && crate::governance::orders::is_work_order(v) {
             return Err(forbidden(hutong_access::Refusal(
                 "A work order is opened with $work-order and changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment, not by writing the Task".into(),
             )));

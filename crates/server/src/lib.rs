@@ -1,39 +1,32 @@
-//! Hutong's FHIR server.
+//! Hutong's FHIR server: the REST engine, the platform's domains over it, and the HTTP front.
 //!
-//! Layout:
-//! - [`engine`]: every FHIR interaction as a function of a request (no HTTP types), used by
-//!   the HTTP front, bundles and the CLI alike.
-//! - [`bundle`]: transaction and batch Bundles.
-//! - [`operations`]: `$everything` and Bulk Data `$export`.
-//! - [`capability`]: the CapabilityStatement, generated from what is implemented.
-//! - [`http`]: the axum router.
-//! - [`error`]: `ApiError`, the status + OperationOutcome every failure becomes.
+//! Layout, from the bottom up (a module imports only those listed above it):
+//! - [`error`], [`wire`]: `ApiError`, and the wire types and helpers every handler shares
+//!   (requests, responses, JSON envelope checks, query strings, the Bundle writer).
+//! - [`capability`]: the CapabilityStatement and the OperationDefinitions served.
+//! - [`engine`]: the engine (store, access, audit, intake rules) and every FHIR interaction
+//!   as a function of a request — [`engine::read`], [`engine::write`] (the one write path,
+//!   over a store transaction), [`engine::bundle`] (transaction and batch), [`engine::bulk`]
+//!   (import and `$export`).
 //! - [`guard`]: the access decision and audit entry of one request.
-//! - [`access_api`]: grants (request, code, approval, break-glass, proxies), restriction,
-//!   appointment-linked access, the audit trail as AuditEvent.
-//! - [`auth_http`]: signing in (tokens, passwords, one-time codes) and discovery.
-//! - [`Application`]: settings → a bound server with graceful shutdown.
+//! - [`governance`]: intake rules and quarantine, work orders, reconciliation, scorecards.
+//! - [`consent`]: grants, break-glass, appointment-linked access, the audit trail.
+//! - [`identity`]: `$match`, PIX and the person operations (the index itself is
+//!   `hutong-link`).
+//! - [`operations`], [`routes`]: the routing tables — `$operations`, then every request.
+//! - [`http`]: the axum front and signing in; [`Application`]: settings → a bound server.
 
-pub mod access_api;
-pub mod auth_http;
-pub mod bulk;
-pub mod bundle;
 pub mod capability;
+pub mod consent;
 pub mod engine;
 pub mod error;
+pub mod governance;
 pub mod guard;
 pub mod http;
-pub mod intake;
-pub mod matching;
-pub mod mpi_store;
+pub mod identity;
 pub mod operations;
-pub mod person_api;
-pub mod persons;
-pub mod quality_api;
-pub mod reconcile;
-pub mod scorecards;
-pub mod throughput;
-pub mod workorders;
+pub mod routes;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +35,8 @@ use std::sync::{Arc, RwLock};
 use hutong_access::Keyring;
 use hutong_store::{Location, Store};
 
+use crate::governance::intake;
+use crate::governance::workorders;
 pub use engine::{Engine, EngineConfig};
 
 /// Server settings (see the CLI for how they are read from flags, file and environment).
@@ -64,7 +59,7 @@ pub struct Settings {
     pub thresholds: hutong_mpi::Thresholds,
     /// Where the identity index lives; `None`: in memory on the embedded store, in the
     /// database on PostgreSQL.
-    pub mpi_index: Option<matching::IndexKind>,
+    pub mpi_index: Option<hutong_link::IndexKind>,
     /// The keyring; by default `keys.json` in the data directory (embedded store) or
     /// `./hutong-keys.json` (PostgreSQL).
     pub keys_file: Option<PathBuf>,
@@ -181,9 +176,9 @@ pub fn engine_for(
 ) -> anyhow::Result<Engine> {
     let mut access = hutong_access::Access::new(&store, keys, issuer)?;
     access.policy = policy;
-    intake::open(&store)?;
-    workorders::open_tables(&store)?;
-    reconcile::open_tables(&store)?;
+    governance::intake::open(&store)?;
+    governance::orders::open_tables(&store)?;
+    governance::reconcile::open_tables(&store)?;
     Ok(Engine::new(store, config, Arc::new(access)))
 }
 
@@ -328,7 +323,7 @@ impl Application {
             stop.clone(),
             move || {
                 e.audit.flush(std::time::Duration::from_secs(10));
-                access_api::checkpoint(&e).map(|_| ()).map_err(|err| {
+                consent::trail::checkpoint(&e).map(|_| ()).map_err(|err| {
                     format!(
                         "Signing audit checkpoints failed; will retry: {}",
                         err.message()
@@ -385,7 +380,7 @@ impl Application {
             if !e.audit.flush(std::time::Duration::from_secs(30)) {
                 tracing::error!("Some audit entries could not be written before shutdown.");
             }
-            if let Err(err) = access_api::checkpoint(&e) {
+            if let Err(err) = consent::trail::checkpoint(&e) {
                 tracing::warn!(error = %err.message(), "Signing the final audit checkpoint failed.");
             }
         })

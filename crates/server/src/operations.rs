@@ -9,11 +9,12 @@ use hutong_fhir::{Definitions, IssueCode};
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
-use crate::access_api as acc;
-use crate::engine::{Body, Engine, Req, Resp};
+use crate::consent::{break_glass, grants, trail};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
-use crate::person_api as per;
+use crate::identity as per;
+use crate::wire::{Body, Req, Resp};
 use hutong_access::principal::{Kind, Perms, Principal};
 
 pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
@@ -29,40 +30,42 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("POST", ["Person", id, "$merge"]) => per::merge(engine, req, g, id),
         ("POST", ["Person", id, "$split"]) => per::split(engine, req, g, id),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
-        ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => acc::find(engine, req, g),
-        ("POST", ["Person", id, "$request-access"]) => acc::request_access(engine, req, g, id),
-        ("POST", ["Person", id, "$break-glass"]) => acc::break_glass(engine, req, g, id),
-        ("POST", ["Person", id, "$grant"]) => acc::standing_grant(engine, req, g, id),
-        ("POST", ["Person", id, "$grant-proxy"]) => acc::grant_proxy(engine, req, g, id),
-        ("GET", ["Person", id, "$access-history"]) => acc::access_history(engine, req, g, id),
-        ("POST", ["Consent", id, "$verify-code"]) => acc::verify_code(engine, req, g, id),
-        ("POST", ["Consent", id, "$approve"]) => acc::decide_request(engine, req, g, id, true),
-        ("POST", ["Consent", id, "$deny"]) => acc::decide_request(engine, req, g, id, false),
-        ("POST", ["Consent", id, "$revoke"]) => acc::revoke(engine, req, g, id),
-        ("POST", ["Task", id, "$review"]) => acc::review(engine, req, g, id),
-        ("POST", [t, id, "$restrict"]) => acc::restrict(engine, req, g, t, id, true),
-        ("POST", [t, id, "$unrestrict"]) => acc::restrict(engine, req, g, t, id, false),
-        ("POST", [t, "$validate"]) => crate::quality_api::validate(engine, req, g, t),
-        ("GET", ["$quarantine"]) => crate::quality_api::list(engine, req, g),
-        ("GET", ["$quarantine", q]) => crate::quality_api::show(engine, g, q),
-        ("GET", ["$quarantine", q, "body"]) => crate::quality_api::body(engine, g, q),
-        ("POST", ["$quarantine", q, "$resubmit"]) => {
-            crate::quality_api::resubmit(engine, req, g, q)
+        ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {
+            grants::find(engine, req, g)
         }
-        ("POST", ["$work-order"]) => crate::workorders::report(engine, req, g),
-        ("GET", ["$work-orders"]) => crate::workorders::list(engine, req, g),
-        ("POST", ["$work-orders", "$sweep"]) => crate::workorders::sweep_op(engine, g),
+        ("POST", ["Person", id, "$request-access"]) => grants::request_access(engine, req, g, id),
+        ("POST", ["Person", id, "$break-glass"]) => break_glass::break_glass(engine, req, g, id),
+        ("POST", ["Person", id, "$grant"]) => grants::standing_grant(engine, req, g, id),
+        ("POST", ["Person", id, "$grant-proxy"]) => grants::grant_proxy(engine, req, g, id),
+        ("GET", ["Person", id, "$access-history"]) => trail::access_history(engine, req, g, id),
+        ("POST", ["Consent", id, "$verify-code"]) => grants::verify_code(engine, req, g, id),
+        ("POST", ["Consent", id, "$approve"]) => grants::decide_request(engine, req, g, id, true),
+        ("POST", ["Consent", id, "$deny"]) => grants::decide_request(engine, req, g, id, false),
+        ("POST", ["Consent", id, "$revoke"]) => grants::revoke(engine, req, g, id),
+        ("POST", ["Task", id, "$review"]) => break_glass::review(engine, req, g, id),
+        ("POST", [t, id, "$restrict"]) => grants::restrict(engine, req, g, t, id, true),
+        ("POST", [t, id, "$unrestrict"]) => grants::restrict(engine, req, g, t, id, false),
+        ("POST", [t, "$validate"]) => crate::governance::quality::validate(engine, req, g, t),
+        ("GET", ["$quarantine"]) => crate::governance::quality::list(engine, req, g),
+        ("GET", ["$quarantine", q]) => crate::governance::quality::show(engine, g, q),
+        ("GET", ["$quarantine", q, "body"]) => crate::governance::quality::body(engine, g, q),
+        ("POST", ["$quarantine", q, "$resubmit"]) => {
+            crate::governance::quality::resubmit(engine, req, g, q)
+        }
+        ("POST", ["$work-order"]) => crate::governance::workorders::report(engine, req, g),
+        ("GET", ["$work-orders"]) => crate::governance::workorders::list(engine, req, g),
+        ("POST", ["$work-orders", "$sweep"]) => crate::governance::workorders::sweep_op(engine, g),
         ("POST", ["Task", id, op])
             if hutong_quality::workorder::Action::parse(op.trim_start_matches('$')).is_some()
                 && op.starts_with('$') =>
         {
-            crate::workorders::act(engine, req, g, id, op.trim_start_matches('$'))
+            crate::governance::workorders::act(engine, req, g, id, op.trim_start_matches('$'))
         }
-        ("POST", ["$reconcile"]) => crate::reconcile::submit(engine, req, g),
-        ("GET", ["$reconcile"]) => crate::reconcile::list(engine, req, g),
-        ("GET", ["$reconcile", id]) => crate::reconcile::show(engine, g, id),
-        ("GET", ["$scorecard"]) => crate::scorecards::card(engine, req, g),
-        ("GET", ["$intake"]) => crate::throughput::op(engine, req, g),
+        ("POST", ["$reconcile"]) => crate::governance::reconcile::submit(engine, req, g),
+        ("GET", ["$reconcile"]) => crate::governance::reconcile::list(engine, req, g),
+        ("GET", ["$reconcile", id]) => crate::governance::reconcile::show(engine, g, id),
+        ("GET", ["$scorecard"]) => crate::governance::scorecards::card(engine, req, g),
+        ("GET", ["$intake"]) => crate::governance::throughput::op(engine, req, g),
         ("GET", ["$export"]) => kick_off(engine, req, g, ExportLevel::System),
         ("GET", ["Patient", "$export"]) => kick_off(engine, req, g, ExportLevel::Patient),
         ("GET", [t, "$export"]) => kick_off(engine, req, g, ExportLevel::Type(t.to_string())),
@@ -82,7 +85,7 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
 fn patient_match(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("match");
     g.may("Patient", Perms::SEARCH)?;
-    let body = crate::engine::parse_json(&req.body)?;
+    let body = crate::wire::parse_json(&req.body)?;
     if body["resourceType"] != "Parameters" {
         return Err(ApiError::bad_request("$match takes a Parameters resource")
             .with_expression("resourceType"));
@@ -130,7 +133,7 @@ fn patient_match(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError
             entries.push((id, m, stored));
         }
     }
-    let mut w = crate::engine::BundleWriter::new("searchset", Some(entries.len() as u64), &[]);
+    let mut w = crate::wire::BundleWriter::new("searchset", Some(entries.len() as u64), &[]);
     for (id, m, stored) in entries {
         w.entry(
             serde_json::json!({
@@ -148,7 +151,7 @@ fn patient_match(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError
     Ok(Resp {
         status: 200,
         headers: Vec::new(),
-        body: crate::engine::Body::Raw(bytes),
+        body: crate::wire::Body::Raw(bytes),
     })
 }
 
@@ -246,7 +249,7 @@ fn kick_off(engine: &Engine, req: &Req, g: &Guard, level: ExportLevel) -> Result
     let mut request_url = format!("{}/{}", req.base, req.segments.join("/"));
     if !req.query.is_empty() {
         request_url.push('?');
-        request_url.push_str(&crate::engine::query_string(&req.query));
+        request_url.push_str(&crate::wire::query_string(&req.query));
     }
     let now = now_ms();
     let record = JobRequest {

@@ -34,6 +34,7 @@ pub mod sql;
 pub mod pg {
     pub use postgres::{Client, NoTls};
 }
+mod row;
 #[doc(hidden)]
 pub mod testing;
 mod write;
@@ -718,15 +719,15 @@ impl Store {
                     "SELECT s.rid, rr.id, {} FROM res_route rr JOIN res s \
                      ON s.shard = rr.shard AND s.rid = rr.rid \
                      WHERE rr.rid IN ({}) AND s.deleted = 0{filter} ORDER BY s.rid",
-                    write::VERSION_COLS,
+                    row::VERSION_COLS,
                     scope::int_list(&rids)
                 ),
                 &[],
             )?;
             for r in rows {
                 let id = r[1].text().to_string();
-                let m = write::RowMeta::at(&r, 2);
-                out.push(write::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
+                let m = row::RowMeta::at(&r, 2);
+                out.push(row::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
             }
             if !out.is_empty() {
                 return Ok((out, last));
@@ -762,7 +763,7 @@ impl Store {
             &format!(
                 "SELECT s.rid, rr.id, {} FROM res s JOIN res_route rr ON rr.rid = s.rid \
                  WHERE s.lastmod >= ? AND s.deleted = 0 ORDER BY s.lastmod DESC LIMIT ?",
-                write::VERSION_COLS
+                row::VERSION_COLS
             ),
             &[Val::Int(since), Val::Int(limit as i64)],
         )?;
@@ -770,8 +771,8 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let id = r[1].text().to_string();
-            let m = write::RowMeta::at(&r, 2);
-            out.push(write::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
+            let m = row::RowMeta::at(&r, 2);
+            out.push(row::stored_from(&cat, m, r[0].int(), id, r[9].blob())?);
         }
         Ok(out)
     }

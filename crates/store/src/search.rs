@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use hutong_fhir::date::{self, now_ms};
 use hutong_fhir::{Definitions, ParamType, Reference};
 
+use crate::row::{stored_from, RowMeta};
 use crate::schema::Catalog;
 use crate::scope::Scope;
 use crate::sql::{Cells, Conn, Dialect, Val};
-use crate::write::{stored_from, RowMeta};
 use crate::{StoreError, Stored};
 
 /// Why a search request was refused (always the client's fault: 400).

@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 use crate::audit::Change;
 use crate::codec::Codec;
+use crate::row::{stored_from, RowMeta, VERSION_COLS};
 use crate::schema::Catalog;
 use crate::scope::Scope;
 use crate::search::{self, Page, Query};
-use crate::sql::{Cells, Conn, Row, Val};
+use crate::sql::{Conn, Row, Val};
 use crate::{shard_of, HistoryScope, StoreError, Stored};
 
 /// A version made ready for storage — JSON with `meta`, its compressed form, its index
@@ -980,58 +981,6 @@ fn check_match(cur: &Option<Current>, if_match: Option<i64>) -> Result<(), Store
         }
     }
     Ok(())
-}
-
-/// The columns of a stored version other than its id and body.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RowMeta {
-    pub rtype: i64,
-    pub version: i64,
-    pub lastmod: i64,
-    pub deleted: bool,
-    pub shard: i64,
-    pub src: i64,
-    pub sens: u32,
-}
-
-/// The version columns as selected by [`VERSION_COLS`] on alias `s`, starting at `at`.
-pub(crate) const VERSION_COLS: &str =
-    "s.rtype, s.version, s.lastmod, s.deleted, s.shard, s.src, s.sens, s.body";
-
-impl RowMeta {
-    /// Reads the seven meta columns of [`VERSION_COLS`] starting at `at`.
-    pub(crate) fn at(r: &(impl Cells + ?Sized), at: usize) -> RowMeta {
-        RowMeta {
-            rtype: r.int(at),
-            version: r.int(at + 1),
-            lastmod: r.int(at + 2),
-            deleted: r.int(at + 3) != 0,
-            shard: r.int(at + 4),
-            src: r.int(at + 5),
-            sens: r.int(at + 6) as u32,
-        }
-    }
-}
-
-pub(crate) fn stored_from(
-    cat: &Catalog,
-    m: RowMeta,
-    rid: i64,
-    id: String,
-    blob: &[u8],
-) -> Result<Stored, StoreError> {
-    Ok(Stored {
-        rtype: cat.type_name(m.rtype).unwrap_or("").to_string(),
-        id,
-        version: m.version,
-        last_updated: m.lastmod,
-        deleted: m.deleted,
-        body: cat.codec.decompress(blob)?,
-        shard: m.shard,
-        rid,
-        source: cat.system_name(m.src).unwrap_or("").to_string(),
-        sens: m.sens,
-    })
 }
 
 /// A row of [`VERSION_COLS`] then `s.rid` as a stored version of `id`.

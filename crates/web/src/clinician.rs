@@ -13,8 +13,8 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use hutong_access::principal::Kind;
-use hutong_server::engine::parse_query_string;
 use hutong_server::http::AppState;
+use hutong_server::wire::parse_query_string;
 use maud::{html, Markup};
 use serde_json::{json, Value};
 

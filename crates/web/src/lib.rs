@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hutong_access::principal::{Kind, Principal};
-use hutong_server::engine::{parse_query_string, Body, Req, Resp};
 use hutong_server::http::AppState;
+use hutong_server::wire::{parse_query_string, Body, Req, Resp};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -433,7 +433,7 @@ pub(crate) async fn password_sign_in(
         .map(|k| {
             format!(
                 "{k}={}",
-                hutong_server::engine::percent_encode(f.get(*k).map(String::as_str).unwrap_or(""))
+                hutong_server::wire::percent_encode(f.get(*k).map(String::as_str).unwrap_or(""))
             )
         })
         .collect::<Vec<_>>()
@@ -444,7 +444,7 @@ pub(crate) async fn password_sign_in(
         .header("content-type", "application/x-www-form-urlencoded")
         .body(axum::body::Body::from(body))
         .expect("a well-formed request");
-    let r = hutong_server::auth_http::login(
+    let r = hutong_server::http::auth::login(
         axum::extract::State(st.clone()),
         axum::extract::ConnectInfo(addr),
         inner,
@@ -550,7 +550,7 @@ pub(crate) async fn names(
         sources
             .into_iter()
             .map(|s| {
-                let n = hutong_server::access_api::institution_name(&engine, &s)
+                let n = hutong_server::consent::institution_name(&engine, &s)
                     .unwrap_or_else(|| s.clone());
                 (s, n)
             })

@@ -17,10 +17,10 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use hutong_access::principal::{Capability, Kind, Principal};
-use hutong_server::access_api::{ACCESS_CS, BREAK_GLASS_REVIEW};
-use hutong_server::engine::{parse_query_string, Body};
+use hutong_link::persons::{review_pair, IDENTITY_CS, REVIEW_CODE};
+use hutong_server::consent::{ACCESS_CS, BREAK_GLASS_REVIEW};
 use hutong_server::http::AppState;
-use hutong_server::persons::{review_pair, IDENTITY_CS, REVIEW_CODE};
+use hutong_server::wire::{parse_query_string, Body};
 use maud::{html, Markup};
 use serde_json::{json, Value};
 
@@ -125,7 +125,7 @@ fn when(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn entries(r: &hutong_server::engine::Resp) -> Vec<Value> {
+fn entries(r: &hutong_server::wire::Resp) -> Vec<Value> {
     json_of(r)["entry"]
         .as_array()
         .into_iter()

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use hutong_server::engine::{parse_query_string, percent_encode};
 use hutong_server::http::AppState;
+use hutong_server::wire::{parse_query_string, percent_encode};
 use maud::{html, Markup};
 use serde_json::{json, Value};
 
@@ -166,7 +166,7 @@ fn refusal(
     query: &[(String, String)],
     s: &Session,
     title: &str,
-    r: &hutong_server::engine::Resp,
+    r: &hutong_server::wire::Resp,
     fallback: StatusCode,
 ) -> Response {
     respond(
@@ -266,9 +266,9 @@ async fn auth_call(
         .expect("a well-formed request");
     let r = match which {
         "otp" => {
-            hutong_server::auth_http::otp_send(State(st.clone()), ConnectInfo(addr), req).await
+            hutong_server::http::auth::otp_send(State(st.clone()), ConnectInfo(addr), req).await
         }
-        _ => hutong_server::auth_http::otp_verify(State(st.clone()), ConnectInfo(addr), req).await,
+        _ => hutong_server::http::auth::otp_verify(State(st.clone()), ConnectInfo(addr), req).await,
     };
     let status = r.status().as_u16();
     let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)

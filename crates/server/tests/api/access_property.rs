@@ -279,11 +279,9 @@ async fn build(app: &TestApp, s: &Spec) -> World {
         };
         let e = app.engine.clone();
         let g2 = g.clone();
-        tokio::task::spawn_blocking(move || {
-            hutong_server::access_api::record_grant(&e, &g2).unwrap()
-        })
-        .await
-        .unwrap();
+        tokio::task::spawn_blocking(move || hutong_server::consent::record_grant(&e, &g2).unwrap())
+            .await
+            .unwrap();
         items.insert(
             format!("Consent/{}", g.id),
             Item {

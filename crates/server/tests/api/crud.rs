@@ -26,7 +26,7 @@ async fn create_read_update_delete_history() {
     assert_eq!(got.body["meta"]["source"], "urn:org:hospital-1");
     assert_eq!(
         got.body["meta"]["extension"][0]["url"],
-        hutong_server::engine::COLLECTED_URL
+        hutong_fhir::vocab::COLLECTED_URL
     );
     assert!(got.body["meta"]["extension"][0]["valueInstant"].is_string());
     assert!(got.header("last-modified").is_some());

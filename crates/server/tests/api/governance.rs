@@ -399,7 +399,7 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
     let mut big = json!({"resourceType": "Patient", "id": "qb-big", "name": [{"text": "钱多"}],
         "birthDate": "1980-02-02", "identifier": [{"system": "urn:mrn:qb", "value": "2"}]})
     .to_string();
-    for i in 0..hutong_server::bulk::CHUNK + 200 {
+    for i in 0..hutong_server::engine::bulk::CHUNK + 200 {
         big.push('\n');
         big.push_str(&obs(&format!("qb-big-{i}"), "qb-big"));
     }
@@ -414,13 +414,13 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
         .to_string(),
     )
     .unwrap();
-    let files = hutong_server::bulk::collect_files(std::slice::from_ref(&dir)).unwrap();
+    let files = hutong_server::engine::bulk::collect_files(std::slice::from_ref(&dir)).unwrap();
     let report = tokio::task::block_in_place(|| {
-        hutong_server::bulk::import(&app.engine, &files, A, &|_, _| {}).unwrap()
+        hutong_server::engine::bulk::import(&app.engine, &files, A, &|_, _| {}).unwrap()
     });
     assert_eq!(
         report.loaded,
-        4 + 1 + hutong_server::bulk::CHUNK as u64 + 200,
+        4 + 1 + hutong_server::engine::bulk::CHUNK as u64 + 200,
         "{:?}",
         report.rejected
     );
@@ -451,7 +451,7 @@ async fn bulk_loads_check_references_once_every_file_is_in(app: &TestApp) {
 /// `import_done` rows count them) and loads nothing twice; a load that defers the value
 /// indexes answers date and string searches like one that keeps them.
 async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestApp) {
-    use hutong_server::bulk::{import_with, Indexes};
+    use hutong_server::engine::bulk::{import_with, Indexes};
     let tmp = hutong_store::testing::TempDir::new("bulk-resume");
     let dir = tmp.0.clone();
     // No ids: a line loaded twice would be a second Patient.
@@ -470,7 +470,7 @@ async fn bulk_loads_resume_in_their_chunk_size_and_may_defer_indexes(app: &TestA
     let count = |q: &str| {
         let q = hutong_store::Query::parse(
             "Patient",
-            &hutong_server::engine::parse_query_string(q),
+            &hutong_server::wire::parse_query_string(q),
             true,
         )
         .unwrap();

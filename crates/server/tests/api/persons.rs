@@ -63,7 +63,7 @@ macro_rules! paste_tests {
             #[tokio::test]
             async fn database_index() {
                 let app = crate::helpers::spawn_app_with(|s| {
-                    s.mpi_index = Some(hutong_server::matching::IndexKind::Database)
+                    s.mpi_index = Some(hutong_link::matching::IndexKind::Database)
                 })
                 .await;
                 super::on(stringify!($name), app).await

@@ -691,7 +691,7 @@ pub fn record(
             .exec(seen_put(d), &[Val::Int(key), Val::Int(s.rid)])?;
     }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
-        let order = crate::workorders::NewOrder {
+        let order = crate::governance::orders::NewOrder {
             category: hutong_quality::workorder::Category::WrongPatient,
             description: format!(
                 "疑似错挂患者：{} Suspected filing to the wrong patient: {}",
@@ -702,7 +702,7 @@ pub fn record(
             rule: Some(f.rule.into()),
             inputs: Vec::new(),
         };
-        crate::workorders::create_in(tx, policy, &order, source, None, Some(s))?;
+        crate::governance::orders::create_in(tx, policy, &order, source, None, Some(s))?;
     }
     Ok(())
 }

@@ -14,9 +14,10 @@ use hutong_fhir::Definitions;
 use hutong_store::sql::Val;
 use serde_json::Value;
 
-use crate::engine::{check_resource, Body, Engine, Req};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
+use crate::wire::{check_resource, Body, Req};
 
 /// NDJSON lines per transaction. Each transaction writes every page it dirtied to the WAL,
 /// and the value-first indexes dirty a page per row wherever the value falls: five times
@@ -323,7 +324,7 @@ fn deferred_references(
         let audit = chunk_entry("deferred reference check", 0, source);
         engine.store.write(&audit.hook(), |tx| {
             for (s, f) in &found {
-                crate::intake::record_findings(tx, source, s, f)?;
+                crate::governance::intake::record_findings(tx, source, s, f)?;
             }
             Ok::<_, ApiError>(())
         })?;
@@ -611,7 +612,7 @@ fn check_chunk(
             ))
         })
         .collect();
-    let checked = match crate::intake::check_with(
+    let checked = match crate::governance::intake::check_with(
         &engine.store,
         &engine.checker,
         &hutong_store::Scope::All,
@@ -649,7 +650,14 @@ fn check_chunk(
                 None => t.clone(),
             };
             let method = if path.contains('/') { "PUT" } else { "POST" };
-            let e = crate::intake::rejected(&engine.store, source, method, &path, &body, &located);
+            let e = crate::governance::intake::rejected(
+                &engine.store,
+                source,
+                method,
+                &path,
+                &body,
+                &located,
+            );
             let why: Vec<String> = findings
                 .iter()
                 .filter(|f| f.severity == hutong_quality::Severity::Error)
@@ -732,7 +740,7 @@ fn parse_line(
     source: &str,
     now: i64,
 ) -> Result<(String, Value), ApiError> {
-    let mut v = crate::engine::parse_json_str(line)?;
+    let mut v = crate::wire::parse_json_str(line)?;
     let t = v.at("resourceType").as_str().unwrap_or("").to_string();
     if !Definitions::get().is_resource_type(&t) {
         return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));
@@ -751,7 +759,7 @@ fn load_json_file(
     report: &mut ImportReport,
     pending: &mut Vec<Pending>,
 ) {
-    let v = match crate::engine::parse_json(bytes) {
+    let v = match crate::wire::parse_json(bytes) {
         Ok(v) => v,
         Err(e) => {
             return report
@@ -781,7 +789,7 @@ fn load_json_file(
             format!("import {name} as {source}"),
         );
         g.act("import");
-        let processed = crate::bundle::process(engine, &req, &g);
+        let processed = crate::engine::bundle::process(engine, &req, &g);
         g.finish(
             engine,
             processed.as_ref().map_or_else(|e| e.status, |r| r.status),

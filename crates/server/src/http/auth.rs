@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::to_bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -18,34 +18,9 @@ use hutong_fhir::IssueCode;
 use hutong_store::{Query, Scope};
 use serde_json::{json, Value};
 
-use crate::engine::parse_query_string;
 use crate::error::ApiError;
-use crate::http::AppState;
-
-/// Attempts per address per minute at the sign-in endpoints.
-const ATTEMPTS_PER_MINUTE: u32 = 30;
-
-/// A fixed-window counter of sign-in attempts per client address.
-#[derive(Default)]
-pub struct RateLimit {
-    windows: Mutex<HashMap<String, (i64, u32)>>,
-}
-
-impl RateLimit {
-    fn allow(&self, who: &str) -> bool {
-        let minute = hutong_fhir::date::now_ms() / 60_000;
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if w.len() > 100_000 {
-            w.retain(|_, (m, _)| *m == minute);
-        }
-        let e = w.entry(who.to_string()).or_insert((minute, 0));
-        if e.0 != minute {
-            *e = (minute, 0);
-        }
-        e.1 += 1;
-        e.1 <= ATTEMPTS_PER_MINUTE
-    }
-}
+use crate::http::state::AppState;
+use crate::wire::parse_query_string;
 
 fn outcome(status: u16, code: IssueCode, msg: impl Into<String>) -> Response {
     error_response(ApiError::new(status, code, msg))
@@ -140,7 +115,7 @@ async fn fields(req: Request) -> Result<(HeaderMap, HashMap<String, String>), Re
     let mut map = HashMap::new();
     if ct.starts_with("application/json") {
         let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| error_response(crate::engine::malformed(e)))?;
+            .map_err(|e| error_response(crate::wire::malformed(e)))?;
         for (k, x) in v.as_object().into_iter().flatten() {
             if let Some(s) = x.as_str() {
                 map.insert(k.clone(), s.to_string());
@@ -182,8 +157,8 @@ fn basic_auth(h: &HeaderMap) -> Option<(String, String)> {
     let s = String::from_utf8(raw).ok()?;
     let (id, secret) = s.split_once(':')?;
     Some((
-        crate::engine::percent_decode(id),
-        crate::engine::percent_decode(secret),
+        crate::wire::percent_decode(id),
+        crate::wire::percent_decode(secret),
     ))
 }
 

@@ -20,7 +20,7 @@ use hutong_fhir::date::{format_instant, now_ms};
 use hutong_mpi::compare::known_apart;
 use hutong_mpi::index::Grade;
 
-use crate::matching::Candidates;
+use crate::candidates::Candidates;
 use hutong_store::{Scope, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
@@ -608,13 +608,13 @@ impl Registry {
                     }
                 }
                 let mut v = person_resource(id, e, &patients, &self.trust);
-                crate::engine::stamp(&mut v, PLATFORM_SOURCE, now);
+                hutong_fhir::vocab::stamp(&mut v, PLATFORM_SOURCE, now);
                 let (s, _) = tx.update("Person", id, v, None)?;
                 versions.insert(id.clone(), (s.version, s.last_updated));
             }
             for a in &activities {
                 let mut v = provenance(a, &versions, now);
-                crate::engine::stamp(&mut v, PLATFORM_SOURCE, now);
+                hutong_fhir::vocab::stamp(&mut v, PLATFORM_SOURCE, now);
                 tx.create("Provenance", None, v)?;
             }
             for t in &tasks {
@@ -622,7 +622,7 @@ impl Registry {
                 // A review names two people's records: for the platform, not for their
                 // institutions.
                 hutong_fhir::security::add_labels(&mut v, hutong_fhir::security::ACCESS_RECORD);
-                crate::engine::stamp(&mut v, PLATFORM_SOURCE, now);
+                hutong_fhir::vocab::stamp(&mut v, PLATFORM_SOURCE, now);
                 tx.create("Task", None, v)?;
             }
             Ok::<_, StoreError>(versions)
@@ -1042,7 +1042,7 @@ pub fn catch_up(
 /// Writes a Task update (a review decision) in the same way as the registry's writes.
 pub fn write_task(tx: &mut Tx<'_>, id: &str, mut v: Value) -> Result<Stored, StoreError> {
     hutong_fhir::security::add_labels(&mut v, hutong_fhir::security::ACCESS_RECORD);
-    crate::engine::stamp(&mut v, PLATFORM_SOURCE, now_ms());
+    hutong_fhir::vocab::stamp(&mut v, PLATFORM_SOURCE, now_ms());
     tx.update("Task", id, v, None).map(|(s, _)| s)
 }
 

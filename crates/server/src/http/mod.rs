@@ -1,6 +1,11 @@
 //! The axum front: turns HTTP into engine requests and engine responses into HTTP, with the
 //! FHIR error shape for everything that can go wrong before the engine (size, media type).
 
+pub mod auth;
+pub mod state;
+
+pub use state::AppState;
+
 use std::sync::Arc;
 
 use axum::body::to_bytes;
@@ -12,38 +17,13 @@ use axum::Router;
 use hutong_access::principal::{Kind, Principal};
 use hutong_fhir::IssueCode;
 
-use crate::engine::{parse_query_string, percent_decode, Body, Engine, Req, Resp};
 use crate::error::ApiError;
-
-/// Shared state of the HTTP front.
-pub struct AppState {
-    pub engine: Engine,
-    pub body_limit: usize,
-    /// Fixed public base URL; derived from `Host` when absent.
-    pub base_url: Option<String>,
-    /// Sign-in attempts per address.
-    pub limits: crate::auth_http::RateLimit,
-    /// Serve the development outbox at `/dev/outbox` (demo and tests only: it shows codes).
-    pub dev_outbox: bool,
-}
-
-impl AppState {
-    /// The FHIR base URL as clients see it.
-    pub fn public_base(&self, headers: &HeaderMap) -> String {
-        self.base_url.clone().unwrap_or_else(|| {
-            let host = headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}/fhir")
-        })
-    }
-}
+use crate::wire::{parse_query_string, percent_decode, Body, Req, Resp};
 
 /// The router: FHIR under `/fhir`, signing in under `/auth`, discovery under
 /// `/.well-known`, a health check at `/healthz`.
 pub fn app(state: Arc<AppState>) -> Router {
-    use crate::auth_http as auth;
+    use crate::http::auth;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/auth/token", post(auth::token))
@@ -272,7 +252,7 @@ async fn fhir(
     };
     let reason = headers
         .get("x-hutong-reason")
-        .map(|r| crate::engine::percent_decode(r).trim().to_string())
+        .map(|r| crate::wire::percent_decode(r).trim().to_string())
         .filter(|r| !r.is_empty());
     let ereq = Req {
         method,
@@ -317,7 +297,7 @@ fn json_acceptable(accept: Option<&str>, query: &str) -> bool {
             || m == "application/*"
             || m.starts_with("text/html")
     };
-    for (k, v) in crate::engine::parse_query_string(query) {
+    for (k, v) in crate::wire::parse_query_string(query) {
         if k == "_format" && !json_like(&v) && v != "json" {
             return false;
         }

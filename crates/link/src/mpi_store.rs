@@ -21,7 +21,7 @@ use hutong_mpi::{Model, Record};
 use hutong_store::sql::{Conn, Dialect, Row, Val};
 use hutong_store::{shard_of, Store, StoreError};
 
-use crate::matching::Candidates;
+use crate::candidates::Candidates;
 
 const SQLITE: &str = "
 CREATE TABLE IF NOT EXISTS mpi_block (k INTEGER NOT NULL, shard INTEGER NOT NULL,

@@ -14,6 +14,7 @@ use hutong_mpi::index::{Index, Match};
 use hutong_mpi::{block, fhir::raw_from_patient, Model, Record};
 use hutong_store::{Scope, Store, StoreError, Stored};
 
+pub use crate::candidates::Candidates;
 use crate::mpi_store::{Put, StoredIndex};
 use crate::persons::Registry;
 
@@ -42,24 +43,6 @@ impl IndexKind {
             hutong_store::sql::Dialect::Sqlite => IndexKind::Memory,
             hutong_store::sql::Dialect::Postgres => IndexKind::Database,
         }
-    }
-}
-
-/// What linking decisions read from the index: a Patient's normalised record and the
-/// Patients that may be the same person. A database index that fails to answer answers
-/// "nothing" and keeps the error ([`Idx::take_error`]); whoever decided on such an answer
-/// throws the decision away.
-pub trait Candidates {
-    fn record(&self, patient: &str) -> Option<Record>;
-    fn matches(&self, record: &Record, limit: usize) -> Vec<Match>;
-}
-
-impl Candidates for Index {
-    fn record(&self, patient: &str) -> Option<Record> {
-        self.get(patient).cloned()
-    }
-    fn matches(&self, record: &Record, limit: usize) -> Vec<Match> {
-        Index::matches(self, record, limit)
     }
 }
 

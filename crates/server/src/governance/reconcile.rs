@@ -15,10 +15,11 @@ use hutong_store::sql::{Dialect, Val};
 use hutong_store::{RowScope, Scope, Store, StoreError};
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, Req, Resp};
+use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::governance::orders::{create_in, NewOrder};
 use crate::guard::Guard;
-use crate::workorders::{create_in, NewOrder};
+use crate::wire::{Req, Resp};
 
 const SQLITE: &str = "
 CREATE TABLE IF NOT EXISTS qc_reconcile (src TEXT NOT NULL, rid TEXT NOT NULL,
@@ -118,7 +119,7 @@ pub fn run(engine: &Engine, g: &Guard, source: &str, m: &Manifest) -> Result<Run
     });
     let name = order
         .as_ref()
-        .and_then(|_| crate::access_api::institution_name(engine, source));
+        .and_then(|_| crate::consent::institution_name(engine, source));
     let policy = &engine.checker.rules.work_orders;
     let work_order = g.write(engine, |tx| {
         tx.conn().exec(

@@ -16,91 +16,13 @@ use serde_json::{json, Value};
 use hutong_access::principal::{Capability, Kind};
 use hutong_store::{Lookup, Scope};
 
-use crate::engine::{parse_json, Body, BundleWriter, Engine, Req, Resp};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
-use crate::persons::{review_pair, Registry};
-
-/// The named parameters of a `Parameters` body.
-pub(crate) struct Params(Vec<Value>);
-
-impl Params {
-    pub(crate) fn parse(req: &Req, op: &str) -> Result<Params, ApiError> {
-        let body = parse_json(&req.body)?;
-        if body["resourceType"] != "Parameters" {
-            return Err(
-                ApiError::bad_request(format!("{op} takes a Parameters resource"))
-                    .with_expression("resourceType"),
-            );
-        }
-        Ok(Params(
-            body["parameter"].as_array().cloned().unwrap_or_default(),
-        ))
-    }
-
-    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.0.iter().filter(move |p| p["name"] == name)
-    }
-
-    pub(crate) fn string(&self, name: &str) -> Option<String> {
-        self.all(name).find_map(|p| {
-            // The text-like value types: a date, time or URI is taken as written (the
-            // operation parses it), so a client may send `end` as a valueDate.
-            [
-                "valueString",
-                "valueCode",
-                "valueDate",
-                "valueDateTime",
-                "valueInstant",
-                "valueUri",
-                "valueId",
-            ]
-            .iter()
-            .find_map(|k| p[*k].as_str())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-        })
-    }
-
-    pub(crate) fn required(&self, name: &str, op: &str) -> Result<String, ApiError> {
-        self.string(name).ok_or_else(|| {
-            ApiError::new(
-                400,
-                IssueCode::Required,
-                format!("{op} needs the parameter '{name}'"),
-            )
-            .with_expression(format!("Parameters.parameter.where(name='{name}')"))
-        })
-    }
-
-    /// References of `rtype` named `name` (valueReference or a valueString `Type/id`).
-    pub(crate) fn refs(&self, name: &str, rtype: &str) -> Result<Vec<String>, ApiError> {
-        let mut out = Vec::new();
-        for p in self.all(name) {
-            let r = p["valueReference"]["reference"]
-                .as_str()
-                .or(p["valueString"].as_str())
-                .unwrap_or("");
-            let id = r
-                .strip_prefix(&format!("{rtype}/"))
-                .filter(|id| hutong_fhir::is_valid_id(id))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "Parameter '{name}' must reference a {rtype} ({rtype}/id), not '{r}'"
-                    ))
-                })?;
-            out.push(id.to_string());
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn boolean(&self, name: &str) -> bool {
-        self.all(name).any(|p| p["valueBoolean"] == true)
-    }
-}
-
-pub(crate) use crate::engine::check_id;
+use crate::wire::check_id;
+use crate::wire::Params;
+use crate::wire::{Body, BundleWriter, Req, Resp};
+use hutong_link::persons::{review_pair, Registry};
 
 /// Link management is for identity stewards (and the platform itself).
 fn steward(g: &Guard, op: &str) -> Result<(), ApiError> {
@@ -135,7 +57,7 @@ fn author(g: &Guard, p: &Params) -> String {
 fn change<T>(
     engine: &Engine,
     g: &Guard,
-    f: impl FnOnce(&mut Registry, &dyn crate::matching::Candidates) -> Result<T, String>,
+    f: impl FnOnce(&mut Registry, &dyn hutong_link::matching::Candidates) -> Result<T, String>,
 ) -> Result<T, ApiError> {
     let mut entry = g.entry();
     entry.outcome = 200;
@@ -271,7 +193,7 @@ pub fn decide(engine: &Engine, req: &Req, g: &Guard, task: &str) -> Result<Resp,
         .filter(|s| !s.deleted)
         .ok_or_else(|| ApiError::not_found(format!("Task/{task} is not known")))?;
     let mut t = stored.json()?;
-    if !crate::persons::is_review_task(&t) {
+    if !hutong_link::persons::is_review_task(&t) {
         return Err(ApiError::bad_request(format!(
             "Task/{task} is not a match review"
         )));
@@ -298,7 +220,7 @@ pub fn decide(engine: &Engine, req: &Req, g: &Guard, task: &str) -> Result<Resp,
     t["note"] = json!([{"authorString": author, "text": reason}]);
     t["output"] = json!([{"type": {"text": "decision"}, "valueCode": decision}]);
     let s = g.write(engine, |tx| {
-        Ok(crate::persons::write_task(tx, task, t.clone())?)
+        Ok(hutong_link::persons::write_task(tx, task, t.clone())?)
     })?;
     Ok(Resp::json(200, s.json()?))
 }
@@ -440,7 +362,7 @@ pub fn everything(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result
     }
     let total = keyed.len() as u64 + 1;
     let path = format!("{}/Person/{person}/$everything", req.base);
-    let qs = |off: usize| crate::engine::page_link(&path, &req.query, count, off);
+    let qs = |off: usize| crate::wire::page_link(&path, &req.query, count, off);
     let mut links = vec![("self", qs(offset))];
     if offset + count < total as usize {
         links.push(("next", qs(offset + count)));

@@ -20,9 +20,10 @@ use hutong_store::sql::Val;
 use hutong_store::{RowScope, Scope};
 use serde_json::{json, Value};
 
-use crate::engine::{Body, Engine, Req, Resp};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
+use crate::wire::{Body, Req, Resp};
 
 /// A resource received more than this many hours after its clinical time is late.
 pub const LATE_HOURS: i64 = 24;
@@ -254,56 +255,35 @@ pub fn build(
     })
 }
 
-/// What a report counts has not changed while these have not: the newest version received
-/// (every write, Organizations' renames included, moves it), the newest rejection and the
-/// newest reconciliation run.
-type Marker = (i64, i64, i64);
-
-type Key = (String, String, Option<String>);
-
-/// Built reports, kept until something they count changes: a report is a scan of the
-/// period's resources, which an operator's page should not pay on every view.
-#[derive(Default)]
-pub struct Cache {
-    entries: std::sync::Mutex<Vec<(Key, Marker, std::sync::Arc<Report>)>>,
-}
-
-/// Reports kept at most.
-const CACHED: usize = 8;
-
-impl Cache {
-    /// The report for `from..=to` (one source or all), built or kept.
-    pub fn get(
-        &self,
-        engine: &Engine,
-        from: &str,
-        to: &str,
-        only: Option<&str>,
-    ) -> Result<std::sync::Arc<Report>, ApiError> {
-        let r = engine.store.query_admin(
-            "SELECT (SELECT MAX(lastmod) FROM res), (SELECT MAX(at) FROM qc_quarantine), \
-             (SELECT MAX(at) FROM qc_reconcile)",
-            &[],
-        )?;
-        let int = |v: &Val| match v {
+/// The report for `from..=to` (one source or all), built or kept. What a report counts has
+/// not changed while the marker has not: the newest version received (every write,
+/// Organizations' renames included, moves it), the newest rejection and the newest
+/// reconciliation run.
+fn report_for(
+    engine: &Engine,
+    from: &str,
+    to: &str,
+    only: Option<&str>,
+) -> Result<std::sync::Arc<Report>, ApiError> {
+    let r = engine.store.query_admin(
+        "SELECT (SELECT MAX(lastmod) FROM res), (SELECT MAX(at) FROM qc_quarantine), \
+         (SELECT MAX(at) FROM qc_reconcile)",
+        &[],
+    )?;
+    let marker = r[0]
+        .iter()
+        .map(|v| match v {
             Val::Int(i) => *i,
             _ => 0,
-        };
-        let marker = (int(&r[0][0]), int(&r[0][1]), int(&r[0][2]));
-        let key = (from.to_string(), to.to_string(), only.map(String::from));
-        {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, _, rep)) = entries.iter().find(|(k, m, _)| *k == key && *m == marker) {
-                return Ok(rep.clone());
-            }
-        }
-        let rep = std::sync::Arc::new(build(engine, from, to, only)?);
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(k, _, _)| *k != key);
-        entries.insert(0, (key, marker, rep.clone()));
-        entries.truncate(CACHED);
-        Ok(rep)
-    }
+        })
+        .collect();
+    let key = format!(
+        "scorecard\u{1f}{from}\u{1f}{to}\u{1f}{}",
+        only.unwrap_or("")
+    );
+    engine
+        .derived
+        .get_or_build(&key, marker, || build(engine, from, to, only))
 }
 
 /// Source URI → (name, district) of the registered institutions.
@@ -379,7 +359,7 @@ pub fn card(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         Some(f) => f,
         None => day_of_ms(day_start(&to)? - 29 * DAY_MS),
     };
-    let report = engine.reports.get(engine, &from, &to, only.as_deref())?;
+    let report = report_for(engine, &from, &to, only.as_deref())?;
     g.note(format!(
         "scorecard {from}..{to} for {}",
         only.as_deref().unwrap_or("the region")

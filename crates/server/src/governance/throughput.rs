@@ -15,9 +15,10 @@ use hutong_quality::scorecard::percentile;
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, Req, Resp, COLLECTED_URL};
+use crate::engine::{Engine, COLLECTED_URL};
 use crate::error::ApiError;
 use crate::guard::Guard;
+use crate::wire::{Req, Resp};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -118,7 +119,7 @@ fn hours_of(ms: i64) -> f64 {
 /// and each institution's, busiest first.
 pub fn report(engine: &Engine, w: &Window) -> Result<Value, ApiError> {
     let store = &engine.store;
-    let platform = crate::scorecards::PLATFORM_SOURCES;
+    let platform = crate::governance::scorecards::PLATFORM_SOURCES;
     let received: Vec<(String, i64, u64)> = store
         .received_per_hour(w.start)?
         .into_iter()
@@ -151,7 +152,7 @@ pub fn report(engine: &Engine, w: &Window) -> Result<Value, ApiError> {
         }
     }
     let rows = tally(w, &received, &rejected, &delays);
-    let orgs = crate::scorecards::organizations(engine)?;
+    let orgs = crate::governance::scorecards::organizations(engine)?;
     let mut region = Row {
         received: vec![0; w.hours],
         rejected: vec![0; w.hours],
@@ -208,7 +209,7 @@ fn figures(r: &Row) -> Value {
 /// `GET $intake[?hours=1..168]` (default 24): for quality officers and administrators.
 pub fn op(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("intake");
-    if !crate::workorders::operator(g) {
+    if !crate::governance::workorders::operator(g) {
         return Err(ApiError::new(
             403,
             hutong_fhir::IssueCode::Forbidden,

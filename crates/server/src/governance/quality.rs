@@ -8,10 +8,11 @@ use hutong_fhir::IssueCode;
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
-use crate::engine::{check_resource, parse_json, Body, Engine, Req, Resp};
+use crate::engine::Engine;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::intake;
+use crate::wire::{check_resource, parse_json, Body, Req, Resp};
 
 /// Whether the asker oversees every source's data quality.
 fn officer(g: &Guard) -> bool {
@@ -85,19 +86,6 @@ fn item(engine: &Engine, g: &Guard, qid: &str) -> Result<Vec<Val>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("No quarantined submission {qid}")))
 }
 
-/// `_count` (1–500) and `_offset` of the governance lists.
-pub(crate) fn paging(k: &str, v: &str, count: &mut i64, offset: &mut i64) -> Result<(), ApiError> {
-    let n = v
-        .parse::<i64>()
-        .map_err(|_| ApiError::bad_request(format!("{k} must be a number")))?;
-    if k == "_count" {
-        *count = n.clamp(1, 500);
-    } else {
-        *offset = n.max(0);
-    }
-    Ok(())
-}
-
 /// `GET $quarantine[?status=open|resubmitted|superseded|all][&source=…][&_count][&_offset]`.
 pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("quarantine");
@@ -114,7 +102,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                     return Err(forbidden("An institution sees only its own quarantine"));
                 }
             }
-            "_count" | "_offset" => crate::quality_api::paging(k, v, &mut count, &mut offset)?,
+            "_count" | "_offset" => crate::wire::paging(k, v, &mut count, &mut offset)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Unknown parameter '{other}' (status, source, _count, _offset)"

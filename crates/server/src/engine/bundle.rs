@@ -14,12 +14,14 @@ use serde_json::{json, Value};
 
 use hutong_access::principal::Perms;
 
-use crate::engine::{
-    check_owner, check_resource, conditional_match, parse_json, parse_query_string, prefer_return,
-    Body, BundleWriter, Engine, Req, Resp, Return,
-};
+use crate::engine::write::{check_owner, conditional_match};
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
+use crate::wire::{
+    check_resource, parse_json, parse_query_string, prefer_return, Body, BundleWriter, Req, Resp,
+    Return,
+};
 
 struct Entry {
     index: usize,
@@ -528,7 +530,7 @@ fn transaction(
         for &i in &sequence {
             let e = &prepared[i];
             let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
-            let if_match = e.if_match.as_deref().map(crate::engine::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
+            let if_match = e.if_match.as_deref().map(crate::wire::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
             let stored = match (e.method.as_str(), seg.as_slice()) {
                 ("DELETE", [t, id]) => {
                     claim(t, id, i)?;
@@ -600,10 +602,10 @@ fn transaction(
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PATCH", [t, id]) => {
-                    let cur = crate::engine::visible_in(g, tx, t, id).map_err(|x| entry_error(i, x))?;
+                    let cur = crate::engine::read::visible_in(g, tx, t, id).map_err(|x| entry_error(i, x))?;
                     g.may_write(t, Perms::UPDATE, Some(&cur)).map_err(|x| entry_error(i, x))?;
                     let patch_doc = patch_body(e.resource.as_ref()).map_err(|x| entry_error(i, x))?;
-                    let patch = crate::engine::Patch::parse(patch_doc).map_err(|x| entry_error(i, x))?;
+                    let patch = crate::engine::write::Patch::parse(patch_doc).map_err(|x| entry_error(i, x))?;
                     let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
                     patch.apply(&mut doc).map_err(|x| entry_error(i, x))?;
                     // The result is a submission like any other: the envelope, the filing
@@ -618,7 +620,7 @@ fn transaction(
                         .map(|(a, b)| (a.to_string(), b.to_string()))
                         .collect();
                     local.insert((t.to_string(), id.to_string()));
-                    let mut c = crate::intake::check(&engine.store, &engine.checker, &g.filing_scope(), &source, &[&doc], local, true)
+                    let mut c = crate::governance::intake::check(&engine.store, &engine.checker, &g.filing_scope(), &source, &[&doc], local, true)
                         .map_err(|x| entry_error(i, x))?;
                     let found = c.findings.pop().unwrap_or_default();
                     if hutong_quality::rejects(&found) {
@@ -668,7 +670,7 @@ fn transaction(
         let at = format!("Bundle.entry[{}].resource", prepared[i].index);
         let located: Vec<(Option<String>, &hutong_quality::Finding)> =
             findings.iter().map(|f| (Some(at.clone()), f)).collect();
-        return Err(crate::intake::rejected(
+        return Err(crate::governance::intake::rejected(
             &engine.store,
             &source,
             "POST",
@@ -679,7 +681,7 @@ fn transaction(
     }
     let (results, written) = results?;
     for s in &written {
-        crate::access_api::after_write(engine, g, s)?;
+        crate::consent::appointments::after_write(engine, g, s)?;
     }
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for r in results {
@@ -754,7 +756,7 @@ fn govern(
         which.push((i, r));
     }
     let resources: Vec<&Value> = which.iter().map(|(_, r)| *r).collect();
-    let checked = crate::intake::check(
+    let checked = crate::governance::intake::check(
         &engine.store,
         &engine.checker,
         &g.filing_scope(),
@@ -783,7 +785,7 @@ fn govern(
                 f.iter().map(move |x| (Some(at.clone()), x))
             })
             .collect();
-        return Err(crate::intake::rejected(
+        return Err(crate::governance::intake::rejected(
             &engine.store,
             source,
             "POST",
