@@ -6,7 +6,8 @@
 //! everything back. A batch runs each entry on its own, through the same engine as a plain
 //! request.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::{Definitions, IssueCode};
@@ -14,7 +15,10 @@ use serde_json::{json, Value};
 
 use hutong_access::principal::Perms;
 
-use crate::engine::write::{check_owner, conditional_match};
+use crate::engine::write::conditional_match;
+use crate::engine::write::Patch;
+use crate::engine::write::Rejection;
+use crate::engine::write::Submission;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
@@ -463,8 +467,7 @@ fn transaction(
 
     // A PATCH entry whose result the intake rules reject: the transaction fails, and the
     // submission is quarantined once it has rolled back, as any rejected one is.
-    let patch_rejected: std::cell::RefCell<Option<(usize, Vec<hutong_quality::Finding>)>> =
-        Default::default();
+    let mut patch_rejected: Option<(usize, Rejection)> = None;
     let results = g.write(engine, |tx| {
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut cache: HashMap<String, String> = HashMap::new();
@@ -529,108 +532,78 @@ fn transaction(
         // Pass 2: execute in the prescribed order.
         for &i in &sequence {
             let e = &prepared[i];
+            let at = |x: ApiError| entry_error(i, x);
+            let submission = |i: usize| Submission {
+                findings: findings[i].as_deref().unwrap_or_default(),
+                fingerprint: &fingerprints[i],
+            };
             let seg: Vec<&str> = e.path.split('/').filter(|s| !s.is_empty()).collect();
             let if_match = e.if_match.as_deref().map(crate::wire::parse_etag).transpose().map_err(|x| entry_error(i, x))?;
             let stored = match (e.method.as_str(), seg.as_slice()) {
                 ("DELETE", [t, id]) => {
                     claim(t, id, i)?;
-                    match tx.read(t, id).map_err(|x| entry_error(i, x.into()))? {
-                        Some(cur) => g.may_write(t, Perms::DELETE, Some(&cur)),
-                        None => g.may(t, Perms::DELETE),
-                    }
-                    .map_err(|x| entry_error(i, x))?;
-                    let d = tx.delete(t, id, if_match).map_err(|x| entry_error(i, x.into()))?;
+                    let d = engine.delete_in(tx, g, t, id, if_match).map_err(at)?;
                     results[i] = Some(Out::Fields(json!({"response": {"status": if d.is_some() { "200 OK" } else { "204 No Content" }}}), None));
                     None
                 }
                 ("DELETE", [t]) => {
-                    g.may(t, Perms::DELETE).map_err(|x| entry_error(i, x))?;
-                    if let Some(found) = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))? {
-                        claim(t, &found.id, i)?;
-                        g.may_write(t, Perms::DELETE, Some(&found)).map_err(|x| entry_error(i, x))?;
-                        tx.delete(t, &found.id, None).map_err(|x| entry_error(i, x.into()))?;
+                    if let Some(d) = engine.conditional_delete_in(tx, g, t, &e.query).map_err(at)? {
+                        claim(t, &d.id, i)?;
                     }
                     results[i] = Some(Out::Fields(json!({"response": {"status": "200 OK"}}), None));
                     None
                 }
                 ("POST", [t]) => match &post_ids[i] {
                     None => None, // ifNoneExist matched: nothing to write
-                    // Borrowed: a transaction retried after a conflict (PostgreSQL) writes
-                    // it again.
-                    Some(_) if early[i].is_some() => {
-                        let p = early[i].as_ref().expect("checked");
-                        if let Some(r) = &e.resource {
-                            g.may_file(tx, t, r).map_err(|x| entry_error(i, x))?;
-                        }
-                        let s = tx.write_prepared(p, true).map_err(|x| entry_error(i, x.into()))?;
-                        Some((s, "201 Created"))
-                    }
                     Some(id) => {
-                        let mut r = e.resource.clone().expect("checked");
-                        rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
-                        g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
-                        let s = tx.insert_fresh(t, id, r).map_err(|x| entry_error(i, x.into()))?;
+                        let sub = submission(i);
+                        let r = e.resource.as_ref().expect("checked in parse_entries");
+                        // Borrowed: a transaction retried after a conflict (PostgreSQL)
+                        // writes it again.
+                        let (s, _) = match early[i].as_ref() {
+                            Some(p) => engine.create_in(tx, g, &source, t, Some(id), Cow::Borrowed(r), Some(p), &sub, None),
+                            None => {
+                                let mut r = r.clone();
+                                rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(at)?;
+                                engine.create_in(tx, g, &source, t, Some(id), Cow::Owned(r), None, &sub, None)
+                            }
+                        }
+                        .map_err(at)?;
                         Some((s, "201 Created"))
                     }
                 },
                 ("PUT", [t, id]) => {
-                    let mut r = e.resource.clone().expect("checked");
-                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
-                    check_owner(engine, g, tx, t, id).map_err(|x| entry_error(i, x))?;
-                    g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
-                    let (s, created) = tx.update(t, id, r, if_match).map_err(|x| entry_error(i, x.into()))?;
+                    let mut r = e.resource.clone().expect("checked in parse_entries");
+                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(at)?;
+                    let (s, created) = engine.update_in(tx, g, &source, t, id, r, &submission(i), if_match).map_err(at)?;
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PUT", [t]) => {
-                    let mut r = e.resource.clone().expect("checked");
-                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(|x| entry_error(i, x))?;
-                    let found = conditional_match(tx, t, &e.query, &g.scope).map_err(|x| entry_error(i, x))?;
-                    g.may_file(tx, t, &r).map_err(|x| entry_error(i, x))?;
-                    let (s, created) = match found {
-                        Some(f) => {
-                            g.may_write(t, Perms::UPDATE, Some(&f)).map_err(|x| entry_error(i, x))?;
-                            tx.update(t, &f.id, r, if_match).map_err(|x| entry_error(i, x.into()))?
-                        }
-                        None => {
-                            g.may_write(t, Perms::CREATE, None).map_err(|x| entry_error(i, x))?;
-                            (tx.create(t, None, r).map_err(|x| entry_error(i, x.into()))?, true)
-                        }
-                    };
+                    let mut r = e.resource.clone().expect("checked in parse_entries");
+                    rewrite_refs(&mut r, &ids, tx, &mut cache, &g.scope).map_err(at)?;
+                    let (s, created) = engine
+                        .conditional_update_in(tx, g, &source, t, &e.query, r, &submission(i), if_match)
+                        .map_err(at)?;
                     if let Some(f) = &e.full_url {
                         ids.insert(f.clone(), format!("{t}/{}", s.id));
                     }
                     Some((s, if created { "201 Created" } else { "200 OK" }))
                 }
                 ("PATCH", [t, id]) => {
-                    let cur = crate::engine::read::visible_in(g, tx, t, id).map_err(|x| entry_error(i, x))?;
-                    g.may_write(t, Perms::UPDATE, Some(&cur)).map_err(|x| entry_error(i, x))?;
-                    let patch_doc = patch_body(e.resource.as_ref()).map_err(|x| entry_error(i, x))?;
-                    let patch = crate::engine::write::Patch::parse(patch_doc).map_err(|x| entry_error(i, x))?;
-                    let mut doc = cur.json().map_err(|x| entry_error(i, x.into()))?;
-                    patch.apply(&mut doc).map_err(|x| entry_error(i, x))?;
-                    // The result is a submission like any other: the envelope, the filing
-                    // check and the intake rules, as the PATCH interaction alone checks it.
-                    check_resource(&doc, t, Some(id)).map_err(|x| entry_error(i, x))?;
-                    engine.intake(&mut doc, &source, now);
-                    g.may_file(tx, t, &doc).map_err(|x| entry_error(i, x))?;
+                    let patch_doc = patch_body(e.resource.as_ref()).map_err(at)?;
+                    let patch = Patch::parse(patch_doc).map_err(at)?;
                     // What the transaction writes resolves the patched resource's references.
-                    let mut local: std::collections::HashSet<(String, String)> = ids
+                    let local: HashSet<(String, String)> = ids
                         .values()
                         .filter_map(|r| r.split_once('/'))
                         .map(|(a, b)| (a.to_string(), b.to_string()))
                         .collect();
-                    local.insert((t.to_string(), id.to_string()));
-                    let mut c = crate::governance::intake::check(&engine.store, &engine.checker, &g.filing_scope(), &source, &[&doc], local, true)
-                        .map_err(|x| entry_error(i, x))?;
-                    let found = c.findings.pop().unwrap_or_default();
-                    if hutong_quality::rejects(&found) {
-                        *patch_rejected.borrow_mut() = Some((i, found));
-                        return Err(ApiError::new(422, IssueCode::BusinessRule, "rejected by the intake rules"));
+                    let mut rejected = None;
+                    let r = engine.patch_in(tx, g, &source, t, id, &patch, if_match, local, &mut rejected);
+                    if let Some(x) = rejected {
+                        patch_rejected = Some((i, x));
                     }
-                    let fp = c.fingerprints.pop().unwrap_or_default();
-                    let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version))).map_err(|x| entry_error(i, x.into()))?;
-                    engine.keep(tx, &source, &s, &found, &fp)?;
-                    Some((s, "200 OK"))
+                    Some((r.map_err(at)?, "200 OK"))
                 }
                 ("GET", _) | ("HEAD", _) => {
                     let (f, b) = get_in_tx(tx, req, g, &seg, &e.query).map_err(|x| entry_error(i, x))?;
@@ -641,11 +614,6 @@ fn transaction(
             };
             if let Some((s, status)) = stored {
                 claim(&s.rtype, &s.id, i)?;
-                if let Some(f) = &findings[i] {
-                    engine.keep(
-                tx,
-                &source, &s, f, &fingerprints[i])?;
-                }
                 let body = if representation { Some(g.release(&s).into_owned()) } else { None };
                 if s.rtype == "Appointment" {
                     written.push(s.clone());
@@ -666,22 +634,13 @@ fn transaction(
         }
         Ok::<_, ApiError>((results, written))
     });
-    if let Some((i, findings)) = patch_rejected.into_inner() {
+    if let Some((i, x)) = patch_rejected {
         let at = format!("Bundle.entry[{}].resource", prepared[i].index);
-        let located: Vec<(Option<String>, &hutong_quality::Finding)> =
-            findings.iter().map(|f| (Some(at.clone()), f)).collect();
-        return Err(crate::governance::intake::rejected(
-            &engine.store,
-            &source,
-            "POST",
-            "",
-            &req.body,
-            &located,
-        ));
+        return Err(engine.quarantine(&source, "POST", "", &req.body, Some(&at), &x.findings));
     }
     let (results, written) = results?;
     for s in &written {
-        crate::consent::appointments::after_write(engine, g, s)?;
+        engine.after_commit(g, s)?;
     }
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for r in results {

@@ -21,8 +21,11 @@ use hutong_access::principal::{Kind, Perms};
 use hutong_fhir::date::now_ms;
 pub use hutong_fhir::vocab::COLLECTED_URL;
 use hutong_fhir::{IssueCode, Outcome};
+use hutong_store::Prepared;
 use hutong_store::{Query, Scope, Stored, Tx};
 use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::HashSet;
 
 impl Engine {
     pub(crate) fn body_resource(
@@ -65,21 +68,13 @@ impl Engine {
         )?;
         let found = c.findings.pop().unwrap_or_default();
         if hutong_quality::rejects(&found) {
-            let f: Vec<(Option<String>, &hutong_quality::Finding)> =
-                found.iter().map(|f| (None, f)).collect();
             let path = req.segments.join("/");
-            return Err(crate::governance::intake::rejected(
-                &self.store,
-                &source,
-                &req.method,
-                &path,
-                &req.body,
-                &f,
-            ));
+            return Err(self.quarantine(&source, &req.method, &path, &req.body, None, &found));
         }
         Ok((found, c.fingerprints.pop().unwrap_or_default()))
     }
 
+    /// `POST [type]` (with `If-None-Exist`, a conditional create).
     pub(crate) fn create(&self, req: &Req, g: &Guard, t: &str) -> Result<Resp, ApiError> {
         g.may_write(t, Perms::CREATE, None)?;
         let mut v = self.body_resource(req, t, None)?;
@@ -87,41 +82,49 @@ impl Engine {
             o.remove("id");
         }
         let (found, fp) = self.govern(req, g, &v)?;
+        let sub = Submission {
+            findings: &found,
+            fingerprint: &fp,
+        };
         let source = self.source_of(req);
         let cond = req.header("if-none-exist").map(parse_query_string);
         let (s, created) = g.write(self, |tx| {
-            if let Some(c) = &cond {
-                if let Some(found) = conditional_match(tx, t, c, &g.scope)? {
-                    return Ok::<_, ApiError>((found, false));
-                }
-            }
-            g.may_file(tx, t, &v)?;
-            let s = tx.create(t, None, v.clone())?;
-            self.keep(tx, &source, &s, &found, &fp)?;
-            Ok((s, true))
+            self.create_in(
+                tx,
+                g,
+                &source,
+                t,
+                None,
+                Cow::Borrowed(&v),
+                None,
+                &sub,
+                cond.as_deref(),
+            )
         })?;
         if created {
-            crate::consent::appointments::after_write(self, g, &s)?;
+            self.after_commit(g, &s)?;
         }
         Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
+    /// `PUT [type]/[id]`.
     pub(crate) fn update(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let v = self.body_resource(req, t, Some(id))?;
         let (found, fp) = self.govern(req, g, &v)?;
+        let sub = Submission {
+            findings: &found,
+            fingerprint: &fp,
+        };
         let source = self.source_of(req);
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let (s, created) = g.write(self, |tx| {
-            check_owner(self, g, tx, t, id)?;
-            g.may_file(tx, t, &v)?;
-            let (s, created) = tx.update(t, id, v.clone(), if_match)?;
-            self.keep(tx, &source, &s, &found, &fp)?;
-            Ok::<_, ApiError>((s, created))
+            self.update_in(tx, g, &source, t, id, v.clone(), &sub, if_match)
         })?;
-        crate::consent::appointments::after_write(self, g, &s)?;
+        self.after_commit(g, &s)?;
         Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
+    /// `PUT [type]?criteria`.
     pub(crate) fn conditional_update(
         &self,
         req: &Req,
@@ -133,121 +136,60 @@ impl Engine {
                 "A conditional update needs search parameters",
             ));
         }
-        let v = parse_json(&req.body)?;
-        check_resource(&v, t, None)?;
-        let mut v = v;
-        self.intake(&mut v, &self.source_of(req), now_ms());
+        let v = self.body_resource(req, t, None)?;
         let (found, fp) = self.govern(req, g, &v)?;
+        let sub = Submission {
+            findings: &found,
+            fingerprint: &fp,
+        };
         let source = self.source_of(req);
+        let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let (s, created) = g.write(self, |tx| {
-            let q = Query::parse(t, &req.query, true)?;
-            let page = tx.search(&q.probe(), &g.scope)?;
-            match page.matches.as_slice() {
-                [] => {
-                    g.may_write(t, Perms::CREATE, None)?;
-                    let id = v.get("id").and_then(Value::as_str).map(String::from);
-                    if let Some(id) = &id {
-                        check_owner(self, g, tx, t, id)?;
-                    }
-                    g.may_file(tx, t, &v)?;
-                    let s = tx.create(t, id.as_deref(), v.clone())?;
-                    self.keep(tx, &source, &s, &found, &fp)?;
-                    Ok::<_, ApiError>((s, true))
-                }
-                [one] => {
-                    if let Some(body_id) = v.get("id").and_then(Value::as_str) {
-                        if body_id != one.id {
-                            return Err(ApiError::bad_request(
-                                "The resource id does not match the resource the criteria found",
-                            ));
-                        }
-                    }
-                    g.may_write(t, Perms::UPDATE, Some(one))?;
-                    g.may_file(tx, t, &v)?;
-                    let (s, _) = tx.update(t, &one.id, v.clone(), None)?;
-                    self.keep(tx, &source, &s, &found, &fp)?;
-                    Ok((s, false))
-                }
-                _ => Err(ApiError::new(
-                    412,
-                    IssueCode::MultipleMatches,
-                    "The criteria match more than one resource",
-                )),
-            }
+            self.conditional_update_in(tx, g, &source, t, &req.query, v.clone(), &sub, if_match)
         })?;
-        crate::consent::appointments::after_write(self, g, &s)?;
+        self.after_commit(g, &s)?;
         Ok(write_response(req, g, if created { 201 } else { 200 }, &s))
     }
 
+    /// `PATCH [type]/[id]` (JSON Patch or FHIRPath Patch).
     pub(crate) fn patch(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let patch = Patch::parse(parse_json(&req.body)?)?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let source = self.source_of(req);
-        // A patch's result is checked like any submission; a rejected one is quarantined
-        // once the transaction is over.
-        let rejected: std::cell::RefCell<Option<(Value, Vec<hutong_quality::Finding>)>> =
-            Default::default();
+        let mut rejected = None;
         let r = g.write(self, |tx| {
-            let cur = visible_in(g, tx, t, id)?;
-            g.may_write(t, Perms::UPDATE, Some(&cur))?;
-            let mut doc = cur.json()?;
-            patch.apply(&mut doc)?;
-            check_resource(&doc, t, Some(id))?;
-            self.intake(&mut doc, &source, now_ms());
-            g.may_file(tx, t, &doc)?;
-            let local = [(t.to_string(), id.to_string())].into();
-            let mut c = crate::governance::intake::check(
-                &self.store,
-                &self.checker,
-                &g.filing_scope(),
+            self.patch_in(
+                tx,
+                g,
                 &source,
-                &[&doc],
-                local,
-                true,
-            )?;
-            if c.rejects() {
-                let findings = c.findings.pop().unwrap_or_default();
-                *rejected.borrow_mut() = Some((doc, findings));
-                return Err(ApiError::new(
-                    422,
-                    IssueCode::BusinessRule,
-                    "rejected by the intake rules",
-                ));
-            }
-            let found = c.findings.pop().unwrap_or_default();
-            let fp = c.fingerprints.pop().unwrap_or_default();
-            let (s, created) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
-            self.keep(tx, &source, &s, &found, &fp)?;
-            Ok::<_, ApiError>((s, created))
+                t,
+                id,
+                &patch,
+                if_match,
+                Default::default(),
+                &mut rejected,
+            )
         });
-        if let Some((doc, findings)) = rejected.into_inner() {
-            let f: Vec<(Option<String>, &hutong_quality::Finding)> =
-                findings.iter().map(|f| (None, f)).collect();
-            let body = serde_json::to_vec(&doc).unwrap_or_default();
-            return Err(crate::governance::intake::rejected(
-                &self.store,
+        if let Some(x) = rejected {
+            let body = serde_json::to_vec(&x.resource).unwrap_or_default();
+            return Err(self.quarantine(
                 &source,
                 "PUT",
                 &format!("{t}/{id}"),
                 &body,
-                &f,
+                None,
+                &x.findings,
             ));
         }
-        let (s, _) = r?;
-        crate::consent::appointments::after_write(self, g, &s)?;
+        let s = r?;
+        self.after_commit(g, &s)?;
         Ok(write_response(req, g, 200, &s))
     }
 
+    /// `DELETE [type]/[id]`.
     pub(crate) fn delete(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
-        let r = g.write(self, |tx| {
-            if let Some(cur) = tx.read(t, id)? {
-                g.may_write(t, Perms::DELETE, Some(&cur))?;
-            } else {
-                g.may(t, Perms::DELETE)?;
-            }
-            Ok::<_, ApiError>(tx.delete(t, id, if_match)?)
-        })?;
+        let r = g.write(self, |tx| self.delete_in(tx, g, t, id, if_match))?;
         Ok(match r {
             Some(s) => Resp::json(
                 200,
@@ -262,6 +204,7 @@ impl Engine {
         })
     }
 
+    /// `DELETE [type]?criteria`.
     pub(crate) fn conditional_delete(
         &self,
         req: &Req,
@@ -275,22 +218,7 @@ impl Engine {
         }
         // Refused before the search: whether anything matched is not the question.
         g.may(t, Perms::DELETE)?;
-        let deleted = g.write(self, |tx| {
-            let q = Query::parse(t, &req.query, true)?;
-            let page = tx.search(&q.probe(), &g.scope)?;
-            match page.matches.as_slice() {
-                [] => Ok::<_, ApiError>(None),
-                [one] => {
-                    g.may_write(t, Perms::DELETE, Some(one))?;
-                    Ok(tx.delete(t, &one.id.clone(), None)?)
-                }
-                _ => Err(ApiError::new(
-                    412,
-                    IssueCode::MultipleMatches,
-                    "The criteria match more than one resource",
-                )),
-            }
-        })?;
+        let deleted = g.write(self, |tx| self.conditional_delete_in(tx, g, t, &req.query))?;
         Ok(match deleted {
             Some(s) => Resp::json(
                 200,
@@ -303,6 +231,222 @@ impl Engine {
             },
         })
     }
+
+    // -- the interactions over a transaction: the one write path --------------------------
+
+    /// Creates `t` from a submission: under `id` when the caller chose it (a transaction's
+    /// entries are given theirs before any is written, so references can point at them),
+    /// from `prepared` when it was indexed and compressed outside the writer's turn. With
+    /// `if_none_exist`, the one match is returned instead (`false`: nothing created).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        t: &str,
+        id: Option<&str>,
+        resource: Cow<'_, Value>,
+        prepared: Option<&Prepared>,
+        sub: &Submission<'_>,
+        if_none_exist: Option<&[(String, String)]>,
+    ) -> Result<(Stored, bool), ApiError> {
+        g.may_write(t, Perms::CREATE, None)?;
+        if let Some(c) = if_none_exist {
+            if let Some(found) = conditional_match(tx, t, c, &g.scope)? {
+                return Ok((found, false));
+            }
+        }
+        g.may_file(tx, t, &resource)?;
+        let s = match (prepared, id) {
+            (Some(p), _) => tx.write_prepared(p, true)?,
+            (None, Some(id)) => tx.insert_fresh(t, id, resource.into_owned())?,
+            (None, None) => tx.create(t, None, resource.into_owned())?,
+        };
+        self.keep(tx, source, &s, sub.findings, sub.fingerprint)?;
+        Ok((s, true))
+    }
+
+    /// Updates (or creates, the id being the client's) `t/id` from a submission.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn update_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        t: &str,
+        id: &str,
+        resource: Value,
+        sub: &Submission<'_>,
+        if_match: Option<i64>,
+    ) -> Result<(Stored, bool), ApiError> {
+        check_owner(self, g, tx, t, id)?;
+        g.may_file(tx, t, &resource)?;
+        let (s, created) = tx.update(t, id, resource, if_match)?;
+        self.keep(tx, source, &s, sub.findings, sub.fingerprint)?;
+        Ok((s, created))
+    }
+
+    /// Updates the one resource `criteria` find, or creates one (under the submission's id,
+    /// when it has one) when none does; more than one is a 412.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conditional_update_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        t: &str,
+        criteria: &[(String, String)],
+        resource: Value,
+        sub: &Submission<'_>,
+        if_match: Option<i64>,
+    ) -> Result<(Stored, bool), ApiError> {
+        let body_id = resource.get("id").and_then(Value::as_str).map(String::from);
+        let (s, created) = match conditional_match(tx, t, criteria, &g.scope)? {
+            None => {
+                g.may_write(t, Perms::CREATE, None)?;
+                if let Some(id) = &body_id {
+                    check_owner(self, g, tx, t, id)?;
+                }
+                g.may_file(tx, t, &resource)?;
+                (tx.create(t, body_id.as_deref(), resource)?, true)
+            }
+            Some(one) => {
+                if body_id.as_ref().is_some_and(|b| *b != one.id) {
+                    return Err(ApiError::bad_request(
+                        "The resource id does not match the resource the criteria found",
+                    ));
+                }
+                g.may_write(t, Perms::UPDATE, Some(&one))?;
+                g.may_file(tx, t, &resource)?;
+                (tx.update(t, &one.id, resource, if_match)?.0, false)
+            }
+        };
+        self.keep(tx, source, &s, sub.findings, sub.fingerprint)?;
+        Ok((s, created))
+    }
+
+    /// Patches `t/id`. The result is a submission like any other — the envelope, the filing
+    /// check and the intake rules — whose references may point at what `local` names (the
+    /// resources the same transaction writes). A result the rules reject fails the write and
+    /// is left in `rejected`, to be quarantined once the transaction has rolled back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn patch_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        t: &str,
+        id: &str,
+        patch: &Patch,
+        if_match: Option<i64>,
+        mut local: HashSet<(String, String)>,
+        rejected: &mut Option<Rejection>,
+    ) -> Result<Stored, ApiError> {
+        let cur = visible_in(g, tx, t, id)?;
+        g.may_write(t, Perms::UPDATE, Some(&cur))?;
+        let mut doc = cur.json()?;
+        patch.apply(&mut doc)?;
+        check_resource(&doc, t, Some(id))?;
+        self.intake(&mut doc, source, now_ms());
+        g.may_file(tx, t, &doc)?;
+        local.insert((t.to_string(), id.to_string()));
+        let mut c = crate::governance::intake::check(
+            &self.store,
+            &self.checker,
+            &g.filing_scope(),
+            source,
+            &[&doc],
+            local,
+            true,
+        )?;
+        let findings = c.findings.pop().unwrap_or_default();
+        if hutong_quality::rejects(&findings) {
+            *rejected = Some(Rejection {
+                resource: doc,
+                findings,
+            });
+            return Err(ApiError::new(
+                422,
+                IssueCode::BusinessRule,
+                "rejected by the intake rules",
+            ));
+        }
+        let fp = c.fingerprints.pop().unwrap_or_default();
+        let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
+        self.keep(tx, source, &s, &findings, &fp)?;
+        Ok(s)
+    }
+
+    /// Deletes `t/id`: the deletion's version, or `None` when there was nothing to delete.
+    pub(crate) fn delete_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        t: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Option<Stored>, ApiError> {
+        match tx.read(t, id)? {
+            Some(cur) => g.may_write(t, Perms::DELETE, Some(&cur))?,
+            None => g.may(t, Perms::DELETE)?,
+        }
+        Ok(tx.delete(t, id, if_match)?)
+    }
+
+    /// Deletes the one resource `criteria` find (`None` when none does; more than one is a
+    /// 412).
+    pub(crate) fn conditional_delete_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        t: &str,
+        criteria: &[(String, String)],
+    ) -> Result<Option<Stored>, ApiError> {
+        g.may(t, Perms::DELETE)?;
+        match conditional_match(tx, t, criteria, &g.scope)? {
+            None => Ok(None),
+            Some(one) => {
+                g.may_write(t, Perms::DELETE, Some(&one))?;
+                Ok(tx.delete(t, &one.id, None)?)
+            }
+        }
+    }
+
+    /// What follows a committed write outside its transaction: an Appointment booked or
+    /// cancelled changes the institution's access for the visit.
+    pub(crate) fn after_commit(&self, g: &Guard, s: &Stored) -> Result<(), ApiError> {
+        crate::consent::appointments::after_write(self, g, s)
+    }
+
+    /// Quarantines a rejected submission and returns the rejection to send: `at` locates
+    /// the findings inside a Bundle.
+    pub(crate) fn quarantine(
+        &self,
+        source: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        at: Option<&str>,
+        findings: &[hutong_quality::Finding],
+    ) -> ApiError {
+        let located: Vec<(Option<String>, &hutong_quality::Finding)> =
+            findings.iter().map(|f| (at.map(String::from), f)).collect();
+        crate::governance::intake::rejected(&self.store, source, method, path, body, &located)
+    }
+}
+
+/// The intake rules' verdict on a submission about to be written: recorded beside the
+/// version in its transaction.
+pub(crate) struct Submission<'a> {
+    pub findings: &'a [hutong_quality::Finding],
+    pub fingerprint: &'a str,
+}
+
+/// A result the intake rules rejected inside a write.
+pub(crate) struct Rejection {
+    pub resource: Value,
+    pub findings: Vec<hutong_quality::Finding>,
 }
 
 /// A patch as a request carries it: JSON Patch (an array of operations), or FHIRPath Patch

@@ -1133,6 +1133,21 @@ async fn every_write_path_refuses_an_invalid_result_alike(app: &TestApp) {
         assert_eq!(t.status, 422, "{name} transaction: {}", t.body);
         assert!(t.body.to_string().contains("status"), "{name}: {}", t.body);
     }
+    // Bulk import: the same rejection, reported per line.
+    let tmp = hutong_store::testing::TempDir::new("write-paths");
+    let dir = tmp.0.clone();
+    std::fs::write(dir.join("bad.ndjson"), format!("{bad_put}\n")).unwrap();
+    let files = hutong_server::engine::bulk::collect_files(&[dir]).unwrap();
+    let report = tokio::task::block_in_place(|| {
+        hutong_server::engine::bulk::import(&app.engine, &files, A, &|_, _| {}).unwrap()
+    });
+    assert_eq!(report.loaded, 0, "import: {:?}", report.rejected);
+    assert_eq!(report.rejected.len(), 1, "import: {:?}", report.rejected);
+    assert!(
+        report.rejected[0].2.contains("Observation.status"),
+        "import: {:?}",
+        report.rejected
+    );
     // Nothing was written by any of them.
     assert_eq!(app.get(&target).await.body["meta"]["versionId"], before);
     assert_eq!(app.get("Observation/a-bad-1").await.status, 404);
