@@ -135,22 +135,9 @@ pub fn make(division: u32, year: u32, month: u32, day: u32, seq: u32) -> String 
     format!("{body}{c}")
 }
 
-pub fn is_leap(y: u32) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
-
-pub fn days_in_month(y: u32, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => 0,
-    }
-}
-
+/// Whether `y-m-d` is a calendar date (the arithmetic is `hutong_fhir::date`'s).
 pub fn is_date(y: u32, m: u32, d: u32) -> bool {
-    (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m)
+    hutong_fhir::date::is_date(i64::from(y), m, d)
 }
 
 #[cfg(test)]

@@ -46,13 +46,30 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     )
 }
 
-fn days_in_month(y: i64, m: u32) -> u32 {
+/// Whether `y` is a leap year (proleptic Gregorian).
+pub fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+/// The days of month `m` of year `y`; 0 for a month that is not one.
+pub fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        _ => 31,
+        2 if is_leap(y) => 29,
+        2 => 28,
+        _ => 0,
     }
+}
+
+/// Whether `y-m-d` is a calendar date.
+pub fn is_date(y: i64, m: u32, d: u32) -> bool {
+    d >= 1 && d <= days_in_month(y, m)
+}
+
+/// Today's civil date (UTC).
+pub fn today() -> (i64, u32, u32) {
+    civil_from_days(now_ms().div_euclid(DAY))
 }
 
 const DAY: i64 = 86_400_000;

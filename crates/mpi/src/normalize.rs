@@ -143,19 +143,8 @@ pub fn date(s: &str) -> Option<(u16, u8, u8)> {
 
 /// Today's civil date (UTC), for rejecting birth dates in the future.
 fn today() -> (u32, u32, u32) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Civil-from-days (Howard Hinnant), as in the calendar code elsewhere.
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    ((yoe + era * 400 + i64::from(m <= 2)) as u32, m, d)
+    let (y, m, d) = hutong_fhir::date::today();
+    (y as u32, m, d)
 }
 
 pub fn phone(s: &str) -> Option<String> {

@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
 use crate::wire::check_id;
+use crate::wire::Paging;
 use crate::wire::Params;
 use crate::wire::{Body, BundleWriter, Req, Resp};
 use hutong_link::persons::{review_pair, Registry};
@@ -277,8 +278,7 @@ fn clinical_time(s: &Stored, v: &Value) -> Option<i64> {
 
 fn everything_filter(req: &Req) -> Result<(Everything, usize, usize), ApiError> {
     let mut e = Everything::default();
-    let mut count = 100usize;
-    let mut offset = 0usize;
+    let Paging { count, offset } = Paging::parse(&req.query, (100, 5000))?;
     let date = |k: &str, v: &str| {
         hutong_fhir::date::parse(v)
             .ok_or_else(|| ApiError::bad_request(format!("Invalid {k} '{v}'")))
@@ -297,17 +297,6 @@ fn everything_filter(req: &Req) -> Result<(Everything, usize, usize), ApiError> 
                     }
                     e.types.push(t.to_string());
                 }
-            }
-            "_count" => {
-                count = v
-                    .parse::<usize>()
-                    .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                    .clamp(1, 5_000)
-            }
-            "_offset" => {
-                offset = v
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("_offset must be a number"))?
             }
             _ => {}
         }

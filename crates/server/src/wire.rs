@@ -561,6 +561,43 @@ mod tests {
         assert_eq!(percent_decode("%zz"), "%zz");
     }
 
+    #[test]
+    fn paging_reads_count_and_offset_within_the_lists_bounds() {
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            Paging::parse(&q(&[]), Paging::LISTS).unwrap(),
+            Paging {
+                count: 50,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            Paging::parse(
+                &q(&[("_count", "9999"), ("_offset", "40"), ("x", "1")]),
+                Paging::LISTS
+            )
+            .unwrap(),
+            Paging {
+                count: 500,
+                offset: 40
+            }
+        );
+        assert_eq!(
+            Paging::parse(&q(&[("_count", "0")]), (20, 100))
+                .unwrap()
+                .count,
+            0
+        );
+        let e = Paging::parse(&q(&[("_offset", "-1")]), Paging::LISTS).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message().contains("_offset"), "{}", e.message());
+    }
+
     proptest! {
         #[test]
         fn search_entries_are_json_whatever_the_base(base in "(\\PC|[\"\\\\]){0,40}", id in "[A-Za-z0-9.-]{1,64}") {
@@ -671,15 +708,46 @@ impl Params {
     }
 }
 
-/// `_count` (1–500) and `_offset` of the governance lists.
-pub(crate) fn paging(k: &str, v: &str, count: &mut i64, offset: &mut i64) -> Result<(), ApiError> {
-    let n = v
-        .parse::<i64>()
-        .map_err(|_| ApiError::bad_request(format!("{k} must be a number")))?;
-    if k == "_count" {
-        *count = n.clamp(1, 500);
-    } else {
-        *offset = n.max(0);
+/// `_count` and `_offset` of a list: one reading for every list the server pages. Each list
+/// declares its default page and the most it serves at once; `_count=0` asks for the total
+/// alone (FHIR search); anything but a number is a 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    pub count: usize,
+    pub offset: usize,
+}
+
+impl Paging {
+    /// Governance and audit lists: 50 a page, at most 500.
+    pub const LISTS: (usize, usize) = (50, 500);
+
+    /// Reads `_count` (at most `max`) and `_offset` from `query`; `default` when absent.
+    pub fn parse(
+        query: &[(String, String)],
+        (default, max): (usize, usize),
+    ) -> Result<Paging, ApiError> {
+        let mut p = Paging {
+            count: default,
+            offset: 0,
+        };
+        for (k, v) in query {
+            let n = || {
+                v.trim().parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!("{k} must be a number, not '{v}'"))
+                        .with_expression(k.clone())
+                })
+            };
+            match k.as_str() {
+                "_count" => p.count = n()?.min(max),
+                "_offset" => p.offset = n()?,
+                _ => {}
+            }
+        }
+        Ok(p)
     }
-    Ok(())
+
+    /// Whether `k` is one of the paging parameters (for lists that refuse unknown ones).
+    pub fn is_param(k: &str) -> bool {
+        matches!(k, "_count" | "_offset")
+    }
 }

@@ -305,15 +305,10 @@ pub async fn login_send(
             &pre,
         );
     };
-    let phone: String = f
+    let phone = f
         .get("phone")
-        .map(|p| p.chars().filter(char::is_ascii_digit).collect())
+        .map(|p| hutong_cn::phone::normalize(p))
         .unwrap_or_default();
-    let phone = phone
-        .strip_prefix("86")
-        .filter(|p| p.len() == 11)
-        .map(String::from)
-        .unwrap_or(phone);
     let (status, v) = auth_call(&st, addr, "otp", &[("phone", &phone)]).await;
     if status == 202 {
         let m = code_form(lang, &pre, &phone, false, None);

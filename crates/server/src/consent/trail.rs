@@ -8,6 +8,7 @@ use crate::engine::Engine;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::wire::check_id;
+use crate::wire::Paging;
 use crate::wire::{Body, BundleWriter, Req, Resp};
 use hutong_access::principal::{Capability, Perms};
 use hutong_fhir::IssueCode;
@@ -48,22 +49,10 @@ fn audit_bundle(
 }
 
 fn paging(req: &Req) -> Result<(usize, usize, i64, i64), ApiError> {
-    let mut count = 50usize;
-    let mut offset = 0usize;
+    let Paging { count, offset } = Paging::parse(&req.query, Paging::LISTS)?;
     let (mut since, mut until) = (i64::MIN, i64::MAX);
     for (k, v) in &req.query {
         match k.as_str() {
-            "_count" => {
-                count = v
-                    .parse::<usize>()
-                    .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                    .clamp(1, 500)
-            }
-            "_offset" => {
-                offset = v
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("_offset must be a number"))?
-            }
             "date" => {
                 let (prefix, d) = match v.get(..2) {
                     Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),

@@ -11,6 +11,7 @@ use crate::wire::page_link;
 use crate::wire::prefer_return;
 use crate::wire::Body;
 use crate::wire::BundleWriter;
+use crate::wire::Paging;
 use crate::wire::Req;
 use crate::wire::Resp;
 use crate::wire::Return;
@@ -172,22 +173,10 @@ impl Engine {
         g: &Guard,
         which: HistoryScope,
     ) -> Result<Resp, ApiError> {
-        let mut count = 20usize;
-        let mut offset = 0usize;
+        let Paging { count, offset } = Paging::parse(&req.query, (20, 1000))?;
         let mut since = None;
         for (k, v) in &req.query {
             match k.as_str() {
-                "_count" => {
-                    count = v
-                        .parse::<usize>()
-                        .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                        .min(1000)
-                }
-                "_offset" => {
-                    offset = v
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("_offset must be a number"))?
-                }
                 "_since" => {
                     since = Some(
                         hutong_fhir::date::parse(v)
@@ -261,9 +250,11 @@ impl Engine {
         if p.deleted {
             return Err(ApiError::not_found(format!("Patient/{id} is not known")));
         }
+        let paging = Paging::parse(&req.query, (1000, 5000))?;
         let mut e = Everything {
             patient: id.to_string(),
-            count: 1000,
+            count: paging.count,
+            offset: paging.offset,
             ..Default::default()
         };
         let date = |k: &str, v: &str| {
@@ -280,17 +271,6 @@ impl Engine {
                         check_type(t)?;
                         e.types.push(t.to_string());
                     }
-                }
-                "_count" => {
-                    e.count = v
-                        .parse::<usize>()
-                        .map_err(|_| ApiError::bad_request("_count must be a number"))?
-                        .clamp(1, 5000)
-                }
-                "_offset" => {
-                    e.offset = v
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("_offset must be a number"))?
                 }
                 _ => {}
             }

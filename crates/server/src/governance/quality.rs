@@ -12,6 +12,7 @@ use crate::engine::Engine;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::intake;
+use crate::wire::Paging;
 use crate::wire::{check_resource, parse_json, Body, Req, Resp};
 
 /// Whether the asker oversees every source's data quality.
@@ -92,7 +93,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     let only = sources(g)?;
     let mut status = "open".to_string();
     let mut source = only.clone();
-    let (mut count, mut offset) = (50i64, 0i64);
+    let Paging { count, offset } = Paging::parse(&req.query, Paging::LISTS)?;
     for (k, v) in &req.query {
         match k.as_str() {
             "status" => status = v.clone(),
@@ -102,7 +103,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                     return Err(forbidden("An institution sees only its own quarantine"));
                 }
             }
-            "_count" | "_offset" => crate::wire::paging(k, v, &mut count, &mut offset)?,
+            k if Paging::is_param(k) => {}
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Unknown parameter '{other}' (status, source, _count, _offset)"
@@ -136,8 +137,8 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     }
     let total = engine.store.query_admin(&count_sql, &params)?[0][0].int();
     sql.push_str(" ORDER BY at DESC, qid LIMIT ? OFFSET ?");
-    params.push(Val::Int(count));
-    params.push(Val::Int(offset));
+    params.push(Val::Int(count as i64));
+    params.push(Val::Int(offset as i64));
     let items: Vec<Value> = engine
         .store
         .query_admin(&sql, &params)?

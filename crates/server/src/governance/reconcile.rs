@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::governance::orders::{create_in, NewOrder};
 use crate::guard::Guard;
+use crate::wire::Paging;
 use crate::wire::{Req, Resp};
 
 const SQLITE: &str = "
@@ -225,17 +226,10 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         sql.push_str(" WHERE src = ?");
         params.push(Val::Text(source_for(g, req)?));
     }
-    let count = req
-        .query
-        .iter()
-        .find(|(k, _)| k == "_count")
-        .map(|(_, v)| v.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::bad_request("_count must be a number"))?
-        .unwrap_or(50)
-        .clamp(1, 500);
-    sql.push_str(" ORDER BY at DESC LIMIT ?");
-    params.push(Val::Int(count));
+    let page = Paging::parse(&req.query, Paging::LISTS)?;
+    sql.push_str(" ORDER BY at DESC LIMIT ? OFFSET ?");
+    params.push(Val::Int(page.count as i64));
+    params.push(Val::Int(page.offset as i64));
     let items: Vec<Value> = engine
         .store
         .query_admin(&sql, &params)?

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::engine::Engine;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
+use crate::wire::Paging;
 use crate::wire::{check_id, Params};
 use crate::wire::{Req, Resp};
 
@@ -380,7 +381,7 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
             ))
         }
     }
-    let (mut count, mut offset) = (50i64, 0i64);
+    let Paging { count, offset } = Paging::parse(&req.query, Paging::LISTS)?;
     let now = now_ms();
     let mut states: Option<Vec<String>> = Some(
         [State::Open, State::Accepted, State::InProgress]
@@ -415,16 +416,23 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
                 sql.push_str(" AND category = ?");
                 params.push(Val::Text(v.clone()));
             }
-            "overdue" if v == "true" => {
-                sql.push_str(" AND state IN ('open', 'accepted', 'in-progress') AND due < ?");
+            "overdue" => {
+                let open_past_due = "state IN ('open', 'accepted', 'in-progress') AND due < ?";
+                match flag(k, v)? {
+                    true => sql.push_str(&format!(" AND {open_past_due}")),
+                    false => sql.push_str(&format!(" AND NOT ({open_past_due})")),
+                }
                 params.push(Val::Int(now));
             }
-            "escalated" if v == "true" => sql.push_str(" AND escalated > 0"),
+            "escalated" => match flag(k, v)? {
+                true => sql.push_str(" AND escalated > 0"),
+                false => sql.push_str(" AND escalated = 0"),
+            },
             "owner" => {
                 sql.push_str(" AND src = ?");
                 params.push(Val::Text(v.clone()));
             }
-            "_count" | "_offset" => crate::wire::paging(k, v, &mut count, &mut offset)?,
+            k if Paging::is_param(k) => {}
             other => {
                 return Err(ApiError::bad_request(format!(
                     "Unknown parameter '{other}' (state, category, overdue, escalated, owner, _count, _offset)"
@@ -448,8 +456,8 @@ pub fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
          due, escalated{sql}"
     );
     sql.push_str(" ORDER BY due, id LIMIT ? OFFSET ?");
-    params.push(Val::Int(count));
-    params.push(Val::Int(offset));
+    params.push(Val::Int(count as i64));
+    params.push(Val::Int(offset as i64));
     let items: Vec<Value> = engine
         .store
         .query_admin(&sql, &params)?
@@ -654,4 +662,15 @@ fn repeated_failures(engine: &Engine, now: i64) -> Result<u64, ApiError> {
         opened += 1;
     }
     Ok(opened)
+}
+
+/// A `true`/`false` filter; anything else is a 400 naming the parameter.
+fn flag(k: &str, v: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "{k} must be true or false, not '{v}'"
+        ))),
+    }
 }

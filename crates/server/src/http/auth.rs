@@ -471,14 +471,9 @@ pub async fn resident_password(
     }
 }
 
+/// A phone number as the accounts hold it: digits, without a `+86`/`0086` prefix.
 fn digits(phone: &str) -> String {
-    let d: String = phone.chars().filter(char::is_ascii_digit).collect();
-    // +86 and 0086 prefixes: the last 11 digits are the mobile number.
-    if d.len() > 11 {
-        d[d.len() - 11..].to_string()
-    } else {
-        d
-    }
+    hutong_cn::phone::normalize(phone)
 }
 
 /// The persons whose records carry `phone` (their golden record, or any institution's

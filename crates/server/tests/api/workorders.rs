@@ -350,6 +350,14 @@ async fn overdue_orders_escalate_and_the_platform_opens_its_own(app: &TestApp) {
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
     assert_eq!(queue(app, &a, "overdue=true").await.len(), 1);
+    // The filters take both values: the rest of the queue is not overdue.
+    let all = queue(app, &a, "").await.len();
+    assert_eq!(queue(app, &a, "overdue=false").await.len(), all - 1);
+    assert_eq!(queue(app, &a, "escalated=false").await.len(), all);
+    let r = app
+        .send_as(&a, "GET", "$work-orders?overdue=soon", None, &[])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
 
     // Three Observations without a clinical time (a data-set finding each), and one filed
     // under an encounter of another patient.
