@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use hutong_access::principal::{Kind, Perms, Principal};
 use hutong_access::{decision, Asker, View};
 use hutong_audit::{Entry, Who};
-use hutong_fhir::IssueCode;
 use hutong_store::{Scope, Stored, Tx};
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 
 /// A request's view of the access decision and its audit entry.
 pub struct Guard {
@@ -281,9 +281,8 @@ impl Guard {
             return Ok(());
         };
         match patient_of(&patient)? {
-            Some(p) if !p.deleted && !scope.permits_stored(&p) => Err(ApiError::new(
-                403,
-                IssueCode::Forbidden,
+            Some(p) if !p.deleted && !scope.permits_stored(&p) => Err(ApiError::of(
+                Code::Forbidden,
                 format!(
                     "Patient/{patient} is not in the records you are authorized to read, so you \
                      may not add to their record ({rtype} filed under them). Register the \
@@ -315,9 +314,8 @@ impl Guard {
             Kind::Operator => " Operators read clinical content only with a recorded reason (X-Hutong-Reason).",
             _ => "",
         };
-        ApiError::new(
-            403,
-            IssueCode::Forbidden,
+        ApiError::of(
+            Code::Forbidden,
             format!("{what} is not in the records you are authorized to read.{how}"),
         )
     }

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use hutong_fhir::index::{extract_kind, IndexValue};
-use hutong_fhir::IssueCode;
 use hutong_store::search::Everything;
 use hutong_store::{Query, Stored};
 use serde_json::{json, Value};
@@ -18,6 +17,7 @@ use hutong_store::{Lookup, Scope};
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::check_id;
 use crate::wire::Paging;
@@ -31,9 +31,8 @@ fn steward(g: &Guard, op: &str) -> Result<(), ApiError> {
     if g.principal.can(Capability::ManageIdentity) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            403,
-            IssueCode::Forbidden,
+        Err(ApiError::of(
+            Code::Forbidden,
             format!("{op} is for identity stewards"),
         ))
     }
@@ -65,17 +64,12 @@ fn change<T>(
     let r = engine.matcher.change(&engine.store, &entry, f)?;
     g.committed();
     r.map_err(|msg| {
-        let status = if msg.ends_with("is not known") {
-            404
+        let code = if msg.ends_with("is not known") {
+            Code::NotFound
         } else {
-            422
+            Code::Unprocessable
         };
-        let code = if status == 404 {
-            IssueCode::NotFound
-        } else {
-            IssueCode::Processing
-        };
-        ApiError::new(status, code, msg)
+        ApiError::of(code, msg)
     })
 }
 
@@ -200,9 +194,8 @@ pub fn decide(engine: &Engine, req: &Req, g: &Guard, task: &str) -> Result<Resp,
         )));
     }
     if t["status"] != "requested" {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!("Task/{task} was already decided ({})", t["status"]),
         ));
     }
@@ -520,7 +513,7 @@ pub fn summary(engine: &Engine, req: &Req, g: &Guard, person: &str) -> Result<Re
     });
     let mut w = BundleWriter::new("collection", None, &[]);
     let comp = serde_json::to_vec(&composition)
-        .map_err(|e| ApiError::new(500, IssueCode::Exception, e.to_string()))?;
+        .map_err(|e| ApiError::of(Code::Internal, e.to_string()))?;
     w.entry(json!({}), Some(&comp));
     included.sort_unstable();
     included.dedup();
@@ -558,9 +551,8 @@ pub fn pix(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
         }
     }
     let source = source.ok_or_else(|| {
-        ApiError::new(
-            400,
-            IssueCode::Required,
+        ApiError::of(
+            Code::Required,
             "$ihe-pix needs sourceIdentifier=system|value",
         )
     })?;

@@ -5,13 +5,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use hutong_fhir::date::{format_instant, now_ms};
-use hutong_fhir::{Definitions, IssueCode};
+use hutong_fhir::Definitions;
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
 use crate::consent::{break_glass, grants, trail};
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::identity as per;
 use crate::wire::{Body, Req, Resp};
@@ -72,9 +73,8 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("GET", ["$export-status", job]) => status(engine, g, job),
         ("DELETE", ["$export-status", job]) => cancel(engine, g, job),
         ("GET", ["$export-file", job, name]) => file(engine, g, job, name),
-        _ => Err(ApiError::new(
-            400,
-            IssueCode::NotSupported,
+        _ => Err(ApiError::of(
+            Code::Unsupported,
             format!("Operation {} is not supported here", req.segments.join("/")),
         )),
     }
@@ -237,9 +237,8 @@ fn kick_off(engine: &Engine, req: &Req, g: &Guard, level: ExportLevel) -> Result
     }
     types.retain(|t| g.scope.allows_type(t) && g.principal.scopes.allows(t, Perms::READ));
     if types.is_empty() {
-        return Err(ApiError::new(
-            403,
-            IssueCode::Forbidden,
+        return Err(ApiError::of(
+            Code::Forbidden,
             "None of the requested types may be exported with this access token",
         ));
     }
@@ -434,9 +433,8 @@ fn status(engine: &Engine, g: &Guard, job: &str) -> Result<Resp, ApiError> {
             serde_json::from_str(&result).unwrap_or(Value::Null),
         )),
         "cancelled" => Err(ApiError::not_found(format!("Export {job} was cancelled"))),
-        _ => Err(ApiError::new(
-            500,
-            IssueCode::Exception,
+        _ => Err(ApiError::of(
+            Code::Internal,
             format!("Export {job} failed: {result}"),
         )),
     }

@@ -4,6 +4,7 @@
 //! but the HTTP front and the crate root.
 
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::check_id;
 use crate::wire::check_type;
@@ -16,7 +17,6 @@ use crate::wire::Resp;
 use crate::Engine;
 use hutong_access::principal::Perms;
 pub use hutong_fhir::vocab::COLLECTED_URL;
-use hutong_fhir::IssueCode;
 use hutong_store::HistoryScope;
 
 impl Engine {
@@ -105,15 +105,11 @@ impl Engine {
                 g.act("history");
                 self.history(req, g, HistoryScope::System)
             }
-            ("GET", []) | ("GET", ["_search"]) | ("POST", ["_search"]) => Err(ApiError::new(
-                400,
-                IssueCode::NotSupported,
+            ("GET", []) | ("GET", ["_search"]) | ("POST", ["_search"]) => Err(ApiError::of(Code::Unsupported,
                 "System-level search needs a resource type; use /{type}?…",
             )),
             (m, ["AuditEvent", ..]) if m != "GET" && !req.segments.iter().any(|s| s.starts_with('$')) => {
-                Err(ApiError::new(
-                    405,
-                    IssueCode::NotSupported,
+                Err(ApiError::of(Code::MethodNotAllowed,
                     format!("{m} is not allowed on AuditEvent: the audit trail is written by the platform alone, one entry per access or change, and is never changed or deleted"),
                 ))
             }
@@ -230,9 +226,7 @@ impl Engine {
                 self.search(req, g, ct, &req.query, Some(id))
             }
             (m, _) if !matches!(m, "GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
-                Err(ApiError::new(
-                    405,
-                    IssueCode::NotSupported,
+                Err(ApiError::of(Code::MethodNotAllowed,
                     format!("Method {m} is not supported"),
                 ))
             }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use hutong_access::principal::Principal;
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::json::Fields;
-use hutong_fhir::{is_valid_id, Definitions, IssueCode};
+use hutong_fhir::{is_valid_id, Definitions};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::error::Code;
 
 /// The bytes of a search entry besides its URL's parts and its resource:
 /// `{"fullUrl":"//","search":{"mode":"include"},"resource":}` and the separating comma.
@@ -140,18 +141,16 @@ pub fn parse_json_str(body: &str) -> Result<Value, ApiError> {
 }
 
 pub(crate) fn empty_body() -> ApiError {
-    ApiError::new(
-        400,
-        IssueCode::Structure,
+    ApiError::of(
+        Code::Structure,
         "The request body is empty; a FHIR JSON resource was expected.",
     )
 }
 
 /// The 400 a JSON body that does not parse gets, with where it broke.
 pub(crate) fn malformed(e: serde_json::Error) -> ApiError {
-    ApiError::new(
-        400,
-        IssueCode::Structure,
+    ApiError::of(
+        Code::Structure,
         format!(
             "Malformed JSON at line {}, column {}: {e}",
             e.line(),
@@ -185,16 +184,15 @@ pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
 /// Checks the envelope of a resource submitted for `rtype` (and, for updates, `id`).
 pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), ApiError> {
     let Some(obj) = v.as_object() else {
-        return Err(ApiError::new(
-            400,
-            IssueCode::Structure,
+        return Err(ApiError::of(
+            Code::Structure,
             "A resource must be a JSON object",
         ));
     };
     match obj.field("resourceType").and_then(Value::as_str) {
         None => {
             return Err(
-                ApiError::new(400, IssueCode::Required, "The resource has no resourceType")
+                ApiError::of(Code::Required, "The resource has no resourceType")
                     .with_expression("resourceType"),
             )
         }
@@ -207,14 +205,12 @@ pub fn check_resource(v: &Value, rtype: &str, id: Option<&str>) -> Result<(), Ap
         Some(_) => {}
     }
     if rtype == "AuditEvent" {
-        return Err(ApiError::new(
-            405,
-            IssueCode::NotSupported,
+        return Err(ApiError::of(Code::MethodNotAllowed,
             "AuditEvent is written by the platform alone, one entry per access or change; it cannot be submitted, changed or deleted",
         ));
     }
     if let Some((at, what)) = bad_string(v, &mut String::from(rtype)) {
-        return Err(ApiError::new(400, IssueCode::Value, what).with_expression(&at));
+        return Err(ApiError::of(Code::Value, what).with_expression(&at));
     }
     match (obj.field("id"), id) {
         (Some(Value::String(body_id)), Some(url_id)) if body_id != url_id => {
@@ -673,12 +669,8 @@ impl Params {
 
     pub(crate) fn required(&self, name: &str, op: &str) -> Result<String, ApiError> {
         self.string(name).ok_or_else(|| {
-            ApiError::new(
-                400,
-                IssueCode::Required,
-                format!("{op} needs the parameter '{name}'"),
-            )
-            .with_expression(format!("Parameters.parameter.where(name='{name}')"))
+            ApiError::of(Code::Required, format!("{op} needs the parameter '{name}'"))
+                .with_expression(format!("Parameters.parameter.where(name='{name}')"))
         })
     }
 

@@ -11,6 +11,7 @@ use crate::consent::save;
 use crate::consent::ACCESS_CS;
 use crate::consent::BREAK_GLASS_REVIEW;
 use crate::engine::Engine;
+use crate::error::Code;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::wire::{check_id, Params};
@@ -20,7 +21,6 @@ use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::security;
 use hutong_fhir::vocab::stamp;
-use hutong_fhir::IssueCode;
 use serde_json::{json, Value};
 
 /// `Person/{id}/$break-glass`: emergency access by a clinician, with a mandatory `reason`:
@@ -123,9 +123,8 @@ pub fn review(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Resp, A
         )));
     }
     if t["status"] != "requested" {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!("Task/{id} was already reviewed"),
         ));
     }

@@ -15,6 +15,7 @@ use crate::consent::phone_of;
 use crate::consent::save;
 use crate::consent::unprocessable;
 use crate::engine::Engine;
+use crate::error::Code;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::wire::{check_id, Params};
@@ -24,7 +25,6 @@ use hutong_access::principal::{Capability, Kind};
 use hutong_access::{AuthError, View};
 use hutong_fhir::date::now_ms;
 use hutong_fhir::security;
-use hutong_fhir::IssueCode;
 use hutong_store::{Lookup, Query, Scope};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -115,9 +115,8 @@ fn scope_text(bits: u32) -> String {
 
 fn throttled(e: AuthError, what: &str) -> ApiError {
     match e {
-        AuthError::Locked(until) => ApiError::new(
-            429,
-            IssueCode::Throttled,
+        AuthError::Locked(until) => ApiError::of(
+            Code::Throttled,
             format!("Too many access requests {what}: try again after {until}"),
         ),
         other => auth_error(other),
@@ -156,9 +155,7 @@ pub fn find(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
             q.push(("birthdate".into(), b));
         }
         _ => {
-            return Err(ApiError::new(
-                400,
-                IssueCode::Required,
+            return Err(ApiError::of(Code::Required,
                 "$find needs an identifier (system|value), or a name with a birthdate: browsing the population is not allowed",
             ))
         }
@@ -283,9 +280,7 @@ pub fn request_access(
         .collect::<std::collections::HashSet<_>>()
         .len();
     if others >= OPEN_REQUESTS_PER_RESIDENT {
-        return Err(ApiError::new(
-            429,
-            IssueCode::Throttled,
+        return Err(ApiError::of(Code::Throttled,
             format!("The resident already has {others} open access requests from other institutions: try again when they are decided"),
         ));
     }
@@ -389,9 +384,8 @@ pub fn verify_code(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Re
         ));
     }
     if grant.method != Method::Sms || grant.status != Status::Proposed {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!(
                 "Consent/{id} is not waiting for a code (it is {})",
                 grant.status.as_str()
@@ -448,9 +442,8 @@ pub fn decide_request(
         ));
     }
     if grant.status != Status::Proposed {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!(
                 "Consent/{id} was already decided ({})",
                 grant.status.as_str()
@@ -490,9 +483,8 @@ pub fn revoke(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Resp, A
         ));
     }
     if !matches!(grant.status, Status::Active | Status::Proposed) {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!("Consent/{id} is not in force ({})", grant.status.as_str()),
         ));
     }

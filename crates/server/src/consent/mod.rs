@@ -17,7 +17,6 @@ use hutong_access::principal::Kind;
 use hutong_access::AuthError;
 use hutong_fhir::date::now_ms;
 use hutong_fhir::security;
-use hutong_fhir::IssueCode;
 use hutong_store::{Lookup, Query, Scope};
 use serde_json::Value;
 
@@ -31,18 +30,18 @@ use hutong_fhir::vocab::stamp;
 /// Codes of the platform's access Tasks.
 pub const ACCESS_CS: &str = "https://hutong.dev/fhir/CodeSystem/access";
 pub const BREAK_GLASS_REVIEW: &str = "break-glass-review";
+use crate::error::Code;
 use hutong_fhir::vocab::USCC_SYSTEM;
 
 pub(crate) fn unprocessable(msg: impl Into<String>) -> ApiError {
-    ApiError::new(422, IssueCode::Processing, msg)
+    ApiError::of(Code::Unprocessable, msg)
 }
 
 pub(crate) fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::BadCredentials(m) => unprocessable(m),
-        AuthError::Locked(until) => ApiError::new(
-            429,
-            IssueCode::Security,
+        AuthError::Locked(until) => ApiError::of(
+            Code::Locked,
             format!("Too many wrong codes: locked until {until}"),
         ),
         AuthError::Invalid(m) => ApiError::bad_request(m),

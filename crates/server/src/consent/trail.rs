@@ -5,13 +5,13 @@ use crate::consent::acts_for;
 use crate::consent::patients_of;
 use crate::consent::person_json;
 use crate::engine::Engine;
+use crate::error::Code;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::wire::check_id;
 use crate::wire::Paging;
 use crate::wire::{Body, BundleWriter, Req, Resp};
 use hutong_access::principal::{Capability, Perms};
-use hutong_fhir::IssueCode;
 use serde_json::json;
 
 fn audit_bundle(
@@ -142,9 +142,8 @@ pub fn audit_events(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
                 .store
                 .audit_row(part, seq)?
                 .ok_or_else(|| ApiError::not_found(format!("AuditEvent/{id} is not known")))?;
-            let e = hutong_audit::Entry::parse(&row.entry).ok_or_else(|| {
-                ApiError::new(500, IssueCode::Exception, "The audit entry cannot be read")
-            })?;
+            let e = hutong_audit::Entry::parse(&row.entry)
+                .ok_or_else(|| ApiError::of(Code::Internal, "The audit entry cannot be read"))?;
             Ok(Resp::json(
                 200,
                 hutong_audit::event::to_audit_event(part, seq, &e),

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use hutong_fhir::date::{format_instant, now_ms};
-use hutong_fhir::{Definitions, IssueCode};
+use hutong_fhir::Definitions;
 use serde_json::{json, Value};
 
 use hutong_access::principal::Perms;
@@ -21,6 +21,7 @@ use crate::engine::write::Rejection;
 use crate::engine::write::Submission;
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::{
     check_resource, parse_json, parse_query_string, prefer_return, Body, BundleWriter, Req, Resp,
@@ -68,9 +69,9 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let req = e.get("request").ok_or_else(|| {
-                entry_error(i, ApiError::new(400, IssueCode::Required, "has no request"))
-            })?;
+            let req = e
+                .get("request")
+                .ok_or_else(|| entry_error(i, ApiError::of(Code::Required, "has no request")))?;
             let method = req
                 .get("method")
                 .and_then(Value::as_str)
@@ -86,10 +87,7 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
                 ));
             }
             let url = req.get("url").and_then(Value::as_str).ok_or_else(|| {
-                entry_error(
-                    i,
-                    ApiError::new(400, IssueCode::Required, "has no request.url"),
-                )
+                entry_error(i, ApiError::of(Code::Required, "has no request.url"))
             })?;
             let url = relative(url, base);
             let (path, qs) = url.split_once('?').unwrap_or((&url, ""));
@@ -97,11 +95,7 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<Entry>, ApiError> {
             if matches!(method.as_str(), "POST" | "PUT") && resource.is_none() {
                 return Err(entry_error(
                     i,
-                    ApiError::new(
-                        400,
-                        IssueCode::Required,
-                        format!("{method} needs a resource"),
-                    ),
+                    ApiError::of(Code::Required, format!("{method} needs a resource")),
                 ));
             }
             Ok(Entry {
@@ -130,9 +124,7 @@ fn distinct_full_urls(entries: &[Entry]) -> Result<(), ApiError> {
             if let Some(first) = seen.insert(f, e.index) {
                 return Err(entry_error(
                     e.index,
-                    ApiError::new(
-                        400,
-                        IssueCode::Duplicate,
+                    ApiError::of(Code::Duplicate,
                         format!("has the fullUrl {f} of entry {first} too: fullUrls are unique in a Bundle"),
                     ),
                 )
@@ -323,9 +315,7 @@ fn rewrite_refs(
                                     let found =
                                         conditional_match(tx, t, &parse_query_string(q), scope)?
                                             .ok_or_else(|| {
-                                                ApiError::new(
-                                            404,
-                                            IssueCode::NotFound,
+                                                ApiError::of(Code::NotFound,
                                             format!("Conditional reference '{r}' matches nothing"),
                                         )
                                             })?;
@@ -481,9 +471,7 @@ fn transaction(
             match touched.insert((t.to_string(), id.to_string()), i) {
                 Some(first) => Err(entry_error(
                     i,
-                    ApiError::new(
-                        400,
-                        IssueCode::Duplicate,
+                    ApiError::of(Code::Duplicate,
                         format!("changes {t}/{id}, which entry {first} changes too: a transaction changes each resource once"),
                     ),
                 )),

@@ -3,6 +3,7 @@
 //! reader may not see is masked or withheld the same way on every path.
 
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::check_id;
 use crate::wire::check_type;
@@ -40,9 +41,8 @@ impl Engine {
     pub fn read(&self, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
         let s = self.visible(g, t, id)?;
         if s.deleted {
-            return Err(ApiError::new(
-                410,
-                IssueCode::Deleted,
+            return Err(ApiError::of(
+                Code::Gone,
                 format!("{t}/{id} was deleted (version {})", s.version),
             ));
         }
@@ -62,9 +62,8 @@ impl Engine {
             }
         };
         if s.deleted {
-            return Err(ApiError::new(
-                410,
-                IssueCode::Deleted,
+            return Err(ApiError::of(
+                Code::Gone,
                 format!("Version {v} of {t}/{id} is a deletion"),
             ));
         }

@@ -7,6 +7,7 @@
 use crate::engine::read::visible_in;
 use crate::engine::read::write_response;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::check_resource;
 use crate::wire::etag;
@@ -20,7 +21,7 @@ use crate::Engine;
 use hutong_access::principal::{Kind, Perms};
 use hutong_fhir::date::now_ms;
 pub use hutong_fhir::vocab::COLLECTED_URL;
-use hutong_fhir::{IssueCode, Outcome};
+use hutong_fhir::Outcome;
 use hutong_store::Prepared;
 use hutong_store::{Query, Scope, Stored, Tx};
 use serde_json::Value;
@@ -366,9 +367,8 @@ impl Engine {
                 resource: doc,
                 findings,
             });
-            return Err(ApiError::new(
-                422,
-                IssueCode::BusinessRule,
+            return Err(ApiError::of(
+                Code::BusinessRule,
                 "rejected by the intake rules",
             ));
         }
@@ -471,9 +471,8 @@ impl Patch {
     /// Applies the patch to `doc` (which the caller throws away on an error).
     pub fn apply(&self, doc: &mut Value) -> Result<(), ApiError> {
         let cannot = |e: String| {
-            ApiError::new(
-                422,
-                IssueCode::Processing,
+            ApiError::of(
+                Code::Unprocessable,
                 format!("The patch cannot be applied: {e}"),
             )
         };
@@ -501,9 +500,7 @@ pub fn check_owner(
     // Work orders change only through their operations, whoever asks (else the Task and
     // the work-order queue would disagree).
     if t == "Task" && crate::governance::orders::is_work_order_id(tx, id)? {
-        return Err(ApiError::new(
-            403,
-            IssueCode::Forbidden,
+        return Err(ApiError::of(Code::Forbidden,
             "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment",
         ));
     }
@@ -512,20 +509,18 @@ pub fn check_owner(
     }
     match tx.source_of(t, id)? {
         Some(src) => hutong_access::decision::may_write(g.asker(), t, Perms::UPDATE, Some(&src))
-            .map_err(|r| ApiError::new(403, IssueCode::Forbidden, r.0)),
+            .map_err(|r| ApiError::of(Code::Forbidden, r.0)),
         None => {
             g.may_write(t, Perms::CREATE, None)?;
             // A new id in another institution's namespace would be taken from it: its own
             // later writes there would be refused.
             let mine = g.principal.institution.as_deref();
             match engine.access.accounts.namespace_of(id) {
-                Ok(Some(owner)) if Some(owner.as_str()) != mine => Err(ApiError::new(
-                    403,
-                    IssueCode::Forbidden,
+                Ok(Some(owner)) if Some(owner.as_str()) != mine => Err(ApiError::of(Code::Forbidden,
                     format!("The id {id} is in the namespace of {owner}: create resources under ids of your own (your namespace, a UUID, or POST for one the platform assigns)"),
                 )),
                 Ok(_) => Ok(()),
-                Err(e) => Err(ApiError::new(500, IssueCode::Exception, e.to_string())),
+                Err(e) => Err(ApiError::of(Code::Internal, e.to_string())),
             }
         }
     }
@@ -549,9 +544,8 @@ pub fn conditional_match(
     match page.matches.len() {
         0 => Ok(None),
         1 => Ok(page.matches.into_iter().next()),
-        _ => Err(ApiError::new(
-            412,
-            IssueCode::MultipleMatches,
+        _ => Err(ApiError::of(
+            Code::MultipleMatches,
             format!(
                 "The criteria {} match more than one {t}",
                 criteria

@@ -4,11 +4,11 @@
 //! every source's.
 
 use hutong_access::principal::{Capability, Kind};
-use hutong_fhir::IssueCode;
 use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
+use crate::error::Code;
 use crate::error::{forbidden, ApiError};
 use crate::guard::Guard;
 use crate::intake;
@@ -187,9 +187,8 @@ pub fn resubmit(engine: &Engine, req: &Req, g: &Guard, qid: &str) -> Result<Resp
     g.act("quarantine-resubmit");
     let r = item(engine, g, qid)?;
     if r[6].text() != "open" {
-        return Err(ApiError::new(
-            409,
-            IssueCode::Conflict,
+        return Err(ApiError::of(
+            Code::Conflict,
             format!("{qid} is already {}", r[6].text()),
         ));
     }

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 
 use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
-use hutong_fhir::IssueCode;
 use hutong_quality::reconcile::{compare, Differences, Item, Manifest};
 use hutong_quality::workorder::Category;
 use hutong_store::sql::{Dialect, Val};
@@ -17,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::governance::orders::{create_in, NewOrder};
 use crate::guard::Guard;
 use crate::wire::Paging;
@@ -179,9 +179,8 @@ fn source_for(g: &Guard, req: &Req) -> Result<String, ApiError> {
             .find(|(k, _)| k == "source")
             .map(|(_, v)| v.clone())
             .ok_or_else(|| ApiError::bad_request("Name the source to reconcile (?source=…)")),
-        _ => Err(ApiError::new(
-            403,
-            IssueCode::Forbidden,
+        _ => Err(ApiError::of(
+            Code::Forbidden,
             "An institution reconciles its own submissions; quality officers any source's",
         )),
     }
@@ -204,9 +203,7 @@ pub fn submit(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("reconcile");
     let source = source_for(g, req)?;
     let m: Manifest = serde_json::from_slice(&req.body).map_err(|e| {
-        ApiError::new(
-            400,
-            IssueCode::Structure,
+        ApiError::of(Code::Structure,
             format!("The manifest is not valid: {e} (fields: from, to, undated, types, resources[type, id, hash], days[type, day, count, hash])"),
         )
     })?;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{self, format_instant, now_ms};
-use hutong_fhir::{Definitions, IssueCode};
+use hutong_fhir::Definitions;
 use hutong_quality::reconcile::day_of_ms;
 use hutong_quality::scorecard::{Card, Sample, Tally};
 use hutong_store::sql::Val;
@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::guard::Guard;
 use crate::wire::{Body, Req, Resp};
 
@@ -346,9 +347,8 @@ pub fn card(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
             Some(i.clone())
         }
         _ => {
-            return Err(ApiError::new(
-                403,
-                IssueCode::Forbidden,
+            return Err(ApiError::of(
+                Code::Forbidden,
                 "A scorecard is for its institution and the platform's quality officers",
             ))
         }

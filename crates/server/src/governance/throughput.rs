@@ -16,6 +16,7 @@ use hutong_store::sql::Val;
 use serde_json::{json, Value};
 
 use crate::engine::{Engine, COLLECTED_URL};
+use crate::error::forbidden;
 use crate::error::ApiError;
 use crate::guard::Guard;
 use crate::wire::{Req, Resp};
@@ -210,9 +211,7 @@ fn figures(r: &Row) -> Value {
 pub fn op(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
     g.act("intake");
     if !crate::governance::workorders::operator(g) {
-        return Err(ApiError::new(
-            403,
-            hutong_fhir::IssueCode::Forbidden,
+        return Err(forbidden(
             "Intake figures are for quality officers and administrators",
         ));
     }

@@ -11,7 +11,6 @@
 
 use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
-use hutong_fhir::IssueCode;
 use hutong_quality::workorder::{transition, Action, Category, Parties, Policy, State};
 use hutong_store::sql::Val;
 use hutong_store::Scope;
@@ -24,6 +23,7 @@ use crate::wire::Paging;
 use crate::wire::{check_id, Params};
 use crate::wire::{Req, Resp};
 
+use crate::error::Code;
 use crate::governance::orders::create_in;
 use crate::governance::orders::state_json;
 use crate::governance::orders::NewOrder;
@@ -57,9 +57,8 @@ pub fn report(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> {
             .find_map(|x| x["valueReference"]["reference"].as_str().map(String::from))
     });
     let focus = focus.ok_or_else(|| {
-        ApiError::new(
-            400,
-            IssueCode::Required,
+        ApiError::of(
+            Code::Required,
             "$work-order needs 'focus': the resource the problem is about (Type/id)",
         )
     })?;
@@ -180,29 +179,31 @@ pub fn act(engine: &Engine, req: &Req, g: &Guard, id: &str, op: &str) -> Result<
     };
     let to = transition(r.state, action, who).map_err(|e| match e {
         hutong_quality::workorder::Refused::State { .. } => {
-            ApiError::new(409, IssueCode::Conflict, format!("Task/{id}: {e}"))
+            ApiError::of(Code::Conflict, format!("Task/{id}: {e}"))
         }
         hutong_quality::workorder::Refused::Party(m) => forbidden(m),
     })?;
     let note = p.string("note");
     let reason = p.string("reason");
-    let text =
-        match action {
-            Action::Reject | Action::Reopen => Some(reason.clone().ok_or_else(|| {
-                ApiError::new(400, IssueCode::Required, format!("${op} needs a 'reason'"))
-            })?),
-            Action::Comment => Some(note.clone().or(reason.clone()).ok_or_else(|| {
-                ApiError::new(400, IssueCode::Required, "$comment needs a 'note'")
-            })?),
-            Action::Resolve => Some(note.clone().ok_or_else(|| {
-                ApiError::new(
-                    400,
-                    IssueCode::Required,
-                    "$resolve needs a 'note' saying what was corrected",
-                )
-            })?),
-            _ => note.clone(),
-        };
+    let text = match action {
+        Action::Reject | Action::Reopen => Some(
+            reason
+                .clone()
+                .ok_or_else(|| ApiError::of(Code::Required, format!("${op} needs a 'reason'")))?,
+        ),
+        Action::Comment => Some(
+            note.clone()
+                .or(reason.clone())
+                .ok_or_else(|| ApiError::of(Code::Required, "$comment needs a 'note'"))?,
+        ),
+        Action::Resolve => Some(note.clone().ok_or_else(|| {
+            ApiError::of(
+                Code::Required,
+                "$resolve needs a 'note' saying what was corrected",
+            )
+        })?),
+        _ => note.clone(),
+    };
     let corrected = match (action, p.string("corrected")) {
         (Action::Resolve, Some(c)) => Some(corrected_ref(engine, &c)?),
         (_, Some(_)) => {

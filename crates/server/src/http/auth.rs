@@ -14,16 +14,15 @@ use axum::response::{IntoResponse, Response};
 use hutong_access::principal::{Kind, Principal, Scopes};
 use hutong_access::AuthError;
 use hutong_audit::{Entry, Who};
-use hutong_fhir::IssueCode;
 use hutong_store::{Query, Scope};
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::http::state::AppState;
 use crate::wire::parse_query_string;
 
-fn outcome(status: u16, code: IssueCode, msg: impl Into<String>) -> Response {
-    error_response(ApiError::new(status, code, msg))
+fn outcome(code: Code, msg: impl Into<String>) -> Response {
+    error_response(ApiError::of(code, msg))
 }
 
 fn error_response(e: ApiError) -> Response {
@@ -80,21 +79,20 @@ fn audit(st: &AppState, from: &str, action: &str, who: Who, status: u16, detail:
 
 fn auth_failure(e: AuthError) -> (u16, Response) {
     match e {
-        AuthError::BadCredentials(m) => (401, outcome(401, IssueCode::Login, m)),
+        AuthError::BadCredentials(m) => (401, outcome(Code::Login, m)),
         AuthError::Locked(until) => (
             429,
             outcome(
-                429,
-                IssueCode::Security,
+                Code::Locked,
                 format!("Too many failed attempts: locked until {until}"),
             ),
         ),
-        AuthError::Invalid(m) => (400, outcome(400, IssueCode::Invalid, m)),
+        AuthError::Invalid(m) => (400, outcome(Code::Invalid, m)),
         AuthError::Store(e) => {
             tracing::error!(error = %e, "Storage failure while signing in.");
             (
                 500,
-                outcome(500, IssueCode::Exception, "Internal error while signing in"),
+                outcome(Code::Internal, "Internal error while signing in"),
             )
         }
     }
@@ -105,7 +103,7 @@ async fn fields(req: Request) -> Result<(HeaderMap, HashMap<String, String>), Re
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, 64 * 1024)
         .await
-        .map_err(|_| outcome(413, IssueCode::TooLong, "The request body is too large"))?;
+        .map_err(|_| outcome(Code::TooLarge, "The request body is too large"))?;
     let ct = parts
         .headers
         .get("content-type")
@@ -138,8 +136,7 @@ async fn admit(
     let from = addr.ip().to_string();
     if !st.limits.allow(&from) {
         return Err(outcome(
-            429,
-            IssueCode::Security,
+            Code::Locked,
             "Too many sign-in attempts from this address",
         ));
     }
@@ -174,9 +171,7 @@ pub async fn token(
         Err(r) => return r,
     };
     if f.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return outcome(
-            400,
-            IssueCode::NotSupported,
+        return outcome(Code::Unsupported,
             "grant_type must be client_credentials (clinicians and operators use /auth/login, residents /auth/otp)",
         );
     }
@@ -186,8 +181,7 @@ pub async fn token(
         Some(x) => x,
         None => {
             return outcome(
-                401,
-                IssueCode::Login,
+                Code::Login,
                 "Client credentials are missing (HTTP Basic, or client_id and client_secret)",
             )
         }
@@ -218,7 +212,7 @@ pub async fn token(
             audit(&st, &from, "token", who, status, Some(detail));
             resp
         }
-        Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+        Err(_) => outcome(Code::Internal, "Internal error while signing in"),
     }
 }
 
@@ -240,7 +234,7 @@ pub async fn revoke(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
     let Some(token) = f.get("token").cloned().or(bearer) else {
-        return outcome(400, IssueCode::Required, "token is required");
+        return outcome(Code::Required, "token is required");
     };
     let who = st
         .engine
@@ -260,7 +254,7 @@ pub async fn revoke(
     if status == 200 {
         StatusCode::OK.into_response()
     } else {
-        outcome(500, IssueCode::Exception, "Internal error while revoking")
+        outcome(Code::Internal, "Internal error while revoking")
     }
 }
 
@@ -280,8 +274,7 @@ pub async fn login(
     let (Some(user), Some(password)) = (f.get("username").cloned(), f.get("password").cloned())
     else {
         return outcome(
-            400,
-            IssueCode::Required,
+            Code::Required,
             "username and password (or a resident's id_number and password) are required",
         );
     };
@@ -313,7 +306,7 @@ pub async fn login(
             );
             resp
         }
-        Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+        Err(_) => outcome(Code::Internal, "Internal error while signing in"),
     }
 }
 
@@ -373,8 +366,8 @@ async fn resident_login(st: &Arc<AppState>, from: &str, idn: String, password: S
             audit(st, from, "login", who, status, Some(detail));
             resp
         }
-        Ok(Err(e)) => outcome(e.status, IssueCode::Exception, e.message().to_string()),
-        Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => outcome(Code::Internal, "Internal error while signing in"),
     }
 }
 
@@ -396,18 +389,11 @@ pub async fn resident_password(
         Some(Ok(p)) if p.kind == Kind::Resident && p.person.is_some() => p,
         Some(Ok(_)) => {
             return outcome(
-                403,
-                IssueCode::Forbidden,
+                Code::Forbidden,
                 "Only a signed-in resident sets a resident's password",
             )
         }
-        _ => {
-            return outcome(
-                401,
-                IssueCode::Login,
-                "Sign in with your phone first (/auth/otp)",
-            )
-        }
+        _ => return outcome(Code::Login, "Sign in with your phone first (/auth/otp)"),
     };
     let (_, f) = match fields(req).await {
         Ok(x) => x,
@@ -415,11 +401,7 @@ pub async fn resident_password(
     };
     let (Some(idn), Some(password)) = (f.get("id_number").cloned(), f.get("password").cloned())
     else {
-        return outcome(
-            400,
-            IssueCode::Required,
-            "id_number and password are required",
-        );
+        return outcome(Code::Required, "id_number and password are required");
     };
     let st2 = st.clone();
     let p2 = p.clone();
@@ -464,10 +446,10 @@ pub async fn resident_password(
                 422,
                 Some(why.clone()),
             );
-            outcome(422, IssueCode::Processing, why)
+            outcome(Code::Unprocessable, why)
         }
-        Ok(Err(e)) => outcome(e.status, IssueCode::Invalid, e.message().to_string()),
-        Err(_) => outcome(500, IssueCode::Exception, "Internal error"),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => outcome(Code::Internal, "Internal error"),
     }
 }
 
@@ -529,8 +511,7 @@ pub async fn otp_send(
     };
     let Some(phone) = f.get("phone").map(|p| digits(p)).filter(|p| p.len() == 11) else {
         return outcome(
-            400,
-            IssueCode::Required,
+            Code::Required,
             "phone (an 11-digit mobile number) is required",
         );
     };
@@ -578,12 +559,8 @@ pub async fn otp_send(
             )
                 .into_response()
         }
-        Ok(Err(e)) => outcome(e.status, IssueCode::Exception, e.message().to_string()),
-        Err(_) => outcome(
-            500,
-            IssueCode::Exception,
-            "Internal error while sending the code",
-        ),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => outcome(Code::Internal, "Internal error while sending the code"),
     }
 }
 
@@ -611,7 +588,7 @@ pub async fn otp_verify(
     };
     let (Some(phone), Some(code)) = (f.get("phone").map(|p| digits(p)), f.get("code").cloned())
     else {
-        return outcome(400, IssueCode::Required, "phone and code are required");
+        return outcome(Code::Required, "phone and code are required");
     };
     let id_number = f.get("id_number").cloned();
     let st2 = st.clone();
@@ -637,8 +614,8 @@ pub async fn otp_verify(
         }
         let (person, v) = match candidates.as_slice() {
             [one] => one.clone(),
-            [] => return Ok(Err((401, outcome(401, IssueCode::Login, "No resident with this number matches")))),
-            _ => return Ok(Err((409, outcome(409, IssueCode::MultipleMatches, "Several residents share this number: give your ID number (id_number) as well")))),
+            [] => return Ok(Err((401, outcome(Code::Login, "No resident with this number matches")))),
+            _ => return Ok(Err((409, outcome(Code::Ambiguous, "Several residents share this number: give your ID number (id_number) as well")))),
         };
         Ok(Ok(resident(person, &v)))
     })
@@ -657,8 +634,8 @@ pub async fn otp_verify(
             audit(&st, &from, "login", who, status, None);
             resp
         }
-        Ok(Err(e)) => outcome(e.status, IssueCode::Exception, e.message().to_string()),
-        Err(_) => outcome(500, IssueCode::Exception, "Internal error while signing in"),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => outcome(Code::Internal, "Internal error while signing in"),
     }
 }
 
@@ -702,11 +679,7 @@ pub async fn checkpoints(State(st): State<Arc<AppState>>) -> Response {
         .await
     {
         Ok(Ok(list)) => axum::Json(json!({"checkpoints": list})).into_response(),
-        _ => outcome(
-            500,
-            IssueCode::Exception,
-            "The checkpoints could not be read",
-        ),
+        _ => outcome(Code::Internal, "The checkpoints could not be read"),
     }
 }
 
@@ -714,11 +687,7 @@ pub async fn checkpoints(State(st): State<Arc<AppState>>) -> Response {
 /// notifications), for the demo and tests. Off unless configured.
 pub async fn outbox(State(st): State<Arc<AppState>>, req: Request) -> Response {
     if !st.dev_outbox {
-        return outcome(
-            404,
-            IssueCode::NotFound,
-            "The development outbox is not enabled",
-        );
+        return outcome(Code::NotFound, "The development outbox is not enabled");
     }
     let q = parse_query_string(req.uri().query().unwrap_or(""));
     let to = q.iter().find(|(k, _)| k == "to").map(|(_, v)| v.clone());
@@ -727,6 +696,6 @@ pub async fn outbox(State(st): State<Arc<AppState>>, req: Request) -> Response {
         .await
     {
         Ok(Ok(m)) => axum::Json(json!({"messages": m})).into_response(),
-        _ => outcome(500, IssueCode::Exception, "The outbox cannot be read"),
+        _ => outcome(Code::Internal, "The outbox cannot be read"),
     }
 }

@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use hutong_access::principal::{Kind, Principal};
-use hutong_fhir::IssueCode;
 
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::wire::{parse_query_string, percent_decode, Body, Req, Resp};
 
 /// The router: FHIR under `/fhir`, signing in under `/auth`, discovery under
@@ -60,9 +60,7 @@ fn authenticate(
         return if public {
             Ok(None)
         } else {
-            Err(ApiError::new(
-                401,
-                IssueCode::Login,
+            Err(ApiError::of(Code::Login,
                 "Authentication required: send an access token (Authorization: Bearer …) from /auth/token, /auth/login or /auth/otp/verify",
             ))
         };
@@ -71,9 +69,8 @@ fn authenticate(
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("bearer "))
         .ok_or_else(|| {
-            ApiError::new(
-                401,
-                IssueCode::Login,
+            ApiError::of(
+                Code::Login,
                 "The Authorization header must be 'Bearer <token>'",
             )
         })?;
@@ -82,7 +79,7 @@ fn authenticate(
         .tokens
         .verify(token.trim())
         .map(Some)
-        .map_err(|e| ApiError::new(401, IssueCode::Login, e.to_string()))
+        .map_err(|e| ApiError::of(Code::Login, e.to_string()))
 }
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -151,9 +148,7 @@ async fn fhir(
     // well before the HTTP layer's own (64 KiB), which closes with a bare 414.
     let uri_len = parts.uri.path().len() + parts.uri.query().map_or(0, str::len);
     if uri_len > MAX_URI {
-        return to_response(Resp::error(&ApiError::new(
-            414,
-            IssueCode::TooLong,
+        return to_response(Resp::error(&ApiError::of(Code::UriTooLong,
             format!(
                 "The request URI is {uri_len} bytes; the limit is {MAX_URI}: send a long search as POST {{type}}/_search with the parameters in a form body"
             ),
@@ -206,9 +201,8 @@ async fn fhir(
         headers.get("accept").map(String::as_str),
         parts.uri.query().unwrap_or(""),
     ) {
-        return to_response(Resp::error(&ApiError::new(
-            406,
-            IssueCode::NotSupported,
+        return to_response(Resp::error(&ApiError::of(
+            Code::NotAcceptable,
             "This server speaks FHIR JSON only: ask for application/fhir+json",
         )));
     }
@@ -218,9 +212,7 @@ async fn fhir(
         headers.get("content-type").map(String::as_str),
         is_search,
     ) {
-        return to_response(Resp::error(&ApiError::new(
-            415,
-            IssueCode::NotSupported,
+        return to_response(Resp::error(&ApiError::of(Code::UnsupportedMediaType,
             format!(
                 "Unsupported media type '{}': send application/fhir+json (PATCH: application/json-patch+json for JSON Patch, application/fhir+json for FHIRPath Patch)",
                 headers.get("content-type").map(String::as_str).unwrap_or("")
@@ -272,9 +264,8 @@ async fn fhir(
         Ok(r) => to_response(r),
         Err(e) => {
             tracing::error!(error = %e, "Request handler panicked.");
-            to_response(Resp::error(&ApiError::new(
-                500,
-                IssueCode::Exception,
+            to_response(Resp::error(&ApiError::of(
+                Code::Internal,
                 "Internal error; the request was not applied.",
             )))
         }
@@ -306,9 +297,8 @@ fn json_acceptable(accept: Option<&str>, query: &str) -> bool {
 }
 
 fn too_large(limit: usize) -> Response {
-    to_response(Resp::error(&ApiError::new(
-        413,
-        IssueCode::TooLong,
+    to_response(Resp::error(&ApiError::of(
+        Code::TooLarge,
         format!("The request body exceeds the limit of {limit} bytes"),
     )))
 }
