@@ -360,7 +360,7 @@ fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
     let (store, keys) = hutong_server::open_store(&s.location(), s.keys_file.as_deref())
         .with_context(|| format!("opening {}", redact(&s.database)))?;
     let export_dir = std::env::temp_dir().join("hutong-exports");
-    hutong_server::engine_for(
+    Ok(hutong_server::engine_for(
         store,
         keys,
         hutong_server::EngineConfig {
@@ -370,7 +370,7 @@ fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
         },
         "urn:hutong:platform",
         s.policy.clone(),
-    )
+    )?)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

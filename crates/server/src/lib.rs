@@ -120,7 +120,7 @@ pub fn keys_path(loc: &Location, configured: Option<&std::path::Path>) -> PathBu
 pub fn open_store(
     loc: &Location,
     keys_file: Option<&std::path::Path>,
-) -> anyhow::Result<(Store, Arc<RwLock<Keyring>>)> {
+) -> Result<(Store, Arc<RwLock<Keyring>>), StartError> {
     let path = keys_path(loc, keys_file);
     let keys = Arc::new(RwLock::new(Keyring::open_or_create(&path)?));
     let store = Store::open(loc)?;
@@ -130,7 +130,7 @@ pub fn open_store(
 
 /// Puts a just-opened store under the keyring's protection; identity data written before
 /// encryption was switched on is encrypted now.
-pub fn protect(store: &Store, keys: Arc<RwLock<Keyring>>) -> anyhow::Result<()> {
+pub fn protect(store: &Store, keys: Arc<RwLock<Keyring>>) -> Result<(), StartError> {
     store.set_protector(Arc::new(hutong_access::protect::KeyringProtector::new(
         keys,
     )));
@@ -150,7 +150,7 @@ pub fn protect(store: &Store, keys: Arc<RwLock<Keyring>>) -> anyhow::Result<()> 
 /// Re-encrypts every identity resource under the current data key and rebuilds its keyed
 /// index values (after a key rotation; `hutong keys reencrypt`). Returns how many were
 /// rewritten.
-pub fn reprotect(store: &Store) -> anyhow::Result<u64> {
+pub fn reprotect(store: &Store) -> Result<u64, hutong_store::StoreError> {
     let entry = hutong_audit::Entry {
         action: "reencrypt".into(),
         outcome: 200,
@@ -173,13 +173,30 @@ pub fn engine_for(
     config: EngineConfig,
     issuer: &str,
     policy: hutong_access::Policy,
-) -> anyhow::Result<Engine> {
+) -> Result<Engine, StartError> {
     let mut access = hutong_access::Access::new(&store, keys, issuer)?;
     access.policy = policy;
     governance::intake::open(&store)?;
     governance::orders::open_tables(&store)?;
     governance::reconcile::open_tables(&store)?;
     Ok(Engine::new(store, config, Arc::new(access)))
+}
+
+/// Why a store could not be opened or a server not built: the binary reports it and stops.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the keyring: {0}")]
+    Keys(#[from] hutong_access::keys::KeyError),
+    #[error("the store: {0}")]
+    Store(#[from] hutong_store::StoreError),
+    #[error("the access service: {0}")]
+    Access(#[from] hutong_access::AuthError),
+    #[error("the settings: {0}")]
+    Settings(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The issuer named in tokens: the public base when configured (several API nodes share it).
@@ -240,7 +257,7 @@ fn every(
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
         let loc = settings.location();
         let kf = settings.keys_file.clone();
         let (store, keys) =
@@ -252,7 +269,7 @@ impl Application {
         settings: Settings,
         store: Store,
         keys: Arc<RwLock<Keyring>>,
-    ) -> anyhow::Result<Application> {
+    ) -> Result<Application, StartError> {
         let export_dir = settings
             .export_dir
             .clone()
@@ -271,12 +288,12 @@ impl Application {
             tokio::task::spawn_blocking(move || engine_for(store, keys, config, &iss, policy))
                 .await??;
         engine.matcher.set_trust(settings.source_trust.clone());
-        anyhow::ensure!(
-            settings.thresholds.review <= settings.thresholds.link,
-            "review_threshold ({}) must not be above link_threshold ({})",
-            settings.thresholds.review,
-            settings.thresholds.link
-        );
+        if settings.thresholds.review > settings.thresholds.link {
+            return Err(StartError::Settings(format!(
+                "review_threshold ({}) must not be above link_threshold ({})",
+                settings.thresholds.review, settings.thresholds.link
+            )));
+        }
         engine.matcher.set_thresholds(settings.thresholds);
         if let Some(kind) = settings.mpi_index {
             engine.matcher.set_index_kind(kind);
