@@ -10,36 +10,15 @@ use std::sync::{Arc, RwLock};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
-use hutong_store::sql::{Dialect, Val};
+use hutong_store::sql::Val;
 use hutong_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{hex, random_bytes, Keyring};
 use crate::principal::{Kind, Principal, Role, Scopes};
 
-const SQLITE: &str = "
-CREATE TABLE IF NOT EXISTS auth_client (client_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
-    institution TEXT, name TEXT NOT NULL, scopes TEXT NOT NULL, booking INTEGER NOT NULL,
-    secret TEXT NOT NULL, previous_secret TEXT, created INTEGER NOT NULL, disabled INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_user (username TEXT PRIMARY KEY, kind TEXT NOT NULL,
-    name TEXT NOT NULL, institution TEXT, practitioner TEXT, roles TEXT NOT NULL,
-    password TEXT NOT NULL, created INTEGER NOT NULL, disabled INTEGER NOT NULL,
-    person TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS auth_fail (subject TEXT PRIMARY KEY, failures INTEGER NOT NULL,
-    first INTEGER NOT NULL, locked_until INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_code (purpose TEXT NOT NULL, subject TEXT NOT NULL,
-    code TEXT NOT NULL, expires INTEGER NOT NULL, attempts INTEGER NOT NULL,
-    used INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (purpose, subject));
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL,
-    channel TEXT NOT NULL, recipient TEXT NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_revoked (k TEXT PRIMARY KEY, at INTEGER NOT NULL,
-    until INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_event (k TEXT NOT NULL, ts INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS id_namespace (prefix TEXT PRIMARY KEY, source TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS auth_event_k ON auth_event (k, ts);
-";
-
-const POSTGRES: &str = "
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS auth_client (client_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
     institution TEXT, name TEXT NOT NULL, scopes TEXT NOT NULL, booking BIGINT NOT NULL,
     secret TEXT NOT NULL, previous_secret TEXT, created BIGINT NOT NULL, disabled BIGINT NOT NULL);
@@ -174,10 +153,7 @@ impl Accounts {
     /// The accounts kept in `store` (creating their tables), sending messages to the
     /// development outbox.
     pub fn open(store: Store, keys: Arc<RwLock<Keyring>>) -> Result<Accounts, StoreError> {
-        store.batch_admin(match store.dialect() {
-            Dialect::Sqlite => SQLITE,
-            Dialect::Postgres => POSTGRES,
-        })?;
+        store.create_tables(TABLES)?;
         Ok(Accounts {
             gateway: Arc::new(Outbox {
                 store: store.clone(),

@@ -39,9 +39,10 @@ pub enum IndexKind {
 impl IndexKind {
     /// Memory on the embedded store, the database on PostgreSQL.
     pub fn default_for(d: hutong_store::sql::Dialect) -> IndexKind {
-        match d {
-            hutong_store::sql::Dialect::Sqlite => IndexKind::Memory,
-            hutong_store::sql::Dialect::Postgres => IndexKind::Database,
+        if d.embedded() {
+            IndexKind::Memory
+        } else {
+            IndexKind::Database
         }
     }
 }

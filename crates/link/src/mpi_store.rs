@@ -23,23 +23,13 @@ use hutong_store::{shard_of, Store, StoreError};
 
 use crate::candidates::Candidates;
 
-const SQLITE: &str = "
-CREATE TABLE IF NOT EXISTS mpi_block (k INTEGER NOT NULL, shard INTEGER NOT NULL,
-    idh INTEGER NOT NULL, PRIMARY KEY (k, shard)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mpi_entry (shard INTEGER NOT NULL, patient TEXT NOT NULL,
-    version INTEGER NOT NULL, nh INTEGER NOT NULL, keys BLOB NOT NULL, rec BLOB NOT NULL,
-    PRIMARY KEY (shard, patient)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mpi_name (h INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS mpi_state (name TEXT PRIMARY KEY, n INTEGER NOT NULL,
-    doc TEXT NOT NULL DEFAULT '');
-";
-
-const POSTGRES: &str = "
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS mpi_block (k BIGINT NOT NULL, shard BIGINT NOT NULL,
-    idh BIGINT NOT NULL, PRIMARY KEY (k, shard) INCLUDE (idh));
+    idh BIGINT NOT NULL, PRIMARY KEY (k, shard) INCLUDE (idh)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mpi_entry (shard BIGINT NOT NULL, patient TEXT NOT NULL,
     version BIGINT NOT NULL, nh BIGINT NOT NULL, keys BYTEA NOT NULL, rec BYTEA NOT NULL,
-    PRIMARY KEY (shard, patient));
+    PRIMARY KEY (shard, patient)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mpi_name (h BIGINT PRIMARY KEY, n BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS mpi_state (name TEXT PRIMARY KEY, n BIGINT NOT NULL,
     doc TEXT NOT NULL DEFAULT '');
@@ -110,26 +100,9 @@ fn padded(vals: &[i64]) -> Vec<Val> {
 /// The candidates statement for `n` keys: each block read up to one row past the cap, the
 /// blocks past it dropped (as the memory index drops them), the rows of the rest whose valid
 /// ID number conflicts with the record's (the last two parameters) dropped, and the entries
-/// of what is left, each with the count of the record's name (the parameter before them). PostgreSQL takes the keys as one array (one statement shape, planned
-/// once); SQLite as a list padded to a bucket.
+/// of what is left, each with the count of the record's name (the parameter before them).
 fn candidates_sql(d: Dialect, n: usize) -> String {
-    let blocks = match d {
-        Dialect::Postgres => format!(
-            "SELECT q.k, s.shard, s.idh FROM unnest(?::bigint[]) AS q(k) CROSS JOIN LATERAL \
-             (SELECT shard, idh FROM mpi_block WHERE mpi_block.k = q.k LIMIT {}) AS s",
-            MAX_BLOCK + 1
-        ),
-        Dialect::Sqlite => (0..n)
-            .map(|i| {
-                format!(
-                    "SELECT k, shard, idh FROM (SELECT k, shard, idh FROM mpi_block WHERE k = ? \
-                     LIMIT {}) AS b{i}",
-                    MAX_BLOCK + 1
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL "),
-    };
+    let blocks = d.rows_per_key("mpi_block", "k", "shard, idh", MAX_BLOCK + 1, n);
     format!(
         "WITH b AS ({blocks}), ok AS (SELECT k FROM b GROUP BY k HAVING COUNT(*) <= {MAX_BLOCK}) \
          SELECT e.patient, e.rec, (SELECT n FROM mpi_name WHERE h = ?) FROM mpi_entry e \
@@ -173,10 +146,7 @@ impl StoredIndex {
         store: &Store,
         thresholds: hutong_mpi::Thresholds,
     ) -> Result<StoredIndex, StoreError> {
-        store.batch_admin(match store.dialect() {
-            Dialect::Sqlite => SQLITE,
-            Dialect::Postgres => POSTGRES,
-        })?;
+        store.create_tables(TABLES)?;
         let mut ix = StoredIndex {
             store: store.clone(),
             model: Model::starting(),
@@ -497,10 +467,8 @@ impl StoredIndex {
             Val::Int(id_hash(record)),
             Val::Int(id_hash(record)),
         ];
-        let chunks: Vec<Vec<Val>> = match d {
-            Dialect::Postgres => vec![vec![Val::Ints(keys.clone())]],
-            Dialect::Sqlite => keys.chunks(64).map(padded).collect(),
-        };
+        // No key is 0: the padding matches nothing.
+        let chunks = d.key_set(&keys, 64, 0);
         let mut out = Vec::new();
         let mut name_count = None;
         for mut params in chunks.iter().cloned() {

@@ -654,8 +654,5 @@ fn next_cid(conn: &mut dyn Conn) -> Result<i64, StoreError> {
 
 /// `INSERT … ON CONFLICT DO NOTHING` in either dialect.
 pub fn insert_ignore(d: Dialect, rest: &str) -> String {
-    match d {
-        Dialect::Sqlite => format!("INSERT OR IGNORE INTO {rest}"),
-        Dialect::Postgres => format!("INSERT INTO {rest} ON CONFLICT DO NOTHING"),
-    }
+    d.insert_ignore(rest)
 }

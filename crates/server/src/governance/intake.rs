@@ -18,26 +18,13 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
-const SQLITE: &str = "
-CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at INTEGER NOT NULL,
-    rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, rule TEXT NOT NULL,
-    severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_seen (k INTEGER NOT NULL PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
-    at INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
-    outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
-    resolved_at INTEGER NOT NULL DEFAULT 0, resolution TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (src, qid));
-CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
-";
-
-const POSTGRES: &str = "
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS qc_finding (src TEXT NOT NULL, at BIGINT NOT NULL,
     rtype TEXT NOT NULL, id TEXT NOT NULL, version BIGINT NOT NULL, rule TEXT NOT NULL,
     severity TEXT NOT NULL, expression TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS qc_finding_src ON qc_finding (src, at);
-CREATE TABLE IF NOT EXISTS qc_seen (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS qc_seen (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS qc_quarantine (src TEXT NOT NULL, qid TEXT NOT NULL,
     at BIGINT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, body BYTEA NOT NULL,
     outcome TEXT NOT NULL, rules TEXT NOT NULL, status TEXT NOT NULL,
@@ -50,20 +37,9 @@ CREATE INDEX IF NOT EXISTS qc_quarantine_at ON qc_quarantine (src, status, at);
 /// store made before they were kept as one 64-bit key per row (`qc_fp`, hex text; then
 /// `qc_content`, source, type and id as text) into `qc_seen`.
 pub fn open(store: &Store) -> Result<(), StoreError> {
-    store.batch_admin(match store.dialect() {
-        Dialect::Sqlite => SQLITE,
-        Dialect::Postgres => POSTGRES,
-    })?;
+    store.create_tables(TABLES)?;
     for (table, fp_is_hex) in [("qc_fp", true), ("qc_content", false)] {
-        let exists = match store.dialect() {
-            Dialect::Sqlite => format!(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
-            ),
-            Dialect::Postgres => format!(
-                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() \
-                 AND tablename = '{table}'"
-            ),
-        };
+        let exists = store.dialect().table_exists_sql(table);
         if store.query_admin(&exists, &[])?[0][0].int() == 0 {
             continue;
         }
@@ -79,7 +55,7 @@ pub fn open(store: &Store) -> Result<(), StoreError> {
                 };
                 if let Some(fp) = fp {
                     let (src, rtype, id) = (r[0].text(), r[1].text(), r[3].text());
-                    conn.exec(insert, &seen_params(src, rtype, fp, id))?;
+                    conn.exec(&insert, &seen_params(src, rtype, fp, id))?;
                     moved += 1;
                 }
             }
@@ -102,14 +78,9 @@ fn bucket_seen(store: &Store) -> Result<(), StoreError> {
         return Ok(());
     }
     let d = store.dialect();
-    let table = match d {
-        Dialect::Sqlite => {
-            "CREATE TABLE qc_seen_b (k INTEGER NOT NULL PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID"
-        }
-        Dialect::Postgres => {
-            "CREATE TABLE qc_seen_b (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL)"
-        }
-    };
+    let table = d.ddl(
+        "CREATE TABLE qc_seen_b (k BIGINT NOT NULL PRIMARY KEY, rid BIGINT NOT NULL) WITHOUT ROWID",
+    );
     let copy = insert_ignore(
         d,
         &format!(
@@ -121,7 +92,7 @@ fn bucket_seen(store: &Store) -> Result<(), StoreError> {
     );
     let mark = insert_ignore(d, "meta (k, v) VALUES ('qc_seen_buckets', 'done')");
     store.with_admin_tx(|conn| {
-        conn.batch(table)?;
+        conn.batch(&table)?;
         conn.exec(&copy, &[])?;
         conn.batch("DROP TABLE qc_seen")?;
         conn.batch("ALTER TABLE qc_seen_b RENAME TO qc_seen")?;
@@ -134,33 +105,18 @@ fn bucket_seen(store: &Store) -> Result<(), StoreError> {
 /// (moving the fingerprints of an older store): one row of two integers, keyed by
 /// [`seen_key`] (its bucket taken from the resource's route), naming the resource by its
 /// storage id. A version just written is recorded by [`seen_put`], its key at hand.
-fn seen_insert(d: Dialect) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
-    let [sqlite, postgres] = SQL.get_or_init(|| {
-        [Dialect::Sqlite, Dialect::Postgres].map(|d| {
-            insert_ignore(
-                d,
-                &format!(
-                    "qc_seen (k, rid) SELECT {} | ?, r.rid FROM res_route r WHERE r.rtype = \
-                     (SELECT cid FROM catalog WHERE kind = ? AND name = ?) AND r.id = ?",
-                    bucket_sql("r")
-                ),
-            )
-        })
-    });
-    match d {
-        Dialect::Sqlite => sqlite,
-        Dialect::Postgres => postgres,
-    }
+fn seen_insert(d: Dialect) -> String {
+    d.insert_ignore(&format!(
+        "qc_seen (k, rid) SELECT {} | ?, r.rid FROM res_route r WHERE r.rtype = \
+         (SELECT cid FROM catalog WHERE kind = ? AND name = ?) AND r.id = ?",
+        bucket_sql("r")
+    ))
 }
 
 /// Records the fingerprint key of a version just written: the row [`seen_insert`] makes,
 /// from the version's own shard and rid. It runs for every accepted resource.
-fn seen_put(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Sqlite => "INSERT OR IGNORE INTO qc_seen (k, rid) VALUES (?, ?)",
-        Dialect::Postgres => "INSERT INTO qc_seen (k, rid) VALUES (?, ?) ON CONFLICT DO NOTHING",
-    }
+fn seen_put(d: Dialect) -> String {
+    d.insert_ignore("qc_seen (k, rid) VALUES (?, ?)")
 }
 
 fn seen_params(source: &str, rtype: &str, fp: i64, id: &str) -> [Val; 4] {
@@ -688,7 +644,7 @@ pub fn record(
         // The version's own key (shard and rid) is at hand: no lookup of its route.
         let key = seen_key(source, &s.rtype, fp, s.shard);
         tx.conn()
-            .exec(seen_put(d), &[Val::Int(key), Val::Int(s.rid)])?;
+            .exec(&seen_put(d), &[Val::Int(key), Val::Int(s.rid)])?;
     }
     if let Some(f) = findings.iter().find(|f| f.rule == "encounter-subject") {
         let order = crate::governance::orders::NewOrder {
@@ -772,14 +728,7 @@ mod tests {
             )
             .unwrap();
         open(store).unwrap();
-        let gone = match store.dialect() {
-            Dialect::Sqlite => {
-                format!("SELECT COUNT(*) FROM sqlite_master WHERE name = '{legacy}'")
-            }
-            Dialect::Postgres => {
-                format!("SELECT COUNT(*) FROM pg_tables WHERE tablename = '{legacy}'")
-            }
-        };
+        let gone = store.dialect().table_exists_sql(legacy);
         assert_eq!(store.query_admin(&gone, &[]).unwrap()[0][0].int(), 0);
         // A second copy of the same content from the same source is found as a duplicate
         // of the first, by id; from another source it is not.

@@ -8,7 +8,7 @@ use hutong_fhir::security;
 use hutong_fhir::vocab::stamp;
 use hutong_fhir::vocab::USCC_SYSTEM;
 use hutong_quality::workorder::{Category, Policy, State};
-use hutong_store::sql::{Dialect, Val};
+use hutong_store::sql::Val;
 use hutong_store::{Store, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
@@ -18,17 +18,8 @@ pub const WO_STATE_CS: &str = "https://hutong.dev/fhir/CodeSystem/work-order-sta
 
 pub const WO_CATEGORY_CS: &str = "https://hutong.dev/fhir/CodeSystem/work-order-category";
 
-const SQLITE: &str = "
-CREATE TABLE IF NOT EXISTS qc_work_order (src TEXT NOT NULL, id TEXT NOT NULL,
-    state TEXT NOT NULL, category TEXT NOT NULL, rule TEXT NOT NULL DEFAULT '',
-    priority TEXT NOT NULL, focus TEXT NOT NULL DEFAULT '', reporter TEXT NOT NULL,
-    opened INTEGER NOT NULL, updated INTEGER NOT NULL, due INTEGER NOT NULL,
-    escalated INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (src, id));
-CREATE INDEX IF NOT EXISTS qc_work_order_id ON qc_work_order (id);
-CREATE INDEX IF NOT EXISTS qc_work_order_due ON qc_work_order (state, due);
-";
-
-const POSTGRES: &str = "
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS qc_work_order (src TEXT NOT NULL, id TEXT NOT NULL,
     state TEXT NOT NULL, category TEXT NOT NULL, rule TEXT NOT NULL DEFAULT '',
     priority TEXT NOT NULL, focus TEXT NOT NULL DEFAULT '', reporter TEXT NOT NULL,
@@ -39,10 +30,7 @@ CREATE INDEX IF NOT EXISTS qc_work_order_due ON qc_work_order (state, due);
 ";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
-    store.batch_admin(match store.dialect() {
-        Dialect::Sqlite => SQLITE,
-        Dialect::Postgres => POSTGRES,
-    })
+    store.create_tables(TABLES)
 }
 
 /// Whether a Task is a work order (its code says so).

@@ -10,7 +10,7 @@ use hutong_access::principal::{Capability, Kind};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_quality::reconcile::{compare, Differences, Item, Manifest};
 use hutong_quality::workorder::Category;
-use hutong_store::sql::{Dialect, Val};
+use hutong_store::sql::Val;
 use hutong_store::{RowScope, Scope, Store, StoreError};
 use serde_json::{json, Value};
 
@@ -22,16 +22,8 @@ use crate::guard::Guard;
 use crate::wire::Paging;
 use crate::wire::{Req, Resp};
 
-const SQLITE: &str = "
-CREATE TABLE IF NOT EXISTS qc_reconcile (src TEXT NOT NULL, rid TEXT NOT NULL,
-    at INTEGER NOT NULL, period_from TEXT NOT NULL, period_to TEXT NOT NULL,
-    matched INTEGER NOT NULL, missing INTEGER NOT NULL, extra INTEGER NOT NULL,
-    differs INTEGER NOT NULL, days INTEGER NOT NULL, report TEXT NOT NULL,
-    PRIMARY KEY (src, rid));
-CREATE INDEX IF NOT EXISTS qc_reconcile_at ON qc_reconcile (src, at);
-";
-
-const POSTGRES: &str = "
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS qc_reconcile (src TEXT NOT NULL, rid TEXT NOT NULL,
     at BIGINT NOT NULL, period_from TEXT NOT NULL, period_to TEXT NOT NULL,
     matched BIGINT NOT NULL, missing BIGINT NOT NULL, extra BIGINT NOT NULL,
@@ -41,10 +33,7 @@ CREATE INDEX IF NOT EXISTS qc_reconcile_at ON qc_reconcile (src, at);
 ";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
-    store.batch_admin(match store.dialect() {
-        Dialect::Sqlite => SQLITE,
-        Dialect::Postgres => POSTGRES,
-    })
+    store.create_tables(TABLES)
 }
 
 /// Every current resource `source` submitted of the given types, as reconciliation items.
