@@ -1,6 +1,9 @@
 //! `hutong bench`: measures the storage and API targets on Synthea-shaped data and writes
 //! `docs/BENCHMARKS.md`. Everything runs in this process against a fresh store: the HTTP
 //! figures go through the real server on a loopback port.
+//!
+//! One file past the ~800 lines we keep to, because every benchmark writes one section of one
+//! report; the scenarios share the loaded store and the report writer.
 
 use std::io::Write;
 use std::path::PathBuf;

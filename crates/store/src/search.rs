@@ -3,6 +3,10 @@
 //! Every condition compiles to a sub-select of `(shard, rid)` pairs; the first one drives the
 //! query (so an index does the selective work) and the rest filter it. Chains join through
 //! `ix_ref` to the target's conditions; `_has` runs the other way.
+//!
+//! One file past the ~800 lines we keep to, because the search compiler: every parameter type
+//! compiles to the same sub-select shape, and chains, `_has`, `_include` and paging must agree
+//! on it.
 
 use std::collections::HashSet;
 

@@ -2,6 +2,9 @@
 //! chronic-disease follow-ups, outpatient visits, admissions, exams, donations, death), each
 //! written as the resources the institution concerned would submit, with that institution's
 //! own Patient (and its intake variations), provenance and a realistic collection lag.
+//!
+//! One file past the ~800 lines we keep to, because one generator of clinical stories whose
+//! events share the person's timeline state; each story is its own function.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,9 @@
 //! 居民端: the resident's own pages. Everything shown comes from the engine asked as the
 //! resident (`crate::call`), so a page sees exactly what the resident's token would through
 //! the FHIR API, and each view is in their access history like any other read.
+//!
+//! One file past the ~800 lines we keep to, because the resident's pages share their layout and
+//! the calls they make as the resident; each page is one function.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -5,6 +5,10 @@
 //! conditional references (`Patient?identifier=…`) are resolved first, and any failure rolls
 //! everything back. A batch runs each entry on its own, through the same engine as a plain
 //! request.
+//!
+//! One file past the ~800 lines we keep to, because a transaction is one algorithm in passes
+//! (prepare, resolve ids, write in order, render after the commit) over types private to it;
+//! the interactions it calls live in `write.rs`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
