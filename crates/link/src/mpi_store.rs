@@ -2,7 +2,7 @@
 //! records. Each indexed Patient is one `mpi_entry` row (its normalised record and blocking
 //! keys) keyed by its shard — the source patient's compartment key, so the row sits beside
 //! the Patient's resources — and one `mpi_block` row per blocking key, keyed by the key, as
-//! SCALE.md's rule 3 asks (distributed by blocking key for candidate search). Matching one
+//! the province-scale schema's rule 3 asks (distributed by blocking key for candidate search). Matching one
 //! record reads its blocks (each capped at the size past which a block says nothing) and
 //! the entries they name in one statement: a few dozen index seeks whatever the number of
 //! persons. Name frequencies for the term-frequency weight are counted live in `mpi_name`;

@@ -247,6 +247,26 @@ impl Guard {
         self.may_file_with(rtype, v, |id| Ok(tx.read("Patient", id)?))
     }
 
+    /// [`Guard::may_file`] for a version prepared outside the writer's turn: its stored form
+    /// is read back only where the answer can depend on it (a Task, or a requester who may
+    /// not read every record).
+    pub fn may_file_prepared(
+        &self,
+        tx: &mut Tx<'_>,
+        p: &hutong_store::Prepared,
+    ) -> Result<(), ApiError> {
+        if p.rtype != "Task" && self.filing_scope().is_all() {
+            return Ok(());
+        }
+        let v: serde_json::Value = serde_json::from_slice(p.body()).map_err(|e| {
+            ApiError::of(
+                Code::Internal,
+                format!("a prepared version is not JSON: {e}"),
+            )
+        })?;
+        self.may_file(tx, &p.rtype, &v)
+    }
+
     /// [`Guard::may_file`] before the write's transaction, from the store (so that a write
     /// refused for this is refused before the intake rules run and quarantine it).
     pub fn may_file_now(

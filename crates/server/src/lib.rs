@@ -1,19 +1,24 @@
 //! Hutong's FHIR server: the REST engine, the platform's domains over it, and the HTTP front.
 //!
-//! Layout, from the bottom up (a module imports only those listed above it):
-//! - [`error`], [`wire`]: `ApiError`, and the wire types and helpers every handler shares
-//!   (requests, responses, JSON envelope checks, query strings, the Bundle writer).
+//! Layout, from the bottom up (each file imports only files of the layers below it, or
+//! its own; no import circle, file by file):
+//! - [`error`], [`wire`]: `ApiError` and its code table, and the wire types and helpers
+//!   every handler shares (requests, responses, JSON envelope checks, query strings, paging,
+//!   the Bundle writer).
 //! - [`capability`]: the CapabilityStatement and the OperationDefinitions served.
-//! - [`engine`]: the engine (store, access, audit, intake rules) and every FHIR interaction
-//!   as a function of a request — [`engine::read`], [`engine::write`] (the one write path,
-//!   over a store transaction), [`engine::bundle`] (transaction and batch), [`engine::bulk`]
-//!   (import and `$export`).
-//! - [`guard`]: the access decision and audit entry of one request.
-//! - [`governance`]: intake rules and quarantine, work orders, reconciliation, scorecards.
-//! - [`consent`]: grants, break-glass, appointment-linked access, the audit trail.
-//! - [`identity`]: `$match`, PIX and the person operations (the index itself is
-//!   `hutong-link`).
-//! - [`operations`], [`routes`]: the routing tables — `$operations`, then every request.
+//! - [`engine`] (`mod.rs`): the engine's state (store, access, audit, intake rules, the
+//!   identity index); [`guard`]: the access decision and audit entry of one request;
+//!   [`governance::orders`] and [`governance::intake`]: the bookkeeping a write does inside
+//!   its transaction.
+//! - the interactions: [`engine::read`], [`engine::write`] (the one write path, over a
+//!   store transaction: REST, batch, transaction entries and bulk import call it),
+//!   [`engine::bundle`] (transaction and batch), [`engine::bulk`] (import and export).
+//!   Appointment-linked grants ([`consent::appointments`]) follow a committed write.
+//! - the operations by domain: [`governance`] (quarantine, work orders, reconciliation,
+//!   scorecards), [`consent`] (grants, break-glass, the audit trail), [`identity`] (PIX and
+//!   the person operations; the index itself is `hutong-link`).
+//! - [`operations`], [`routes`]: the routing tables — `$operations` (with `$match` and
+//!   `$export`), then every request.
 //! - [`http`]: the axum front and signing in; [`Application`]: settings → a bound server.
 
 pub mod capability;

@@ -1124,13 +1124,13 @@ impl Store {
         schema::mark_current(w.conn())
     }
 
-    /// Runs statements (DDL of tables kept outside FHIR by other crates) on the writer.
     /// Creates the tables of a crate that keeps its own, from definitions written once
     /// ([`sql::Dialect::ddl`]).
     pub fn create_tables(&self, portable: &str) -> Result<(), StoreError> {
         self.batch_admin(&self.dialect().ddl(portable))
     }
 
+    /// Runs statements (DDL of tables kept outside FHIR by other crates) on the writer.
     pub fn batch_admin(&self, sql: &str) -> Result<(), StoreError> {
         let mut c = self.inner.writer.get()?;
         c.conn().batch(sql)

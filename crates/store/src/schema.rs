@@ -1,7 +1,7 @@
 //! The schema, for both dialects, and the catalog of interned ids (resource types, search
 //! parameters, code systems) that keeps index rows small.
 //!
-//! Province scale (see docs/ARCHITECTURE.md): every clinical table carries `shard` — a 64-bit
+//! Province scale (see ARCHITECTURE.md): every clinical table carries `shard` — a 64-bit
 //! hash of the Patient whose compartment owns the row — in its primary key, so a distributed
 //! PostgreSQL (Citus) can distribute on it and keep one patient's rows together. Bodies,
 //! versions, dates, strings and sensitivity lead with it (read per resource: `$everything`,

@@ -38,6 +38,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The resource as it will be stored (JSON, `meta` stamped).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// Version 1 of a new resource, stamped now; `id` is generated when absent.
     pub(crate) fn new(
         codec: &Codec,

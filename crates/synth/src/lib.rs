@@ -3,7 +3,7 @@
 //! (its own Patient with intake variations, and the records), injected quality defects,
 //! and the ground truth to score identity matching and quality control against.
 //!
-//! Output layout (see `docs/SYNTH.md`):
+//! Output layout:
 //! - `registry/{Organization,Practitioner,PractitionerRole}.ndjson`
 //! - `institutions/<code>/<Type>.ndjson` and/or `institutions/<code>/bundles/<patient>.json`
 //! - `truth/{institutions,residents,persons,defects,manifest}.csv`, `region.json`

@@ -18,6 +18,7 @@ use hutong_fhir::Definitions;
 use hutong_store::sql::Val;
 use serde_json::Value;
 
+use crate::engine::write::Submission;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::guard::Guard;
@@ -539,16 +540,15 @@ fn commit_chunk(
     }
     let n = chunk.items.len() as u64;
     let audit = chunk_entry(name, chunk.no, source);
+    // The platform's own load: the interactions' checks run as for any writer.
+    let g = Guard::platform(engine, IMPORTER, "import");
     let r = engine.store.write(&audit.hook(), |tx| {
         for it in &chunk.items {
-            let s = tx.write_prepared(&it.prepared, it.fresh)?;
-            engine.keep(
-                tx,
-                source,
-                &s,
-                &it.verdict.findings,
-                &it.verdict.fingerprint,
-            )?;
+            let sub = Submission {
+                findings: &it.verdict.findings,
+                fingerprint: &it.verdict.fingerprint,
+            };
+            engine.write_prepared_in(tx, &g, source, &it.prepared, it.fresh, None, &sub)?;
         }
         tx.mark_done(key, chunk.no)?;
         Ok::<_, ApiError>(())

@@ -258,14 +258,48 @@ impl Engine {
                 return Ok((found, false));
             }
         }
+        if let Some(p) = prepared {
+            return Ok((
+                self.write_prepared_in(tx, g, source, p, true, Some(&resource), sub)?,
+                true,
+            ));
+        }
         g.may_file(tx, t, &resource)?;
-        let s = match (prepared, id) {
-            (Some(p), _) => tx.write_prepared(p, true)?,
-            (None, Some(id)) => tx.insert_fresh(t, id, resource.into_owned())?,
-            (None, None) => tx.create(t, None, resource.into_owned())?,
+        let s = match id {
+            Some(id) => tx.insert_fresh(t, id, resource.into_owned())?,
+            None => tx.create(t, None, resource.into_owned())?,
         };
         self.keep(tx, source, &s, sub.findings, sub.fingerprint)?;
         Ok((s, true))
+    }
+
+    /// Writes a version prepared outside the writer's turn (a transaction's entries, bulk
+    /// import): `fresh` for a create under an id the platform assigned, otherwise an update
+    /// (or create) under the submitter's id — with the ownership and filing checks of the
+    /// interactions. `resource`, when at hand, spares reading the prepared form back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_prepared_in(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        p: &Prepared,
+        fresh: bool,
+        resource: Option<&Value>,
+        sub: &Submission<'_>,
+    ) -> Result<Stored, ApiError> {
+        if fresh {
+            g.may_write(&p.rtype, Perms::CREATE, None)?;
+        } else {
+            check_owner(self, g, tx, &p.rtype, &p.id)?;
+        }
+        match resource {
+            Some(v) => g.may_file(tx, &p.rtype, v)?,
+            None => g.may_file_prepared(tx, p)?,
+        }
+        let s = tx.write_prepared(p, fresh)?;
+        self.keep(tx, source, &s, sub.findings, sub.fingerprint)?;
+        Ok(s)
     }
 
     /// Updates (or creates, the id being the client's) `t/id` from a submission.
