@@ -48,8 +48,8 @@ CITY, CITY_SHORT, STATE, STATE_SHORT = "广州市", "广州", "广东省", "广�
 # of a hundred exact full-name collisions among 10,000 people.
 HEAD_ZIPF = (1.0, 10.0)
 CHAR_ZIPF = (0.4, 5.0)
-P_HEAD = {1930: .16, 1950: .15, 1960: .14, 1970: .13, 1980: .12, 1990: .12, 2000: .11, 2010: .11,
-          2020: .11}
+P_HEAD = {1930: .15, 1950: .14, 1960: .13, 1970: .12, 1980: .11, 1990: .11, 2000: .10, 2010: .10,
+          2020: .10}
 P_SINGLE = {"old": .14, "mid": .17, "new": .12, "kids": .05}
 
 
@@ -93,8 +93,13 @@ class Tables:
     def __init__(self):
         self.surnames = list(rows("surnames.tsv"))
         self.surname_py = {r[0]: r[1] for r in self.surnames}
-        self.surname_nat = Weighted([r[0] for r in self.surnames], [float(r[2]) for r in self.surnames])
-        self.surname_gd = Weighted([r[0] for r in self.surnames], [float(r[3]) for r in self.surnames])
+        # the listed shares do not reach 100 %: the rest of the population (thousands of rarer
+        # surnames) is spread evenly over the rows past the first 100 so the mass stays in the tail
+        names = [r[0] for r in self.surnames]
+        for col, attr in ((2, "surname_nat"), (3, "surname_gd")):
+            w = [float(r[col]) for r in self.surnames]
+            rest = max(0.0, 100.0 - sum(w)) / max(1, len(w) - 100)
+            setattr(self, attr, Weighted(names, [x + (rest if i >= 100 else 0) for i, x in enumerate(w)]))
         self.head = {}
         for era, sex, pool, names in rows("given_names.tsv"):
             lst = dedupe(names.split())
@@ -116,7 +121,9 @@ class Tables:
         for code, name, short, w, posts, lcode, luntil, villages in rows("districts.tsv"):
             self.districts.append(dict(code=code, name=name, short=short, w=float(w),
                                        posts=posts.split(","),
-                                       legacy=None if lcode == "-" else (lcode, int(luntil)),
+                                       legacy=None if lcode == "-" else
+                                       (lcode, *map(int, luntil.split(":")[0].split("-")),
+                                        float((luntil.split(":") + ["1"])[1])),
                                        villages=villages == "1"))
         self.by_code = {d["code"]: d for d in self.districts}
         self.district_pick = Weighted(self.districts, [d["w"] for d in self.districts])
@@ -222,7 +229,7 @@ class Household:
 
 # Age pyramid (per cent by 5-year band, ages 0-4 ... 90-95), shaped after Guangzhou's 2020 census
 # profile (many 25-44 year-olds, few very old); used to sample household heads/singles.
-PYRAMID = [6.0, 5.5, 4.5, 4.0, 7.0, 9.5, 10.5, 9.0, 7.5, 7.5, 7.0, 5.5, 4.5, 4.0, 3.0, 2.0, 1.5, 0.8, 0.3]
+PYRAMID = [6.0, 5.5, 4.5, 4.0, 7.0, 9.5, 10.5, 9.0, 7.5, 7.5, 7.0, 5.5, 4.5, 4.0, 3.2, 2.4, 2.0, 1.2, 0.5]
 
 
 class World:
@@ -308,9 +315,9 @@ class World:
         return dict(
             district=d["code"], kind=kind, road=rng.choice(roads), num=rng.randint(1, 480),
             estate=rng.choice(t.est_prefix) + rng.choice(t.est_suffix),
-            bldg=rng.randint(1, 28), unit=rng.randint(1, 4) if rng.random() < 0.45 else None,
+            bldg=rng.randint(1, 28), unit=rng.randint(1, 4) if rng.random() < 0.3 else None,
             floor=floors, room=rng.randint(1, 12), lane=rng.randint(1, 30),
-            village=rng.choice(t.villages), style=rng.random() < 0.5,
+            village=rng.choice(t.villages), style=Weighted("ABC", [40, 35, 25]).pick(rng),
             post=rng.choice(d["posts"]))
 
     # --- households
@@ -335,7 +342,7 @@ class World:
         hh.district = self.t.district_pick.pick(rng)
         hh.addr = self.new_address(hh.district)
         kind = Weighted(["single", "couple_young", "couple_old", "nuclear", "three_gen", "single_parent"],
-                        [0.14, 0.10, 0.13, 0.38, 0.18, 0.07]).pick(rng)
+                        [0.15, 0.10, 0.16, 0.34, 0.18, 0.07]).pick(rng)
         if kind == "single":
             self.add_person(hh, rng.choice("mf"), self.age_in(18, 95))
         elif kind in ("couple_young", "couple_old"):
@@ -357,20 +364,25 @@ class World:
                 father = self.add_person(hh, "m", fa)
                 mother = self.add_person(hh, "f", ma)
                 fam = father.family if rng.random() < 0.93 else mother.family
-            nk = Weighted([1, 2, 3], [0.46, 0.47, 0.07]).pick(rng)
+            nk = Weighted([1, 2, 3], [0.60, 0.36, 0.04]).pick(rng)
             if kind == "three_gen":
                 nk = min(nk, 2)
-            base = min(ma, fa)
+            base = ma if mother else fa
             kids = []
             twin_done = False
+            at = max(19, min(40, round(rng.gauss(27.5, 4.5))))  # parent's age at first birth
             for i in range(nk):
-                ka = base - rng.randint(21, 40)
+                ka = base - at
+                at += rng.randint(2, 8)
                 if ka < 0:
-                    ka = rng.randint(0, max(0, base - 21))
-                if ka > 30:
+                    if i == 0:  # not born yet: a pregnant couple or a newborn
+                        ka = 0 if rng.random() < 0.5 else None
+                    else:
+                        break
+                if ka is None or ka > 30:
                     continue
                 kid_origin = hh.origin if hh.origin == "local" or rng.random() < 0.7 else "local"
-                if i == 1 and not twin_done and kids and rng.random() < 0.045:
+                if i == 1 and not twin_done and kids and rng.random() < 0.025:
                     twin_done = True
                     k = self.add_person(hh, rng.choice("mf") if rng.random() < 0.35 else kids[0].sex, 0,
                                         family=fam, origin=kids[0].origin, birth=kids[0].birth)
@@ -485,10 +497,12 @@ class World:
             return self.t.migrant_cn.pick(rng)
         d = p.hh.district if rng.random() < 0.7 else self.t.district_pick.pick(rng)
         reg_year = max(p.birth.year, 1985)
-        if d["legacy"] and reg_year < d["legacy"][1]:
-            if d["code"] == "440115" and reg_year >= 2000:
-                return "440113"
-            return d["legacy"][0]
+        if d["code"] == "440115" and 2000 <= reg_year < 2005:
+            return "440113"  # 南沙 was still part of 番禺区
+        if d["legacy"]:
+            code, start, until, share = d["legacy"]
+            if start <= reg_year < until and rng.random() < share:
+                return code
         return d["code"]
 
     def issue_id(self, p, region=None, near=None):
@@ -511,6 +525,13 @@ class World:
         p.seq = seq
         p.id18 = body + id_check(body)
 
+    def share_region(self, pairs):
+        """Re-issue b's ID in a's region: the two IDs then differ only in sequence and check."""
+        for a, b in pairs:
+            if a.region != b.region:
+                self.used_ids.discard(b.id18[:17])
+                self.issue_id(b, region=a.region)
+
     def issue_ids(self):
         done = set()
         for p in self.people:
@@ -529,7 +550,7 @@ class World:
             own = (0.0 if a < 10 else 0.35 if a < 16 else 0.97 if a < 70 else
                    0.75 if a < 80 else 0.45 if a < 88 else 0.2)
             p.own_phone = self.new_mobile() if rng.random() < own else None
-            if p.own_phone and rng.random() < 0.12:
+            if p.own_phone and rng.random() < 0.10:
                 p.alt_phone = self.new_mobile()
         for h in self.households:
             elderly = all(m.age() >= 60 for m in h.members)
@@ -548,6 +569,9 @@ class World:
                 continue
             h = p.hh
             if p.age() < 18:
+                if p.twin and p.twin.phone:
+                    p.phone = p.twin.phone  # twins are registered with the same parent's phone
+                    continue
                 par = p.mother if (p.mother and p.mother.own_phone and rng.random() < 0.7) else p.father
                 if par is None or not par.own_phone:
                     par = p.mother if p.mother and p.mother.own_phone else h.contact
@@ -570,7 +594,7 @@ class World:
     def moves(self):
         rng = self.rng
         for p in self.people:
-            if p.age() >= 18 and rng.random() < 0.10:
+            if p.age() >= 18 and rng.random() < 0.08:
                 d = p.hh.district if rng.random() < 0.55 else None
                 p.alt_addr = self.new_address(d)
 
@@ -584,12 +608,14 @@ def render_address(t, a, abbrev=None, rng=None):
     room = "%d%02d" % (a["floor"], a["room"])
     if a["kind"] == "estate":
         unit = "%d单元" % a["unit"] if a["unit"] else ""
-        if a["style"]:
+        if a["style"] == "A":
             line = "%s%d号%s%d栋%s%s室" % (a["road"], a["num"], a["estate"], a["bldg"], unit, room)
-        else:
+        elif a["style"] == "B":
             line = "%s%s%d座%s房" % (a["road"], a["estate"], a["bldg"], room)
+        else:
+            line = "%s%d栋%s%s房" % (a["estate"], a["bldg"], unit, room)
     elif a["kind"] == "old":
-        if a["style"]:
+        if a["style"] != "C":
             line = "%s%d号%s房" % (a["road"], a["num"], room)
         else:
             line = "%s%d巷%d号" % (a["road"], a["lane"], a["num"] % 60 + 1)
@@ -605,7 +631,7 @@ def render_address(t, a, abbrev=None, rng=None):
     elif form == "dashed":
         out[0] = "%s%d-%s" % (a["road"], a["num"], room)
     elif form == "estate_only" and a["kind"] == "estate":
-        out[0] = "%s%d栋%s" % (a["estate"], a["bldg"], room)
+        out[0] = "%s%d栋%s" % (a["estate"], a["bldg"], room) if a["style"] != "C" else a["estate"]
     elif form == "no_room":
         if a["kind"] == "village":
             out[0] = "%s村" % a["village"]
@@ -666,7 +692,7 @@ class Recorder:
         idn = p.id18
         parents = [x for x in (p.mother, p.father) if x is not None]
         if "id_missing" not in errs and "id_parent" not in errs:
-            pm = 0.55 if a < 1 else 0.30 if a < 6 else 0.20 if a < 16 else 0.09
+            pm = 0.55 if a < 1 else 0.30 if a < 6 else 0.22 if a < 16 else 0.11
             pm += 0.06 if a >= 80 else 0
             pm += 0.30 if emerg else 0
             pm -= 0.03 if typ == "C" else 0
@@ -810,8 +836,8 @@ class Recorder:
             r = rng.random()
             pm = 0.035 + (0.12 if emerg else 0) + (0.04 if a >= 80 else 0)
             for kind, q in (("phone_missing", pm),
-                            ("phone_changed", 0.45 if p.alt_phone else 0),
-                            ("phone_household", 0.03 if others else 0),
+                            ("phone_changed", 0.40 if p.alt_phone else 0),
+                            ("phone_household", 0.025 if others else 0),
                             ("phone_landline", (0.07 if a >= 60 else 0.015) if h.landline else 0),
                             ("phone_typo", 0.012 if phone else 0)):
                 if r < q:
@@ -846,7 +872,7 @@ class Recorder:
             r = rng.random()
             for kind, q in (("address_missing", 0.02 + (0.15 if emerg else 0)),
                             ("address_moved", 0.5 if p.alt_addr else 0),
-                            ("address_abbrev", 0.065)):
+                            ("address_abbrev", 0.055)):
                 if r < q:
                     errs.add(kind)
                     break
@@ -975,6 +1001,7 @@ def main(argv=None):
     natural_namesakes = world.namesake_pairs()
     planted = world.plant_namesakes(max(30, args.people * 36 // 10000))
     world.issue_ids()
+    world.share_region([pr for i, pr in enumerate(planted) if i % 3 == 0])
     world.phones()
     world.moves()
 
@@ -1003,8 +1030,9 @@ def main(argv=None):
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8", newline="")
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
+    width = max(5, len(str(len(records))))
     for n, r in enumerate(records, 1):
-        w.writerow(["R%06d" % n, r["person"].pid, r["source"], r["name"], r["family"], r["given"],
+        w.writerow(["R%0*d" % (width, n), r["person"].pid, r["source"], r["name"], r["family"], r["given"],
                     r["sex"], r["birth_date"], r["id_number"], r["phone"], r["address_line"],
                     r["district"], r["city"], r["state"], r["postcode"], ";".join(r["errors"])])
     if out is not sys.stdout:

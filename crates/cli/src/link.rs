@@ -284,6 +284,7 @@ pub fn run(a: &LinkArgs) -> anyhow::Result<()> {
     let thresholds = Thresholds {
         link: a.link_threshold.unwrap_or(profile.link),
         review: a.review_threshold.unwrap_or(profile.review),
+        ..profile
     };
     let linked = hutong_mpi::link(&input.records, Some(thresholds));
     let link_secs = t1.elapsed().as_secs_f64();
@@ -348,18 +349,19 @@ pub fn run(a: &LinkArgs) -> anyhow::Result<()> {
             counts.false_positive,
             counts.false_negative
         );
-        hardest_errors(&input, &linked, truth);
+        hardest_errors(&input, &linked, truth, thresholds.population);
     }
     Ok(())
 }
 
 /// The false links with the highest odds and the missed pairs with the lowest.
-fn hardest_errors(input: &Input, linked: &hutong_mpi::Linked, truth: &[String]) {
+fn hardest_errors(input: &Input, linked: &hutong_mpi::Linked, truth: &[String], population: f64) {
     let c = &linked.clustering;
     let scored = hutong_mpi::cluster::score_pairs(
         &input.records,
         &linked.model,
         &hutong_mpi::block::candidates(&input.records, linked.model.profile),
+        population,
     );
     let mut false_links: Vec<&hutong_mpi::ScoredPair> = scored
         .iter()

@@ -154,6 +154,12 @@ struct FileConfig {
     link_threshold: Option<f64>,
     /// log2 posterior odds at or above which a pair is queued for review.
     review_threshold: Option<f64>,
+    /// How much better (log2 odds) a record's best person must fit than another person
+    /// known to be different for it to link (default 6).
+    link_margin: Option<f64>,
+    /// People in the region (default 10,000,000): how many namesakes a common name and
+    /// birth date can be expected to have.
+    region_population: Option<f64>,
     /// The keyring file.
     keys_file: Option<PathBuf>,
     /// Hours a grant by SMS code or app approval lasts (default 24).
@@ -239,6 +245,8 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
             hutong_mpi::Thresholds {
                 link: f.link_threshold.unwrap_or(d.link),
                 review: f.review_threshold.unwrap_or(d.review),
+                margin: f.link_margin.unwrap_or(d.margin),
+                population: f.region_population.unwrap_or(d.population),
             }
         },
         keys_file: c.keys_file.clone().or_else(|| f.keys_file.clone()),

@@ -5,6 +5,7 @@
 pub mod division;
 pub mod hanzi;
 pub mod idcard;
+pub mod names;
 pub mod phone;
 pub mod uscc;
 

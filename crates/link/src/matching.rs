@@ -76,11 +76,11 @@ impl Idx {
     }
 
     fn set_thresholds(&mut self, t: hutong_mpi::Thresholds) {
-        let (c, p) = match self {
-            Idx::Memory(i) => (&mut i.certain, &mut i.probable),
-            Idx::Stored(s) => (&mut s.certain, &mut s.probable),
+        let (c, p, n) = match self {
+            Idx::Memory(i) => (&mut i.certain, &mut i.probable, &mut i.population),
+            Idx::Stored(s) => (&mut s.certain, &mut s.probable, &mut s.population),
         };
-        (*c, *p) = (t.link, t.review);
+        (*c, *p, *n) = (t.link, t.review, t.population);
     }
 }
 

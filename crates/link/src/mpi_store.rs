@@ -132,6 +132,8 @@ pub struct StoredIndex {
     /// log2 posterior odds for `certain` and `probable`.
     pub certain: f64,
     pub probable: f64,
+    /// People in the region ([`hutong_mpi::Thresholds::population`]).
+    pub population: f64,
     count: i64,
     trained_at: i64,
     /// The first error a lookup met since the last [`StoredIndex::take_error`]: lookups
@@ -152,6 +154,7 @@ impl StoredIndex {
             model: Model::starting(),
             certain: thresholds.link,
             probable: thresholds.review,
+            population: thresholds.population,
             count: 0,
             trained_at: 0,
             failed: RefCell::new(None),
@@ -499,7 +502,7 @@ impl StoredIndex {
         let name_count = name_count.map(|c| (c as f64, self.count.max(1) as f64));
         Ok(rank(
             &self.model,
-            (self.certain, self.probable),
+            (self.certain, self.probable, self.population),
             record,
             found.iter().map(|(id, r)| (id.as_str(), r)),
             name_count,

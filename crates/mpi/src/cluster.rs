@@ -13,6 +13,13 @@ pub struct Thresholds {
     pub link: f64,
     /// log2 posterior odds at or above which an unlinked pair is queued for review.
     pub review: f64,
+    /// How much better (log2 odds) the best candidate must be than a candidate known to be
+    /// someone else for a record to link: a record that fits two different people about
+    /// equally well belongs to neither until a person decides.
+    pub margin: f64,
+    /// People in the region the records are drawn from: how many namesakes a common name
+    /// and birth date can be expected to have there ([`crate::Model::odds`]).
+    pub population: f64,
 }
 
 impl Default for Thresholds {
@@ -20,6 +27,8 @@ impl Default for Thresholds {
         Thresholds {
             link: 8.0,
             review: -2.0,
+            margin: 6.0,
+            population: crate::model::DEFAULT_POPULATION,
         }
     }
 }
@@ -38,6 +47,7 @@ impl Thresholds {
             crate::compare::Profile::Western => Thresholds {
                 link: 20.0,
                 review: 10.0,
+                ..Thresholds::default()
             },
         }
     }
@@ -85,8 +95,8 @@ pub fn score_pairs(
     records: &[Record],
     model: &Model,
     candidates: &[(u32, u32)],
+    population: f64,
 ) -> Vec<ScoredPair> {
-    let prior = model.prior();
     candidates
         .iter()
         .map(|&(a, b)| {
@@ -94,15 +104,46 @@ pub fn score_pairs(
             let odds = if known_apart(ra, rb) {
                 f64::NEG_INFINITY
             } else {
-                prior + model.score(ra, &compare_with(ra, rb, model.profile))
+                model.odds(
+                    ra,
+                    &compare_with(ra, rb, model.profile),
+                    model.name_count(ra),
+                    population,
+                )
             };
             ScoredPair { a, b, odds }
         })
         .collect()
 }
 
+/// The records that fit two people known to be different (their own valid ID numbers, the
+/// twins or generations rules) about equally well: each one's candidates at or above the
+/// link threshold, and a rival of the best within `margin` that is known apart from it.
+pub fn ambiguous(records: &[Record], pairs: &[ScoredPair], t: Thresholds) -> Vec<bool> {
+    let mut best: Vec<Vec<(u32, f64)>> = vec![Vec::new(); records.len()];
+    for p in pairs.iter().filter(|p| p.odds >= t.link) {
+        best[p.a as usize].push((p.b, p.odds));
+        best[p.b as usize].push((p.a, p.odds));
+    }
+    best.iter_mut()
+        .map(|c| {
+            if c.len() < 2 {
+                return false;
+            }
+            c.sort_by(|x, y| y.1.total_cmp(&x.1));
+            let (top, odds) = c[0];
+            c[1..].iter().any(|&(other, o)| {
+                o > odds - t.margin && known_apart(&records[top as usize], &records[other as usize])
+            })
+        })
+        .collect()
+}
+
 pub fn cluster(records: &[Record], mut pairs: Vec<ScoredPair>, t: Thresholds) -> Clustering {
     let n = records.len();
+    // An ambiguous record links to no one: its pairs go to review, so that no two people
+    // are ever joined through it.
+    let unsure = ambiguous(records, &pairs, t);
     let mut sets = Sets {
         parent: (0..n as u32).collect(),
         ids: records
@@ -125,7 +166,7 @@ pub fn cluster(records: &[Record], mut pairs: Vec<ScoredPair>, t: Thresholds) ->
         if ra == rb {
             continue;
         }
-        if p.odds < t.link {
+        if p.odds < t.link || unsure[p.a as usize] || unsure[p.b as usize] {
             review.push(p);
             continue;
         }

@@ -65,6 +65,133 @@ pub fn pairwise<P: std::hash::Hash + Eq, T: std::hash::Hash + Eq>(
     }
 }
 
+/// A set of labelled registration records (the independent evaluation set's CSV: columns
+/// `record_id, person_id, source, name, family, given, sex, birth_date, id_number, phone,
+/// address_line, district, city, state, postcode, error_kinds`).
+pub struct Labelled {
+    pub records: Vec<crate::Record>,
+    /// The true person of each record.
+    pub truth: Vec<String>,
+    /// The deviations the generator applied to each record (`;`-separated kinds).
+    pub errors: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+/// Reads a labelled CSV (header row required; columns by name).
+pub fn read_labelled(input: impl std::io::Read) -> Result<Labelled, csv::Error> {
+    let mut r = csv::Reader::from_reader(input);
+    let headers = r.headers()?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let cols: Vec<Option<usize>> = [
+        "record_id",
+        "person_id",
+        "name",
+        "family",
+        "given",
+        "sex",
+        "birth_date",
+        "id_number",
+        "phone",
+        "address_line",
+        "district",
+        "city",
+        "state",
+        "postcode",
+        "error_kinds",
+    ]
+    .iter()
+    .map(|c| col(c))
+    .collect();
+    let mut out = Labelled {
+        records: Vec::new(),
+        truth: Vec::new(),
+        errors: Vec::new(),
+        ids: Vec::new(),
+    };
+    for row in r.records() {
+        let row = row?;
+        let f = |i: usize| {
+            cols[i]
+                .and_then(|c| row.get(c))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+        };
+        out.ids.push(f(0).unwrap_or_default());
+        out.truth.push(f(1).unwrap_or_default());
+        out.records.push(
+            crate::Raw {
+                name: f(2),
+                family: f(3),
+                given: f(4),
+                sex: f(5),
+                birth_date: f(6),
+                id_number: f(7),
+                phone: f(8),
+                address_line: f(9),
+                district: f(10),
+                city: f(11),
+                state: f(12),
+                postcode: f(13),
+            }
+            .normalize(),
+        );
+        out.errors.push(f(14).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// The wrong links of a clustering: pairs of records put together that are different
+/// people, as (record, record) indexes — at most `limit`.
+pub fn false_links<P: std::hash::Hash + Eq + Clone, T: PartialEq>(
+    predicted: &[P],
+    truth: &[T],
+    limit: usize,
+) -> Vec<(usize, usize)> {
+    let mut groups: HashMap<P, Vec<usize>> = HashMap::new();
+    for (i, p) in predicted.iter().enumerate() {
+        groups.entry(p.clone()).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for g in groups.values() {
+        for (x, &a) in g.iter().enumerate() {
+            for &b in &g[x + 1..] {
+                if truth[a] != truth[b] {
+                    out.push((a.min(b), a.max(b)));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.truncate(limit);
+    out
+}
+
+/// The pairs of the same person left apart, as (record, record) indexes — at most `limit`.
+pub fn missed_links<P: PartialEq, T: std::hash::Hash + Eq + Clone>(
+    predicted: &[P],
+    truth: &[T],
+    limit: usize,
+) -> Vec<(usize, usize)> {
+    let mut groups: HashMap<T, Vec<usize>> = HashMap::new();
+    for (i, t) in truth.iter().enumerate() {
+        groups.entry(t.clone()).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for g in groups.values() {
+        for (x, &a) in g.iter().enumerate() {
+            for &b in &g[x + 1..] {
+                if predicted[a] != predicted[b] {
+                    out.push((a.min(b), a.max(b)));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.truncate(limit);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,8 @@ pub struct Index {
     /// log2 posterior odds for `certain` and `probable`.
     pub certain: f64,
     pub probable: f64,
+    /// People in the region ([`crate::Thresholds::population`]).
+    pub population: f64,
 }
 
 impl Index {
@@ -66,6 +68,7 @@ impl Index {
             blocks: HashMap::new(),
             certain: t.link,
             probable: t.review,
+            population: t.population,
         }
     }
 
@@ -180,7 +183,7 @@ impl Index {
             .map(|e| (e.id.as_str(), &e.record));
         rank(
             &self.model,
-            (self.certain, self.probable),
+            (self.certain, self.probable, self.population),
             record,
             candidates,
             self.model.name_count(record),
@@ -195,18 +198,17 @@ impl Index {
 /// log2 posterior odds; `name_count` is how common `record`'s name is (records, of how many).
 pub fn rank<'a>(
     model: &Model,
-    (certain, probable): (f64, f64),
+    (certain, probable, population): (f64, f64, f64),
     record: &Record,
     candidates: impl Iterator<Item = (&'a str, &'a Record)>,
     name_count: Option<(f64, f64)>,
     limit: usize,
 ) -> Vec<Match> {
-    let prior = model.prior();
     let mut out: Vec<Match> = candidates
         .filter(|(_, r)| !known_apart(record, r))
         .filter_map(|(id, r)| {
             let pattern = compare_with(record, r, model.profile);
-            let odds = prior + model.score_counted(&pattern, name_count);
+            let odds = model.odds(record, &pattern, name_count, population);
             let grade = if odds >= certain {
                 Grade::Certain
             } else if odds >= probable {

@@ -30,7 +30,7 @@ pub fn link(records: &[Record], thresholds: Option<Thresholds>) -> Linked {
     let thresholds = thresholds.unwrap_or_else(|| Thresholds::for_profile(profile));
     let candidates = block::candidates(records, profile);
     let model = Model::train(records, &candidates, profile);
-    let scored = cluster::score_pairs(records, &model, &candidates);
+    let scored = cluster::score_pairs(records, &model, &candidates, thresholds.population);
     let clustering = cluster::cluster(records, scored, thresholds);
     Linked {
         model,

@@ -7,8 +7,16 @@
 use std::collections::HashMap;
 
 use crate::compare::{
-    compare_with, known_apart, Pattern, Profile, CONTACT, FIELDS, LEVELS, MAX_LEVELS, NAME,
+    compare_with, known_apart, Pattern, Profile, BIRTH, CONTACT, FIELDS, ID, LEVELS, MAX_LEVELS,
+    NAME,
 };
+
+/// A pattern with one field set.
+fn one(field: usize, level: u8) -> Pattern {
+    let mut p: Pattern = [None; FIELDS];
+    p[field] = Some(level);
+    p
+}
 use crate::normalize::Record;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,7 +34,60 @@ pub struct Model {
     name_counts: HashMap<String, u32>,
     #[serde(skip)]
     n: f64,
+    /// Family and given names counted apart (records per part, of how many): a full name's
+    /// frequency in the population is estimated from its parts, which a region's data shows
+    /// far better than the full names a small store happens to hold.
+    #[serde(default)]
+    parts: NameParts,
     pub em_iterations: usize,
+}
+
+/// The chance that two people of a region share a birth date: births spread over the days
+/// of about 75 years of living cohorts. (Not the model's `u`, which counts random pairs of
+/// records — in a small store, many of them one person's two records.)
+const BIRTHDAY: f64 = 1.0 / (365.25 * 75.0);
+
+/// A city of millions, unless the deployment says otherwise.
+pub const DEFAULT_POPULATION: f64 = 10_000_000.0;
+
+/// Records per family name and per given name, of how many named records.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct NameParts {
+    family: HashMap<String, u32>,
+    given: HashMap<String, u32>,
+    n: u32,
+}
+
+impl NameParts {
+    fn count(records: &[Record]) -> NameParts {
+        let mut p = NameParts::default();
+        for n in records.iter().filter_map(|r| r.name.as_ref()) {
+            if let (Some(f), Some(g)) = (&n.family, &n.given) {
+                *p.family.entry(f.clone()).or_default() += 1;
+                *p.given.entry(g.clone()).or_default() += 1;
+                p.n += 1;
+            }
+        }
+        p
+    }
+
+    /// The share of people bearing a name made of these parts, as if family and given names
+    /// were chosen independently: the family name's from the published statistics where
+    /// they know it, the given name's from the records (given names are shared across
+    /// families, so even a small region shows how common one is). The record itself is not
+    /// counted; an unseen part counts as seen once.
+    fn share(&self, family: &str, given: &str) -> Option<f64> {
+        if self.n < 100 {
+            return None;
+        }
+        let n = f64::from(self.n);
+        let others =
+            |c: Option<&u32>| f64::from(c.copied().unwrap_or(0).saturating_sub(1).max(1)) / n;
+        let f = hutong_cn::names::surname_share(family)
+            .unwrap_or_else(|| others(self.family.get(family)));
+        let g = others(self.given.get(given));
+        Some(f * g)
+    }
 }
 
 /// A deterministic generator for sampling random pairs (SplitMix64).
@@ -184,6 +245,7 @@ impl Model {
             p,
             name_counts,
             n: n.max(1) as f64,
+            parts: NameParts::count(records),
             em_iterations: iterations,
         }
     }
@@ -215,6 +277,7 @@ impl Model {
             p: 0.5,
             name_counts: HashMap::new(),
             n: 1.0,
+            parts: NameParts::default(),
             em_iterations: 0,
         }
     }
@@ -259,6 +322,94 @@ impl Model {
     /// log2 of the prior odds of a match among candidate pairs.
     pub fn prior(&self) -> f64 {
         (self.p / (1.0 - self.p)).log2()
+    }
+
+    /// The share of the population bearing `a`'s full name: the larger of its frequency
+    /// among the records (`name`: how many carry it, of how many) and the estimate from its
+    /// family and given names' frequencies.
+    pub fn name_share(&self, a: &Record, name: Option<(f64, f64)>) -> Option<f64> {
+        let n = a.name.as_ref()?;
+        // Other bearers: the pair's own two records are no evidence of a namesake.
+        let counted = name
+            .filter(|&(c, n)| c > 2.0 && n > 0.0)
+            .map(|(c, n)| (c - 2.0) / n);
+        let parts = match (&n.family, &n.given) {
+            (Some(f), Some(g)) => self.parts.share(f, g),
+            _ => None,
+        };
+        match (counted, parts) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
+    /// The log2 posterior odds that a pair is one person, the decision every linking path
+    /// shares. Fellegi–Sunter over the fields, with three corrections for what registration
+    /// data is like:
+    /// - household evidence (phone, address) corroborates but never decides: it adds at most
+    ///   as much as the person's own fields (ID, name, birth date, sex) already say, so a
+    ///   family member with another name is not taken for the person;
+    /// - an exact name and birth date without a common ID number are weighed against the
+    ///   namesakes the region can be expected to hold: its `population` times how
+    ///   common the name is times the chance of a shared birthday. A common name born on a
+    ///   given day is weak evidence in a city of millions, a rare one strong; a shared
+    ///   household on top is evidence a namesake would not have;
+    /// - pairs that sound rules keep apart never match (the caller checks
+    ///   [`crate::compare::known_apart`]).
+    pub fn odds(
+        &self,
+        a: &Record,
+        pattern: &Pattern,
+        name: Option<(f64, f64)>,
+        population: f64,
+    ) -> f64 {
+        // One valid ID number on two records whose names share nothing: a card lent within
+        // the household (a child registered under a parent's), not one person's two names.
+        let both_han = a.name.as_ref().is_some_and(|n| n.han);
+        if both_han && pattern[ID] == Some(LEVELS[ID] as u8 - 1) && pattern[NAME] == Some(0) {
+            let mut without = *pattern;
+            without[ID] = None;
+            return self.odds(a, &without, name, population);
+        }
+        let mut own = self.prior();
+        let mut others = 0.0;
+        let mut household = 0.0;
+        for (f, level) in pattern.iter().enumerate() {
+            let Some(l) = *level else { continue };
+            let w = if f == NAME {
+                self.score_counted(&one(f, l), name)
+            } else {
+                self.weight(f, l)
+            };
+            if f == CONTACT {
+                household = w;
+            } else {
+                own += w;
+                if f != NAME && f != BIRTH {
+                    others += w;
+                }
+            }
+        }
+        let with_household = |own: f64| {
+            if household > 0.0 {
+                own + household.min(own.max(0.0))
+            } else {
+                own + household
+            }
+        };
+        let mut odds = with_household(own);
+        let exact = |f: usize| pattern[f] == Some(LEVELS[f] as u8 - 1);
+        if self.profile == Profile::Chinese && exact(NAME) && exact(BIRTH) && !exact(ID) {
+            if let Some(share) = self.name_share(a, name) {
+                let namesakes = population * share * BIRTHDAY;
+                // A namesake would also have to share the household to look like this: its
+                // evidence counts in full here.
+                if namesakes > 0.0 {
+                    odds = odds.min(others - namesakes.log2() + household);
+                }
+            }
+        }
+        odds
     }
 }
 

@@ -165,6 +165,39 @@ fn pinyin_of(s: &str) -> String {
 }
 
 /// Builds a comparable name from a full name and/or its family and given parts.
+/// What registration desks write before a person has a name of their own — a newborn
+/// (婴儿, 新生儿, 男婴, 张某之子, 王芳之女), an unidentified patient (无名氏, 某某) — names
+/// no one: such a record is matched on its other fields.
+fn placeholder(t: &str) -> bool {
+    const WHOLE: &[&str] = &[
+        "婴儿",
+        "新生儿",
+        "男婴",
+        "女婴",
+        "婴",
+        "无名氏",
+        "无名",
+        "某某",
+        "未知",
+        "不详",
+        "baby",
+        "unknown",
+        "newborn",
+    ];
+    const ENDS: &[&str] = &[
+        "之子",
+        "之女",
+        "之婴",
+        "之儿",
+        "婴儿",
+        "新生儿",
+        "男婴",
+        "女婴",
+        "某",
+    ];
+    WHOLE.contains(&t) || ENDS.iter().any(|e| t.ends_with(e))
+}
+
 pub fn name(full: Option<&str>, family: Option<&str>, given: Option<&str>) -> Option<Name> {
     let family = family.map(text).filter(|s| !s.is_empty());
     let given = given.map(text).filter(|s| !s.is_empty());
@@ -174,7 +207,7 @@ pub fn name(full: Option<&str>, family: Option<&str>, given: Option<&str>) -> Op
         (None, Some(g)) => g.clone(),
         (None, None) => text(full?),
     };
-    if full_text.is_empty() {
+    if full_text.is_empty() || placeholder(&full_text) {
         return None;
     }
     let han = full_text.chars().any(hanzi::is_han);
@@ -232,14 +265,34 @@ const COMPOUND_SURNAMES: &[&str] = &[
     "欧阳", "司马", "诸葛", "上官", "尉迟", "令狐", "东方", "皇甫", "慕容", "公孙", "夏侯", "端木",
 ];
 
+/// An ID number that cannot be the person's own: its embedded birth date lies a generation
+/// from the record's, sharing nothing a typo would leave (a newborn or child registered
+/// under a parent's card, an elderly patient under a child's — common at registration
+/// desks). It names a household member, not this person, so it is no evidence of identity
+/// either way and the record is matched on its other fields.
+fn borrowed(id: &IdNorm, birth: Option<(u16, u8, u8)>) -> bool {
+    let (Some(b), true) = (birth, id.valid) else {
+        return false;
+    };
+    let Ok(parsed) = IdNumber::parse(&id.text) else {
+        return false;
+    };
+    let (y, m, d) = parsed.birth_date();
+    let embedded = (y as u16, m as u8, d as u8);
+    embedded.0.abs_diff(b.0) >= 12 && embedded.1 != b.1 && embedded.2 != b.2
+}
+
 impl Raw {
     pub fn normalize(&self) -> Record {
         let some = |s: &Option<String>| clean(s).map(text).filter(|s| !s.is_empty());
+        let birth = clean(&self.birth_date).and_then(date);
         Record {
-            id_number: clean(&self.id_number).and_then(id_number),
+            id_number: clean(&self.id_number)
+                .and_then(id_number)
+                .filter(|id| !borrowed(id, birth)),
             name: name(clean(&self.name), clean(&self.family), clean(&self.given)),
             sex: clean(&self.sex).and_then(sex),
-            birth: clean(&self.birth_date).and_then(date),
+            birth,
             phone: clean(&self.phone).and_then(phone),
             place: Place {
                 line: clean(&self.address_line)

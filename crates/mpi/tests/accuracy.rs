@@ -123,7 +123,9 @@ fn sound_rules_keep_known_different_people_apart() {
         "文三路1号",
     );
     assert!(!known_apart(&c, &g) || id1.ends_with('0'));
-    // Same valid ID: one person even if a birth date was entered a generation off.
+    // Same valid ID but a birth date a generation from the one the number carries: the card
+    // is not this record's own (a household member's, lent at registration), so it says
+    // nothing, and the generations rule keeps the two apart.
     let h = rec(
         "王子涵",
         "1975-08-20",
@@ -131,7 +133,17 @@ fn sound_rules_keep_known_different_people_apart() {
         "13800138000",
         "文三路1号",
     );
-    assert!(!known_apart(&c, &h));
+    assert!(h.id_number.is_none());
+    assert!(known_apart(&c, &h));
+    // A birth date with one typo keeps its ID: one person.
+    let i = rec(
+        "王子涵",
+        "2016-03-02",
+        Some(&id1),
+        "13800138000",
+        "文三路1号",
+    );
+    assert!(!known_apart(&c, &i));
 }
 
 #[test]
@@ -150,4 +162,85 @@ fn clusters_never_join_two_valid_id_numbers_through_a_chain() {
     let linked = hutong_mpi::link(&records, None);
     let cl = &linked.clustering.cluster;
     assert_ne!(cl[0], cl[2], "two valid, different ID numbers were merged");
+}
+
+/// A record without an ID number that fits two ID-bearing namesakes equally well belongs to
+/// neither: it goes to review beside both, and never joins them.
+#[test]
+fn a_record_between_two_namesakes_goes_to_review() {
+    let id1 = hutong_cn::idcard::make(330106, 1980, 5, 6, 21);
+    let id2 = hutong_cn::idcard::make(330108, 1980, 5, 6, 43);
+    // A rare name, so that name and birth date alone would link each pair.
+    let mut unknown_contact = rec("欧阳雪", "1980-05-06", None, "", "");
+    unknown_contact.place = Default::default();
+    let mut records = vec![
+        rec(
+            "欧阳雪",
+            "1980-05-06",
+            Some(&id1),
+            "13800138000",
+            "文三路1号",
+        ),
+        unknown_contact,
+        rec(
+            "欧阳雪",
+            "1980-05-06",
+            Some(&id2),
+            "13700137000",
+            "延安路200号",
+        ),
+    ];
+    let (bg, _) = region_records(300, 5);
+    records.extend(bg);
+    let linked = hutong_mpi::link(&records, None);
+    let c = &linked.clustering;
+    assert_ne!(c.cluster[1], c.cluster[0], "joined the first namesake");
+    assert_ne!(c.cluster[1], c.cluster[2], "joined the second namesake");
+    assert_ne!(c.cluster[0], c.cluster[2]);
+    // Both candidates wait in the review queue, side by side.
+    let queued: Vec<(u32, u32)> = c
+        .review
+        .iter()
+        .map(|p| (p.a.min(p.b), p.a.max(p.b)))
+        .collect();
+    assert!(queued.contains(&(0, 1)), "{queued:?}");
+    assert!(queued.contains(&(1, 2)), "{queued:?}");
+    // Without the rival, the same record links.
+    let mut alone = records.clone();
+    alone.remove(2);
+    let l = hutong_mpi::link(&alone, None);
+    assert_eq!(l.clustering.cluster[0], l.clustering.cluster[1]);
+}
+
+/// A common name and a birth date are weak evidence in a city of millions; a rare name with
+/// the same birth date is strong.
+#[test]
+fn a_common_name_and_birth_date_do_not_link_alone() {
+    let (bg, _) = region_records(300, 7);
+    let linked = |name: &str, t: Option<hutong_mpi::Thresholds>| {
+        // Nothing else to go by: one record has no phone or address.
+        let mut bare = rec(name, "1985-03-01", None, "", "");
+        bare.place = Default::default();
+        let mut records = vec![
+            rec(name, "1985-03-01", None, "13800138000", "文三路1号"),
+            bare,
+        ];
+        records.extend(bg.iter().cloned());
+        let l = hutong_mpi::link(&records, t);
+        l.clustering.cluster[0] == l.clustering.cluster[1]
+    };
+    assert!(
+        !linked("张伟", None),
+        "a common name and birth date linked alone"
+    );
+    assert!(
+        linked("欧阳雪", None),
+        "a rare name and birth date did not link"
+    );
+    // In a small region the common name is strong evidence again.
+    let small = hutong_mpi::Thresholds {
+        population: 20_000.0,
+        ..Default::default()
+    };
+    assert!(linked("张伟", Some(small)));
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use crate::rng::{cumulative, Rng};
 
-const SURNAMES: &str = include_str!("../data/surnames.tsv");
+const SURNAMES: &str = hutong_cn::names::SURNAMES_TSV;
 const GIVEN: &str = include_str!("../data/given.tsv");
 const GIVEN_CHARS: &str = include_str!("../data/given-chars.tsv");
 

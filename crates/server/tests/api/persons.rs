@@ -888,6 +888,7 @@ async fn decision_thresholds_are_configurable() {
         s.thresholds = hutong_mpi::Thresholds {
             link: 1_000.0,
             review: -2.0,
+            ..Default::default()
         }
     })
     .await;
