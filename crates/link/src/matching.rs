@@ -352,6 +352,9 @@ impl Matcher {
         if let Some(index) = st.index.as_mut() {
             index.set_thresholds(t);
         }
+        if let Some(r) = st.registry.as_mut() {
+            r.margin = t.margin;
+        }
         st.thresholds = t;
     }
 
@@ -514,6 +517,7 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
         persons_synced,
         trust,
         synced,
+        thresholds,
         ..
     } = st;
     let Some(index) = index.as_mut() else {
@@ -526,6 +530,7 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
             Idx::Stored(_) => Registry::load_lazy(store)?,
         };
         reg.trust = trust.clone();
+        reg.margin = thresholds.margin;
         *registry = Some(reg);
         // Every Patient is looked at again: whatever changed while the registry was away.
         // A database index says up to when that was done; the rest were placed before.

@@ -92,6 +92,9 @@ pub struct Registry {
     tasks: Vec<Value>,
     /// Source (`meta.source`) trust ranks for survivorship; higher wins, default 0.
     pub trust: HashMap<String, i32>,
+    /// How much better (log2 odds) a record's best person must fit than another person known
+    /// to be different for it to link ([`hutong_mpi::Thresholds::margin`]).
+    pub margin: f64,
     /// Persons whose links changed since the matcher last published them to the access
     /// decision's directory.
     pub touched: BTreeSet<String>,
@@ -453,6 +456,7 @@ impl Registry {
         self.page_patients(&ids);
         // The persons this record certainly belongs to, strongest first.
         let mut targets: Vec<(String, String, f64)> = Vec::new();
+        let mut best_odds: Vec<f64> = Vec::new();
         for m in matches.iter().filter(|m| m.grade == Grade::Certain) {
             if self.apart.contains(&pair(patient, &m.id)) {
                 continue;
@@ -460,7 +464,37 @@ impl Registry {
             if let Some(p) = self.person_of.get(&m.id) {
                 if !targets.iter().any(|(t, _, _)| t == p) {
                     targets.push((p.clone(), m.id.clone(), m.probability));
+                    best_odds.push(m.odds);
                 }
+            }
+        }
+        // A record that fits two people known to be different about equally well belongs to
+        // neither until a person decides: it stays where it is (a person of its own when
+        // new), and both candidates go to review side by side.
+        if !pinned && targets.len() > 1 {
+            let rivals: Vec<usize> = (1..targets.len())
+                .filter(|&i| best_odds[i] > best_odds[0] - self.margin)
+                .filter(|&i| {
+                    self.merge_blocker(index, &targets[i].0, &targets[0].0)
+                        .is_some()
+                })
+                .collect();
+            if !rivals.is_empty() {
+                if current.is_none() {
+                    let id = self.new_person();
+                    self.place(patient, &id, false);
+                }
+                let (first, via, prob) = targets[0].clone();
+                for i in rivals {
+                    let (other, other_via, other_prob) = targets[i].clone();
+                    let why = format!(
+                        "fits Person/{first} (through {via}) and Person/{other} (through \
+                         {other_via}) about equally well, and they are different people"
+                    );
+                    self.queue_review(patient, &via, prob, &why);
+                    self.queue_review(patient, &other_via, other_prob, &why);
+                }
+                return;
             }
         }
         if pinned {

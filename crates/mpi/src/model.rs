@@ -50,6 +50,14 @@ const BIRTHDAY: f64 = 1.0 / (365.25 * 75.0);
 /// A city of millions, unless the deployment says otherwise.
 pub const DEFAULT_POPULATION: f64 = 10_000_000.0;
 
+/// A family name the published table does not list, in a store too small to count.
+const RARE_FAMILY: f64 = 1e-3;
+/// A given name's share in a store too small to count: the most common given names are
+/// borne by about 0.3 % of people, most by far fewer.
+const GIVEN: f64 = 1e-3;
+/// Records a store needs before its full-name counts say how common a name is.
+const COUNTED_FROM: f64 = 1_000.0;
+
 /// Records per family name and per given name, of how many named records.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct NameParts {
@@ -76,17 +84,22 @@ impl NameParts {
     /// they know it, the given name's from the records (given names are shared across
     /// families, so even a small region shows how common one is). The record itself is not
     /// counted; an unseen part counts as seen once.
-    fn share(&self, family: &str, given: &str) -> Option<f64> {
-        if self.n < 100 {
-            return None;
-        }
+    fn share(&self, family: &str, given: &str) -> f64 {
         let n = f64::from(self.n);
+        let counted = self.n >= 100;
         let others =
             |c: Option<&u32>| f64::from(c.copied().unwrap_or(0).saturating_sub(1).max(1)) / n;
-        let f = hutong_cn::names::surname_share(family)
-            .unwrap_or_else(|| others(self.family.get(family)));
-        let g = others(self.given.get(given));
-        Some(f * g)
+        let f = match hutong_cn::names::surname_share(family) {
+            Some(f) => f,
+            None if counted => others(self.family.get(family)),
+            None => RARE_FAMILY,
+        };
+        let g = if counted {
+            others(self.given.get(given))
+        } else {
+            GIVEN
+        };
+        f * g
     }
 }
 
@@ -331,10 +344,10 @@ impl Model {
         let n = a.name.as_ref()?;
         // Other bearers: the pair's own two records are no evidence of a namesake.
         let counted = name
-            .filter(|&(c, n)| c > 2.0 && n > 0.0)
+            .filter(|&(c, n)| c > 2.0 && n >= COUNTED_FROM)
             .map(|(c, n)| (c - 2.0) / n);
         let parts = match (&n.family, &n.given) {
-            (Some(f), Some(g)) => self.parts.share(f, g),
+            (Some(f), Some(g)) if n.han => Some(self.parts.share(f, g)),
             _ => None,
         };
         match (counted, parts) {
@@ -346,9 +359,9 @@ impl Model {
     /// The log2 posterior odds that a pair is one person, the decision every linking path
     /// shares. Fellegi–Sunter over the fields, with three corrections for what registration
     /// data is like:
-    /// - household evidence (phone, address) corroborates but never decides: it adds at most
-    ///   as much as the person's own fields (ID, name, birth date, sex) already say, so a
-    ///   family member with another name is not taken for the person;
+    /// - household evidence (phone, address) corroborates but never decides: it counts only
+    ///   when the person's own fields (ID, name, birth date, sex) already lean towards one
+    ///   person, so a family member with another name is not taken for the person;
     /// - an exact name and birth date without a common ID number are weighed against the
     ///   namesakes the region can be expected to hold: its `population` times how
     ///   common the name is times the chance of a shared birthday. A common name born on a
@@ -391,8 +404,8 @@ impl Model {
             }
         }
         let with_household = |own: f64| {
-            if household > 0.0 {
-                own + household.min(own.max(0.0))
+            if household > 0.0 && own <= 0.0 {
+                own
             } else {
                 own + household
             }

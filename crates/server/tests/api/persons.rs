@@ -840,6 +840,86 @@ async fn the_persons_record_spans_institutions_in_time_order_with_a_summary_on(a
     assert_eq!(app.get("Person/nope/$summary").await.status, 404);
 }
 
+on_both_indexes!(a_record_between_two_namesakes_waits_for_review);
+/// Two people with the same rare name and birth date and their own ID numbers; then a
+/// record with neither ID nor contact that fits both equally: it joins neither person, and
+/// both pairs wait for review side by side. Without the rival it would have linked.
+async fn a_record_between_two_namesakes_waits_for_review_on(app: TestApp) {
+    let id1 = hutong_cn::idcard::make(330106, 1980, 5, 6, 21);
+    let id2 = hutong_cn::idcard::make(330108, 1980, 5, 6, 43);
+    let mk = |id: Option<&str>, phone: Option<&str>, line: Option<&str>, mrn: &str| {
+        patient(&Pt {
+            name: "欧阳雪",
+            birth: "1980-05-06",
+            gender: "female",
+            id_number: id,
+            phone,
+            line,
+            mrn: ("urn:mrn:ns", mrn),
+        })
+    };
+    let a = create(
+        &app,
+        HOSPITAL,
+        mk(Some(&id1), Some("13800138000"), Some("文三路1号"), "1"),
+    )
+    .await;
+    let c = create(
+        &app,
+        HOSPITAL,
+        mk(Some(&id2), Some("13700137000"), Some("延安路200号"), "2"),
+    )
+    .await;
+    let b = create(&app, CLINIC, mk(None, None, None, "3")).await;
+    let (pa, pb, pc) = (
+        person_of(&app, &a).await,
+        person_of(&app, &b).await,
+        person_of(&app, &c).await,
+    );
+    assert_ne!(pb["id"], pa["id"], "joined the first namesake");
+    assert_ne!(pb["id"], pc["id"], "joined the second namesake");
+    assert_ne!(pa["id"], pc["id"]);
+    let q = app
+        .get(&format!(
+            "Task?code=https://hutong.dev/fhir/CodeSystem/identity|match-review&focus=Patient/{b}"
+        ))
+        .await;
+    let candidates: std::collections::BTreeSet<String> = q.body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e["resource"]["input"]
+                .as_array()?
+                .iter()
+                .find(|i| i["type"]["text"] == "candidate")?["valueReference"]["reference"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        [format!("Patient/{a}"), format!("Patient/{c}")].into();
+    assert_eq!(candidates, want, "{}", q.body);
+    // The same record for someone with one namesake only joins them.
+    let d = create(&app, CLINIC, {
+        let mut v = mk(None, None, None, "4");
+        v["name"] = json!([{"text": "司马琴"}]);
+        v
+    })
+    .await;
+    let e = create(&app, HOSPITAL, {
+        let mut v = mk(Some(&id1), Some("13800138000"), Some("文三路1号"), "5");
+        v["name"] = json!([{"text": "司马琴"}]);
+        v["identifier"][1]["value"] = json!(hutong_cn::idcard::make(330106, 1980, 5, 6, 61));
+        v
+    })
+    .await;
+    assert_eq!(
+        person_of(&app, &d).await["id"],
+        person_of(&app, &e).await["id"]
+    );
+}
+
 #[tokio::test]
 async fn persons_work_the_same_on_postgres() {
     let Some(app) = crate::helpers::spawn_pg_app().await else {
@@ -949,6 +1029,9 @@ async fn on(name: &str, app: TestApp) {
         }
         "the_persons_record_spans_institutions_in_time_order_with_a_summary" => {
             the_persons_record_spans_institutions_in_time_order_with_a_summary_on(app).await
+        }
+        "a_record_between_two_namesakes_waits_for_review" => {
+            a_record_between_two_namesakes_waits_for_review_on(app).await
         }
         _ => unreachable!("no test {name}"),
     }
