@@ -55,8 +55,6 @@ const RARE_FAMILY: f64 = 1e-3;
 /// A given name's share in a store too small to count: the most common given names are
 /// borne by about 0.3 % of people, most by far fewer.
 const GIVEN: f64 = 1e-3;
-/// Records a store needs before its full-name counts say how common a name is.
-const COUNTED_FROM: f64 = 1_000.0;
 
 /// Records per family name and per given name, of how many named records.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -67,10 +65,18 @@ struct NameParts {
 }
 
 impl NameParts {
+    /// Counts people rather than records: a person registered at four institutions is four
+    /// records but one bearer of the name, so records that agree on name and birth date are
+    /// counted once.
     fn count(records: &[Record]) -> NameParts {
         let mut p = NameParts::default();
-        for n in records.iter().filter_map(|r| r.name.as_ref()) {
+        let mut seen = std::collections::HashSet::new();
+        for r in records {
+            let Some(n) = &r.name else { continue };
             if let (Some(f), Some(g)) = (&n.family, &n.given) {
+                if !seen.insert((n.text.as_str(), r.birth)) {
+                    continue;
+                }
                 *p.family.entry(f.clone()).or_default() += 1;
                 *p.given.entry(g.clone()).or_default() += 1;
                 p.n += 1;
@@ -337,22 +343,15 @@ impl Model {
         (self.p / (1.0 - self.p)).log2()
     }
 
-    /// The share of the population bearing `a`'s full name: the larger of its frequency
-    /// among the records (`name`: how many carry it, of how many) and the estimate from its
-    /// family and given names' frequencies.
-    pub fn name_share(&self, a: &Record, name: Option<(f64, f64)>) -> Option<f64> {
+    /// The share of the population bearing `a`'s full (Han) name, from its family and given
+    /// names' frequencies among the people the model was trained on. (Not from the full
+    /// name's own count: a small store holds too few namesakes to count, and a name's
+    /// records are mostly one person's.)
+    pub fn name_share(&self, a: &Record) -> Option<f64> {
         let n = a.name.as_ref()?;
-        // Other bearers: the pair's own two records are no evidence of a namesake.
-        let counted = name
-            .filter(|&(c, n)| c > 2.0 && n >= COUNTED_FROM)
-            .map(|(c, n)| (c - 2.0) / n);
-        let parts = match (&n.family, &n.given) {
+        match (&n.family, &n.given) {
             (Some(f), Some(g)) if n.han => Some(self.parts.share(f, g)),
             _ => None,
-        };
-        match (counted, parts) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
         }
     }
 
@@ -362,11 +361,11 @@ impl Model {
     /// - household evidence (phone, address) corroborates but never decides: it counts only
     ///   when the person's own fields (ID, name, birth date, sex) already lean towards one
     ///   person, so a family member with another name is not taken for the person;
-    /// - an exact name and birth date without a common ID number are weighed against the
-    ///   namesakes the region can be expected to hold: its `population` times how
-    ///   common the name is times the chance of a shared birthday. A common name born on a
-    ///   given day is weak evidence in a city of millions, a rare one strong; a shared
-    ///   household on top is evidence a namesake would not have;
+    /// - without a common ID number, name and birth date are weighed against the people the
+    ///   region holds: its `population` times the chance that one of them agrees this well
+    ///   (an exact name as often as it is borne). A common name born on a given day is weak
+    ///   evidence in a city of millions, a rare one strong; a shared household on top is
+    ///   evidence a namesake would not have;
     /// - pairs that sound rules keep apart never match (the caller checks
     ///   [`crate::compare::known_apart`]).
     pub fn odds(
@@ -412,14 +411,35 @@ impl Model {
         };
         let mut odds = with_household(own);
         let exact = |f: usize| pattern[f] == Some(LEVELS[f] as u8 - 1);
-        if self.profile == Profile::Chinese && exact(NAME) && exact(BIRTH) && !exact(ID) {
-            if let Some(share) = self.name_share(a, name) {
-                let namesakes = population * share * BIRTHDAY;
+        // (A near name with an exact birth date is left to the fields' own weights: homophones
+        // and typing errors in names are the commonest deviation of one person's records.
+        // So is a record without a name, a newborn's before it has one.)
+        let near_name = matches!(pattern[NAME], Some(l) if l > 0 && !exact(NAME));
+        let weighed = pattern[NAME].is_some() && !(near_name && exact(BIRTH));
+        if self.profile == Profile::Chinese && !exact(ID) && weighed {
+            // The pair as if drawn from the whole region: how many of its people would agree
+            // with this record on name and birth date this well by chance (an exact name as
+            // often as the name is borne; an exact birth date on one day of the cohorts'),
+            // against how often one person's two records do.
+            let term = |f: usize, chance: f64| match pattern[f] {
+                Some(l) if l as usize == LEVELS[f] - 1 => (self.m[f][l as usize], chance),
+                Some(l) => (self.m[f][l as usize], self.u[f][l as usize]),
+                None => (1.0, 1.0),
+            };
+            let share = if exact(NAME) {
+                self.name_share(a)
+            } else {
+                Some(1.0)
+            };
+            if let Some(share) = share {
+                let (m_name, u_name) = term(NAME, share);
+                let (m_birth, u_birth) = term(BIRTH, BIRTHDAY);
+                let evidence =
+                    (m_name.max(1e-9) * m_birth.max(1e-9) / (u_name * u_birth).max(1e-300)).log2();
                 // A namesake would also have to share the household to look like this: its
                 // evidence counts in full here.
-                if namesakes > 0.0 {
-                    odds = odds.min(others - namesakes.log2() + household);
-                }
+                let city = evidence - population.max(1.0).log2() + others + household;
+                odds = odds.min(city);
             }
         }
         odds
