@@ -51,27 +51,22 @@ fn audit_bundle(
 fn paging(req: &Req) -> Result<(usize, usize, i64, i64), ApiError> {
     let Paging { count, offset } = Paging::parse(&req.query, Paging::LISTS)?;
     let (mut since, mut until) = (i64::MIN, i64::MAX);
-    for (k, v) in &req.query {
-        match k.as_str() {
-            "date" => {
-                let (prefix, d) = match v.get(..2) {
-                    Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
-                    _ => ("eq", v.as_str()),
-                };
-                let r = hutong_fhir::date::parse(d)
-                    .ok_or_else(|| ApiError::bad_request(format!("Invalid date '{v}'")))?;
-                match prefix {
-                    "ge" => since = since.max(r.lo),
-                    "gt" => since = since.max(r.hi),
-                    "le" => until = until.min(r.hi),
-                    "lt" => until = until.min(r.lo),
-                    _ => {
-                        since = since.max(r.lo);
-                        until = until.min(r.hi);
-                    }
-                }
+    for (_, v) in req.query.iter().filter(|(k, _)| k == "date") {
+        let (prefix, d) = match v.get(..2) {
+            Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
+            _ => ("eq", v.as_str()),
+        };
+        let r = hutong_fhir::date::parse(d)
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid date '{v}'")))?;
+        match prefix {
+            "ge" => since = since.max(r.lo),
+            "gt" => since = since.max(r.hi),
+            "le" => until = until.min(r.hi),
+            "lt" => until = until.min(r.lo),
+            _ => {
+                since = since.max(r.lo);
+                until = until.min(r.hi);
             }
-            _ => {}
         }
     }
     Ok((count, offset, since, until))

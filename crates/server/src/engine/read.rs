@@ -174,17 +174,12 @@ impl Engine {
     ) -> Result<Resp, ApiError> {
         let Paging { count, offset } = Paging::parse(&req.query, (20, 1000))?;
         let mut since = None;
-        for (k, v) in &req.query {
-            match k.as_str() {
-                "_since" => {
-                    since = Some(
-                        hutong_fhir::date::parse(v)
-                            .ok_or_else(|| ApiError::bad_request(format!("Invalid _since '{v}'")))?
-                            .lo,
-                    )
-                }
-                _ => {}
-            }
+        for (_, v) in req.query.iter().filter(|(k, _)| k == "_since") {
+            since = Some(
+                hutong_fhir::date::parse(v)
+                    .ok_or_else(|| ApiError::bad_request(format!("Invalid _since '{v}'")))?
+                    .lo,
+            );
         }
         let (versions, total) = self
             .store
