@@ -1931,7 +1931,8 @@ mod tests {
             given: Some(given.into()),
             birth_date: Some("1980-05-17".into()),
             sex: Some("女".into()),
-            id_number: Some("11010519491231002X".into()),
+            // Her own card: an ID number whose birth date is not hers is set aside as lent.
+            id_number: Some(hutong_cn::idcard::make(110105, 1980, 5, 17, 2)),
             phone: Some("13812345678".into()),
             district: Some("西湖区".into()),
             ..Default::default()

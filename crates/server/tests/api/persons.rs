@@ -513,8 +513,8 @@ on_both_indexes!(a_later_record_joins_persons_kept_apart_and_reviews_decide_the_
 async fn a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest_on(app: TestApp) {
     let id = hutong_cn::idcard::make(330102, 1962, 7, 11, 13);
     // The hospital knows the ID number and an old address; the clinic knows the phone and the
-    // new address, wrote the name in pinyin, the day off by one and the sex wrong: a
-    // probable match, not enough to link.
+    // new address and wrote the sex wrong. The same name born the same day is a probable
+    // match, not enough to link: a city holds namesakes born on one day.
     let x1 = create(
         &app,
         HOSPITAL,
@@ -533,8 +533,8 @@ async fn a_later_record_joins_persons_kept_apart_and_reviews_decide_the_rest_on(
         &app,
         CLINIC,
         patient(&Pt {
-            name: "Chen Guohua",
-            birth: "1962-07-12",
+            name: "陈国华",
+            birth: "1962-07-11",
             gender: "female",
             id_number: None,
             phone: Some("13512345678"),
