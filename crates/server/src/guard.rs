@@ -255,7 +255,7 @@ impl Guard {
         tx: &mut Tx<'_>,
         p: &hutong_store::Prepared,
     ) -> Result<(), ApiError> {
-        if p.rtype != "Task" && self.filing_scope().is_all() {
+        if p.rtype != "Task" && (self.principal.booking || self.scope.is_all()) {
             return Ok(());
         }
         let v: serde_json::Value = serde_json::from_slice(p.body()).map_err(|e| {
