@@ -21,16 +21,16 @@
 //!   `$export`), then every request.
 //! - [`http`]: the axum front and signing in; [`Application`]: settings → a bound server.
 
-pub mod capability;
+pub(crate) mod capability;
 pub mod consent;
 pub mod engine;
 pub mod error;
 pub mod governance;
 pub mod guard;
 pub mod http;
-pub mod identity;
-pub mod operations;
-pub mod routes;
+pub(crate) mod identity;
+pub(crate) mod operations;
+pub(crate) mod routes;
 pub mod wire;
 
 use std::net::SocketAddr;

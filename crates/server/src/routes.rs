@@ -16,7 +16,6 @@ use crate::wire::Req;
 use crate::wire::Resp;
 use crate::Engine;
 use hutong_access::principal::Perms;
-pub use hutong_fhir::vocab::COLLECTED_URL;
 use hutong_store::HistoryScope;
 
 impl Engine {

@@ -7,9 +7,9 @@
 //! Every grant is a `Consent` written by the platform (see `hutong_access::grants`), in the
 //! same transaction as the request's audit entry, and takes effect at once.
 
-pub mod appointments;
-pub mod break_glass;
-pub mod grants;
+pub(crate) mod appointments;
+pub(crate) mod break_glass;
+pub(crate) mod grants;
 pub mod trail;
 
 use hutong_access::grants::{Grant, Grantee, ACCESS_SOURCE};

@@ -2,9 +2,9 @@
 //! independent of HTTP so that bundles, the CLI and tests drive the same code.
 
 pub mod bulk;
-pub mod bundle;
-pub mod read;
-pub mod write;
+pub(crate) mod bundle;
+pub(crate) mod read;
+pub(crate) mod write;
 
 use std::sync::Arc;
 

@@ -20,7 +20,6 @@ use crate::wire::ENTRY_FRAME;
 use crate::Engine;
 use hutong_access::principal::Perms;
 use hutong_fhir::date::{format_http, format_instant};
-pub use hutong_fhir::vocab::COLLECTED_URL;
 use hutong_fhir::{IssueCode, Outcome};
 use hutong_store::search::Everything;
 use hutong_store::{HistoryScope, Lookup, Page, Query, Stored, Tx};

@@ -20,7 +20,6 @@ use crate::wire::Resp;
 use crate::Engine;
 use hutong_access::principal::{Kind, Perms};
 use hutong_fhir::date::now_ms;
-pub use hutong_fhir::vocab::COLLECTED_URL;
 use hutong_fhir::Outcome;
 use hutong_store::Prepared;
 use hutong_store::{Query, Scope, Stored, Tx};

@@ -190,12 +190,6 @@ pub struct Checked {
     pub provisional: Vec<bool>,
 }
 
-impl Checked {
-    pub fn rejects(&self) -> bool {
-        self.findings.iter().any(|f| hutong_quality::rejects(f))
-    }
-}
-
 /// What the platform holds, fetched in a few queries for a whole submission.
 struct Held<'a> {
     store: &'a Store,

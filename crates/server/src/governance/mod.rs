@@ -7,10 +7,10 @@
 //! Layering inside: `orders` and `intake` sit below the engine (the write path calls them
 //! inside its transaction); the others are operations above it.
 
-pub mod intake;
-pub mod orders;
-pub mod quality;
+pub(crate) mod intake;
+pub(crate) mod orders;
+pub(crate) mod quality;
 pub mod reconcile;
-pub mod scorecards;
-pub mod throughput;
-pub mod workorders;
+pub(crate) mod scorecards;
+pub(crate) mod throughput;
+pub(crate) mod workorders;

@@ -2,7 +2,7 @@
 //! FHIR error shape for everything that can go wrong before the engine (size, media type).
 
 pub mod auth;
-pub mod state;
+pub(crate) mod state;
 
 pub use state::AppState;
 
