@@ -23,6 +23,19 @@ pub fn normalize(s: &str) -> String {
     d.to_string()
 }
 
+/// A mobile number as accounts hold it: [`normalize`]d, and when more digits than a mobile
+/// number's were written around one (`+86 (0)138…`), the eleven that make one.
+pub fn mobile(s: &str) -> String {
+    let d = normalize(s);
+    if d.len() > 11 {
+        let last = &d[d.len() - 11..];
+        if is_valid_mobile(last) {
+            return last.to_string();
+        }
+    }
+    d
+}
+
 pub fn is_valid_mobile(s: &str) -> bool {
     let d = normalize(s);
     d.len() == 11
@@ -34,6 +47,14 @@ pub fn is_valid_mobile(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mobiles_are_found_in_what_people_type() {
+        assert_eq!(mobile("+86 (0)138-0013-8000"), "13800138000");
+        assert_eq!(mobile("0086 13800138000"), "13800138000");
+        assert_eq!(mobile("138 0013 8000"), "13800138000");
+        assert_eq!(mobile("020-12345678"), "02012345678");
+    }
 
     #[test]
     fn mobile_numbers() {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
-use hutong_mpi::index::{Index, Match};
+use hutong_mpi::index::{Grade, Index, Match};
 use hutong_mpi::{block, fhir::raw_from_patient, Model, Record};
 use hutong_store::{Scope, Store, StoreError, Stored};
 
@@ -195,11 +195,30 @@ impl Matcher {
         if let Some(e) = index.take_error() {
             return Err(e);
         }
-        Ok(found
+        let mut found: Vec<Match> = found
             .into_iter()
             .filter(|m| Some(&m.id) != self_id.as_ref())
             .take(limit)
-            .collect())
+            .collect();
+        // A record that fits two people known to be different about equally well is certain
+        // of neither: the linker would not link it, and `$match` does not call it certain.
+        let candidates = index.candidates();
+        if let Some(best) = found.first().filter(|m| m.grade == Grade::Certain) {
+            let floor = best.odds - st.thresholds.margin;
+            let best_record = candidates.record(&best.id);
+            let rival = found[1..].iter().take_while(|m| m.odds > floor).any(|m| {
+                match (&best_record, candidates.record(&m.id)) {
+                    (Some(x), Some(y)) => hutong_mpi::compare::known_apart(x, &y),
+                    _ => false,
+                }
+            });
+            if rival {
+                for m in found.iter_mut().filter(|m| m.grade == Grade::Certain) {
+                    m.grade = Grade::Probable;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Catches up with the store: indexes new Patient versions and gives each its person.
@@ -353,7 +372,7 @@ impl Matcher {
             index.set_thresholds(t);
         }
         if let Some(r) = st.registry.as_mut() {
-            r.margin = t.margin;
+            r.margin = crate::persons::Margin(t.margin);
         }
         st.thresholds = t;
     }
@@ -530,7 +549,7 @@ fn sync(st: &mut State, store: &Store) -> Result<(), StoreError> {
             Idx::Stored(_) => Registry::load_lazy(store)?,
         };
         reg.trust = trust.clone();
-        reg.margin = thresholds.margin;
+        reg.margin = crate::persons::Margin(thresholds.margin);
         *registry = Some(reg);
         // Every Patient is looked at again: whatever changed while the registry was away.
         // A database index says up to when that was done; the rest were placed before.

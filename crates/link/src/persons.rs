@@ -79,6 +79,16 @@ fn pair(a: &str, b: &str) -> (String, String) {
     }
 }
 
+/// [`hutong_mpi::Thresholds::margin`], its default unless the deployment sets another.
+#[derive(Debug, Clone, Copy)]
+pub struct Margin(pub f64);
+
+impl Default for Margin {
+    fn default() -> Margin {
+        Margin(hutong_mpi::Thresholds::default().margin)
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     pub persons: HashMap<String, PersonEntry>,
@@ -94,7 +104,7 @@ pub struct Registry {
     pub trust: HashMap<String, i32>,
     /// How much better (log2 odds) a record's best person must fit than another person known
     /// to be different for it to link ([`hutong_mpi::Thresholds::margin`]).
-    pub margin: f64,
+    pub margin: Margin,
     /// Persons whose links changed since the matcher last published them to the access
     /// decision's directory.
     pub touched: BTreeSet<String>,
@@ -471,22 +481,33 @@ impl Registry {
         // A record that fits two people known to be different about equally well belongs to
         // neither until a person decides: it stays where it is (a person of its own when
         // new), and both candidates go to review side by side.
-        if !pinned && targets.len() > 1 {
-            let rivals: Vec<usize> = (1..targets.len())
-                .filter(|&i| best_odds[i] > best_odds[0] - self.margin)
-                .filter(|&i| {
-                    self.merge_blocker(index, &targets[i].0, &targets[0].0)
-                        .is_some()
-                })
-                .collect();
+        if !pinned && !targets.is_empty() {
+            // Rivals: the best match of each other person within the margin, certain or not.
+            let mut rivals: Vec<(String, String, f64)> = Vec::new();
+            for m in &matches {
+                if m.odds <= best_odds[0] - self.margin.0 {
+                    break;
+                }
+                let Some(p) = self.person_of.get(&m.id).cloned() else {
+                    continue;
+                };
+                if p == targets[0].0
+                    || rivals.iter().any(|(r, _, _)| *r == p)
+                    || self.apart.contains(&pair(patient, &m.id))
+                {
+                    continue;
+                }
+                if self.merge_blocker(index, &p, &targets[0].0).is_some() {
+                    rivals.push((p, m.id.clone(), m.probability));
+                }
+            }
             if !rivals.is_empty() {
                 if current.is_none() {
                     let id = self.new_person();
                     self.place(patient, &id, false);
                 }
                 let (first, via, prob) = targets[0].clone();
-                for i in rivals {
-                    let (other, other_via, other_prob) = targets[i].clone();
+                for (other, other_via, other_prob) in rivals {
                     let why = format!(
                         "fits Person/{first} (through {via}) and Person/{other} (through \
                          {other_via}) about equally well, and they are different people"

@@ -106,6 +106,7 @@ pub fn score_pairs(
             } else {
                 model.odds(
                     ra,
+                    rb,
                     &compare_with(ra, rb, model.profile),
                     model.name_count(ra),
                     population,
@@ -117,11 +118,11 @@ pub fn score_pairs(
 }
 
 /// The records that fit two people known to be different (their own valid ID numbers, the
-/// twins or generations rules) about equally well: each one's candidates at or above the
-/// link threshold, and a rival of the best within `margin` that is known apart from it.
+/// twins or generations rules) about equally well: a best candidate at or above the link
+/// threshold, and a rival within `margin` of it (linkable or not) known apart from it.
 pub fn ambiguous(records: &[Record], pairs: &[ScoredPair], t: Thresholds) -> Vec<bool> {
     let mut best: Vec<Vec<(u32, f64)>> = vec![Vec::new(); records.len()];
-    for p in pairs.iter().filter(|p| p.odds >= t.link) {
+    for p in pairs.iter().filter(|p| p.odds >= t.link - t.margin) {
         best[p.a as usize].push((p.b, p.odds));
         best[p.b as usize].push((p.a, p.odds));
     }
@@ -132,6 +133,9 @@ pub fn ambiguous(records: &[Record], pairs: &[ScoredPair], t: Thresholds) -> Vec
             }
             c.sort_by(|x, y| y.1.total_cmp(&x.1));
             let (top, odds) = c[0];
+            if odds < t.link {
+                return false;
+            }
             c[1..].iter().any(|&(other, o)| {
                 o > odds - t.margin && known_apart(&records[top as usize], &records[other as usize])
             })

@@ -208,7 +208,7 @@ pub fn rank<'a>(
         .filter(|(_, r)| !known_apart(record, r))
         .filter_map(|(id, r)| {
             let pattern = compare_with(record, r, model.profile);
-            let odds = model.odds(record, &pattern, name_count, population);
+            let odds = model.odds(record, r, &pattern, name_count, population);
             let grade = if odds >= certain {
                 Grade::Certain
             } else if odds >= probable {

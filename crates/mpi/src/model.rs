@@ -11,13 +11,14 @@ use crate::compare::{
     NAME,
 };
 
+use crate::normalize::Record;
+
 /// A pattern with one field set.
 fn one(field: usize, level: u8) -> Pattern {
     let mut p: Pattern = [None; FIELDS];
     p[field] = Some(level);
     p
 }
-use crate::normalize::Record;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Model {
@@ -371,17 +372,19 @@ impl Model {
     pub fn odds(
         &self,
         a: &Record,
+        b: &Record,
         pattern: &Pattern,
         name: Option<(f64, f64)>,
         population: f64,
     ) -> f64 {
+        let han = |r: &Record| r.name.as_ref().is_some_and(|n| n.han);
         // One valid ID number on two records whose names share nothing: a card lent within
         // the household (a child registered under a parent's), not one person's two names.
-        let both_han = a.name.as_ref().is_some_and(|n| n.han);
-        if both_han && pattern[ID] == Some(LEVELS[ID] as u8 - 1) && pattern[NAME] == Some(0) {
+        if han(a) && han(b) && pattern[ID] == Some(LEVELS[ID] as u8 - 1) && pattern[NAME] == Some(0)
+        {
             let mut without = *pattern;
             without[ID] = None;
-            return self.odds(a, &without, name, population);
+            return self.odds(a, b, &without, name, population);
         }
         let mut own = self.prior();
         let mut others = 0.0;
@@ -411,29 +414,35 @@ impl Model {
         };
         let mut odds = with_household(own);
         let exact = |f: usize| pattern[f] == Some(LEVELS[f] as u8 - 1);
+        // The same name in another script (张伟 and "Zhang Wei") has the Han one's namesakes.
+        let transliterated = match (&a.name, &b.name) {
+            (Some(x), Some(y)) if x.han != y.han => x.py.iter().any(|p| y.py.contains(p)),
+            _ => false,
+        };
+        let same_name = exact(NAME) || transliterated;
         // (A near name with an exact birth date is left to the fields' own weights: homophones
         // and typing errors in names are the commonest deviation of one person's records.
         // So is a record without a name, a newborn's before it has one.)
-        let near_name = matches!(pattern[NAME], Some(l) if l > 0 && !exact(NAME));
+        let near_name = matches!(pattern[NAME], Some(l) if l > 0) && !same_name;
         let weighed = pattern[NAME].is_some() && !(near_name && exact(BIRTH));
         if self.profile == Profile::Chinese && !exact(ID) && weighed {
             // The pair as if drawn from the whole region: how many of its people would agree
             // with this record on name and birth date this well by chance (an exact name as
             // often as the name is borne; an exact birth date on one day of the cohorts'),
             // against how often one person's two records do.
-            let term = |f: usize, chance: f64| match pattern[f] {
-                Some(l) if l as usize == LEVELS[f] - 1 => (self.m[f][l as usize], chance),
+            let term = |f: usize, same: bool, chance: f64| match pattern[f] {
+                Some(l) if same => (self.m[f][l as usize], chance),
                 Some(l) => (self.m[f][l as usize], self.u[f][l as usize]),
                 None => (1.0, 1.0),
             };
-            let share = if exact(NAME) {
-                self.name_share(a)
+            let share = if same_name {
+                self.name_share(if han(a) { a } else { b })
             } else {
                 Some(1.0)
             };
             if let Some(share) = share {
-                let (m_name, u_name) = term(NAME, share);
-                let (m_birth, u_birth) = term(BIRTH, BIRTHDAY);
+                let (m_name, u_name) = term(NAME, same_name, share);
+                let (m_birth, u_birth) = term(BIRTH, exact(BIRTH), BIRTHDAY);
                 let evidence =
                     (m_name.max(1e-9) * m_birth.max(1e-9) / (u_name * u_birth).max(1e-300)).log2();
                 // A namesake would also have to share the household to look like this: its

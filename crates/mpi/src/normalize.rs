@@ -164,7 +164,6 @@ fn pinyin_of(s: &str) -> String {
         .collect()
 }
 
-/// Builds a comparable name from a full name and/or its family and given parts.
 /// What registration desks write before a person has a name of their own — a newborn
 /// (婴儿, 新生儿, 男婴, 张某之子, 王芳之女), an unidentified patient (无名氏, 某某) — names
 /// no one: such a record is matched on its other fields.
@@ -198,6 +197,7 @@ fn placeholder(t: &str) -> bool {
     WHOLE.contains(&t) || ENDS.iter().any(|e| t.ends_with(e))
 }
 
+/// Builds a comparable name from a full name and/or its family and given parts.
 pub fn name(full: Option<&str>, family: Option<&str>, given: Option<&str>) -> Option<Name> {
     let family = family.map(text).filter(|s| !s.is_empty());
     let given = given.map(text).filter(|s| !s.is_empty());
@@ -279,7 +279,9 @@ fn borrowed(id: &IdNorm, birth: Option<(u16, u8, u8)>) -> bool {
     };
     let (y, m, d) = parsed.birth_date();
     let embedded = (y as u16, m as u8, d as u8);
-    embedded.0.abs_diff(b.0) >= 12 && embedded.1 != b.1 && embedded.2 != b.2
+    // A generation apart and not the same day of the year (a year mistyped by a generation
+    // keeps the month and day): the same test as the generations rule of `compare`.
+    embedded.0.abs_diff(b.0) >= 12 && (embedded.1, embedded.2) != (b.1, b.2)
 }
 
 impl Raw {

@@ -125,6 +125,15 @@ impl ApiError {
             retryable: false,
         }
     }
+    /// The error `code` answered with an outcome of several issues (the intake rules'
+    /// findings, each located).
+    pub fn with_outcome(code: Code, outcome: Outcome) -> ApiError {
+        ApiError {
+            status: code.status(),
+            outcome,
+            retryable: false,
+        }
+    }
     pub fn bad_request(msg: impl Into<String>) -> ApiError {
         ApiError::of(Code::Invalid, msg)
     }
@@ -196,8 +205,8 @@ mod tests {
             .expect("ARCHITECTURE.md has an Error codes section");
         let rows: Vec<&str> = section
             .lines()
-            .filter(|l| l.starts_with("| `"))
             .take_while(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with("| `"))
             .collect();
         let expected: Vec<String> = Code::ALL
             .iter()

@@ -289,9 +289,9 @@ impl Guard {
         patient_of: impl FnOnce(&str) -> Result<Option<Stored>, ApiError>,
     ) -> Result<(), ApiError> {
         if rtype == "Task" && crate::governance::orders::is_work_order(v) {
-            return Err(forbidden(hutong_access::Refusal(
-                "A work order is opened with $work-order and changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment, not by writing the Task".into(),
-            )));
+            return Err(crate::error::forbidden(
+                crate::governance::orders::NOT_WRITTEN,
+            ));
         }
         let scope = self.filing_scope();
         if scope.is_all() || rtype == "Patient" {

@@ -701,8 +701,8 @@ impl Params {
 }
 
 /// `_count` and `_offset` of a list: one reading for every list the server pages. Each list
-/// declares its default page and the most it serves at once; `_count=0` asks for the total
-/// alone (FHIR search); anything but a number is a 400.
+/// declares its default page and the most it serves at once (at least one: a page of none
+/// would page for ever); anything but a number is a 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paging {
     pub count: usize,
@@ -730,7 +730,7 @@ impl Paging {
                 })
             };
             match k.as_str() {
-                "_count" => p.count = n()?.min(max),
+                "_count" => p.count = n()?.clamp(1, max),
                 "_offset" => p.offset = n()?,
                 _ => {}
             }

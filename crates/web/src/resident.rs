@@ -310,7 +310,7 @@ pub async fn login_send(
     };
     let phone = f
         .get("phone")
-        .map(|p| hutong_cn::phone::normalize(p))
+        .map(|p| hutong_cn::phone::mobile(p))
         .unwrap_or_default();
     let (status, v) = auth_call(&st, addr, "otp", &[("phone", &phone)]).await;
     if status == 202 {

@@ -750,6 +750,12 @@ fn parse_line(
         return Err(ApiError::bad_request(format!("Unknown resourceType '{t}'")));
     }
     check_resource(&v, &t, None)?;
+    // Refused line by line here, not by the write path for the whole chunk.
+    if t == "Task" && crate::governance::orders::is_work_order(&v) {
+        return Err(crate::error::forbidden(
+            crate::governance::orders::NOT_WRITTEN,
+        ));
+    }
     engine.intake(&mut v, source, now);
     Ok((t, v))
 }

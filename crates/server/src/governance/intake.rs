@@ -591,11 +591,7 @@ pub fn rejected(
         }
         Err(e) => tracing::error!(error = %e, "A rejected submission could not be quarantined."),
     }
-    ApiError {
-        status: 422,
-        outcome,
-        retryable: false,
-    }
+    ApiError::with_outcome(crate::error::Code::BusinessRule, outcome)
 }
 
 /// Records findings against a stored version (in the caller's transaction).

@@ -33,6 +33,10 @@ pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     store.create_tables(TABLES)
 }
 
+/// Why a work order is not written as a Task, by any path (the Task and its queue row would
+/// disagree).
+pub(crate) const NOT_WRITTEN: &str = "A work order is opened with $work-order and changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment, not by writing the Task";
+
 /// Whether a Task is a work order (its code says so).
 pub fn is_work_order(task: &Value) -> bool {
     task["code"]["coding"]

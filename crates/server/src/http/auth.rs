@@ -455,7 +455,7 @@ pub async fn resident_password(
 
 /// A phone number as the accounts hold it: digits, without a `+86`/`0086` prefix.
 fn digits(phone: &str) -> String {
-    hutong_cn::phone::normalize(phone)
+    hutong_cn::phone::mobile(phone)
 }
 
 /// The persons whose records carry `phone` (their golden record, or any institution's

@@ -900,6 +900,41 @@ async fn a_record_between_two_namesakes_waits_for_review_on(app: TestApp) {
     let want: std::collections::BTreeSet<String> =
         [format!("Patient/{a}"), format!("Patient/{c}")].into();
     assert_eq!(candidates, want, "{}", q.body);
+    // `$match` answers the same: both namesakes, neither of them certain.
+    let probe = mk(None, None, None, "9");
+    let params = |only: bool| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": probe.clone()},
+            {"name": "onlyCertainMatches", "valueBoolean": only}]})
+    };
+    let r = app
+        .send("POST", "Patient/$match", Some(params(false)), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let grades: Vec<&str> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["search"]["extension"][0]["valueCode"]
+                .as_str()
+                .unwrap_or("")
+        })
+        .collect();
+    assert!(
+        grades.len() >= 2 && !grades.contains(&"certain"),
+        "{}",
+        r.body
+    );
+    let r = app
+        .send("POST", "Patient/$match", Some(params(true)), &[])
+        .await;
+    assert_eq!(
+        r.body["entry"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.body
+    );
     // The same record for someone with one namesake only joins them.
     let d = create(&app, CLINIC, {
         let mut v = mk(None, None, None, "4");
