@@ -34,6 +34,9 @@ pub const REFERENCE_TYPES: &[&str] = &[
     "Location",
     "HealthcareService",
     "Endpoint",
+    // The slot pool's offer: what can be booked where and when (no patient in it).
+    "Schedule",
+    "Slot",
     "Medication",
     "MedicationKnowledge",
     "Substance",

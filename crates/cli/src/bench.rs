@@ -591,6 +591,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
                 default_source: "urn:hutong:bench".into(),
                 export_dir: work.join("exports"),
                 rules: Default::default(),
+                pool: Default::default(),
             },
             "urn:hutong:platform",
             Default::default(),
@@ -883,6 +884,8 @@ fn synth_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> 
     let base = hutong_synth::Config {
         residents: args.synth_residents,
         years: 5,
+        // The records' generation rate, comparable across runs: no clinic schedules.
+        schedule_days: 0,
         ..hutong_synth::Config::default()
     };
     let timed = |threads: usize, name: &str| -> anyhow::Result<(hutong_synth::Summary, f64)> {
@@ -945,6 +948,7 @@ fn link_figures(args: &BenchArgs, work: &std::path::Path, rep: &mut Report) -> a
         residents: args.link_residents,
         seed: 2024,
         years: 5,
+        schedule_days: 0,
         ..hutong_synth::Config::default()
     };
     hutong_synth::generate(&cfg, &dir, &|_, _| {})?;
@@ -1738,6 +1742,7 @@ fn portal_figures(
             default_source: "urn:hutong:demo".into(),
             export_dir: store_dir.join("exports"),
             rules: Default::default(),
+            pool: Default::default(),
         },
         "urn:hutong:platform",
         Default::default(),

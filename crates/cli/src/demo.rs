@@ -260,6 +260,11 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         institutions: args.institutions,
         years: args.years,
         seed: args.seed,
+        // The clinics' slots start today, so that the demo's pool has slots to book.
+        schedule_from: Some({
+            let (y, m, d) = hutong_fhir::date::today();
+            hutong_fhir::date::days_from_civil(y, m, d) as i32
+        }),
         ..hutong_synth::Config::default()
     };
     println!(
@@ -281,6 +286,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             default_source: "urn:hutong:demo".into(),
             export_dir: store_dir.join("exports"),
             rules: Default::default(),
+            pool: Default::default(),
         },
         "urn:hutong:platform",
         Default::default(),

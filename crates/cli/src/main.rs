@@ -172,6 +172,66 @@ struct FileConfig {
     dev_outbox: bool,
     /// Seconds between signed audit checkpoints (default 60).
     checkpoint_seconds: Option<u64>,
+    /// The slot pool: the family doctors' share, its release, the hold time, and shares
+    /// per institution or department.
+    #[serde(default)]
+    pool: PoolConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PoolConfig {
+    /// Percent of every schedule's slots reserved for family doctors' referrals (20).
+    family_doctor_share: Option<f64>,
+    /// Hours before a reserved slot's start that it returns to the public pool (48).
+    release_hours: Option<f64>,
+    /// Minutes a `$hold` keeps a slot (10).
+    hold_minutes: Option<f64>,
+    /// `[[pool.share]]` entries: `institution` (Organization id) and/or `specialty`, and
+    /// `percent`.
+    #[serde(default)]
+    share: Vec<ShareConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareConfig {
+    institution: Option<String>,
+    specialty: Option<String>,
+    percent: f64,
+}
+
+/// The pool's policy from the file's `[pool]` table; a share outside 0–100 % is an error.
+fn pool(f: &PoolConfig) -> anyhow::Result<hutong_coordination::Policy> {
+    let d = hutong_coordination::Policy::default();
+    let per_mille = |p: f64| -> anyhow::Result<u32> {
+        anyhow::ensure!(
+            (0.0..=100.0).contains(&p),
+            "a family-doctor share is a percent from 0 to 100, not {p}"
+        );
+        Ok((p * 10.0).round() as u32)
+    };
+    Ok(hutong_coordination::Policy {
+        share_per_mille: match f.family_doctor_share {
+            Some(p) => per_mille(p)?,
+            None => d.share_per_mille,
+        },
+        release_ms: f
+            .release_hours
+            .map_or(d.release_ms, |h| (h * 3_600_000.0) as i64),
+        hold_ms: f.hold_minutes.map_or(d.hold_ms, |m| (m * 60_000.0) as i64),
+        overrides: f
+            .share
+            .iter()
+            .map(|s| {
+                Ok(hutong_coordination::ShareOverride {
+                    institution: s.institution.clone(),
+                    specialty: s.specialty.clone(),
+                    share_per_mille: per_mille(s.percent)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    })
 }
 
 const DEFAULT_SOURCE: &str = "urn:hutong:source:unspecified";
@@ -264,6 +324,7 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
         checkpoint_interval: std::time::Duration::from_secs(
             f.checkpoint_seconds.unwrap_or(60).max(1),
         ),
+        pool: pool(&f.pool)?,
     })
 }
 
@@ -375,6 +436,7 @@ fn engine(s: &Settings) -> anyhow::Result<hutong_server::Engine> {
             default_source: s.default_source.clone(),
             export_dir,
             rules: s.rules.clone(),
+            pool: s.pool.clone(),
         },
         "urn:hutong:platform",
         s.policy.clone(),

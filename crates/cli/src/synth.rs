@@ -45,6 +45,10 @@ pub struct SynthArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Days of clinic schedules and slots each institution publishes to the slot pool after
+    /// the generation date (0: none).
+    #[arg(long, default_value_t = 14)]
+    pub schedule_days: u32,
 }
 
 impl SynthArgs {
@@ -85,6 +89,8 @@ impl SynthArgs {
             defect_rate: self.defect_rate,
             variation_scale: self.variation_scale,
             threads: self.threads,
+            schedule_days: self.schedule_days,
+            schedule_from: None,
         })
     }
 }

@@ -14,6 +14,13 @@ pub const USCC_SYSTEM: &str = "https://hutong.dev/sid/uscc";
 /// The `meta` extension recording when the source collected the data (采集时间).
 pub const COLLECTED_URL: &str = "https://hutong.dev/fhir/StructureDefinition/collection-time";
 
+/// The kinds of institution (三级医院, 社区卫生服务中心…) on `Organization.type`.
+pub const INSTITUTION_KIND_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/institution-kind";
+
+/// The institution kinds of primary care (基层医疗卫生机构), whose doctors are the residents'
+/// family doctors.
+pub const PRIMARY_CARE_KINDS: &[&str] = &["community-health-centre", "township-clinic"];
+
 /// Stamps provenance on a submitted resource: the submitting institution (`meta.source`) and
 /// the collection time, unless the source recorded its own.
 pub fn stamp(v: &mut serde_json::Value, source: &str, now_ms: i64) {

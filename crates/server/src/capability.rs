@@ -127,6 +127,12 @@ fn build() -> Value {
                 ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
                 ops.push(json!({"name": "ihe-pix", "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"}));
             }
+            if t == "Appointment" {
+                // IHE ITI Scheduling (ITI-115, -116, -117) over the regional slot pool.
+                for op in ["find", "hold", "book"] {
+                    ops.push(json!({"name": op, "definition": format!("https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/appointment-{op}")}));
+                }
+            }
             if t == "Person" {
                 for op in [
                     "everything",

@@ -71,6 +71,8 @@ error_codes! {
     NotAcceptable => 406, NotSupported;
     /// The change conflicts with the current state.
     Conflict => 409, Conflict;
+    /// The slot is in the family doctors' share until its release time.
+    Reserved => 409, BusinessRule;
     /// More than one person fits where one must (sign-in by phone).
     Ambiguous => 409, MultipleMatches;
     /// The resource was deleted.

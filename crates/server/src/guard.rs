@@ -146,6 +146,11 @@ impl Guard {
         self.with(|e| e.on_behalf_of = Some(person.to_string()));
     }
 
+    /// The person the request acts for, when the platform acts on someone's behalf.
+    pub fn acting_for(&self) -> Option<String> {
+        self.with(|e| e.on_behalf_of.clone())
+    }
+
     /// Records an entity the request touched without returning it (a person acted on).
     pub fn touch(&self, entity: String, shard: i64) {
         self.touch_with(|| entity, shard);

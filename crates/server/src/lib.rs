@@ -23,6 +23,7 @@
 
 pub(crate) mod capability;
 pub mod consent;
+pub mod coordination;
 pub mod engine;
 pub mod error;
 pub mod governance;
@@ -77,6 +78,8 @@ pub struct Settings {
     pub checkpoint_interval: std::time::Duration,
     /// The intake rules (the defaults overridden by the deployment's rules file).
     pub rules: hutong_quality::Rules,
+    /// The slot pool: the family-doctor share, its release time, how long a hold lasts.
+    pub pool: hutong_coordination::Policy,
 }
 
 impl Settings {
@@ -102,6 +105,7 @@ impl Settings {
             policy: Default::default(),
             dev_outbox: false,
             checkpoint_interval: std::time::Duration::from_secs(60),
+            pool: Default::default(),
         }
     }
 
@@ -184,6 +188,7 @@ pub fn engine_for(
     governance::intake::open(&store)?;
     governance::orders::open_tables(&store)?;
     governance::reconcile::open_tables(&store)?;
+    coordination::open_tables(&store)?;
     Ok(Engine::new(store, config, Arc::new(access)))
 }
 
@@ -286,6 +291,7 @@ impl Application {
             default_source: settings.default_source.clone(),
             export_dir,
             rules: settings.rules.clone(),
+            pool: settings.pool.clone(),
         };
         let iss = issuer(&settings);
         let policy = settings.policy.clone();

@@ -30,6 +30,11 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("POST", ["Person", id, "$unlink"]) => per::unlink(engine, req, g, id),
         ("POST", ["Person", id, "$merge"]) => per::merge(engine, req, g, id),
         ("POST", ["Person", id, "$split"]) => per::split(engine, req, g, id),
+        ("GET", ["Appointment", "$find"]) | ("POST", ["Appointment", "$find"]) => {
+            crate::coordination::pool::find(engine, req, g)
+        }
+        ("POST", ["Appointment", "$hold"]) => crate::coordination::pool::hold(engine, req, g),
+        ("POST", ["Appointment", "$book"]) => crate::coordination::pool::book(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {
             grants::find(engine, req, g)

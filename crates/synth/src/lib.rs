@@ -6,7 +6,9 @@
 //! Output layout:
 //! - `registry/{Organization,Practitioner,PractitionerRole}.ndjson`
 //! - `institutions/<code>/<Type>.ndjson` and/or `institutions/<code>/bundles/<patient>.json`
-//! - `truth/{institutions,residents,persons,defects,manifest}.csv`, `region.json`
+//! - `institutions/<code>/{Schedule,Slot}.ndjson`: the clinics each institution offers to the
+//!   slot pool for the days after the generation date
+//! - `truth/{institutions,residents,persons,defects,manifest,schedules}.csv`, `region.json`
 //!
 //! Deterministic: the same configuration gives byte-identical output, whatever the number
 //! of threads, because every resident draws from their own random stream and chunks are
@@ -17,6 +19,7 @@ mod people;
 mod records;
 mod region;
 mod rng;
+mod schedules;
 mod tables;
 mod time;
 
@@ -49,6 +52,11 @@ pub struct Config {
     pub rates: std::collections::BTreeMap<String, f64>,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// Days of clinic schedules and slots published (0: none)…
+    pub schedule_days: u32,
+    /// …from this day (days since 1970-01-01); by default the day after `as_of`. The demo
+    /// publishes from today, so that its pool has slots to book whatever its history's date.
+    pub schedule_from: Option<i32>,
 }
 
 impl Default for Config {
@@ -66,6 +74,8 @@ impl Default for Config {
             variation_scale: 1.0,
             rates: Default::default(),
             threads: 0,
+            schedule_days: 14,
+            schedule_from: None,
         }
     }
 }

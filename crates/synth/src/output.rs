@@ -280,6 +280,59 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// The clinics each institution publishes to the slot pool, and their truth.
+    fn schedules(&mut self) -> Result<(), SynthError> {
+        let truth = self.root.join("truth");
+        let mut t = create(
+            truth.join("schedules.csv"),
+            "schedule,institution,practitioner_role,specialty,slots,first_start\n",
+        )?;
+        let mut files: HashMap<(usize, &str), BufWriter<File>> = HashMap::new();
+        for p in crate::schedules::publish(self.cfg, self.region) {
+            let inst = &self.region.institutions[p.institution];
+            let row = csv(&[
+                p.schedule["id"].as_str().unwrap_or(""),
+                &inst.code,
+                p.schedule["actor"][0]["reference"].as_str().unwrap_or(""),
+                p.schedule["specialty"][0]["text"].as_str().unwrap_or(""),
+                &p.slots.len().to_string(),
+                p.slots
+                    .first()
+                    .and_then(|s| s["start"].as_str())
+                    .unwrap_or(""),
+            ]);
+            t.write_all(row.as_bytes()).map_err(io(&truth))?;
+            for (rtype, items) in [("Schedule", vec![p.schedule]), ("Slot", p.slots)] {
+                if items.is_empty() {
+                    continue;
+                }
+                *self.summary.by_type.entry(rtype.to_string()).or_default() += items.len() as u64;
+                self.summary.resources += items.len() as u64;
+                if !self.cfg.ndjson {
+                    continue;
+                }
+                let w = match files.entry((p.institution, rtype)) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let path = self
+                            .root
+                            .join("institutions")
+                            .join(&inst.code)
+                            .join(format!("{rtype}.ndjson"));
+                        e.insert(create(path, "")?)
+                    }
+                };
+                for v in items {
+                    writeln!(w, "{v}").map_err(io(&self.root))?;
+                }
+            }
+        }
+        for w in files.values_mut() {
+            w.flush().map_err(io(&self.root))?;
+        }
+        t.flush().map_err(io(&truth))
+    }
+
     fn finish(mut self) -> Result<Summary, SynthError> {
         let truth = self.root.join("truth");
         for w in self.files.values_mut() {
@@ -302,6 +355,7 @@ impl<'a> Writer<'a> {
             m.write_all(row.as_bytes()).map_err(io(&truth))?;
         }
         m.flush().map_err(io(&truth))?;
+        self.schedules()?;
         self.summary.institutions = self
             .region
             .institutions

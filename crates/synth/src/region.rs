@@ -353,7 +353,7 @@ impl Region {
                         "value": inst.uscc
                     }],
                     "active": true,
-                    "type": [{"coding": [{"system": format!("{}/institution-kind", crate::tables::LOCAL), "code": inst.kind.as_str()}]}],
+                    "type": [{"coding": [{"system": hutong_fhir::vocab::INSTITUTION_KIND_SYSTEM, "code": inst.kind.as_str()}]}],
                     "name": inst.name,
                     "address": [{"state": province, "city": city, "district": district, "country": "CN"}]
                 }),

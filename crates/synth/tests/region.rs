@@ -350,11 +350,31 @@ fn truth_ids_validity_and_references_hold() {
             .entry((m["institution"].clone(), m["resource_type"].clone()))
             .or_default() += m["count"].parse::<u64>().unwrap();
     }
+    // The clinics' schedules are not dated records: the truth lists them instead.
     let mut actual: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut slots: BTreeMap<String, u64> = BTreeMap::new();
     for (i, t, _) in all.keys() {
-        *actual.entry((i.clone(), t.clone())).or_default() += 1;
+        match t.as_str() {
+            "Slot" => *slots.entry(i.clone()).or_default() += 1,
+            "Schedule" => {}
+            _ => *actual.entry((i.clone(), t.clone())).or_default() += 1,
+        }
     }
     assert_eq!(counted, actual);
+    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    for s in csv(&root.join("truth/schedules.csv")) {
+        assert!(
+            all.contains_key(&(
+                s["institution"].clone(),
+                "Schedule".to_string(),
+                s["schedule"].clone()
+            )),
+            "{s:?}"
+        );
+        *listed.entry(s["institution"].clone()).or_default() += s["slots"].parse::<u64>().unwrap();
+    }
+    assert_eq!(listed, slots);
+    assert!(!slots.is_empty());
 }
 
 #[test]

@@ -19,6 +19,13 @@ pub fn after_write(engine: &Engine, g: &Guard, s: &Stored) -> Result<(), ApiErro
     if s.rtype != "Appointment" || !(g.principal.booking || g.principal.kind == Kind::Platform) {
         return Ok(());
     }
+    visit_grant(engine, &g.principal.label(), s)
+}
+
+/// Opens (booked and after) or closes (anything else) the visit grant of an Appointment
+/// `by` booked or changed: a booking through the slot pool, whoever made it, or one an
+/// appointment platform's client wrote.
+pub fn visit_grant(engine: &Engine, by: &str, s: &Stored) -> Result<(), ApiError> {
     let v = s.json()?;
     let status = v["status"].as_str().unwrap_or("");
     let id = format!("appt-{}", s.id);
@@ -93,7 +100,7 @@ pub fn after_write(engine: &Engine, g: &Guard, s: &Stored) -> Result<(), ApiErro
                 categories: 0,
                 start,
                 end: Some(end),
-                requested_by: Some(g.principal.label()),
+                requested_by: Some(by.to_string()),
                 reason: Some(format!("Appointment/{}", s.id)),
                 recorded: now,
             }
@@ -108,11 +115,7 @@ pub fn after_write(engine: &Engine, g: &Guard, s: &Stored) -> Result<(), ApiErro
     };
     // Recorded as the platform acting on the booking, in its own audited transaction.
     let pg = Guard::platform(engine, "appointment-grants", "grant");
-    pg.note(format!(
-        "for Appointment/{} booked by {}",
-        s.id,
-        g.principal.label()
-    ));
+    pg.note(format!("for Appointment/{} booked by {by}", s.id));
     save(engine, &pg, &grant, None)?;
     pg.finish(engine, 200, None);
     Ok(())

@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub export_dir: std::path::PathBuf,
     /// The intake rules in force.
     pub rules: hutong_quality::Rules,
+    /// The slot pool's share, release and hold times.
+    pub pool: hutong_coordination::Policy,
 }
 
 /// The engine: a store, the access decision, the audit trail and settings. Cheap to clone.
@@ -65,11 +67,12 @@ impl Engine {
     pub(crate) fn keep(
         &self,
         tx: &mut Tx<'_>,
+        g: &crate::guard::Guard,
         source: &str,
         s: &Stored,
         findings: &[hutong_quality::Finding],
         fingerprint: &str,
-    ) -> Result<(), hutong_store::StoreError> {
+    ) -> Result<(), crate::error::ApiError> {
         crate::governance::intake::record(
             tx,
             &self.checker.rules.work_orders,
@@ -77,7 +80,10 @@ impl Engine {
             s,
             findings,
             fingerprint,
-        )
+        )?;
+        // The slot pool's index follows its Slots, Schedules and Appointments in the same
+        // transaction, whichever path wrote them.
+        crate::coordination::written(self, tx, g, s)
     }
 
     /// Classifies sensitive content and stamps provenance on a resource an institution

@@ -10,6 +10,7 @@ mod errors;
 mod governance;
 mod matching;
 mod persons;
+mod pool;
 mod probe;
 mod search;
 mod workorders;

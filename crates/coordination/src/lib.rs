@@ -1,0 +1,18 @@
+//! Service coordination (业务协同) as rules without I/O, so that the server's slot pool, the
+//! tests and the benchmarks decide the same way.
+//!
+//! Layout:
+//! - [`share`]: the family-doctor share (号源池 reserve) — which of a schedule's slots are
+//!   reserved for family doctors' referrals, until when, and who may take one.
+//! - [`lifecycle`]: a slot's state in the pool (free, held, booked, out of the pool) and the
+//!   claims that move it, so that no slot is ever booked twice.
+//!
+//! Architecture invariant: the server never changes a pooled slot's state except through
+//! [`lifecycle::SlotState::claim`] and [`lifecycle::SlotState::release`], and only after
+//! [`share::Policy::may_take`] has allowed the booker.
+
+pub mod lifecycle;
+pub mod share;
+
+pub use lifecycle::{Claim, ClaimError, SlotState};
+pub use share::{Booker, Policy, Reserve, ShareOverride};
