@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// existing report.
     #[arg(long)]
     identity_only: bool,
+    /// Measure only the slot pool (`Appointment/$find`, `$book`, concurrent bookers) and
+    /// update its rows in an existing report.
+    #[arg(long)]
+    coordination_only: bool,
     /// Where to write the report.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
@@ -56,6 +60,8 @@ pub struct BenchArgs {
     #[arg(long)]
     work_dir: Option<PathBuf>,
 }
+
+mod pool;
 
 struct Report {
     lines: Vec<String>,
@@ -433,6 +439,19 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     if args.pages_only {
         portal_figures(&work, &rt, &mut rep)?;
         merge_rows(&args.out, &rep, "Web page rows", "--pages-only")?;
+        if args.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Ok(());
+    }
+
+    if args.coordination_only {
+        pool::figures(&work, args.postgres.as_deref(), &rt, &mut rep)?;
+        let mut how = "--coordination-only".to_string();
+        if args.postgres.is_some() {
+            how.push_str(" --postgres postgres://postgres@127.0.0.1:5432");
+        }
+        merge_rows(&args.out, &rep, "Slot pool rows", &how)?;
         if args.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -853,6 +872,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     // 4. The portals' pages on demo data.
     portal_figures(&work, &rt, &mut rep)?;
+
+    // 5. The slot pool.
+    pool::figures(&work, args.postgres.as_deref(), &rt, &mut rep)?;
 
     write_report(&args, &rep, resources, started.elapsed())?;
     // A directory the user named is kept for inspection; our temporary one is not.

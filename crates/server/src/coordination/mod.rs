@@ -30,7 +30,10 @@ use crate::guard::Guard;
 use hutong_access::principal::Kind;
 
 /// The tables, written once for both dialects ([`Dialect::ddl`]). Not patient data: keyed
-/// by the Slot and Schedule ids (reference tables on a distributed store).
+/// by the Slot and Schedule ids (reference tables on a distributed store). `$find` reads
+/// the indexes alone: by time, or by specialty, district or institution and then time, each
+/// carrying the columns that decide whether a slot is offered, so that counting a week's
+/// free slots touches no table row.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS co_schedule (schedule TEXT PRIMARY KEY, org TEXT NOT NULL DEFAULT '',
     district TEXT NOT NULL DEFAULT '', specialty TEXT NOT NULL DEFAULT '',
@@ -42,7 +45,10 @@ CREATE TABLE IF NOT EXISTS co_slot (slot TEXT PRIMARY KEY, schedule TEXT NOT NUL
     service TEXT NOT NULL DEFAULT '', start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL,
     ordinal BIGINT NOT NULL, reserved BIGINT NOT NULL, state TEXT NOT NULL,
     appt TEXT NOT NULL DEFAULT '', until_ms BIGINT NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS co_slot_start ON co_slot (start_ms, state);
+CREATE INDEX IF NOT EXISTS co_slot_open ON co_slot (start_ms, state, until_ms, reserved);
+CREATE INDEX IF NOT EXISTS co_slot_specialty ON co_slot (specialty, start_ms, state, until_ms, reserved);
+CREATE INDEX IF NOT EXISTS co_slot_district ON co_slot (district, start_ms, state, until_ms, reserved);
+CREATE INDEX IF NOT EXISTS co_slot_org ON co_slot (org, start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_schedule ON co_slot (schedule);
 CREATE INDEX IF NOT EXISTS co_slot_appt ON co_slot (appt);
 ";
