@@ -191,6 +191,8 @@ struct PoolConfig {
     /// `percent`.
     #[serde(default)]
     share: Vec<ShareConfig>,
+    /// The regional recognition list (检查检验结果互认): a file of the shipped list's shape.
+    recognition_list: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +233,15 @@ fn pool(f: &PoolConfig) -> anyhow::Result<hutong_coordination::Policy> {
                 })
             })
             .collect::<anyhow::Result<_>>()?,
+        recognition: match &f.recognition_list {
+            None => d.recognition,
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading the recognition list {}", p.display()))?;
+                hutong_coordination::recognition::List::parse(&text)
+                    .with_context(|| format!("in the recognition list {}", p.display()))?
+            }
+        },
     })
 }
 

@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`share`]: the family-doctor share (号源池 reserve) — which of a schedule's slots are
 //!   reserved for family doctors' referrals, until when, and who may take one.
+//! - [`recognition`]: the regional list of results recognized across institutions
+//!   (检查检验结果互认) and how long each is recognized.
 //! - [`lifecycle`]: a slot's state in the pool (free, held, booked, out of the pool) and the
 //!   claims that move it, so that no slot is ever booked twice.
 //!
@@ -12,6 +14,7 @@
 //! [`share::Policy::may_take`] has allowed the booker.
 
 pub mod lifecycle;
+pub mod recognition;
 pub mod share;
 
 pub use lifecycle::{Claim, ClaimError, SlotState};

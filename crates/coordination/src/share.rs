@@ -24,6 +24,9 @@ pub struct Policy {
     pub hold_ms: i64,
     /// Shares for an institution, a specialty (department), or both; the most specific wins.
     pub overrides: Vec<ShareOverride>,
+    /// The results recognized across institutions, and for how long.
+    #[serde(skip, default = "crate::recognition::List::builtin")]
+    pub recognition: crate::recognition::List,
 }
 
 /// A share other than the default, for an institution and/or a specialty.
@@ -45,6 +48,7 @@ impl Default for Policy {
             release_ms: 48 * 3_600_000,
             hold_ms: 10 * 60_000,
             overrides: Vec::new(),
+            recognition: crate::recognition::List::builtin(),
         }
     }
 }

@@ -21,6 +21,11 @@ pub const INSTITUTION_KIND_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/in
 /// family doctors.
 pub const PRIMARY_CARE_KINDS: &[&str] = &["community-health-centre", "township-clinic"];
 
+/// The extension on an Organization whose lab and imaging results the region recognizes
+/// (互认资质: it passed external quality assessment).
+pub const RECOGNITION_QUALIFIED_URL: &str =
+    "https://hutong.dev/fhir/StructureDefinition/recognition-qualified";
+
 /// Stamps provenance on a submitted resource: the submitting institution (`meta.source`) and
 /// the collection time, unless the source recorded its own.
 pub fn stamp(v: &mut serde_json::Value, source: &str, now_ms: i64) {

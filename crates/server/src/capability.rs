@@ -133,6 +133,11 @@ fn build() -> Value {
                     ops.push(json!({"name": op, "definition": format!("https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/appointment-{op}")}));
                 }
             }
+            if t == "ServiceRequest" {
+                for op in ["check-recognition", "recognition-decision"] {
+                    ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/ServiceRequest-{op}")}));
+                }
+            }
             if t == "Person" {
                 for op in [
                     "everything",
@@ -192,7 +197,8 @@ fn build() -> Value {
                           {"name": "work-orders", "definition": "https://hutong.dev/fhir/OperationDefinition/work-orders"},
                           {"name": "reconcile", "definition": "https://hutong.dev/fhir/OperationDefinition/reconcile"},
                           {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"},
-                          {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"}]
+                          {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"},
+                          {"name": "recognition", "definition": "https://hutong.dev/fhir/OperationDefinition/recognition"}]
         }]
     })
 }

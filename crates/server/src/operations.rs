@@ -35,6 +35,13 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         }
         ("POST", ["Appointment", "$hold"]) => crate::coordination::pool::hold(engine, req, g),
         ("POST", ["Appointment", "$book"]) => crate::coordination::pool::book(engine, req, g),
+        ("POST", ["ServiceRequest", "$check-recognition"]) => {
+            crate::coordination::recognition::check(engine, req, g)
+        }
+        ("POST", ["ServiceRequest", "$recognition-decision"]) => {
+            crate::coordination::recognition::decision(engine, req, g)
+        }
+        ("GET", ["$recognition"]) => crate::coordination::recognition::stats(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {
             grants::find(engine, req, g)

@@ -342,9 +342,7 @@ impl Region {
         let (province, city, _) = division::path(self.counties[0].code).unwrap_or(("", "", ""));
         for inst in &self.institutions {
             let district = division::name(inst.county).unwrap_or("");
-            out.push((
-                "Organization",
-                json!({
+            let mut org = json!({
                     "resourceType": "Organization",
                     "id": inst.code,
                     "identifier": [{
@@ -356,8 +354,13 @@ impl Region {
                     "type": [{"coding": [{"system": hutong_fhir::vocab::INSTITUTION_KIND_SYSTEM, "code": inst.kind.as_str()}]}],
                     "name": inst.name,
                     "address": [{"state": province, "city": city, "district": district, "country": "CN"}]
-                }),
-            ));
+            });
+            // The hospitals and the examination centre passed the province's external
+            // quality assessment: their results are recognized across the region (互认).
+            if inst.kind.is_hospital() || inst.kind == Kind::ExamCentre {
+                org["extension"] = json!([{"url": hutong_fhir::vocab::RECOGNITION_QUALIFIED_URL, "valueBoolean": true}]);
+            }
+            out.push(("Organization", org));
             for p in &inst.staff {
                 out.push((
                     "Practitioner",

@@ -8,7 +8,9 @@
 //!   decided on);
 //! - `co_slot`: each pooled Slot's time, those descriptions copied for `$find`, whether it
 //!   is in the reserve, and its state (free, held, booked, closed) with the Appointment that
-//!   has it.
+//!   has it;
+//! - `co_qualified`: which institutions' results the region recognizes ([`recognition`]);
+//!   `co_recognition`: each recognition check made at order time and what came of it.
 //!
 //! Architecture invariant: every write of a Slot, Schedule or Appointment — by the REST
 //! API, a bundle, bulk import or the pool's own operations — passes [`written`] (or
@@ -16,6 +18,7 @@
 //! slot changes hands only through `SlotState::claim`, with its row locked.
 
 pub(crate) mod pool;
+pub(crate) mod recognition;
 
 use hutong_coordination::{Booker, Claim, ClaimError, SlotState};
 use hutong_fhir::date::{format_instant, now_ms};
@@ -51,6 +54,12 @@ CREATE INDEX IF NOT EXISTS co_slot_district ON co_slot (district, start_ms, stat
 CREATE INDEX IF NOT EXISTS co_slot_org ON co_slot (org, start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_schedule ON co_slot (schedule);
 CREATE INDEX IF NOT EXISTS co_slot_appt ON co_slot (appt);
+CREATE TABLE IF NOT EXISTS co_qualified (source TEXT PRIMARY KEY, org TEXT NOT NULL,
+    qualified BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS co_recognition (id TEXT NOT NULL, code TEXT NOT NULL,
+    at BIGINT NOT NULL, institution TEXT NOT NULL, patient TEXT NOT NULL,
+    outcome TEXT NOT NULL, decision TEXT NOT NULL DEFAULT '', PRIMARY KEY (id, code));
+CREATE INDEX IF NOT EXISTS co_recognition_at ON co_recognition (at);
 ";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
@@ -78,6 +87,7 @@ pub(crate) fn written(
         "Slot" => slot_written(engine, tx, s),
         "Schedule" => schedule_written(tx, s),
         "Appointment" => appointment_written(engine, tx, g, s),
+        "Organization" => recognition::organization_written(tx, s),
         _ => Ok(()),
     }
 }

@@ -12,5 +12,6 @@ mod matching;
 mod persons;
 mod pool;
 mod probe;
+mod recognition;
 mod search;
 mod workorders;
