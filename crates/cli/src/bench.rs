@@ -1734,6 +1734,15 @@ nodes by blocking key — extrapolated, not measured (beyond this machine's disk
 - Synthetic region: `hutong synth` into the work directory (NDJSON and truth files written to disk, then removed), once on \
 one thread as the baseline and once on all cores, in this process before anything else so that its peak memory is \
 the generator's own; both runs must produce the same number of resources.\n\
+- Slot pool: a fresh embedded store; 25 hospitals in five districts each publish 30 schedules of 200 twenty-minute \
+slots (08:00–17:00 Beijing time, from three days ahead, every other day), one transaction bundle per schedule, by \
+their own systems. `$find` is timed from a separate client thread, 300 sequential requests each after a warm-up, as \
+a hospital's booking system (which does not see the family doctors' share before its release); `$book` books 300 \
+distinct slots one after another (those in the share are refused and not counted). The race: 16 concurrent \
+clients of one hospital each try all of another hospital's first 100 public slots in its own order; every answer \
+is counted (the PostgreSQL race runs on a pool of two hospitals). Recognition: a patient given 2,000 catalogued \
+results over three years by batch bundles, then 300 checks of three listed tests (HbA1c, creatinine, chest CT) by \
+the same institution.\n\
 \n## Reference point\n\
 The issue cites an existing Rust FHIR server on SQLite at about 1,300 resources/s for Synthea-style transaction \
 bundles on this kind of machine, storing 4.9× the raw JSON (cited, not measured here).\n";

@@ -243,7 +243,7 @@ pub(crate) fn check(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
                 item.recognizes(t, now).then_some((t, s))
             })
             .collect();
-        recognized.sort_by(|a, b| b.0.cmp(&a.0));
+        recognized.sort_by_key(|r| std::cmp::Reverse(r.0));
         let (readable, unreadable): (Vec<_>, Vec<_>) = recognized
             .into_iter()
             .partition(|(_, s)| g.scope.permits_stored(s));
