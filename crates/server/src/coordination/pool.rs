@@ -3,19 +3,18 @@
 //! `Appointment/$hold` (ITI-116: a slot held for a short time) and `Appointment/$book`
 //! (ITI-117: book a held or proposed appointment; with an existing Appointment's id, change
 //! or cancel it). Booking writes the Appointment through the engine's one write path; the
-//! slot changes hands in the same transaction, in [`super::appointment_written`].
+//! slot changes hands in the same transaction, in [`super::index::written`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use hutong_access::principal::{Kind, Perms};
 use hutong_fhir::date::{format_instant, now_ms};
-use hutong_fhir::vocab::{INSTITUTION_KIND_SYSTEM, PRIMARY_CARE_KINDS};
 use hutong_store::sql::Val;
 use hutong_store::{Scope, Stored};
 use serde_json::{json, Value};
 
-use super::{local_id, HOLD_UNTIL_URL};
+use super::index::{is_primary_care, local_id, HOLD_UNTIL_URL};
 use crate::engine::write::Submission;
 use crate::engine::Engine;
 use crate::error::{ApiError, Code};
@@ -133,7 +132,7 @@ fn sees_reserve(engine: &Engine, g: &Guard) -> Result<bool, ApiError> {
     Ok(match g.principal.kind {
         Kind::Platform => true,
         Kind::System | Kind::Clinician => match g.principal.institution.as_deref() {
-            Some(i) => super::is_primary_care(engine, i)?,
+            Some(i) => is_primary_care(engine, i)?,
             None => false,
         },
         _ => false,
@@ -614,16 +613,4 @@ pub(crate) fn book(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiErr
             "search": {"mode": "match"}
         }]}),
     ))
-}
-
-/// Whether an institution's Organization is of a primary-care kind (for tests and pages).
-pub fn primary_care(org: &Value) -> bool {
-    org["type"].as_array().into_iter().flatten().any(|t| {
-        t["coding"].as_array().into_iter().flatten().any(|c| {
-            c["system"] == INSTITUTION_KIND_SYSTEM
-                && c["code"]
-                    .as_str()
-                    .is_some_and(|k| PRIMARY_CARE_KINDS.contains(&k))
-        })
-    })
 }

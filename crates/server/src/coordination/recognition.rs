@@ -7,7 +7,8 @@
 //!
 //! A result counts when the region's list names its code, it was taken within the item's
 //! period, and its institution is qualified (its Organization carries the
-//! [`QUALIFIED_URL`] extension: it passed external quality assessment) or is the ordering
+//! `recognition-qualified` extension ([`hutong_fhir::vocab::RECOGNITION_QUALIFIED_URL`], kept
+//! in `co_qualified` by the write path): it passed external quality assessment) or is the ordering
 //! institution itself.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use hutong_access::principal::{Kind, Perms};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_store::sql::Val;
-use hutong_store::{Query, Scope, Stored, Tx};
+use hutong_store::{Query, Scope, Stored};
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
@@ -23,44 +24,10 @@ use crate::error::{ApiError, Code};
 use crate::guard::Guard;
 use crate::wire::{Params, Req, Resp};
 
-pub use hutong_fhir::vocab::RECOGNITION_QUALIFIED_URL as QUALIFIED_URL;
-
 const LOINC: &str = "http://loinc.org";
 
 /// Results shown per ordered item, newest first.
 const SHOWN: usize = 5;
-
-/// After an Organization is written: whether its institution's results are recognized.
-pub(crate) fn organization_written(tx: &mut Tx<'_>, s: &Stored) -> Result<(), ApiError> {
-    let v = s.json()?;
-    let Some(source) = crate::consent::institution_of_org(&v) else {
-        return Ok(());
-    };
-    let qualified = v["extension"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|e| e["url"] == QUALIFIED_URL && e["valueBoolean"] == true);
-    let n = tx.conn().exec(
-        "UPDATE co_qualified SET qualified = ?, org = ? WHERE source = ?",
-        &[
-            Val::Int(i64::from(qualified)),
-            Val::Text(s.id.clone()),
-            Val::Text(source.clone()),
-        ],
-    )?;
-    if n == 0 {
-        tx.conn().exec(
-            "INSERT INTO co_qualified (source, org, qualified) VALUES (?, ?, ?)",
-            &[
-                Val::Text(source),
-                Val::Text(s.id.clone()),
-                Val::Int(i64::from(qualified)),
-            ],
-        )?;
-    }
-    Ok(())
-}
 
 /// The qualified institutions among `sources`.
 fn qualified(

@@ -67,12 +67,11 @@ impl Engine {
     pub(crate) fn keep(
         &self,
         tx: &mut Tx<'_>,
-        g: &crate::guard::Guard,
         source: &str,
         s: &Stored,
         findings: &[hutong_quality::Finding],
         fingerprint: &str,
-    ) -> Result<(), crate::error::ApiError> {
+    ) -> Result<(), hutong_store::StoreError> {
         crate::governance::intake::record(
             tx,
             &self.checker.rules.work_orders,
@@ -80,10 +79,7 @@ impl Engine {
             s,
             findings,
             fingerprint,
-        )?;
-        // The slot pool's index follows its Slots, Schedules and Appointments in the same
-        // transaction, whichever path wrote them.
-        crate::coordination::written(self, tx, g, s)
+        )
     }
 
     /// Classifies sensitive content and stamps provenance on a resource an institution

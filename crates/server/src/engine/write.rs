@@ -268,7 +268,7 @@ impl Engine {
             Some(id) => tx.insert_fresh(t, id, resource.into_owned())?,
             None => tx.create(t, None, resource.into_owned())?,
         };
-        self.keep(tx, g, source, &s, sub.findings, sub.fingerprint)?;
+        self.kept(tx, g, source, &s, sub.findings, sub.fingerprint)?;
         Ok((s, true))
     }
 
@@ -297,7 +297,7 @@ impl Engine {
             None => g.may_file_prepared(tx, p)?,
         }
         let s = tx.write_prepared(p, fresh)?;
-        self.keep(tx, g, source, &s, sub.findings, sub.fingerprint)?;
+        self.kept(tx, g, source, &s, sub.findings, sub.fingerprint)?;
         Ok(s)
     }
 
@@ -317,7 +317,7 @@ impl Engine {
         check_owner(self, g, tx, t, id)?;
         g.may_file(tx, t, &resource)?;
         let (s, created) = tx.update(t, id, resource, if_match)?;
-        self.keep(tx, g, source, &s, sub.findings, sub.fingerprint)?;
+        self.kept(tx, g, source, &s, sub.findings, sub.fingerprint)?;
         Ok((s, created))
     }
 
@@ -356,7 +356,7 @@ impl Engine {
                 (tx.update(t, &one.id, resource, if_match)?.0, false)
             }
         };
-        self.keep(tx, g, source, &s, sub.findings, sub.fingerprint)?;
+        self.kept(tx, g, source, &s, sub.findings, sub.fingerprint)?;
         Ok((s, created))
     }
 
@@ -407,7 +407,7 @@ impl Engine {
         }
         let fp = c.fingerprints.pop().unwrap_or_default();
         let (s, _) = tx.update(t, id, doc, Some(if_match.unwrap_or(cur.version)))?;
-        self.keep(tx, g, source, &s, &findings, &fp)?;
+        self.kept(tx, g, source, &s, &findings, &fp)?;
         Ok(s)
     }
 
@@ -424,7 +424,7 @@ impl Engine {
             Some(cur) => g.may_write(t, Perms::DELETE, Some(&cur))?,
             None => g.may(t, Perms::DELETE)?,
         }
-        crate::coordination::deleted(self, tx, t, id)?;
+        crate::coordination::index::deleted(self, tx, t, id)?;
         Ok(tx.delete(t, id, if_match)?)
     }
 
@@ -442,10 +442,27 @@ impl Engine {
             None => Ok(None),
             Some(one) => {
                 g.may_write(t, Perms::DELETE, Some(&one))?;
-                crate::coordination::deleted(self, tx, t, &one.id)?;
+                crate::coordination::index::deleted(self, tx, t, &one.id)?;
                 Ok(tx.delete(t, &one.id, None)?)
             }
         }
+    }
+
+    /// What every accepted version leaves in its transaction besides itself: its intake
+    /// findings and fingerprint, and the slot pool's index (for Slots, Schedules,
+    /// Appointments and Organizations), whichever interaction wrote it.
+    #[allow(clippy::too_many_arguments)]
+    fn kept(
+        &self,
+        tx: &mut Tx<'_>,
+        g: &Guard,
+        source: &str,
+        s: &Stored,
+        findings: &[hutong_quality::Finding],
+        fingerprint: &str,
+    ) -> Result<(), ApiError> {
+        self.keep(tx, source, s, findings, fingerprint)?;
+        crate::coordination::index::written(self, tx, g, s)
     }
 
     /// What follows a committed write outside its transaction: an Appointment booked or
