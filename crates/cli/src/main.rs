@@ -187,6 +187,8 @@ struct PoolConfig {
     release_hours: Option<f64>,
     /// Minutes a `$hold` keeps a slot (10).
     hold_minutes: Option<f64>,
+    /// Hours a receiving institution has to accept a referral before it is escalated (48).
+    referral_accept_hours: Option<f64>,
     /// `[[pool.share]]` entries: `institution` (Organization id) and/or `specialty`, and
     /// `percent`.
     #[serde(default)]
@@ -222,6 +224,9 @@ fn pool(f: &PoolConfig) -> anyhow::Result<hutong_coordination::Policy> {
             .release_hours
             .map_or(d.release_ms, |h| (h * 3_600_000.0) as i64),
         hold_ms: f.hold_minutes.map_or(d.hold_ms, |m| (m * 60_000.0) as i64),
+        referral_accept_ms: f
+            .referral_accept_hours
+            .map_or(d.referral_accept_ms, |h| (h * 3_600_000.0) as i64),
         overrides: f
             .share
             .iter()

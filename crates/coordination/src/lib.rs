@@ -6,6 +6,7 @@
 //!   reserved for family doctors' referrals, until when, and who may take one.
 //! - [`recognition`]: the regional list of results recognized across institutions
 //!   (检查检验结果互认) and how long each is recognized.
+//! - [`referral`]: two-way referral's states and who may move them.
 //! - [`lifecycle`]: a slot's state in the pool (free, held, booked, out of the pool) and the
 //!   claims that move it, so that no slot is ever booked twice.
 //!
@@ -15,6 +16,7 @@
 
 pub mod lifecycle;
 pub mod recognition;
+pub mod referral;
 pub mod share;
 
 pub use lifecycle::{Claim, ClaimError, SlotState};

@@ -24,6 +24,9 @@ pub struct Policy {
     pub hold_ms: i64,
     /// Shares for an institution, a specialty (department), or both; the most specific wins.
     pub overrides: Vec<ShareOverride>,
+    /// How long a receiving institution has to accept a referral before it is escalated
+    /// (default 48 h).
+    pub referral_accept_ms: i64,
     /// The results recognized across institutions, and for how long.
     #[serde(skip, default = "crate::recognition::List::builtin")]
     pub recognition: crate::recognition::List,
@@ -48,6 +51,7 @@ impl Default for Policy {
             release_ms: 48 * 3_600_000,
             hold_ms: 10 * 60_000,
             overrides: Vec::new(),
+            referral_accept_ms: 48 * 3_600_000,
             recognition: crate::recognition::List::builtin(),
         }
     }

@@ -134,7 +134,7 @@ fn build() -> Value {
                 }
             }
             if t == "ServiceRequest" {
-                for op in ["check-recognition", "recognition-decision"] {
+                for op in ["check-recognition", "recognition-decision", "refer"] {
                     ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/ServiceRequest-{op}")}));
                 }
             }
@@ -159,6 +159,7 @@ fn build() -> Value {
             if t == "Task" {
                 ops.push(json!({"name": "decide", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-decide"}));
                 ops.push(json!({"name": "review", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-review"}));
+                ops.push(json!({"name": "referral", "definition": "https://hutong.dev/fhir/OperationDefinition/Task-referral"}));
                 for a in hutong_quality::workorder::Action::ALL {
                     ops.push(json!({"name": a.op(), "definition": format!("https://hutong.dev/fhir/OperationDefinition/Task-{}", a.op())}));
                 }
@@ -198,7 +199,8 @@ fn build() -> Value {
                           {"name": "reconcile", "definition": "https://hutong.dev/fhir/OperationDefinition/reconcile"},
                           {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"},
                           {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"},
-                          {"name": "recognition", "definition": "https://hutong.dev/fhir/OperationDefinition/recognition"}]
+                          {"name": "recognition", "definition": "https://hutong.dev/fhir/OperationDefinition/recognition"},
+                          {"name": "referrals", "definition": "https://hutong.dev/fhir/OperationDefinition/referrals"}]
         }]
     })
 }

@@ -189,7 +189,9 @@ pub fn engine_for(
     governance::orders::open_tables(&store)?;
     governance::reconcile::open_tables(&store)?;
     coordination::open_tables(&store)?;
-    Ok(Engine::new(store, config, Arc::new(access)))
+    let mut engine = Engine::new(store, config, Arc::new(access));
+    engine.grant_hook = coordination::referral::grant_changed;
+    Ok(engine)
 }
 
 /// Why a store could not be opened or a server not built: the binary reports it and stops.
@@ -337,10 +339,15 @@ impl Application {
             std::time::Duration::from_secs(60),
             stop.clone(),
             move || {
-                workorders::sweep(&e, hutong_fhir::date::now_ms())
+                let now = hutong_fhir::date::now_ms();
+                workorders::sweep(&e, now).map(|_| ()).map_err(|err| {
+                    format!("The work-order sweep failed; will retry: {}", err.message())
+                })?;
+                // Referrals not accepted in time are escalated by the same clock.
+                coordination::referral::sweep(&e, now)
                     .map(|_| ())
                     .map_err(|err| {
-                        format!("The work-order sweep failed; will retry: {}", err.message())
+                        format!("The referral sweep failed; will retry: {}", err.message())
                     })
             },
         )?;

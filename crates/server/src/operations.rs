@@ -42,6 +42,14 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
             crate::coordination::recognition::decision(engine, req, g)
         }
         ("GET", ["$recognition"]) => crate::coordination::recognition::stats(engine, req, g),
+        ("POST", ["ServiceRequest", "$refer"]) => {
+            crate::coordination::referral::refer(engine, req, g)
+        }
+        ("POST", ["Task", id, "$referral"]) => {
+            crate::coordination::referral::act(engine, req, g, id)
+        }
+        ("GET", ["$referrals"]) => crate::coordination::referral::list(engine, req, g),
+        ("POST", ["$referrals", "$sweep"]) => crate::coordination::referral::sweep_op(engine, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {
             grants::find(engine, req, g)

@@ -236,6 +236,46 @@ pub fn request_access(
             duration / 3_600_000
         )));
     }
+    let v = ask(
+        engine,
+        g,
+        &Ask {
+            person,
+            grantee: &inst,
+            method,
+            categories: cats,
+            duration,
+            reason: p.string("reason"),
+            purpose: None,
+        },
+    )?;
+    Ok(consent_resp(201, req, v))
+}
+
+/// A request for a resident's consent to open their record to an institution.
+pub(crate) struct Ask<'a> {
+    pub person: &'a str,
+    /// The institution the grant would open the record to.
+    pub grantee: &'a str,
+    pub method: Method,
+    pub categories: u32,
+    pub duration: i64,
+    pub reason: Option<String>,
+    /// What the request is for, as the resident's message opens (a referral says so); by
+    /// default the grantee asks for itself.
+    pub purpose: Option<String>,
+}
+
+/// Asks the resident (a code by SMS, or a request in the app) and records the proposed
+/// grant; returns its Consent. The limits on requests apply whoever asks.
+pub(crate) fn ask(engine: &Engine, g: &Guard, a: &Ask<'_>) -> Result<serde_json::Value, ApiError> {
+    let (person, inst, method, cats, duration) = (
+        a.person,
+        a.grantee.to_string(),
+        a.method,
+        a.categories,
+        a.duration,
+    );
     let pv = person_json(engine, person)?;
     let patients = patients_of(engine, person)?;
     let Some(patient) = patients.first().cloned() else {
@@ -322,14 +362,15 @@ pub fn request_access(
         // Until decided, `end` holds the duration asked for, as an instant from now.
         end: Some(now + duration),
         requested_by: Some(g.principal.label()),
-        reason: p.string("reason"),
+        reason: a.reason.clone(),
         recorded: now,
     };
     let who = name.unwrap_or(inst.clone());
     // The message says who asks, for what and for how long: the resident decides on that.
-    let asker = match (&g.principal.kind, &g.principal.name) {
-        (Kind::Clinician, Some(n)) => format!("{who}{n}医生"),
-        _ => who.clone(),
+    let asker = match (&a.purpose, &g.principal.kind, &g.principal.name) {
+        (Some(p), _, _) => p.clone(),
+        (None, Kind::Clinician, Some(n)) => format!("{who}{n}医生请求调阅您的健康档案"),
+        (None, _, _) => format!("{who}请求调阅您的健康档案"),
     };
     let what = format!("{}，期限{}", scope_text(cats), duration_text(duration));
     let mut v = save(engine, g, &grant, None)?;
@@ -342,7 +383,7 @@ pub fn request_access(
                 .issue_code("grant", &grant.id)
                 .map_err(auth_error)?;
             let text = format!(
-                "【互通】{asker}请求调阅您的健康档案：{what}。验证码{code}，5分钟内有效。同意才告知医生；如非本人就诊，请勿告知他人。"
+                "【互通】{asker}：{what}。验证码{code}，5分钟内有效。同意才告知医生；如非本人就诊，请勿告知他人。"
             );
             engine
                 .access
@@ -354,9 +395,7 @@ pub fn request_access(
             }
         }
         _ => {
-            let text = format!(
-                "【互通】{asker}请求调阅您的健康档案：{what}。请在互通 App 中查看并批准或拒绝。"
-            );
+            let text = format!("【互通】{asker}：{what}。请在互通 App 中查看并批准或拒绝。");
             engine
                 .access
                 .accounts
@@ -364,7 +403,7 @@ pub fn request_access(
                 .map_err(auth_error)?;
         }
     }
-    Ok(consent_resp(201, req, v))
+    Ok(v)
 }
 
 /// `Consent/{id}/$verify-code`: the clinician enters the code the resident read out; the
@@ -373,11 +412,17 @@ pub fn verify_code(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<Re
     g.act("grant");
     let mut grant = grant_of(engine, id)?;
     g.on_behalf_of(&grant.person);
-    if g.principal
-        .institution
-        .as_ref()
-        .map(|i| Grantee::Institution(i.clone()))
-        != Some(grant.grantee.clone())
+    // The institution that asked enters the code: the grantee asking for itself, or the
+    // referring institution that asked for the one it refers to (the requester's label
+    // ends with its institution).
+    let mine = g.principal.institution.as_deref();
+    let asked = grant
+        .requested_by
+        .as_deref()
+        .and_then(|l| l.rsplit_once('@'))
+        .map(|(_, i)| i);
+    if mine.map(|i| Grantee::Institution(i.to_string())) != Some(grant.grantee.clone())
+        && (mine.is_none() || asked != mine)
     {
         return Err(forbidden(
             "Only the institution that asked may enter the code",

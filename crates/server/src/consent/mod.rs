@@ -137,7 +137,8 @@ pub(crate) fn save(
             stamp(&mut t, ACCESS_SOURCE, now_ms());
             tx.create("Task", None, t)?;
         }
-        Ok(())
+        // What follows a grant in the same transaction (a referral waiting for consent).
+        (engine.grant_hook)(engine, tx, grant)
     })?;
     engine.access.grant_written(grant.clone());
     Ok(v)

@@ -516,3 +516,28 @@ pub(crate) fn organization_written(tx: &mut Tx<'_>, s: &Stored) -> Result<(), Ap
     }
     Ok(())
 }
+
+/// Whether `Task/{id}` is a referral's (they change only through `Task/{id}/$referral`).
+pub(crate) fn is_referral_task(tx: &mut Tx<'_>, id: &str) -> Result<bool, StoreError> {
+    Ok(!tx
+        .conn()
+        .query(
+            "SELECT 1 FROM co_referral WHERE task = ?",
+            &[Val::Text(id.into())],
+        )?
+        .is_empty())
+}
+
+/// The same, outside any transaction: a write to such a Task is refused before its content
+/// is looked at (and quarantined for findings that do not matter).
+pub(crate) fn is_referral_task_id(
+    store: &hutong_store::Store,
+    id: &str,
+) -> Result<bool, StoreError> {
+    Ok(!store
+        .query_admin(
+            "SELECT 1 FROM co_referral WHERE task = ?",
+            &[Val::Text(id.into())],
+        )?
+        .is_empty())
+}

@@ -10,7 +10,8 @@
 //!   is in the reserve, and its state (free, held, booked, closed) with the Appointment that
 //!   has it;
 //! - `co_qualified`: which institutions' results the region recognizes ([`recognition`]);
-//!   `co_recognition`: each recognition check made at order time and what came of it.
+//!   `co_recognition`: each recognition check made at order time and what came of it;
+//! - `co_referral`: each referral's parties, person, consent and state ([`referral`]).
 //!
 //! Architecture invariant: every write of a Slot, Schedule or Appointment — by the REST
 //! API, a bundle, bulk import or the pool's own operations — passes [`index::written`]
@@ -20,6 +21,7 @@
 pub(crate) mod index;
 pub(crate) mod pool;
 pub(crate) mod recognition;
+pub(crate) mod referral;
 
 use hutong_store::{Store, StoreError};
 
@@ -51,6 +53,16 @@ CREATE TABLE IF NOT EXISTS co_recognition (id TEXT NOT NULL, code TEXT NOT NULL,
     at BIGINT NOT NULL, institution TEXT NOT NULL, patient TEXT NOT NULL,
     outcome TEXT NOT NULL, decision TEXT NOT NULL DEFAULT '', PRIMARY KEY (id, code));
 CREATE INDEX IF NOT EXISTS co_recognition_at ON co_recognition (at);
+CREATE TABLE IF NOT EXISTS co_referral (task TEXT PRIMARY KEY, request TEXT NOT NULL,
+    grant_id TEXT NOT NULL, referrer TEXT NOT NULL, receiver TEXT NOT NULL,
+    receiver_org TEXT NOT NULL, person TEXT NOT NULL, patient TEXT NOT NULL,
+    direction TEXT NOT NULL, state TEXT NOT NULL, created BIGINT NOT NULL,
+    updated BIGINT NOT NULL, due BIGINT NOT NULL, escalated BIGINT NOT NULL DEFAULT 0,
+    opened BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS co_referral_receiver ON co_referral (receiver, state, created);
+CREATE INDEX IF NOT EXISTS co_referral_referrer ON co_referral (referrer, state, created);
+CREATE INDEX IF NOT EXISTS co_referral_grant ON co_referral (grant_id);
+CREATE INDEX IF NOT EXISTS co_referral_due ON co_referral (state, due);
 ";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {

@@ -46,7 +46,15 @@ pub struct Engine {
     /// Reports derived from the store (scorecards, indicators), kept while nothing they
     /// count has changed.
     pub derived: Arc<Derived>,
+    /// Runs in the transaction that records a grant's change: the domains above the engine
+    /// that follow grants (a referral waits for the resident's consent) set it, so that the
+    /// access module need not know them.
+    pub(crate) grant_hook: GrantHook,
 }
+
+/// See [`Engine::grant_hook`].
+pub(crate) type GrantHook =
+    fn(&Engine, &mut Tx<'_>, &hutong_access::grants::Grant) -> Result<(), crate::error::ApiError>;
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig, access: Arc<Access>) -> Engine {
@@ -59,6 +67,7 @@ impl Engine {
             access,
             audit,
             derived: Default::default(),
+            grant_hook: |_, _, _| Ok(()),
         }
     }
 

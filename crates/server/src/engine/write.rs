@@ -109,6 +109,7 @@ impl Engine {
 
     /// `PUT [type]/[id]`.
     pub(crate) fn update(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
+        self.kept_by_operations(t, id)?;
         let v = self.body_resource(req, t, Some(id))?;
         let (found, fp) = self.govern(req, g, &v)?;
         let sub = Submission {
@@ -153,6 +154,7 @@ impl Engine {
 
     /// `PATCH [type]/[id]` (JSON Patch or FHIRPath Patch).
     pub(crate) fn patch(&self, req: &Req, g: &Guard, t: &str, id: &str) -> Result<Resp, ApiError> {
+        self.kept_by_operations(t, id)?;
         let patch = Patch::parse(parse_json(&req.body)?)?;
         let if_match = req.header("if-match").map(parse_etag).transpose()?;
         let source = self.source_of(req);
@@ -448,6 +450,19 @@ impl Engine {
         }
     }
 
+    /// A Task the platform's operations keep (a referral's) is refused to plain writes
+    /// before its content is read, so that a refused write is not also quarantined. (The
+    /// same check inside the transaction, in `check_owner`, holds for every path.)
+    fn kept_by_operations(&self, t: &str, id: &str) -> Result<(), ApiError> {
+        if t == "Task" && crate::coordination::index::is_referral_task_id(&self.store, id)? {
+            return Err(ApiError::of(
+                Code::Forbidden,
+                "This Task is a referral's: it changes through Task/{id}/$referral (accept, reject, schedule, complete, cancel)",
+            ));
+        }
+        Ok(())
+    }
+
     /// What every accepted version leaves in its transaction besides itself: its intake
     /// findings and fingerprint, and the slot pool's index (for Slots, Schedules,
     /// Appointments and Organizations), whichever interaction wrote it.
@@ -554,6 +569,12 @@ pub fn check_owner(
     if t == "Task" && crate::governance::orders::is_work_order_id(tx, id)? {
         return Err(ApiError::of(Code::Forbidden,
             "This Task is a work order: it changes through Task/{id}/$accept, $start, $resolve, $reject, $close, $reopen and $comment",
+        ));
+    }
+    if t == "Task" && crate::coordination::index::is_referral_task(tx, id)? {
+        return Err(ApiError::of(
+            Code::Forbidden,
+            "This Task is a referral's: it changes through Task/{id}/$referral (accept, reject, schedule, complete, cancel)",
         ));
     }
     if g.principal.kind == Kind::Platform {

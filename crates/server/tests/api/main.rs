@@ -13,5 +13,6 @@ mod persons;
 mod pool;
 mod probe;
 mod recognition;
+mod referral;
 mod search;
 mod workorders;

@@ -32,7 +32,7 @@ fn at(ms: i64) -> String {
 /// Hospital A (a tertiary hospital in 西湖区) and community centre C, with types; A's
 /// internist publishes, in one transaction Bundle, a Schedule and ten 20-minute slots from
 /// `first` on (so the 5th and 10th are the family doctors' share). Returns the slot ids.
-async fn publish(app: &TestApp, first: i64) -> Vec<String> {
+pub(crate) async fn publish(app: &TestApp, first: i64) -> Vec<String> {
     for (id, uscc, name, kind, district) in [
         ("a", "91330100A", "甲医院", "tertiary-hospital", "西湖区"),
         ("b", "91330100B", "乙医院", "district-hospital", "上城区"),
@@ -111,14 +111,14 @@ fn offered(b: &Value) -> Vec<String> {
         .collect()
 }
 
-fn appointment(slot: &str, patient: &str) -> Value {
+pub(crate) fn appointment(slot: &str, patient: &str) -> Value {
     json!({"resourceType": "Appointment", "status": "proposed",
         "slot": [{"reference": format!("Slot/{slot}")}],
         "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "needs-action"},
                         {"actor": {"reference": "PractitionerRole/a-dr1-role"}, "status": "needs-action"}]})
 }
 
-fn with_resource(a: Value) -> Value {
+pub(crate) fn with_resource(a: Value) -> Value {
     params(vec![json!({"name": "appointment-resource", "resource": a})])
 }
 
