@@ -151,6 +151,10 @@ impl hutong_access::Directory for LinkView<'_> {
     }
 }
 
+/// How many of `$match`'s near candidates are compared with one another for a pair known to
+/// be different people.
+const NEAR_COMPARED: usize = 20;
+
 #[derive(Default)]
 pub struct Matcher {
     state: Mutex<State>,
@@ -202,15 +206,21 @@ impl Matcher {
             .collect();
         // A record that fits two people known to be different about equally well is certain
         // of neither: the linker would not link it, and `$match` does not call it certain.
+        // The near candidates are compared pairwise, not only with the best: the best may be
+        // a record without an ID number that is itself undecided between the two.
         let candidates = index.candidates();
         if let Some(best) = found.first().filter(|m| m.grade == Grade::Certain) {
             let floor = best.odds - st.thresholds.margin;
-            let best_record = candidates.record(&best.id);
-            let rival = found[1..].iter().take_while(|m| m.odds > floor).any(|m| {
-                match (&best_record, candidates.record(&m.id)) {
-                    (Some(x), Some(y)) => hutong_mpi::compare::known_apart(x, &y),
-                    _ => false,
-                }
+            let near: Vec<_> = found
+                .iter()
+                .take_while(|m| m.odds > floor)
+                .take(NEAR_COMPARED)
+                .filter_map(|m| candidates.record(&m.id))
+                .collect();
+            let rival = near.iter().enumerate().any(|(i, x)| {
+                near[i + 1..]
+                    .iter()
+                    .any(|y| hutong_mpi::compare::known_apart(x, y))
             });
             if rival {
                 for m in found.iter_mut().filter(|m| m.grade == Grade::Certain) {
