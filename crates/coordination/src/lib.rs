@@ -6,6 +6,8 @@
 //!   reserved for family doctors' referrals, until when, and who may take one.
 //! - [`recognition`]: the regional list of results recognized across institutions
 //!   (检查检验结果互认) and how long each is recognized.
+//! - [`followup`]: when a contracted resident with hypertension or diabetes is due a
+//!   follow-up, and whether the year's management met the norm.
 //! - [`referral`]: two-way referral's states and who may move them.
 //! - [`lifecycle`]: a slot's state in the pool (free, held, booked, out of the pool) and the
 //!   claims that move it, so that no slot is ever booked twice.
@@ -14,6 +16,7 @@
 //! [`lifecycle::SlotState::claim`] and [`lifecycle::SlotState::release`], and only after
 //! [`share::Policy::may_take`] has allowed the booker.
 
+pub mod followup;
 pub mod lifecycle;
 pub mod recognition;
 pub mod referral;

@@ -26,6 +26,16 @@ pub const PRIMARY_CARE_KINDS: &[&str] = &["community-health-centre", "township-c
 pub const RECOGNITION_QUALIFIED_URL: &str =
     "https://hutong.dev/fhir/StructureDefinition/recognition-qualified";
 
+/// The platform's encounter types (门诊, 住院, 慢病随访…) on `Encounter.type`.
+pub const ENCOUNTER_TYPE_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/encounter-type";
+
+/// The encounter type of a chronic-disease follow-up (慢病随访), which counts towards the
+/// national basic public health service's four follow-ups a year.
+pub const FOLLOW_UP_CODE: &str = "chronic-followup";
+
+/// The `EpisodeOfCare.type` of a family-doctor contract (家庭医生签约).
+pub const CONTRACT_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/family-doctor-contract";
+
 /// Stamps provenance on a submitted resource: the submitting institution (`meta.source`) and
 /// the collection time, unless the source recorded its own.
 pub fn stamp(v: &mut serde_json::Value, source: &str, now_ms: i64) {

@@ -133,6 +133,11 @@ fn build() -> Value {
                     ops.push(json!({"name": op, "definition": format!("https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/appointment-{op}")}));
                 }
             }
+            if t == "EpisodeOfCare" {
+                for op in ["renew", "end"] {
+                    ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/EpisodeOfCare-{op}")}));
+                }
+            }
             if t == "ServiceRequest" {
                 for op in ["check-recognition", "recognition-decision", "refer"] {
                     ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/ServiceRequest-{op}")}));
@@ -152,6 +157,7 @@ fn build() -> Value {
                     "grant",
                     "grant-proxy",
                     "access-history",
+                    "sign-contract",
                 ] {
                     ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/Person-{op}")}));
                 }
@@ -200,7 +206,8 @@ fn build() -> Value {
                           {"name": "scorecard", "definition": "https://hutong.dev/fhir/OperationDefinition/scorecard"},
                           {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"},
                           {"name": "recognition", "definition": "https://hutong.dev/fhir/OperationDefinition/recognition"},
-                          {"name": "referrals", "definition": "https://hutong.dev/fhir/OperationDefinition/referrals"}]
+                          {"name": "referrals", "definition": "https://hutong.dev/fhir/OperationDefinition/referrals"},
+                          {"name": "follow-ups", "definition": "https://hutong.dev/fhir/OperationDefinition/follow-ups"}]
         }]
     })
 }

@@ -50,6 +50,16 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         }
         ("GET", ["$referrals"]) => crate::coordination::referral::list(engine, req, g),
         ("POST", ["$referrals", "$sweep"]) => crate::coordination::referral::sweep_op(engine, g),
+        ("POST", ["Person", id, "$sign-contract"]) => {
+            crate::coordination::contracts::sign(engine, req, g, id)
+        }
+        ("POST", ["EpisodeOfCare", id, "$renew"]) => {
+            crate::coordination::contracts::change(engine, req, g, id, true)
+        }
+        ("POST", ["EpisodeOfCare", id, "$end"]) => {
+            crate::coordination::contracts::change(engine, req, g, id, false)
+        }
+        ("GET", ["$follow-ups"]) => crate::coordination::contracts::list(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {
             grants::find(engine, req, g)

@@ -4,10 +4,12 @@
 //! where the family-doctor share is enforced.
 
 use hutong_access::principal::Kind;
+use hutong_coordination::followup::Chronic;
 use hutong_coordination::{Booker, Claim, ClaimError, SlotState};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::vocab::{
-    INSTITUTION_KIND_SYSTEM, PRIMARY_CARE_KINDS, RECOGNITION_QUALIFIED_URL, USCC_SYSTEM,
+    CONTRACT_SYSTEM, ENCOUNTER_TYPE_SYSTEM, FOLLOW_UP_CODE, INSTITUTION_KIND_SYSTEM,
+    PRIMARY_CARE_KINDS, RECOGNITION_QUALIFIED_URL, USCC_SYSTEM,
 };
 use hutong_store::sql::{Dialect, Val};
 use hutong_store::{Query, Scope, StoreError, Stored, Tx};
@@ -39,6 +41,9 @@ pub(crate) fn written(
         "Schedule" => schedule_written(tx, s),
         "Appointment" => appointment_written(engine, tx, g, s),
         "Organization" => organization_written(tx, s),
+        "EpisodeOfCare" => contract_written(tx, s),
+        "Encounter" => visit_written(tx, s),
+        "Condition" => chronic_written(tx, s),
         _ => Ok(()),
     }
 }
@@ -66,6 +71,18 @@ pub(crate) fn deleted(engine: &Engine, tx: &mut Tx<'_>, t: &str, id: &str) -> Re
             for row in slots_of(tx, id)? {
                 set_state(tx, &row, row.state.release(id))?;
             }
+            Ok(())
+        }
+        "EpisodeOfCare" | "Encounter" | "Condition" => {
+            let (table, key) = match t {
+                "EpisodeOfCare" => ("co_contract", "episode"),
+                "Encounter" => ("co_visit", "encounter"),
+                _ => ("co_chronic", "condition"),
+            };
+            tx.conn().exec(
+                &format!("DELETE FROM {table} WHERE {key} = ?"),
+                &[Val::Text(id.into())],
+            )?;
             Ok(())
         }
         _ => Ok(()),
@@ -540,4 +557,129 @@ pub(crate) fn is_referral_task_id(
             &[Val::Text(id.into())],
         )?
         .is_empty())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn patient_of(v: &Value) -> Option<&str> {
+    local_id(&v["patient"], "Patient").or_else(|| local_id(&v["subject"], "Patient"))
+}
+
+/// A family-doctor contract (an EpisodeOfCare of the contract type) in `co_contract`.
+fn contract_written(tx: &mut Tx<'_>, s: &Stored) -> Result<(), ApiError> {
+    if !contains(&s.body, CONTRACT_SYSTEM.as_bytes()) {
+        return Ok(());
+    }
+    let v = s.json()?;
+    let is_contract = v["type"].as_array().into_iter().flatten().any(|t| {
+        t["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["system"] == CONTRACT_SYSTEM)
+    });
+    let Some(patient) = patient_of(&v).filter(|_| is_contract) else {
+        return Ok(());
+    };
+    let package = v["type"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["coding"].as_array().into_iter().flatten())
+        .find(|c| c["system"] == CONTRACT_SYSTEM)
+        .and_then(|c| c["code"].as_str())
+        .unwrap_or("basic");
+    let t = |x: &str| Val::Text(x.to_string());
+    tx.conn()
+        .exec("DELETE FROM co_contract WHERE episode = ?", &[t(&s.id)])?;
+    tx.conn().exec(
+        "INSERT INTO co_contract (episode, patient, institution, org, team, package, status, start_ms, end_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            t(&s.id),
+            t(patient),
+            t(&s.source),
+            t(local_id(&v["managingOrganization"], "Organization").unwrap_or("")),
+            t(local_id(&v["team"][0], "CareTeam").unwrap_or("")),
+            t(package),
+            t(v["status"].as_str().unwrap_or("")),
+            Val::Int(ms(&v["period"]["start"]).unwrap_or(s.last_updated)),
+            Val::Int(v["period"]["end"].as_str().and_then(hutong_fhir::date::parse).map_or(0, |r| r.hi)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A chronic-disease follow-up (an Encounter of that type) in `co_visit`, by any
+/// institution: every one counts.
+fn visit_written(tx: &mut Tx<'_>, s: &Stored) -> Result<(), ApiError> {
+    // Most encounters are not follow-ups: only a version that names the type, or one that
+    // may have been one before, is read.
+    if s.version == 1 && !contains(&s.body, FOLLOW_UP_CODE.as_bytes()) {
+        return Ok(());
+    }
+    let v = s.json()?;
+    let follow_up = v["type"].as_array().into_iter().flatten().any(|t| {
+        t["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["system"] == ENCOUNTER_TYPE_SYSTEM && c["code"] == FOLLOW_UP_CODE)
+    }) && !matches!(
+        v["status"].as_str(),
+        Some("cancelled" | "entered-in-error" | "planned")
+    );
+    tx.conn().exec(
+        "DELETE FROM co_visit WHERE encounter = ?",
+        &[Val::Text(s.id.clone())],
+    )?;
+    let at = ms(&v["period"]["start"]).or_else(|| ms(&v["period"]["end"]));
+    if let (true, Some(patient), Some(at)) = (follow_up, patient_of(&v), at) {
+        tx.conn().exec(
+            "INSERT INTO co_visit (encounter, patient, at) VALUES (?, ?, ?)",
+            &[
+                Val::Text(s.id.clone()),
+                Val::Text(patient.into()),
+                Val::Int(at),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// A hypertension or diabetes diagnosis in `co_chronic` (while it is active).
+fn chronic_written(tx: &mut Tx<'_>, s: &Stored) -> Result<(), ApiError> {
+    if s.version == 1 && !contains(&s.body, b"\"I1") && !contains(&s.body, b"\"E1") {
+        return Ok(());
+    }
+    let v = s.json()?;
+    let kinds: std::collections::BTreeSet<Chronic> = v["code"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["system"].as_str().is_some_and(|x| x.contains("icd-10")))
+        .filter_map(|c| c["code"].as_str().and_then(Chronic::of_icd10))
+        .collect();
+    let clinical = v["clinicalStatus"]["coding"][0]["code"].as_str();
+    let verification = v["verificationStatus"]["coding"][0]["code"].as_str();
+    let active = matches!(clinical, None | Some("active" | "recurrence" | "relapse"))
+        && !matches!(verification, Some("entered-in-error" | "refuted"));
+    tx.conn().exec(
+        "DELETE FROM co_chronic WHERE condition = ?",
+        &[Val::Text(s.id.clone())],
+    )?;
+    if let (true, Some(patient)) = (active, patient_of(&v)) {
+        for k in kinds {
+            tx.conn().exec(
+                "INSERT INTO co_chronic (condition, kind, patient) VALUES (?, ?, ?)",
+                &[
+                    Val::Text(s.id.clone()),
+                    Val::Text(k.as_str().into()),
+                    Val::Text(patient.into()),
+                ],
+            )?;
+        }
+    }
+    Ok(())
 }

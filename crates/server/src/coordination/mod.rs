@@ -11,17 +11,22 @@
 //!   has it;
 //! - `co_qualified`: which institutions' results the region recognizes ([`recognition`]);
 //!   `co_recognition`: each recognition check made at order time and what came of it;
-//! - `co_referral`: each referral's parties, person, consent and state ([`referral`]).
+//! - `co_referral`: each referral's parties, person, consent and state ([`referral`]);
+//! - `co_contract`, `co_visit`, `co_chronic`: family-doctor contracts, chronic-disease
+//!   follow-up encounters and hypertension or diabetes diagnoses, from which the follow-up
+//!   lists are computed ([`contracts`]).
 //!
 //! Architecture invariant: every write of a Slot, Schedule or Appointment — by the REST
 //! API, a bundle, bulk import or the pool's own operations — passes [`index::written`]
 //! (or [`index::deleted`]) in its transaction, so the index never disagrees with the resources, and a
 //! slot changes hands only through `SlotState::claim`, with its row locked.
 
+pub(crate) mod contracts;
 pub(crate) mod index;
 pub(crate) mod pool;
 pub(crate) mod recognition;
 pub(crate) mod referral;
+pub mod standing;
 
 use hutong_store::{Store, StoreError};
 
@@ -59,6 +64,17 @@ CREATE TABLE IF NOT EXISTS co_referral (task TEXT PRIMARY KEY, request TEXT NOT 
     direction TEXT NOT NULL, state TEXT NOT NULL, created BIGINT NOT NULL,
     updated BIGINT NOT NULL, due BIGINT NOT NULL, escalated BIGINT NOT NULL DEFAULT 0,
     opened BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS co_contract (episode TEXT PRIMARY KEY, patient TEXT NOT NULL,
+    institution TEXT NOT NULL, org TEXT NOT NULL, team TEXT NOT NULL, package TEXT NOT NULL,
+    status TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS co_contract_institution ON co_contract (institution, status);
+CREATE INDEX IF NOT EXISTS co_contract_patient ON co_contract (patient);
+CREATE TABLE IF NOT EXISTS co_visit (encounter TEXT PRIMARY KEY, patient TEXT NOT NULL,
+    at BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS co_visit_patient ON co_visit (patient, at);
+CREATE TABLE IF NOT EXISTS co_chronic (condition TEXT NOT NULL, kind TEXT NOT NULL,
+    patient TEXT NOT NULL, PRIMARY KEY (condition, kind));
+CREATE INDEX IF NOT EXISTS co_chronic_patient ON co_chronic (patient);
 CREATE INDEX IF NOT EXISTS co_referral_receiver ON co_referral (receiver, state, created);
 CREATE INDEX IF NOT EXISTS co_referral_referrer ON co_referral (referrer, state, created);
 CREATE INDEX IF NOT EXISTS co_referral_grant ON co_referral (grant_id);

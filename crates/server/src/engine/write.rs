@@ -481,9 +481,11 @@ impl Engine {
     }
 
     /// What follows a committed write outside its transaction: an Appointment booked or
-    /// cancelled changes the institution's access for the visit.
+    /// cancelled changes the institution's access for the visit; a contract its centre's.
     pub(crate) fn after_commit(&self, g: &Guard, s: &Stored) -> Result<(), ApiError> {
-        crate::consent::appointments::after_write(self, g, s)
+        crate::consent::appointments::after_write(self, g, s)?;
+        // A family-doctor contract's centre holds a standing grant while it is active.
+        crate::coordination::standing::after_write(self, g, s)
     }
 
     /// Quarantines a rejected submission and returns the rejection to send: `at` locates

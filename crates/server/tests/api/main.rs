@@ -5,6 +5,7 @@ mod helpers;
 mod access;
 mod access_property;
 mod bundles;
+mod contracts;
 mod crud;
 mod errors;
 mod governance;
