@@ -295,6 +295,7 @@ pub(crate) fn change(
 /// One resident on a centre's list.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// `EpisodeOfCare/{id}` (the contract) or `Task/{id}` (a downward referral).
     pub episode: String,
     pub patient: String,
     pub team: String,
@@ -311,17 +312,35 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
         "SELECT episode, patient, team, start_ms FROM co_contract WHERE institution = ? AND status = 'active'",
         &[Val::Text(institution.into())],
     )?;
+    // Residents referred down to the centre (accepted, scheduled or seen there in the last
+    // year) are its to follow up too, contracted or not.
+    let referred = engine.store.query_admin(
+        "SELECT task, patient, '', opened FROM co_referral WHERE receiver = ? AND direction = 'down' \
+         AND state IN ('accepted', 'scheduled', 'completed') AND opened >= ?",
+        &[Val::Text(institution.into()), Val::Int(now - YEAR)],
+    )?;
     engine.matcher.sync(&engine.store)?;
     // Each contract's person's Patients at every institution.
     let mut people: Vec<(String, String, String, i64, Vec<String>)> =
         Vec::with_capacity(contracts.len());
     let mut wanted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for r in &contracts {
+    let mut seen_people = std::collections::HashSet::new();
+    for (r, via) in contracts
+        .iter()
+        .map(|r| (r, "EpisodeOfCare"))
+        .chain(referred.iter().map(|r| (r, "Task")))
+    {
         let patient = r[1].text().to_string();
-        let all = match engine
+        let person = engine
             .matcher
-            .person_of(&engine.store, &format!("Patient/{patient}"))?
-        {
+            .person_of(&engine.store, &format!("Patient/{patient}"))?;
+        // A resident both contracted and referred down is listed once, by the contract.
+        if let Some(p) = &person {
+            if !seen_people.insert(p.clone()) {
+                continue;
+            }
+        }
+        let all = match person {
             Some(p) => engine
                 .matcher
                 .patients_of(&engine.store, &p)?
@@ -332,7 +351,7 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
         };
         wanted.extend(all.iter().cloned());
         people.push((
-            r[0].text().to_string(),
+            format!("{via}/{}", r[0].text()),
             patient,
             r[2].text().to_string(),
             r[3].int(),
@@ -527,7 +546,8 @@ pub(crate) fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiErr
             ));
         }
         entries.push(json!({
-            "contract": format!("EpisodeOfCare/{}", e.episode),
+            // The contract, or the downward referral that brought the resident.
+            "via": e.episode,
             "patient": format!("Patient/{}", e.patient),
             "name": name,
             "conditions": e.conditions.iter().map(|c| c.as_str()).collect::<Vec<_>>(),

@@ -13,6 +13,7 @@ use crate::pool::publish;
 
 crate::on_both_with!(super::settings;
     a_contract_opens_the_record_and_puts_the_resident_on_the_list,
+    a_downward_referral_puts_the_patient_on_the_centres_list,
     bad_contract_requests_are_refused_precisely,
 );
 
@@ -269,4 +270,55 @@ async fn bad_contract_requests_are_refused_precisely(app: &TestApp) {
         .send_as(&app.system(C), "GET", "$follow-ups?status=late", None, &[])
         .await;
     assert_eq!(bad_status.status, 400);
+}
+
+async fn a_downward_referral_puts_the_patient_on_the_centres_list(app: &TestApp) {
+    let r: Region = region(app).await;
+    publish(app, hutong_fhir::date::now_ms() + 5 * DAY).await;
+    let (sa, sc) = (app.system(A), app.system(C));
+    create_as(app, &sa, hypertension(&r.pa)).await;
+    // The hospital refers its stable patient down to the community centre.
+    let made = app
+        .send_as(&sa, "POST", "ServiceRequest/$refer", Some(params(vec![
+            json!({"name": "patient", "valueReference": {"reference": format!("Patient/{}", r.pa)}}),
+            json!({"name": "performer", "valueReference": {"reference": "Organization/c"}}),
+            json!({"name": "direction", "valueCode": "down"}),
+            json!({"name": "reason", "valueString": "血压已控制稳定，转回社区随访管理"}),
+            json!({"name": "method", "valueCode": "app"}),
+        ])), &[])
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let task = made.body["id"].as_str().unwrap().to_string();
+    let consent = made.body["contained"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(list(app, &sc, "").await["total"], 0);
+    let ok = app
+        .send_as(
+            &app.resident(&r.person),
+            "POST",
+            &format!("Consent/{consent}/$approve"),
+            Some(params(vec![])),
+            &[],
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(list(app, &sc, "").await["total"], 0, "not yet taken on");
+    let acc = app
+        .send_as(
+            &sc,
+            "POST",
+            &format!("Task/{task}/$referral"),
+            Some(params(vec![
+                json!({"name": "action", "valueCode": "accept"}),
+            ])),
+            &[],
+        )
+        .await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    let l = list(app, &sc, "").await;
+    assert_eq!(l["total"], 1, "{l}");
+    assert_eq!(l["entries"][0]["via"], format!("Task/{task}").as_str());
+    assert_eq!(l["entries"][0]["conditions"][0], "hypertension");
 }
