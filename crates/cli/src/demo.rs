@@ -255,16 +255,19 @@ fn example(region: &Path) -> anyhow::Result<(String, String, String, Vec<String>
 pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     fresh_dir(&args.dir)?;
     let region = args.dir.join("region");
+    let today = {
+        let (y, m, d) = hutong_fhir::date::today();
+        hutong_fhir::date::days_from_civil(y, m, d) as i32
+    };
     let cfg = hutong_synth::Config {
         residents: args.residents,
         institutions: args.institutions,
         years: args.years,
         seed: args.seed,
-        // The clinics' slots start today, so that the demo's pool has slots to book.
-        schedule_from: Some({
-            let (y, m, d) = hutong_fhir::date::today();
-            hutong_fhir::date::days_from_civil(y, m, d) as i32
-        }),
+        // The region's history runs up to today, and its clinics' slots from today on, so
+        // that contracts are in force, follow-ups fall due and the pool has slots to book.
+        as_of: today,
+        schedule_from: Some(today),
         ..hutong_synth::Config::default()
     };
     println!(
@@ -312,6 +315,10 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         let (person, phone) = tokio::task::spawn_blocking(
             move || -> anyhow::Result<(Option<String>, String)> {
                 engine.matcher.sync(&engine.store)?;
+                // Each family-doctor contract gives its centre a standing authorization.
+                let contracts = hutong_server::coordination::standing::sync_all(&engine)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                eprintln!("{contracts} family-doctor contracts in force.");
                 let person = match first {
                     Some(p) => engine.matcher.person_of(&engine.store, &p)?,
                     None => None,

@@ -518,6 +518,14 @@ fn import(
         report.skipped_chunks,
         report.rejected.len()
     );
+    // Contracts loaded in bulk bring their centres' standing authorizations along.
+    let contracts = hutong_server::coordination::standing::sync_all(&engine)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    if contracts > 0 {
+        println!(
+            "{contracts} family-doctor contracts: their centres' authorizations are in force."
+        );
+    }
     engine.audit.flush(std::time::Duration::from_secs(10));
     for (f, line, why) in report.rejected.iter().take(50) {
         println!("  rejected {f}:{line}: {why}");

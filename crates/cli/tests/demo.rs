@@ -282,11 +282,11 @@ async fn synth_bundles_match_the_ndjson_and_load_as_transactions() {
         let inst = inst.unwrap().path();
         for f in std::fs::read_dir(&inst).unwrap() {
             let f = f.unwrap().path();
-            // The clinics' schedules are the institution's, not a patient's: they are in the
-            // NDJSON only, not in the per-patient bundles.
+            // The clinics' schedules and the family doctor teams are the institution's, not a
+            // patient's: they are in the NDJSON only, not in the per-patient bundles.
             let clinic = f
                 .file_stem()
-                .is_some_and(|n| n == "Schedule" || n == "Slot");
+                .is_some_and(|n| n == "Schedule" || n == "Slot" || n == "CareTeam");
             if f.extension().is_some_and(|x| x == "ndjson") && !clinic {
                 for l in std::fs::read_to_string(&f).unwrap().lines() {
                     from_ndjson.insert(l.to_string());

@@ -327,6 +327,30 @@ impl<'a> Writer<'a> {
                 }
             }
         }
+        // The centres' family doctor teams, which contracts name.
+        for (inst, team) in crate::schedules::teams(self.region) {
+            *self
+                .summary
+                .by_type
+                .entry("CareTeam".to_string())
+                .or_default() += 1;
+            self.summary.resources += 1;
+            if !self.cfg.ndjson {
+                continue;
+            }
+            let code = &self.region.institutions[inst].code;
+            let w = match files.entry((inst, "CareTeam")) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(create(
+                    self.root
+                        .join("institutions")
+                        .join(code)
+                        .join("CareTeam.ndjson"),
+                    "",
+                )?),
+            };
+            writeln!(w, "{team}").map_err(io(&self.root))?;
+        }
         for w in files.values_mut() {
             w.flush().map_err(io(&self.root))?;
         }

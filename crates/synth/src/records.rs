@@ -102,6 +102,7 @@ pub fn generate(cfg: &Config, region: &Region, p: &Person, state: &mut ChunkStat
         g.emit_event(&e);
     }
     g.inject_defects();
+    g.contract();
     g.res
 }
 
@@ -242,6 +243,60 @@ impl Gen<'_> {
     }
 
     // ---- events -----------------------------------------------------------------
+
+    /// A family-doctor contract (家庭医生签约) with the resident's own primary-care centre,
+    /// active at the generation date (signed in the 150 days before it, for a year): most
+    /// residents with hypertension or diabetes have one and many of the elderly and young
+    /// children (the key groups the national targets name), a few others.
+    fn contract(&mut self) {
+        let home = self.p.home;
+        let as_of = self.cfg.as_of;
+        if !self.inst(home).kind.is_primary()
+            || self.p.death.is_some_and(|d| d <= as_of)
+            || self.p.birth > as_of
+        {
+            return;
+        }
+        let chronic = |c: Chronic| self.has(c).is_some_and(|d| d <= as_of);
+        let (htn, dm) = (chronic(Chronic::Hypertension), chronic(Chronic::Diabetes));
+        let years = age(self.p.birth, as_of);
+        let p = match (htn || dm, years) {
+            (true, _) => 0.75,
+            (_, 65..) => 0.6,
+            (_, ..7) => 0.3,
+            _ => 0.15,
+        };
+        if !self.rng.chance(p) {
+            return;
+        }
+        let package = match (htn, dm, years) {
+            (_, true, _) => "diabetes",
+            (true, _, _) => "hypertension",
+            (_, _, 65..) => "elderly",
+            (_, _, ..7) => "maternal-child",
+            _ => "basic",
+        };
+        let zh = crate::schedules::package_zh(package);
+        let start = At::new(
+            as_of - self.rng.range(0, 150) as i32,
+            self.time_of_day(8, 17),
+        );
+        let pid = self.patient(home, start);
+        let id = self.next_id(&pid);
+        let team = crate::schedules::team_of(self.inst(home), self.p.idx);
+        let json = json!({
+            "resourceType": "EpisodeOfCare",
+            "id": id,
+            "meta": self.meta(home, start),
+            "status": "active",
+            "type": [{"coding": [{"system": hutong_fhir::vocab::CONTRACT_SYSTEM, "code": package, "display": zh}], "text": format!("家庭医生签约：{zh}")}],
+            "patient": {"reference": format!("Patient/{pid}")},
+            "managingOrganization": self.inst(home).org_ref(),
+            "team": [{"reference": format!("CareTeam/{team}")}],
+            "period": {"start": start.dt(), "end": At::new(start.day + 365, start.sec).dt()}
+        });
+        self.push(home, "EpisodeOfCare", id, pid, start.day, json);
+    }
 
     fn time_of_day(&mut self, from_h: i64, to_h: i64) -> i32 {
         (self.rng.range(from_h * 3600, to_h * 3600) / 60 * 60) as i32

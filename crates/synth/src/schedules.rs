@@ -166,3 +166,52 @@ mod tests {
         }
     }
 }
+
+/// The family doctor teams (家庭医生团队) of a primary-care centre: its doctors two by two.
+pub fn teams(region: &Region) -> Vec<(usize, Value)> {
+    let mut out = Vec::new();
+    for inst in region.institutions.iter().filter(|i| i.kind.is_primary()) {
+        let doctors: Vec<_> = inst.staff.iter().filter(|p| p.role == "doctor").collect();
+        for (k, pair) in doctors.chunks(2).enumerate() {
+            out.push((
+                inst.idx,
+                json!({
+                    "resourceType": "CareTeam",
+                    "id": format!("{}-team{}", inst.code, k + 1),
+                    "status": "active",
+                    "name": format!("{}家庭医生团队{}", inst.name, k + 1),
+                    "category": [{"coding": [{"system": "http://loinc.org", "code": "LA28865-6", "display": "Longitudinal care-coordination focused care team"}], "text": "家庭医生团队"}],
+                    "managingOrganization": [inst.org_ref()],
+                    "participant": pair.iter().map(|p| json!({
+                        "role": [{"text": "家庭医生"}],
+                        "member": {"reference": format!("Practitioner/{}", p.id), "display": p.name}
+                    })).collect::<Vec<_>>()
+                }),
+            ));
+        }
+    }
+    out
+}
+
+/// The team a resident's contract with `inst` names.
+pub fn team_of(inst: &crate::region::Institution, person: u64) -> String {
+    let doctors = inst
+        .staff
+        .iter()
+        .filter(|p| p.role == "doctor")
+        .count()
+        .max(1);
+    let teams = doctors.div_ceil(2) as u64;
+    format!("{}-team{}", inst.code, person % teams + 1)
+}
+
+/// A service package's name.
+pub fn package_zh(code: &str) -> &'static str {
+    match code {
+        "hypertension" => "高血压个性化服务包",
+        "diabetes" => "糖尿病个性化服务包",
+        "elderly" => "老年人服务包",
+        "maternal-child" => "孕产妇及儿童服务包",
+        _ => "基础服务包",
+    }
+}
