@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{hex, random_bytes, Keyring};
 use crate::principal::{Kind, Principal, Role, Scopes};
 
+/// What a clinician's sign-in grants: reading (as the access decision allows) and the
+/// writes of care coordination — referrals and bookings.
+pub const CLINICIAN_SCOPES: &str =
+    "user/*.rs user/ServiceRequest.cu user/Task.c user/Composition.c user/Appointment.cu";
 /// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]).
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS auth_client (client_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
@@ -448,7 +452,13 @@ impl Accounts {
             practitioner: Some(r[3].text().to_string()).filter(|s| !s.is_empty()),
             person: None,
             roles: r[4].text().split(',').filter_map(Role::parse).collect(),
-            scopes: Scopes::parse("user/*.rs"),
+            // Clinicians read what the decision opens, and coordinate care: they refer
+            // (the ServiceRequest, its letter and Task) and book visits from the pool.
+            scopes: Scopes::parse(if kind == Kind::Clinician {
+                CLINICIAN_SCOPES
+            } else {
+                "user/*.rs"
+            }),
             booking: false,
         })
     }

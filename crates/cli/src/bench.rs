@@ -447,6 +447,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     if args.coordination_only {
         pool::figures(&work, args.postgres.as_deref(), &rt, &mut rep)?;
+        pool::followup_figures(&work, &mut rep)?;
         let mut how = "--coordination-only".to_string();
         if args.postgres.is_some() {
             how.push_str(" --postgres postgres://postgres@127.0.0.1:5432");
@@ -873,8 +874,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     // 4. The portals' pages on demo data.
     portal_figures(&work, &rt, &mut rep)?;
 
-    // 5. The slot pool.
+    // 5. Service coordination: the slot pool, recognition, follow-up lists.
     pool::figures(&work, args.postgres.as_deref(), &rt, &mut rep)?;
+    pool::followup_figures(&work, &mut rep)?;
 
     write_report(&args, &rep, resources, started.elapsed())?;
     // A directory the user named is kept for inspection; our temporary one is not.

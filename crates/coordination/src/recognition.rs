@@ -97,6 +97,13 @@ impl List {
         self.items.get(loinc)
     }
 
+    /// Every item, by code.
+    pub fn items(&self) -> Vec<&Item> {
+        let mut v: Vec<&Item> = self.items.values().collect();
+        v.sort_by(|a, b| a.code.cmp(&b.code));
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

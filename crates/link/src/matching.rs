@@ -151,6 +151,9 @@ impl hutong_access::Directory for LinkView<'_> {
     }
 }
 
+/// A person's id and its Patients' ids.
+pub type PersonPatients = (String, Vec<String>);
+
 /// How many of `$match`'s near candidates are compared with one another for a pair known to
 /// be different people.
 const NEAR_COMPARED: usize = 20;
@@ -338,6 +341,39 @@ impl Matcher {
     }
 
     /// The person of a Patient (`Patient/{id}`), caught up.
+    /// For each of `patients` (ids, without `Patient/`), its person and that person's
+    /// Patients' ids — one catch-up with the store for them all, where a call per patient
+    /// would catch up each time (a centre's follow-up list asks for thousands).
+    pub fn people_of(
+        &self,
+        store: &Store,
+        patients: &[String],
+    ) -> Result<Vec<Option<PersonPatients>>, StoreError> {
+        let refs: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        let r: Vec<&str> = refs.iter().map(String::as_str).collect();
+        let persons: Vec<Option<String>> = self.view_of(store, &[], &r, |reg| {
+            r.iter()
+                .map(|p| reg.person_of(p).map(String::from))
+                .collect()
+        })?;
+        let wanted: Vec<&str> = persons.iter().flatten().map(String::as_str).collect();
+        self.view_of(store, &wanted, &[], |reg| {
+            persons
+                .iter()
+                .map(|p| {
+                    p.as_ref().map(|p| {
+                        let ids = reg
+                            .patients(p)
+                            .into_iter()
+                            .map(|x| x.trim_start_matches("Patient/").to_string())
+                            .collect();
+                        (p.clone(), ids)
+                    })
+                })
+                .collect()
+        })
+    }
+
     pub fn person_of(&self, store: &Store, patient: &str) -> Result<Option<String>, StoreError> {
         self.view_of(store, &[], &[patient], |reg| {
             reg.person_of(patient).map(String::from)

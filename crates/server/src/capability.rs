@@ -207,7 +207,8 @@ fn build() -> Value {
                           {"name": "intake", "definition": "https://hutong.dev/fhir/OperationDefinition/intake"},
                           {"name": "recognition", "definition": "https://hutong.dev/fhir/OperationDefinition/recognition"},
                           {"name": "referrals", "definition": "https://hutong.dev/fhir/OperationDefinition/referrals"},
-                          {"name": "follow-ups", "definition": "https://hutong.dev/fhir/OperationDefinition/follow-ups"}]
+                          {"name": "follow-ups", "definition": "https://hutong.dev/fhir/OperationDefinition/follow-ups"},
+                          {"name": "coordination", "definition": "https://hutong.dev/fhir/OperationDefinition/coordination"}]
         }]
     })
 }

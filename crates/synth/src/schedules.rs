@@ -128,45 +128,6 @@ pub fn publish(cfg: &Config, region: &Region) -> Vec<Published> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_clinic_publishes_slots_in_working_hours_after_the_generation_date() {
-        let cfg = Config {
-            schedule_days: 14,
-            ..Config::default()
-        };
-        let region = Region::build(&cfg).unwrap();
-        let all = publish(&cfg, &region);
-        assert!(all.len() > 20, "{} schedules", all.len());
-        for p in &all {
-            let kind = region.institutions[p.institution].kind;
-            assert!(
-                !p.slots.is_empty(),
-                "{} publishes nothing",
-                p.schedule["id"]
-            );
-            for s in &p.slots {
-                let start = s["start"].as_str().unwrap();
-                assert!(start > At::new(cfg.as_of + 1, 0).dt().as_str());
-                let hour: u32 = start[11..13].parse().unwrap();
-                assert!((8..17).contains(&hour), "{start}");
-                assert_eq!(
-                    s["schedule"]["reference"],
-                    format!("Schedule/{}", p.schedule["id"].as_str().unwrap())
-                );
-            }
-            if kind.is_primary() {
-                // Ten half-days a fortnight-week, 16 + 12 slots a day: general practice
-                // every weekday.
-                assert_eq!(p.slots.len(), 10 * 28, "{}", p.schedule["id"]);
-            }
-        }
-    }
-}
-
 /// The family doctor teams (家庭医生团队) of a primary-care centre: its doctors two by two.
 pub fn teams(region: &Region) -> Vec<(usize, Value)> {
     let mut out = Vec::new();
@@ -213,5 +174,44 @@ pub fn package_zh(code: &str) -> &'static str {
         "elderly" => "老年人服务包",
         "maternal-child" => "孕产妇及儿童服务包",
         _ => "基础服务包",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_clinic_publishes_slots_in_working_hours_after_the_generation_date() {
+        let cfg = Config {
+            schedule_days: 14,
+            ..Config::default()
+        };
+        let region = Region::build(&cfg).unwrap();
+        let all = publish(&cfg, &region);
+        assert!(all.len() > 20, "{} schedules", all.len());
+        for p in &all {
+            let kind = region.institutions[p.institution].kind;
+            assert!(
+                !p.slots.is_empty(),
+                "{} publishes nothing",
+                p.schedule["id"]
+            );
+            for s in &p.slots {
+                let start = s["start"].as_str().unwrap();
+                assert!(start > At::new(cfg.as_of + 1, 0).dt().as_str());
+                let hour: u32 = start[11..13].parse().unwrap();
+                assert!((8..17).contains(&hour), "{start}");
+                assert_eq!(
+                    s["schedule"]["reference"],
+                    format!("Schedule/{}", p.schedule["id"].as_str().unwrap())
+                );
+            }
+            if kind.is_primary() {
+                // Ten half-days a fortnight-week, 16 + 12 slots a day: general practice
+                // every weekday.
+                assert_eq!(p.slots.len(), 10 * 28, "{}", p.schedule["id"]);
+            }
+        }
     }
 }

@@ -289,6 +289,7 @@ pub async fn person(
             strong { (person["name"][0]["text"].as_str().unwrap_or("")) }
             " · " (person["gender"].as_str().unwrap_or("")) " · " (person["birthDate"].as_str().unwrap_or(""))
             " · " a href=(format!("/workstation/person/{id}/timeline")) { (lang.t("完整时间轴", "Full timeline")) }
+            " · " a href=(format!("/workstation/person/{id}/coordinate")) { (lang.t("转诊 / 开单互认", "Refer / order")) }
         }
         @for sec in &sections {
             @let title = sec["title"].as_str().unwrap_or("");
@@ -453,6 +454,27 @@ pub async fn code(
     };
     let person = f.get("person").cloned().unwrap_or_default();
     let code = f.get("code").cloned().unwrap_or_default();
+    // A referral's code goes back to the referral boxes rather than a person's page.
+    if let Some(then) = f.get("then").filter(|t| t.starts_with("/workstation/")) {
+        let p = json!({"resourceType": "Parameters", "parameter": [{"name": "code", "valueString": code}]});
+        let r = d
+            .ask(
+                &st,
+                "POST",
+                &format!("Consent/{consent}/$verify-code"),
+                &[],
+                Some(&p),
+            )
+            .await;
+        if r.status < 300 {
+            return Redirect::to(then).into_response();
+        }
+        return d.page(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            d.lang.t("转诊", "Referral"),
+            notice(&problem(&r), true),
+        );
+    }
     d.operate(
         &st,
         &format!("Consent/{consent}/$verify-code"),

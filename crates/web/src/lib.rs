@@ -11,6 +11,10 @@
 //!   authorizations, who viewed the record, error reports, download.
 //! - [`clinician`]: 医生调阅 — find a person, ask for access (code, app, break-glass), the
 //!   summary across institutions.
+//! - `coordination`: 业务协同 — booking from the regional slot pool, appointments, referrals
+//!   and family-doctor contracts (residents); referring, the referral boxes, the
+//!   recognition check at order time and the follow-up list (clinicians); the pool's use and
+//!   referral flows (the console).
 //! - [`operator`]: 平台运营 — intake, scorecards, work orders, the identity review queue,
 //!   the audit chain and break-glass reviews, each for the roles it belongs to.
 
@@ -30,6 +34,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 mod clinician;
+mod coordination;
 mod operator;
 mod resident;
 pub mod view;
@@ -68,6 +73,37 @@ pub fn routes(state: Arc<AppState>) -> Router {
             post(resident::consent_action),
         )
         .route("/portal/download", get(resident::download))
+        .route("/portal/appointments", get(coordination::appointments))
+        .route("/portal/appointments/book", post(coordination::book))
+        .route("/portal/appointments/cancel", post(coordination::cancel))
+        .route("/portal/family-doctor", get(coordination::family_doctor))
+        .route("/portal/family-doctor/sign", post(coordination::sign))
+        .route(
+            "/portal/family-doctor/{id}/{action}",
+            post(coordination::contract),
+        )
+        .route(
+            "/workstation/person/{id}/coordinate",
+            get(coordination::coordinate),
+        )
+        .route("/workstation/person/{id}/refer", post(coordination::refer))
+        .route("/workstation/person/{id}/check", post(coordination::check))
+        .route("/workstation/check/{check}", post(coordination::decide))
+        .route("/workstation/referrals", get(coordination::referrals))
+        .route(
+            "/workstation/referrals/{task}",
+            post(coordination::referral_step),
+        )
+        .route(
+            "/workstation/referrals/{task}/book",
+            get(coordination::referral_slots).post(coordination::referral_book),
+        )
+        .route("/workstation/follow-ups", get(coordination::follow_ups))
+        .route(
+            "/workstation/follow-ups.csv",
+            get(coordination::follow_ups_csv),
+        )
+        .route("/console/coordination", get(coordination::console))
         .route("/portal/print", get(resident::print))
         .route("/workstation", get(clinician::home))
         .route("/workstation/login", post(clinician::login))
@@ -649,6 +685,8 @@ pub fn framed(
                         @if clinician {
                             nav aria-label=(lang.t("主导航", "Main")) {
                                 a href="/workstation" { (lang.t("查找患者", "Find a person")) }
+                                a href="/workstation/referrals" { (lang.t("转诊", "Referrals")) }
+                                a href="/workstation/follow-ups" { (lang.t("慢病随访", "Follow-ups")) }
                             }
                         } @else if operator {
                             nav aria-label=(lang.t("主导航", "Main")) {
@@ -661,6 +699,8 @@ pub fn framed(
                                 a href="/portal" { (lang.t("我的档案", "My record")) }
                                 a href="/portal/access" { (lang.t("授权与访问记录", "Authorizations & access")) }
                                 a href="/portal/reports" { (lang.t("我的纠错", "My reports")) }
+                                a href="/portal/appointments" { (lang.t("预约与转诊", "Appointments")) }
+                                a href="/portal/family-doctor" { (lang.t("家庭医生", "Family doctor")) }
                             }
                         }
                         form.inline method="post" action="/portal/logout" {

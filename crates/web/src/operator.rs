@@ -47,6 +47,7 @@ pub fn sections(p: &Principal) -> Vec<(&'static str, &'static str, &'static str)
         out.push(("/console/intake", "数据接入", "Intake"));
         out.push(("/console/quality", "质控评分", "Quality"));
         out.push(("/console/work-orders", "工单", "Work orders"));
+        out.push(("/console/coordination", "业务协同", "Coordination"));
     }
     if p.can(Capability::ManageIdentity) {
         out.push(("/console/identity", "身份复核", "Identity"));

@@ -39,14 +39,14 @@ fn to_login() -> Response {
 
 /// A signed-in resident's request: their session and person, the page's query and language.
 pub(crate) struct Visit {
-    query: Vec<(String, String)>,
-    lang: Lang,
-    s: Session,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) lang: Lang,
+    pub(crate) s: Session,
     /// Whose record the pages show: the resident's own, or a family member's they are proxy
     /// for (chosen at `/portal/act`; the engine decides whether the proxy is in force).
-    person: String,
+    pub(crate) person: String,
     /// The signed-in resident's own person.
-    own: String,
+    pub(crate) own: String,
 }
 
 /// The cookie naming the family member whose record a proxy is looking at.
@@ -85,7 +85,7 @@ impl Visit {
 
     /// A posted form of a signed-in resident, with the session's CSRF token; otherwise the
     /// way to the sign-in page, or 403.
-    async fn posted(
+    pub(crate) async fn posted(
         st: &AppState,
         req: Request,
     ) -> Result<(Visit, HashMap<String, String>), Box<Response>> {
@@ -114,6 +114,11 @@ impl Visit {
         }
         Ok((v, pairs))
     }
+}
+
+/// [`acting_banner`] for the other modules' resident pages.
+pub(crate) fn acting_banner_pub(v: &Visit) -> Markup {
+    acting_banner(v)
 }
 
 /// When a proxy looks at a family member's record: whose, and the way back to their own.

@@ -320,37 +320,28 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
         &[Val::Text(institution.into()), Val::Int(now - YEAR)],
     )?;
     engine.matcher.sync(&engine.store)?;
-    // Each contract's person's Patients at every institution.
-    let mut people: Vec<(String, String, String, i64, Vec<String>)> =
-        Vec::with_capacity(contracts.len());
-    let mut wanted: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut seen_people = std::collections::HashSet::new();
-    for (r, via) in contracts
+    // Each contract's person's Patients at every institution, asked for all at once.
+    let rows: Vec<(&hutong_store::sql::Row, &str)> = contracts
         .iter()
         .map(|r| (r, "EpisodeOfCare"))
         .chain(referred.iter().map(|r| (r, "Task")))
-    {
+        .collect();
+    let ids: Vec<String> = rows.iter().map(|(r, _)| r[1].text().to_string()).collect();
+    let people = engine.matcher.people_of(&engine.store, &ids)?;
+    let mut seen_people = std::collections::HashSet::new();
+    let mut listed: Vec<(String, String, String, i64, Vec<String>)> =
+        Vec::with_capacity(rows.len());
+    let mut wanted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for ((r, via), person) in rows.iter().zip(people) {
         let patient = r[1].text().to_string();
-        let person = engine
-            .matcher
-            .person_of(&engine.store, &format!("Patient/{patient}"))?;
         // A resident both contracted and referred down is listed once, by the contract.
-        if let Some(p) = &person {
-            if !seen_people.insert(p.clone()) {
-                continue;
-            }
-        }
         let all = match person {
-            Some(p) => engine
-                .matcher
-                .patients_of(&engine.store, &p)?
-                .into_iter()
-                .map(|x| x.trim_start_matches("Patient/").to_string())
-                .collect(),
-            None => vec![patient.clone()],
+            Some((p, _)) if !seen_people.insert(p.clone()) => continue,
+            Some((_, all)) if !all.is_empty() => all,
+            _ => vec![patient.clone()],
         };
         wanted.extend(all.iter().cloned());
-        people.push((
+        listed.push((
             format!("{via}/{}", r[0].text()),
             patient,
             r[2].text().to_string(),
@@ -358,6 +349,7 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
             all,
         ));
     }
+    let people = listed;
     // Two passes over small indexes (diagnoses; follow-ups of the last year and a half)
     // rather than a query per resident.
     let mut chronic: HashMap<String, BTreeSet<Chronic>> = HashMap::new();

@@ -21,12 +21,13 @@
 //! (or [`index::deleted`]) in its transaction, so the index never disagrees with the resources, and a
 //! slot changes hands only through `SlotState::claim`, with its row locked.
 
-pub(crate) mod contracts;
+pub mod contracts;
 pub(crate) mod index;
 pub(crate) mod pool;
 pub(crate) mod recognition;
 pub(crate) mod referral;
 pub mod standing;
+pub(crate) mod stats;
 
 use hutong_store::{Store, StoreError};
 
