@@ -254,9 +254,15 @@ async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() 
         .to_string();
     let review_task = review_task(&client, &root, &platform, &creds, &person).await;
 
+    let coordination = coordination_env(&client, &root, &platform, &creds).await;
     let shots = repo().join("target/e2e-screenshots");
-    for script in ["resident.mjs", "clinician.mjs", "operator.mjs"] {
-        let env = [
+    for script in [
+        "resident.mjs",
+        "clinician.mjs",
+        "operator.mjs",
+        "coordination.mjs",
+    ] {
+        let mut env = vec![
             ("HUTONG_REVIEW_TASK", review_task.clone()),
             ("HUTONG_ROOT", root.clone()),
             ("HUTONG_PHONE", phone.clone()),
@@ -266,6 +272,7 @@ async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() 
             ("HUTONG_PASSWORD", password.clone()),
             ("HUTONG_SHOTS", shots.display().to_string()),
         ];
+        env.extend(coordination.iter().cloned());
         let out = tokio::task::spawn_blocking(move || {
             Command::new("node")
                 .arg(script)
@@ -326,4 +333,173 @@ async fn residents_clinicians_and_operators_use_the_portals_in_a_real_browser() 
     assert_eq!(r.status(), 403, "refused after the resident revoked");
     drop(demo);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A system client's token, by the institution's credentials.
+async fn system_token(client: &reqwest::Client, root: &str, inst: &Value) -> String {
+    let t: Value = client
+        .post(format!("{root}/auth/token"))
+        .basic_auth(
+            inst["client_id"].as_str().unwrap(),
+            inst["client_secret"].as_str(),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["access_token"].as_str().unwrap().to_string()
+}
+
+/// What `coordination.mjs` needs, found in the demo's region (or made through the API where
+/// a small region lacks it): a family doctor with a contracted resident, a hospital and its
+/// clinician, and a clinician of another institution about to order an HbA1c the resident
+/// had at the hospital last month.
+async fn coordination_env(
+    client: &reqwest::Client,
+    root: &str,
+    platform: &str,
+    creds: &Value,
+) -> Vec<(&'static str, String)> {
+    let fhir = |p: &str| format!("{root}/fhir/{p}");
+    let insts = creds["institutions"].as_array().unwrap();
+    let code = |i: &Value| i["client_id"].as_str().unwrap().to_string();
+    let hospital = insts
+        .iter()
+        .find(|i| code(i).starts_with('t'))
+        .expect("a tertiary hospital");
+    let persons: Value = get_json(client, fhir("Person?_count=200"), platform).await;
+    let persons: Vec<&Value> = persons["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let links = |p: &Value| -> Vec<String> {
+        p["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["target"]["reference"].as_str())
+            .map(|r| r.trim_start_matches("Patient/").to_string())
+            .collect()
+    };
+    let phone = |p: &Value| -> String {
+        p["telecom"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["system"] == "phone")
+            .and_then(|t| t["value"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    // The family doctor: a centre's clinician, a resident with a record there and a phone.
+    let (fd_person, fd_patient, centre) = persons
+        .iter()
+        .find_map(|p| {
+            if phone(p).is_empty() {
+                return None;
+            }
+            links(p).into_iter().find_map(|pt| {
+                let c = insts.iter().find(|i| {
+                    code(i).starts_with('c') && pt.starts_with(&format!("{}-", code(i)))
+                })?;
+                Some((*p, pt, c))
+            })
+        })
+        .expect("a resident with a record at a community centre");
+    // Their contract with it (recorded as the centre records one, if the region has none).
+    let contracts: Value = get_json(
+        client,
+        fhir(&format!(
+            "EpisodeOfCare?patient=Patient/{fd_patient}&status=active"
+        )),
+        platform,
+    )
+    .await;
+    if contracts["total"].as_u64().unwrap_or(0) == 0 {
+        let now = hutong_fhir::date::now_ms();
+        let c = json!({"resourceType": "EpisodeOfCare", "status": "active",
+            "type": [{"coding": [{"system": hutong_fhir::vocab::CONTRACT_SYSTEM, "code": "hypertension"}]}],
+            "patient": {"reference": format!("Patient/{fd_patient}")},
+            "managingOrganization": {"reference": format!("Organization/{}", code(centre))},
+            "period": {"start": hutong_fhir::date::format_instant(now - 86_400_000),
+                       "end": hutong_fhir::date::format_instant(now + 300 * 86_400_000)}});
+        let t = system_token(client, root, centre).await;
+        let r = client
+            .post(fhir("EpisodeOfCare"))
+            .bearer_auth(&t)
+            .header("content-type", "application/fhir+json")
+            .body(c.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    // Recognition: a person with records at the hospital and elsewhere; the hospital reports
+    // an HbA1c last month; the other institution's clinician opens the record (break-glass:
+    // the flow needs access, not the request pages another test walks through).
+    let (rc_person, at_hospital, other) = persons
+        .iter()
+        .find_map(|p| {
+            let l = links(p);
+            let h = l
+                .iter()
+                .find(|x| x.starts_with(&format!("{}-", code(hospital))))?
+                .clone();
+            let o = l.iter().find_map(|x| {
+                insts.iter().find(|i| {
+                    let c = code(i);
+                    x.starts_with(&format!("{c}-")) && !c.starts_with('t') && !c.starts_with("bc")
+                })
+            })?;
+            Some((p["id"].as_str().unwrap().to_string(), h, o))
+        })
+        .expect("a resident with records at the hospital and elsewhere");
+    let ht = system_token(client, root, hospital).await;
+    let when = hutong_fhir::date::format_instant(hutong_fhir::date::now_ms() - 30 * 86_400_000);
+    let obs = json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4", "display": "糖化血红蛋白"}], "text": "糖化血红蛋白"},
+        "subject": {"reference": format!("Patient/{at_hospital}")}, "effectiveDateTime": when,
+        "valueQuantity": {"value": 7.4, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}});
+    let r = client
+        .post(fhir("Observation"))
+        .bearer_auth(&ht)
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let rc = sign_in(client, root, &other["clinician"], &other["password"]).await;
+    operate(
+        client,
+        fhir(&format!("Person/{rc_person}/$break-glass")),
+        &rc,
+        json!([{"name": "reason", "valueString": "门诊开单前核对既往检验结果"}]),
+        201,
+    )
+    .await;
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    vec![
+        ("HUTONG_FD_USER", s(&centre["clinician"])),
+        ("HUTONG_FD_PASSWORD", s(&centre["password"])),
+        ("HUTONG_FD_PERSON", s(&fd_person["id"])),
+        ("HUTONG_FD_PHONE", phone(fd_person)),
+        ("HUTONG_HOSPITAL_ORG", code(hospital)),
+        ("HUTONG_HOSPITAL_USER", s(&hospital["clinician"])),
+        ("HUTONG_HOSPITAL_PASSWORD", s(&hospital["password"])),
+        ("HUTONG_RC_USER", s(&other["clinician"])),
+        ("HUTONG_RC_PASSWORD", s(&other["password"])),
+        ("HUTONG_RC_PERSON", rc_person),
+        ("HUTONG_RC_VALUE", "7.4".into()),
+        (
+            "HUTONG_OPERATOR_PASSWORD",
+            s(&creds["operators"][0]["password"]),
+        ),
+    ]
 }

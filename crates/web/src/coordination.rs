@@ -1005,9 +1005,11 @@ pub async fn referral_slots(
     }
     let t = json_of(&t);
     let org = t["owner"]["reference"].as_str().unwrap_or("").to_string();
+    // From two days ahead: the family doctors' share is theirs until then (nearer slots are
+    // everyone's, and a referral is rarely for today).
     let now = hutong_fhir::date::now_ms();
-    let s0 = hutong_fhir::date::format_instant(now);
-    let s1 = hutong_fhir::date::format_instant(now + 14 * DAY);
+    let s0 = hutong_fhir::date::format_instant(now + 2 * DAY);
+    let s1 = hutong_fhir::date::format_instant(now + 16 * DAY);
     let found = d
         .ask(
             &st,
@@ -1017,7 +1019,7 @@ pub async fn referral_slots(
                 ("start", &s0),
                 ("end", &s1),
                 ("organization", &org),
-                ("_count", "30"),
+                ("_count", "40"),
             ],
             None,
         )

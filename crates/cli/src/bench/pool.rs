@@ -559,12 +559,23 @@ pub(super) fn followup_figures(work: &std::path::Path, rep: &mut Report) -> anyh
             let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
             for k in 0..PER {
                 let pid = format!("fc{c:02}-{k:05}");
-                let birth = format!("{}-{:02}-{:02}", 1940 + (k % 40), 1 + k % 12, 1 + k % 28);
+                // Distinct people, each with an ID number of their own: 100,000 look-alike
+                // test records would otherwise be taken for fewer people.
+                let (y, m, dd) = (
+                    1940 + (k % 40) as u32,
+                    1 + (k % 12) as u32,
+                    1 + ((k / 12) % 28) as u32,
+                );
+                let seq = ((c * PER + k) % 999 + 1) as u32;
+                let id = hutong_cn::idcard::make(330106, y, m, dd, seq);
                 writeln!(
                     w,
                     "{}",
-                    json!({"resourceType": "Patient", "id": pid, "name": [{"text": format!("居民{c}-{k}")}],
-                    "gender": if k % 2 == 0 { "female" } else { "male" }, "birthDate": birth})
+                    json!({"resourceType": "Patient", "id": pid,
+                    "identifier": [{"system": hutong_fhir::vocab::ID_SYSTEM, "value": id}],
+                    "name": [{"text": format!("居民{c}-{k}")}],
+                    "gender": if seq.is_multiple_of(2) { "female" } else { "male" },
+                    "birthDate": format!("{y}-{m:02}-{dd:02}")})
                 )?;
                 let (code, text) = if k % 3 == 0 {
                     ("E11.9", "2型糖尿病")

@@ -263,7 +263,8 @@ pub(crate) fn find(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiErr
             }
             ext.push(json!({"url": INSTITUTION_URL, "valueReference": reference}));
         }
-        if r[7].int() != 0 {
+        // Marked while it is still the family doctors' (released, it is anyone's slot).
+        if r[7].int() != 0 && engine.config.pool.release_at(r[5].int()) > now {
             ext.push(json!({"url": RESERVED_URL, "valueDateTime": format_instant(engine.config.pool.release_at(r[5].int()))}));
         }
         let mut a = json!({
