@@ -319,6 +319,8 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 let contracts = hutong_server::coordination::standing::sync_all(&engine)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
                 eprintln!("{contracts} family-doctor contracts in force.");
+                let referred = referrals(&engine)?;
+                eprintln!("{referred} referrals made by family doctors.");
                 let person = match first {
                     Some(p) => engine.matcher.person_of(&engine.store, &p)?,
                     None => None,
@@ -406,4 +408,124 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         app.run_until(hutong_server::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// The engine's answer to `principal` (as the API would answer them).
+fn ask(
+    engine: &Engine,
+    principal: &Principal,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> hutong_server::wire::Resp {
+    let mut headers = HashMap::new();
+    headers.insert("content-type".into(), "application/fhir+json".into());
+    engine.handle(&hutong_server::wire::Req {
+        method: method.into(),
+        segments: path.split('/').map(String::from).collect(),
+        headers,
+        body: body.to_string().into_bytes(),
+        base: "/fhir".into(),
+        principal: std::sync::Arc::new(principal.clone()),
+        ..Default::default()
+    })
+}
+
+/// A few referrals, made as they are made: family doctors of the centres refer contracted
+/// residents up to the first hospital, the residents approve in their app, and the hospital
+/// accepts some — so that the referral boxes and the console have something to show.
+fn referrals(engine: &Engine) -> anyhow::Result<usize> {
+    let hospital = engine.store.query_admin(
+        "SELECT org, source FROM co_qualified WHERE org LIKE 't%' ORDER BY org LIMIT 1",
+        &[],
+    )?;
+    let Some(h) = hospital.first() else {
+        return Ok(0);
+    };
+    let (org, hospital) = (h[0].text().to_string(), h[1].text().to_string());
+    let contracts = engine.store.query_admin(
+        "SELECT patient, institution FROM co_contract WHERE status = 'active' ORDER BY episode LIMIT 6",
+        &[],
+    )?;
+    let staff = |kind: Kind, inst: &str| Principal {
+        kind,
+        subject: format!("demo-{}@{inst}", kind.as_str()),
+        name: Some("家庭医生".into()),
+        institution: Some(inst.to_string()),
+        practitioner: None,
+        person: None,
+        roles: vec![],
+        scopes: Scopes::parse(hutong_access::accounts::CLINICIAN_SCOPES),
+        booking: false,
+    };
+    let mut made = 0;
+    for (k, r) in contracts.iter().enumerate() {
+        let (patient, centre) = (r[0].text(), r[1].text());
+        let reason = [
+            "血压控制不佳，请上级医院心内科调整用药",
+            "血糖波动大，请内分泌科会诊",
+            "发现肺部结节，请上级医院进一步检查",
+        ][k % 3];
+        let referred = ask(
+            engine,
+            &staff(Kind::Clinician, centre),
+            "POST",
+            "ServiceRequest/$refer",
+            serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"name": "patient", "valueReference": {"reference": format!("Patient/{patient}")}},
+                {"name": "performer", "valueReference": {"reference": format!("Organization/{org}")}},
+                {"name": "direction", "valueCode": "up"},
+                {"name": "reason", "valueString": reason},
+                {"name": "method", "valueCode": "app"}]}),
+        );
+        if referred.status != 201 {
+            continue;
+        }
+        made += 1;
+        let hutong_server::wire::Body::Json(t) = &referred.body else {
+            continue;
+        };
+        let (task, consent) = (
+            t["id"].as_str().unwrap_or("").to_string(),
+            t["contained"][0]["id"].as_str().unwrap_or("").to_string(),
+        );
+        // Two in three residents approve at once; of those, the hospital takes half on.
+        if k % 3 == 2 {
+            continue;
+        }
+        let Some(person) = engine
+            .matcher
+            .person_of(&engine.store, &format!("Patient/{patient}"))?
+        else {
+            continue;
+        };
+        let resident = Principal {
+            kind: Kind::Resident,
+            subject: format!("resident:{person}"),
+            person: Some(person),
+            scopes: Scopes::parse("patient/*.rs"),
+            ..staff(Kind::Resident, "")
+        };
+        let resident = Principal {
+            institution: None,
+            ..resident
+        };
+        ask(
+            engine,
+            &resident,
+            "POST",
+            &format!("Consent/{consent}/$approve"),
+            serde_json::json!({"resourceType": "Parameters"}),
+        );
+        if k % 2 == 0 {
+            ask(
+                engine,
+                &staff(Kind::System, &hospital),
+                "POST",
+                &format!("Task/{task}/$referral"),
+                serde_json::json!({"resourceType": "Parameters", "parameter": [{"name": "action", "valueCode": "accept"}]}),
+            );
+        }
+    }
+    Ok(made)
 }

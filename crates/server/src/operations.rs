@@ -60,6 +60,7 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
             crate::coordination::contracts::change(engine, req, g, id, false)
         }
         ("GET", ["$follow-ups"]) => crate::coordination::contracts::list(engine, req, g),
+        ("POST", ["$follow-ups", "$push"]) => crate::coordination::contracts::push_op(engine, g),
         ("GET", ["$coordination"]) => crate::coordination::stats::stats(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {

@@ -143,6 +143,15 @@ impl Dialect {
     }
 
     /// `INSERT … ` that skips rows whose key is taken: `rest` is what follows `INSERT INTO`.
+    /// What a `SELECT` of one row ends with to lock that row until the transaction ends
+    /// (PostgreSQL's `FOR UPDATE`; SQLite's writer holds the whole database already).
+    pub fn lock_row(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     pub fn insert_ignore(self, rest: &str) -> String {
         match self {
             Dialect::Sqlite => format!("INSERT OR IGNORE INTO {rest}"),

@@ -32,6 +32,9 @@ use crate::wire::{Paging, Params, Req, Resp};
 
 const YEAR: i64 = 365 * 86_400_000;
 
+/// Patients looked up per statement.
+const CHUNK: usize = 500;
+
 /// The service packages a contract may name (基础包 and the disease packages).
 const PACKAGES: &[(&str, &str)] = &[
     ("basic", "基础服务包"),
@@ -350,14 +353,18 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
         ));
     }
     let people = listed;
-    // Two passes over small indexes (diagnoses; follow-ups of the last year and a half)
-    // rather than a query per resident.
+    // The diagnoses and follow-ups of those Patients, by the Patient indexes a few hundred
+    // at a time (not a query per resident, nor a pass over every centre's residents).
+    let wanted: Vec<String> = wanted.into_iter().collect();
     let mut chronic: HashMap<String, BTreeSet<Chronic>> = HashMap::new();
-    for r in engine
-        .store
-        .query_admin("SELECT patient, kind FROM co_chronic", &[])?
-    {
-        if wanted.contains(r[0].text()) {
+    let mut visits: HashMap<String, Vec<i64>> = HashMap::new();
+    for chunk in wanted.chunks(CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let ids: Vec<Val> = chunk.iter().map(|p| Val::Text(p.clone())).collect();
+        for r in engine.store.query_admin(
+            &format!("SELECT patient, kind FROM co_chronic WHERE patient IN ({marks})"),
+            &ids,
+        )? {
             let k = if r[1].text() == "diabetes" {
                 Chronic::Diabetes
             } else {
@@ -368,13 +375,12 @@ pub fn worklist(engine: &Engine, institution: &str, now: i64) -> Result<Vec<Entr
                 .or_default()
                 .insert(k);
         }
-    }
-    let mut visits: HashMap<String, Vec<i64>> = HashMap::new();
-    for r in engine.store.query_admin(
-        "SELECT patient, at FROM co_visit WHERE at >= ?",
-        &[Val::Int(now - 2 * YEAR)],
-    )? {
-        if wanted.contains(r[0].text()) {
+        let mut with_since = ids.clone();
+        with_since.push(Val::Int(now - 2 * YEAR));
+        for r in engine.store.query_admin(
+            &format!("SELECT patient, at FROM co_visit WHERE patient IN ({marks}) AND at >= ?"),
+            &with_since,
+        )? {
             visits
                 .entry(r[0].text().to_string())
                 .or_default()
@@ -585,4 +591,53 @@ pub(crate) fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiErr
             "entries": entries
         }),
     ))
+}
+
+/// Pushes each centre its follow-up list's news once a day (Beijing time): how many of its
+/// residents are overdue and due this week, to the centre's family doctor teams' inbox (the
+/// app channel, addressed to the institution). Returns how many centres were told.
+pub fn push(engine: &Engine, now: i64) -> Result<usize, ApiError> {
+    let day = (now + 8 * 3_600_000).div_euclid(86_400_000);
+    let centres = engine.store.query_admin(
+        "SELECT DISTINCT institution FROM co_contract WHERE status = 'active' \
+         AND institution NOT IN (SELECT institution FROM co_push WHERE day = ?)",
+        &[Val::Int(day)],
+    )?;
+    let mut told = 0;
+    for r in centres {
+        let inst = r[0].text().to_string();
+        let list = worklist(engine, &inst, now)?;
+        let count = |d: Due| list.iter().filter(|e| e.standing.status == d).count();
+        let (overdue, due) = (count(Due::Overdue), count(Due::ThisWeek));
+        if overdue + due > 0 {
+            engine
+                .access
+                .accounts
+                .send(
+                    "app",
+                    &inst,
+                    &format!("【互通】慢病随访提醒：签约居民中本周应随访 {due} 人，逾期未随访 {overdue} 人。请在医生工作站“慢病随访”中查看名单。"),
+                )
+                .map_err(crate::consent::auth_error)?;
+            told += 1;
+        }
+        engine.store.exec_admin(
+            "INSERT INTO co_push (institution, day) VALUES (?, ?)",
+            &[Val::Text(inst), Val::Int(day)],
+        )?;
+    }
+    Ok(told)
+}
+
+/// `POST $follow-ups/$push` (the platform's services): today's push now, if not yet done.
+pub(crate) fn push_op(engine: &Engine, g: &Guard) -> Result<Resp, ApiError> {
+    g.act("follow-up-push");
+    if g.principal.kind != Kind::Platform {
+        return Err(ApiError::of(
+            Code::Forbidden,
+            "The follow-up push is the platform's",
+        ));
+    }
+    let n = push(engine, now_ms())?;
+    Ok(Resp::json(200, json!({"told": n})))
 }

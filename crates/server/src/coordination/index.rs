@@ -11,7 +11,7 @@ use hutong_fhir::vocab::{
     CONTRACT_SYSTEM, ENCOUNTER_TYPE_SYSTEM, FOLLOW_UP_CODE, INSTITUTION_KIND_SYSTEM,
     PRIMARY_CARE_KINDS, RECOGNITION_QUALIFIED_URL, USCC_SYSTEM,
 };
-use hutong_store::sql::{Dialect, Val};
+use hutong_store::sql::Val;
 use hutong_store::{Query, Scope, StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
@@ -113,10 +113,7 @@ fn to_row(r: &hutong_store::sql::Row) -> SlotRow {
 /// database; PostgreSQL locks the row, so concurrent claims on one slot take turns and each
 /// sees the last one's result).
 fn slot_row(engine: &Engine, tx: &mut Tx<'_>, id: &str) -> Result<Option<SlotRow>, StoreError> {
-    let lock = match engine.store.dialect() {
-        Dialect::Postgres => " FOR UPDATE",
-        Dialect::Sqlite => "",
-    };
+    let lock = engine.store.dialect().lock_row();
     let rows = tx.conn().query(
         &format!("SELECT {ROW} FROM co_slot WHERE slot = ?{lock}"),
         &[Val::Text(id.into())],

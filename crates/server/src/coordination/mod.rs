@@ -31,7 +31,7 @@ pub(crate) mod stats;
 
 use hutong_store::{Store, StoreError};
 
-/// The tables, written once for both dialects ([`Dialect::ddl`]). Not patient data: keyed
+/// The tables, written once for both dialects ([`hutong_store::sql::Dialect::ddl`]). Not patient data: keyed
 /// by the Slot and Schedule ids (reference tables on a distributed store). `$find` reads
 /// the indexes alone: by time, or by specialty, district or institution and then time, each
 /// carrying the columns that decide whether a slot is offered, so that counting a week's
@@ -76,6 +76,8 @@ CREATE INDEX IF NOT EXISTS co_visit_patient ON co_visit (patient, at);
 CREATE TABLE IF NOT EXISTS co_chronic (condition TEXT NOT NULL, kind TEXT NOT NULL,
     patient TEXT NOT NULL, PRIMARY KEY (condition, kind));
 CREATE INDEX IF NOT EXISTS co_chronic_patient ON co_chronic (patient);
+CREATE TABLE IF NOT EXISTS co_push (institution TEXT NOT NULL, day BIGINT NOT NULL,
+    PRIMARY KEY (institution, day));
 CREATE INDEX IF NOT EXISTS co_referral_receiver ON co_referral (receiver, state, created);
 CREATE INDEX IF NOT EXISTS co_referral_referrer ON co_referral (referrer, state, created);
 CREATE INDEX IF NOT EXISTS co_referral_grant ON co_referral (grant_id);

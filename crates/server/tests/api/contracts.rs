@@ -110,6 +110,17 @@ async fn a_contract_opens_the_record_and_puts_the_resident_on_the_list(app: &Tes
     assert_eq!(e["conditions"][0], "hypertension");
     assert_eq!(e["name"], "欧阳雪梅");
     assert_eq!(l["counts"]["overdue"], 1);
+    // The centre is told once a day, in its app inbox.
+    let pushed = app.post("$follow-ups/$push", json!({})).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.body);
+    assert_eq!(pushed.body["told"], 1, "{}", pushed.body);
+    let out = crate::access::outbox(app, C).await;
+    assert!(out.iter().any(|m| m.contains("逾期未随访 1 人")), "{out:?}");
+    assert_eq!(
+        app.post("$follow-ups/$push", json!({})).await.body["told"],
+        0,
+        "once a day"
+    );
     // A follow-up at another institution counts: done, two in the year.
     create_as(app, &sa, follow_up(&r.pa, 20)).await;
     let l = list(app, &sc, "").await;
