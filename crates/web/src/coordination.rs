@@ -1128,7 +1128,7 @@ pub async fn follow_ups(
             }
         }
         @if v["entries"].as_array().is_none_or(|e| e.is_empty()) { p.empty { (lang.t("名单为空。", "Nobody on the list.")) } }
-        table {
+        div.scroll { table {
             caption { (lang.t("慢病随访名单", "Follow-up list")) }
             thead { tr { th { (lang.t("居民", "Resident")) } th { (lang.t("病种", "Condition")) } th { (lang.t("上次随访", "Last")) } th { (lang.t("近12月次数", "In 12 months")) } th { (lang.t("应随访日期", "Due")) } th { (lang.t("状态", "Status")) } } }
             tbody {
@@ -1144,7 +1144,7 @@ pub async fn follow_ups(
                     }
                 }
             }
-        }
+        } }
         p { a href="/workstation/follow-ups.csv" { (lang.t("导出名单（CSV）", "Export (CSV)")) } }
     };
     d.page(StatusCode::OK, lang.t("慢病随访", "Follow-ups"), body)
@@ -1217,31 +1217,67 @@ pub async fn console(
             ))
         })
         .collect();
-    // Per institution over the period.
-    let mut by_org: std::collections::BTreeMap<String, [i64; 5]> = Default::default();
+    // Per institution, and per day, over the period.
+    const KEYS: [&str; 6] = [
+        "slots",
+        "booked",
+        "held",
+        "reserved",
+        "reservedBooked",
+        "released",
+    ];
+    let mut by_org: std::collections::BTreeMap<String, [i64; 6]> = Default::default();
+    let mut by_day: std::collections::BTreeMap<String, [i64; 6]> = Default::default();
     for p in v["pool"].as_array().into_iter().flatten() {
-        let e = by_org
+        let org = by_org
             .entry(p["organization"].as_str().unwrap_or("").to_string())
             .or_default();
-        for (i, k) in ["slots", "booked", "held", "reserved", "reservedBooked"]
-            .iter()
-            .enumerate()
-        {
-            e[i] += p[*k].as_i64().unwrap_or(0);
+        for (i, k) in KEYS.iter().enumerate() {
+            org[i] += p[*k].as_i64().unwrap_or(0);
+        }
+        let day = by_day
+            .entry(p["day"].as_str().unwrap_or("").to_string())
+            .or_default();
+        for (i, k) in KEYS.iter().enumerate() {
+            day[i] += p[*k].as_i64().unwrap_or(0);
         }
     }
+    let rate = |n: &[i64; 6]| {
+        if n[0] > 0 {
+            format!("{:.1}%", n[1] as f64 * 100.0 / n[0] as f64)
+        } else {
+            "—".into()
+        }
+    };
+    let head = html! {
+        th { (lang.t("号源", "Slots")) } th { (lang.t("已预约", "Booked")) } th { (lang.t("锁定中", "Held")) }
+        th { (lang.t("家庭医生预留", "Family doctors' share")) } th { (lang.t("预留号已约", "Share booked")) }
+        th { (lang.t("预留号已释放", "Share released")) } th { (lang.t("预约率", "Booked %")) }
+    };
+    let cells = |n: &[i64; 6]| {
+        html! {
+            td { (n[0]) } td { (n[1]) } td { (n[2]) } td { (n[3]) } td { (n[4]) } td { (n[5]) } td { (rate(n)) }
+        }
+    };
     let body = html! {
-        p.meta { (lang.t("号源池：今天起两周（北京时间）", "Slot pool: today and the next 13 days (Beijing time)")) }
-        table {
-            caption { (lang.t("各机构号源使用", "Slot use by institution")) }
-            thead { tr { th { (lang.t("机构", "Institution")) } th { (lang.t("号源", "Slots")) } th { (lang.t("已预约", "Booked")) } th { (lang.t("锁定中", "Held")) } th { (lang.t("预留给家庭医生", "Family doctors' share")) } th { (lang.t("预留号已用", "Share used")) } th { (lang.t("预约率", "Booked %")) } } }
-            tbody {
-                @for (org, n) in &by_org {
-                    tr {
-                        td { (names.get(org).cloned().unwrap_or_else(|| org.clone())) }
-                        td { (n[0]) } td { (n[1]) } td { (n[2]) } td { (n[3]) } td { (n[4]) }
-                        td { (if n[0] > 0 { format!("{:.1}%", n[1] as f64 * 100.0 / n[0] as f64) } else { "—".into() }) }
+        p.meta { (lang.t("号源池：今天起两周（北京时间）。预留号在就诊前48小时释放给所有人。", "Slot pool: today and the next 13 days (Beijing time). The family doctors' share is released to everyone 48 hours before.")) }
+        div.scroll {
+            table {
+                caption { (lang.t("各机构号源使用", "Slot use by institution")) }
+                thead { tr { th { (lang.t("机构", "Institution")) } (head) } }
+                tbody {
+                    @for (org, n) in &by_org {
+                        tr { td { (names.get(org).cloned().unwrap_or_else(|| org.clone())) } (cells(n)) }
                     }
+                }
+            }
+        }
+        div.scroll {
+            table {
+                caption { (lang.t("每日号源使用", "Slot use by day")) }
+                thead { tr { th { (lang.t("日期", "Day")) } (head) } }
+                tbody {
+                    @for (day, n) in &by_day { tr { td { (day) } (cells(n)) } }
                 }
             }
         }

@@ -614,6 +614,7 @@ pub fn problem(r: &Resp) -> String {
 }
 
 const STYLE: &str = "
+.scroll{overflow-x:auto;max-width:100%}
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--accent:#0b5cad;--bg:#fff;--warn:#8a4600;--bad:#a40e26}
 *{box-sizing:border-box}body{margin:0;font:16px/1.5 system-ui,-apple-system,'PingFang SC','Noto Sans CJK SC',sans-serif;color:var(--fg);background:var(--bg)}
 a{color:var(--accent)}a:focus,button:focus,input:focus,select:focus,textarea:focus{outline:3px solid #f2b600;outline-offset:2px}

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS co_slot (slot TEXT PRIMARY KEY, schedule TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS co_slot_open ON co_slot (start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_specialty ON co_slot (specialty, start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_district ON co_slot (district, start_ms, state, until_ms, reserved);
+CREATE INDEX IF NOT EXISTS co_slot_place ON co_slot (specialty, district, start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_org ON co_slot (org, start_ms, state, until_ms, reserved);
 CREATE INDEX IF NOT EXISTS co_slot_schedule ON co_slot (schedule);
 CREATE INDEX IF NOT EXISTS co_slot_appt ON co_slot (appt);

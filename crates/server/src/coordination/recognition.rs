@@ -211,9 +211,12 @@ pub(crate) fn check(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
             })
             .collect();
         recognized.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let (readable, unreadable): (Vec<_>, Vec<_>) = recognized
+        let (readable, mut unreadable): (Vec<_>, Vec<_>) = recognized
             .into_iter()
             .partition(|(_, s)| g.scope.permits_stored(s));
+        // That a result of a sensitive category exists is itself not the clinician's to
+        // learn: only ordinary results are counted.
+        unreadable.retain(|(_, s)| s.sens == 0);
         let outcome = match (readable.is_empty(), unreadable.is_empty()) {
             (false, _) => "recognizable",
             (true, false) => "ask-consent",

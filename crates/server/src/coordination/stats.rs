@@ -1,6 +1,6 @@
 //! `GET $coordination`: how the region's institutions work together, for the console — the
 //! slot pool's use per institution and day (slots, booked, held, closed, the family doctors'
-//! share and how much of it family doctors used) and the referrals up and down by state.
+//! share, how much of it family doctors used and how much was released to everyone) and the referrals up and down by state.
 
 use hutong_access::principal::Kind;
 use hutong_fhir::date::{format_instant, now_ms};
@@ -65,7 +65,14 @@ pub(crate) fn stats(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
         ),
         None => ("", Vec::new()),
     };
-    let mut all = vec![Val::Int(UTC8), Val::Int(DAY), Val::Int(from), Val::Int(to)];
+    let release = now + engine.config.pool.release_ms;
+    let mut all = vec![
+        Val::Int(UTC8),
+        Val::Int(DAY),
+        Val::Int(release),
+        Val::Int(from),
+        Val::Int(to),
+    ];
     all.append(&mut params);
     let rows = engine.store.query_admin(
         &format!(
@@ -74,7 +81,8 @@ pub(crate) fn stats(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
              SUM(CASE WHEN state = 'held' THEN 1 ELSE 0 END), \
              SUM(CASE WHEN state = 'closed' THEN 1 ELSE 0 END), \
              SUM(reserved), \
-             SUM(CASE WHEN reserved = 1 AND state = 'booked' THEN 1 ELSE 0 END) \
+             SUM(CASE WHEN reserved = 1 AND state = 'booked' THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN reserved = 1 AND start_ms <= ? THEN 1 ELSE 0 END) \
              FROM co_slot WHERE start_ms >= ? AND start_ms < ?{org_filter} GROUP BY org, d ORDER BY org, d"
         ),
         &all,
@@ -91,7 +99,7 @@ pub(crate) fn stats(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
             json!({"organization": format!("Organization/{}", r[0].text()),
                 "day": format_instant(d * DAY).get(..10).unwrap_or("").to_string(),
                 "slots": n(&r[2]), "booked": n(&r[3]), "held": n(&r[4]), "closed": n(&r[5]),
-                "reserved": n(&r[6]), "reservedBooked": n(&r[7])})
+                "reserved": n(&r[6]), "reservedBooked": n(&r[7]), "released": n(&r[8])})
         })
         .collect();
     let (ref_filter, ref_params) = match &own {
