@@ -126,6 +126,11 @@ try {
   await fd.waitForURL(/box=out/);
   check((await fd.locator(`li.item[data-referral="${task}"][data-state="scheduled"]`).count()) === 1, 'the referral is scheduled');
   await snap(fd, '47-scheduled');
+  // The centre's follow-up worklist.
+  await fd.getByRole('link', { name: '慢病随访' }).click();
+  await fd.waitForURL(/\/workstation\/follow-ups/);
+  check((await fd.locator('table').count()) === 2, 'the teams and the list');
+  await snap(fd, '51-follow-ups');
 
   // 3. Result recognition at order time.
   const dr = await signInStaff(browser, env.HUTONG_RC_USER, env.HUTONG_RC_PASSWORD);

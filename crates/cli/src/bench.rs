@@ -1657,15 +1657,21 @@ fn merge_rows(out: &std::path::Path, rep: &Report, what: &str, how: &str) -> any
                 last = Some(i);
             }
             None => {
+                // After the last row of the main table (the one before the notes), not of a
+                // section further down.
+                let end = lines
+                    .iter()
+                    .position(|l| l.starts_with(NOTES_HEADING))
+                    .unwrap_or(lines.len());
                 let at = last
                     .map(|i| i + 1)
                     .or_else(|| {
-                        lines
+                        lines[..end]
                             .iter()
                             .rposition(|l| l.starts_with("| "))
                             .map(|i| i + 1)
                     })
-                    .unwrap_or(lines.len());
+                    .unwrap_or(end);
                 lines.insert(at, new.clone());
                 last = Some(at);
             }
@@ -1684,10 +1690,23 @@ fn merge_rows(out: &std::path::Path, rep: &Report, what: &str, how: &str) -> any
             }
         }
     }
-    std::fs::write(out, lines.join("\n") + "\n")?;
+    // The notes on how figures are measured are the code's: refreshed with the rows.
+    let mut text = lines.join("\n") + "\n";
+    if let (Some(a), Some(b)) = (
+        text.find(&format!("\n{NOTES_HEADING}")),
+        text.find("\n## Reference point"),
+    ) {
+        if let Some(end) = text[b + 1..].find("\n## ").map(|i| i + b + 1) {
+            text.replace_range(a..end, &(NOTES.trim_end().to_string() + "\n"));
+        }
+    }
+    std::fs::write(out, text)?;
     println!("Updated {}", out.display());
     Ok(())
 }
+
+/// The heading the notes on method start with.
+const NOTES_HEADING: &str = "## How these are measured";
 
 const NOTES: &str = "\n## How these are measured\n\
 - Bundles: generated first (not timed), then posted by two concurrent HTTP clients to the real server on a loopback port; \
