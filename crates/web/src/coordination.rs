@@ -1104,6 +1104,22 @@ pub async fn follow_ups(
     }
     let r = d.ask(&st, "GET", "$follow-ups", &q, None).await;
     let v = json_of(&r);
+    // The centre's teams by name (its own CareTeams).
+    let teams = d
+        .ask(&st, "GET", "CareTeam", &[("_count", "100")], None)
+        .await;
+    let team_names: HashMap<String, String> = json_of(&teams)["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let t = &e["resource"];
+            Some((
+                format!("CareTeam/{}", t["id"].as_str()?),
+                t["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
     let body = html! {
         @if r.status != 200 { (notice(&problem(&r), true)) }
         nav.tabs aria-label=(lang.t("随访状态", "Status")) {
@@ -1120,7 +1136,7 @@ pub async fn follow_ups(
             tbody {
                 @for t in v["teams"].as_array().into_iter().flatten() {
                     tr {
-                        td { (t["team"].as_str().unwrap_or("—").trim_start_matches("CareTeam/")) }
+                        td { (t["team"].as_str().map(|id| team_names.get(id).cloned().unwrap_or_else(|| id.trim_start_matches("CareTeam/").to_string())).unwrap_or_else(|| lang.t("未分团队", "No team").to_string())) }
                         td { (t["residents"]) } td { (t["standard"]) }
                         td { (format!("{:.0}%", t["completionRate"].as_f64().unwrap_or(0.0) * 100.0)) }
                     }
