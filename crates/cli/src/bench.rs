@@ -1763,7 +1763,10 @@ distinct slots one after another (those in the share are refused and not counted
 clients of one hospital each try all of another hospital's first 100 public slots in its own order; every answer \
 is counted (the PostgreSQL race runs on a pool of two hospitals). Recognition: a patient given 2,000 catalogued \
 results over three years by batch bundles, then 300 checks of three listed tests (HbA1c, creatinine, chest CT) by \
-the same institution.\n\
+the same institution. Follow-up lists: 20 community centres' systems each load 5,000 residents by bulk import \
+(each with an ID number of their own, a hypertension or diabetes diagnosis, a contract and four quarterly follow-ups, \
+the last a week to four months ago), the persons are linked, then every centre's list is built in this process \
+(`coordination::contracts::worklist`, what `GET $follow-ups` serves), three times; the median.\n\
 \n## Reference point\n\
 The issue cites an existing Rust FHIR server on SQLite at about 1,300 resources/s for Synthea-style transaction \
 bundles on this kind of machine, storing 4.9× the raw JSON (cited, not measured here).\n";
