@@ -141,23 +141,11 @@ async fn review_task(
         .iter()
         .find(|i| i["source"] == record["meta"]["source"])
         .expect("the record's institution");
-    let t: Value = client
-        .post(format!("{root}/auth/token"))
-        .basic_auth(
-            inst["client_id"].as_str().unwrap(),
-            inst["client_secret"].as_str(),
-        )
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = system_token(client, root, inst).await;
     record["telecom"] = json!([{"system": "phone", "value": "13600001234", "use": "mobile"}]);
     let r = client
         .put(fhir(&patient))
-        .bearer_auth(t["access_token"].as_str().unwrap())
+        .bearer_auth(&t)
         .header("content-type", "application/fhir+json")
         .body(record.to_string())
         .send()

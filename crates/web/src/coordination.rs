@@ -292,6 +292,26 @@ fn back(to: &str, key: &str, val: &str) -> Response {
     .into_response()
 }
 
+/// `$book` with `a` as the resident, and back to their appointments saying `done`.
+async fn book_as(st: &Arc<AppState>, v: &Visit, a: Value, done: &str) -> Response {
+    let body = params(vec![json!({"name": "appointment-resource", "resource": a})]);
+    let r = crate::call(
+        st,
+        v.s.principal.clone(),
+        "portal",
+        "POST",
+        "Appointment/$book",
+        &[],
+        Some(&body),
+    )
+    .await;
+    if r.status == 200 {
+        back("/portal/appointments", "done", done)
+    } else {
+        back("/portal/appointments", "error", &problem(&r))
+    }
+}
+
 /// `POST /portal/appointments/book`: books a slot for the resident (or the family member).
 pub async fn book(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let (v, f) = match Visit::posted(&st, req).await {
@@ -313,23 +333,7 @@ pub async fn book(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let a = json!({"resourceType": "Appointment", "status": "proposed",
         "slot": [{"reference": format!("Slot/{slot}")}],
         "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "needs-action"}]});
-    let r = crate::call(
-        &st,
-        v.s.principal.clone(),
-        "portal",
-        "POST",
-        "Appointment/$book",
-        &[],
-        Some(&params(vec![
-            json!({"name": "appointment-resource", "resource": a}),
-        ])),
-    )
-    .await;
-    if r.status == 200 {
-        back("/portal/appointments", "done", "booked")
-    } else {
-        back("/portal/appointments", "error", &problem(&r))
-    }
+    book_as(&st, &v, a, "booked").await
 }
 
 /// `POST /portal/appointments/cancel`.
@@ -354,23 +358,7 @@ pub async fn cancel(State(st): State<Arc<AppState>>, req: Request) -> Response {
     }
     let mut a = json_of(&cur);
     a["status"] = json!("cancelled");
-    let r = crate::call(
-        &st,
-        v.s.principal.clone(),
-        "portal",
-        "POST",
-        "Appointment/$book",
-        &[],
-        Some(&params(vec![
-            json!({"name": "appointment-resource", "resource": a}),
-        ])),
-    )
-    .await;
-    if r.status == 200 {
-        back("/portal/appointments", "done", "cancelled")
-    } else {
-        back("/portal/appointments", "error", &problem(&r))
-    }
+    book_as(&st, &v, a, "cancelled").await
 }
 
 const PACKAGES: [(&str, &str, &str); 5] = [

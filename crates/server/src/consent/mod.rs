@@ -63,16 +63,25 @@ pub fn institution_of_org(v: &Value) -> Option<String> {
 
 /// An institution's display name, from its Organization.
 pub fn institution_name(engine: &Engine, source: &str) -> Option<String> {
-    let uscc = source.strip_prefix("urn:hutong:org:")?;
+    let v = organization_of(engine, source).ok()??;
+    v["name"].as_str().map(String::from)
+}
+
+/// The Organization of an institution (`urn:hutong:org:{USCC}`), read as the platform
+/// (organisations are reference data).
+pub(crate) fn organization_of(engine: &Engine, source: &str) -> Result<Option<Value>, ApiError> {
+    let Some(uscc) = source.strip_prefix("urn:hutong:org:") else {
+        return Ok(None);
+    };
     let q = Query::parse(
         "Organization",
         &[("identifier".into(), format!("{USCC_SYSTEM}|{uscc}"))],
         true,
-    )
-    .ok()?;
-    let page = engine.store.search(&q, &Scope::All).ok()?;
-    let v = page.matches.first()?.json().ok()?;
-    v["name"].as_str().map(String::from)
+    )?;
+    match engine.store.search(&q, &Scope::All)?.matches.first() {
+        Some(s) => Ok(Some(s.json()?)),
+        None => Ok(None),
+    }
 }
 
 /// The person's current Person resource (the platform's own read, for its bookkeeping).

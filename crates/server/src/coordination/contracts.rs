@@ -448,21 +448,14 @@ pub(crate) fn list(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiErr
             )
             .with_expression("institution")
         })?,
-        Kind::Operator
-            if p.roles.iter().any(|r| {
-                hutong_access::Capability::OverseeQuality
-                    .roles()
-                    .contains(r)
-            }) =>
-        {
-            get("institution").ok_or_else(|| {
+        Kind::Operator if p.can(hutong_access::Capability::OverseeQuality) => get("institution")
+            .ok_or_else(|| {
                 ApiError::of(
                     Code::Required,
                     "Name the centre: institution=urn:hutong:org:…",
                 )
                 .with_expression("institution")
-            })?
-        }
+            })?,
         _ => return Err(ApiError::of(
             Code::Forbidden,
             "Follow-up lists are the family doctor teams' (and the platform's quality officers')",

@@ -9,10 +9,10 @@ use hutong_coordination::{Booker, Claim, ClaimError, SlotState};
 use hutong_fhir::date::{format_instant, now_ms};
 use hutong_fhir::vocab::{
     CONTRACT_SYSTEM, ENCOUNTER_TYPE_SYSTEM, FOLLOW_UP_CODE, INSTITUTION_KIND_SYSTEM,
-    PRIMARY_CARE_KINDS, RECOGNITION_QUALIFIED_URL, USCC_SYSTEM,
+    PRIMARY_CARE_KINDS, RECOGNITION_QUALIFIED_URL,
 };
 use hutong_store::sql::Val;
-use hutong_store::{Query, Scope, StoreError, Stored, Tx};
+use hutong_store::{StoreError, Stored, Tx};
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
@@ -471,20 +471,7 @@ fn booker_of(engine: &Engine, tx: &mut Tx<'_>, g: &Guard, v: &Value) -> Result<B
 /// Whether the institution (`urn:hutong:org:{USCC}`) is a primary-care one, by its
 /// Organization's kind.
 pub(crate) fn is_primary_care(engine: &Engine, inst: &str) -> Result<bool, ApiError> {
-    let Some(uscc) = inst.strip_prefix("urn:hutong:org:") else {
-        return Ok(false);
-    };
-    let q = Query::parse(
-        "Organization",
-        &[("identifier".into(), format!("{USCC_SYSTEM}|{uscc}"))],
-        true,
-    )?;
-    for o in engine.store.search(&q, &Scope::All)?.matches {
-        if primary_care(&o.json()?) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(crate::consent::organization_of(engine, inst)?.is_some_and(|o| primary_care(&o)))
 }
 
 /// Whether an institution's Organization is of a primary-care kind.

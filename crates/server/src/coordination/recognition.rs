@@ -347,7 +347,7 @@ pub(crate) fn stats(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
     let p = &g.principal;
     let own = match p.kind {
         Kind::Platform => None,
-        Kind::Operator if p.roles.iter().any(|r| hutong_access::Capability::OverseeQuality.roles().contains(r)) => None,
+        Kind::Operator if p.can(hutong_access::Capability::OverseeQuality) => None,
         Kind::System | Kind::Clinician => Some(p.institution.clone().unwrap_or_default()),
         _ => {
             return Err(ApiError::of(

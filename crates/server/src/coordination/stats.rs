@@ -22,7 +22,7 @@ pub(crate) fn stats(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiEr
     let own = match p.kind {
         Kind::Platform => None,
         Kind::Operator
-            if p.roles.iter().any(|r| hutong_access::Capability::OverseeQuality.roles().contains(r)) =>
+            if p.can(hutong_access::Capability::OverseeQuality) =>
         {
             None
         }
