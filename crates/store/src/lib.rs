@@ -25,6 +25,7 @@
 //! and the invariants above are stated once for all of them.
 
 pub mod audit;
+pub mod changelog;
 mod checkpointer;
 pub mod codec;
 mod pool;
@@ -360,6 +361,7 @@ impl Store {
             let mut tx = Tx::new(conn, &cat, &mut added);
             let r = f(&mut tx).and_then(|r| {
                 tx.flush().map_err(E::from)?;
+                changelog::append(&mut *tx.conn, &tx.changes, tx.now).map_err(E::from)?;
                 let entry = audit.entry(&tx.changes);
                 audit::append(tx.conn(), &entry).map_err(E::from)?;
                 Ok(r)
@@ -1122,6 +1124,36 @@ impl Store {
             &[],
         )?;
         schema::mark_current(w.conn())
+    }
+
+    /// Where `consumer` stands in the change log (see [`changelog`]); a new consumer starts
+    /// at its end.
+    pub fn change_cursor(&self, consumer: &str) -> Result<changelog::Cursor, StoreError> {
+        let mut w = self.inner.writer.get()?;
+        changelog::lock_cursor(w.conn(), consumer)
+    }
+
+    /// Up to `limit` logged changes after `from`, oldest first (read outside any write, so
+    /// that a consumer's work on them does not hold the writer).
+    pub fn changes_after(
+        &self,
+        from: changelog::Cursor,
+        limit: usize,
+    ) -> Result<Vec<changelog::Logged>, StoreError> {
+        let mut c = self.reader()?;
+        changelog::read_after(c.conn(), from, limit)
+    }
+
+    /// How many logged changes `consumer` has not read yet.
+    pub fn change_backlog(&self, consumer: &str) -> Result<i64, StoreError> {
+        let mut c = self.reader()?;
+        changelog::backlog(c.conn(), consumer)
+    }
+
+    /// Deletes the logged changes every consumer has read.
+    pub fn prune_changes(&self) -> Result<u64, StoreError> {
+        let mut w = self.inner.writer.get()?;
+        changelog::prune(w.conn())
     }
 
     /// Creates the tables of a crate that keeps its own, from definitions written once

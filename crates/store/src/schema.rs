@@ -256,8 +256,12 @@ fn create_locked(conn: &mut dyn Conn) -> Result<bool, StoreError> {
         }
     }
     match conn.dialect() {
-        Dialect::Sqlite => conn.batch(&format!("{SQLITE}{}", postings::ddl()))?,
-        Dialect::Postgres => conn.batch(POSTGRES)?,
+        Dialect::Sqlite => conn.batch(&format!(
+            "{SQLITE}{}{}",
+            postings::ddl(),
+            crate::changelog::SQLITE
+        ))?,
+        Dialect::Postgres => conn.batch(&format!("{POSTGRES}{}", crate::changelog::POSTGRES))?,
     }
     if to_v3 {
         to_value_first(conn)?;

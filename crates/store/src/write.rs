@@ -162,10 +162,10 @@ fn blind_entries(
 
 /// A write transaction. Everything done through it commits together.
 pub struct Tx<'a> {
-    conn: &'a mut dyn Conn,
+    pub(crate) conn: &'a mut dyn Conn,
     cat: &'a Catalog,
     added: &'a mut HashMap<String, i64>,
-    now: i64,
+    pub(crate) now: i64,
     /// Versions written, for the store's dictionary-training trigger.
     pub(crate) written: u64,
     /// Index rows not yet written, per index table.

@@ -34,6 +34,7 @@ both!(
     clinical_times_come_from_the_index,
     shards_have_one_owner,
     deferred_value_indexes,
+    change_log_in_commit_order,
 );
 
 fn put(s: &Store, rtype: &str, id: &str, v: Value) {
@@ -1908,4 +1909,109 @@ fn deferred_value_indexes(t: &TestStore) {
         search(&reopened, "Patient", &[("birthdate", "1990")]),
         ["p1", "p3"]
     );
+}
+
+/// Every version written is logged in its transaction; a consumer reads the log from its
+/// cursor in commit order, a failed transaction leaves nothing, and what every consumer has
+/// read is pruned. On PostgreSQL a transaction that took its id first but has not committed
+/// holds back those after it, so a cursor never passes a change that may still appear.
+fn change_log_in_commit_order(t: &TestStore) {
+    use hutong_store::changelog;
+    let s = &t.store;
+    put(s, "Patient", "before", json!({"resourceType": "Patient"}));
+    let start = s.change_cursor("test").unwrap();
+    assert!(
+        s.changes_after(start, 100).unwrap().is_empty(),
+        "a new consumer starts at the end"
+    );
+    put(s, "Patient", "c1", json!({"resourceType": "Patient"}));
+    s.write(&AUDIT, |tx| {
+        tx.update(
+            "Patient",
+            "c1",
+            json!({"resourceType": "Patient", "active": true}),
+            None,
+        )?;
+        tx.update(
+            "Observation",
+            "o1",
+            json!({"resourceType": "Observation", "status": "final",
+            "subject": {"reference": "Patient/c1"}}),
+            None,
+        )
+    })
+    .unwrap();
+    let _ = s.write(&AUDIT, |tx| {
+        tx.update("Patient", "lost", json!({"resourceType": "Patient"}), None)?;
+        Err::<(), _>(StoreError::Invalid("boom".into()))
+    });
+    s.write(&AUDIT, |tx| tx.delete("Observation", "o1", None))
+        .unwrap();
+    let got = s.changes_after(start, 100).unwrap();
+    let seen: Vec<(String, i64, bool)> = got
+        .iter()
+        .map(|c| (format!("{}/{}", c.rtype, c.id), c.version, c.deleted))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("Patient/c1".to_string(), 1, false),
+            ("Patient/c1".to_string(), 2, false),
+            ("Observation/o1".to_string(), 1, false),
+            ("Observation/o1".to_string(), 2, true),
+        ]
+    );
+    assert_eq!(got[2].shard, hutong_store::shard_of("c1"));
+    assert_eq!(s.change_backlog("test").unwrap(), 4);
+    // Only part of it read: the cursor moves in the consumer's own transaction.
+    s.with_admin_tx(|c| {
+        let at = changelog::lock_cursor(c, "test")?;
+        assert_eq!(at, start);
+        changelog::set_cursor(c, "test", got[1].at)
+    })
+    .unwrap();
+    let rest = s
+        .changes_after(s.change_cursor("test").unwrap(), 100)
+        .unwrap();
+    assert_eq!(rest, got[2..].to_vec());
+    assert!(s.prune_changes().unwrap() >= 2);
+    assert_eq!(
+        s.changes_after(Default::default(), 100).unwrap(),
+        got[2..].to_vec()
+    );
+
+    if s.dialect() == hutong_store::sql::Dialect::Postgres {
+        // A writer that has begun (and holds a transaction id) but not committed.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (began, started) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.write(&AUDIT, |tx| {
+                    tx.update("Patient", "slow", json!({"resourceType": "Patient"}), None)?;
+                    tx.conn().query("SELECT pg_current_xact_id()::text", &[])?;
+                    let _ = began.send(());
+                    let _ = wait.recv();
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap()
+            })
+        };
+        started.recv().unwrap();
+        put(s, "Patient", "fast", json!({"resourceType": "Patient"}));
+        let from = got[3].at;
+        assert!(
+            s.changes_after(from, 100).unwrap().is_empty(),
+            "a change committed behind a running transaction waits for it"
+        );
+        go.send(()).unwrap();
+        slow.join().unwrap();
+        let ids: Vec<String> = s
+            .changes_after(from, 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["slow", "fast"]);
+    }
 }
