@@ -244,13 +244,26 @@ mod tests {
 
     #[test]
     fn a_notification_leads_with_its_status_and_numbers_its_events() {
-        let b = bundle(&st(), NotificationKind::EventNotification, &[ev(6, 1, false), ev(7, 2, false)], Content::Full, "b1", 0);
+        let b = bundle(
+            &st(),
+            NotificationKind::EventNotification,
+            &[ev(6, 1, false), ev(7, 2, false)],
+            Content::Full,
+            "b1",
+            0,
+        );
         assert_eq!(b["type"], "history");
         let p = &b["entry"][0]["resource"];
         assert_eq!(p["resourceType"], "Parameters");
         assert_eq!(p["parameter"][3]["valueCode"], "event-notification");
         assert_eq!(p["parameter"][4]["valueString"], "7");
-        assert_eq!(events_of(&b), vec![(6, Some("http://h/fhir/Observation/o1/_history/1".into())), (7, Some("http://h/fhir/Observation/o1/_history/2".into()))]);
+        assert_eq!(
+            events_of(&b),
+            vec![
+                (6, Some("http://h/fhir/Observation/o1/_history/1".into())),
+                (7, Some("http://h/fhir/Observation/o1/_history/2".into()))
+            ]
+        );
         assert_eq!(b["entry"][1]["request"]["method"], "POST");
         assert_eq!(b["entry"][2]["request"]["method"], "PUT");
         assert_eq!(b["entry"][2]["resource"]["id"], "o1");
@@ -259,11 +272,31 @@ mod tests {
 
     #[test]
     fn id_only_and_empty_carry_less_and_withheld_events_keep_their_number() {
-        let b = bundle(&st(), NotificationKind::EventNotification, &[ev(1, 1, false), ev(2, 1, true)], Content::IdOnly, "b", 0);
+        let b = bundle(
+            &st(),
+            NotificationKind::EventNotification,
+            &[ev(1, 1, false), ev(2, 1, true)],
+            Content::IdOnly,
+            "b",
+            0,
+        );
         assert_eq!(b["entry"].as_array().unwrap().len(), 2);
         assert!(b["entry"][1].get("resource").is_none());
-        assert_eq!(events_of(&b), vec![(1, Some("http://h/fhir/Observation/o1/_history/1".into())), (2, None)]);
-        let b = bundle(&st(), NotificationKind::EventNotification, &[ev(1, 1, false)], Content::Empty, "b", 0);
+        assert_eq!(
+            events_of(&b),
+            vec![
+                (1, Some("http://h/fhir/Observation/o1/_history/1".into())),
+                (2, None)
+            ]
+        );
+        let b = bundle(
+            &st(),
+            NotificationKind::EventNotification,
+            &[ev(1, 1, false)],
+            Content::Empty,
+            "b",
+            0,
+        );
         assert_eq!(b["entry"].as_array().unwrap().len(), 1);
         assert_eq!(events_of(&b), vec![(1, None)]);
     }
@@ -276,5 +309,4 @@ mod tests {
         assert!(!verify("another secret!!", b"{\"a\":1}", &s));
         assert!(!verify("0123456789abcdef", b"{\"a\":1}", "sha256=zz"));
     }
-
 }

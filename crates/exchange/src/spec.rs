@@ -143,9 +143,17 @@ impl Spec {
                     "Subscription.channel.type",
                 ))
             }
-            None => return Err(err("A Subscription needs channel.type", "Subscription.channel.type")),
+            None => {
+                return Err(err(
+                    "A Subscription needs channel.type",
+                    "Subscription.channel.type",
+                ))
+            }
         };
-        let endpoint = ch["endpoint"].as_str().map(str::trim).filter(|e| !e.is_empty());
+        let endpoint = ch["endpoint"]
+            .as_str()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
         if kind == ChannelKind::RestHook {
             match endpoint {
                 Some(e) if e.starts_with("http://") || e.starts_with("https://") => {}
@@ -276,7 +284,10 @@ impl Spec {
                 }
                 let (rt, q) = split_search(s);
                 if !is_type_name(rt) {
-                    return Err(err(format!("The filter {s} does not start with a resource type"), &at));
+                    return Err(err(
+                        format!("The filter {s} does not start with a resource type"),
+                        &at,
+                    ));
                 }
                 if !t.fires_on(rt) {
                     return Err(err(
@@ -290,7 +301,11 @@ impl Spec {
                 });
             }
             if filters.is_empty() {
-                let rtype = if t.types.len() == 1 { t.types[0].clone() } else { "*".into() };
+                let rtype = if t.types.len() == 1 {
+                    t.types[0].clone()
+                } else {
+                    "*".into()
+                };
                 filters.push(Filter {
                     rtype,
                     query: String::new(),
@@ -354,15 +369,27 @@ mod tests {
     #[test]
     fn a_backport_subscription_reads_whole() {
         let s = Spec::parse(
-            &backport(RECORD_CHANGED, &["Observation?code=http://loinc.org|4548-4&patient=Patient/p1"]),
+            &backport(
+                RECORD_CHANGED,
+                &["Observation?code=http://loinc.org|4548-4&patient=Patient/p1"],
+            ),
             &topics(),
         )
         .unwrap();
         assert_eq!(s.topic.as_deref(), Some(RECORD_CHANGED));
-        assert_eq!(s.filters, vec![Filter { rtype: "Observation".into(), query: "code=http://loinc.org|4548-4&patient=Patient/p1".into() }]);
+        assert_eq!(
+            s.filters,
+            vec![Filter {
+                rtype: "Observation".into(),
+                query: "code=http://loinc.org|4548-4&patient=Patient/p1".into()
+            }]
+        );
         assert_eq!(s.channel.content, Content::Full);
         assert_eq!((s.channel.heartbeat_s, s.channel.max_count), (60, 20));
-        assert_eq!(s.channel.headers, vec![("Authorization".into(), "Bearer x".into())]);
+        assert_eq!(
+            s.channel.headers,
+            vec![("Authorization".into(), "Bearer x".into())]
+        );
         assert!(!s.classic_wire());
     }
 
@@ -376,31 +403,53 @@ mod tests {
         assert_eq!((s.channel.content, s.channel.max_count), (Content::Full, 1));
         let mut v2 = v.clone();
         v2["channel"].as_object_mut().unwrap().remove("payload");
-        assert_eq!(Spec::parse(&v2, &topics()).unwrap().channel.content, Content::Empty);
+        assert_eq!(
+            Spec::parse(&v2, &topics()).unwrap().channel.content,
+            Content::Empty
+        );
     }
 
     #[test]
     fn refusals_name_the_element() {
         let t = topics();
-        let e = Spec::parse(&backport("https://example.org/SubscriptionTopic/x", &[]), &t).unwrap_err();
+        let e = Spec::parse(
+            &backport("https://example.org/SubscriptionTopic/x", &[]),
+            &t,
+        )
+        .unwrap_err();
         assert_eq!(e.expression, "Subscription.criteria");
         assert!(e.message.contains("not offered"));
         let e = Spec::parse(&backport(TASK_ASSIGNED, &["Observation?code=1"]), &t).unwrap_err();
         assert_eq!(e.expression, "Subscription._criteria.extension[0]");
         let mut v = backport(RECORD_CHANGED, &[]);
         v["channel"]["type"] = json!("email");
-        assert_eq!(Spec::parse(&v, &t).unwrap_err().expression, "Subscription.channel.type");
+        assert_eq!(
+            Spec::parse(&v, &t).unwrap_err().expression,
+            "Subscription.channel.type"
+        );
         v["channel"]["type"] = json!("rest-hook");
         v["channel"]["endpoint"] = json!("ftp://x");
-        assert_eq!(Spec::parse(&v, &t).unwrap_err().expression, "Subscription.channel.endpoint");
+        assert_eq!(
+            Spec::parse(&v, &t).unwrap_err().expression,
+            "Subscription.channel.endpoint"
+        );
         let v = json!({"resourceType": "Subscription", "criteria": "not a search", "channel": {"type": "websocket"}});
-        assert_eq!(Spec::parse(&v, &t).unwrap_err().expression, "Subscription.criteria");
+        assert_eq!(
+            Spec::parse(&v, &t).unwrap_err().expression,
+            "Subscription.criteria"
+        );
     }
 
     #[test]
     fn a_topic_without_filters_fires_on_its_types() {
         let s = Spec::parse(&backport(TASK_ASSIGNED, &[]), &topics()).unwrap();
-        assert_eq!(s.filters, vec![Filter { rtype: "Task".into(), query: String::new() }]);
+        assert_eq!(
+            s.filters,
+            vec![Filter {
+                rtype: "Task".into(),
+                query: String::new()
+            }]
+        );
         let s = Spec::parse(&backport(RECORD_CHANGED, &[]), &topics()).unwrap();
         assert_eq!(s.filters[0].rtype, "*");
     }

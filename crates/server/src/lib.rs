@@ -26,6 +26,7 @@ pub mod consent;
 pub mod coordination;
 pub mod engine;
 pub mod error;
+pub mod exchange;
 pub mod governance;
 pub mod guard;
 pub mod http;
@@ -189,6 +190,7 @@ pub fn engine_for(
     governance::orders::open_tables(&store)?;
     governance::reconcile::open_tables(&store)?;
     coordination::open_tables(&store)?;
+    exchange::open_tables(&store)?;
     let mut engine = Engine::new(store, config, Arc::new(access));
     engine.grant_hook = coordination::referral::grant_changed;
     Ok(engine)
@@ -366,6 +368,11 @@ impl Application {
                 })
             },
         )?;
+        if let Some(b) = &settings.base_url {
+            engine.hub.set_base(b);
+        }
+        // Subscriptions: the change log read into events, and the events delivered.
+        exchange::deliver::start(engine.clone(), stop.clone());
         let state = Arc::new(http::AppState {
             engine: engine.clone(),
             body_limit: settings.body_limit,

@@ -61,6 +61,20 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         }
         ("GET", ["$follow-ups"]) => crate::coordination::contracts::list(engine, req, g),
         ("POST", ["$follow-ups", "$push"]) => crate::coordination::contracts::push_op(engine, g),
+        ("GET", ["Subscription", "$topics"]) => crate::exchange::ops::topics(g),
+        ("GET", ["Subscription", "$status"]) => crate::exchange::ops::status(engine, req, g, None),
+        ("GET", ["Subscription", id, "$status"]) => {
+            crate::exchange::ops::status(engine, req, g, Some(id))
+        }
+        ("GET", ["Subscription", id, "$events"]) => {
+            crate::exchange::ops::events(engine, req, g, id)
+        }
+        ("GET" | "POST", ["Subscription", "$get-ws-binding-token"]) => {
+            crate::exchange::ops::ws_token(engine, req, g, None)
+        }
+        ("GET" | "POST", ["Subscription", id, "$get-ws-binding-token"]) => {
+            crate::exchange::ops::ws_token(engine, req, g, Some(id))
+        }
         ("GET", ["$coordination"]) => crate::coordination::stats::stats(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {

@@ -32,6 +32,10 @@ use crate::wire::{Paging, Params, Req, Resp};
 
 const YEAR: i64 = 365 * 86_400_000;
 
+/// The code of the daily follow-up Task a centre is sent (what the `follow-up-due`
+/// subscription topic fires on).
+pub const FOLLOW_UP_LIST: &str = "follow-up-list";
+
 /// Patients looked up per statement.
 const CHUNK: usize = 500;
 
@@ -612,6 +616,7 @@ pub fn push(engine: &Engine, now: i64) -> Result<usize, ApiError> {
                     &format!("【互通】慢病随访提醒：签约居民中本周应随访 {due} 人，逾期未随访 {overdue} 人。请在医生工作站“慢病随访”中查看名单。"),
                 )
                 .map_err(crate::consent::auth_error)?;
+            follow_up_task(engine, &inst, overdue, due, now)?;
             told += 1;
         }
         engine.store.exec_admin(
@@ -620,6 +625,60 @@ pub fn push(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         )?;
     }
     Ok(told)
+}
+
+/// The day's follow-up Task for a centre: assigned to it, its counts as inputs, pointing to
+/// the worklist — so that a centre's system subscribed to `follow-up-due` (or to its Tasks)
+/// hears of it without polling.
+fn follow_up_task(
+    engine: &Engine,
+    inst: &str,
+    overdue: usize,
+    due: usize,
+    now: i64,
+) -> Result<(), ApiError> {
+    let name = crate::consent::organization_of(engine, inst)?
+        .and_then(|o| o["name"].as_str().map(String::from));
+    let mut task = json!({
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "priority": if overdue > 0 { "urgent" } else { "routine" },
+        "code": {"coding": [{"system": CONTRACT_SYSTEM, "code": FOLLOW_UP_LIST, "display": "慢病随访提醒"}],
+                 "text": "慢病随访提醒 Follow-ups due"},
+        "description": format!("本周应随访 {due} 人，逾期未随访 {overdue} 人 ({due} due this week, {overdue} overdue)"),
+        "authoredOn": format_instant(now),
+        "owner": crate::governance::orders::owner_json(inst, name),
+        "input": [
+            {"type": {"text": "overdue"}, "valueInteger": overdue},
+            {"type": {"text": "due"}, "valueInteger": due},
+            {"type": {"text": "worklist"}, "valueString": "$follow-ups"}
+        ]
+    });
+    let platform = engine.config.default_source.clone();
+    engine.intake(&mut task, &platform, now);
+    let pg = Guard::platform(engine, "contracts", "follow-up-push");
+    let sub = Submission {
+        findings: &[],
+        fingerprint: "",
+    };
+    let r = pg.write(engine, |tx| {
+        engine
+            .create_in(
+                tx,
+                &pg,
+                &platform,
+                "Task",
+                None,
+                Cow::Borrowed(&task),
+                None,
+                &sub,
+                None,
+            )
+            .map(|_| ())
+    });
+    pg.finish(engine, if r.is_ok() { 201 } else { 500 }, None);
+    r
 }
 
 /// `POST $follow-ups/$push` (the platform's services): today's push now, if not yet done.

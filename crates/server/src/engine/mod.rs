@@ -50,6 +50,8 @@ pub struct Engine {
     /// that follow grants (a referral waits for the resident's consent) set it, so that the
     /// access module need not know them.
     pub(crate) grant_hook: GrantHook,
+    /// Subscriptions' live side: bound websockets, binding tokens, the delivery client.
+    pub hub: Arc<crate::exchange::Hub>,
 }
 
 /// See [`Engine::grant_hook`].
@@ -68,6 +70,7 @@ impl Engine {
             audit,
             derived: Default::default(),
             grant_hook: |_, _, _| Ok(()),
+            hub: Default::default(),
         }
     }
 

@@ -427,6 +427,9 @@ impl Engine {
             None => g.may(t, Perms::DELETE)?,
         }
         crate::coordination::index::deleted(self, tx, t, id)?;
+        if t == "Subscription" {
+            crate::exchange::index::deleted(tx, id)?;
+        }
         Ok(tx.delete(t, id, if_match)?)
     }
 
@@ -445,6 +448,9 @@ impl Engine {
             Some(one) => {
                 g.may_write(t, Perms::DELETE, Some(&one))?;
                 crate::coordination::index::deleted(self, tx, t, &one.id)?;
+                if t == "Subscription" {
+                    crate::exchange::index::deleted(tx, &one.id)?;
+                }
                 Ok(tx.delete(t, &one.id, None)?)
             }
         }
@@ -477,6 +483,7 @@ impl Engine {
         fingerprint: &str,
     ) -> Result<(), ApiError> {
         self.keep(tx, source, s, findings, fingerprint)?;
+        crate::exchange::index::written(self, tx, g, s)?;
         crate::coordination::index::written(self, tx, g, s)
     }
 

@@ -43,6 +43,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/audit/checkpoints", get(auth::checkpoints))
         .route("/dev/outbox", get(auth::outbox))
+        .route(
+            "/subscriptions/ws",
+            get(crate::exchange::deliver::websocket),
+        )
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*rest}", any(fhir))
@@ -232,6 +236,9 @@ async fn fhir(
         Err(_) => return too_large(st.body_limit),
     };
     let base = st.public_base(&parts.headers);
+    if st.base_url.is_none() && st.engine.hub.base().is_empty() {
+        st.engine.hub.set_base(&base);
+    }
     let principal = principal.unwrap_or_else(|| Arc::new(Principal::nobody()));
     // Only the platform's own clients say on whose behalf they submit; everyone else
     // submits as their institution.

@@ -16,4 +16,5 @@ mod probe;
 mod recognition;
 mod referral;
 mod search;
+mod subscriptions;
 mod workorders;

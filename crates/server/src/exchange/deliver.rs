@@ -1,0 +1,570 @@
+//! Sending what is due. One loop (a tokio task) reads the change log into events
+//! ([`super::dispatch`]) and, for every subscription with something to send — a handshake,
+//! events, a heartbeat — and no delivery in flight, starts one: events in order, at most
+//! `max-count` a notification, `delivered` moved only when the receiver acknowledged. A
+//! failed rest-hook delivery is tried again on the backoff schedule, forever: the events
+//! wait in the store, and survive restarts of either side.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hutong_exchange::notify::{self, Status};
+use hutong_exchange::{backoff, ChannelKind, Content, Event, NotificationKind};
+use hutong_fhir::date::now_ms;
+use hutong_store::sql::Val;
+use hutong_store::Lookup;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::dispatch::{self, Live};
+use crate::error::{ApiError, Code};
+use crate::guard::Guard;
+use crate::Engine;
+
+/// Changes read from the log per dispatch.
+const BATCH: usize = 2_000;
+
+/// Live connections and what the delivery loop shares with the HTTP front: bound
+/// websockets, binding tokens, the public base for references, the HTTP client.
+pub struct Hub {
+    sockets: Mutex<HashMap<String, Vec<UnboundedSender<String>>>>,
+    tokens: Mutex<HashMap<String, Binding>>,
+    base: Mutex<String>,
+    inflight: Mutex<HashSet<String>>,
+    client: reqwest::Client,
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+#[derive(Clone)]
+struct Binding {
+    subs: Vec<String>,
+    expires: i64,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            sockets: Default::default(),
+            tokens: Default::default(),
+            base: Mutex::new(String::new()),
+            inflight: Default::default(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(32)
+                .build()
+                .unwrap_or_default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// The FHIR base notifications' references are written against.
+    pub fn set_base(&self, base: &str) {
+        *lock(&self.base) = base.trim_end_matches('/').to_string();
+    }
+
+    pub fn base(&self) -> String {
+        lock(&self.base).clone()
+    }
+
+    /// A token binding a websocket to `subs`, valid `ttl_ms`.
+    pub(crate) fn issue_token(&self, subs: Vec<String>, ttl_ms: i64) -> (String, i64) {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let expires = now_ms() + ttl_ms;
+        let mut t = lock(&self.tokens);
+        t.retain(|_, b| b.expires > now_ms());
+        t.insert(token.clone(), Binding { subs, expires });
+        (token, expires)
+    }
+
+    /// Binds a socket's sender to the subscriptions its token names; returns them.
+    pub fn bind(&self, token: &str, tx: UnboundedSender<String>) -> Option<Vec<String>> {
+        let b = lock(&self.tokens).get(token).cloned()?;
+        if b.expires <= now_ms() {
+            return None;
+        }
+        let mut s = lock(&self.sockets);
+        for sub in &b.subs {
+            s.entry(sub.clone()).or_default().push(tx.clone());
+        }
+        self.wake.notify_one();
+        Some(b.subs)
+    }
+
+    fn bound(&self, sub: &str) -> bool {
+        let mut s = lock(&self.sockets);
+        match s.get_mut(sub) {
+            Some(v) => {
+                v.retain(|t| !t.is_closed());
+                !v.is_empty()
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `text` to every socket bound to `sub`: whether any took it.
+    fn push(&self, sub: &str, text: &str) -> bool {
+        let mut s = lock(&self.sockets);
+        let Some(v) = s.get_mut(sub) else {
+            return false;
+        };
+        v.retain(|t| t.send(text.to_string()).is_ok());
+        !v.is_empty()
+    }
+}
+
+/// Runs the dispatcher and the deliveries until `stop` is set.
+pub fn start(engine: Engine, stop: Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        let mut last_prune = 0i64;
+        let mut failing = false;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let e = engine.clone();
+            let read =
+                tokio::task::spawn_blocking(move || -> Result<(usize, Vec<Live>), ApiError> {
+                    let n = dispatch::dispatch_once(&e, BATCH)?;
+                    Ok((n, dispatch::live(&e, None)?))
+                })
+                .await;
+            let (n, subs) = match read {
+                Ok(Ok(x)) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("Subscription dispatch recovered.");
+                    }
+                    x
+                }
+                Ok(Err(err)) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %err.message(), "Subscription dispatch failed; will retry.");
+                    }
+                    (0, Vec::new())
+                }
+                Err(_) => (0, Vec::new()),
+            };
+            let now = now_ms();
+            for sub in subs {
+                if due(&engine, &sub, now) && lock(&engine.hub.inflight).insert(sub.id.clone()) {
+                    let e = engine.clone();
+                    tokio::spawn(async move {
+                        let id = sub.id.clone();
+                        if let Err(err) = deliver(&e, sub).await {
+                            tracing::debug!(subscription = %id, error = %err.message(), "A delivery failed.");
+                        }
+                        lock(&e.hub.inflight).remove(&id);
+                        e.hub.wake.notify_one();
+                    });
+                }
+            }
+            if now - last_prune > 10_000 {
+                last_prune = now;
+                let e = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || dispatch::skip_when_idle(&e)).await;
+            }
+            if n < BATCH {
+                let _ = tokio::time::timeout(Duration::from_millis(20), engine.hub.wake.notified())
+                    .await;
+            }
+        }
+    });
+}
+
+/// Whether `sub` has something to send now.
+fn due(engine: &Engine, sub: &Live, now: i64) -> bool {
+    if sub.next_try > now {
+        return false;
+    }
+    if sub.spec.channel.kind == ChannelKind::Websocket && !engine.hub.bound(&sub.id) {
+        return false;
+    }
+    let heartbeat = sub.spec.channel.heartbeat_s as i64 * 1000;
+    sub.status == "requested"
+        || sub.events > sub.delivered
+        || (heartbeat > 0 && now - sub.last_sent >= heartbeat)
+}
+
+/// One delivery round for `sub`: the handshake if it has not had one, then its waiting
+/// events (a notification at a time), or a heartbeat.
+async fn deliver(engine: &Engine, mut sub: Live) -> Result<(), ApiError> {
+    if sub.status == "requested"
+        && (sub.spec.classic_wire() || sub.spec.channel.kind == ChannelKind::Websocket)
+    {
+        // A classic R4 receiver expects resources, not a Backport handshake; a websocket
+        // had its handshake when it bound.
+        set_state(engine, &sub.id, "active", None).await?;
+        sub.status = "active".into();
+    }
+    if sub.status == "requested" {
+        let body = {
+            let (e, s) = (engine.clone(), sub.clone());
+            blocking(move || Ok(status_bundle(&e, &s, NotificationKind::Handshake))).await?
+        };
+        if !send(engine, &sub, &body).await? {
+            return Ok(());
+        }
+        set_state(engine, &sub.id, "active", None).await?;
+        sub.status = "active".into();
+    }
+    loop {
+        let n = sub.spec.channel.max_count as i64;
+        if sub.events <= sub.delivered {
+            break;
+        }
+        let (e, s) = (engine.clone(), sub.clone());
+        let (events, last) =
+            blocking(move || events_for(&e, &s, s.delivered, s.delivered + n, true)).await?;
+        if last <= sub.delivered {
+            break;
+        }
+        let ok = if sub.spec.classic_wire() {
+            send_classic(engine, &sub, &events).await?
+        } else {
+            let body = {
+                let (e, s) = (engine.clone(), sub.clone());
+                let ev = events.clone();
+                blocking(move || Ok(bundle(&e, &s, NotificationKind::EventNotification, &ev)))
+                    .await?
+            };
+            send(engine, &sub, &body).await?
+        };
+        if !ok {
+            return Ok(());
+        }
+        let (e, id) = (engine.clone(), sub.id.clone());
+        blocking(move || {
+            e.store.exec_admin(
+                "UPDATE ex_sub SET delivered = CASE WHEN delivered < ? THEN ? ELSE delivered END, \
+                 failures = 0, next_try = 0, last_sent = ?, status = 'active', last_error = '' WHERE id = ?",
+                &[Val::Int(last), Val::Int(last), Val::Int(now_ms()), Val::Text(id)],
+            )?;
+            Ok(())
+        })
+        .await?;
+        sub.delivered = last;
+        sub.last_sent = now_ms();
+        // Refresh the count: more may have been numbered meanwhile.
+        let (e, id) = (engine.clone(), sub.id.clone());
+        if let Some(fresh) =
+            blocking(move || Ok(dispatch::live(&e, Some(&id))?.into_iter().next())).await?
+        {
+            if fresh.status == "off" {
+                return Ok(());
+            }
+            sub.events = fresh.events;
+        }
+    }
+    let heartbeat = sub.spec.channel.heartbeat_s as i64 * 1000;
+    if heartbeat > 0 && now_ms() - sub.last_sent >= heartbeat && !sub.spec.classic_wire() {
+        let body = {
+            let (e, s) = (engine.clone(), sub.clone());
+            blocking(move || Ok(status_bundle(&e, &s, NotificationKind::Heartbeat))).await?
+        };
+        if send(engine, &sub, &body).await? {
+            let (e, id) = (engine.clone(), sub.id.clone());
+            blocking(move || {
+                e.store.exec_admin(
+                    "UPDATE ex_sub SET last_sent = ? WHERE id = ?",
+                    &[Val::Int(now_ms()), Val::Text(id)],
+                )?;
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::of(Code::Internal, e.to_string()))?
+}
+
+async fn set_state(
+    engine: &Engine,
+    id: &str,
+    status: &str,
+    error: Option<String>,
+) -> Result<(), ApiError> {
+    let (e, id, status) = (engine.clone(), id.to_string(), status.to_string());
+    blocking(move || {
+        e.store.exec_admin(
+            "UPDATE ex_sub SET status = CASE WHEN status = 'off' THEN 'off' ELSE ? END, last_error = ? WHERE id = ?",
+            &[Val::Text(status), Val::Text(error.unwrap_or_default()), Val::Text(id)],
+        )?;
+        Ok(())
+    })
+    .await
+}
+
+/// Records a failed attempt: the next one after the backoff.
+async fn failed(engine: &Engine, sub: &Live, why: String) -> Result<(), ApiError> {
+    let failures = sub.failures + 1;
+    let next = now_ms() + backoff::delay_ms(failures as u32, backoff::key(&sub.id));
+    tracing::info!(subscription = %sub.id, failures, error = %why, "A notification was not delivered; it will be tried again.");
+    let (e, id) = (engine.clone(), sub.id.clone());
+    blocking(move || {
+        e.store.exec_admin(
+            "UPDATE ex_sub SET failures = ?, next_try = ?, last_error = ?, \
+             status = CASE WHEN status = 'off' THEN 'off' ELSE 'error' END WHERE id = ?",
+            &[
+                Val::Int(failures),
+                Val::Int(next),
+                Val::Text(why),
+                Val::Text(id),
+            ],
+        )?;
+        Ok(())
+    })
+    .await
+}
+
+/// Sends a notification Bundle over the subscription's channel: whether it was taken.
+async fn send(engine: &Engine, sub: &Live, body: &[u8]) -> Result<bool, ApiError> {
+    match sub.spec.channel.kind {
+        ChannelKind::Websocket => Ok(engine
+            .hub
+            .push(&sub.id, std::str::from_utf8(body).unwrap_or(""))),
+        ChannelKind::RestHook => {
+            let url = sub.spec.channel.endpoint.clone().unwrap_or_default();
+            let mut req = engine
+                .hub
+                .client
+                .post(&url)
+                .timeout(Duration::from_secs(sub.spec.channel.timeout_s))
+                .header("Content-Type", "application/fhir+json")
+                .body(body.to_vec());
+            req = headers(req, sub, body);
+            post(engine, sub, req).await
+        }
+    }
+}
+
+fn headers(mut req: reqwest::RequestBuilder, sub: &Live, body: &[u8]) -> reqwest::RequestBuilder {
+    for (k, v) in &sub.spec.channel.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if let Some(secret) = &sub.spec.secret {
+        req = req.header("X-Hutong-Signature", notify::sign(secret, body));
+    }
+    req.header("X-Hutong-Subscription", sub.id.as_str())
+}
+
+async fn post(engine: &Engine, sub: &Live, req: reqwest::RequestBuilder) -> Result<bool, ApiError> {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(true),
+        Ok(r) => {
+            failed(engine, sub, format!("the endpoint answered {}", r.status())).await?;
+            Ok(false)
+        }
+        Err(e) => {
+            failed(
+                engine,
+                sub,
+                format!("the endpoint could not be reached: {e}"),
+            )
+            .await?;
+            Ok(false)
+        }
+    }
+}
+
+/// A classic R4 rest-hook: each event's resource PUT to `[endpoint]/[type]/[id]`, or, with
+/// no payload, an empty POST to the endpoint.
+async fn send_classic(engine: &Engine, sub: &Live, events: &[Event]) -> Result<bool, ApiError> {
+    let base = sub.spec.channel.endpoint.clone().unwrap_or_default();
+    for e in events {
+        let timeout = Duration::from_secs(sub.spec.channel.timeout_s);
+        let req = match (&e.resource, e.withheld) {
+            (Some(r), false) if sub.spec.channel.content == Content::Full => {
+                let body = serde_json::to_vec(r).unwrap_or_default();
+                let url = format!("{}/{}/{}", base.trim_end_matches('/'), e.rtype, e.id);
+                let req = engine
+                    .hub
+                    .client
+                    .put(url)
+                    .timeout(timeout)
+                    .header("Content-Type", "application/fhir+json");
+                headers(req.body(body.clone()), sub, &body)
+            }
+            _ => headers(engine.hub.client.post(&base).timeout(timeout), sub, b""),
+        };
+        let req = req.header("X-Hutong-Event-Number", e.number.to_string());
+        if !post(engine, sub, req).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn status_of<'a>(base: &'a str, sub: &'a Live) -> Status<'a> {
+    Status {
+        base,
+        subscription: &sub.id,
+        topic: sub.spec.topic.as_deref().unwrap_or(""),
+        status: &sub.status,
+        events_since_start: sub.events,
+        error: None,
+    }
+}
+
+fn status_bundle(engine: &Engine, sub: &Live, kind: NotificationKind) -> Vec<u8> {
+    bundle(engine, sub, kind, &[])
+}
+
+fn bundle(engine: &Engine, sub: &Live, kind: NotificationKind, events: &[Event]) -> Vec<u8> {
+    let base = engine.hub.base();
+    let b = notify::bundle(
+        &status_of(&base, sub),
+        kind,
+        events,
+        sub.spec.channel.content,
+        &uuid::Uuid::new_v4().to_string(),
+        now_ms(),
+    );
+    serde_json::to_vec(&b).unwrap_or_default()
+}
+
+/// The events numbered `(after, until]` as `reader` may see them now, decided and audited
+/// as a read of theirs (the subscriber's, for a notification). Returns them and the last
+/// number read.
+pub(crate) fn events_as(
+    engine: &Engine,
+    g: &Guard,
+    sub: &Live,
+    after: i64,
+    until: i64,
+) -> Result<(Vec<Event>, i64), ApiError> {
+    let rows = engine.store.query_admin(
+        "SELECT num, ts, rtype, rid, version, deleted FROM ex_event WHERE sub = ? AND num > ? AND num <= ? ORDER BY num",
+        &[Val::Text(sub.id.clone()), Val::Int(after), Val::Int(until)],
+    )?;
+    let owned = sub.spec.topic.as_deref().is_some_and(|t| {
+        t == hutong_exchange::topic::TASK_ASSIGNED || t == hutong_exchange::topic::FOLLOW_UP_DUE
+    });
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last = after;
+    for r in rows {
+        let (rtype, id, version) = (r[2].text().to_string(), r[3].text().to_string(), r[4].int());
+        last = r[0].int();
+        // A Task assigned to the subscriber's institution is theirs whoever filed it
+        // (decided at numbering); everything else is read as the reader reads.
+        let scope = if owned {
+            hutong_store::Scope::All
+        } else {
+            g.scope.clone()
+        };
+        let found = match engine.store.vread(&rtype, &id, version, &scope)? {
+            Lookup::Found(s) => Some(s),
+            _ => None,
+        };
+        let resource = match &found {
+            Some(s) if !s.deleted && sub.spec.channel.content == Content::Full => {
+                serde_json::from_slice(&g.release(s)).ok()
+            }
+            Some(s) => {
+                g.touch(
+                    format!("{}/{}/_history/{}", s.rtype, s.id, s.version),
+                    s.shard,
+                );
+                None
+            }
+            None => None,
+        };
+        out.push(Event {
+            number: last,
+            ts: r[1].int(),
+            rtype,
+            id,
+            version,
+            deleted: r[5].int() != 0,
+            withheld: found.is_none(),
+            resource,
+        });
+    }
+    Ok((out, last))
+}
+
+/// The subscriber's events after `after`, for a notification: decided and audited as a
+/// read by the subscriber.
+fn events_for(
+    engine: &Engine,
+    sub: &Live,
+    after: i64,
+    until: i64,
+    _notify: bool,
+) -> Result<(Vec<Event>, i64), ApiError> {
+    let g = Guard::new(
+        engine,
+        sub.owner.clone(),
+        None,
+        None,
+        format!(
+            "notification Subscription/{} events {}-{}",
+            sub.id,
+            after + 1,
+            until
+        ),
+    );
+    g.act("subscription-notify");
+    let r = events_as(engine, &g, sub, after, until);
+    g.finish(engine, if r.is_ok() { 200 } else { 500 }, None);
+    r
+}
+
+/// `GET /subscriptions/ws`: a websocket a subscriber binds to its subscriptions by sending
+/// `bind-with-token <token>` (the token from `$get-ws-binding-token`); it receives a
+/// handshake per subscription, then its notifications as text frames, and `ping` is
+/// answered `pong`.
+pub async fn websocket(
+    axum::extract::State(st): axum::extract::State<Arc<crate::http::AppState>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    ws.on_upgrade(move |socket| serve_socket(st.engine.clone(), socket))
+}
+
+async fn serve_socket(engine: Engine, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let Some(Ok(msg)) = incoming else { break };
+                let Message::Text(text) = msg else {
+                    if matches!(msg, Message::Close(_)) { break }
+                    continue;
+                };
+                let text = text.as_str().trim();
+                if let Some(token) = text.strip_prefix("bind-with-token") {
+                    let token = token.trim_start_matches(':').trim();
+                    match engine.hub.bind(token, tx.clone()) {
+                        Some(subs) => {
+                            for s in subs {
+                                let e = engine.clone();
+                                if let Ok(Some(h)) = tokio::task::spawn_blocking(move || super::ops::handshake(&e, &s)).await {
+                                    if socket.send(Message::Text(h.into())).await.is_err() { return; }
+                                }
+                            }
+                        }
+                        None => {
+                            let _ = socket.send(Message::Text("error: the token is unknown or expired".into())).await;
+                        }
+                    }
+                } else if text == "ping" && socket.send(Message::Text("pong".into())).await.is_err() {
+                    break;
+                }
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                if socket.send(Message::Text(out.into())).await.is_err() { break }
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! From the change log to numbered events. A change concerns a subscription when the
+//! subscription's own search, run under the subscriber's access decision over the ids just
+//! changed, finds it: one query per filter and type for a whole batch of changes, with the
+//! search semantics of the API (chains, modifiers, prefixes) and nothing the subscriber may
+//! not read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use hutong_access::principal::Principal;
+use hutong_exchange::{topic, Spec};
+use hutong_store::changelog::{self, Logged};
+use hutong_store::sql::Val;
+use hutong_store::{Lookup, Query, Scope, Stored};
+use serde_json::Value;
+
+use super::index::{prepare, Prepared};
+use super::CONSUMER;
+use crate::error::ApiError;
+use crate::guard::Guard;
+use crate::Engine;
+
+/// A subscription that is not off, as `ex_sub` holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub id: String,
+    pub owner: Arc<Principal>,
+    pub spec: Spec,
+    pub status: String,
+    pub events: i64,
+    pub delivered: i64,
+    pub failures: i64,
+    pub next_try: i64,
+    pub last_sent: i64,
+    /// When it was created: changes older than that are not its events.
+    pub created: i64,
+}
+
+pub(crate) fn live(engine: &Engine, only: Option<&str>) -> Result<Vec<Live>, ApiError> {
+    let (cond, params) = match only {
+        Some(id) => ("id = ?", vec![Val::Text(id.into())]),
+        None => ("status <> 'off'", vec![]),
+    };
+    let rows = engine.store.query_admin(
+        &format!("SELECT id, owner, spec, status, events, delivered, failures, next_try, last_sent, created FROM ex_sub WHERE {cond}"),
+        &params,
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let Ok(owner) = serde_json::from_str::<Principal>(r[1].text()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(r[2].text()) else {
+            continue;
+        };
+        // Accepted when written; a catalogue changed since may refuse it now.
+        let Ok(spec) = Spec::parse(&v, super::topics()) else {
+            tracing::warn!(
+                subscription = r[0].text(),
+                "A subscription no longer reads; it is skipped."
+            );
+            continue;
+        };
+        out.push(Live {
+            id: r[0].text().to_string(),
+            owner: Arc::new(owner),
+            spec,
+            status: r[3].text().to_string(),
+            events: r[4].int(),
+            delivered: r[5].int(),
+            failures: r[6].int(),
+            next_try: r[7].int(),
+            last_sent: r[8].int(),
+            created: r[9].int(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads up to `limit` changes after the dispatcher's cursor and numbers the events they
+/// raise; returns how many changes it read (0: nothing new).
+pub fn dispatch_once(engine: &Engine, limit: usize) -> Result<usize, ApiError> {
+    let cursor = engine.store.change_cursor(CONSUMER)?;
+    let rows = engine.store.changes_after(cursor, limit)?;
+    let Some(last) = rows.last().map(|r| r.at) else {
+        return Ok(0);
+    };
+    let subs = live(engine, None)?;
+    let mut ctx = Context::default();
+    let mut found: Vec<(String, Vec<&Logged>)> = Vec::new();
+    for sub in &subs {
+        match matches(engine, sub, &rows, &mut ctx) {
+            Ok(hits) if !hits.is_empty() => {
+                found.push((sub.id.clone(), hits.into_iter().map(|i| &rows[i]).collect()))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(subscription = %sub.id, error = %e.message(), "A subscription's filter failed; its events from these changes are skipped.")
+            }
+        }
+    }
+    let mut moved = false;
+    engine.store.with_admin_tx(|c| {
+        // Another process took these rows first (several API nodes on one database).
+        if changelog::lock_cursor(c, CONSUMER)? != cursor {
+            moved = true;
+            return Ok(());
+        }
+        for (sub, hits) in &found {
+            let sql = format!(
+                "SELECT events FROM ex_sub WHERE id = ?{}",
+                c.dialect().lock_row()
+            );
+            let r = c.query(&sql, &[Val::Text(sub.clone())])?;
+            let Some(r) = r.first() else { continue };
+            let mut n = r[0].int();
+            let rows: Vec<Vec<Val>> = hits
+                .iter()
+                .map(|l| {
+                    n += 1;
+                    vec![
+                        Val::Text(sub.clone()),
+                        Val::Int(n),
+                        Val::Int(l.ts),
+                        Val::Text(l.rtype.clone()),
+                        Val::Text(l.id.clone()),
+                        Val::Int(l.version),
+                        Val::Int(l.deleted as i64),
+                    ]
+                })
+                .collect();
+            c.insert_rows(
+                "ex_event",
+                &["sub", "num", "ts", "rtype", "rid", "version", "deleted"],
+                &rows,
+            )?;
+            c.exec(
+                "UPDATE ex_sub SET events = ? WHERE id = ?",
+                &[Val::Int(n), Val::Text(sub.clone())],
+            )?;
+        }
+        changelog::set_cursor(c, CONSUMER, last)
+    })?;
+    if moved {
+        return Ok(0);
+    }
+    Ok(rows.len())
+}
+
+/// What one dispatch looks up once: districts of residents by shard, institutions'
+/// Organization ids.
+#[derive(Default)]
+struct Context {
+    district: HashMap<i64, Vec<String>>,
+    org: HashMap<String, Option<String>>,
+}
+
+impl Context {
+    fn districts(&mut self, engine: &Engine, shard: i64) -> Result<&[String], ApiError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.district.entry(shard) {
+            let mut out = Vec::new();
+            let owner = engine.store.query_admin(
+                "SELECT patient FROM shard_owner WHERE shard = ?",
+                &[Val::Int(shard)],
+            )?;
+            if let Some(p) = owner.first() {
+                if let Lookup::Found(s) = engine.store.read("Patient", p[0].text(), &Scope::All)? {
+                    let v = s.json()?;
+                    for a in v["address"].as_array().into_iter().flatten() {
+                        if let Some(d) = a["district"].as_str() {
+                            out.push(d.to_string());
+                        }
+                    }
+                }
+            }
+            slot.insert(out);
+        }
+        Ok(&self.district[&shard])
+    }
+
+    fn org_of(&mut self, engine: &Engine, source: &str) -> Result<Option<String>, ApiError> {
+        if !self.org.contains_key(source) {
+            let id = crate::consent::organization_of(engine, source)?
+                .and_then(|o| o["id"].as_str().map(String::from));
+            self.org.insert(source.to_string(), id);
+        }
+        Ok(self.org[source].clone())
+    }
+}
+
+/// Whether a Task is assigned to `source`'s institution (`owner` by reference to its
+/// Organization, or by its USCC identifier).
+fn owned_by(task: &Value, source: &str, org: Option<&str>) -> bool {
+    let owner = &task["owner"];
+    let by_ref =
+        org.is_some_and(|o| owner["reference"].as_str() == Some(&format!("Organization/{o}")));
+    let by_id = source
+        .strip_prefix("urn:hutong:org:")
+        .is_some_and(|u| owner["identifier"]["value"].as_str() == Some(u));
+    by_ref || by_id
+}
+
+pub(crate) fn is_follow_up_list(task: &Value) -> bool {
+    task["code"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["code"] == crate::coordination::contracts::FOLLOW_UP_LIST)
+}
+
+/// The indexes into `rows` of the changes `sub` is told about.
+fn matches(
+    engine: &Engine,
+    sub: &Live,
+    rows: &[Logged],
+    ctx: &mut Context,
+) -> Result<BTreeSet<usize>, ApiError> {
+    let g = Guard::new(
+        engine,
+        sub.owner.clone(),
+        None,
+        None,
+        format!("Subscription/{}", sub.id),
+    );
+    let topic = sub
+        .spec
+        .topic
+        .as_deref()
+        .and_then(|t| super::topics().get(t));
+    let owned = sub
+        .spec
+        .topic
+        .as_deref()
+        .filter(|t| *t == topic::TASK_ASSIGNED || *t == topic::FOLLOW_UP_DUE);
+    let mut hits = BTreeSet::new();
+    for f in &sub.spec.filters {
+        let p: Prepared = prepare(&f.rtype, &f.query)?;
+        let mut by_type: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            let fires =
+                topic.is_none_or(|t| t.fires_on(&r.rtype) && (!r.deleted || t.fires_on_delete()));
+            if fires && r.ts >= sub.created && (p.rtype == "*" || p.rtype == r.rtype) {
+                by_type.entry(r.rtype.as_str()).or_default().push(i);
+            }
+        }
+        for (t, idx) in by_type {
+            let mut visible: HashMap<String, Stored> = HashMap::new();
+            let live_ids: Vec<&str> = {
+                let mut v: Vec<&str> = idx
+                    .iter()
+                    .filter(|i| !rows[**i].deleted)
+                    .map(|i| rows[*i].id.as_str())
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            // A Task assigned to the subscriber is theirs to be told about, whoever filed it.
+            let scope = if owned.is_some() {
+                &Scope::All
+            } else {
+                &g.scope
+            };
+            for chunk in live_ids.chunks(200) {
+                let mut params = p.params.clone();
+                params.push(("_id".into(), chunk.join(",")));
+                params.push(("_count".into(), "200".into()));
+                let q = Query::parse(t, &params, true)?;
+                for s in engine.store.search(&q, scope)?.matches {
+                    visible.insert(s.id.clone(), s);
+                }
+            }
+            for i in idx {
+                let r = &rows[i];
+                let ok = if r.deleted {
+                    // A deletion matches a filter on the type alone (the deleted resource is
+                    // no longer searched), if the subscriber could read it.
+                    p.params.is_empty()
+                        && matches!(
+                            engine.store.read(&r.rtype, &r.id, &g.scope)?,
+                            Lookup::Found(_)
+                        )
+                } else {
+                    match visible.get(&r.id) {
+                        None => false,
+                        Some(s) if owned.is_some() => {
+                            let v = s.json()?;
+                            let inst = sub.owner.institution.as_deref().unwrap_or("");
+                            let org = ctx.org_of(engine, inst)?;
+                            owned_by(&v, inst, org.as_deref())
+                                && (owned != Some(topic::FOLLOW_UP_DUE) || is_follow_up_list(&v))
+                        }
+                        Some(_) => true,
+                    }
+                };
+                let ok = ok
+                    && (p.districts.is_empty() || {
+                        let ds = ctx.districts(engine, r.shard)?;
+                        ds.iter().any(|d| p.districts.contains(d))
+                    });
+                if ok {
+                    hits.insert(i);
+                }
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// Moves the cursor to the end of the log when no subscription is live (nothing to number),
+/// so a store that has none does not keep the log, and prunes what every consumer read.
+pub fn skip_when_idle(engine: &Engine) -> Result<(), ApiError> {
+    // The changes first, the subscriptions after: one created after this count committed
+    // after every change read here, and those are not its events.
+    let cursor = engine.store.change_cursor(CONSUMER)?;
+    let rows = engine.store.changes_after(cursor, 100_000)?;
+    let n: i64 = engine
+        .store
+        .query_admin("SELECT COUNT(*) FROM ex_sub WHERE status <> 'off'", &[])?
+        .first()
+        .map_or(0, |r| r[0].int());
+    if n == 0 {
+        if let Some(last) = rows.last().map(|r| r.at) {
+            engine.store.with_admin_tx(|c| {
+                if changelog::lock_cursor(c, CONSUMER)? == cursor {
+                    changelog::set_cursor(c, CONSUMER, last)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    engine.store.prune_changes()?;
+    Ok(())
+}
