@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// update its rows in an existing report.
     #[arg(long)]
     coordination_only: bool,
+    /// Measure only the subscriptions (events delivered over rest-hook, their latency, the
+    /// write path's cost with 100 subscriptions) and update their rows in an existing report.
+    #[arg(long)]
+    exchange_only: bool,
     /// Where to write the report.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
@@ -61,6 +65,7 @@ pub struct BenchArgs {
     work_dir: Option<PathBuf>,
 }
 
+mod exchange;
 mod pool;
 
 struct Report {
@@ -439,6 +444,15 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     if args.pages_only {
         portal_figures(&work, &rt, &mut rep)?;
         merge_rows(&args.out, &rep, "Web page rows", "--pages-only")?;
+        if args.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Ok(());
+    }
+
+    if args.exchange_only {
+        exchange::figures(&work, &rt, &mut rep)?;
+        merge_rows(&args.out, &rep, "Subscription rows", "--exchange-only")?;
         if args.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
         }

@@ -105,7 +105,8 @@ pub fn status(s: &Status<'_>, kind: NotificationKind, events: &[Event], content:
             json!({"name": "timestamp", "valueInstant": instant(e.ts)}),
         ];
         if content != Content::Empty && !e.withheld {
-            part.push(json!({"name": "focus", "valueReference": {"reference": format!("{}/{}/{}/_history/{}", s.base, e.rtype, e.id, e.version)}}));
+            // The resource's URL, as the entry's fullUrl (the version is in its etag).
+            part.push(json!({"name": "focus", "valueReference": {"reference": format!("{}/{}/{}", s.base, e.rtype, e.id)}}));
         }
         p.push(json!({"name": "notification-event", "part": part}));
     }
@@ -175,7 +176,7 @@ pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
     let Some(hex) = header.strip_prefix("sha256=") else {
         return false;
     };
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.is_ascii() {
         return false;
     }
     let bytes: Option<Vec<u8>> = (0..32)
@@ -260,8 +261,8 @@ mod tests {
         assert_eq!(
             events_of(&b),
             vec![
-                (6, Some("http://h/fhir/Observation/o1/_history/1".into())),
-                (7, Some("http://h/fhir/Observation/o1/_history/2".into()))
+                (6, Some("http://h/fhir/Observation/o1".into())),
+                (7, Some("http://h/fhir/Observation/o1".into()))
             ]
         );
         assert_eq!(b["entry"][1]["request"]["method"], "POST");
@@ -284,10 +285,7 @@ mod tests {
         assert!(b["entry"][1].get("resource").is_none());
         assert_eq!(
             events_of(&b),
-            vec![
-                (1, Some("http://h/fhir/Observation/o1/_history/1".into())),
-                (2, None)
-            ]
+            vec![(1, Some("http://h/fhir/Observation/o1".into())), (2, None)]
         );
         let b = bundle(
             &st(),

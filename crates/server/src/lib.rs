@@ -368,9 +368,6 @@ impl Application {
                 })
             },
         )?;
-        if let Some(b) = &settings.base_url {
-            engine.hub.set_base(b);
-        }
         // Subscriptions: the change log read into events, and the events delivered.
         exchange::deliver::start(engine.clone(), stop.clone());
         let state = Arc::new(http::AppState {
@@ -381,6 +378,14 @@ impl Application {
             dev_outbox: settings.dev_outbox,
         });
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        // Notifications name resources against the configured public base, else the address
+        // bound (never a request's Host header, which any caller chooses).
+        match &settings.base_url {
+            Some(b) => engine.hub.set_base(b),
+            None => engine
+                .hub
+                .set_base(&format!("http://{}/fhir", listener.local_addr()?)),
+        }
         Ok(Application {
             listener,
             router: http::app(state.clone()),

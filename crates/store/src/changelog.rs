@@ -14,9 +14,10 @@
 //! transaction had not committed yet and never come back for it. There each row carries its
 //! transaction id (`xid`), and a reader takes only rows of transactions older than every
 //! transaction still running (the snapshot's `xmin`), ordered by `(xid, seq)`: no row can
-//! appear later behind the cursor. (Two versions of one resource are still read in version
-//! order in practice — the second writer waits for the first's row lock — and consumers
-//! compare versions where it matters.)
+//! appear later behind the cursor. Versions of one resource are not always read in version
+//! order there (a transaction that took its id early may wait for another's row lock and
+//! write the later version): consumers that care compare versions. A transaction held open
+//! holds every consumer back until it ends.
 
 use crate::audit::Change;
 use crate::sql::{Conn, Dialect, Val};
@@ -108,16 +109,27 @@ pub fn lock_cursor(conn: &mut dyn Conn, consumer: &str) -> Result<Cursor, StoreE
             seq: r[1].int(),
         });
     }
-    let end = conn
-        .query(
-            "SELECT xid, seq FROM chg ORDER BY xid DESC, seq DESC LIMIT 1",
-            &[],
-        )?
-        .first()
-        .map_or(Cursor::default(), |r| Cursor {
-            xid: r[0].int(),
-            seq: r[1].int(),
-        });
+    let end = match conn.dialect() {
+        // Just behind the oldest transaction still running: one that began earlier and
+        // commits later is not passed (a few committed rows before may be read: harmless).
+        Dialect::Postgres => conn
+            .query(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &[],
+            )?
+            .first()
+            .map_or(Cursor::default(), |r| Cursor {
+                xid: r[0].int() - 1,
+                seq: i64::MAX,
+            }),
+        Dialect::Sqlite => conn
+            .query("SELECT seq FROM chg ORDER BY seq DESC LIMIT 1", &[])?
+            .first()
+            .map_or(Cursor::default(), |r| Cursor {
+                xid: 0,
+                seq: r[0].int(),
+            }),
+    };
     let insert = crate::schema::insert_ignore(
         conn.dialect(),
         "chg_cursor (consumer, xid, seq) VALUES (?, ?, ?)",

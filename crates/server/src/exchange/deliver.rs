@@ -190,7 +190,18 @@ fn due(engine: &Engine, sub: &Live, now: i64) -> bool {
 
 /// One delivery round for `sub`: the handshake if it has not had one, then its waiting
 /// events (a notification at a time), or a heartbeat.
-async fn deliver(engine: &Engine, mut sub: Live) -> Result<(), ApiError> {
+async fn deliver(engine: &Engine, sub: Live) -> Result<(), ApiError> {
+    // Read again now that this round holds the subscription: the row read before the claim
+    // may predate a round that just finished.
+    let (e, id) = (engine.clone(), sub.id.clone());
+    let Some(mut sub) =
+        blocking(move || Ok(dispatch::live(&e, Some(&id))?.into_iter().next())).await?
+    else {
+        return Ok(());
+    };
+    if sub.status == "off" || !due(engine, &sub, now_ms()) {
+        return Ok(());
+    }
     if sub.status == "requested"
         && (sub.spec.classic_wire() || sub.spec.channel.kind == ChannelKind::Websocket)
     {
@@ -239,7 +250,8 @@ async fn deliver(engine: &Engine, mut sub: Live) -> Result<(), ApiError> {
         blocking(move || {
             e.store.exec_admin(
                 "UPDATE ex_sub SET delivered = CASE WHEN delivered < ? THEN ? ELSE delivered END, \
-                 failures = 0, next_try = 0, last_sent = ?, status = 'active', last_error = '' WHERE id = ?",
+                 failures = 0, next_try = 0, last_sent = ?, last_error = '', \
+                 status = CASE WHEN status IN ('off', 'requested') THEN status ELSE 'active' END WHERE id = ?",
                 &[Val::Int(last), Val::Int(last), Val::Int(now_ms()), Val::Text(id)],
             )?;
             Ok(())
@@ -249,13 +261,13 @@ async fn deliver(engine: &Engine, mut sub: Live) -> Result<(), ApiError> {
         sub.last_sent = now_ms();
         // Refresh the count: more may have been numbered meanwhile.
         let (e, id) = (engine.clone(), sub.id.clone());
-        if let Some(fresh) =
-            blocking(move || Ok(dispatch::live(&e, Some(&id))?.into_iter().next())).await?
-        {
-            if fresh.status == "off" {
-                return Ok(());
+        match blocking(move || Ok(dispatch::live(&e, Some(&id))?.into_iter().next())).await? {
+            // Turned off, deleted or changed meanwhile (a new endpoint, a new handshake):
+            // the next round starts from the row as it is now.
+            Some(fresh) if fresh.status == sub.status && fresh.spec == sub.spec => {
+                sub.events = fresh.events;
             }
-            sub.events = fresh.events;
+            _ => return Ok(()),
         }
     }
     let heartbeat = sub.spec.channel.heartbeat_s as i64 * 1000;
@@ -313,7 +325,7 @@ async fn failed(engine: &Engine, sub: &Live, why: String) -> Result<(), ApiError
     blocking(move || {
         e.store.exec_admin(
             "UPDATE ex_sub SET failures = ?, next_try = ?, last_error = ?, \
-             status = CASE WHEN status = 'off' THEN 'off' ELSE 'error' END WHERE id = ?",
+             status = CASE WHEN status IN ('off', 'requested') THEN status ELSE 'error' END WHERE id = ?",
             &[
                 Val::Int(failures),
                 Val::Int(next),
@@ -449,6 +461,11 @@ pub(crate) fn events_as(
     let owned = sub.spec.topic.as_deref().is_some_and(|t| {
         t == hutong_exchange::topic::TASK_ASSIGNED || t == hutong_exchange::topic::FOLLOW_UP_DUE
     });
+    let org = match (owned, sub.owner.institution.as_deref()) {
+        (true, Some(inst)) => crate::consent::organization_of(engine, inst)?
+            .and_then(|o| o["id"].as_str().map(String::from)),
+        _ => None,
+    };
     let mut out = Vec::with_capacity(rows.len());
     let mut last = after;
     for r in rows {
@@ -462,6 +479,12 @@ pub(crate) fn events_as(
             g.scope.clone()
         };
         let found = match engine.store.vread(&rtype, &id, version, &scope)? {
+            // The version numbered, not the current one, must be the subscriber's Task.
+            Lookup::Found(s) if owned && !s.deleted => {
+                let inst = sub.owner.institution.as_deref().unwrap_or("");
+                let v: serde_json::Value = s.json()?;
+                dispatch::owned_by(&v, inst, org.as_deref()).then_some(s)
+            }
             Lookup::Found(s) => Some(s),
             _ => None,
         };

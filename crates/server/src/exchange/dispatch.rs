@@ -89,14 +89,18 @@ pub fn dispatch_once(engine: &Engine, limit: usize) -> Result<usize, ApiError> {
     let mut ctx = Context::default();
     let mut found: Vec<(String, Vec<&Logged>)> = Vec::new();
     for sub in &subs {
+        // A failure of the database leaves the cursor where it is: the batch is read again,
+        // rather than its events lost. A filter that no longer searches (a definition changed
+        // since it was accepted) would fail every time: that subscription alone is skipped.
         match matches(engine, sub, &rows, &mut ctx) {
             Ok(hits) if !hits.is_empty() => {
                 found.push((sub.id.clone(), hits.into_iter().map(|i| &rows[i]).collect()))
             }
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(subscription = %sub.id, error = %e.message(), "A subscription's filter failed; its events from these changes are skipped.")
+            Err(e) if e.status < 500 => {
+                tracing::warn!(subscription = %sub.id, error = %e.message(), "A subscription's filter no longer searches; it is skipped.")
             }
+            Err(e) => return Err(e),
         }
     }
     let mut moved = false;
@@ -190,7 +194,7 @@ impl Context {
 
 /// Whether a Task is assigned to `source`'s institution (`owner` by reference to its
 /// Organization, or by its USCC identifier).
-fn owned_by(task: &Value, source: &str, org: Option<&str>) -> bool {
+pub(crate) fn owned_by(task: &Value, source: &str, org: Option<&str>) -> bool {
     let owner = &task["owner"];
     let by_ref =
         org.is_some_and(|o| owner["reference"].as_str() == Some(&format!("Organization/{o}")));
@@ -239,6 +243,8 @@ fn matches(
         for (i, r) in rows.iter().enumerate() {
             let fires =
                 topic.is_none_or(|t| t.fires_on(&r.rtype) && (!r.deleted || t.fires_on_delete()));
+            // Subscriptions themselves are never news: they carry their owners' secrets.
+            let fires = fires && r.rtype != "Subscription";
             if fires && r.ts >= sub.created && (p.rtype == "*" || p.rtype == r.rtype) {
                 by_type.entry(r.rtype.as_str()).or_default().push(i);
             }

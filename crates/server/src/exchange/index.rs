@@ -129,6 +129,23 @@ pub(crate) fn written(
     let topic_owned = spec.topic.as_deref().is_some_and(|t| {
         t == hutong_exchange::topic::TASK_ASSIGNED || t == hutong_exchange::topic::FOLLOW_UP_DUE
     });
+    if topic_owned {
+        // Tasks assigned to the subscriber are matched over every Task: a chain or `_has`
+        // would then ask about records it may not read.
+        for (i, f) in spec.filters.iter().enumerate() {
+            if prepare(&f.rtype, &f.query)?
+                .params
+                .iter()
+                .any(|(k, _)| k.contains('.') || k.starts_with("_has"))
+            {
+                return Err(ApiError::of(
+                    Code::Forbidden,
+                    "Filters on assigned Tasks take the Task's own parameters, not chains or _has",
+                )
+                .with_expression(format!("Subscription._criteria.extension[{i}]")));
+            }
+        }
+    }
     if topic_owned && g.principal.institution.is_none() {
         return Err(ApiError::of(
             Code::Forbidden,

@@ -13,8 +13,8 @@ use crate::guard::Guard;
 use crate::wire::{Req, Resp};
 use crate::Engine;
 
-/// The subscription `id` if `g` may see it: its owner (the same client, or a clinician of
-/// the same institution) or the platform.
+/// The subscription `id` if `g` may see it: its owner (the same client or user — not a
+/// colleague, whose reads differ) or the platform.
 fn own(engine: &Engine, g: &Guard, id: &str) -> Result<Live, ApiError> {
     g.may("Subscription", Perms::READ)?;
     let Some(sub) = live(engine, Some(id))?.into_iter().next() else {
@@ -24,8 +24,9 @@ fn own(engine: &Engine, g: &Guard, id: &str) -> Result<Live, ApiError> {
     };
     let p = &g.principal;
     let mine = p.kind == Kind::Platform
-        || (p.subject == sub.owner.subject && p.kind == sub.owner.kind)
-        || (p.institution.is_some() && p.institution == sub.owner.institution);
+        || (p.subject == sub.owner.subject
+            && p.kind == sub.owner.kind
+            && p.institution == sub.owner.institution);
     if !mine {
         return Err(g.hidden(&format!("Subscription/{id}")));
     }

@@ -236,9 +236,6 @@ async fn fhir(
         Err(_) => return too_large(st.body_limit),
     };
     let base = st.public_base(&parts.headers);
-    if st.base_url.is_none() && st.engine.hub.base().is_empty() {
-        st.engine.hub.set_base(&base);
-    }
     let principal = principal.unwrap_or_else(|| Arc::new(Principal::nobody()));
     // Only the platform's own clients say on whose behalf they submit; everyone else
     // submits as their institution.

@@ -179,7 +179,7 @@ async fn notifications_are_reads_by_the_subscriber(app: &TestApp) {
         .1
         .as_deref()
         .unwrap()
-        .contains(&format!("Observation/{own}/_history/1")));
+        .ends_with(&format!("/Observation/{own}")));
 
     // With the resident's consent, B's new results reach A.
     let consent = grant_by_sms(app, &r, &[]).await;
@@ -197,10 +197,7 @@ async fn notifications_are_reads_by_the_subscriber(app: &TestApp) {
     );
     assert_eq!(
         events_of(&last),
-        vec![(
-            2,
-            Some(format!("{}/Observation/{shared}/_history/1", app.base))
-        )]
+        vec![(2, Some(format!("{}/Observation/{shared}", app.base)))]
     );
 
     // Every notification carries the receiver's header and the signature over its body.
@@ -272,6 +269,15 @@ async fn notifications_are_reads_by_the_subscriber(app: &TestApp) {
         )
         .await;
     assert_eq!(other.status, 403, "{}", other.body);
+    // Nor can a colleague at A, whose reads differ from the system's.
+    let colleague = app.clinician(A);
+    for path in [
+        format!("Subscription/{sub}/$events"),
+        format!("Subscription/{sub}/$status"),
+    ] {
+        let r = app.send_as(&colleague, "GET", &path, None, &[]).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
 
     // The notification of B's result is in the audit trail as a read by A's system.
     app.flush_audit();
@@ -425,7 +431,7 @@ async fn classic_and_websocket_subscriptions_deliver(app: &TestApp) {
     assert_eq!(kind(&b), "event-notification");
     assert_eq!(
         events_of(&b),
-        vec![(1, Some(format!("{}/Observation/{o}/_history/1", app.base)))]
+        vec![(1, Some(format!("{}/Observation/{o}", app.base)))]
     );
 }
 

@@ -1,0 +1,324 @@
+//! The subscriptions' figures (issue 28): events delivered over rest-hook on loopback while
+//! an institution writes at a steady rate, their change-to-delivery latency, and what 100
+//! active subscriptions cost the write path.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{client_with, median, settings, Report};
+use hutong_server::Application;
+
+const INSTITUTION: &str = "urn:hutong:org:91330100EXBENCH01";
+
+/// What the receiver saw: per event its latency (ms, from the change's write to its
+/// arrival), and how many POSTs.
+#[derive(Default)]
+struct Seen {
+    latency: Vec<f64>,
+    posts: u64,
+    numbers: Vec<i64>,
+    last: Option<Instant>,
+}
+
+async fn receiver(seen: Arc<Mutex<Seen>>) -> anyhow::Result<String> {
+    async fn take(
+        axum::extract::State(seen): axum::extract::State<Arc<Mutex<Seen>>>,
+        body: axum::body::Bytes,
+    ) -> &'static str {
+        let now = hutong_fhir::date::now_ms();
+        let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+            return "";
+        };
+        let params = b["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        s.posts += 1;
+        for p in params.iter().filter(|p| p["name"] == "notification-event") {
+            let part = |n: &str| {
+                p["part"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["name"] == n)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let ts = part("timestamp")["valueInstant"]
+                .as_str()
+                .and_then(hutong_fhir::date::parse)
+                .map_or(now, |r| r.lo);
+            s.latency.push((now - ts) as f64);
+            s.numbers.push(
+                part("event-number")["valueString"]
+                    .as_str()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0),
+            );
+            s.last = Some(Instant::now());
+        }
+        ""
+    }
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(take))
+        .with_state(seen);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(format!("http://127.0.0.1:{port}/hook"))
+}
+
+fn subscription(endpoint: &str, code: &str, max_count: u64) -> Value {
+    use hutong_exchange::ig;
+    json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+        "criteria": hutong_exchange::topic::RECORD_CHANGED,
+        "_criteria": {"extension": [{"url": ig::FILTER_CRITERIA, "valueString": format!("Observation?code=http://loinc.org|{code}")}]},
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": ig::PAYLOAD_CONTENT, "valueCode": "id-only"}]},
+            "extension": [{"url": ig::MAX_COUNT, "valuePositiveInt": max_count}]}})
+}
+
+fn observations(patient: &str, n: usize, code: &str) -> Vec<u8> {
+    let entries: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": format!("Patient/{patient}")},
+                "effectiveDateTime": "2026-12-01T08:00:00+08:00",
+                "valueQuantity": {"value": 5.0 + i as f64 / 100.0, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}},
+                "request": {"method": "POST", "url": "Observation"}})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+        .unwrap_or_default()
+}
+
+struct Node {
+    base: String,
+    client: reqwest::Client,
+    patient: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn node(dir: &std::path::Path) -> anyhow::Result<Node> {
+    let app = Application::build(settings(dir.display().to_string())).await?;
+    let base = format!("http://127.0.0.1:{}/fhir", app.port());
+    let p = hutong_access::Principal {
+        kind: hutong_access::Kind::System,
+        subject: "ex-his".into(),
+        name: None,
+        institution: Some(INSTITUTION.into()),
+        practitioner: None,
+        person: None,
+        roles: Vec::new(),
+        scopes: hutong_access::Scopes::parse("system/*.cruds"),
+        booking: false,
+    };
+    let token = app.engine.access.tokens.issue_for(&p, 6 * 3600);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = client_with(&token)?;
+    let r: Value = client
+        .post(format!("{base}/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(serde_json::to_vec(&json!({"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01", "name": [{"text": "订阅测试"}]}))?)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(Node {
+        base,
+        client,
+        patient: r["id"].as_str().unwrap_or_default().to_string(),
+        stop,
+        server,
+    })
+}
+
+impl Node {
+    async fn subscribe(&self, v: &Value) -> anyhow::Result<()> {
+        self.client
+            .post(format!("{}/Subscription", self.base))
+            .header("content-type", "application/fhir+json")
+            .body(serde_json::to_vec(v)?)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    async fn post(&self, body: Vec<u8>) -> anyhow::Result<()> {
+        self.client
+            .post(&self.base)
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// One delivery run: `rate` Observations a second for `secs`, one subscription matching
+/// them all. Returns (events delivered per second, POSTs per second, latencies, written).
+async fn delivery(
+    dir: &std::path::Path,
+    max_count: u64,
+    rate: usize,
+    secs: u64,
+) -> anyhow::Result<(f64, f64, Vec<f64>, usize)> {
+    let n = node(dir).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let hook = receiver(seen.clone()).await?;
+    n.subscribe(&subscription(&hook, "4548-4", max_count))
+        .await?;
+    // The handshake first.
+    for _ in 0..200 {
+        if seen.lock().unwrap_or_else(|e| e.into_inner()).posts > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Bundles of 50 every 50/rate seconds.
+    let per = 50;
+    let period = Duration::from_secs_f64(per as f64 / rate as f64);
+    let total = rate * secs as usize / per;
+    let body = observations(&n.patient, per, "4548-4");
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(period);
+    let mut inflight = Vec::new();
+    let node = Arc::new(n);
+    for _ in 0..total {
+        tick.tick().await;
+        let (nd, b) = (node.clone(), body.clone());
+        inflight.push(tokio::spawn(async move { nd.post(b).await }));
+        inflight.retain(|h| !h.is_finished());
+    }
+    for h in inflight {
+        h.await??;
+    }
+    let written = total * per;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = seen.lock().unwrap_or_else(|e| e.into_inner()).numbers.len();
+        if got >= written || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let span = s.last.map_or(1.0, |l| (l - t0).as_secs_f64());
+    let mut nums = s.numbers.clone();
+    nums.sort_unstable();
+    nums.dedup();
+    anyhow::ensure!(
+        nums.len() == written && s.numbers.len() == written,
+        "delivered {} events ({} distinct) of {written}",
+        s.numbers.len(),
+        nums.len()
+    );
+    if let Ok(n) = Arc::try_unwrap(node) {
+        n.stop().await;
+    }
+    Ok((
+        written as f64 / span,
+        (s.posts - 1) as f64 / span,
+        s.latency,
+        written,
+    ))
+}
+
+/// Resources a second the write path takes with `subs` active subscriptions (one of them
+/// matching what is written, the others on codes not written).
+async fn ingest_with(dir: &std::path::Path, subs: usize, bundles: usize) -> anyhow::Result<f64> {
+    let n = node(dir).await?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let hook = receiver(seen).await?;
+    for i in 0..subs {
+        let code = if i == 0 {
+            "4548-4".to_string()
+        } else {
+            format!("bench-{i}")
+        };
+        n.subscribe(&subscription(&hook, &code, 100)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per = 100;
+    let body = observations(&n.patient, per, "4548-4");
+    let t0 = Instant::now();
+    // Two writers, as the bundle figure.
+    let node = Arc::new(n);
+    let mut hs = Vec::new();
+    for w in 0..2 {
+        let nd = node.clone();
+        let b = body.clone();
+        hs.push(tokio::spawn(async move {
+            for _ in (w..bundles).step_by(2) {
+                nd.post(b.clone()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for h in hs {
+        h.await??;
+    }
+    let rate = (bundles * per) as f64 / t0.elapsed().as_secs_f64();
+    if let Ok(n) = Arc::try_unwrap(node) {
+        n.stop().await;
+    }
+    Ok(rate)
+}
+
+pub(super) fn figures(
+    work: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    let rate = 5_000;
+    for max_count in [1u64, 50] {
+        let dir = work.join(format!("exchange-{max_count}"));
+        let (events, posts, mut lat, written) = rt.block_on(delivery(&dir, max_count, rate, 10))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let p50 = lat[lat.len() / 2];
+        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+        rep.row(
+            &format!("Subscription events delivered over rest-hook, {rate} changes/s for 10 s ({written} events, max-count {max_count}; events/s, POSTs/s)"),
+            format!("{events:.0} / {posts:.0}"),
+            "≥ 5,000",
+        );
+        rep.row(
+            &format!("Change-to-delivery latency at {rate} changes/s, max-count {max_count} (ms, p50 / p99)"),
+            format!("{p50:.0} / {p99:.0}"),
+            "p99 ≤ 200",
+        );
+    }
+    // The write path with none and with 100 active subscriptions, alternating, median of 3.
+    let (mut none, mut hundred) = (Vec::new(), Vec::new());
+    for k in 0..3 {
+        for (subs, out) in [(0usize, &mut none), (100, &mut hundred)] {
+            let dir = work.join(format!("exchange-ingest-{subs}-{k}"));
+            out.push(rt.block_on(ingest_with(&dir, subs, 200))?);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let (a, b) = (median(none), median(hundred));
+    rep.row(
+        "Transaction bundles (200×100 Observations, 2 clients) with 0 / 100 active subscriptions (resources/s, median of 3, alternating)",
+        format!("{a:.0} / {b:.0} ({:+.1} %)", (b - a) / a * 100.0),
+        "cost ≤ 10 %",
+    );
+    Ok(())
+}
