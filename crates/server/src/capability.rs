@@ -175,6 +175,18 @@ fn build() -> Value {
                     ops.push(json!({"name": op, "definition": format!("https://hutong.dev/fhir/OperationDefinition/Consent-{op}")}));
                 }
             }
+            if t == "Subscription" {
+                // The Subscriptions R5 Backport IG's operations, and the topics offered.
+                for op in ["status", "events", "get-ws-binding-token"] {
+                    ops.push(json!({"name": op, "definition": format!("http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-{op}")}));
+                }
+                r["extension"] = json!(crate::exchange::topics()
+                    .all()
+                    .iter()
+                    .map(|t| json!({"url": hutong_exchange::ig::TOPIC_CANONICAL, "valueCanonical": t.url}))
+                    .collect::<Vec<_>>());
+                r["supportedProfile"] = json!([hutong_exchange::ig::SUBSCRIPTION_PROFILE]);
+            }
             if t == "AuditEvent" {
                 ops.push(json!({"name": "verify", "definition": "https://hutong.dev/fhir/OperationDefinition/AuditEvent-verify"}));
             }
@@ -248,6 +260,7 @@ mod tests {
             } else {
                 assert!(
                     url.starts_with("http://hl7.org/fhir/uv/bulkdata/")
+                        || url.starts_with("http://hl7.org/fhir/uv/subscriptions-backport/")
                         || url.starts_with("https://profiles.ihe.net/"),
                     "{url}: whose canonical is this?"
                 );

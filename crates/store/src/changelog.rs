@@ -149,6 +149,20 @@ pub fn lock_cursor(conn: &mut dyn Conn, consumer: &str) -> Result<Cursor, StoreE
     }))
 }
 
+/// Where `consumer` stands, if it has started.
+pub fn cursor(conn: &mut dyn Conn, consumer: &str) -> Result<Option<Cursor>, StoreError> {
+    Ok(conn
+        .query(
+            "SELECT xid, seq FROM chg_cursor WHERE consumer = ?",
+            &[Val::Text(consumer.into())],
+        )?
+        .first()
+        .map(|r| Cursor {
+            xid: r[0].int(),
+            seq: r[1].int(),
+        }))
+}
+
 /// Moves `consumer`'s cursor to `to` (in the transaction that recorded what it did).
 pub fn set_cursor(conn: &mut dyn Conn, consumer: &str, to: Cursor) -> Result<(), StoreError> {
     conn.exec(

@@ -1129,8 +1129,19 @@ impl Store {
     /// Where `consumer` stands in the change log (see [`changelog`]); a new consumer starts
     /// at its end.
     pub fn change_cursor(&self, consumer: &str) -> Result<changelog::Cursor, StoreError> {
-        let mut w = self.inner.writer.get()?;
-        changelog::lock_cursor(w.conn(), consumer)
+        // Read off the writer (a consumer polls often; the writer is the bottleneck of the
+        // embedded store); created there the first time only.
+        let found = {
+            let mut c = self.reader()?;
+            changelog::cursor(c.conn(), consumer)?
+        };
+        match found {
+            Some(c) => Ok(c),
+            None => {
+                let mut w = self.inner.writer.get()?;
+                changelog::lock_cursor(w.conn(), consumer)
+            }
+        }
     }
 
     /// Up to `limit` logged changes after `from`, oldest first (read outside any write, so
@@ -1182,7 +1193,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut c = self.inner.writer.get()?;
         let conn = c.conn();
-        conn.batch("BEGIN")?;
+        // IMMEDIATE on SQLite: a transaction that reads first and then writes would otherwise
+        // fail at once (not wait) when another connection (the audit sink's) writes between.
+        conn.batch(match self.inner.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        })?;
         match f(&mut *conn) {
             Ok(()) => conn.batch("COMMIT"),
             Err(e) => {

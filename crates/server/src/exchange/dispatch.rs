@@ -87,12 +87,13 @@ pub fn dispatch_once(engine: &Engine, limit: usize) -> Result<usize, ApiError> {
     };
     let subs = live(engine, None)?;
     let mut ctx = Context::default();
+    let mut tokens = Tokens::default();
     let mut found: Vec<(String, Vec<&Logged>)> = Vec::new();
     for sub in &subs {
         // A failure of the database leaves the cursor where it is: the batch is read again,
         // rather than its events lost. A filter that no longer searches (a definition changed
         // since it was accepted) would fail every time: that subscription alone is skipped.
-        match matches(engine, sub, &rows, &mut ctx) {
+        match matches(engine, sub, &rows, &mut ctx, &mut tokens) {
             Ok(hits) if !hits.is_empty() => {
                 found.push((sub.id.clone(), hits.into_iter().map(|i| &rows[i]).collect()))
             }
@@ -212,20 +213,139 @@ pub(crate) fn is_follow_up_list(task: &Value) -> bool {
         .any(|c| c["code"] == crate::coordination::contracts::FOLLOW_UP_LIST)
 }
 
+/// One plain token parameter of a filter: its name and the (system, code) pairs it accepts.
+type TokenFilter = (String, Vec<(Option<String>, String)>);
+
+/// A filter's plain token parameters (`code=system|code`, `category=x,y` — no modifier, no
+/// chain) as (parameter, accepted (system, code) pairs): a resource none of whose index
+/// tokens meet one of them cannot match, and is not searched for. Other parameters decide
+/// in the search alone.
+fn token_prefilter(rtype: &str, params: &[(String, String)]) -> Vec<TokenFilter> {
+    let defs = hutong_fhir::Definitions::get();
+    params
+        .iter()
+        .filter(|(k, _)| !k.contains(':') && !k.contains('.') && !k.starts_with('_'))
+        .filter(|(k, _)| {
+            defs.param(rtype, k)
+                .is_some_and(|d| d.kind == hutong_fhir::defs::ParamType::Token)
+        })
+        .map(|(k, v)| {
+            let accepted = v
+                .split(',')
+                .map(|one| match one.split_once('|') {
+                    Some((s, c)) => (Some(s.to_string()), c.to_string()),
+                    None => (None, one.to_string()),
+                })
+                .collect();
+            (k.clone(), accepted)
+        })
+        .collect()
+}
+
+/// Whether `body` contains, as a JSON string, at least one code each prefilter accepts.
+fn mentions_any(body: &[u8], pre: &[TokenFilter]) -> bool {
+    pre.iter().all(|(_, accepted)| {
+        accepted.iter().any(|(_, code)| {
+            // A code JSON would escape is not looked for literally.
+            if code.contains(['"', '\\']) || code.chars().any(char::is_control) {
+                return true;
+            }
+            let quoted = format!("\"{code}\"");
+            body.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+        })
+    })
+}
+
+/// The changed resources' bodies and (once a subscription needs them) token index
+/// entries, read once per batch for every subscription that prefilters on tokens.
+#[derive(Default)]
+struct Tokens(HashMap<(String, String), Option<Cached>>);
+
+struct Cached {
+    stored: Stored,
+    entries: Option<Vec<hutong_fhir::index::Entry>>,
+}
+
+impl Tokens {
+    /// The version read for the prefilter (current when the batch was matched).
+    fn stored(&self, rtype: &str, id: &str) -> Option<&Stored> {
+        self.0
+            .get(&(rtype.to_string(), id.to_string()))
+            .and_then(Option::as_ref)
+            .map(|c| &c.stored)
+    }
+
+    fn may_match(
+        &mut self,
+        engine: &Engine,
+        rtype: &str,
+        id: &str,
+        pre: &[TokenFilter],
+    ) -> Result<bool, ApiError> {
+        if pre.is_empty() {
+            return Ok(true);
+        }
+        let key = (rtype.to_string(), id.to_string());
+        if !self.0.contains_key(&key) {
+            let cached = match engine.store.read(rtype, id, &Scope::All)? {
+                Lookup::Found(s) if !s.deleted => Some(Cached {
+                    stored: s,
+                    entries: None,
+                }),
+                _ => None,
+            };
+            self.0.insert(key.clone(), cached);
+        }
+        let Some(c) = self.0.get_mut(&key).and_then(Option::as_mut) else {
+            // Gone since: the search will say.
+            return Ok(true);
+        };
+        // A body that does not contain an accepted code anywhere cannot match: decided
+        // without parsing it (most changes, for most subscriptions).
+        if !mentions_any(&c.stored.body, pre) {
+            return Ok(false);
+        }
+        if c.entries.is_none() {
+            let v: Value = serde_json::from_slice(&c.stored.body)
+                .map_err(|e| ApiError::of(crate::error::Code::Internal, e.to_string()))?;
+            c.entries = Some(hutong_fhir::index::extract_kind(
+                rtype,
+                &v,
+                hutong_fhir::defs::ParamType::Token,
+            ));
+        }
+        let entries = c.entries.as_deref().unwrap_or_default();
+        Ok(pre.iter().all(|(param, accepted)| {
+            entries.iter().any(|e| {
+                e.param == param
+                    && matches!(&e.value, hutong_fhir::index::IndexValue::Token { system, code, .. }
+                        if accepted.iter().any(|(s, c)| c == code && s.as_deref().is_none_or(|s| s == system)))
+            })
+        }))
+    }
+}
+
 /// The indexes into `rows` of the changes `sub` is told about.
 fn matches(
     engine: &Engine,
     sub: &Live,
     rows: &[Logged],
     ctx: &mut Context,
+    tokens: &mut Tokens,
 ) -> Result<BTreeSet<usize>, ApiError> {
-    let g = Guard::new(
-        engine,
-        sub.owner.clone(),
-        None,
-        None,
-        format!("Subscription/{}", sub.id),
-    );
+    // The subscriber's access decision, made once a change may concern it.
+    let guard: std::cell::OnceCell<Guard> = std::cell::OnceCell::new();
+    let g = || -> &Guard {
+        guard.get_or_init(|| {
+            Guard::new(
+                engine,
+                sub.owner.clone(),
+                None,
+                None,
+                format!("Subscription/{}", sub.id),
+            )
+        })
+    };
     let topic = sub
         .spec
         .topic
@@ -251,28 +371,51 @@ fn matches(
         }
         for (t, idx) in by_type {
             let mut visible: HashMap<String, Stored> = HashMap::new();
-            let live_ids: Vec<&str> = {
-                let mut v: Vec<&str> = idx
-                    .iter()
-                    .filter(|i| !rows[**i].deleted)
-                    .map(|i| rows[*i].id.as_str())
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            };
+            let pre = token_prefilter(t, &p.params);
+            let mut live_ids: Vec<&str> = Vec::new();
+            for i in &idx {
+                let r = &rows[*i];
+                if !r.deleted && tokens.may_match(engine, t, &r.id, &pre)? {
+                    live_ids.push(r.id.as_str());
+                }
+            }
+            live_ids.sort_unstable();
+            live_ids.dedup();
+            if live_ids.is_empty()
+                && (idx.iter().all(|i| !rows[*i].deleted) || !p.params.is_empty())
+            {
+                continue;
+            }
             // A Task assigned to the subscriber is theirs to be told about, whoever filed it.
             let scope = if owned.is_some() {
-                &Scope::All
+                Scope::All
             } else {
-                &g.scope
+                g().scope.clone()
+            };
+            // Every parameter a plain token the prefilter decided exactly: what remains is the
+            // access decision, on the version already read.
+            let decided = !pre.is_empty() && pre.len() == p.params.len();
+            if decided && owned.is_none() {
+                let g = g();
+                for id in &live_ids {
+                    if let Some(s) = tokens.stored(t, id) {
+                        if g.scope.permits_stored(s) {
+                            visible.insert(id.to_string(), s.clone());
+                        }
+                    }
+                }
+            }
+            let live_ids: Vec<&str> = if decided && owned.is_none() {
+                Vec::new()
+            } else {
+                live_ids
             };
             for chunk in live_ids.chunks(200) {
                 let mut params = p.params.clone();
                 params.push(("_id".into(), chunk.join(",")));
                 params.push(("_count".into(), "200".into()));
                 let q = Query::parse(t, &params, true)?;
-                for s in engine.store.search(&q, scope)?.matches {
+                for s in engine.store.search(&q, &scope)?.matches {
                     visible.insert(s.id.clone(), s);
                 }
             }
@@ -283,7 +426,7 @@ fn matches(
                     // no longer searched), if the subscriber could read it.
                     p.params.is_empty()
                         && matches!(
-                            engine.store.read(&r.rtype, &r.id, &g.scope)?,
+                            engine.store.read(&r.rtype, &r.id, &g().scope)?,
                             Lookup::Found(_)
                         )
                 } else {
