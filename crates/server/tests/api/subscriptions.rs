@@ -22,6 +22,7 @@ crate::on_both_with!(super::settings;
     classic_and_websocket_subscriptions_deliver,
     assigned_tasks_and_follow_ups_reach_their_institution,
     bad_subscriptions_are_refused_precisely,
+    district_filters_follow_the_residents_address,
 );
 
 fn settings(_: &mut hutong_server::Settings) {}
@@ -565,4 +566,192 @@ async fn bad_subscriptions_are_refused_precisely(app: &TestApp) {
         .send_as(&sa, "GET", "Subscription/$topics", None, &[])
         .await;
     assert_eq!(t.body["total"], 3);
+}
+
+/// The queue is in the store: events numbered while the receiver was down are delivered by
+/// the server that comes up on the same store after a restart, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_survives_a_restart_of_the_server() {
+    use hutong_access::principal::{Kind, Principal, Scopes};
+    let dir = hutong_store::testing::TempDir::new("subs-restart");
+    let settings = || hutong_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        default_source: "urn:test:default".into(),
+        link_interval: None,
+        ..hutong_server::Settings::new(dir.0.display().to_string())
+    };
+    let system = Principal {
+        kind: Kind::System,
+        subject: format!("his@{A}"),
+        name: None,
+        institution: Some(A.into()),
+        practitioner: None,
+        person: None,
+        roles: vec![],
+        scopes: Scopes::parse("system/*.cruds"),
+        booking: false,
+    };
+    async fn start(
+        s: hutong_server::Settings,
+        p: &Principal,
+    ) -> (
+        String,
+        String,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let app = hutong_server::Application::build(s).await.unwrap();
+        let base = format!("http://127.0.0.1:{}/fhir", app.port());
+        let token = app.engine.access.tokens.issue_for(p, 3600);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        (base, token, stop, h)
+    }
+    let http = reqwest::Client::new();
+    let post = |base: String, token: String, path: &str, v: Value| {
+        let url = format!("{base}/{path}");
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .body(v.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let rx = Receiver::default();
+    let hook = rx.start().await;
+
+    let (base, token, stop, server) = start(settings(), &system).await;
+    let p = post(
+        base.clone(),
+        token.clone(),
+        "Patient",
+        json!({"resourceType": "Patient", "gender": "female", "birthDate": "1980-01-01"}),
+    )
+    .await;
+    let patient = p["id"].as_str().unwrap().to_string();
+    let filter = format!("Observation?subject=Patient/{patient}");
+    let sub = post(
+        base.clone(),
+        token.clone(),
+        "Subscription",
+        backport(RECORD_CHANGED, &[&filter], &hook, "id-only"),
+    )
+    .await;
+    let sub = sub["id"].as_str().unwrap().to_string();
+    rx.until("the handshake", |r| !r.bundles().is_empty()).await;
+    rx.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let o = post(
+            base.clone(),
+            token.clone(),
+            "Observation",
+            observation(&patient, "4548-4"),
+        )
+        .await;
+        ids.push(o["id"].as_str().unwrap().to_string());
+    }
+    // Numbered (and failing) before the server goes.
+    let mut numbered = false;
+    for _ in 0..100 {
+        let st: Value = http
+            .get(format!("{base}/Subscription/{sub}/$status"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if st.to_string().contains("\"valueString\":\"3\"") {
+            numbered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        numbered,
+        "the three events were numbered before the restart"
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+
+    rx.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_base, _token, stop, server) = start(settings(), &system).await;
+    rx.until("the three events after the restart", |r| {
+        r.events().len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ev = rx.events();
+    assert_eq!(
+        ev.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{ev:?}"
+    );
+    for (e, id) in ev.iter().zip(&ids) {
+        assert!(e
+            .1
+            .as_deref()
+            .unwrap()
+            .ends_with(&format!("/Observation/{id}")));
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// `resident-district` (a GB/T 2260 code or a district's name) limits a subscription to the
+/// residents whose home address is in the district: what a district platform subscribes to.
+async fn district_filters_follow_the_residents_address(app: &TestApp) {
+    let r: Region = region(app).await;
+    let sa = app.system(A);
+    let (here, elsewhere) = (Receiver::default(), Receiver::default());
+    let (h1, h2) = (here.start().await, elsewhere.start().await);
+    // The region's residents live in 西湖区 (330106).
+    create_as(
+        app,
+        &sa,
+        backport(
+            RECORD_CHANGED,
+            &["Observation?code=4548-4&resident-district=330106"],
+            &h1,
+            "id-only",
+        ),
+    )
+    .await;
+    create_as(
+        app,
+        &sa,
+        backport(
+            RECORD_CHANGED,
+            &["Observation?resident-district=上城区"],
+            &h2,
+            "id-only",
+        ),
+    )
+    .await;
+    here.until("the handshake", |r| !r.bundles().is_empty())
+        .await;
+    elsewhere
+        .until("the handshake", |r| !r.bundles().is_empty())
+        .await;
+    let o = create_as(app, &sa, observation(&r.pa, "4548-4")).await;
+    here.until("the 西湖区 resident's result", |r| r.events().len() == 1)
+        .await;
+    assert!(here.events()[0]
+        .1
+        .as_deref()
+        .unwrap()
+        .ends_with(&format!("/Observation/{o}")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(elsewhere.events().is_empty(), "not a resident of 上城区");
 }
