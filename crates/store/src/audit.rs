@@ -35,6 +35,9 @@ pub struct Change {
     pub version: i64,
     pub shard: i64,
     pub deleted: bool,
+    /// The version's token index values (see [`crate::changelog::tokens_of`]); `None` when
+    /// they are not known in the clear (a deletion, identity data under keyed hashes).
+    pub tokens: Option<String>,
 }
 
 /// Describes a write transaction for the audit trail. `Store::write` asks it for the entry

@@ -686,12 +686,16 @@ impl<'a> Tx<'a> {
         if sens != 0 && !deleted {
             self.pending[6].push(vec![Val::Int(shard), Val::Int(rid), Val::Int(sens as i64)]);
         }
+        // The change log carries the version's tokens, so that a subscription on a code is
+        // decided without reading the body back (not for values kept as keyed hashes).
+        let blinded = self.cat.codec.protector().is_some_and(|p| p.seals(rtype));
         self.changes.push(Change {
             rtype: rtype.to_string(),
             id: id.to_string(),
             version,
             shard,
             deleted,
+            tokens: (!deleted && !blinded).then(|| crate::changelog::tokens_of(entries)),
         });
         Ok(Stored {
             rtype: rtype.to_string(),

@@ -1967,6 +1967,17 @@ fn change_log_in_commit_order(t: &TestStore) {
         ]
     );
     assert_eq!(got[2].shard, hutong_store::shard_of("c1"));
+    // Each version's tokens travel with it (what a subscription on a code is decided on);
+    // a deletion has none.
+    let toks: Vec<(String, String, String)> =
+        changelog::parse_tokens(got[2].tokens.as_deref().unwrap())
+            .map(|(p, s, c)| (p.into(), s.into(), c.into()))
+            .collect();
+    assert!(
+        toks.iter().any(|(p, _, c)| p == "status" && c == "final"),
+        "{toks:?}"
+    );
+    assert_eq!(got[3].tokens, None);
     assert_eq!(s.change_backlog("test").unwrap(), 4);
     // Only part of it read: the cursor moves in the consumer's own transaction.
     s.with_admin_tx(|c| {

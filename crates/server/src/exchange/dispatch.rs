@@ -242,6 +242,18 @@ fn token_prefilter(rtype: &str, params: &[(String, String)]) -> Vec<TokenFilter>
         .collect()
 }
 
+/// Whether a change's logged tokens meet every plain token parameter of a filter.
+fn logged_match(logged: &str, pre: &[TokenFilter]) -> bool {
+    pre.iter().all(|(param, accepted)| {
+        hutong_store::changelog::parse_tokens(logged).any(|(p, system, code)| {
+            p == param
+                && accepted
+                    .iter()
+                    .any(|(s, c)| c == code && s.as_deref().is_none_or(|s| s == system))
+        })
+    })
+}
+
 /// Whether `body` contains, as a JSON string, at least one code each prefilter accepts.
 fn mentions_any(body: &[u8], pre: &[TokenFilter]) -> bool {
     pre.iter().all(|(_, accepted)| {
@@ -267,12 +279,25 @@ struct Cached {
 }
 
 impl Tokens {
-    /// The version read for the prefilter (current when the batch was matched).
-    fn stored(&self, rtype: &str, id: &str) -> Option<&Stored> {
-        self.0
-            .get(&(rtype.to_string(), id.to_string()))
-            .and_then(Option::as_ref)
-            .map(|c| &c.stored)
+    /// The current version (read once per batch).
+    fn stored(
+        &mut self,
+        engine: &Engine,
+        rtype: &str,
+        id: &str,
+    ) -> Result<Option<&Stored>, ApiError> {
+        let key = (rtype.to_string(), id.to_string());
+        if !self.0.contains_key(&key) {
+            let cached = match engine.store.read(rtype, id, &Scope::All)? {
+                Lookup::Found(s) if !s.deleted => Some(Cached {
+                    stored: s,
+                    entries: None,
+                }),
+                _ => None,
+            };
+            self.0.insert(key.clone(), cached);
+        }
+        Ok(self.0[&key].as_ref().map(|c| &c.stored))
     }
 
     fn may_match(
@@ -375,7 +400,13 @@ fn matches(
             let mut live_ids: Vec<&str> = Vec::new();
             for i in &idx {
                 let r = &rows[*i];
-                if !r.deleted && tokens.may_match(engine, t, &r.id, &pre)? {
+                let may = match &r.tokens {
+                    _ if pre.is_empty() => true,
+                    // The change log carries the version's tokens: no read.
+                    Some(logged) => logged_match(logged, &pre),
+                    None => tokens.may_match(engine, t, &r.id, &pre)?,
+                };
+                if !r.deleted && may {
                     live_ids.push(r.id.as_str());
                 }
             }
@@ -398,7 +429,7 @@ fn matches(
             if decided && owned.is_none() {
                 let g = g();
                 for id in &live_ids {
-                    if let Some(s) = tokens.stored(t, id) {
+                    if let Some(s) = tokens.stored(engine, t, id)? {
                         if g.scope.permits_stored(s) {
                             visible.insert(id.to_string(), s.clone());
                         }
