@@ -31,9 +31,17 @@ pub struct Hub {
     tokens: Mutex<HashMap<String, Binding>>,
     base: Mutex<String>,
     inflight: Mutex<HashSet<String>>,
+    /// Subscriptions as parsed, by id and the row's `updated`.
+    parsed: Mutex<HashMap<String, (i64, Parsed)>>,
     client: reqwest::Client,
     pub(crate) wake: tokio::sync::Notify,
 }
+
+/// A subscription's owner and spec, parsed.
+pub(crate) type Parsed = (
+    Arc<hutong_access::principal::Principal>,
+    Arc<hutong_exchange::Spec>,
+);
 
 #[derive(Clone)]
 struct Binding {
@@ -48,6 +56,7 @@ impl Default for Hub {
             tokens: Default::default(),
             base: Mutex::new(String::new()),
             inflight: Default::default(),
+            parsed: Default::default(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(32)
                 .build()
@@ -69,6 +78,17 @@ impl Hub {
 
     pub fn base(&self) -> String {
         lock(&self.base).clone()
+    }
+
+    pub(crate) fn parsed(&self, id: &str, updated: i64) -> Option<Parsed> {
+        lock(&self.parsed)
+            .get(id)
+            .filter(|(u, _)| *u == updated)
+            .map(|(_, p)| p.clone())
+    }
+
+    pub(crate) fn keep_parsed(&self, id: &str, updated: i64, p: Parsed) {
+        lock(&self.parsed).insert(id.to_string(), (updated, p));
     }
 
     /// A token binding a websocket to `subs`, valid `ttl_ms`.

@@ -42,29 +42,40 @@ pub(crate) fn live(engine: &Engine, only: Option<&str>) -> Result<Vec<Live>, Api
         None => ("status <> 'off'", vec![]),
     };
     let rows = engine.store.query_admin(
-        &format!("SELECT id, owner, spec, status, events, delivered, failures, next_try, last_sent, created FROM ex_sub WHERE {cond}"),
+        &format!("SELECT id, owner, spec, status, events, delivered, failures, next_try, last_sent, created, updated FROM ex_sub WHERE {cond}"),
         &params,
     )?;
     let mut out = Vec::new();
     for r in rows {
-        let Ok(owner) = serde_json::from_str::<Principal>(r[1].text()) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(r[2].text()) else {
-            continue;
-        };
-        // Accepted when written; a catalogue changed since may refuse it now.
-        let Ok(spec) = Spec::parse(&v, super::topics()) else {
-            tracing::warn!(
-                subscription = r[0].text(),
-                "A subscription no longer reads; it is skipped."
-            );
-            continue;
+        // Read once per version of the row (the loop asks for them every few milliseconds).
+        let (id, updated) = (r[0].text(), r[10].int());
+        let cached = engine.hub.parsed(id, updated);
+        let (owner, spec) = match cached {
+            Some(x) => x,
+            None => {
+                let Ok(owner) = serde_json::from_str::<Principal>(r[1].text()) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(r[2].text()) else {
+                    continue;
+                };
+                // Accepted when written; a catalogue changed since may refuse it now.
+                let Ok(spec) = Spec::parse(&v, super::topics()) else {
+                    tracing::warn!(
+                        subscription = id,
+                        "A subscription no longer reads; it is skipped."
+                    );
+                    continue;
+                };
+                let x = (Arc::new(owner), Arc::new(spec));
+                engine.hub.keep_parsed(id, updated, x.clone());
+                x
+            }
         };
         out.push(Live {
             id: r[0].text().to_string(),
-            owner: Arc::new(owner),
-            spec,
+            owner,
+            spec: (*spec).clone(),
             status: r[3].text().to_string(),
             events: r[4].int(),
             delivered: r[5].int(),
@@ -88,12 +99,13 @@ pub fn dispatch_once(engine: &Engine, limit: usize) -> Result<usize, ApiError> {
     let subs = live(engine, None)?;
     let mut ctx = Context::default();
     let mut tokens = Tokens::default();
+    let mut sets = HashMap::new();
     let mut found: Vec<(String, Vec<&Logged>)> = Vec::new();
     for sub in &subs {
         // A failure of the database leaves the cursor where it is: the batch is read again,
         // rather than its events lost. A filter that no longer searches (a definition changed
         // since it was accepted) would fail every time: that subscription alone is skipped.
-        match matches(engine, sub, &rows, &mut ctx, &mut tokens) {
+        match matches(engine, sub, &rows, &mut ctx, &mut tokens, &mut sets) {
             Ok(hits) if !hits.is_empty() => {
                 found.push((sub.id.clone(), hits.into_iter().map(|i| &rows[i]).collect()))
             }
@@ -242,14 +254,31 @@ fn token_prefilter(rtype: &str, params: &[(String, String)]) -> Vec<TokenFilter>
         .collect()
 }
 
-/// Whether a change's logged tokens meet every plain token parameter of a filter.
-fn logged_match(logged: &str, pre: &[TokenFilter]) -> bool {
+/// A change's logged tokens as a set, read once per batch and shared by every
+/// subscription: `(param, system, code)`, and `(param, ANY, code)` for filters without a
+/// system.
+type TokenSet = std::collections::HashSet<(String, String, String)>;
+
+const ANY_SYSTEM: &str = "\u{0}";
+
+fn token_set(logged: &str) -> TokenSet {
+    let mut set = TokenSet::new();
+    for (p, s, c) in hutong_store::changelog::parse_tokens(logged) {
+        set.insert((p.to_string(), s.to_string(), c.to_string()));
+        set.insert((p.to_string(), ANY_SYSTEM.to_string(), c.to_string()));
+    }
+    set
+}
+
+/// Whether a change's tokens meet every plain token parameter of a filter.
+fn logged_match(set: &TokenSet, pre: &[TokenFilter]) -> bool {
     pre.iter().all(|(param, accepted)| {
-        hutong_store::changelog::parse_tokens(logged).any(|(p, system, code)| {
-            p == param
-                && accepted
-                    .iter()
-                    .any(|(s, c)| c == code && s.as_deref().is_none_or(|s| s == system))
+        accepted.iter().any(|(s, c)| {
+            set.contains(&(
+                param.clone(),
+                s.clone().unwrap_or_else(|| ANY_SYSTEM.to_string()),
+                c.clone(),
+            ))
         })
     })
 }
@@ -357,6 +386,7 @@ fn matches(
     rows: &[Logged],
     ctx: &mut Context,
     tokens: &mut Tokens,
+    sets: &mut HashMap<usize, TokenSet>,
 ) -> Result<BTreeSet<usize>, ApiError> {
     // The subscriber's access decision, made once a change may concern it.
     let guard: std::cell::OnceCell<Guard> = std::cell::OnceCell::new();
@@ -403,7 +433,10 @@ fn matches(
                 let may = match &r.tokens {
                     _ if pre.is_empty() => true,
                     // The change log carries the version's tokens: no read.
-                    Some(logged) => logged_match(logged, &pre),
+                    Some(logged) => {
+                        let set = sets.entry(*i).or_insert_with(|| token_set(logged));
+                        logged_match(set, &pre)
+                    }
                     None => tokens.may_match(engine, t, &r.id, &pre)?,
                 };
                 if !r.deleted && may {
