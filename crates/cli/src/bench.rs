@@ -892,6 +892,9 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
     pool::figures(&work, args.postgres.as_deref(), &rt, &mut rep)?;
     pool::followup_figures(&work, &mut rep)?;
 
+    // 6. Subscriptions: delivery over rest-hook and what subscriptions cost the writes.
+    exchange::figures(&work, &rt, &mut rep)?;
+
     write_report(&args, &rep, resources, started.elapsed())?;
     // A directory the user named is kept for inspection; our temporary one is not.
     if args.work_dir.is_none() {
@@ -1781,6 +1784,15 @@ the same institution. Follow-up lists: 20 community centres' systems each load 5
 (each with an ID number of their own, a hypertension or diabetes diagnosis, a contract and four quarterly follow-ups, \
 the last a week to four months ago), the persons are linked, then every centre's list is built in this process \
 (`coordination::contracts::worklist`, what `GET $follow-ups` serves), three times; the median.\n\
+- Subscriptions: a fresh embedded store per run, served in this process with a rest-hook receiver on loopback (which \
+reads every notification's event numbers and timestamps). One institution's system writes transaction bundles of 50 \
+Observations at a steady rate for 10 s, one topic-based subscription (`record-changed`, `Observation?code=…`, \
+`id-only`) matching all of them; the events delivered per second are all of them (each checked delivered once) over \
+the time from the first write to the last delivery, and the latency is the arrival time less the change's write time \
+(its transaction's start). The write-path figure: 200 bundles of 100 Observations from two clients with no \
+subscription, with 100 subscriptions on codes never written, and with 100 of which one matches every change \
+(every change then also delivered and audited); three fresh stores each, alternating, the median; the receiver only \
+acknowledges (a real one runs elsewhere).\n\
 \n## Reference point\n\
 The issue cites an existing Rust FHIR server on SQLite at about 1,300 resources/s for Synthea-style transaction \
 bundles on this kind of machine, storing 4.9× the raw JSON (cited, not measured here).\n";
