@@ -1952,7 +1952,16 @@ fn change_log_in_commit_order(t: &TestStore) {
     });
     s.write(&AUDIT, |tx| tx.delete("Observation", "o1", None))
         .unwrap();
-    let got = s.changes_after(start, 100).unwrap();
+    // On PostgreSQL the rows wait for every older transaction in the cluster (other tests'
+    // included) to end: give them the time that takes.
+    let mut got = Vec::new();
+    for _ in 0..600 {
+        got = s.changes_after(start, 100).unwrap();
+        if got.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let seen: Vec<(String, i64, bool)> = got
         .iter()
         .map(|c| (format!("{}/{}", c.rtype, c.id), c.version, c.deleted))
@@ -2022,12 +2031,19 @@ fn change_log_in_commit_order(t: &TestStore) {
         );
         go.send(()).unwrap();
         slow.join().unwrap();
-        let ids: Vec<String> = s
-            .changes_after(from, 100)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let mut ids: Vec<String> = Vec::new();
+        for _ in 0..600 {
+            ids = s
+                .changes_after(from, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            if ids.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         assert_eq!(ids, ["slow", "fast"]);
     }
 }

@@ -562,52 +562,11 @@ fn events_for(
     r
 }
 
-/// `GET /subscriptions/ws`: a websocket a subscriber binds to its subscriptions by sending
-/// `bind-with-token <token>` (the token from `$get-ws-binding-token`); it receives a
-/// handshake per subscription, then its notifications as text frames, and `ping` is
-/// answered `pong`.
-pub async fn websocket(
-    axum::extract::State(st): axum::extract::State<Arc<crate::http::AppState>>,
-    ws: axum::extract::ws::WebSocketUpgrade,
-) -> axum::response::Response {
-    ws.on_upgrade(move |socket| serve_socket(st.engine.clone(), socket))
-}
-
-async fn serve_socket(engine: Engine, mut socket: axum::extract::ws::WebSocket) {
-    use axum::extract::ws::Message;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    loop {
-        tokio::select! {
-            incoming = socket.recv() => {
-                let Some(Ok(msg)) = incoming else { break };
-                let Message::Text(text) = msg else {
-                    if matches!(msg, Message::Close(_)) { break }
-                    continue;
-                };
-                let text = text.as_str().trim();
-                if let Some(token) = text.strip_prefix("bind-with-token") {
-                    let token = token.trim_start_matches(':').trim();
-                    match engine.hub.bind(token, tx.clone()) {
-                        Some(subs) => {
-                            for s in subs {
-                                let e = engine.clone();
-                                if let Ok(Some(h)) = tokio::task::spawn_blocking(move || super::ops::handshake(&e, &s)).await {
-                                    if socket.send(Message::Text(h.into())).await.is_err() { return; }
-                                }
-                            }
-                        }
-                        None => {
-                            let _ = socket.send(Message::Text("error: the token is unknown or expired".into())).await;
-                        }
-                    }
-                } else if text == "ping" && socket.send(Message::Text("pong".into())).await.is_err() {
-                    break;
-                }
-            }
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                if socket.send(Message::Text(out.into())).await.is_err() { break }
-            }
-        }
-    }
+/// The handshake a websocket receives for each subscription it binds.
+pub fn handshake(engine: &Engine, id: &str) -> Option<String> {
+    let sub = dispatch::live(engine, Some(id)).ok()?.into_iter().next()?;
+    Some(
+        String::from_utf8_lossy(&status_bundle(engine, &sub, NotificationKind::Handshake))
+            .into_owned(),
+    )
 }

@@ -228,16 +228,3 @@ pub(crate) fn ws_token(
         json!({"resourceType": "Parameters", "parameter": p}),
     ))
 }
-
-/// The handshake a websocket receives for each subscription it binds.
-pub fn handshake(engine: &Engine, id: &str) -> Option<String> {
-    let sub = live(engine, Some(id)).ok()?.into_iter().next()?;
-    let body = status_json(engine, &sub, NotificationKind::Handshake);
-    let base = engine.hub.base();
-    let b = json!({"resourceType": "Bundle", "type": "history", "timestamp": format_instant(now_ms()),
-        "meta": {"profile": [hutong_exchange::ig::NOTIFICATION_PROFILE]},
-        "entry": [{"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": body,
-                   "request": {"method": "GET", "url": format!("{base}/Subscription/{id}/$status")},
-                   "response": {"status": "200"}}]});
-    Some(b.to_string())
-}
