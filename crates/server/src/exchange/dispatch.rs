@@ -543,5 +543,6 @@ pub fn skip_when_idle(engine: &Engine) -> Result<(), ApiError> {
         }
     }
     engine.store.prune_changes()?;
+    super::prune_events(&engine.store, hutong_fhir::date::now_ms())?;
     Ok(())
 }

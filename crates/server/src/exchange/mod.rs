@@ -54,6 +54,19 @@ pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long a delivered event stays for `$events` (a receiver's missed notifications are
+/// kept until delivered, however long that takes).
+pub const EVENT_RETENTION_MS: i64 = 7 * 86_400_000;
+
+/// Deletes events delivered and older than [`EVENT_RETENTION_MS`] at `now`. Returns how many.
+pub fn prune_events(store: &Store, now: i64) -> Result<u64, StoreError> {
+    store.exec_admin(
+        "DELETE FROM ex_event WHERE ts < ? AND num <= \
+         (SELECT delivered FROM ex_sub WHERE ex_sub.id = ex_event.sub)",
+        &[hutong_store::sql::Val::Int(now - EVENT_RETENTION_MS)],
+    )
+}
+
 /// The topics offered.
 pub fn topics() -> &'static Topics {
     static T: OnceLock<Topics> = OnceLock::new();

@@ -352,6 +352,42 @@ async fn a_receiver_that_was_down_gets_everything_once_in_order(app: &TestApp) {
             .all(|b| events_of(b).len() <= 3),
         "max-count"
     );
+
+    // Delivered events are kept a week for $events, then go; undelivered ones stay.
+    let ev = app
+        .send_as(
+            &sa,
+            "GET",
+            &format!("Subscription/{sub}/$events"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(events_of(&ev.body).len(), 8, "{}", ev.body);
+    let week = hutong_server::exchange::EVENT_RETENTION_MS;
+    let store = app.engine.store.clone();
+    let gone = tokio::task::spawn_blocking(move || {
+        hutong_server::exchange::prune_events(&store, hutong_fhir::date::now_ms() + week + 1)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(gone, 8);
+    let ev = app
+        .send_as(
+            &sa,
+            "GET",
+            &format!("Subscription/{sub}/$events"),
+            None,
+            &[],
+        )
+        .await;
+    assert!(events_of(&ev.body).is_empty(), "{}", ev.body);
+    assert!(
+        ev.body.to_string().contains("\"8\""),
+        "the count since the start stays: {}",
+        ev.body
+    );
 }
 
 async fn classic_and_websocket_subscriptions_deliver(app: &TestApp) {
