@@ -23,6 +23,7 @@ crate::on_both_with!(super::settings;
     assigned_tasks_and_follow_ups_reach_their_institution,
     bad_subscriptions_are_refused_precisely,
     district_filters_follow_the_residents_address,
+    heartbeats_keep_a_quiet_channel_alive,
 );
 
 fn settings(_: &mut hutong_server::Settings) {}
@@ -790,4 +791,32 @@ async fn district_filters_follow_the_residents_address(app: &TestApp) {
         .ends_with(&format!("/Observation/{o}")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(elsewhere.events().is_empty(), "not a resident of 上城区");
+}
+
+/// With `backport-heartbeat-period`, a channel with nothing to say still hears from the
+/// platform: a `heartbeat` notification (no events) each period.
+async fn heartbeats_keep_a_quiet_channel_alive(app: &TestApp) {
+    let _r: Region = region(app).await;
+    let sa = app.system(A);
+    let rx = Receiver::default();
+    let hook = rx.start().await;
+    let mut s = backport(
+        RECORD_CHANGED,
+        &["Observation?code=none-written"],
+        &hook,
+        "id-only",
+    );
+    s["channel"]["extension"] = json!([{"url": ig::HEARTBEAT, "valueUnsignedInt": 1}]);
+    create_as(app, &sa, s).await;
+    rx.until("two heartbeats", |r| {
+        r.bundles()
+            .iter()
+            .filter(|b| kind(b) == "heartbeat")
+            .count()
+            >= 2
+    })
+    .await;
+    let b = rx.bundles();
+    assert_eq!(kind(&b[0]), "handshake");
+    assert!(b.iter().all(|x| events_of(x).is_empty()));
 }
