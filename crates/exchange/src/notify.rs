@@ -94,11 +94,14 @@ fn instant(ms: i64) -> String {
 pub fn status(s: &Status<'_>, kind: NotificationKind, events: &[Event], content: Content) -> Value {
     let mut p = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{}/Subscription/{}", s.base, s.subscription)}}),
-        json!({"name": "topic", "valueCanonical": s.topic}),
         json!({"name": "status", "valueCode": s.status}),
         json!({"name": "type", "valueCode": kind.as_str()}),
         json!({"name": "events-since-subscription-start", "valueString": s.events_since_start.to_string()}),
     ];
+    // A classic subscription has no topic (its criteria are a search): none is named.
+    if !s.topic.is_empty() {
+        p.insert(1, json!({"name": "topic", "valueCanonical": s.topic}));
+    }
     for e in events {
         let mut part = vec![
             json!({"name": "event-number", "valueString": e.number.to_string()}),
@@ -297,6 +300,19 @@ mod tests {
         );
         assert_eq!(b["entry"].as_array().unwrap().len(), 1);
         assert_eq!(events_of(&b), vec![(1, None)]);
+    }
+
+    #[test]
+    fn a_classic_subscription_names_no_topic() {
+        let mut s = st();
+        s.topic = "";
+        let p = status(&s, NotificationKind::Heartbeat, &[], Content::Empty);
+        assert!(p["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["name"] != "topic"));
+        assert_eq!(p["parameter"][1]["name"], "status");
     }
 
     #[test]
