@@ -101,9 +101,10 @@ impl Hub {
         (token, expires)
     }
 
-    /// Binds a socket's sender to the subscriptions its token names; returns them.
+    /// Binds a socket's sender to the subscriptions its token names; returns them. A token
+    /// binds once: one that leaked cannot open a second socket on the subscriber's events.
     pub fn bind(&self, token: &str, tx: UnboundedSender<String>) -> Option<Vec<String>> {
-        let b = lock(&self.tokens).get(token).cloned()?;
+        let b = lock(&self.tokens).remove(token)?;
         if b.expires <= now_ms() {
             return None;
         }

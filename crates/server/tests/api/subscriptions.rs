@@ -447,6 +447,25 @@ async fn classic_and_websocket_subscriptions_deliver(app: &TestApp) {
         .unwrap();
     frames.push(serde_json::from_str::<Value>(first.to_text().unwrap()).unwrap());
     assert_eq!(kind(&frames[0]), "handshake");
+    // The token binds once.
+    let (mut again, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    again
+        .send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "bind-with-token {token}"
+        )))
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), again.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        refused.to_text().unwrap().starts_with("error"),
+        "{refused:?}"
+    );
 
     let o = create_as(app, &sa, observation(&r.pa, "4548-4")).await;
     rx.until("the classic PUT", |r| !r.got.lock().unwrap().is_empty())
