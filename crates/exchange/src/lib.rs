@@ -16,7 +16,7 @@ pub mod spec;
 pub mod topic;
 
 pub use notify::{Content, Event, NotificationKind};
-pub use spec::{Channel, ChannelKind, Filter, Spec, SpecError};
+pub use spec::{mask_secrets, restore_secrets, Channel, ChannelKind, Filter, Spec, SpecError};
 pub use topic::{Topic, Topics};
 
 /// The Backport IG's extensions and profiles.

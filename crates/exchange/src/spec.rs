@@ -342,6 +342,71 @@ impl Spec {
     }
 }
 
+/// What a read shows in place of a secret.
+pub const MASKED: &str = "***";
+
+/// Hides a Subscription's secrets from whoever reads it: the values of `channel.header`
+/// (a receiver's credentials, often) and the signing secret. Whether anything was hidden.
+pub fn mask_secrets(v: &mut Value) -> bool {
+    let mut hid = false;
+    if let Some(hs) = v["channel"]["header"].as_array_mut() {
+        for h in hs.iter_mut() {
+            if let Some((name, _)) = h.as_str().and_then(|s| s.split_once(':')) {
+                *h = Value::String(format!("{name}: {MASKED}"));
+                hid = true;
+            }
+        }
+    }
+    if let Some(es) = v["extension"].as_array_mut() {
+        for e in es.iter_mut().filter(|e| e["url"] == ig::SIGNING_SECRET) {
+            e["valueString"] = Value::String(MASKED.into());
+            hid = true;
+        }
+    }
+    hid
+}
+
+/// Puts back into a submitted Subscription the secrets a read masked (`old` is the stored
+/// version), so that reading, changing and writing back keeps them.
+pub fn restore_secrets(new: &mut Value, old: &Value) {
+    let old_headers: Vec<(String, String)> = old["channel"]["header"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| {
+            h.as_str()?
+                .split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    if let Some(hs) = new["channel"]["header"].as_array_mut() {
+        for h in hs.iter_mut() {
+            let Some((name, value)) = h.as_str().and_then(|s| s.split_once(':')) else {
+                continue;
+            };
+            if value.trim() == MASKED {
+                if let Some((n, v)) = old_headers.iter().find(|(n, _)| n == name.trim()) {
+                    *h = Value::String(format!("{n}: {v}"));
+                }
+            }
+        }
+    }
+    let old_secret = old["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == ig::SIGNING_SECRET)
+        .and_then(|e| e["valueString"].as_str().map(String::from));
+    if let (Some(es), Some(secret)) = (new["extension"].as_array_mut(), old_secret) {
+        for e in es
+            .iter_mut()
+            .filter(|e| e["url"] == ig::SIGNING_SECRET && e["valueString"] == MASKED)
+        {
+            e["valueString"] = Value::String(secret.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +503,23 @@ mod tests {
             Spec::parse(&v, &t).unwrap_err().expression,
             "Subscription.criteria"
         );
+    }
+
+    #[test]
+    fn secrets_are_masked_on_read_and_restored_on_write_back() {
+        let mut v = backport(RECORD_CHANGED, &[]);
+        v["extension"] = json!([{"url": ig::SIGNING_SECRET, "valueString": "0123456789abcdef!"}]);
+        let stored = v.clone();
+        assert!(mask_secrets(&mut v));
+        assert_eq!(v["channel"]["header"][0], "Authorization: ***");
+        assert_eq!(v["extension"][0]["valueString"], MASKED);
+        restore_secrets(&mut v, &stored);
+        assert_eq!(v, stored);
+        // A new value is kept, not overwritten.
+        let mut changed = stored.clone();
+        changed["channel"]["header"] = json!(["Authorization: Bearer y"]);
+        restore_secrets(&mut changed, &stored);
+        assert_eq!(changed["channel"]["header"][0], "Authorization: Bearer y");
     }
 
     #[test]

@@ -188,13 +188,18 @@ impl Guard {
         } else {
             View::Full
         };
-        if view == View::Full && !restricted {
+        // A subscription's channel headers and signing secret are credentials: never shown.
+        let subscription = s.rtype == "Subscription" && !s.deleted;
+        if view == View::Full && !restricted && !subscription {
             return std::borrow::Cow::Borrowed(&s.body);
         }
         std::borrow::Cow::Owned(match serde_json::from_slice::<serde_json::Value>(&s.body) {
             Ok(mut v) => {
                 if view != View::Full {
                     hutong_access::mask::apply(&s.rtype, &mut v, view);
+                }
+                if subscription {
+                    hutong_exchange::mask_secrets(&mut v);
                 }
                 if restricted {
                     hutong_fhir::security::add_resident_restricted_label(&mut v);

@@ -36,6 +36,16 @@ impl Engine {
     ) -> Result<Value, ApiError> {
         let mut v = parse_json(&req.body)?;
         check_resource(&v, t, id)?;
+        if let (true, Some(id)) = (t == "Subscription", id) {
+            // Written back after a read, its masked secrets are the stored ones.
+            // Only for its own institution: another's write is refused, and must not carry
+            // the secrets anywhere (a quarantined body, say) on its way.
+            if let Some(cur) = self.store.read(t, id, &hutong_store::Scope::All)?.found() {
+                if cur.source == self.source_of(req) {
+                    hutong_exchange::restore_secrets(&mut v, &cur.json()?);
+                }
+            }
+        }
         self.intake(&mut v, &self.source_of(req), now_ms());
         Ok(v)
     }

@@ -209,6 +209,40 @@ async fn notifications_are_reads_by_the_subscriber(app: &TestApp) {
         assert!(verify(SECRET, &g.body, sig), "a signature that checks");
     }
 
+    // Reading the subscription shows no credentials; written back as read, it keeps them
+    // (the next notifications are still signed with the secret).
+    let read = app
+        .send_as(&sa, "GET", &format!("Subscription/{sub}"), None, &[])
+        .await;
+    let shown = read.body.to_string();
+    assert!(
+        !shown.contains(SECRET) && !shown.contains("receiver-token"),
+        "{shown}"
+    );
+    assert!(shown.contains("Authorization: ***"), "{shown}");
+    let back = app
+        .send_as(
+            &sa,
+            "PUT",
+            &format!("Subscription/{sub}"),
+            Some(read.body.clone()),
+            &[],
+        )
+        .await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert!(!back.body.to_string().contains(SECRET));
+    let other = app
+        .send_as(
+            &sb,
+            "PUT",
+            &format!("Subscription/{sub}"),
+            Some(read.body.clone()),
+            &[],
+        )
+        .await;
+    assert!(other.status >= 400, "{}", other.body);
+    assert!(!other.body.to_string().contains(SECRET));
+
     // Revoked: nothing more of B's flows; A's own still does.
     let me = app.resident(&r.person);
     let rv = app
@@ -239,6 +273,12 @@ async fn notifications_are_reads_by_the_subscriber(app: &TestApp) {
         !all.contains(&hidden),
         "a record A may not read never reaches it"
     );
+    // Signed with the secret after the write-back too.
+    for g in rx.got.lock().unwrap().iter() {
+        let sig = g.headers["x-hutong-signature"].to_str().unwrap();
+        assert!(verify(SECRET, &g.body, sig));
+        assert_eq!(g.headers["authorization"], "Bearer receiver-token");
+    }
 
     // $events gives back what was sent, as A reads now: B's result is withheld (revoked),
     // its number kept.
