@@ -445,8 +445,11 @@ fn matches(
             }
             live_ids.sort_unstable();
             live_ids.dedup();
+            // Every parameter a plain token: decided on tokens alone (a deletion's too, on the
+            // version it deleted).
+            let decided = !pre.is_empty() && pre.len() == p.params.len();
             if live_ids.is_empty()
-                && (idx.iter().all(|i| !rows[*i].deleted) || !p.params.is_empty())
+                && (idx.iter().all(|i| !rows[*i].deleted) || !(p.params.is_empty() || decided))
             {
                 continue;
             }
@@ -458,7 +461,6 @@ fn matches(
             };
             // Every parameter a plain token the prefilter decided exactly: what remains is the
             // access decision, on the version already read.
-            let decided = !pre.is_empty() && pre.len() == p.params.len();
             if decided && owned.is_none() {
                 let g = g();
                 for id in &live_ids {
@@ -486,13 +488,39 @@ fn matches(
             for i in idx {
                 let r = &rows[i];
                 let ok = if r.deleted {
-                    // A deletion matches a filter on the type alone (the deleted resource is
-                    // no longer searched), if the subscriber could read it.
-                    p.params.is_empty()
-                        && matches!(
-                            engine.store.read(&r.rtype, &r.id, &g().scope)?,
-                            Lookup::Found(_)
-                        )
+                    // A deletion is no longer searched: it matches a filter on the type alone,
+                    // or one of plain tokens that the version it deleted met — if the
+                    // subscriber could read that version.
+                    let before = match r.version > 1
+                        && (p.params.is_empty() || decided)
+                        && owned.is_none()
+                    {
+                        true => {
+                            match engine
+                                .store
+                                .vread(&r.rtype, &r.id, r.version - 1, &g().scope)?
+                            {
+                                Lookup::Found(s) if !s.deleted => Some(s),
+                                _ => None,
+                            }
+                        }
+                        false => None,
+                    };
+                    match before {
+                        None => false,
+                        Some(_) if p.params.is_empty() => true,
+                        Some(s) => {
+                            let entries = hutong_fhir::index::extract_kind(
+                                &r.rtype,
+                                &s.json()?,
+                                hutong_fhir::defs::ParamType::Token,
+                            );
+                            logged_match(
+                                &token_set(&hutong_store::changelog::tokens_of(&entries)),
+                                &pre,
+                            )
+                        }
+                    }
                 } else {
                     match visible.get(&r.id) {
                         None => false,

@@ -24,6 +24,7 @@ crate::on_both_with!(super::settings;
     bad_subscriptions_are_refused_precisely,
     district_filters_follow_the_residents_address,
     heartbeats_keep_a_quiet_channel_alive,
+    deletions_reach_filters_on_codes,
 );
 
 fn settings(_: &mut hutong_server::Settings) {}
@@ -878,4 +879,51 @@ async fn heartbeats_keep_a_quiet_channel_alive(app: &TestApp) {
     let b = rx.bundles();
     assert_eq!(kind(&b[0]), "handshake");
     assert!(b.iter().all(|x| events_of(x).is_empty()));
+}
+
+/// A deletion is news to a filter on codes the deleted version met (and to no other).
+async fn deletions_reach_filters_on_codes(app: &TestApp) {
+    let r: Region = region(app).await;
+    let sa = app.system(A);
+    let rx = Receiver::default();
+    let hook = rx.start().await;
+    create_as(
+        app,
+        &sa,
+        backport(
+            RECORD_CHANGED,
+            &["Observation?code=http://loinc.org|4548-4"],
+            &hook,
+            "full-resource",
+        ),
+    )
+    .await;
+    rx.until("the handshake", |r| !r.bundles().is_empty()).await;
+    let hba1c = create_as(app, &sa, observation(&r.pa, "4548-4")).await;
+    let glucose = create_as(app, &sa, observation(&r.pa, "2345-7")).await;
+    rx.until("the creation", |r| r.events().len() == 1).await;
+    for id in [&glucose, &hba1c] {
+        let d = app
+            .send_as(&sa, "DELETE", &format!("Observation/{id}"), None, &[])
+            .await;
+        assert_eq!(d.status, 200, "{}", d.body);
+    }
+    rx.until("the deletion", |r| r.events().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ev = rx.events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let last = rx
+        .bundles()
+        .into_iter()
+        .rfind(|b| kind(b) == "event-notification")
+        .unwrap();
+    assert_eq!(last["entry"][1]["request"]["method"], "DELETE");
+    assert_eq!(
+        last["entry"][1]["request"]["url"],
+        format!("Observation/{hba1c}")
+    );
+    assert!(
+        last["entry"][1].get("resource").is_none(),
+        "a deletion carries no resource"
+    );
 }
