@@ -493,7 +493,7 @@ impl Engine {
         fingerprint: &str,
     ) -> Result<(), ApiError> {
         self.keep(tx, source, s, findings, fingerprint)?;
-        crate::exchange::index::written(self, tx, g, s)?;
+        crate::exchange::index::written(tx, g, s)?;
         crate::coordination::index::written(self, tx, g, s)
     }
 

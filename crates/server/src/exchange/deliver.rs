@@ -249,7 +249,7 @@ async fn deliver(engine: &Engine, sub: Live) -> Result<(), ApiError> {
         }
         let (e, s) = (engine.clone(), sub.clone());
         let (events, last) =
-            blocking(move || events_for(&e, &s, s.delivered, s.delivered + n, true)).await?;
+            blocking(move || events_for(&e, &s, s.delivered, s.delivered + n)).await?;
         if last <= sub.delivered {
             break;
         }
@@ -437,14 +437,15 @@ async fn send_classic(engine: &Engine, sub: &Live, events: &[Event]) -> Result<b
     Ok(true)
 }
 
-fn status_of<'a>(base: &'a str, sub: &'a Live) -> Status<'a> {
+/// The subscription as its notifications and `$status` describe it.
+pub(crate) fn status_of<'a>(base: &'a str, sub: &'a Live, error: Option<&'a str>) -> Status<'a> {
     Status {
         base,
         subscription: &sub.id,
         topic: sub.spec.topic.as_deref().unwrap_or(""),
         status: &sub.status,
         events_since_start: sub.events,
-        error: None,
+        error,
     }
 }
 
@@ -455,7 +456,7 @@ fn status_bundle(engine: &Engine, sub: &Live, kind: NotificationKind) -> Vec<u8>
 fn bundle(engine: &Engine, sub: &Live, kind: NotificationKind, events: &[Event]) -> Vec<u8> {
     let base = engine.hub.base();
     let b = notify::bundle(
-        &status_of(&base, sub),
+        &status_of(&base, sub, None),
         kind,
         events,
         sub.spec.channel.content,
@@ -543,7 +544,6 @@ fn events_for(
     sub: &Live,
     after: i64,
     until: i64,
-    _notify: bool,
 ) -> Result<(Vec<Event>, i64), ApiError> {
     let g = Guard::new(
         engine,

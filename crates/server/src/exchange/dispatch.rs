@@ -308,13 +308,14 @@ struct Cached {
 }
 
 impl Tokens {
-    /// The current version (read once per batch).
-    fn stored(
+    /// The current version of `rtype/id` and what was derived from it, read once per batch
+    /// (`None`: gone since).
+    fn entry(
         &mut self,
         engine: &Engine,
         rtype: &str,
         id: &str,
-    ) -> Result<Option<&Stored>, ApiError> {
+    ) -> Result<Option<&mut Cached>, ApiError> {
         let key = (rtype.to_string(), id.to_string());
         if !self.0.contains_key(&key) {
             let cached = match engine.store.read(rtype, id, &Scope::All)? {
@@ -326,7 +327,17 @@ impl Tokens {
             };
             self.0.insert(key.clone(), cached);
         }
-        Ok(self.0[&key].as_ref().map(|c| &c.stored))
+        Ok(self.0.get_mut(&key).and_then(Option::as_mut))
+    }
+
+    /// The current version (read once per batch).
+    fn stored(
+        &mut self,
+        engine: &Engine,
+        rtype: &str,
+        id: &str,
+    ) -> Result<Option<&Stored>, ApiError> {
+        Ok(self.entry(engine, rtype, id)?.map(|c| &c.stored))
     }
 
     fn may_match(
@@ -339,18 +350,7 @@ impl Tokens {
         if pre.is_empty() {
             return Ok(true);
         }
-        let key = (rtype.to_string(), id.to_string());
-        if !self.0.contains_key(&key) {
-            let cached = match engine.store.read(rtype, id, &Scope::All)? {
-                Lookup::Found(s) if !s.deleted => Some(Cached {
-                    stored: s,
-                    entries: None,
-                }),
-                _ => None,
-            };
-            self.0.insert(key.clone(), cached);
-        }
-        let Some(c) = self.0.get_mut(&key).and_then(Option::as_mut) else {
+        let Some(c) = self.entry(engine, rtype, id)? else {
             // Gone since: the search will say.
             return Ok(true);
         };

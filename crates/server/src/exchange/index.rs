@@ -11,7 +11,6 @@ use serde_json::Value;
 use crate::error::{ApiError, Code};
 use crate::guard::Guard;
 use crate::wire::parse_query_string;
-use crate::Engine;
 
 /// Filters the platform answers itself (not search parameters of the type).
 pub(crate) const RESIDENT_DISTRICT: &str = "resident-district";
@@ -85,16 +84,10 @@ fn refused(e: hutong_exchange::SpecError) -> ApiError {
 
 /// After a Subscription version is written: checks it and records it (owner, parsed form,
 /// status), keeping its event counters across updates.
-pub(crate) fn written(
-    engine: &Engine,
-    tx: &mut Tx<'_>,
-    g: &Guard,
-    s: &Stored,
-) -> Result<(), ApiError> {
+pub(crate) fn written(tx: &mut Tx<'_>, g: &Guard, s: &Stored) -> Result<(), ApiError> {
     if s.rtype != "Subscription" {
         return Ok(());
     }
-    let _ = engine;
     if s.deleted {
         return deleted(tx, &s.id);
     }
@@ -165,7 +158,8 @@ pub(crate) fn written(
     } else {
         "requested"
     };
-    let spec_json = serde_json::to_string(&stored_spec(&v)).unwrap_or_default();
+    // The resource itself is kept: the dispatcher reads it with the same parser.
+    let spec_json = serde_json::to_string(&v).unwrap_or_default();
     let lock = tx.conn().dialect().lock_row();
     let existing = tx.conn().query(
         &format!("SELECT owner, status FROM ex_sub WHERE id = ?{lock}"),
@@ -217,12 +211,6 @@ pub(crate) fn written(
         }
     }
     Ok(())
-}
-
-/// The Subscription as the dispatcher keeps it (the resource itself: it re-reads the spec
-/// from it, so one parser decides).
-fn stored_spec(v: &Value) -> Value {
-    v.clone()
 }
 
 /// A rest-hook endpoint must be a URL the platform can reach: refused early rather than

@@ -1,12 +1,12 @@
 //! The Backport IG's operations on subscriptions, and the topic catalogue.
 
 use hutong_access::principal::{Kind, Perms};
-use hutong_exchange::notify::{self, Status};
+use hutong_exchange::notify;
 use hutong_exchange::{ChannelKind, NotificationKind};
 use hutong_fhir::date::{format_instant, now_ms};
 use serde_json::{json, Value};
 
-use super::deliver::events_as;
+use super::deliver::{events_as, status_of};
 use super::dispatch::{live, Live};
 use crate::error::{ApiError, Code};
 use crate::guard::Guard;
@@ -45,17 +45,41 @@ fn status_json(engine: &Engine, sub: &Live, kind: NotificationKind) -> Value {
         .and_then(|r| r.first().map(|r| r[0].text().to_string()))
         .filter(|e| !e.is_empty());
     notify::status(
-        &Status {
-            base: &base,
-            subscription: &sub.id,
-            topic: sub.spec.topic.as_deref().unwrap_or(""),
-            status: &sub.status,
-            events_since_start: sub.events,
-            error: error.as_deref(),
-        },
+        &status_of(&base, sub, error.as_deref()),
         kind,
         &[],
         sub.spec.channel.content,
+    )
+}
+
+/// The subscriptions an operation names: the instance's, else `id` parameters (in the query,
+/// comma-separated or repeated, or in a Parameters body).
+fn ids_asked(req: &Req, id: Option<&str>) -> Vec<String> {
+    if let Some(i) = id {
+        return vec![i.to_string()];
+    }
+    let mut ids: Vec<String> = req
+        .query
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .flat_map(|(_, v)| v.split(',').map(String::from))
+        .collect();
+    if let Ok(v) = serde_json::from_slice::<Value>(&req.body) {
+        for p in v["parameter"].as_array().into_iter().flatten() {
+            if p["name"] == "id" {
+                if let Some(s) = p["valueId"].as_str().or(p["valueString"].as_str()) {
+                    ids.push(s.to_string());
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn searchset(entries: Vec<Value>) -> Resp {
+    Resp::json(
+        200,
+        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
     )
 }
 
@@ -68,15 +92,7 @@ pub(crate) fn status(
     id: Option<&str>,
 ) -> Result<Resp, ApiError> {
     g.act("subscription-status");
-    let ids: Vec<String> = match id {
-        Some(i) => vec![i.to_string()],
-        None => req
-            .query
-            .iter()
-            .filter(|(k, _)| k == "id")
-            .flat_map(|(_, v)| v.split(',').map(String::from))
-            .collect(),
-    };
+    let ids = ids_asked(req, id);
     let subs: Vec<Live> = if ids.is_empty() {
         live(engine, None)?
             .into_iter()
@@ -91,10 +107,7 @@ pub(crate) fn status(
         .iter()
         .map(|s| json!({"resource": status_json(engine, s, NotificationKind::QueryStatus), "search": {"mode": "match"}}))
         .collect();
-    Ok(Resp::json(
-        200,
-        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-    ))
+    Ok(searchset(entries))
 }
 
 /// `GET Subscription/{id}/$events?eventsSinceNumber=&eventsUntilNumber=&content=`: the
@@ -134,14 +147,7 @@ pub(crate) fn events(engine: &Engine, req: &Req, g: &Guard, id: &str) -> Result<
     };
     let base = engine.hub.base();
     let b = notify::bundle(
-        &Status {
-            base: &base,
-            subscription: &sub.id,
-            topic: sub.spec.topic.as_deref().unwrap_or(""),
-            status: &sub.status,
-            events_since_start: sub.events,
-            error: None,
-        },
+        &status_of(&base, &sub, None),
         NotificationKind::QueryEvent,
         &events,
         sub.spec.channel.content,
@@ -160,10 +166,7 @@ pub(crate) fn topics(g: &Guard) -> Result<Resp, ApiError> {
         .iter()
         .map(|t| json!({"fullUrl": t.url, "resource": t.json, "search": {"mode": "match"}}))
         .collect();
-    Ok(Resp::json(
-        200,
-        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-    ))
+    Ok(searchset(entries))
 }
 
 /// `POST Subscription/{id}/$get-ws-binding-token` (or at type level with `id`
@@ -175,24 +178,7 @@ pub(crate) fn ws_token(
     id: Option<&str>,
 ) -> Result<Resp, ApiError> {
     g.act("subscription-ws-token");
-    let mut ids: Vec<String> = id.map(|i| vec![i.to_string()]).unwrap_or_default();
-    if ids.is_empty() {
-        ids.extend(
-            req.query
-                .iter()
-                .filter(|(k, _)| k == "id")
-                .map(|(_, v)| v.clone()),
-        );
-        if let Ok(v) = serde_json::from_slice::<Value>(&req.body) {
-            for p in v["parameter"].as_array().into_iter().flatten() {
-                if p["name"] == "id" {
-                    if let Some(s) = p["valueId"].as_str().or(p["valueString"].as_str()) {
-                        ids.push(s.to_string());
-                    }
-                }
-            }
-        }
-    }
+    let ids = ids_asked(req, id);
     if ids.is_empty() {
         return Err(
             ApiError::bad_request("Name the subscriptions (id) to bind").with_expression("id")
