@@ -1919,16 +1919,26 @@ fn change_log_in_commit_order(t: &TestStore) {
     use hutong_store::changelog;
     let s = &t.store;
     put(s, "Patient", "before", json!({"resourceType": "Patient"}));
-    let mut start = s.change_cursor("test").unwrap();
+    let opened = s.change_cursor("test").unwrap();
     // A new consumer starts at the end — on PostgreSQL just behind the oldest transaction
-    // still running anywhere in the cluster, so it may see a few changes from before.
-    let before = s.changes_after(start, 100).unwrap();
-    assert!(before.iter().all(|c| c.id == "before"), "{before:?}");
-    if let Some(last) = before.last() {
-        s.with_admin_tx(|c| changelog::set_cursor(c, "test", last.at))
-            .unwrap();
-        start = last.at;
+    // still running anywhere in the cluster, so it may yet see changes from before it began.
+    // A marker written after the cursor was taken shows where "before" ends: once it is
+    // visible, everything ahead of it is too.
+    put(s, "Patient", "marker", json!({"resourceType": "Patient"}));
+    let mut before = Vec::new();
+    for _ in 0..600 {
+        before = s.changes_after(opened, 100).unwrap();
+        if before.iter().any(|c| c.id == "marker") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let (last, earlier) = before.split_last().expect("the marker is logged");
+    assert_eq!(last.id, "marker", "{before:?}");
+    assert!(earlier.iter().all(|c| c.id == "before"), "{before:?}");
+    s.with_admin_tx(|c| changelog::set_cursor(c, "test", last.at))
+        .unwrap();
+    let start = last.at;
     put(s, "Patient", "c1", json!({"resourceType": "Patient"}));
     s.write(&AUDIT, |tx| {
         tx.update(
