@@ -130,6 +130,37 @@ struct ServeArgs {
     /// restarts; the default on PostgreSQL).
     #[arg(long, env = "HUTONG_MPI_INDEX", value_parser = ["memory", "database"])]
     mpi_index: Option<String>,
+    /// Run as a node of the platform hierarchy under this id (also its client id at the
+    /// upstream).
+    #[arg(long, env = "HUTONG_NODE_ID")]
+    node_id: Option<String>,
+    /// The node's level: district, city or province.
+    #[arg(long, env = "HUTONG_NODE_LEVEL")]
+    node_level: Option<String>,
+    /// The district a district node serves (GB/T 2260 code or name): the upstream pushes
+    /// its residents' records down.
+    #[arg(long, env = "HUTONG_NODE_DISTRICT")]
+    node_district: Option<String>,
+    /// The upstream node's FHIR base URL: what this node accepts is forwarded there.
+    #[arg(long, env = "HUTONG_UPSTREAM")]
+    upstream: Option<String>,
+    /// This node's client secret at the upstream.
+    #[arg(long, env = "HUTONG_UPSTREAM_SECRET", hide_env_values = true)]
+    upstream_secret: Option<String>,
+}
+
+/// The `[node]` table: this platform as a node of the hierarchy.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct NodeFileConfig {
+    id: Option<String>,
+    level: Option<String>,
+    district: Option<String>,
+    upstream: Option<String>,
+    upstream_secret: Option<String>,
+    /// What the upstream pushes down (`Type` or `Type?search`); default Patient, Condition,
+    /// CarePlan, Immunization.
+    push: Option<Vec<String>>,
 }
 
 /// The configuration file's shape; every key optional.
@@ -176,6 +207,9 @@ struct FileConfig {
     /// per institution or department.
     #[serde(default)]
     pool: PoolConfig,
+    /// This platform as a node of the hierarchy.
+    #[serde(default)]
+    node: NodeFileConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -341,7 +375,44 @@ fn settings(c: &Common, f: &FileConfig, s: Option<&ServeArgs>) -> anyhow::Result
             f.checkpoint_seconds.unwrap_or(60).max(1),
         ),
         pool: pool(&f.pool)?,
+        node: node(&f.node, s)?,
     })
+}
+
+/// The node settings: flags over the `[node]` table; none without a node id.
+fn node(
+    f: &NodeFileConfig,
+    s: Option<&ServeArgs>,
+) -> anyhow::Result<Option<hutong_exchange::node::Node>> {
+    let pick = |flag: Option<&String>, file: &Option<String>| flag.or(file.as_ref()).cloned();
+    let Some(id) = pick(s.and_then(|s| s.node_id.as_ref()), &f.id) else {
+        anyhow::ensure!(
+            s.and_then(|s| s.upstream.as_ref()).is_none() && f.upstream.is_none(),
+            "an upstream needs a node id (--node-id): it is this node's client id there"
+        );
+        return Ok(None);
+    };
+    let level = pick(s.and_then(|s| s.node_level.as_ref()), &f.level)
+        .context("a node needs its level (--node-level district|city|province)")?;
+    let upstream = match pick(s.and_then(|s| s.upstream.as_ref()), &f.upstream) {
+        None => None,
+        Some(url) => Some(hutong_exchange::node::Upstream {
+            url,
+            secret: pick(
+                s.and_then(|s| s.upstream_secret.as_ref()),
+                &f.upstream_secret,
+            )
+            .unwrap_or_default(),
+        }),
+    };
+    let district = pick(s.and_then(|s| s.node_district.as_ref()), &f.district);
+    Ok(Some(hutong_exchange::node::Node::new(
+        &id,
+        &level,
+        district,
+        upstream,
+        f.push.clone(),
+    )?))
 }
 
 /// JSON in and out is allocation-heavy (a 2,000-entry bundle builds and drops millions of

@@ -9,8 +9,11 @@
 //! - [`notify`]: notification Bundles (`history`, the `SubscriptionStatus` first, events
 //!   numbered per subscription) and the signature a receiver checks.
 //! - [`backoff`]: when a delivery that failed is tried again.
+//! - [`node`]: a node of the platform hierarchy (district, city, province), and the
+//!   `history` Bundles that carry records between nodes with their route and origin.
 
 pub mod backoff;
+pub mod node;
 pub mod notify;
 pub mod spec;
 pub mod topic;

@@ -208,11 +208,13 @@ pub enum Category {
     ReconciliationGap,
     /// Intake suspects the record was filed to the wrong patient.
     WrongPatient,
+    /// The upstream platform (city, province) refused a record this node forwarded.
+    UpstreamRejected,
     Other,
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::NotMine,
         Category::Incorrect,
         Category::Duplicate,
@@ -220,6 +222,7 @@ impl Category {
         Category::RuleFailures,
         Category::ReconciliationGap,
         Category::WrongPatient,
+        Category::UpstreamRejected,
         Category::Other,
     ];
 
@@ -232,6 +235,7 @@ impl Category {
             Category::RuleFailures => "rule-failures",
             Category::ReconciliationGap => "reconciliation-gap",
             Category::WrongPatient => "wrong-patient",
+            Category::UpstreamRejected => "upstream-rejected",
             Category::Other => "other",
         }
     }
@@ -249,6 +253,7 @@ impl Category {
             Category::RuleFailures => "质控规则反复不通过",
             Category::ReconciliationGap => "对账差异",
             Category::WrongPatient => "疑似错挂患者",
+            Category::UpstreamRejected => "上级平台拒收",
             Category::Other => "其他",
         }
     }
@@ -257,7 +262,10 @@ impl Category {
     pub fn automatic(self) -> bool {
         matches!(
             self,
-            Category::RuleFailures | Category::ReconciliationGap | Category::WrongPatient
+            Category::RuleFailures
+                | Category::ReconciliationGap
+                | Category::WrongPatient
+                | Category::UpstreamRejected
         )
     }
 }

@@ -81,6 +81,9 @@ pub struct Settings {
     pub rules: hutong_quality::Rules,
     /// The slot pool: the family-doctor share, its release time, how long a hold lasts.
     pub pool: hutong_coordination::Policy,
+    /// This platform as a node of the hierarchy (district, city, province); `None`: a
+    /// platform on its own.
+    pub node: Option<hutong_exchange::node::Node>,
 }
 
 impl Settings {
@@ -107,6 +110,7 @@ impl Settings {
             dev_outbox: false,
             checkpoint_interval: std::time::Duration::from_secs(60),
             pool: Default::default(),
+            node: None,
         }
     }
 
@@ -385,6 +389,21 @@ impl Application {
             None => engine
                 .hub
                 .set_base(&format!("http://{}/fhir", listener.local_addr()?)),
+        }
+        if let Some(node) = settings.node.clone() {
+            let node = Arc::new(node);
+            engine.hub.set_node(node.clone());
+            if node.upstream.is_some() {
+                let e = engine.clone();
+                tokio::task::spawn_blocking(move || exchange::upward::open(&e))
+                    .await?
+                    .map_err(|e| StartError::Settings(e.message().to_string()))?;
+                exchange::upward::start(engine.clone(), node.clone(), stop.clone());
+            }
+            if node.takes_pushes() {
+                exchange::downward::start(engine.clone(), node.clone(), stop.clone());
+            }
+            tracing::info!(node = %node.id, level = node.level.as_str(), upstream = ?node.upstream.as_ref().map(|u| &u.url), "Serving as a node of the platform hierarchy.");
         }
         Ok(Application {
             listener,

@@ -75,6 +75,10 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
         ("GET" | "POST", ["Subscription", id, "$get-ws-binding-token"]) => {
             crate::exchange::ops::ws_token(engine, req, g, Some(id))
         }
+        ("GET", ["$node"]) => crate::exchange::links::status(engine, g),
+        ("GET", ["Patient", "$record-locator"]) => {
+            crate::exchange::links::record_locator(engine, req, g)
+        }
         ("GET", ["$coordination"]) => crate::coordination::stats::stats(engine, req, g),
         ("POST", ["Task", id, "$decide"]) => per::decide(engine, req, g, id),
         ("GET", ["Person", "$find"]) | ("POST", ["Person", "$find"]) => {

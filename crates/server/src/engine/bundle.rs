@@ -148,6 +148,10 @@ pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> 
         )
         .with_expression("resourceType"));
     }
+    // A node below forwarding what it accepted (see `exchange::links`).
+    if bundle.get("type").and_then(Value::as_str) == Some("history") {
+        return crate::exchange::links::forwarded(engine, req, g, &bundle);
+    }
     let entries = parse_entries(&bundle, &req.base)?;
     distinct_full_urls(&entries)?;
     match bundle.get("type").and_then(Value::as_str) {
@@ -160,7 +164,7 @@ pub fn process(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError> 
             Ok(batch(engine, req, entries))
         }
         other => Err(ApiError::bad_request(format!(
-            "Bundle.type must be transaction or batch, not {}",
+            "Bundle.type must be transaction or batch (or history, from a node of the hierarchy), not {}",
             other.unwrap_or("(absent)")
         ))
         .with_expression("Bundle.type")),

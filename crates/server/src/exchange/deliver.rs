@@ -35,6 +35,20 @@ pub struct Hub {
     parsed: Mutex<HashMap<String, (i64, Parsed)>>,
     client: reqwest::Client,
     pub(crate) wake: tokio::sync::Notify,
+    /// This platform as a node of the hierarchy, when it is one.
+    node: std::sync::OnceLock<Arc<hutong_exchange::node::Node>>,
+    /// The upstream link's counters and last error.
+    link: Mutex<LinkState>,
+}
+
+/// The upstream link as the forwarder last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct LinkState {
+    pub forwarded: i64,
+    pub rejected: i64,
+    /// When a batch was last answered (ms).
+    pub last_ok: i64,
+    pub last_error: Option<String>,
 }
 
 /// A subscription's owner and spec, parsed.
@@ -62,6 +76,8 @@ impl Default for Hub {
                 .build()
                 .unwrap_or_default(),
             wake: tokio::sync::Notify::new(),
+            node: Default::default(),
+            link: Default::default(),
         }
     }
 }
@@ -78,6 +94,36 @@ impl Hub {
 
     pub fn base(&self) -> String {
         lock(&self.base).clone()
+    }
+
+    /// Makes this platform a node of the hierarchy (once, at start).
+    pub fn set_node(&self, node: Arc<hutong_exchange::node::Node>) {
+        let _ = self.node.set(node);
+    }
+
+    pub fn node(&self) -> Option<&hutong_exchange::node::Node> {
+        self.node.get().map(|n| &**n)
+    }
+
+    pub fn link(&self) -> LinkState {
+        lock(&self.link).clone()
+    }
+
+    pub(crate) fn link_ok(&self, forwarded: i64, rejected: i64) {
+        let mut l = lock(&self.link);
+        l.forwarded += forwarded;
+        l.rejected += rejected;
+        l.last_ok = now_ms();
+        l.last_error = None;
+    }
+
+    pub(crate) fn link_failed(&self, msg: String) {
+        lock(&self.link).last_error = Some(msg);
+    }
+
+    /// The HTTP client deliveries and node links share.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub(crate) fn parsed(&self, id: &str, updated: i64) -> Option<Parsed> {

@@ -22,15 +22,18 @@
 
 pub(crate) mod deliver;
 pub(crate) mod dispatch;
+pub(crate) mod downward;
 pub(crate) mod index;
+pub mod links;
 pub(crate) mod ops;
+pub(crate) mod upward;
 
 use std::sync::OnceLock;
 
 use hutong_exchange::Topics;
 use hutong_store::{Store, StoreError};
 
-pub use deliver::Hub;
+pub use deliver::{Hub, LinkState};
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS ex_sub (id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL,
@@ -48,6 +51,7 @@ pub const CONSUMER: &str = "subscriptions";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     store.create_tables(TABLES)?;
+    links::open_tables(store)?;
     // Registering the consumer now means changes written from here on wait for it, even
     // before the first subscription exists or the server has started.
     store.change_cursor(CONSUMER)?;

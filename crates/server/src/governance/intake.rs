@@ -601,24 +601,46 @@ pub fn record_findings(
     s: &Stored,
     findings: &[Finding],
 ) -> Result<(), StoreError> {
-    let now = now_ms();
     for f in findings {
-        tx.conn().exec(
-            "INSERT INTO qc_finding (src, at, rtype, id, version, rule, severity, expression, \
-             message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            &[
-                Val::Text(source.into()),
-                Val::Int(now),
-                Val::Text(s.rtype.clone()),
-                Val::Text(s.id.clone()),
-                Val::Int(s.version),
-                Val::Text(f.rule.into()),
-                Val::Text(f.severity.as_str().into()),
-                Val::Text(f.expression.clone()),
-                Val::Text(f.en.clone()),
-            ],
+        record_finding(
+            tx,
+            source,
+            s,
+            f.rule,
+            f.severity.as_str(),
+            &f.expression,
+            &f.en,
         )?;
     }
+    Ok(())
+}
+
+/// Records one finding against a stored version — the intake rules' or another platform's
+/// (an upstream's rejection) — in the caller's transaction.
+pub fn record_finding(
+    tx: &mut Tx<'_>,
+    source: &str,
+    s: &Stored,
+    rule: &str,
+    severity: &str,
+    expression: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    tx.conn().exec(
+        "INSERT INTO qc_finding (src, at, rtype, id, version, rule, severity, expression, \
+         message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            Val::Text(source.into()),
+            Val::Int(now_ms()),
+            Val::Text(s.rtype.clone()),
+            Val::Text(s.id.clone()),
+            Val::Int(s.version),
+            Val::Text(rule.into()),
+            Val::Text(severity.into()),
+            Val::Text(expression.into()),
+            Val::Text(message.into()),
+        ],
+    )?;
     Ok(())
 }
 

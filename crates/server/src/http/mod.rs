@@ -44,6 +44,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/audit/checkpoints", get(auth::checkpoints))
         .route("/dev/outbox", get(auth::outbox))
         .route("/subscriptions/ws", get(websocket))
+        .route("/node/notify", post(node_notify))
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*rest}", any(fhir))
@@ -306,6 +307,37 @@ fn too_large(limit: usize) -> Response {
 
 /// `GET /subscriptions/ws`: a websocket a subscriber binds to its subscriptions by sending
 /// `bind-with-token <token>` (the token from `$get-ws-binding-token`); it receives a
+/// `POST /node/notify`: what the upstream pushes down to this district node — not behind a
+/// token: the body's signature under the node's push secret is its credential.
+async fn node_notify(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = to_bytes(body, st.body_limit).await else {
+        return too_large(st.body_limit);
+    };
+    let signature = parts
+        .headers
+        .get("x-hutong-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let engine = st.engine.clone();
+    let from = Some(addr.ip().to_string());
+    match tokio::task::spawn_blocking(move || {
+        crate::exchange::links::notified(&engine, signature.as_deref(), from, &bytes)
+    })
+    .await
+    {
+        Ok(r) => to_response(r),
+        Err(_) => to_response(Resp::error(&ApiError::of(
+            Code::Internal,
+            "Internal error; the notification was not applied.",
+        ))),
+    }
+}
+
 /// handshake per subscription, then its notifications as text frames, and `ping` is
 /// answered `pong`.
 async fn websocket(

@@ -10,6 +10,7 @@ mod crud;
 mod errors;
 mod governance;
 mod matching;
+mod nodes;
 mod persons;
 mod pool;
 mod probe;

@@ -1,0 +1,239 @@
+//! Downward (自动下发): a district node asks its upstream to push down the records of its
+//! residents that were produced elsewhere — by the subscriptions any receiver could make.
+//!
+//! At start, and again every few minutes, the node makes sure that the upstream holds its
+//! push `Subscription`: `record-changed`, one filter per pushed category, each limited to
+//! `resident-district` = the node's district; full resources, rest-hook to this node's
+//! `/node/notify`, signed with a secret this node keeps. One subscription, so that its
+//! events keep the upstream's commit order across categories (a resident before the
+//! diagnosis that refers to her). The upstream numbers, retries and
+//! delivers them like any subscription; [`crate::exchange::links::notified`] checks the
+//! signature and applies what arrives as copies pushed down, once each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutong_exchange::ig;
+use hutong_exchange::node::Node;
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+
+/// The store's `meta` key of the push secret.
+const SECRET_KEY: &str = "node-push-secret";
+/// The store's `meta` key of the upstream's node id (what a copy pushed down is routed by).
+const UPSTREAM_KEY: &str = "node-upstream-id";
+
+/// The upstream's node id, as it said (`$node`) when this node first asked it for pushes.
+pub(crate) fn upstream_id(engine: &Engine) -> String {
+    engine
+        .store
+        .meta(UPSTREAM_KEY)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| crate::exchange::links::UPSTREAM.to_string())
+}
+
+/// The secret the upstream signs this node's pushes with, when this node takes pushes.
+pub(crate) fn secret(engine: &Engine) -> Option<String> {
+    engine.hub.node().filter(|n| n.takes_pushes())?;
+    engine.store.meta(SECRET_KEY).ok().flatten()
+}
+
+fn ensure_secret(engine: &Engine) -> Result<String, hutong_store::StoreError> {
+    if let Some(s) = engine.store.meta(SECRET_KEY)? {
+        return Ok(s);
+    }
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| {
+        hutong_store::StoreError::Invalid("no randomness for the push secret".into())
+    })?;
+    let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    engine.store.set_meta(SECRET_KEY, &s)?;
+    Ok(s)
+}
+
+/// The id of the push subscription of `node` at its upstream.
+fn sub_id(node: &Node) -> String {
+    format!("{}-push", node.id)
+}
+
+/// The filter of a pushed category for the node's district.
+fn filter(category: &str, district: &str) -> String {
+    let sep = if category.contains('?') { '&' } else { '?' };
+    format!("{category}{sep}resident-district={district}")
+}
+
+/// The push subscription, as this node asks the upstream for it.
+pub fn subscription(node: &Node, endpoint: &str, secret: &str) -> Value {
+    let district = node.district.as_deref().unwrap_or("");
+    let filters: Vec<Value> = node
+        .push
+        .iter()
+        .map(|c| json!({"url": ig::FILTER_CRITERIA, "valueString": filter(c, district)}))
+        .collect();
+    json!({
+        "resourceType": "Subscription",
+        "id": sub_id(node),
+        "meta": {"profile": [ig::SUBSCRIPTION_PROFILE]},
+        "status": "requested",
+        "reason": format!("自动下发：{district} 辖区居民的 {} 记录 (pushed down to district node {})",
+                          node.push.join("、"), node.id),
+        "criteria": hutong_exchange::topic::RECORD_CHANGED,
+        "_criteria": {"extension": filters},
+        "extension": [{"url": ig::SIGNING_SECRET, "valueString": secret}],
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": ig::PAYLOAD_CONTENT, "valueCode": "full-resource"}]}
+        }
+    })
+}
+
+/// Whether the upstream's copy already asks for what `want` asks (its secret is masked on
+/// reads, and this node never changes it once made).
+fn same(have: &Value, want: &Value) -> bool {
+    have["criteria"] == want["criteria"]
+        && have["_criteria"] == want["_criteria"]
+        && have["channel"]["endpoint"] == want["channel"]["endpoint"]
+        && matches!(have["status"].as_str(), Some("requested" | "active"))
+}
+
+/// Makes sure the push subscription is in place at the upstream.
+async fn ensure(engine: &Engine, node: &Node) -> Result<(), String> {
+    let up = node.upstream.as_ref().expect("an upstream");
+    let e = engine.clone();
+    let secret = tokio::task::spawn_blocking(move || ensure_secret(&e))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("keeping the push secret failed: {e}"))?;
+    let base = engine.hub.base();
+    let endpoint = format!("{}/node/notify", base.trim_end_matches("/fhir"));
+    let (token, _) = crate::exchange::upward::token(engine, node).await?;
+    let client = engine.hub.client();
+    if engine.store.meta(UPSTREAM_KEY).ok().flatten().is_none() {
+        let about: Value = client
+            .get(format!("{}/$node", up.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| format!("the upstream did not answer: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("the upstream's $node is not JSON: {e}"))?;
+        let id = about["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "node")
+            .and_then(|p| p["valueString"].as_str())
+            .ok_or("the upstream does not say which node it is ($node)")?
+            .to_string();
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.store.set_meta(UPSTREAM_KEY, &id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("keeping the upstream's id failed: {e}"))?;
+    }
+    let want = subscription(node, &endpoint, &secret);
+    let url = format!("{}/Subscription/{}", up.url, sub_id(node));
+    let have = client
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .map_err(|e| format!("the upstream did not answer: {e}"))?;
+    if have.status().as_u16() == 200 {
+        let v: Value = have.json().await.unwrap_or(Value::Null);
+        if same(&v, &want) {
+            return Ok(());
+        }
+    }
+    let r = client
+        .put(&url)
+        .bearer_auth(&token)
+        .header("Content-Type", "application/fhir+json")
+        .json(&want)
+        .send()
+        .await
+        .map_err(|e| format!("the upstream did not answer: {e}"))?;
+    if !r.status().is_success() {
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        return Err(format!(
+            "the upstream refused the push subscription {} ({status}): {}",
+            sub_id(node),
+            text.chars().take(300).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the push subscriptions in place until `stop` is set: tried until the upstream
+/// takes them, then checked every five minutes (an upstream restored from a backup, or its
+/// operator's deletion, is noticed).
+pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let wait = match ensure(&engine, &node).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!("The upstream holds this node's push subscriptions again.");
+                    }
+                    failures = 0;
+                    300_000
+                }
+                Err(msg) => {
+                    if failures == 0 {
+                        tracing::warn!("Asking the upstream for pushes failed; will retry: {msg}");
+                    }
+                    failures = failures.saturating_add(1);
+                    hutong_exchange::backoff::delay_ms(failures, 1).min(30_000)
+                }
+            };
+            let until = std::time::Instant::now() + Duration::from_millis(wait as u64);
+            while std::time::Instant::now() < until
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_subscriptions_name_the_district() {
+        let n = Node::new(
+            "d1",
+            "district",
+            Some("330106".into()),
+            Some(hutong_exchange::node::Upstream {
+                url: "http://city/fhir".into(),
+                secret: "s".into(),
+            }),
+            Some(vec![
+                "Condition".into(),
+                "Observation?category=laboratory".into(),
+            ]),
+        )
+        .unwrap();
+        let s = subscription(&n, "http://d1/node/notify", "k");
+        assert_eq!(s["id"], "d1-push");
+        assert_eq!(
+            s["_criteria"]["extension"][1]["valueString"],
+            "Observation?category=laboratory&resident-district=330106"
+        );
+        assert_eq!(
+            filter("Condition", "330106"),
+            "Condition?resident-district=330106"
+        );
+        assert!(same(&s, &s));
+    }
+}

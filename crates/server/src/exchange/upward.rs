@@ -1,0 +1,354 @@
+//! Upward (上报): a district or city node forwards what it accepted to its upstream.
+//!
+//! The store's change log is the outbox: this node's consumer (`upstream`) reads it in
+//! commit order, sends the versions as a `history` Bundle under the node's client
+//! credentials, and moves its cursor only after the upstream answered — in one transaction
+//! with the work orders for what the upstream refused. A failure (either side down, a
+//! network error, an answer of 5xx) sends the same batch again after a backoff; the
+//! upstream applies a version once however often it comes (`links::apply`). The backlog is
+//! what the cursor has not passed: `$node` shows it, with its age.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hutong_exchange::node::{self, Node, Outgoing};
+use hutong_fhir::date::now_ms;
+use hutong_quality::workorder::Category;
+use hutong_store::changelog::{self, Logged};
+use hutong_store::Scope;
+use serde_json::Value;
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::governance::orders::NewOrder;
+use crate::guard::Guard;
+
+/// The change-log consumer the forwarder reads under.
+pub const CONSUMER: &str = "upstream";
+
+/// Versions per Bundle sent up.
+const BATCH: usize = 500;
+
+/// Registers the forwarder's place in the change log (from then on nothing is pruned before
+/// it was forwarded).
+pub fn open(engine: &Engine) -> Result<(), ApiError> {
+    engine.store.change_cursor(CONSUMER)?;
+    Ok(())
+}
+
+/// A version that leaves, with who submitted it.
+struct Leaving {
+    change: Logged,
+    out: Outgoing,
+    source: String,
+}
+
+/// What one round read from the log.
+struct Batch {
+    /// The last change read (the cursor moves to it once the upstream answered).
+    last: Option<changelog::Cursor>,
+    /// How many changes were read (some stay here: see `links::moves`).
+    read: usize,
+    leaving: Vec<Leaving>,
+}
+
+fn read_batch(engine: &Engine) -> Result<Batch, ApiError> {
+    let at = engine.store.change_cursor(CONSUMER)?;
+    let changes = engine.store.changes_after(at, BATCH)?;
+    let last = changes.last().map(|c| c.at);
+    let read = changes.len();
+    let mut leaving = Vec::new();
+    for c in changes {
+        if !crate::exchange::links::moves(&c.rtype) {
+            continue;
+        }
+        let Some(s) = engine
+            .store
+            .vread(&c.rtype, &c.id, c.version, &Scope::All)?
+            .found()
+        else {
+            continue;
+        };
+        let resource = if s.deleted {
+            None
+        } else {
+            let v = s.json()?;
+            // A copy the upstream pushed down is the upstream's already.
+            if node::pushed_down(&v) {
+                continue;
+            }
+            Some(v)
+        };
+        leaving.push(Leaving {
+            out: Outgoing {
+                rtype: c.rtype.clone(),
+                id: c.id.clone(),
+                version: c.version,
+                resource,
+            },
+            source: s.source.clone(),
+            change: c,
+        });
+    }
+    Ok(Batch {
+        last,
+        read,
+        leaving,
+    })
+}
+
+/// What the upstream said of one version it refused.
+struct Refused {
+    index: usize,
+    outcome: Value,
+}
+
+/// Sends the batch; `Ok` with the refusals when every version was answered for good.
+async fn send(
+    engine: &Engine,
+    node: &Node,
+    token: &str,
+    batch: &Batch,
+) -> Result<Vec<Refused>, String> {
+    let up = node
+        .upstream
+        .as_ref()
+        .expect("the forwarder runs only with an upstream");
+    let items: Vec<Outgoing> = batch.leaving.iter().map(|l| l.out.clone()).collect();
+    let body = serde_json::to_vec(&node::history_bundle(&items)).unwrap_or_default();
+    let resp = engine
+        .hub
+        .client()
+        .post(&up.url)
+        .header("Content-Type", "application/fhir+json")
+        .header("Authorization", format!("Bearer {token}"))
+        .header("X-Hutong-Node-Level", node.level.as_str())
+        .header("X-Hutong-Node-Base", engine.hub.base())
+        .timeout(Duration::from_secs(120))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("the upstream {} did not answer: {e}", up.url))?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    if status == 401 {
+        return Err(format!(
+            "the upstream refused this node's credentials (401): {}",
+            brief(&text)
+        ));
+    }
+    if status != 200 {
+        return Err(format!("the upstream answered {status}: {}", brief(&text)));
+    }
+    let answer: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the upstream's answer is not JSON: {e}"))?;
+    let entries = answer["entry"].as_array().cloned().unwrap_or_default();
+    if entries.len() != items.len() {
+        return Err(format!(
+            "the upstream answered {} entries for {} versions",
+            entries.len(),
+            items.len()
+        ));
+    }
+    let mut refused = Vec::new();
+    for (index, e) in entries.iter().enumerate() {
+        let code: u16 = e["response"]["status"]
+            .as_str()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match code {
+            200..=299 => {}
+            400..=499 => refused.push(Refused {
+                index,
+                outcome: e["response"]["outcome"].clone(),
+            }),
+            _ => {
+                return Err(format!(
+                    "the upstream could not take {}/{} now ({code})",
+                    items[index].rtype, items[index].id
+                ))
+            }
+        }
+    }
+    Ok(refused)
+}
+
+fn brief(s: &str) -> String {
+    let s: String = s.chars().take(300).collect();
+    s.replace('\n', " ")
+}
+
+/// Moves the cursor past the batch and routes the refusals back to the institutions that
+/// submitted them — a finding on the version and a work order — in one transaction.
+fn commit(engine: &Engine, batch: &Batch, refused: &[Refused]) -> Result<(), ApiError> {
+    let Some(last) = batch.last else {
+        return Ok(());
+    };
+    let g = Guard::platform(engine, "node-forwarder", "node-forward");
+    let policy = engine.checker.rules.work_orders.clone();
+    g.write(engine, |tx| {
+        for r in refused {
+            let l = &batch.leaving[r.index];
+            let Some(s) = tx.read(&l.change.rtype, &l.change.id)? else {
+                continue;
+            };
+            let issues = r.outcome["issue"].as_array().cloned().unwrap_or_default();
+            let mut said = Vec::new();
+            for i in &issues {
+                let msg = i["diagnostics"].as_str().unwrap_or("").to_string();
+                let expr = i["expression"][0].as_str().unwrap_or("").to_string();
+                crate::governance::intake::record_finding(
+                    tx,
+                    &l.source,
+                    &s,
+                    "upstream-rejected",
+                    i["severity"].as_str().unwrap_or("error"),
+                    &expr,
+                    &msg,
+                )?;
+                said.push(msg);
+            }
+            let order = NewOrder {
+                category: Category::UpstreamRejected,
+                description: format!(
+                    "上级平台拒收 {}/{} 第 {} 版 The upstream platform refused {}/{} version {}: {}",
+                    l.change.rtype,
+                    l.change.id,
+                    l.change.version,
+                    l.change.rtype,
+                    l.change.id,
+                    l.change.version,
+                    said.join("; ")
+                ),
+                priority: "urgent".into(),
+                reporter: "platform upstream link".into(),
+                rule: Some("upstream-rejected".into()),
+                inputs: Vec::new(),
+            };
+            crate::governance::orders::create_in(tx, &policy, &order, &l.source, None, Some(&s))?;
+        }
+        changelog::set_cursor(tx.conn(), CONSUMER, last)?;
+        Ok(())
+    })
+}
+
+/// A token from the upstream for this node's client credentials (SMART backend services'
+/// client_credentials grant, discovered from the upstream's SMART configuration).
+pub(crate) async fn token(engine: &Engine, node: &Node) -> Result<(String, i64), String> {
+    let up = node.upstream.as_ref().expect("an upstream");
+    let client = engine.hub.client();
+    let conf: Value = client
+        .get(format!("{}/.well-known/smart-configuration", up.url))
+        .send()
+        .await
+        .map_err(|e| format!("the upstream {} did not answer: {e}", up.url))?
+        .json()
+        .await
+        .map_err(|e| format!("the upstream's SMART configuration is not JSON: {e}"))?;
+    let endpoint = conf["token_endpoint"]
+        .as_str()
+        .ok_or("the upstream's SMART configuration names no token_endpoint")?
+        .to_string();
+    let resp = client
+        .post(&endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", node.id.as_str()),
+            ("client_secret", up.secret.as_str()),
+            ("scope", "system/*.cruds"),
+        ])
+        .send()
+        .await
+        .map_err(|e| format!("the upstream's token endpoint did not answer: {e}"))?;
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    match v["access_token"].as_str() {
+        Some(t) if status == 200 => {
+            let ttl = v["expires_in"].as_i64().unwrap_or(300);
+            Ok((t.to_string(), now_ms() + (ttl - 30).max(10) * 1000))
+        }
+        _ => Err(format!(
+            "the upstream refused this node's client credentials ({status}): {}",
+            v["issue"][0]["diagnostics"].as_str().unwrap_or("")
+        )),
+    }
+}
+
+/// Runs the forwarder until `stop` is set.
+pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        let mut creds: Option<(String, i64)> = None;
+        let mut failures = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match round(&engine, &node, &mut creds).await {
+                Ok(n) => {
+                    if failures > 0 {
+                        tracing::info!(upstream = %node.upstream.as_ref().map_or("", |u| u.url.as_str()), "Forwarding to the upstream recovered.");
+                    }
+                    failures = 0;
+                    if n < BATCH {
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(100),
+                            engine.hub.wake.notified(),
+                        )
+                        .await;
+                    }
+                }
+                Err(msg) => {
+                    if failures == 0 {
+                        tracing::warn!("Forwarding to the upstream failed; will retry: {msg}");
+                    }
+                    failures = failures.saturating_add(1);
+                    engine.hub.link_failed(msg);
+                    creds = None;
+                    // Quick retries first (a restart of the upstream takes seconds), then
+                    // the subscriptions' schedule, capped lower: the backlog waits on it.
+                    let wait = hutong_exchange::backoff::delay_ms(failures, 0).min(30_000);
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                }
+            }
+        }
+    });
+}
+
+/// One round: the next batch read, sent and committed. Returns how many changes it passed.
+async fn round(
+    engine: &Engine,
+    node: &Node,
+    creds: &mut Option<(String, i64)>,
+) -> Result<usize, String> {
+    let e = engine.clone();
+    let batch = tokio::task::spawn_blocking(move || read_batch(&e))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the change log failed: {}", e.message()))?;
+    let Some(_) = batch.last else { return Ok(0) };
+    let refused = if batch.leaving.is_empty() {
+        Vec::new()
+    } else {
+        let t = match creds {
+            Some((t, until)) if *until > now_ms() => t.clone(),
+            _ => {
+                let fresh = token(engine, node).await?;
+                *creds = Some(fresh.clone());
+                fresh.0
+            }
+        };
+        send(engine, node, &t, &batch).await?
+    };
+    let (n, read) = (batch.leaving.len(), batch.read);
+    let e = engine.clone();
+    let rejected = refused.len();
+    tokio::task::spawn_blocking(move || commit(&e, &batch, &refused))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!(
+                "recording what the upstream answered failed: {}",
+                e.message()
+            )
+        })?;
+    engine.hub.link_ok(n as i64, rejected as i64);
+    Ok(read)
+}
