@@ -11,7 +11,7 @@ use hutong_access::principal::{Kind, Principal, Scopes};
 use hutong_exchange::node::{self, Node, Upstream};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, spawn_pg_app_with, TestApp};
 
 /// A hospital of the city (submits at the city node) and a health centre of district 1
 /// (submits at district 1's node).
@@ -20,18 +20,20 @@ const D1_CENTRE: &str = "urn:hutong:org:91330106D1";
 
 /// Registers `id` as a node's platform client at `app`; its secret.
 fn node_client(app: &TestApp, id: &str) -> String {
-    app.engine
-        .access
-        .accounts
-        .add_client(&Client {
-            client_id: id.into(),
-            kind: Kind::Platform,
-            institution: None,
-            name: format!("node {id}"),
-            scopes: Scopes::parse("system/*.cruds"),
-            booking: false,
-        })
-        .unwrap()
+    tokio::task::block_in_place(|| {
+        app.engine
+            .access
+            .accounts
+            .add_client(&Client {
+                client_id: id.into(),
+                kind: Kind::Platform,
+                institution: None,
+                name: format!("node {id}"),
+                scopes: Scopes::parse("system/*.cruds"),
+                booking: false,
+            })
+            .unwrap()
+    })
 }
 
 fn as_node(
@@ -62,15 +64,20 @@ struct Hierarchy {
 
 /// Province ← city ← district 1 (西湖区 330106), district 2 (上城区 330102). The city's
 /// data set is stricter than the districts' (a result without its time is refused there).
-async fn hierarchy() -> Hierarchy {
+/// With `pg`, the city runs on PostgreSQL (`None` when no server answers, outside CI).
+async fn hierarchy(pg: bool) -> Option<Hierarchy> {
     let province = spawn_app_with(|s| s.node = Some(as_node("zj", "province", None, None))).await;
     let secret = node_client(&province, "hz");
-    let city = spawn_app_with(|s| {
+    let city_settings = |s: &mut hutong_server::Settings| {
         s.node = Some(as_node("hz", "city", None, Some((&province, secret))));
         s.rules =
             hutong_quality::Rules::from_toml("[rules.data-set]\nseverity = \"error\"\n").unwrap();
-    })
-    .await;
+    };
+    let city = if pg {
+        spawn_pg_app_with(city_settings).await?
+    } else {
+        spawn_app_with(city_settings).await
+    };
     let (s1, s2) = (node_client(&city, "xihu"), node_client(&city, "shangcheng"));
     let d1 = spawn_app_with(|s| {
         s.node = Some(as_node(
@@ -90,12 +97,12 @@ async fn hierarchy() -> Hierarchy {
         ))
     })
     .await;
-    Hierarchy {
+    Some(Hierarchy {
         province,
         city,
         d1,
         d2,
-    }
+    })
 }
 
 const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
@@ -158,9 +165,19 @@ async fn drained(app: &TestApp) {
     panic!("the backlog of {} never drained", app.base);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_move_up_and_down_the_hierarchy() {
-    let h = hierarchy().await;
+    moves(hierarchy(false).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_move_through_a_city_on_postgres() {
+    if let Some(h) = hierarchy(true).await {
+        moves(h).await;
+    }
+}
+
+async fn moves(h: Hierarchy) {
     let hospital = h.city.system(CITY_HOSPITAL);
     // A city hospital sees a resident of district 1 and records her diabetes.
     let p = create(&h.city, &hospital, patient("330106196803120025")).await;
