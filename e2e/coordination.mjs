@@ -159,6 +159,11 @@ try {
   check((await op.locator('table').first().locator('tbody tr').count()) > 0, 'the pool use per institution');
   check((await op.getByText('已预约').count()) >= 1, 'the scheduled referral is counted');
   await snap(op, '50-console-coordination');
+  // This platform's place in the hierarchy: the test's server stands alone.
+  await op.getByRole('link', { name: '平台层级' }).first().click();
+  await op.waitForURL(/\/console\/nodes/);
+  check((await op.getByText('独立平台').count()) === 1, 'a standalone platform says so');
+  await snap(op, '51-console-levels');
   console.log('coordination: every step passed');
 } finally {
   await browser.close();

@@ -199,6 +199,15 @@ impl Access {
             .is_some_and(|v| *v >= k.version)
     }
 
+    /// The rows `a` may see under `grant` alone: a resident's consent recorded at another
+    /// node of the hierarchy and vouched for by it, in force for one request and never
+    /// stored here. The same decision as [`Access::scope`], over that one grant.
+    pub fn vouched_scope(&self, a: Asker<'_>, grant: grants::Grant, dir: &dyn Directory) -> Scope {
+        let mut g = Grants::default();
+        g.put(grant);
+        decision::scope(a, &g, dir, hutong_fhir::date::now_ms())
+    }
+
     /// The rows `a` may see now, given the persons' Patients in `dir`.
     pub fn scope(&self, a: Asker<'_>, dir: &dyn Directory, dir_generation: u64) -> Scope {
         let now = hutong_fhir::date::now_ms();

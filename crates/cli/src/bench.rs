@@ -452,6 +452,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     if args.exchange_only {
         exchange::figures(&work, &rt, &mut rep)?;
+        exchange::forwarding(&work, &rt, &mut rep)?;
         merge_rows(&args.out, &rep, "Subscription rows", "--exchange-only")?;
         if args.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
@@ -894,6 +895,7 @@ pub fn run(args: BenchArgs, _s: &Settings) -> anyhow::Result<()> {
 
     // 6. Subscriptions: delivery over rest-hook and what subscriptions cost the writes.
     exchange::figures(&work, &rt, &mut rep)?;
+    exchange::forwarding(&work, &rt, &mut rep)?;
 
     write_report(&args, &rep, resources, started.elapsed())?;
     // A directory the user named is kept for inspection; our temporary one is not.

@@ -97,6 +97,8 @@ error_codes! {
     Locked => 429, Security;
     /// The server failed; nothing was applied.
     Internal => 500, Exception;
+    /// Another node of the hierarchy did not answer (or not sensibly); try again later.
+    BadGateway => 502, Exception;
 }
 
 #[derive(Debug, Clone)]

@@ -87,6 +87,23 @@ impl Guard {
         }
     }
 
+    /// The guard of a request another node of the hierarchy makes on behalf of one of its
+    /// clinicians, under the resident's consent that node recorded and vouches for (see
+    /// [`hutong_access::Access::vouched_scope`]): the same decision, the same release and
+    /// audit, over that consent alone.
+    pub fn vouched(
+        engine: &Engine,
+        principal: Arc<Principal>,
+        grant: hutong_access::Grant,
+        from: Option<String>,
+        request: String,
+    ) -> Guard {
+        let mut g = Guard::new(engine, principal, None, from, request);
+        let (dir, _) = engine.matcher.directory();
+        g.scope = engine.access.vouched_scope(g.asker(), grant, &dir);
+        g
+    }
+
     /// A guard for the platform's own work (background jobs, the command line).
     pub fn platform(engine: &Engine, who: &str, action: &str) -> Guard {
         let g = Guard::new(

@@ -76,6 +76,12 @@ pub fn dispatch(engine: &Engine, req: &Req, g: &Guard) -> Result<Resp, ApiError>
             crate::exchange::ops::ws_token(engine, req, g, Some(id))
         }
         ("GET", ["$node"]) => crate::exchange::links::status(engine, g),
+        ("GET", ["Person", id, "$regional-record"]) => {
+            crate::exchange::regional::ask(engine, req, g, id)
+        }
+        ("POST", ["Patient", "$regional-record"]) => {
+            crate::exchange::regional::answer(engine, req, g)
+        }
         ("GET", ["Patient", "$record-locator"]) => {
             crate::exchange::links::record_locator(engine, req, g)
         }

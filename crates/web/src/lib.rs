@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 mod clinician;
 mod coordination;
+mod levels;
 mod operator;
 mod resident;
 pub mod view;
@@ -104,6 +105,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
             get(coordination::follow_ups_csv),
         )
         .route("/console/coordination", get(coordination::console))
+        .route("/console/nodes", get(levels::console))
         .route("/portal/print", get(resident::print))
         .route("/workstation", get(clinician::home))
         .route("/workstation/login", post(clinician::login))

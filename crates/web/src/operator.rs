@@ -48,6 +48,7 @@ pub fn sections(p: &Principal) -> Vec<(&'static str, &'static str, &'static str)
         out.push(("/console/quality", "质控评分", "Quality"));
         out.push(("/console/work-orders", "工单", "Work orders"));
         out.push(("/console/coordination", "业务协同", "Coordination"));
+        out.push(("/console/nodes", "平台层级", "Platform levels"));
     }
     if p.can(Capability::ManageIdentity) {
         out.push(("/console/identity", "身份复核", "Identity"));

@@ -342,8 +342,13 @@ pub(crate) fn record_locator(engine: &Engine, req: &Req, g: &Guard) -> Result<Re
     let mut patients = std::collections::BTreeSet::new();
     for p in start {
         patients.insert(p.clone());
-        if let Some(person) = engine.matcher.person_of(&engine.store, &p)? {
-            patients.extend(engine.matcher.patients_of(&engine.store, &person)?);
+        if let Some(person) = engine
+            .matcher
+            .person_of(&engine.store, &format!("Patient/{p}"))?
+        {
+            for x in engine.matcher.patients_of(&engine.store, &person)? {
+                patients.insert(x.trim_start_matches("Patient/").to_string());
+            }
         }
     }
     let mut params = Vec::new();

@@ -26,6 +26,7 @@ pub(crate) mod downward;
 pub(crate) mod index;
 pub mod links;
 pub(crate) mod ops;
+pub(crate) mod regional;
 pub(crate) mod upward;
 
 use std::sync::OnceLock;
@@ -34,6 +35,7 @@ use hutong_exchange::Topics;
 use hutong_store::{Store, StoreError};
 
 pub use deliver::{Hub, LinkState};
+pub use upward::CONSUMER as UPSTREAM_CONSUMER;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS ex_sub (id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL,

@@ -17,6 +17,8 @@ use crate::helpers::{spawn_app_with, spawn_pg_app_with, TestApp};
 /// (submits at district 1's node).
 const CITY_HOSPITAL: &str = "urn:hutong:org:91330100CH";
 const D1_CENTRE: &str = "urn:hutong:org:91330106D1";
+/// A clinic of district 2.
+const D2_CLINIC: &str = "urn:hutong:org:91330102D2";
 
 /// Registers `id` as a node's platform client at `app`; its secret.
 fn node_client(app: &TestApp, id: &str) -> String {
@@ -379,6 +381,155 @@ async fn moves(h: Hierarchy) {
     .await;
     arrives(&h.province, &format!("Observation/{later}")).await;
 
+    // The diabetic resident is seen at district 1's centre too (its own Patient, the same ID
+    // number): one person at the province, whose locator knows both nodes.
+    let p_d1 = create(&h.d1, &centre, patient("330106196803120025")).await;
+    let r_d1 = create(
+        &h.d1,
+        &centre,
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+               "subject": {"reference": format!("Patient/{p_d1}")},
+               "effectiveDateTime": "2026-12-03T08:00:00+08:00",
+               "valueQuantity": {"value": 8.1, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}),
+    )
+    .await;
+    arrives(&h.province, &format!("Observation/{r_d1}")).await;
+    let loc = h
+        .province
+        .get(&format!(
+            "Patient/$record-locator?identifier={ID_SYSTEM}|330106196803120025"
+        ))
+        .await;
+    let mut nodes: Vec<&str> = loc.body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["part"].as_array().unwrap())
+        .filter(|x| x["name"] == "node")
+        .map(|x| x["valueString"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes, ["hz", "xihu"], "{}", loc.body);
+
+    // She visits a clinic in district 2, which has none of her records; its clinician reads
+    // her whole record through the region — with her consent only.
+    let mut reg = patient("330106196803120025");
+    reg["telecom"] = json!([{"system": "phone", "value": crate::access::PHONE}]);
+    let p_d2 = create(&h.d2, &h.d2.system(D2_CLINIC), reg).await;
+    let person = tokio::task::block_in_place(|| {
+        h.d2.engine
+            .matcher
+            .person_of(&h.d2.engine.store, &format!("Patient/{p_d2}"))
+    })
+    .unwrap()
+    .unwrap();
+    let dr = h.d2.clinician(D2_CLINIC);
+    let path = format!("Person/{person}/$regional-record");
+    let refused = h.d2.send_as(&dr, "GET", &path, None, &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let asked =
+        h.d2.send_as(
+            &dr,
+            "POST",
+            &format!("Person/{person}/$request-access"),
+            Some(crate::access::params(vec![
+                json!({"name": "method", "valueCode": "sms"}),
+                json!({"name": "hours", "valueInteger": 1}),
+            ])),
+            &[],
+        )
+        .await;
+    assert_eq!(asked.status, 201, "{}", asked.body);
+    let consent = asked.body["id"].as_str().unwrap().to_string();
+    let sms = crate::access::outbox(&h.d2, crate::access::PHONE).await;
+    let code = crate::access::code_in(&sms[0]);
+    let ok =
+        h.d2.send_as(
+            &dr,
+            "POST",
+            &format!("Consent/{consent}/$verify-code"),
+            Some(crate::access::params(vec![
+                json!({"name": "code", "valueString": code}),
+            ])),
+            &[],
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let record = h.d2.send_as(&dr, "GET", &path, None, &[]).await;
+    assert_eq!(record.status, 200, "{}", record.body);
+    let got: Vec<String> = record.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap_or(""),
+                e["resource"]["id"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [format!("Condition/{c}"), format!("Observation/{r_d1}")] {
+        assert!(got.contains(&want), "{want} in {got:?}");
+    }
+    // Each node's trail has its part, linked by one trace id: district 2's (the clinician
+    // asked), the city's (relayed) and the province's (read as that clinician).
+    let trace_of = |ev: &Value| -> Option<String> {
+        let d = ev["outcomeDesc"].as_str()?;
+        let t = d.split("trace ").nth(1)?;
+        Some(t.split(';').next()?.trim().to_string())
+    };
+    let action_of = |ev: &Value| -> String {
+        ev["subtype"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["system"] == "https://hutong.dev/fhir/CodeSystem/audit-action")
+            .and_then(|s| s["code"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let at_d2 = audit_events(
+        &h.d2,
+        &format!("AuditEvent?entity=Person/{person}&_count=100"),
+    )
+    .await;
+    let asked = at_d2
+        .iter()
+        .find(|e| action_of(e) == "regional-record" && e["outcome"] == "0")
+        .unwrap_or_else(|| panic!("{at_d2:?}"));
+    let trace = trace_of(asked).unwrap();
+    let at_province = audit_events(
+        &h.province,
+        &format!("AuditEvent?entity=Condition/{c}&_count=100"),
+    )
+    .await;
+    let read = at_province
+        .iter()
+        .find(|e| action_of(e) == "regional-record" && trace_of(e).as_deref() == Some(&trace))
+        .unwrap_or_else(|| panic!("no province entry for trace {trace}: {at_province:?}"));
+    assert_eq!(
+        read["agent"][0]["who"]["identifier"]["value"],
+        format!("dr@{D2_CLINIC}")
+    );
+    assert!(
+        read["outcomeDesc"]
+            .as_str()
+            .unwrap()
+            .contains("shangcheng,hz"),
+        "{read}"
+    );
+    let at_city = audit_events(&h.city, "AuditEvent?_count=500").await;
+    assert!(
+        at_city
+            .iter()
+            .any(|e| action_of(e) == "regional-record-relay"
+                && trace_of(e).as_deref() == Some(&trace)),
+        "the city relayed it"
+    );
+
     // A forged credential is refused at the door.
     let forged = h
         .city
@@ -403,4 +554,18 @@ async fn moves(h: Hierarchy) {
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
+}
+
+/// The AuditEvents `q` finds at `app`, its audit queue flushed first.
+async fn audit_events(app: &TestApp, q: &str) -> Vec<Value> {
+    tokio::task::block_in_place(|| app.flush_audit());
+    let r = app.get(q).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e["resource"].clone())
+        .collect()
 }
