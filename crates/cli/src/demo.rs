@@ -30,13 +30,17 @@ pub struct DemoArgs {
     seed: u64,
     /// Working directory for the region and its store; a previous demo there is replaced.
     #[arg(long, default_value = "hutong-demo")]
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Address to serve on (port 0 picks a free port).
     #[arg(long, env = "HUTONG_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
+    /// Run a small hierarchy instead: a province node, a city node holding the region and
+    /// two district nodes, on this port and the next three.
+    #[arg(long)]
+    pub(crate) levels: bool,
 }
 
-fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         let empty = std::fs::read_dir(dir)?.next().is_none();
         if !empty && !dir.join(MARKER).exists() {
@@ -182,6 +186,27 @@ pub(crate) fn accounts(
             "client_id": i.code, "client_secret": secret, "clinician": user, "password": DEMO_PASSWORD}));
         institutions.push((i.name.clone(), i.code.clone(), secret, user));
     }
+    let ops = operators(a)?;
+    let doc = serde_json::json!({
+        "note": "Demo accounts only. Secrets are shown here once; the store keeps their hashes.",
+        "platform": {"client_id": "demo-platform", "client_secret": platform},
+        "appointment_platform": {"client_id": "appointments", "client_secret": booking},
+        "institutions": json_inst,
+        "operators": ops,
+        "residents": "sign in with a resident's phone: POST /auth/otp, then read the code at /dev/outbox?to=PHONE and POST /auth/otp/verify"
+    });
+    std::fs::write(
+        dir.join("credentials.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    Ok(Credentials {
+        platform: ("demo-platform".into(), platform),
+        institutions,
+    })
+}
+
+/// One operator per role, with the demo's password: their descriptions.
+pub(crate) fn operators(a: &hutong_access::Accounts) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut ops = Vec::new();
     for (user, role) in [
         ("steward", Role::IdentitySteward),
@@ -205,22 +230,7 @@ pub(crate) fn accounts(
             serde_json::json!({"username": user, "role": role.as_str(), "password": DEMO_PASSWORD}),
         );
     }
-    let doc = serde_json::json!({
-        "note": "Demo accounts only. Secrets are shown here once; the store keeps their hashes.",
-        "platform": {"client_id": "demo-platform", "client_secret": platform},
-        "appointment_platform": {"client_id": "appointments", "client_secret": booking},
-        "institutions": json_inst,
-        "operators": ops,
-        "residents": "sign in with a resident's phone: POST /auth/otp, then read the code at /dev/outbox?to=PHONE and POST /auth/otp/verify"
-    });
-    std::fs::write(
-        dir.join("credentials.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
-    Ok(Credentials {
-        platform: ("demo-platform".into(), platform),
-        institutions,
-    })
+    Ok(ops)
 }
 
 /// A resident seen at the most institutions: ID number, name, phone, patient ids.
@@ -252,8 +262,8 @@ fn example(region: &Path) -> anyhow::Result<(String, String, String, Vec<String>
     ))
 }
 
-pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    fresh_dir(&args.dir)?;
+/// Generates the demo's region into `args.dir/region`: its summary and directory.
+pub(crate) fn generate(args: &DemoArgs) -> anyhow::Result<(hutong_synth::Summary, PathBuf)> {
     let region = args.dir.join("region");
     let today = {
         let (y, m, d) = hutong_fhir::date::today();
@@ -279,6 +289,15 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         "Generated {} resources ({} institution patients) in {secs:.1}s.",
         summary.resources, summary.patients
     );
+    Ok((summary, region))
+}
+
+pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if args.levels {
+        return crate::levels::run(args, rt);
+    }
+    fresh_dir(&args.dir)?;
+    let (summary, region) = generate(&args)?;
     let store_dir = args.dir.join("store");
     let (store, keys) = hutong_server::open_store(&Location::Sqlite(store_dir.clone()), None)
         .with_context(|| format!("opening {}", store_dir.display()))?;

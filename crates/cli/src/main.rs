@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod check;
 mod demo;
+mod levels;
 mod link;
 mod reconcile;
 mod synth;

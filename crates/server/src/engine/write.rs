@@ -58,6 +58,18 @@ impl Engine {
         g: &Guard,
         v: &Value,
     ) -> Result<(Vec<hutong_quality::Finding>, String), ApiError> {
+        self.govern_with(&self.checker, req, g, v)
+    }
+
+    /// [`Engine::govern`] under other rules (a copy from another node is not checked for
+    /// references this node need not hold).
+    pub(crate) fn govern_with(
+        &self,
+        checker: &hutong_quality::Checker,
+        req: &Req,
+        g: &Guard,
+        v: &Value,
+    ) -> Result<(Vec<hutong_quality::Finding>, String), ApiError> {
         let source = self.source_of(req);
         let mut local = std::collections::HashSet::new();
         if let (Some(t), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) {
@@ -69,7 +81,7 @@ impl Engine {
         }
         let mut c = crate::governance::intake::check(
             &self.store,
-            &self.checker,
+            checker,
             &g.filing_scope(),
             &source,
             &[v],

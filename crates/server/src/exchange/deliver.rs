@@ -39,6 +39,8 @@ pub struct Hub {
     node: std::sync::OnceLock<Arc<hutong_exchange::node::Node>>,
     /// The upstream link's counters and last error.
     link: Mutex<LinkState>,
+    /// The intake rules copies pushed down are checked by.
+    replica: std::sync::OnceLock<Arc<hutong_quality::Checker>>,
 }
 
 /// The upstream link as the forwarder last saw it.
@@ -78,6 +80,7 @@ impl Default for Hub {
             wake: tokio::sync::Notify::new(),
             node: Default::default(),
             link: Default::default(),
+            replica: Default::default(),
         }
     }
 }
@@ -119,6 +122,14 @@ impl Hub {
 
     pub(crate) fn link_failed(&self, msg: String) {
         lock(&self.link).last_error = Some(msg);
+    }
+
+    /// The checker of copies pushed down, made once from the node's rules by `make`.
+    pub(crate) fn replica_checker(
+        &self,
+        make: impl FnOnce() -> hutong_quality::Checker,
+    ) -> Arc<hutong_quality::Checker> {
+        self.replica.get_or_init(|| Arc::new(make())).clone()
     }
 
     /// The HTTP client deliveries and node links share.

@@ -59,6 +59,13 @@ pub(crate) fn moves(rtype: &str) -> bool {
     !KEPT_LOCALLY.contains(&rtype)
 }
 
+/// Whether `source` is one of the platform's own services (the identity registry's link
+/// decisions, the access service's records): what they write is this node's own business.
+pub(crate) fn platform_service(source: &str) -> bool {
+    source == hutong_link::persons::PLATFORM_SOURCE
+        || source == hutong_access::grants::ACCESS_SOURCE
+}
+
 /// `POST [base]` with a `history` Bundle: a node below forwards what it accepted. Only a
 /// platform client may (the node's credentials here); the node is the client.
 pub(crate) fn forwarded(
@@ -267,7 +274,16 @@ fn apply_version(
         from: req.from.clone(),
     };
     let v = engine.body_resource(&sub, t, Some(id))?;
-    let (found, fp) = engine.govern(&sub, g, &v)?;
+    // A copy's references were checked where it was submitted; here its targets may come
+    // later (a load's files in any order are forwarded in commit order) or never (a district
+    // holds the copies pushed down to it, not the institutions and practitioners they name).
+    // Every other rule of this node applies.
+    let checker = engine.hub.replica_checker(|| {
+        let mut rules = engine.checker.rules.clone();
+        rules.disable("reference");
+        hutong_quality::Checker::new(rules)
+    });
+    let (found, fp) = engine.govern_with(&checker, &sub, g, &v)?;
     let submission = Submission {
         findings: &found,
         fingerprint: &fp,

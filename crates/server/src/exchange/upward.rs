@@ -79,6 +79,10 @@ fn read_batch(engine: &Engine) -> Result<Batch, ApiError> {
             }
             Some(v)
         };
+        // The platform's own services' records (identity links, access records) stay.
+        if crate::exchange::links::platform_service(&s.source) {
+            continue;
+        }
         leaving.push(Leaving {
             out: Outgoing {
                 rtype: c.rtype.clone(),
