@@ -438,3 +438,131 @@ async fn killing_the_city_node_loses_and_duplicates_nothing() {
         }
     }
 }
+
+/// `hutong demo --levels`: four nodes on consecutive ports; the city forwards the region to
+/// the province, and the diagnoses recorded every second reach the districts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_levels_demo_moves_records_between_levels() {
+    let dir = temp_dir("levels-demo");
+    // Four consecutive free ports.
+    let port = loop {
+        let p = free_port();
+        if p < 65_000 && (1..4).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
+            break p;
+        }
+    };
+    let mut demo = NodeProc {
+        data: dir.0.join("demo"),
+        port,
+        args: Vec::new(),
+        secret: None,
+        child: None,
+    };
+    demo.child = Some(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--levels",
+                "--residents",
+                "150",
+                "--institutions",
+                "3",
+                "--years",
+                "1",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--dir",
+            ])
+            .arg(&demo.data)
+            .env("HUTONG_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let mut ops = Vec::new();
+    for k in 0..4 {
+        let p = port + k;
+        let t0 = Instant::now();
+        loop {
+            if reqwest::get(format!("http://127.0.0.1:{p}/healthz"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "node {k} never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let v: Value = http
+            .post(format!("http://127.0.0.1:{p}/auth/login"))
+            .json(&json!({"username": "admin", "password": "hutong-demo"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ops.push(Api {
+            http: http.clone(),
+            base: format!("http://127.0.0.1:{p}/fhir"),
+            token: v["access_token"].as_str().unwrap().to_string(),
+        });
+    }
+    // The city's region reaches the province: the backlog drains, nothing refused.
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = ops[1].get("$node").await;
+        let up = v["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "upstream")
+            .unwrap()
+            .clone();
+        let part = |n: &str| {
+            up["part"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == n)
+                .and_then(|x| x["valueInteger"].as_i64())
+                .unwrap_or(-1)
+        };
+        if part("backlog") == 0 && part("forwarded") > 1000 {
+            assert_eq!(part("rejected"), 0, "{up}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{up}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A diagnosis recorded at the city reaches a district.
+    let t0 = Instant::now();
+    loop {
+        let mut n = 0;
+        for d in &ops[2..] {
+            let r = d
+                .http
+                .get(format!("{}/Condition?_summary=count", d.base))
+                .bearer_auth(&d.token)
+                .header("X-Hutong-Reason", "demo test")
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            n += v["total"].as_i64().unwrap_or(0);
+        }
+        if n > 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no diagnosis reached a district"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

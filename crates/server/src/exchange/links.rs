@@ -112,40 +112,6 @@ fn note_peer(
     Ok(())
 }
 
-/// Applies the versions a peer sent, in order, each in its own transaction; the answer is a
-/// `batch-response` with one entry per version (a rejection carries the intake rules'
-/// OperationOutcome, for the sender to route back to the institution).
-pub(crate) fn apply(
-    engine: &Engine,
-    req: &Req,
-    peer: &str,
-    items: Vec<Result<Incoming, node::EntryError>>,
-    down: bool,
-) -> Value {
-    let entries: Vec<Value> = items
-        .into_iter()
-        .map(|item| {
-            let r = match item {
-                Err(e) => Err(ApiError::bad_request(e.message)
-                    .with_expression(format!("Bundle.entry[{}]", e.index))),
-                Ok(inc) => apply_one(engine, req, peer, inc, down),
-            };
-            match r {
-                Ok((status, version)) => {
-                    let mut resp = json!({"status": status.to_string()});
-                    if let Some(v) = version {
-                        resp["etag"] = json!(format!("W/\"{v}\""));
-                    }
-                    json!({"response": resp})
-                }
-                Err(e) => json!({"response": {"status": e.status.to_string(),
-                                              "outcome": e.outcome.to_json()}}),
-            }
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
-}
-
 fn seen_sql(peer: &str, rtype: &str, id: &str) -> [Val; 3] {
     [
         Val::Text(peer.into()),
@@ -177,135 +143,334 @@ fn set_seen(
     Ok(())
 }
 
-/// One version from `peer`: `(status, the version written here)`; `None` when nothing was
-/// written (already applied, or a copy of what this node itself sent up).
-fn apply_one(
+/// Applies the versions a peer sent, in order; the answer is a `batch-response` with one
+/// entry per version (a rejection carries the intake rules' OperationOutcome, for the sender
+/// to route back to the institution). The versions the rules accept are written in one
+/// transaction; should it fail, each is written alone, so that one that cannot be does not
+/// hold back the others.
+pub(crate) fn apply(
     engine: &Engine,
     req: &Req,
     peer: &str,
-    inc: Incoming,
+    items: Vec<Result<Incoming, node::EntryError>>,
     down: bool,
-) -> Result<(u16, Option<i64>), ApiError> {
-    let (t, id) = (inc.rtype.as_str(), inc.id.as_str());
-    if !moves(t) {
+) -> Value {
+    let action = if down {
+        "node-push-receive"
+    } else {
+        "node-forward-receive"
+    };
+    let g = Guard::new(
+        engine,
+        req.principal.clone(),
+        None,
+        req.from.clone(),
+        format!("{} versions from node {peer}", items.len()),
+    );
+    g.act(action);
+    let mut answers: Vec<Option<Result<(u16, Option<i64>), ApiError>>> = Vec::new();
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    let mut unchecked: Vec<(usize, Box<Put>)> = Vec::new();
+    for item in items {
+        let pos = answers.len();
+        answers.push(match item {
+            Err(e) => Some(Err(ApiError::bad_request(e.message)
+                .with_expression(format!("Bundle.entry[{}]", e.index)))),
+            Ok(inc) => match prepare(engine, peer, inc, down) {
+                Ok(Step::Applied) => Some(Ok((200, None))),
+                Ok(Step::Put(p)) => {
+                    unchecked.push((pos, p));
+                    None
+                }
+                Ok(step) => {
+                    steps.push((pos, step));
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            },
+        });
+    }
+    for (pos, r) in govern(engine, &g, unchecked) {
+        match r {
+            Ok(p) => steps.push((pos, Step::Put(p))),
+            Err(e) => answers[pos] = Some(Err(e)),
+        }
+    }
+    steps.sort_by_key(|(pos, _)| *pos);
+    let together = g.write(engine, |tx| {
+        let mut out = Vec::with_capacity(steps.len());
+        for (_, step) in &steps {
+            out.push(write_step(engine, tx, &g, peer, step, down)?);
+        }
+        Ok(out)
+    });
+    let mut written = Vec::new();
+    match together {
+        Ok(out) => {
+            for ((pos, _), w) in steps.iter().zip(out) {
+                written.push((*pos, w));
+            }
+        }
+        Err(_) => {
+            for (pos, step) in &steps {
+                let one = Guard::new(
+                    engine,
+                    req.principal.clone(),
+                    None,
+                    req.from.clone(),
+                    format!("{} from node {peer}", step.what()),
+                );
+                one.act(action);
+                let r = one.write(engine, |tx| write_step(engine, tx, &one, peer, step, down));
+                match r {
+                    Ok(w) => {
+                        one.finish(engine, 200, None);
+                        written.push((*pos, w));
+                    }
+                    Err(e) => {
+                        one.finish(engine, e.status, Some(e.message().to_string()));
+                        answers[*pos] = Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+    for (pos, w) in written {
+        answers[pos] = Some(match w {
+            Some((s, created)) => engine
+                .after_commit(&g, &s)
+                .map(|()| (if created { 201 } else { 200 }, Some(s.version))),
+            None => Ok((200, None)),
+        });
+    }
+    g.finish(engine, 200, None);
+    let entries: Vec<Value> = answers
+        .into_iter()
+        .map(|a| match a.unwrap_or(Ok((200, None))) {
+            Ok((status, version)) => {
+                let mut resp = json!({"status": status.to_string()});
+                if let Some(v) = version {
+                    resp["etag"] = json!(format!("W/\"{v}\""));
+                }
+                json!({"response": resp})
+            }
+            Err(e) => json!({"response": {"status": e.status.to_string(),
+                                          "outcome": e.outcome.to_json()}}),
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
+}
+
+/// What one received version comes to, once checked.
+enum Step {
+    /// Applied before (a resend): nothing to do.
+    Applied,
+    /// A copy of what this node itself sent up, pushed back down: only noted as seen.
+    Ours {
+        t: String,
+        id: String,
+        version: i64,
+    },
+    Delete {
+        t: String,
+        id: String,
+        version: i64,
+    },
+    Put(Box<Put>),
+}
+
+struct Put {
+    t: String,
+    id: String,
+    version: i64,
+    v: Value,
+    source: String,
+    found: Vec<hutong_quality::Finding>,
+    fingerprint: String,
+    route: Vec<String>,
+}
+
+impl Step {
+    fn what(&self) -> String {
+        match self {
+            Step::Applied => String::new(),
+            Step::Ours { t, id, version } | Step::Delete { t, id, version } => {
+                format!("{t}/{id} version {version}")
+            }
+            Step::Put(p) => format!("{}/{} version {}", p.t, p.id, p.version),
+        }
+    }
+}
+
+/// Reads one version from `peer` outside the transaction: the types that move, a resend,
+/// a copy of this node's own; a new version is stamped as received here (its rules run
+/// with the others from the same institution, in [`govern`]).
+fn prepare(engine: &Engine, peer: &str, inc: Incoming, down: bool) -> Result<Step, ApiError> {
+    let (t, id, version) = (inc.rtype.clone(), inc.id.clone(), inc.version);
+    if !moves(&t) {
         return Err(ApiError::of(
             Code::BusinessRule,
             format!("{t} resources are kept by each platform and not taken from another node"),
         )
         .with_expression(format!("Bundle.entry[{}]", inc.index)));
     }
-    let rows = engine.store.query_admin(SEEN, &seen_sql(peer, t, id))?;
-    if rows.first().is_some_and(|r| r[0].int() >= inc.version) {
-        return Ok((200, None));
+    let rows = engine.store.query_admin(SEEN, &seen_sql(peer, &t, &id))?;
+    if rows.first().is_some_and(|r| r[0].int() >= version) {
+        return Ok(Step::Applied);
     }
-    let g = Guard::new(
-        engine,
-        req.principal.clone(),
-        None,
-        req.from.clone(),
-        format!(
-            "{} {t}/{id} version {} from node {peer}",
-            if inc.resource.is_some() {
-                "PUT"
-            } else {
-                "DELETE"
-            },
-            inc.version
-        ),
-    );
-    g.act(if down {
-        "node-push-receive"
-    } else {
-        "node-forward-receive"
-    });
-    let r = apply_version(engine, req, &g, peer, inc, down);
-    match &r {
-        Ok((status, _)) => g.finish(engine, *status, None),
-        Err(e) => g.finish(engine, e.status, Some(e.message().to_string())),
-    }
-    r
-}
-
-fn apply_version(
-    engine: &Engine,
-    req: &Req,
-    g: &Guard,
-    peer: &str,
-    inc: Incoming,
-    down: bool,
-) -> Result<(u16, Option<i64>), ApiError> {
-    let (t, id, version) = (inc.rtype.as_str(), inc.id.as_str(), inc.version);
     let Some(mut v) = inc.resource else {
-        let done = g.write(engine, |tx| {
-            if seen_in(tx, peer, t, id)? >= version {
-                return Ok(None);
-            }
-            let d = engine.delete_in(tx, g, t, id, None)?;
-            set_seen(tx, peer, t, id, version)?;
-            Ok(Some(d))
-        })?;
-        return Ok(match done {
-            Some(Some(s)) => (200, Some(s.version)),
-            _ => (200, None),
-        });
+        return Ok(Step::Delete { t, id, version });
     };
     let me = engine.hub.node().map(|n| n.id.clone());
     if down && me.is_some_and(|m| node::route_of(&v).contains(&m)) {
-        // Sent up from here in the first place: what the upstream pushes back is ours.
-        g.write(engine, |tx| Ok(set_seen(tx, peer, t, id, version)?))?;
-        return Ok((200, None));
+        return Ok(Step::Ours { t, id, version });
     }
     let source = v["meta"]["source"]
         .as_str()
         .filter(|s| !s.is_empty())
         .map_or_else(|| engine.config.default_source.clone(), String::from);
     node::receive(&mut v, peer, version, down);
-    let sub = Req {
-        method: "PUT".into(),
-        segments: vec![t.to_string(), id.to_string()],
-        query: Vec::new(),
-        headers: Default::default(),
-        body: serde_json::to_vec(&v).unwrap_or_default(),
-        base: req.base.clone(),
-        source: source.clone(),
-        import_key: None,
-        principal: req.principal.clone(),
-        reason: None,
-        from: req.from.clone(),
-    };
-    let v = engine.body_resource(&sub, t, Some(id))?;
-    // A copy's references were checked where it was submitted; here its targets may come
-    // later (a load's files in any order are forwarded in commit order) or never (a district
-    // holds the copies pushed down to it, not the institutions and practitioners they name).
-    // Every other rule of this node applies.
+    crate::wire::check_resource(&v, &t, Some(&id))?;
+    engine.intake(&mut v, &source, now_ms());
+    let route = node::route_of(&v);
+    Ok(Step::Put(Box::new(Put {
+        t,
+        id,
+        version,
+        v,
+        source,
+        found: Vec::new(),
+        fingerprint: String::new(),
+        route,
+    })))
+}
+
+/// Runs this node's intake rules over the new versions, those of one institution together
+/// (as a transaction Bundle of theirs would be): each accepted with its findings, or
+/// refused — quarantined here under that institution, and answered.
+///
+/// A copy's references were checked where it was submitted; here their targets may come
+/// later (a load's files in any order are forwarded in commit order) or never (a district
+/// holds the copies pushed down to it, not the institutions and practitioners they name).
+/// Every other rule of this node applies.
+fn govern(
+    engine: &Engine,
+    g: &Guard,
+    puts: Vec<(usize, Box<Put>)>,
+) -> Vec<(usize, Result<Box<Put>, ApiError>)> {
     let checker = engine.hub.replica_checker(|| {
         let mut rules = engine.checker.rules.clone();
         rules.disable("reference");
         hutong_quality::Checker::new(rules)
     });
-    let (found, fp) = engine.govern_with(&checker, &sub, g, &v)?;
-    let submission = Submission {
-        findings: &found,
-        fingerprint: &fp,
-    };
-    let route = node::route_of(&v);
-    let done = g.write(engine, |tx| {
-        if seen_in(tx, peer, t, id)? >= version {
-            return Ok(None);
+    let mut by_source: std::collections::BTreeMap<String, Vec<(usize, Box<Put>)>> =
+        Default::default();
+    for (pos, p) in puts {
+        by_source
+            .entry(p.source.clone())
+            .or_default()
+            .push((pos, p));
+    }
+    let mut out = Vec::new();
+    for (source, group) in by_source {
+        let mut filed = Vec::new();
+        for (pos, p) in group {
+            match g.may_file_now(&engine.store, &p.t, &p.v) {
+                Ok(()) => filed.push((pos, p)),
+                Err(e) => out.push((pos, Err(e))),
+            }
         }
-        let (s, created) = engine.update_in(tx, g, &source, t, id, v.clone(), &submission, None)?;
-        set_seen(tx, peer, t, id, version)?;
-        if t == "Patient" && !down {
-            locate(tx, id, &route)?;
+        let local = filed
+            .iter()
+            .map(|(_, p)| (p.t.clone(), p.id.clone()))
+            .collect();
+        let values: Vec<&Value> = filed.iter().map(|(_, p)| &p.v).collect();
+        let checked = crate::governance::intake::check(
+            &engine.store,
+            &checker,
+            &g.filing_scope(),
+            &source,
+            &values,
+            local,
+            true,
+        );
+        let mut checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                out.extend(filed.into_iter().map(|(pos, _)| (pos, Err(e.clone()))));
+                continue;
+            }
+        };
+        for ((pos, mut p), (found, fingerprint)) in filed.into_iter().zip(
+            std::mem::take(&mut checked.findings)
+                .into_iter()
+                .zip(std::mem::take(&mut checked.fingerprints)),
+        ) {
+            if hutong_quality::rejects(&found) {
+                let body = serde_json::to_vec(&p.v).unwrap_or_default();
+                let path = format!("{}/{}", p.t, p.id);
+                out.push((
+                    pos,
+                    Err(engine.quarantine(&source, "PUT", &path, &body, None, &found)),
+                ));
+            } else {
+                p.found = found;
+                p.fingerprint = fingerprint;
+                out.push((pos, Ok(p)));
+            }
         }
-        Ok(Some((s, created)))
-    })?;
-    match done {
-        Some((s, created)) => {
-            engine.after_commit(g, &s)?;
-            Ok((if created { 201 } else { 200 }, Some(s.version)))
+    }
+    out
+}
+
+/// Writes one checked version in `tx` (unless it was applied meanwhile) and notes it seen:
+/// what was stored, and whether it was created.
+fn write_step(
+    engine: &Engine,
+    tx: &mut Tx<'_>,
+    g: &Guard,
+    peer: &str,
+    step: &Step,
+    down: bool,
+) -> Result<Option<(hutong_store::Stored, bool)>, ApiError> {
+    match step {
+        Step::Applied => Ok(None),
+        Step::Ours { t, id, version } => {
+            set_seen(tx, peer, t, id, *version)?;
+            Ok(None)
         }
-        None => Ok((200, None)),
+        Step::Delete { t, id, version } => {
+            if seen_in(tx, peer, t, id)? >= *version {
+                return Ok(None);
+            }
+            let d = engine.delete_in(tx, g, t, id, None)?;
+            set_seen(tx, peer, t, id, *version)?;
+            Ok(d.map(|s| (s, false)))
+        }
+        Step::Put(p) => {
+            if seen_in(tx, peer, &p.t, &p.id)? >= p.version {
+                return Ok(None);
+            }
+            let submission = Submission {
+                findings: &p.found,
+                fingerprint: &p.fingerprint,
+            };
+            let (s, created) = engine.update_in(
+                tx,
+                g,
+                &p.source,
+                &p.t,
+                &p.id,
+                p.v.clone(),
+                &submission,
+                None,
+            )?;
+            set_seen(tx, peer, &p.t, &p.id, p.version)?;
+            if p.t == "Patient" && !down {
+                locate(tx, &p.id, &p.route)?;
+            }
+            Ok(Some((s, created)))
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::guard::Guard;
 pub const CONSUMER: &str = "upstream";
 
 /// Versions per Bundle sent up.
-const BATCH: usize = 500;
+const BATCH: usize = 1000;
 
 /// Registers the forwarder's place in the change log (from then on nothing is pruned before
 /// it was forwarded).
@@ -52,8 +52,12 @@ struct Batch {
     leaving: Vec<Leaving>,
 }
 
-fn read_batch(engine: &Engine) -> Result<Batch, ApiError> {
-    let at = engine.store.change_cursor(CONSUMER)?;
+/// The batch after `at` (the consumer's cursor when `None`).
+fn read_batch(engine: &Engine, at: Option<changelog::Cursor>) -> Result<Batch, ApiError> {
+    let at = match at {
+        Some(a) => a,
+        None => engine.store.change_cursor(CONSUMER)?,
+    };
     let changes = engine.store.changes_after(at, BATCH)?;
     let last = changes.last().map(|c| c.at);
     let read = changes.len();
@@ -284,8 +288,9 @@ pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::Atomi
     tokio::spawn(async move {
         let mut creds: Option<(String, i64)> = None;
         let mut failures = 0u32;
+        let mut ahead = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match round(&engine, &node, &mut creds).await {
+            match round(&engine, &node, &mut creds, &mut ahead).await {
                 Ok(n) => {
                     if failures > 0 {
                         tracing::info!(upstream = %node.upstream.as_ref().map_or("", |u| u.url.as_str()), "Forwarding to the upstream recovered.");
@@ -306,6 +311,7 @@ pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::Atomi
                     failures = failures.saturating_add(1);
                     engine.hub.link_failed(msg);
                     creds = None;
+                    ahead = None;
                     // Quick retries first (a restart of the upstream takes seconds), then
                     // the subscriptions' schedule, capped lower: the backlog waits on it.
                     let wait = hutong_exchange::backoff::delay_ms(failures, 0).min(30_000);
@@ -316,18 +322,33 @@ pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::Atomi
     });
 }
 
-/// One round: the next batch read, sent and committed. Returns how many changes it passed.
+/// The next batch, read while the one before it was on its way (dropped on a failure: the
+/// round after a failure reads from the cursor again).
+type Ahead = Option<tokio::task::JoinHandle<Result<Batch, ApiError>>>;
+
+/// One round: the next batch read, sent and committed — the one after it read meanwhile.
+/// Returns how many changes it passed.
 async fn round(
     engine: &Engine,
     node: &Node,
     creds: &mut Option<(String, i64)>,
+    ahead: &mut Ahead,
 ) -> Result<usize, String> {
     let e = engine.clone();
-    let batch = tokio::task::spawn_blocking(move || read_batch(&e))
-        .await
+    let read = match ahead.take() {
+        Some(h) => h.await,
+        None => tokio::task::spawn_blocking(move || read_batch(&e, None)).await,
+    };
+    let batch = read
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading the change log failed: {}", e.message()))?;
-    let Some(_) = batch.last else { return Ok(0) };
+    let Some(last) = batch.last else { return Ok(0) };
+    if batch.read == BATCH {
+        let e = engine.clone();
+        *ahead = Some(tokio::task::spawn_blocking(move || {
+            read_batch(&e, Some(last))
+        }));
+    }
     let refused = if batch.leaving.is_empty() {
         Vec::new()
     } else {
