@@ -232,7 +232,7 @@ pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             *n.entry(d).or_default() += 1;
         }
         let mut v: Vec<(String, usize)> = n.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|d| std::cmp::Reverse(d.1));
         v.into_iter().take(2).map(|(d, _)| d).collect()
     };
     anyhow::ensure!(

@@ -395,17 +395,16 @@ fn node(
     };
     let level = pick(s.and_then(|s| s.node_level.as_ref()), &f.level)
         .context("a node needs its level (--node-level district|city|province)")?;
-    let upstream = match pick(s.and_then(|s| s.upstream.as_ref()), &f.upstream) {
-        None => None,
-        Some(url) => Some(hutong_exchange::node::Upstream {
+    let upstream = pick(s.and_then(|s| s.upstream.as_ref()), &f.upstream).map(|url| {
+        hutong_exchange::node::Upstream {
             url,
             secret: pick(
                 s.and_then(|s| s.upstream_secret.as_ref()),
                 &f.upstream_secret,
             )
             .unwrap_or_default(),
-        }),
-    };
+        }
+    });
     let district = pick(s.and_then(|s| s.node_district.as_ref()), &f.district);
     Ok(Some(hutong_exchange::node::Node::new(
         &id,

@@ -196,7 +196,11 @@ fn resident(i: usize, district: &str) -> Value {
 /// A city hospital's visit: a resident (of district 1 or 2) and her diagnosis, in one
 /// transaction.
 fn city_visit(i: usize) -> Value {
-    let district = if i % 2 == 0 { "西湖区" } else { "上城区" };
+    let district = if i.is_multiple_of(2) {
+        "西湖区"
+    } else {
+        "上城区"
+    };
     json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:p", "resource": resident(i, district), "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": "urn:uuid:c", "resource": {"resourceType": "Condition",
@@ -255,7 +259,7 @@ async fn killing_the_city_node_loses_and_duplicates_nothing() {
         secret,
         child: None,
     };
-    let mut nodes = vec![
+    let mut nodes = [
         node(0, &["--node-id", "zj", "--node-level", "province"], None),
         node(
             1,
@@ -417,7 +421,7 @@ async fn killing_the_city_node_loses_and_duplicates_nothing() {
     // The city's visits: at the province once; pushed down to the resident's district
     // only (the pushes wait out the city's restart and their own retries).
     for (i, ids) in &visits {
-        let (mine, other) = if i % 2 == 0 { (2, 3) } else { (3, 2) };
+        let (mine, other) = if i.is_multiple_of(2) { (2, 3) } else { (3, 2) };
         for id in ids {
             let (t, id) = id.split_once('/').unwrap();
             assert_eq!(read[0].versions(t, id).await, 1, "{t}/{id} at the province");

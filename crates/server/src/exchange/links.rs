@@ -168,7 +168,7 @@ pub(crate) fn apply(
         format!("{} versions from node {peer}", items.len()),
     );
     g.act(action);
-    let mut answers: Vec<Option<Result<(u16, Option<i64>), ApiError>>> = Vec::new();
+    let mut answers: Vec<Option<Answer>> = Vec::new();
     let mut steps: Vec<(usize, Step)> = Vec::new();
     let mut unchecked: Vec<(usize, Box<Put>)> = Vec::new();
     for item in items {
@@ -260,6 +260,10 @@ pub(crate) fn apply(
         .collect();
     json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
 }
+
+/// What a version's entry in the answer says: its status and the version written here, or
+/// why it was refused.
+type Answer = Result<(u16, Option<i64>), ApiError>;
 
 /// What one received version comes to, once checked.
 enum Step {
