@@ -293,9 +293,6 @@ pub(crate) fn generate(args: &DemoArgs) -> anyhow::Result<(hutong_synth::Summary
 }
 
 pub fn run(args: DemoArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    if args.levels {
-        return crate::levels::run(args, rt);
-    }
     fresh_dir(&args.dir)?;
     let (summary, region) = generate(&args)?;
     let store_dir = args.dir.join("store");

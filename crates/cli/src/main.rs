@@ -470,6 +470,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => bench::run(args, &settings(&cli.common, &fc, None)?),
         Cmd::Synth(args) => synth::run(&args),
         Cmd::Check(args) => check::run(&args, &hutong_quality::Checker::new(rules(&cli.common, &fc)?)),
+        Cmd::Demo(args) if args.levels => levels::run(args, &rt),
         Cmd::Demo(args) => demo::run(args, &rt),
         Cmd::Link(args) => link::run(&args),
         Cmd::Access(cmd) => admin::access(&settings(&cli.common, &fc, None)?, cmd),

@@ -195,6 +195,7 @@ pub fn engine_for(
     governance::reconcile::open_tables(&store)?;
     coordination::open_tables(&store)?;
     exchange::open_tables(&store)?;
+    exchange::links::open_tables(&store)?;
     let mut engine = Engine::new(store, config, Arc::new(access));
     engine.grant_hook = coordination::referral::grant_changed;
     Ok(engine)

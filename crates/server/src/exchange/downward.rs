@@ -18,9 +18,13 @@ use hutong_exchange::node::Node;
 use serde_json::{json, Value};
 
 use crate::engine::Engine;
+use crate::wire::{Req, Resp};
+use hutong_access::principal::Principal;
 
 /// The store's `meta` key of the push secret.
 const SECRET_KEY: &str = "node-push-secret";
+/// The peer name of the upstream, for what it pushes down, until it said its node id.
+const UPSTREAM: &str = "upstream";
 /// The store's `meta` key of the upstream's node id (what a copy pushed down is routed by).
 const UPSTREAM_KEY: &str = "node-upstream-id";
 
@@ -31,7 +35,7 @@ pub(crate) fn upstream_id(engine: &Engine) -> String {
         .meta(UPSTREAM_KEY)
         .ok()
         .flatten()
-        .unwrap_or_else(|| crate::exchange::links::UPSTREAM.to_string())
+        .unwrap_or_else(|| UPSTREAM.to_string())
 }
 
 /// The secret the upstream signs this node's pushes with, when this node takes pushes.
@@ -202,6 +206,69 @@ pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::Atomi
             }
         }
     });
+}
+
+/// `POST /node/notify`: the upstream's notifications for this district node's push
+/// subscriptions, signed with the secret this node gave them. What they carry is applied
+/// as a copy pushed down; an answer other than 200 makes the upstream send it again.
+pub(crate) fn notified(
+    engine: &Engine,
+    signature: Option<&str>,
+    from: Option<String>,
+    body: &[u8],
+) -> Resp {
+    let refuse = |status: u16, msg: &str| {
+        Resp::json(
+            status,
+            hutong_fhir::Outcome::error(hutong_fhir::IssueCode::Security, msg).to_json(),
+        )
+    };
+    let Some(secret) = secret(engine) else {
+        return refuse(404, "This node takes no pushes from an upstream");
+    };
+    if !signature.is_some_and(|s| hutong_exchange::notify::verify(&secret, body, s)) {
+        return refuse(
+            401,
+            "The notification's signature (X-Hutong-Signature) does not match this node's push secret",
+        );
+    }
+    let bundle: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return refuse(400, &format!("The notification is not JSON: {e}")),
+    };
+    let items = match hutong_exchange::node::incoming(&bundle) {
+        Ok(x) => x,
+        Err(m) => return refuse(400, &m),
+    };
+    if items.is_empty() {
+        return Resp::json(
+            200,
+            json!({"resourceType": "Bundle", "type": "batch-response"}),
+        );
+    }
+    let req = Req {
+        method: "POST".into(),
+        segments: Vec::new(),
+        query: Vec::new(),
+        headers: Default::default(),
+        body: Vec::new(),
+        base: engine.hub.base(),
+        source: String::new(),
+        import_key: None,
+        principal: Arc::new(Principal::platform("node:upstream")),
+        reason: None,
+        from,
+    };
+    let peer = upstream_id(engine);
+    let out = crate::exchange::links::apply(engine, &req, &peer, items, true);
+    // A version that could not be written for a passing reason (the store busy) is sent
+    // again; one the rules refuse is not (it would be refused again).
+    let transient = out["entry"].as_array().into_iter().flatten().any(|e| {
+        e["response"]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with('5'))
+    });
+    Resp::json(if transient { 503 } else { 200 }, out)
 }
 
 #[cfg(test)]

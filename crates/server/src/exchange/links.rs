@@ -12,9 +12,7 @@
 //! `ex_locator` is the record locator: for every Patient forwarded up, the nodes on its
 //! route — the province's answer to "who holds records of this person".
 
-use std::sync::Arc;
-
-use hutong_access::principal::{Capability, Kind, Principal};
+use hutong_access::principal::{Capability, Kind};
 use hutong_exchange::node::{self, Incoming};
 use hutong_fhir::date::now_ms;
 use hutong_store::sql::Val;
@@ -39,9 +37,6 @@ CREATE TABLE IF NOT EXISTS ex_peer (node TEXT PRIMARY KEY, level TEXT NOT NULL,
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     store.create_tables(TABLES)
 }
-
-/// The peer name of the upstream, for what it pushes down, until it said its node id.
-pub(crate) const UPSTREAM: &str = "upstream";
 
 /// Types each platform keeps for itself and never takes from another node: subscriptions,
 /// the person registry, work orders and follow-up lists, consents, the audit trail.
@@ -611,17 +606,10 @@ pub fn status_json(engine: &Engine) -> Result<Value, ApiError> {
             }
             if let Some(u) = &n.upstream {
                 let link = engine.hub.link();
-                let backlog = engine
-                    .store
-                    .change_backlog(crate::exchange::upward::CONSUMER)?;
+                let backlog = engine.store.change_backlog(super::UPSTREAM_CONSUMER)?;
                 let oldest = engine
                     .store
-                    .changes_after(
-                        engine
-                            .store
-                            .change_cursor(crate::exchange::upward::CONSUMER)?,
-                        1,
-                    )?
+                    .changes_after(engine.store.change_cursor(super::UPSTREAM_CONSUMER)?, 1)?
                     .first()
                     .map(|c| c.ts);
                 let mut part = vec![
@@ -654,69 +642,6 @@ pub fn status_json(engine: &Engine) -> Result<Value, ApiError> {
         ]}));
     }
     Ok(json!({"resourceType": "Parameters", "parameter": p}))
-}
-
-/// `POST /node/notify`: the upstream's notifications for this district node's push
-/// subscriptions, signed with the secret this node gave them. What they carry is applied
-/// as a copy pushed down; an answer other than 200 makes the upstream send it again.
-pub(crate) fn notified(
-    engine: &Engine,
-    signature: Option<&str>,
-    from: Option<String>,
-    body: &[u8],
-) -> Resp {
-    let refuse = |status: u16, msg: &str| {
-        Resp::json(
-            status,
-            hutong_fhir::Outcome::error(hutong_fhir::IssueCode::Security, msg).to_json(),
-        )
-    };
-    let Some(secret) = crate::exchange::downward::secret(engine) else {
-        return refuse(404, "This node takes no pushes from an upstream");
-    };
-    if !signature.is_some_and(|s| hutong_exchange::notify::verify(&secret, body, s)) {
-        return refuse(
-            401,
-            "The notification's signature (X-Hutong-Signature) does not match this node's push secret",
-        );
-    }
-    let bundle: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return refuse(400, &format!("The notification is not JSON: {e}")),
-    };
-    let items = match node::incoming(&bundle) {
-        Ok(x) => x,
-        Err(m) => return refuse(400, &m),
-    };
-    if items.is_empty() {
-        return Resp::json(
-            200,
-            json!({"resourceType": "Bundle", "type": "batch-response"}),
-        );
-    }
-    let req = Req {
-        method: "POST".into(),
-        segments: Vec::new(),
-        query: Vec::new(),
-        headers: Default::default(),
-        body: Vec::new(),
-        base: engine.hub.base(),
-        source: String::new(),
-        import_key: None,
-        principal: Arc::new(Principal::platform("node:upstream")),
-        reason: None,
-        from,
-    };
-    let peer = crate::exchange::downward::upstream_id(engine);
-    let out = apply(engine, &req, &peer, items, true);
-    // A version that could not be written for a passing reason (the store busy) is sent
-    // again; one the rules refuse is not (it would be refused again).
-    let transient = out["entry"].as_array().into_iter().flatten().any(|e| {
-        e["response"]["status"]
-            .as_str()
-            .is_some_and(|s| s.starts_with('5'))
-    });
-    Resp::json(if transient { 503 } else { 200 }, out)
 }
 
 /// The Patients recorded as held at each node (for tests and the console).

@@ -35,7 +35,6 @@ use hutong_exchange::Topics;
 use hutong_store::{Store, StoreError};
 
 pub use deliver::{Hub, LinkState};
-pub use upward::CONSUMER as UPSTREAM_CONSUMER;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS ex_sub (id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL,
@@ -51,9 +50,11 @@ CREATE TABLE IF NOT EXISTS ex_event (sub TEXT NOT NULL, num BIGINT NOT NULL, ts 
 /// The name the subscriptions' dispatcher reads the change log under.
 pub const CONSUMER: &str = "subscriptions";
 
+/// The name a node's forwarder to its upstream reads the change log under.
+pub const UPSTREAM_CONSUMER: &str = "upstream";
+
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     store.create_tables(TABLES)?;
-    links::open_tables(store)?;
     // Registering the consumer now means changes written from here on wait for it, even
     // before the first subscription exists or the server has started.
     store.change_cursor(CONSUMER)?;

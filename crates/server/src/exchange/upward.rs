@@ -23,8 +23,7 @@ use crate::error::ApiError;
 use crate::governance::orders::NewOrder;
 use crate::guard::Guard;
 
-/// The change-log consumer the forwarder reads under.
-pub const CONSUMER: &str = "upstream";
+use super::UPSTREAM_CONSUMER as CONSUMER;
 
 /// Versions per Bundle sent up.
 const BATCH: usize = 1000;

@@ -326,7 +326,7 @@ async fn node_notify(
     let engine = st.engine.clone();
     let from = Some(addr.ip().to_string());
     match tokio::task::spawn_blocking(move || {
-        crate::exchange::links::notified(&engine, signature.as_deref(), from, &bytes)
+        crate::exchange::downward::notified(&engine, signature.as_deref(), from, &bytes)
     })
     .await
     {
