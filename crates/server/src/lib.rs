@@ -401,7 +401,7 @@ impl Application {
                     .map_err(|e| StartError::Settings(e.message().to_string()))?;
                 exchange::upward::start(engine.clone(), node.clone(), stop.clone());
             }
-            if node.takes_pushes() {
+            if node.upstream.is_some() {
                 exchange::downward::start(engine.clone(), node.clone(), stop.clone());
             }
             tracing::info!(node = %node.id, level = node.level.as_str(), upstream = ?node.upstream.as_ref().map(|u| &u.url), "Serving as a node of the platform hierarchy.");

@@ -40,7 +40,7 @@ pub(crate) fn upstream_id(engine: &Engine) -> String {
 
 /// The secret the upstream signs this node's pushes with, when this node takes pushes.
 pub(crate) fn secret(engine: &Engine) -> Option<String> {
-    engine.hub.node().filter(|n| n.takes_pushes())?;
+    engine.hub.node().filter(|n| n.upstream.is_some())?;
     engine.store.meta(SECRET_KEY).ok().flatten()
 }
 
@@ -96,6 +96,27 @@ pub fn subscription(node: &Node, endpoint: &str, secret: &str) -> Value {
     })
 }
 
+/// The identity subscription: every `Person` the upstream's registry writes, so that its
+/// merges and splits reach this node (see [`identity_from_upstream`]).
+pub fn identity_subscription(node: &Node, endpoint: &str, secret: &str) -> Value {
+    json!({
+        "resourceType": "Subscription",
+        "id": format!("{}-identity", node.id),
+        "meta": {"profile": [ig::SUBSCRIPTION_PROFILE]},
+        "status": "requested",
+        "reason": format!("身份决定下发：上级平台的合并与拆分 (identity decisions sent down to node {})", node.id),
+        "criteria": hutong_exchange::topic::RECORD_CHANGED,
+        "_criteria": {"extension": [{"url": ig::FILTER_CRITERIA, "valueString": "Person"}]},
+        "extension": [{"url": ig::SIGNING_SECRET, "valueString": secret}],
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": ig::PAYLOAD_CONTENT, "valueCode": "full-resource"}]}
+        }
+    })
+}
+
 /// Whether the upstream's copy already asks for what `want` asks (its secret is masked on
 /// reads, and this node never changes it once made).
 fn same(have: &Value, want: &Value) -> bool {
@@ -117,7 +138,13 @@ async fn ensure(engine: &Engine, node: &Node) -> Result<(), String> {
     let endpoint = format!("{}/node/notify", base.trim_end_matches("/fhir"));
     let (token, _) = crate::exchange::upward::token(engine, node).await?;
     let client = engine.hub.client();
-    if engine.store.meta(UPSTREAM_KEY).ok().flatten().is_none() {
+    // The store is read on a blocking thread (PostgreSQL's client blocks).
+    let e = engine.clone();
+    let known = tokio::task::spawn_blocking(move || e.store.meta(UPSTREAM_KEY))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the upstream's id failed: {e}"))?;
+    if known.is_none() {
         let about: Value = client
             .get(format!("{}/$node", up.url))
             .bearer_auth(&token)
@@ -141,36 +168,41 @@ async fn ensure(engine: &Engine, node: &Node) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("keeping the upstream's id failed: {e}"))?;
     }
-    let want = subscription(node, &endpoint, &secret);
-    let url = format!("{}/Subscription/{}", up.url, sub_id(node));
-    let have = client
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .map_err(|e| format!("the upstream did not answer: {e}"))?;
-    if have.status().as_u16() == 200 {
-        let v: Value = have.json().await.unwrap_or(Value::Null);
-        if same(&v, &want) {
-            return Ok(());
-        }
+    let mut wanted = vec![identity_subscription(node, &endpoint, &secret)];
+    if node.takes_pushes() {
+        wanted.push(subscription(node, &endpoint, &secret));
     }
-    let r = client
-        .put(&url)
-        .bearer_auth(&token)
-        .header("Content-Type", "application/fhir+json")
-        .json(&want)
-        .send()
-        .await
-        .map_err(|e| format!("the upstream did not answer: {e}"))?;
-    if !r.status().is_success() {
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        return Err(format!(
-            "the upstream refused the push subscription {} ({status}): {}",
-            sub_id(node),
-            text.chars().take(300).collect::<String>()
-        ));
+    for want in wanted {
+        let id = want["id"].as_str().unwrap_or("").to_string();
+        let url = format!("{}/Subscription/{id}", up.url);
+        let have = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| format!("the upstream did not answer: {e}"))?;
+        if have.status().as_u16() == 200 {
+            let v: Value = have.json().await.unwrap_or(Value::Null);
+            if same(&v, &want) {
+                continue;
+            }
+        }
+        let r = client
+            .put(&url)
+            .bearer_auth(&token)
+            .header("Content-Type", "application/fhir+json")
+            .json(&want)
+            .send()
+            .await
+            .map_err(|e| format!("the upstream did not answer: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            return Err(format!(
+                "the upstream refused the subscription {id} ({status}): {}",
+                text.chars().take(300).collect::<String>()
+            ));
+        }
     }
     Ok(())
 }
@@ -260,7 +292,19 @@ pub(crate) fn notified(
         from,
     };
     let peer = upstream_id(engine);
-    let out = crate::exchange::links::apply(engine, &req, &peer, items, true);
+    // The upstream registry's persons say how it groups Patients; the rest are records.
+    let (persons, records): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|i| matches!(i, Ok(inc) if inc.rtype == "Person"));
+    for p in persons.into_iter().flatten() {
+        if let Some(v) = &p.resource {
+            if let Err(e) = identity_from_upstream(engine, &peer, v) {
+                // Passing (the store busy): the upstream sends it again.
+                return refuse(503, e.message());
+            }
+        }
+    }
+    let out = crate::exchange::links::apply(engine, &req, &peer, records, true);
     // A version that could not be written for a passing reason (the store busy) is sent
     // again; one the rules refuse is not (it would be refused again).
     let transient = out["entry"].as_array().into_iter().flatten().any(|e| {
@@ -269,6 +313,110 @@ pub(crate) fn notified(
             .is_some_and(|s| s.starts_with('5'))
     });
     Resp::json(if transient { 503 } else { 200 }, out)
+}
+
+/// Applies how the upstream groups Patients into persons, from one `Person` version its
+/// registry wrote: the Patients it links that this node holds become one person here too
+/// (a person here made only of them is merged, others are moved), and those of that person
+/// the upstream has placed with another person are split off. Patients only this node
+/// knows stay where its own registry put them. Ids are the same at every level, so the
+/// upstream's `Patient/x` is this node's.
+pub(crate) fn identity_from_upstream(
+    engine: &Engine,
+    upstream: &str,
+    person: &Value,
+) -> Result<(), crate::error::ApiError> {
+    use hutong_store::sql::Val;
+    let Some(u) = person["id"].as_str() else {
+        return Ok(());
+    };
+    let links: Vec<String> = if person["active"] == false {
+        Vec::new()
+    } else {
+        person["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["target"]["reference"].as_str())
+            .filter_map(|r| {
+                r.rsplit_once("Patient/")
+                    .map(|(_, id)| format!("Patient/{id}"))
+            })
+            .collect()
+    };
+    engine.store.exec_admin(
+        "DELETE FROM ex_upperson WHERE person = ?",
+        &[Val::Text(u.into())],
+    )?;
+    for p in &links {
+        engine.store.exec_admin(
+            "INSERT INTO ex_upperson (patient, person) VALUES (?, ?) \
+             ON CONFLICT (patient) DO UPDATE SET person = excluded.person",
+            &[Val::Text(p.clone()), Val::Text(u.into())],
+        )?;
+    }
+    let Some(first) = links.first() else {
+        return Ok(());
+    };
+    // Who the person here holds that the upstream has put with someone else.
+    let mut elsewhere = std::collections::HashSet::new();
+    if let Some(here) = engine.matcher.person_of(&engine.store, first)? {
+        for p in engine.matcher.patients_of(&engine.store, &here)? {
+            let rows = engine.store.query_admin(
+                "SELECT person FROM ex_upperson WHERE patient = ?",
+                &[Val::Text(p.clone())],
+            )?;
+            if rows.first().is_some_and(|r| r[0].text() != u) {
+                elsewhere.insert(p);
+            }
+        }
+    }
+    let g = crate::guard::Guard::platform(
+        engine,
+        &format!("node:{upstream}"),
+        "identity-from-upstream",
+    );
+    let mut entry = g.entry();
+    entry.outcome = 200;
+    let author = format!("上级平台 upstream node {upstream}");
+    let reason = format!("identity decided upstream (Person/{u} at node {upstream})");
+    let r = engine.matcher.change(&engine.store, &entry, |reg, index| {
+        // A registry kept in the database holds only what it was asked about.
+        let refs: Vec<&str> = links.iter().map(String::as_str).collect();
+        reg.page_patients(&refs);
+        let held: Vec<&String> = links
+            .iter()
+            .filter(|p| reg.person_of(p).is_some())
+            .collect();
+        let Some(first) = held.first() else {
+            return Ok(());
+        };
+        let target = reg.person_of(first).unwrap_or_default().to_string();
+        for p in &held[1..] {
+            let q = reg.person_of(p).unwrap_or_default().to_string();
+            if q == target {
+                continue;
+            }
+            reg.page_persons(&[&q]);
+            if reg.patients(&q).iter().all(|x| links.contains(x)) {
+                reg.merge(&target, &q, &author, &reason)?;
+            } else {
+                reg.link(index, &target, p, &author, &reason, true)?;
+            }
+        }
+        reg.page_persons(&[&target]);
+        let apart: Vec<String> = reg
+            .patients(&target)
+            .into_iter()
+            .filter(|x| !links.contains(x) && elsewhere.contains(x))
+            .collect();
+        if !apart.is_empty() {
+            reg.split(&target, &apart, None, &author, &reason)?;
+        }
+        Ok(())
+    })?;
+    g.committed();
+    r.map_err(|m| crate::error::ApiError::of(crate::error::Code::Unprocessable, m))
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS ex_locator (patient TEXT NOT NULL, node TEXT NOT NULL
     updated BIGINT NOT NULL, PRIMARY KEY (patient, node));
 CREATE TABLE IF NOT EXISTS ex_peer (node TEXT PRIMARY KEY, level TEXT NOT NULL,
     base TEXT NOT NULL, received BIGINT NOT NULL DEFAULT 0, last_seen BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS ex_upperson (patient TEXT PRIMARY KEY, person TEXT NOT NULL);
 ";
 
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
@@ -521,6 +522,15 @@ pub(crate) fn record_locator(engine: &Engine, req: &Req, g: &Guard) -> Result<Re
     }
     let mut patients = std::collections::BTreeSet::new();
     for p in start {
+        // Only from a Patient the reader may read: whose person a hidden one is would show.
+        if engine
+            .store
+            .read("Patient", &p, &g.scope)?
+            .found()
+            .is_none()
+        {
+            continue;
+        }
         patients.insert(p.clone());
         if let Some(person) = engine
             .matcher

@@ -413,6 +413,50 @@ async fn moves(h: Hierarchy) {
     nodes.dedup();
     assert_eq!(nodes, ["hz", "xihu"], "{}", loc.body);
 
+    // The locator answers only from what the asker may read: district 1's centre, asking
+    // the province about the city hospital's Patient, learns nothing; about its own, it
+    // learns where its own is, not the hospital's.
+    let centre_at_province = h.province.system(D1_CENTRE);
+    let hidden = h
+        .province
+        .send_as(
+            &centre_at_province,
+            "GET",
+            &format!("Patient/$record-locator?patient={p}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(hidden.status, 200, "{}", hidden.body);
+    assert!(
+        hidden.body["parameter"].as_array().unwrap().is_empty(),
+        "{}",
+        hidden.body
+    );
+    let own = h
+        .province
+        .send_as(
+            &centre_at_province,
+            "GET",
+            &format!("Patient/$record-locator?patient={p_d1}"),
+            None,
+            &[],
+        )
+        .await;
+    let listed: Vec<&str> = own.body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["part"].as_array().unwrap())
+        .filter(|x| x["name"] == "patient")
+        .map(|x| x["valueReference"]["reference"].as_str().unwrap())
+        .collect();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|r| *r == format!("Patient/{p_d1}")),
+        "{}",
+        own.body
+    );
+
     // She visits a clinic in district 2, which has none of her records; its clinician reads
     // her whole record through the region — with her consent only.
     let mut reg = patient("330106196803120025");
@@ -529,6 +573,89 @@ async fn moves(h: Hierarchy) {
                 && trace_of(e).as_deref() == Some(&trace)),
         "the city relayed it"
     );
+
+    // The province's identity steward finds that district 1's registration is someone else
+    // (a shared ID number) and splits it off: the split is sent down — the city and district
+    // 1 keep the two apart too.
+    let person_at = |app: &TestApp, patient: &str| {
+        tokio::task::block_in_place(|| {
+            app.engine
+                .matcher
+                .person_of(&app.engine.store, &format!("Patient/{patient}"))
+        })
+        .unwrap()
+    };
+    let together = person_at(&h.province, &p).unwrap();
+    assert_eq!(person_at(&h.province, &p_d1), Some(together.clone()));
+    for app in [&h.city, &h.d1] {
+        for _ in 0..200 {
+            if person_at(app, &p).is_some() && person_at(app, &p) == person_at(app, &p_d1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            person_at(app, &p),
+            person_at(app, &p_d1),
+            "one person before"
+        );
+    }
+    let steward = h
+        .province
+        .operator(&[hutong_access::principal::Role::IdentitySteward]);
+    let split = h
+        .province
+        .send_as(
+            &steward,
+            "POST",
+            &format!("Person/{together}/$split"),
+            Some(crate::access::params(vec![
+                json!({"name": "patient", "valueReference": {"reference": format!("Patient/{p_d1}")}}),
+                json!({"name": "reason", "valueString": "两人共用一个身份证号"}),
+            ])),
+            &[],
+        )
+        .await;
+    assert_eq!(split.status, 200, "{}", split.body);
+    for (name, app) in [("the city", &h.city), ("district 1", &h.d1)] {
+        let mut apart = false;
+        for _ in 0..300 {
+            if person_at(app, &p) != person_at(app, &p_d1) {
+                apart = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(apart, "the split reached {name}");
+    }
+
+    // The steward finds it was the same person after all and merges them back: sent down too.
+    let other = person_at(&h.province, &p_d1).unwrap();
+    let merged = h
+        .province
+        .send_as(
+            &steward,
+            "POST",
+            &format!("Person/{together}/$merge"),
+            Some(crate::access::params(vec![
+                json!({"name": "source", "valueReference": {"reference": format!("Person/{other}")}}),
+                json!({"name": "reason", "valueString": "核实为同一人"}),
+            ])),
+            &[],
+        )
+        .await;
+    assert_eq!(merged.status, 200, "{}", merged.body);
+    for (name, app) in [("the city", &h.city), ("district 1", &h.d1)] {
+        let mut again = false;
+        for _ in 0..300 {
+            if person_at(app, &p) == person_at(app, &p_d1) {
+                again = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(again, "the merge reached {name}");
+    }
 
     // A forged credential is refused at the door.
     let forged = h
