@@ -99,6 +99,25 @@ async fn hierarchy(pg: bool) -> Option<Hierarchy> {
         ))
     })
     .await;
+    // Each node has asked its upstream for what it should be sent (what changes before that
+    // is not theirs) before the test writes anything.
+    for (app, sub) in [
+        (&province, "hz-identity"),
+        (&city, "xihu-identity"),
+        (&city, "shangcheng-identity"),
+        (&city, "xihu-push"),
+        (&city, "shangcheng-push"),
+    ] {
+        let mut made = false;
+        for _ in 0..600 {
+            if app.get(&format!("Subscription/{sub}/$status")).await.status == 200 {
+                made = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(made, "{sub} was never made");
+    }
     Some(Hierarchy {
         province,
         city,
