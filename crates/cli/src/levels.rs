@@ -65,9 +65,6 @@ fn prepare(
         secrets.push((b.to_string(), s));
     }
     if let Some((summary, region, out)) = load {
-        // The region goes up too: the forwarder's place in the change log is taken before
-        // it is loaded (a node starts forwarding from where it joined).
-        store.change_cursor(hutong_server::exchange::UPSTREAM_CONSUMER)?;
         crate::demo::load(&engine, summary, region)?;
         crate::demo::accounts(&engine, summary, out)?;
     }

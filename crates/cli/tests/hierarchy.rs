@@ -552,6 +552,34 @@ async fn the_levels_demo_moves_records_between_levels() {
         assert!(t0.elapsed() < Duration::from_secs(120), "{up}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // What the city held before it joined (the whole region) reached the province too.
+    async fn count(api: &Api, t: &str) -> i64 {
+        let r = api
+            .http
+            .get(format!("{}/{t}?_summary=count", api.base))
+            .bearer_auth(&api.token)
+            .header("X-Hutong-Reason", "demo test")
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["total"].as_i64().unwrap_or(-1)
+    }
+    let t0 = Instant::now();
+    loop {
+        let (up, here) = (
+            count(&ops[0], "Patient").await,
+            count(&ops[1], "Patient").await,
+        );
+        if up == here && here > 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the province holds {up} of the city's {here} Patients"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // A diagnosis recorded at the city reaches a district.
     let t0 = Instant::now();
     loop {

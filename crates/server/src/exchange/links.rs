@@ -635,6 +635,10 @@ pub fn status_json(engine: &Engine) -> Result<Value, ApiError> {
                 if let Some(e) = &link.last_error {
                     part.push(json!({"name": "error", "valueString": e}));
                 }
+                // What the node held when it joined is still being sent.
+                if engine.store.meta(super::BACKFILL_KEY)?.as_deref() == Some(super::PENDING) {
+                    part.push(json!({"name": "backfill", "valueCode": "in-progress"}));
+                }
                 p.push(json!({"name": "upstream", "part": part}));
             }
         }

@@ -53,6 +53,11 @@ pub const CONSUMER: &str = "subscriptions";
 /// The name a node's forwarder to its upstream reads the change log under.
 pub const UPSTREAM_CONSUMER: &str = "upstream";
 
+/// The store's `meta` key saying whether what a node held when it joined its upstream has
+/// been sent ([`PENDING`] until it has).
+pub(crate) const BACKFILL_KEY: &str = "node-backfill";
+pub(crate) const PENDING: &str = "pending";
+
 pub fn open_tables(store: &Store) -> Result<(), StoreError> {
     store.create_tables(TABLES)?;
     // Registering the consumer now means changes written from here on wait for it, even

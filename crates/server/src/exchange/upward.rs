@@ -24,6 +24,7 @@ use crate::governance::orders::NewOrder;
 use crate::guard::Guard;
 
 use super::UPSTREAM_CONSUMER as CONSUMER;
+use super::{BACKFILL_KEY, PENDING};
 
 /// Versions per Bundle sent up.
 const BATCH: usize = 1000;
@@ -31,8 +32,111 @@ const BATCH: usize = 1000;
 /// Registers the forwarder's place in the change log (from then on nothing is pruned before
 /// it was forwarded).
 pub fn open(engine: &Engine) -> Result<(), ApiError> {
+    // What the node held before it first forwarded is sent by a backfill; from the cursor's
+    // registration on, the log carries the rest (a version both send is applied once).
+    if engine.store.meta(BACKFILL_KEY)?.is_none() {
+        engine.store.set_meta(BACKFILL_KEY, PENDING)?;
+    }
     engine.store.change_cursor(CONSUMER)?;
     Ok(())
+}
+
+/// Sends the current version of every record the node holds (the types that move), type by
+/// type in storage order, as the log's batches are sent; refusals come back the same way.
+async fn backfill(
+    engine: &Engine,
+    node: &Node,
+    creds: &mut Option<(String, i64)>,
+) -> Result<(), String> {
+    for t in hutong_fhir::Definitions::get().resource_types() {
+        if !crate::exchange::links::moves(t) {
+            continue;
+        }
+        let mut after = 0i64;
+        loop {
+            let (e, tt) = (engine.clone(), t.clone());
+            let (items, last) = tokio::task::spawn_blocking(move || {
+                e.store.scan(&tt, None, false, after, BATCH, &Scope::All)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the store failed: {e}"))?;
+            if items.is_empty() {
+                break;
+            }
+            after = last;
+            let read = items.len();
+            let mut leaving = Vec::new();
+            for s in items {
+                let Ok(v) = s.json() else { continue };
+                if node::pushed_down(&v) || crate::exchange::links::platform_service(&s.source) {
+                    continue;
+                }
+                leaving.push(Leaving {
+                    change: Logged {
+                        at: changelog::Cursor::default(),
+                        rtype: s.rtype.clone(),
+                        id: s.id.clone(),
+                        version: s.version,
+                        shard: s.shard,
+                        deleted: false,
+                        ts: s.last_updated,
+                        tokens: None,
+                    },
+                    out: Outgoing {
+                        rtype: s.rtype.clone(),
+                        id: s.id.clone(),
+                        version: s.version,
+                        resource: Some(v),
+                    },
+                    source: s.source.clone(),
+                });
+            }
+            let batch = Batch {
+                last: None,
+                read,
+                leaving,
+            };
+            if batch.leaving.is_empty() {
+                continue;
+            }
+            let token = current_token(engine, node, creds).await?;
+            let refused = send(engine, node, &token, &batch).await?;
+            let (n, rejected) = (batch.leaving.len(), refused.len());
+            let e = engine.clone();
+            tokio::task::spawn_blocking(move || commit(&e, &batch, &refused))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| {
+                    format!(
+                        "recording what the upstream answered failed: {}",
+                        e.message()
+                    )
+                })?;
+            engine.hub.link_ok(n as i64, rejected as i64);
+        }
+    }
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || e.store.set_meta(BACKFILL_KEY, "done"))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("noting the backfill done failed: {e}"))
+}
+
+/// A token for the upstream, fetched again when the last one is about to expire.
+async fn current_token(
+    engine: &Engine,
+    node: &Node,
+    creds: &mut Option<(String, i64)>,
+) -> Result<String, String> {
+    match creds {
+        Some((t, until)) if *until > now_ms() => Ok(t.clone()),
+        _ => {
+            let fresh = token(engine, node).await?;
+            *creds = Some(fresh.clone());
+            Ok(fresh.0)
+        }
+    }
 }
 
 /// A version that leaves, with who submitted it.
@@ -189,9 +293,9 @@ fn brief(s: &str) -> String {
 /// Moves the cursor past the batch and routes the refusals back to the institutions that
 /// submitted them — a finding on the version and a work order — in one transaction.
 fn commit(engine: &Engine, batch: &Batch, refused: &[Refused]) -> Result<(), ApiError> {
-    let Some(last) = batch.last else {
+    if batch.last.is_none() && refused.is_empty() {
         return Ok(());
-    };
+    }
     let g = Guard::platform(engine, "node-forwarder", "node-forward");
     let policy = engine.checker.rules.work_orders.clone();
     g.write(engine, |tx| {
@@ -235,7 +339,9 @@ fn commit(engine: &Engine, batch: &Batch, refused: &[Refused]) -> Result<(), Api
             };
             crate::governance::orders::create_in(tx, &policy, &order, &l.source, None, Some(&s))?;
         }
-        changelog::set_cursor(tx.conn(), CONSUMER, last)?;
+        if let Some(last) = batch.last {
+            changelog::set_cursor(tx.conn(), CONSUMER, last)?;
+        }
         Ok(())
     })
 }
@@ -288,8 +394,23 @@ pub fn start(engine: Engine, node: Arc<Node>, stop: Arc<std::sync::atomic::Atomi
         let mut creds: Option<(String, i64)> = None;
         let mut failures = 0u32;
         let mut ahead = None;
+        let e = engine.clone();
+        let mut pending = tokio::task::spawn_blocking(move || e.store.meta(BACKFILL_KEY))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .as_deref()
+            == Some(PENDING);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match round(&engine, &node, &mut creds, &mut ahead).await {
+            let done = if pending {
+                let r = backfill(&engine, &node, &mut creds).await;
+                pending = r.is_err();
+                r.map(|()| BATCH)
+            } else {
+                round(&engine, &node, &mut creds, &mut ahead).await
+            };
+            match done {
                 Ok(n) => {
                     if failures > 0 {
                         tracing::info!(upstream = %node.upstream.as_ref().map_or("", |u| u.url.as_str()), "Forwarding to the upstream recovered.");
@@ -351,14 +472,7 @@ async fn round(
     let refused = if batch.leaving.is_empty() {
         Vec::new()
     } else {
-        let t = match creds {
-            Some((t, until)) if *until > now_ms() => t.clone(),
-            _ => {
-                let fresh = token(engine, node).await?;
-                *creds = Some(fresh.clone());
-                fresh.0
-            }
-        };
+        let t = current_token(engine, node, creds).await?;
         send(engine, node, &t, &batch).await?
     };
     let (n, read) = (batch.leaving.len(), batch.read);
