@@ -34,12 +34,22 @@ const BATCH: usize = 1000;
 pub fn open(engine: &Engine) -> Result<(), ApiError> {
     // What the node held before it first forwarded is sent by a backfill; from the cursor's
     // registration on, the log carries the rest (a version both send is applied once).
-    if engine.store.meta(BACKFILL_KEY)?.is_none() {
+    let first = engine.store.meta(BACKFILL_KEY)?.is_none();
+    engine.store.change_cursor(CONSUMER)?;
+    if first {
+        // Taken after the cursor: what was written since is in the log (a version written
+        // in between is sent by both, and applied once).
+        engine
+            .store
+            .set_meta(BACKFILL_BEFORE_KEY, &now_ms().to_string())?;
         engine.store.set_meta(BACKFILL_KEY, PENDING)?;
     }
-    engine.store.change_cursor(CONSUMER)?;
     Ok(())
 }
+
+/// The store's `meta` key of when the forwarder joined: the backfill sends what was last
+/// written before then (later versions travel in the log).
+const BACKFILL_BEFORE_KEY: &str = "node-backfill-before";
 
 /// Sends the current version of every record the node holds (the types that move), type by
 /// type in storage order, as the log's batches are sent; refusals come back the same way.
@@ -48,6 +58,13 @@ async fn backfill(
     node: &Node,
     creds: &mut Option<(String, i64)>,
 ) -> Result<(), String> {
+    let e = engine.clone();
+    let before: i64 = tokio::task::spawn_blocking(move || e.store.meta(BACKFILL_BEFORE_KEY))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the store failed: {e}"))?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(i64::MAX);
     for t in hutong_fhir::Definitions::get().resource_types() {
         if !crate::exchange::links::moves(t) {
             continue;
@@ -68,6 +85,9 @@ async fn backfill(
             let read = items.len();
             let mut leaving = Vec::new();
             for s in items {
+                if s.last_updated >= before {
+                    continue;
+                }
                 let Ok(v) = s.json() else { continue };
                 if node::pushed_down(&v) || crate::exchange::links::platform_service(&s.source) {
                     continue;
