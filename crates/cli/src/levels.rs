@@ -140,11 +140,13 @@ async fn trickle(
         let (id, source, _) = &people[(i * 7919) % people.len()];
         let (code, display) = codes[i % codes.len()];
         i += 1;
-        let Ok(Some(cur)) = city
-            .store
-            .read("Patient", id, &hutong_store::Scope::All)
-            .map(|l| l.found())
-        else {
+        // The store is read on a blocking thread (as the server does).
+        let (e, pid) = (city.clone(), id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            e.store.read("Patient", &pid, &hutong_store::Scope::All)
+        })
+        .await;
+        let Ok(Ok(Some(cur))) = read.map(|r| r.map(|l| l.found())) else {
             continue;
         };
         let Ok(patient) = cur.json() else { continue };
