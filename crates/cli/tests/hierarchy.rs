@@ -175,6 +175,20 @@ impl Api {
             .as_i64()
     }
 
+    /// How many current resources of `t` there are here (an operator's count, with a reason).
+    async fn count(&self, t: &str) -> i64 {
+        let r = self
+            .http
+            .get(format!("{}/{t}?_summary=count", self.base))
+            .bearer_auth(&self.token)
+            .header("X-Hutong-Reason", "demo test")
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["total"].as_i64().unwrap_or(-1)
+    }
+
     /// The versions of `Type/id` held here (0: none).
     async fn versions(&self, rtype: &str, id: &str) -> i64 {
         let (s, v) = self.get(&format!("{rtype}/{id}/_history")).await;
@@ -553,24 +567,9 @@ async fn the_levels_demo_moves_records_between_levels() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // What the city held before it joined (the whole region) reached the province too.
-    async fn count(api: &Api, t: &str) -> i64 {
-        let r = api
-            .http
-            .get(format!("{}/{t}?_summary=count", api.base))
-            .bearer_auth(&api.token)
-            .header("X-Hutong-Reason", "demo test")
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
-        v["total"].as_i64().unwrap_or(-1)
-    }
     let t0 = Instant::now();
     loop {
-        let (up, here) = (
-            count(&ops[0], "Patient").await,
-            count(&ops[1], "Patient").await,
-        );
+        let (up, here) = (ops[0].count("Patient").await, ops[1].count("Patient").await);
         if up == here && here > 0 {
             break;
         }
@@ -585,16 +584,7 @@ async fn the_levels_demo_moves_records_between_levels() {
     loop {
         let mut n = 0;
         for d in &ops[2..] {
-            let r = d
-                .http
-                .get(format!("{}/Condition?_summary=count", d.base))
-                .bearer_auth(&d.token)
-                .header("X-Hutong-Reason", "demo test")
-                .send()
-                .await
-                .unwrap();
-            let v: Value = r.json().await.unwrap();
-            n += v["total"].as_i64().unwrap_or(0);
+            n += d.count("Condition").await.max(0);
         }
         if n > 0 {
             break;

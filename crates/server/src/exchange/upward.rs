@@ -120,20 +120,7 @@ async fn backfill(
             if batch.leaving.is_empty() {
                 continue;
             }
-            let token = current_token(engine, node, creds).await?;
-            let refused = send(engine, node, &token, &batch).await?;
-            let (n, rejected) = (batch.leaving.len(), refused.len());
-            let e = engine.clone();
-            tokio::task::spawn_blocking(move || commit(&e, &batch, &refused))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| {
-                    format!(
-                        "recording what the upstream answered failed: {}",
-                        e.message()
-                    )
-                })?;
-            engine.hub.link_ok(n as i64, rejected as i64);
+            forward(engine, node, creds, batch).await?;
         }
     }
     let e = engine.clone();
@@ -489,15 +476,27 @@ async fn round(
             read_batch(&e, Some(last))
         }));
     }
+    let read = batch.read;
+    forward(engine, node, creds, batch).await?;
+    Ok(read)
+}
+
+/// Sends a batch (when anything in it leaves) and records the answer — the refusals routed
+/// back and, for a batch of the log, the cursor moved past it — in one transaction.
+async fn forward(
+    engine: &Engine,
+    node: &Node,
+    creds: &mut Option<(String, i64)>,
+    batch: Batch,
+) -> Result<(), String> {
     let refused = if batch.leaving.is_empty() {
         Vec::new()
     } else {
         let t = current_token(engine, node, creds).await?;
         send(engine, node, &t, &batch).await?
     };
-    let (n, read) = (batch.leaving.len(), batch.read);
+    let (n, rejected) = (batch.leaving.len(), refused.len());
     let e = engine.clone();
-    let rejected = refused.len();
     tokio::task::spawn_blocking(move || commit(&e, &batch, &refused))
         .await
         .map_err(|e| e.to_string())?
@@ -508,5 +507,5 @@ async fn round(
             )
         })?;
     engine.hub.link_ok(n as i64, rejected as i64);
-    Ok(read)
+    Ok(())
 }

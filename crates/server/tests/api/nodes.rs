@@ -156,6 +156,17 @@ async fn arrives(app: &TestApp, path: &str) -> Value {
     panic!("{path} never arrived at {}", app.base);
 }
 
+/// Waits until `f` holds (up to 15 s).
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out: {what}");
+}
+
 /// The node's upstream backlog, from `$node`.
 async fn backlog(app: &TestApp) -> i64 {
     let r = app.get("$node").await;
@@ -607,17 +618,10 @@ async fn moves(h: Hierarchy) {
     let together = person_at(&h.province, &p).unwrap();
     assert_eq!(person_at(&h.province, &p_d1), Some(together.clone()));
     for app in [&h.city, &h.d1] {
-        for _ in 0..200 {
-            if person_at(app, &p).is_some() && person_at(app, &p) == person_at(app, &p_d1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(
-            person_at(app, &p),
-            person_at(app, &p_d1),
-            "one person before"
-        );
+        eventually("one person before", || {
+            person_at(app, &p).is_some() && person_at(app, &p) == person_at(app, &p_d1)
+        })
+        .await;
     }
     let steward = h
         .province
@@ -637,15 +641,10 @@ async fn moves(h: Hierarchy) {
         .await;
     assert_eq!(split.status, 200, "{}", split.body);
     for (name, app) in [("the city", &h.city), ("district 1", &h.d1)] {
-        let mut apart = false;
-        for _ in 0..300 {
-            if person_at(app, &p) != person_at(app, &p_d1) {
-                apart = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(apart, "the split reached {name}");
+        eventually(&format!("the split reached {name}"), || {
+            person_at(app, &p) != person_at(app, &p_d1)
+        })
+        .await;
     }
 
     // The steward finds it was the same person after all and merges them back: sent down too.
@@ -665,15 +664,10 @@ async fn moves(h: Hierarchy) {
         .await;
     assert_eq!(merged.status, 200, "{}", merged.body);
     for (name, app) in [("the city", &h.city), ("district 1", &h.d1)] {
-        let mut again = false;
-        for _ in 0..300 {
-            if person_at(app, &p) == person_at(app, &p_d1) {
-                again = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(again, "the merge reached {name}");
+        eventually(&format!("the merge reached {name}"), || {
+            person_at(app, &p) == person_at(app, &p_d1)
+        })
+        .await;
     }
 
     // A forged credential is refused at the door.
