@@ -622,7 +622,7 @@ const STYLE: &str = "
 a{color:var(--accent)}a:focus,button:focus,input:focus,select:focus,textarea:focus{outline:3px solid #f2b600;outline-offset:2px}
 .skip{position:absolute;left:-999px}.skip:focus{left:8px;top:8px;background:#fff;padding:4px}
 header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;padding:10px 16px;border-bottom:1px solid var(--line)}
-header .brand{font-weight:700;margin-right:auto}nav a{margin-right:12px}
+header .brand{font-weight:700;margin-right:auto}nav a{margin-right:12px;white-space:nowrap;display:inline-block}
 main{max-width:960px;margin:0 auto;padding:16px}main.wide{max-width:1280px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:160px}
 .card .n{font-size:28px;font-weight:700}.card .l{color:var(--muted);font-size:14px}
