@@ -596,3 +596,98 @@ async fn the_levels_demo_moves_records_between_levels() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Data we did not generate: the third-party exporters' fixtures (tietai-synthea,
+/// carebundle) imported into a city store before it joins a province are all sent up by the
+/// backfill, none refused, and the province holds what the city holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_joining_with_third_party_data_sends_it_all() {
+    let dirs: Vec<Dir> = ["tp-prov", "tp-city"].iter().map(|t| temp_dir(t)).collect();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../server/tests/fixtures/third-party");
+    let out = Command::new(BIN)
+        .args([
+            "import",
+            "--source",
+            "urn:hutong:org:91330100TP",
+            "--data-dir",
+        ])
+        .arg(&dirs[1].0)
+        .arg(&fixtures)
+        .env("HUTONG_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let hz = add_client(&dirs[0].0, "hz", None);
+    let readers: Vec<String> = dirs
+        .iter()
+        .map(|d| add_client(&d.0, "reader", None))
+        .collect();
+    let ports = [free_port(), free_port()];
+    let mut province = NodeProc {
+        data: dirs[0].0.clone(),
+        port: ports[0],
+        args: ["--node-id", "zj", "--node-level", "province"]
+            .map(String::from)
+            .to_vec(),
+        secret: None,
+        child: None,
+    };
+    let mut city = NodeProc {
+        data: dirs[1].0.clone(),
+        port: ports[1],
+        args: vec![
+            "--node-id".into(),
+            "hz".into(),
+            "--node-level".into(),
+            "city".into(),
+            "--upstream".into(),
+            province.base(),
+        ],
+        secret: Some(hz),
+        child: None,
+    };
+    province.start();
+    city.start();
+    let mut read = Vec::new();
+    for (n, secret) in [&province, &city].iter().zip(&readers) {
+        wait_ready(n.port).await;
+        read.push(Api {
+            http: reqwest::Client::new(),
+            base: n.base(),
+            token: token(n.port, "reader", secret).await,
+        });
+    }
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = read[1].get("$node").await;
+        let up = v["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "upstream")
+            .unwrap()
+            .clone();
+        let part = |n: &str| {
+            up["part"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == n)
+                .cloned()
+        };
+        let int = |n: &str| part(n).and_then(|x| x["valueInteger"].as_i64());
+        // Sent in full: no backfill left, nothing waiting, nothing refused.
+        if part("backfill").is_none() && int("backlog") == Some(0) && int("forwarded") > Some(0) {
+            assert_eq!(int("rejected"), Some(0), "{up}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{up}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in ["Patient", "Encounter", "Observation", "Condition"] {
+        let (here, up) = (read[1].count(t).await, read[0].count(t).await);
+        assert!(here > 0, "the fixtures hold {t}s");
+        assert_eq!(up, here, "{t}: the province holds what the city holds");
+    }
+}
